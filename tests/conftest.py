@@ -1,0 +1,22 @@
+import os
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+import pytest
+
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny random Llama + byte tokenizer saved as a local model folder (nothing downloaded)."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_model_dir):
+    """The tiny model loaded on the CPU through the engine's own loader."""
+    from dpo_engine.devices import pick_device
+    from dpo_engine.models import load_model
+
+    return load_model(str(tiny_model_dir), pick_device("cpu"))
