@@ -200,6 +200,38 @@ def resolve_model_ref(
 # --------------------------------------------------------------------------- loading
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP check of the hub endpoint, so an offline machine fails in seconds,
+    not after a minute of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, resolved: ResolvedModel, **kwargs):
+    """`cls.from_pretrained` with safetensors only and no remote code; for a hub id, the
+    local cache first, the network only when the hub answers."""
+    kwargs.update(trust_remote_code=False)
+    if resolved.kind != "hub":
+        return cls.from_pretrained(resolved.path, **kwargs)
+    try:
+        return cls.from_pretrained(resolved.path, local_files_only=True, **kwargs)
+    except OSError:
+        if not hub_reachable():
+            raise
+        return cls.from_pretrained(resolved.path, **kwargs)
+
+
 @dataclass
 class LoadedModel:
     model: object  # a transformers PreTrainedModel, in eval mode, on `device`
@@ -213,10 +245,10 @@ class LoadedModel:
         return self.resolved.display_name
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(resolved: ResolvedModel):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    tok = _from_pretrained(AutoTokenizer, resolved)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token  # padding is always masked out; any id does
     return tok
@@ -234,13 +266,8 @@ def load_model(
     resolved = resolve_model_ref(ref, on_progress)
     start = time.perf_counter()
     try:
-        tokenizer = load_tokenizer(resolved.path)
-        model = AutoModelForCausalLM.from_pretrained(
-            resolved.path,
-            dtype=device.torch_dtype,
-            use_safetensors=True,
-            trust_remote_code=False,
-        )
+        tokenizer = load_tokenizer(resolved)
+        model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True)
     except OSError as exc:
         if resolved.kind == "hub":
             raise ModelNotFoundError(

@@ -42,7 +42,9 @@ def test_pickled_weights_are_refused(tmp_path, tiny_model_dir):
 
 
 def test_unreachable_hub_id_gives_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(ModelNotFoundError, match="hub"):
         load_model("nobody-here/not-a-model-xyz", pick_device("cpu"))
 
