@@ -1,0 +1,61 @@
+"""`dpo-studio`: open the main window at once; the model loads in the background."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import platformdirs
+
+
+def default_project_path() -> Path:
+    return Path(platformdirs.user_data_dir("dpo-studio")) / "default.dpo.sqlite"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="dpo-studio", description="Label, train with DPO, compare.")
+    p.add_argument("--project", type=Path, default=None,
+                   help="SQLite project file (created if missing). Default: one in your user data folder.")
+    p.add_argument("--model", default="default",
+                   help="'default' (SmolLM2-135M-Instruct), a local model folder, a .gguf file or a hub id.")
+    p.add_argument("--device", default=None, help="auto (default), cuda, cuda:N, mps or cpu.")
+    p.add_argument("--dtype", default=None, help="auto (default), float32, bfloat16 or float16.")
+    return p.parse_args(argv)
+
+
+def create_window(project: Path, model_ref: str, device: str | None = None, dtype: str | None = None):
+    """Build the context and the main window (a QApplication must exist)."""
+    from app.context import AppContext
+    from app.main_window import MainWindow
+    from dpo_engine.devices import pick_device
+
+    project.parent.mkdir(parents=True, exist_ok=True)
+    ctx = AppContext(project, model_ref, pick_device(device, dtype))
+    window = MainWindow(ctx)
+    return ctx, window
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    from dpo_engine._compat import quiet_transformers
+    from dpo_engine.errors import DPOStudioError
+
+    quiet_transformers()
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationName("DPO Studio")
+    try:
+        ctx, window = create_window(args.project or default_project_path(), args.model, args.device, args.dtype)
+    except DPOStudioError as exc:
+        QMessageBox.critical(None, "DPO Studio", str(exc))
+        return 1
+    window.show()
+    ctx.load_active_model()
+    return app.exec()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

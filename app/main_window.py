@@ -1,0 +1,109 @@
+"""The main window: a page list on the left, the pages, and a status bar with the model,
+the device and what the app is doing."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QLabel,
+    QListWidget,
+    QMainWindow,
+    QProgressBar,
+    QSplitter,
+    QStackedWidget,
+    QWidget,
+)
+
+from app.context import AppContext
+
+
+def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:
+    """(name, widget) for each page, in sidebar order. Pages that are not built yet are
+    placeholders."""
+    from app.pages.placeholder import PlaceholderPage
+
+    pages = []
+    for name, factory_path, text in [
+        ("Label", "app.pages.label_page:LabelPage", "Compare two answers and pick the better one."),
+        ("Data", "app.pages.data_page:DataPage", "Browse, import and export preference pairs."),
+        ("Train", "app.pages.train_page:TrainPage", "Train the model on your choices with DPO."),
+        ("Compare", "app.pages.compare_page:ComparePage", "Compare the model before and after training."),
+    ]:
+        module, _, cls = factory_path.partition(":")
+        try:
+            page_cls = getattr(__import__(module, fromlist=[cls]), cls)
+        except ModuleNotFoundError:
+            pages.append((name, PlaceholderPage(name, text)))
+        else:
+            pages.append((name, page_cls(ctx)))
+    return pages
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, ctx: AppContext):
+        super().__init__()
+        self.ctx = ctx
+        self.setObjectName("mainWindow")
+        self.setWindowTitle(f"DPO Studio — {ctx.project_path.name}")
+        self.resize(1280, 820)
+
+        self.nav = QListWidget()
+        self.nav.setObjectName("navList")
+        self.nav.setAccessibleName("Pages")
+        self.nav.setFixedWidth(150)
+        self.stack = QStackedWidget()
+        self.stack.setObjectName("pageStack")
+        self.pages: dict[str, QWidget] = {}
+        for name, page in build_pages(ctx):
+            self.pages[name] = page
+            self.nav.addItem(name)
+            self.stack.addWidget(page)
+        self.nav.currentRowChanged.connect(self.stack.setCurrentIndex)
+        self.nav.setCurrentRow(0)
+
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.nav)
+        split.addWidget(self.stack)
+        split.setStretchFactor(1, 1)
+        self.setCentralWidget(split)
+        self._build_status_bar()
+
+        ctx.modelStateChanged.connect(self._on_ctx_modelStateChanged)
+        ctx.navigateRequested.connect(self.show_page)
+
+    def _build_status_bar(self) -> None:
+        bar = self.statusBar()
+        self.model_label = QLabel()
+        self.model_label.setObjectName("statusModel")
+        self.model_label.setAccessibleName("Active model")
+        self.device_label = QLabel(f"Device: {self.ctx.device.describe()}")
+        self.device_label.setObjectName("statusDevice")
+        self.device_label.setAccessibleName("Device")
+        self.device_label.setToolTip(f"Chosen because: {self.ctx.device.reason}")
+        self.state_label = QLabel()
+        self.state_label.setObjectName("statusState")
+        self.state_label.setAccessibleName("Model state")
+        self.progress = QProgressBar()
+        self.progress.setObjectName("statusProgress")
+        self.progress.setMaximumWidth(160)
+        self.progress.setRange(0, 0)
+        for w in (self.model_label, self.device_label):
+            bar.addPermanentWidget(w)
+        bar.addWidget(self.state_label, 1)
+        bar.addWidget(self.progress)
+        self._on_ctx_modelStateChanged(*self.ctx.model_state)
+
+    def show_page(self, name: str) -> None:
+        if name in self.pages:
+            self.nav.setCurrentRow(list(self.pages).index(name))
+
+    def _on_ctx_modelStateChanged(self, state: str, detail: str) -> None:
+        self.model_label.setText(f"Model: {self.ctx.loaded_name or self.ctx.model_ref}")
+        self.progress.setVisible(state == "loading")
+        text = {"loading": "Loading model…", "ready": "Ready", "error": "Model failed to load"}.get(state, state)
+        self.state_label.setText(text if state != "error" else f"{text}: {detail.splitlines()[0] if detail else ''}")
+        self.state_label.setToolTip(detail)
+
+    def closeEvent(self, event) -> None:
+        self.ctx.shutdown()
+        super().closeEvent(event)

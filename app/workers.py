@@ -1,0 +1,117 @@
+"""Run engine generators off the GUI thread.
+
+One `TorchRunner` owns one QThread: every torch job (loading, generation, training,
+eval) runs there, one at a time, so jobs never share a model object concurrently and on a
+CPU never fight for the cores (DESIGN.md, Threads). Each job is a plain engine generator;
+every value it yields is re-emitted on the GUI thread through its `Job`'s signals, and a
+cancel request is checked between yields (each yield is a safe stopping point).
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import traceback
+from typing import Any, Callable, Iterator
+
+from PySide6.QtCore import QObject, QThread, Signal
+
+from dpo_engine.errors import DPOStudioError
+
+
+class Job(QObject):
+    """Handle of one queued job; its signals arrive on the GUI thread."""
+
+    started = Signal()
+    yielded = Signal(object)  # each value the generator yields
+    returned = Signal(object)  # the generator's return value
+    failed = Signal(str)  # a message for the person (traceback text only for bugs)
+    finished = Signal()  # always last, after returned, failed or a cancel
+
+    _ids = itertools.count(1)
+
+    def __init__(self, name: str, factory: Callable[[], Iterator[Any]]):
+        super().__init__()
+        self.id = next(self._ids)
+        self.name = name
+        self.factory = factory
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        """Ask the job to stop at its next yield (or not to start at all)."""
+        self.cancelled = True
+
+
+class _Loop(QObject):
+    def __init__(self, jobs: "queue.Queue[Job | None]"):
+        super().__init__()
+        self._jobs = jobs
+
+    def run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            self._run_one(job)
+
+    @staticmethod
+    def _run_one(job: Job) -> None:
+        if job.cancelled:
+            job.finished.emit()
+            return
+        job.started.emit()
+        try:
+            gen = job.factory()
+            result = None
+            while True:
+                if job.cancelled:
+                    gen.close()
+                    break
+                try:
+                    job.yielded.emit(next(gen))
+                except StopIteration as stop:
+                    result = stop.value
+                    job.returned.emit(result)
+                    break
+        except DPOStudioError as exc:
+            job.failed.emit(str(exc))
+        except MemoryError:
+            job.failed.emit("Out of memory. Close other programs or use a smaller model.")
+        except Exception as exc:  # a bug: show it, keep the app alive
+            job.failed.emit(f"{exc.__class__.__name__}: {exc}\n\n{traceback.format_exc(limit=6)}")
+        finally:
+            job.finished.emit()
+
+
+class TorchRunner(QObject):
+    """A single worker thread running torch jobs in submission order."""
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._thread = QThread()
+        self._thread.setObjectName("torch-worker")
+        self._loop = _Loop(self._jobs)
+        self._loop.moveToThread(self._thread)
+        self._thread.started.connect(self._loop.run)
+        self._thread.start()
+        self._pending: list[Job] = []
+
+    def submit(self, name: str, factory: Callable[[], Iterator[Any]]) -> Job:
+        """Queue a generator factory; connect to the returned Job's signals before the
+        event loop runs again (signals are queued, so none is missed)."""
+        job = Job(name, factory)
+        self._pending.append(job)  # keep the QObject alive while queued
+        job.finished.connect(lambda j=job: self._pending.remove(j) if j in self._pending else None)
+        self._jobs.put(job)
+        return job
+
+    def busy(self) -> bool:
+        return bool(self._pending)
+
+    def shutdown(self, wait_ms: int = 10_000) -> None:
+        for job in list(self._pending):
+            job.cancel()
+        self._jobs.put(None)
+        self._thread.quit()
+        self._thread.wait(wait_ms)

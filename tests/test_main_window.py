@@ -1,0 +1,43 @@
+import pytest
+from PySide6.QtWidgets import QWidget
+
+from app.main import create_window
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, tiny_model_dir):
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    yield ctx, win
+    ctx.shutdown()
+
+
+def test_window_opens_and_model_loads_in_background(qtbot, window):
+    ctx, win = window
+    win.show()
+    assert win.isVisible()
+    assert [win.nav.item(i).text() for i in range(win.nav.count())] == ["Label", "Data", "Train", "Compare"]
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.load_active_model()
+    assert win.state_label.text() == "Ready"
+    assert "cpu" in win.device_label.text()
+
+
+def test_bad_model_shows_error_and_app_survives(qtbot, tmp_path):
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tmp_path / "missing" / "model"), device="cpu")
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=10_000, check_params_cb=lambda s, d: s == "error"):
+        ctx.load_active_model()
+    assert "No model at" in win.state_label.text()
+    ctx.shutdown()
+
+
+def test_every_interactive_widget_has_object_and_accessible_name(window):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QLineEdit, QPlainTextEdit, QSpinBox, QComboBox
+
+    _, win = window
+    kinds = (QAbstractButton, QAbstractItemView, QLineEdit, QPlainTextEdit, QSpinBox, QComboBox)
+    missing = [w for w in win.findChildren(QWidget) if isinstance(w, kinds) and w.isVisibleTo(win)
+               and not (w.objectName() and w.accessibleName())
+               and not w.objectName().startswith("qt_")]
+    assert not missing, [f"{type(w).__name__} {w.objectName()!r}" for w in missing]
