@@ -1,0 +1,94 @@
+"""Per-sequence response log-probs: one forward over chosen + rejected concatenated.
+
+    log π(y|x) = Σ_t log softmax(lm_head(h_{t-1}))[y_t]   over response tokens t only
+
+The backbone runs once over the 2B rows of a `Batch`; then only the hidden states whose
+*next* token is a response token are gathered, and the LM head and the log-softmax run
+on those alone, in fp32. No full-vocabulary logits exist for prompt or padding positions
+(on SmolLM2 the vocabulary is 49,152 wide, so this is most of the head's cost on long
+prompts). The result keeps the autograd graph, so the trainer calls the same function
+with gradients on; wrap it in `torch.no_grad()` for the reference or for eval.
+
+Public API:
+    batch_logps(model, batch) -> BatchLogps(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
+    sequence_logps(model, input_ids, attention_mask, response_mask) -> (logps, tokens)   all rows
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from dpo_engine.encoding import Batch
+
+
+class BatchLogps(NamedTuple):
+    """Shapes: all (B,). Log-probs fp32 (with grad if the model had it); counts long."""
+
+    chosen_logps: torch.Tensor
+    rejected_logps: torch.Tensor
+    chosen_tokens: torch.Tensor
+    rejected_tokens: torch.Tensor
+
+
+def _causal_lm(model):
+    """The transformers model under a PEFT wrapper (its LoRA layers stay in place and
+    `disable_adapter()` still applies), or the model itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def _head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
+    """LM head on selected hidden states (N, H) -> fp32 logits (N, V), with the scaling
+    and soft-capping some architectures (Gemma 2, Cohere) apply after the head."""
+    logits = lm.get_output_embeddings()(hidden).float()
+    config = lm.config.get_text_config() if hasattr(lm.config, "get_text_config") else lm.config
+    scale = getattr(config, "logit_scale", None)
+    if scale is not None:
+        logits = logits * scale
+    cap = getattr(config, "final_logit_softcapping", None)
+    if cap is not None:
+        logits = torch.tanh(logits / cap) * cap
+    return logits
+
+
+def sequence_logps(
+    model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response-token log-probs and response token counts, per row.
+
+    Args:
+        input_ids: (R, T) long.
+        attention_mask: (R, T), 1 on real tokens.
+        response_mask: (R, T) bool, True on the tokens to score (never on position 0,
+            which has no context).
+
+    Returns:
+        logps: (R,) fp32, Σ log p(token | tokens before it) over the response tokens.
+        tokens: (R,) long, how many tokens each sum covers.
+    """
+    assert input_ids.shape == attention_mask.shape == response_mask.shape, (
+        input_ids.shape, attention_mask.shape, response_mask.shape)
+    assert input_ids.dim() == 2
+    response_mask = response_mask.bool()
+    assert not response_mask[:, 0].any(), "the first token has no context and cannot be scored"
+    lm = _causal_lm(model)
+    hidden = lm.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    # Position t predicts token t+1: score position t where token t+1 is a response token.
+    scored = response_mask[:, 1:]  # (R, T-1)
+    rows = scored.nonzero(as_tuple=True)[0]  # (N,) which row each scored token belongs to
+    logits = _head_logits(lm, hidden[:, :-1][scored])  # (N, V) fp32
+    targets = input_ids[:, 1:][scored]  # (N,)
+    token_logps = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)  # (N,)
+    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=token_logps.device)
+    logps = logps.index_add(0, rows, token_logps)
+    return logps, response_mask.sum(dim=1)
+
+
+def batch_logps(model, batch: Batch) -> BatchLogps:
+    """One forward over a Batch's 2B rows -> chosen and rejected log-probs and counts, each (B,)."""
+    logps, tokens = sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
+    b = batch.num_pairs
+    assert logps.shape == (2 * b,)
+    return BatchLogps(logps[:b], logps[b:], tokens[:b], tokens[b:])
