@@ -96,3 +96,8 @@ def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed,
     for i, text in enumerate(result.texts, 1):
         click.echo(f"--- answer {i} ({result.token_counts[i - 1]} tokens)")
         click.echo(text)
+
+
+from dpo_engine.cli_eval import eval_cmd  # noqa: E402
+
+main.add_command(eval_cmd, "eval")

@@ -1,0 +1,223 @@
+"""`dpo-engine eval`: score preference pairs under a policy and a reference, per pair.
+
+For each pair: the four sequence log-probs, the response token counts, the implicit
+rewards and the loss; then the metrics under TRL's names, over all pairs. The policy is
+scored and released before the reference loads, so one model is in memory at a time;
+when the reference is the policy itself it runs once.
+
+The reference defaults to the policy's base: a DPO Studio checkpoint folder may carry
+`dpo_studio_run.json` with {"base_model": REF}; without it, the policy itself (every
+reward is then 0 and the DPO loss ln 2).
+
+Public API (no click needed):
+    read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
+    default_reference(policy_ref) -> str
+    score_pairs(model, encoded, pad_id, batch_size) -> BatchLogps     in input order
+    evaluate(data, policy_ref, reference_ref, settings, device) -> dict  the --json report
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import click
+import torch
+
+from dpo_engine.encoding import EncodedPair, collate, encode_pair, length_batches
+from dpo_engine.errors import ConfigError, DataError
+from dpo_engine.logps import BatchLogps, batch_logps
+from dpo_engine.losses import LOSSES, LossParams, compute_metrics, get_loss
+from dpo_engine.pairs import PreferencePair, parse_preference_record
+
+RUN_MANIFEST = "dpo_studio_run.json"  # in a checkpoint folder: {"base_model": REF, ...}
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    loss: str = "sigmoid"  # a name in losses.LOSSES
+    beta: float = 0.1  # DPO's KL strength; TRL's default
+    label_smoothing: float = 0.0  # robust loss only
+    max_length: int | None = 1024  # TRL's default, so pairs are cut exactly as TRL cuts them
+    batch_size: int = 8  # pairs per forward (2x rows); length-bucketed so padding stays small
+
+    def __post_init__(self):  # fail before any model loads
+        get_loss(self.loss)
+        LossParams(beta=self.beta, label_smoothing=self.label_smoothing)
+        if self.batch_size < 1:
+            raise ConfigError("batch_size must be at least 1.")
+        if self.max_length is not None and self.max_length < 2:
+            raise ConfigError("max_length must be at least 2 (one prompt token and one response token).")
+
+
+def read_pairs_jsonl(path) -> tuple[list[tuple[int, PreferencePair]], list[tuple[int, str]]]:
+    """TRL standard/conversational or OpenAI preference JSONL -> (pairs, errors), 1-based lines."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"No data file at {path}.")
+    pairs, errors = [], []
+    with open(path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                pairs.append((line_no, parse_preference_record(json.loads(line))))
+            except json.JSONDecodeError as exc:
+                errors.append((line_no, f"not valid JSON ({exc.msg})"))
+            except DataError as exc:
+                errors.append((line_no, str(exc)))
+    return pairs, errors
+
+
+def default_reference(policy_ref: str) -> str:
+    """The policy's base as its run manifest names it, else the policy itself."""
+    manifest = Path(policy_ref).expanduser() / RUN_MANIFEST
+    if not manifest.is_file():
+        return policy_ref
+    try:
+        base = json.loads(manifest.read_text(encoding="utf-8")).get("base_model")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"{manifest} is unreadable ({exc}); pass --reference explicitly.") from exc
+    if not base:
+        return policy_ref
+    relative = manifest.parent / base
+    return str(relative) if not Path(base).is_absolute() and relative.exists() else base
+
+
+def score_pairs(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
+    """Sequence log-probs of every pair, batched by length, returned in input order."""
+    device = next(model.parameters()).device
+    n = len(encoded)
+    out = [torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)]
+    with torch.no_grad():
+        for idx in length_batches(encoded, batch_size):
+            result = batch_logps(model, collate([encoded[i] for i in idx], pad_id).to(device))
+            for dest, src in zip(out, result):
+                dest[idx] = src.cpu().to(dest.dtype)
+    return BatchLogps(*out)
+
+
+def _encode(tokenizer, pairs, max_length):
+    kept, skipped = [], []
+    for line, pair in pairs:
+        try:
+            kept.append((line, encode_pair(tokenizer, pair, max_length)))
+        except DataError as exc:
+            skipped.append((line, str(exc)))
+    return kept, skipped
+
+
+def _score_policy(ref: str, pairs, settings, device, on_progress):
+    """Load the policy, encode with its tokenizer and score; the model is released on return."""
+    from dpo_engine.models import load_model
+
+    loaded = load_model(ref, device, on_progress)
+    encoded, rejected = _encode(loaded.tokenizer, pairs, settings.max_length)
+    if not encoded:
+        raise DataError("No pair left to score: " + "; ".join(f"line {ln}: {r}" for ln, r in rejected))
+    logps = score_pairs(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+    return logps, encoded, rejected
+
+
+def _score_reference(ref: str, pairs, encoded, settings, device, on_progress) -> BatchLogps:
+    """Score the policy's encoding under the reference, which must tokenize the same way."""
+    from dpo_engine.models import load_model
+
+    loaded = load_model(ref, device, on_progress)
+    line, first = encoded[0]
+    pair = next(p for ln, p in pairs if ln == line)
+    if encode_pair(loaded.tokenizer, pair, settings.max_length) != first:
+        raise ConfigError(f"The reference {ref} tokenizes the pairs differently from the policy; "
+                          "DPO compares log-probs of the same tokens, so both need one tokenizer.")
+    return score_pairs(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+
+
+def evaluate(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings, device=None,
+             on_progress: Callable | None = None) -> dict:
+    """Score every pair of a JSONL file; the report `dpo-engine eval --json` prints."""
+    pairs, skipped = read_pairs_jsonl(data)
+    if not pairs:
+        raise DataError(f"{data} holds no preference pair." + (f" First problem: line {skipped[0][0]}: "
+                                                                 f"{skipped[0][1]}" if skipped else ""))
+    reference_ref = reference_ref or default_reference(policy_ref)
+    policy, encoded, rejected = _score_policy(policy_ref, pairs, settings, device, on_progress)
+    if reference_ref == policy_ref:
+        reference = policy  # same weights: one pass serves both
+    else:
+        reference = _score_reference(reference_ref, pairs, encoded, settings, device, on_progress)
+    params = LossParams(beta=settings.beta, label_smoothing=settings.label_smoothing)
+    out = get_loss(settings.loss)(
+        policy.chosen_logps, policy.rejected_logps, reference.chosen_logps, reference.rejected_logps,
+        chosen_tokens=policy.chosen_tokens, rejected_tokens=policy.rejected_tokens, params=params)
+    rows = zip(policy.chosen_logps.tolist(), policy.rejected_logps.tolist(), reference.chosen_logps.tolist(),
+               reference.rejected_logps.tolist(), policy.chosen_tokens.tolist(), policy.rejected_tokens.tolist(),
+               out.chosen_rewards.tolist(), out.rejected_rewards.tolist(), out.losses.tolist())
+    keys = ("policy_chosen_logps", "policy_rejected_logps", "reference_chosen_logps", "reference_rejected_logps",
+            "chosen_tokens", "rejected_tokens", "chosen_reward", "rejected_reward", "loss")
+    return {
+        "pairs": [dict(zip(keys, row)) for row in rows],
+        "metrics": compute_metrics(out, policy.chosen_logps, policy.rejected_logps),
+        "skipped": [{"line": ln, "reason": r} for ln, r in sorted(skipped + rejected)],
+        "lines": [ln for ln, _ in encoded],  # not printed with --json; the summary names pairs by line
+        "policy": policy_ref,
+        "reference": reference_ref,
+    }
+
+
+def _friendly(fn):
+    """dpo_engine.cli.friendly_errors, looked up at call time: cli.py imports this module
+    at its bottom, so importing cli here at load time would be circular."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dpo_engine.cli import friendly_errors
+
+        return friendly_errors(fn)(*args, **kwargs)
+
+    return wrapper
+
+
+def _print_summary(report: dict, settings: EvalSettings) -> None:
+    click.echo(f"policy {report['policy']}  reference {report['reference']}")
+    click.echo(f"loss {settings.loss}, beta {settings.beta}: {len(report['pairs'])} pairs scored, "
+               f"{len(report['skipped'])} skipped")
+    click.echo(f"{'line':>6} {'tokens c/r':>11} {'reward c':>10} {'reward r':>10} {'margin':>9} {'loss':>9}")
+    for line, p in zip(report["lines"], report["pairs"]):
+        tokens = f"{p['chosen_tokens']}/{p['rejected_tokens']}"
+        click.echo(f"{line:>6} {tokens:>11} {p['chosen_reward']:>10.4f} {p['rejected_reward']:>10.4f} "
+                   f"{p['chosen_reward'] - p['rejected_reward']:>9.4f} {p['loss']:>9.4f}")
+    for name, value in report["metrics"].items():
+        click.echo(f"{name:>20}  {value:.6g}")
+    for s in report["skipped"]:
+        click.echo(f"skipped line {s['line']}: {s['reason']}")
+
+
+@click.command("eval")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Preference pairs, JSONL.")
+@click.option("--policy", "policy_ref", required=True, help="'default', a model folder, a .gguf or a hub id.")
+@click.option("--reference", "reference_ref", default=None,
+              help="Reference model; default: the policy's base (from its dpo_studio_run.json), else the policy.")
+@click.option("--beta", default=0.1, show_default=True, type=float, help="KL strength (IPO's tau).")
+@click.option("--loss", "loss_name", default="sigmoid", show_default=True, type=click.Choice(list(LOSSES)))
+@click.option("--label-smoothing", default=0.0, show_default=True, type=float, help="Robust loss: flip rate.")
+@click.option("--max-length", default=1024, show_default=True, type=int, help="Prompt + response tokens.")
+@click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per forward pass.")
+@click.option("--device", default=None, help="auto (default: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
+@_friendly
+def eval_cmd(data, policy_ref, reference_ref, beta, loss_name, label_smoothing, max_length, batch_size, device,
+             as_json):
+    """Score preference pairs: per-pair log-probs, rewards and loss, and TRL's metrics."""
+    from dpo_engine.cli import progress_printer
+    from dpo_engine.devices import pick_device
+
+    settings = EvalSettings(loss_name, beta, label_smoothing, max_length, batch_size)
+    report = evaluate(data, policy_ref, reference_ref, settings, pick_device(device), progress_printer)
+    if as_json:
+        payload = {k: report[k] for k in ("pairs", "metrics", "skipped")}
+        click.echo(json.dumps(payload))
+    else:
+        _print_summary(report, settings)
