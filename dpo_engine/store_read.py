@@ -1,0 +1,193 @@
+"""Read side of the project store: training pairs, labeling prompts, browsing, statistics,
+runs and models. Mixed into `store.Project`; every method reads through `self.db`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.store_schema import VERDICTS, prompt_value
+
+SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not labeling time
+
+_PAIR_SQL = """
+SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash
+FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
+WHERE c.deleted IS NULL AND c.verdict IN ('left', 'right')
+"""
+
+_BROWSE_FROM = """
+FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
+"""
+
+
+@dataclass(frozen=True)
+class StoredPair:
+    pair: PreferencePair  # chosen = the side the verdict picked
+    comparison_id: int
+    prompt_id: int
+    split: str  # "train" or "eval", fixed by the prompt's hash
+
+
+@dataclass(frozen=True)
+class ComparisonFilter:
+    text: str = ""  # substring of prompt, either answer or note (case-insensitive for ASCII)
+    verdict: str | None = None  # one of VERDICTS, or None for all
+    source: str | None = None  # label / import / compare, or None for all
+    split: str | None = None  # train / eval, or None for both
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    id: int
+    prompt_id: int
+    verdict: str
+    source: str
+    split: str
+    prompt: str | tuple[tuple[str, str], ...]
+    left: str
+    right: str
+    created: float  # unix time
+    strength: float | None
+    note: str | None
+    group: int | None
+
+    @property
+    def prompt_text(self) -> str:
+        return PreferencePair(self.prompt, "", "").prompt_text
+
+
+def _where(f: ComparisonFilter) -> tuple[str, list]:
+    clauses, args = ["c.deleted IS NULL"], []
+    for column, value in (("c.verdict", f.verdict), ("c.source", f.source), ("p.split", f.split)):
+        if value:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if f.text:
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
+                                         ("p.text", "p.messages", "l.text", "r.text", "c.note")) + ")")
+        args += [like] * 5
+    return " WHERE " + " AND ".join(clauses), args
+
+
+class ProjectReads:
+    db = None  # sqlite_utils.Database, set by Project
+
+    def _all(self, sql: str, args=()) -> list[tuple]:
+        return self.db.conn.execute(sql, args).fetchall()
+
+    # -- pairs and prompts
+    def training_pairs(self, split: str | None = "train") -> list[StoredPair]:
+        """DPO pairs from left/right verdicts (ties, both_bad and skips are not pairs);
+        a pair stored twice is returned once."""
+        sql, args = _PAIR_SQL, []
+        if split:
+            sql += " AND p.split = ?"
+            args.append(split)
+        out, seen = [], set()
+        for cid, pid, sp, verdict, text, messages, left, right, digest in self._all(sql + " ORDER BY c.id", args):
+            if digest in seen:
+                continue
+            seen.add(digest)
+            chosen, rejected = (left, right) if verdict == "left" else (right, left)
+            out.append(StoredPair(PreferencePair(prompt_value(text, messages), chosen, rejected), cid, pid, sp))
+        return out
+
+    def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:
+        """(id, prompt) for labeling; prompt is text or ((role, content), ...) like
+        PreferencePair.prompt. Prompts with fewest comparisons first when asked."""
+        sql = ("SELECT p.id, p.text, p.messages, (SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id "
+               "AND c.deleted IS NULL) AS n FROM prompts p")
+        args = []
+        if split:
+            sql += " WHERE p.split = ?"
+            args.append(split)
+        sql += " ORDER BY n, p.id" if unlabeled_first else " ORDER BY p.id"
+        return [(pid, prompt_value(text, messages)) for pid, text, messages, _ in self._all(sql, args)]
+
+    # -- browsing (the Data page pages through these)
+    def count_comparisons(self, f: ComparisonFilter = ComparisonFilter()) -> int:
+        where, args = _where(f)
+        return self._all("SELECT count(*) " + _BROWSE_FROM + where, args)[0][0]
+
+    def list_comparisons(self, f: ComparisonFilter = ComparisonFilter(), offset: int = 0,
+                         limit: int = 200) -> list[ComparisonRow]:
+        """One page of comparisons, newest first."""
+        where, args = _where(f)
+        rows = self._all(
+            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
+            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + where +
+            " ORDER BY c.id DESC LIMIT ? OFFSET ?", args + [limit, offset])
+        return [ComparisonRow(r[0], r[1], r[2], r[3], r[4], prompt_value(r[5], r[6]), *r[7:]) for r in rows]
+
+    def comparison(self, cid: int) -> ComparisonRow | None:
+        """One comparison by id (deleted ones too), or None."""
+        rows = self._all(
+            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
+            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + " WHERE c.id = ?", (cid,))
+        return ComparisonRow(*rows[0][:5], prompt_value(rows[0][5], rows[0][6]), *rows[0][7:]) if rows else None
+
+    # -- statistics
+    def stats(self) -> dict:
+        """Counts and biases of the labeled data (see `dpo-engine stats`)."""
+        one = lambda sql: self._all(sql)[0][0]  # noqa: E731
+        by_verdict = dict.fromkeys(VERDICTS, 0)
+        by_verdict.update(self._all("SELECT verdict, count(*) FROM comparisons WHERE deleted IS NULL GROUP BY 1"))
+        pairs = self.training_pairs(split=None)
+        decided = [v for (v,) in self._all("SELECT verdict FROM comparisons WHERE deleted IS NULL "
+                                            "AND source = 'label' AND verdict IN ('left', 'right')")]
+        prompts = one("SELECT count(*) FROM prompts")
+        labeled = one("SELECT count(DISTINCT prompt_id) FROM comparisons WHERE deleted IS NULL")
+        return {
+            "prompts": prompts,
+            "prompts_by_split": _split_counts(self._all("SELECT split, count(*) FROM prompts GROUP BY 1")),
+            "labeled_prompts": labeled,
+            "labeled_fraction": labeled / prompts if prompts else 0.0,
+            "comparisons": sum(by_verdict.values()),
+            "by_verdict": by_verdict,
+            "by_source": dict(self._all("SELECT source, count(*) FROM comparisons WHERE deleted IS NULL "
+                                        "GROUP BY 1 ORDER BY 1")),
+            "pairs": len(pairs),
+            "pairs_by_split": _split_counts([(s, sum(p.split == s for p in pairs)) for s in ("train", "eval")]),
+            "labels_per_hour": self._labels_per_hour(),
+            "position_bias": {"left_wins": decided.count("left"), "decided": len(decided),
+                              "left_rate": decided.count("left") / len(decided) if decided else None},
+            "length": {"chosen_mean": _mean([len(p.pair.chosen) for p in pairs]),
+                       "rejected_mean": _mean([len(p.pair.rejected) for p in pairs])},
+            "runs": one("SELECT count(*) FROM runs"),
+        }
+
+    def _labels_per_hour(self) -> float | None:
+        times = [t for (t,) in self._all("SELECT created FROM comparisons WHERE source = 'label' ORDER BY created")]
+        active = sum(min(b - a, SESSION_GAP_S) for a, b in zip(times, times[1:]))
+        return len(times) / (active / 3600) if active > 0 else None
+
+    # -- runs and models
+    def runs(self) -> list[dict]:
+        rows = self.db.query("SELECT * FROM runs ORDER BY id")
+        return [dict(r, config=json.loads(r["config"])) for r in rows]
+
+    def run_metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
+        out: dict[str, list[tuple[int, float]]] = {}
+        for name, step, value in self._all("SELECT name, step, value FROM metrics WHERE run_id = ? "
+                                           "ORDER BY name, step, rowid", (run_id,)):
+            out.setdefault(name, []).append((step, value))
+        return out
+
+    def models(self) -> list[dict]:
+        return list(self.db.query("SELECT m.id, m.ref, m.kind, p.ref AS parent, m.run_id, m.created "
+                                  "FROM models m LEFT JOIN models p ON p.id = m.parent_id ORDER BY m.id"))
+
+
+def _split_counts(rows) -> dict[str, int]:
+    out = {"train": 0, "eval": 0}
+    out.update(rows)
+    return out
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,237 @@
+"""The project store: verdicts → pairs, dedupe, splits, undo, runs, file safety, migration."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from dpo_engine.errors import ConfigError, NotAProjectError, ProjectLockedError, StoreError
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.store import open_project
+from dpo_engine.store_schema import CURRENT_VERSION, create_v1
+from tests.store_helpers import fresh_db, label, project_file, sample_pairs  # noqa: F401
+
+
+def test_verdicts_map_to_chosen_and_rejected(fresh_db):
+    label(fresh_db, "q1", "L1", "R1", "left")
+    label(fresh_db, "q2", "L2", "R2", "right")
+    for verdict in ("tie", "both_bad", "skip"):
+        label(fresh_db, f"q-{verdict}", "x", "y", verdict)
+    pairs = {p.pair.prompt_text: (p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)}
+    assert pairs == {"q1": ("L1", "R1"), "q2": ("R2", "L2")}
+    assert fresh_db.stats()["by_verdict"] == {"left": 1, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
+
+
+def test_labeling_prompt_becomes_a_user_message_and_is_stored_once(fresh_db):
+    a = fresh_db.add_prompt("Hello", "starter")
+    ids = fresh_db.add_prompts(["Hello", [{"role": "user", "content": "Hello"}], "Other"], "starter")
+    assert ids[0] == ids[1] == a and ids[2] != a
+    assert dict(fresh_db.prompts())[a] == (("user", "Hello"),)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "wizard", "content": "x"}], [{"content": "x"}]])
+def test_invalid_prompts_are_refused(fresh_db, bad):
+    with pytest.raises(Exception, match="empty|list|role"):
+        fresh_db.add_prompt(bad, "test")
+
+
+def test_split_is_stable_and_about_ten_percent_eval(tmp_path):
+    prompts = [f"prompt {i}" for i in range(2000)]
+    splits = []
+    for name in ("a", "b"):
+        with open_project(tmp_path / f"{name}.sqlite") as project:
+            ids = project.add_prompts(prompts if name == "a" else prompts[::-1], "test")
+            split_of = dict(project.db.conn.execute("SELECT id, split FROM prompts").fetchall())
+            splits.append({p: split_of[i] for p, i in zip(prompts if name == "a" else prompts[::-1], ids)})
+    assert splits[0] == splits[1]  # same prompt, same split, whatever the insertion order
+    eval_share = sum(s == "eval" for s in splits[0].values()) / len(prompts)
+    assert 0.07 < eval_share < 0.13
+
+
+def test_unlabeled_prompts_come_first(fresh_db):
+    labeled = fresh_db.add_prompt("labeled", "test")
+    fresh_db.add_prompt("fresh", "test")
+    a, b = (fresh_db.add_response(labeled, t, "m", None) for t in ("x", "y"))
+    fresh_db.record_comparison(labeled, a, b, "left")
+    assert [pid for pid, _ in fresh_db.prompts()][-1] == labeled
+    assert [pid for pid, _ in fresh_db.prompts(unlabeled_first=False)][0] == labeled
+
+
+def test_delete_restore_and_flip(fresh_db):
+    cid = label(fresh_db, "q", "L", "R", "left")
+    fresh_db.delete_comparison(cid)
+    assert fresh_db.training_pairs(None) == [] and fresh_db.stats()["comparisons"] == 0
+    fresh_db.restore_comparison(cid)
+    fresh_db.set_verdict(cid, "right")
+    [stored] = fresh_db.training_pairs(None)
+    assert (stored.pair.chosen, stored.pair.rejected, stored.comparison_id) == ("R", "L", cid)
+    with pytest.raises(StoreError, match="does not exist"):
+        fresh_db.delete_comparison(cid + 100)
+
+
+def test_record_comparison_validates(fresh_db):
+    pid = fresh_db.add_prompt("q", "test")
+    other = fresh_db.add_prompt("other", "test")
+    a, b = (fresh_db.add_response(pid, t, "m") for t in ("x", "y"))
+    c = fresh_db.add_response(other, "z", "m")
+    with pytest.raises(ConfigError, match="verdict must be one of"):
+        fresh_db.record_comparison(pid, a, b, "better")
+    with pytest.raises(StoreError, match="must both answer prompt"):
+        fresh_db.record_comparison(pid, a, c, "left")
+    cid = fresh_db.record_comparison(pid, a, b, "tie", strength=0.5, note="meh", group=7)
+    row = fresh_db.comparison(cid)
+    assert (row.strength, row.note, row.group, row.source) == (0.5, "meh", 7, "label")
+
+
+def test_imported_pairs_are_deduplicated_by_content(fresh_db):
+    pairs = sample_pairs()
+    assert fresh_db.import_pairs(pairs + pairs[:2]) == (len(pairs), 2)
+    assert fresh_db.import_pairs(pairs) == (0, len(pairs))
+    assert sorted(p.pair.content_hash() for p in fresh_db.training_pairs(None)) == \
+        sorted(p.content_hash() for p in pairs)
+    assert fresh_db.stats()["by_source"] == {"import": len(pairs)}
+
+
+def test_stats_position_and_length_bias(fresh_db):
+    label(fresh_db, "q1", "long answer", "s", "left")
+    label(fresh_db, "q2", "a", "bbb", "left")
+    label(fresh_db, "q3", "aa", "b", "right")
+    label(fresh_db, "q4", "aa", "b", "tie")
+    fresh_db.add_prompt("unlabeled", "test")
+    s = fresh_db.stats()
+    assert s["position_bias"] == {"left_wins": 2, "decided": 3, "left_rate": 2 / 3}
+    assert s["length"] == {"chosen_mean": (11 + 1 + 1) / 3, "rejected_mean": (1 + 3 + 2) / 3}
+    assert (s["prompts"], s["labeled_prompts"], s["pairs"], s["comparisons"]) == (5, 4, 3, 4)
+    assert s["labeled_fraction"] == 4 / 5
+
+
+def test_runs_metrics_and_models(fresh_db):
+    run = fresh_db.create_run({"beta": 0.1, "lr": 5e-7})
+    fresh_db.log_metrics(run, 1, {"loss": 0.69, "rewards/chosen": 0.0})
+    fresh_db.log_metrics(run, 2, {"loss": 0.5, "rewards/chosen": 0.2})
+    fresh_db.finish_run(run, "finished", checkpoint="/ckpt/1")
+    [r] = fresh_db.runs()
+    assert (r["status"], r["config"]["beta"], r["checkpoint"]) == ("finished", 0.1, "/ckpt/1")
+    assert r["ended"] >= r["started"]
+    assert fresh_db.run_metrics(run) == {"loss": [(1, 0.69), (2, 0.5)], "rewards/chosen": [(1, 0.0), (2, 0.2)]}
+    base = fresh_db.add_model("default", "base")
+    ckpt = fresh_db.add_model("/ckpt/1", "checkpoint", parent="default", run_id=run)
+    assert fresh_db.add_model("default", "base") == base
+    assert [(m["id"], m["kind"], m["parent"], m["run_id"]) for m in fresh_db.models()] == \
+        [(base, "base", None, None), (ckpt, "checkpoint", "default", run)]
+    with pytest.raises(ConfigError):
+        fresh_db.finish_run(run, "exploded")
+
+
+def test_file_settings_and_durability(project_file):
+    with open_project(project_file) as project:
+        conn = project.db.conn
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+        assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        cid = label(project, "q", "a", "b", "left")
+    with open_project(project_file) as project:
+        assert project.comparison(cid).verdict == "left"
+
+
+def test_each_thread_opens_its_own_project(project_file):
+    main = open_project(project_file)
+    errors = []
+
+    def worker():
+        try:
+            with open_project(project_file) as mine:  # same process: the lock is shared
+                label(mine, "from thread", "a", "b", "right")
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join()
+    assert not errors
+    assert [p.pair.chosen for p in main.training_pairs(None)] == ["b"]
+    main.close()
+
+
+@pytest.mark.parametrize("content", [b"hello, this is not a database\n" * 50, b"SQLite format 3\x00" + b"\x10" * 84])
+def test_garbage_file_is_refused_and_untouched(tmp_path, content):
+    path = tmp_path / "garbage.sqlite"
+    path.write_bytes(content)
+    with pytest.raises(NotAProjectError, match=str(path)):
+        open_project(path)
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.sqlite"]
+
+
+def test_truncated_project_is_refused_and_untouched(project_file):
+    with open_project(project_file) as project:
+        project.import_pairs([PreferencePair(f"q{i}", "a" * 500, "b") for i in range(300)])
+        project.db.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    data = project_file.read_bytes()
+    project_file.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NotAProjectError, match="truncated"):
+        open_project(project_file)
+    assert project_file.read_bytes() == data[: len(data) // 2]
+
+
+def test_other_programs_sqlite_file_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE notes (x)")
+    conn.commit()
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(NotAProjectError, match="another program"):
+        open_project(path)
+    assert path.read_bytes() == before
+
+
+HOLDER = """
+import sys
+from dpo_engine.store import open_project
+p = open_project(sys.argv[1])
+print("ready", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_second_process_is_told_who_holds_the_project(project_file):
+    with open_project(project_file) as project:
+        label(project, "q", "a", "b", "left")
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(project_file)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(ProjectLockedError, match=f"pid {child.pid}"):
+            open_project(project_file)
+        with open_project(project_file, read_only=True) as ro:  # reading still works
+            assert len(ro.training_pairs(None)) == 1
+            with pytest.raises(StoreError, match="read-only"):
+                label(ro, "q2", "a", "b", "left")
+    finally:
+        child.communicate("\n", timeout=10)
+    open_project(project_file).close()  # free again once the other process ends
+
+
+def test_migration_from_version_1(project_file):
+    conn = sqlite3.connect(project_file, isolation_level=None)
+    create_v1(conn)
+    conn.executescript("""
+        INSERT INTO prompts VALUES (1, 'k1', 'Hi', '[["user", "Hi"]]', 'label', 'train', 0);
+        INSERT INTO responses VALUES (1, 1, 'Hello!', 'm', NULL, 0), (2, 1, 'Go away.', 'm', NULL, 0);
+        INSERT INTO comparisons VALUES (1, 1, 1, 2, 'right', NULL, NULL, 'label', 0);
+        INSERT INTO comparisons VALUES (2, 1, 1, 2, 'tie', NULL, NULL, 'label', 0);
+    """)
+    conn.close()
+    with open_project(project_file) as project:
+        assert project.db.conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 2
+        [stored] = project.training_pairs(None)
+        assert stored.pair == PreferencePair((("user", "Hi"),), "Go away.", "Hello!")
+        # the backfilled hash recognises the same pair when it is imported again
+        assert project.import_pairs([stored.pair]) == (0, 1)
+        project.delete_comparison(2)  # the new soft-delete column works on old rows
+        assert project.stats()["comparisons"] == 1
