@@ -69,6 +69,11 @@ def _per_token(x: torch.Tensor, tokens: torch.Tensor | None, name: str) -> torch
     return x / tokens.to(x.dtype).clamp(min=1.0)  # TRL's clamp: a 0-token response never divides by 0
 
 
+def _per_token_delta(pc, pr, rc, rr, chosen_tokens, rejected_tokens) -> torch.Tensor:
+    """Δ_c/|y_w| − Δ_r/|y_l|: the log-ratios averaged per response token."""
+    return _per_token(pc - rc, chosen_tokens, "chosen_tokens") - _per_token(pr - rr, rejected_tokens, "rejected_tokens")
+
+
 def sigmoid(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params: LossParams) -> LossOutput:
     """DPO: −log σ(βΔ), Δ = (log π_c − log π_ref,c) − (log π_r − log π_ref,r) (paper Eq. 7).
 
@@ -84,7 +89,7 @@ def length_normalized(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=Non
     Example: 1/4 − (−1)/2 = 0.75, β·0.75 = 0.075 -> log(1 + e^−0.075) = 0.656350.
     """
     cr, rj = _rewards(pc, pr, rc, rr, params.beta)
-    delta = _per_token(pc - rc, chosen_tokens, "chosen_tokens") - _per_token(pr - rr, rejected_tokens, "rejected_tokens")
+    delta = _per_token_delta(pc, pr, rc, rr, chosen_tokens, rejected_tokens)
     return LossOutput(-F.logsigmoid(params.beta * delta), cr, rj)
 
 
@@ -95,7 +100,7 @@ def ipo(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params: Los
     Example: h = 0.75, 1/(2·0.1) = 5 -> (0.75 − 5)² = 18.0625.
     """
     cr, rj = _rewards(pc, pr, rc, rr, params.beta)
-    h = _per_token(pc - rc, chosen_tokens, "chosen_tokens") - _per_token(pr - rr, rejected_tokens, "rejected_tokens")
+    h = _per_token_delta(pc, pr, rc, rr, chosen_tokens, rejected_tokens)
     return LossOutput((h - 1 / (2 * params.beta)) ** 2, cr, rj)
 
 

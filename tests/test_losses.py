@@ -37,7 +37,8 @@ HAND = {
 
 def example(n: int = 1):
     t = lambda v: torch.full((n,), float(v))  # noqa: E731
-    return (t(-10), t(-12), t(-11), t(-11)), dict(chosen_tokens=torch.full((n,), 4), rejected_tokens=torch.full((n,), 2))
+    counts = dict(chosen_tokens=torch.full((n,), 4), rejected_tokens=torch.full((n,), 2))
+    return (t(-10), t(-12), t(-11), t(-11)), counts
 
 
 def test_table_covers_every_loss():
@@ -81,7 +82,7 @@ def test_robust_without_smoothing_is_sigmoid():
 
 
 def test_gradient_is_the_seed_section_2_form():
-    """∂L/∂log π(y_w) = −β·σ(−Δ) and ∂L/∂log π(y_l) = +β·σ(−Δ) (seed §2; its Δ includes β)."""
+    """∂L/∂log π(y_w) = −β·σ(−Δ), ∂L/∂log π(y_l) = +β·σ(−Δ) (seed §2; its Δ includes β)."""
     beta = 0.5
     pc = torch.tensor([-10.0, -3.0, -8.0], requires_grad=True)
     pr = torch.tensor([-12.0, -2.0, -8.0], requires_grad=True)
