@@ -101,3 +101,9 @@ def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed,
 from dpo_engine.cli_eval import eval_cmd  # noqa: E402
 
 main.add_command(eval_cmd, "eval")
+
+from dpo_engine.cli_data import export_cmd, import_cmd, stats_cmd  # noqa: E402
+
+main.add_command(import_cmd, "import")
+main.add_command(export_cmd, "export")
+main.add_command(stats_cmd, "stats")
