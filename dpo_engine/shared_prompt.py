@@ -1,0 +1,77 @@
+"""Response log-probs with each pair's prompt run once, its keys/values reused by both answers.
+
+Chosen and rejected share their prompt, so the concatenated forward of `logps.batch_logps`
+computes the prompt twice. Here the prompt rows (B, P) run once with a KV cache; the
+cache is repeated to 2B rows (a differentiable `repeat_interleave`, so gradients of both
+answers flow back into the one prompt pass); then the 2B answers run on top of it:
+
+    prompt pass      (B, P)   ->  hidden h_p, cache K/V          (once per pair)
+    answer pass      (2B, L)  over cache(2B)  ->  hidden h_a     rows 2i = chosen_i, 2i+1 = rejected_i
+    log π(y|x) = log softmax(head(h_p[p-1]))[y_0] + Σ_{j≥1} log softmax(head(h_a[j-1]))[y_j]
+
+Prompts are right-padded, so the padding sits between a prompt and its answer: the
+attention mask hides it and the answers' position ids continue from the real prompt
+length, so every real token sees exactly the context and positions it has unpadded.
+As in `logps`, the LM head and log-softmax run only where the next token is scored.
+
+Not usable with gradient checkpointing (transformers turns the KV cache off under it);
+the trainer then falls back to `logps.batch_logps`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from dpo_engine._compat import forward_with_cache
+from dpo_engine.encoding import EncodedPair
+from dpo_engine.logps import BatchLogps, _causal_lm, _head_logits
+
+
+def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), each (len(rows), longest row), padded on the right."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def shared_prompt_logps(model, pairs: Sequence[EncodedPair], pad_id: int, device=None) -> BatchLogps:
+    """Chosen and rejected log-probs and token counts, each (B,), prompt computed once.
+
+    Matches `logps.batch_logps` on the same pairs up to float rounding.
+    """
+    assert pairs and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in pairs)
+    device = device or next(model.parameters()).device
+    lm = _causal_lm(model)
+    prompt_ids, prompt_mask = (t.to(device) for t in _right_pad([p.prompt_ids for p in pairs], pad_id))
+    answers = [a for p in pairs for a in (p.chosen_ids, p.rejected_ids)]  # interleaved: c0, r0, c1, r1, ...
+    answer_ids, answer_mask = (t.to(device) for t in _right_pad(answers, pad_id))
+    prompt_len = prompt_mask.sum(dim=1)  # (B,)
+
+    out, cache = forward_with_cache(lm.base_model, None, input_ids=prompt_ids, attention_mask=prompt_mask)
+    prompt_hidden = out.last_hidden_state  # (B, P, H)
+    cache.batch_repeat_interleave(2)  # (B, ...) -> (2B, ...): row i serves rows 2i and 2i+1
+    rows_len = prompt_len.repeat_interleave(2)  # (2B,)
+    positions = rows_len[:, None] + torch.arange(answer_ids.shape[1], device=device)[None, :]
+    full_mask = torch.cat([prompt_mask.repeat_interleave(2, dim=0), answer_mask], dim=1)
+    out, _ = forward_with_cache(lm.base_model, cache, input_ids=answer_ids, attention_mask=full_mask,
+                                position_ids=positions)
+    answer_hidden = out.last_hidden_state  # (2B, L, H)
+
+    # The first answer token is predicted by the last real prompt position; the others by
+    # the answer position before them.
+    first = prompt_hidden[torch.arange(len(pairs), device=device), prompt_len - 1].repeat_interleave(2, dim=0)
+    scored = answer_mask[:, 1:].bool()  # (2B, L-1)
+    hidden = torch.cat([first, answer_hidden[:, :-1][scored]])  # (2B + N, H)
+    targets = torch.cat([answer_ids[:, 0], answer_ids[:, 1:][scored]])
+    rows = torch.cat([torch.arange(2 * len(pairs), device=device), scored.nonzero(as_tuple=True)[0]])
+    logits = _head_logits(lm, hidden)  # (2B + N, V) fp32
+    token_logps = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
+    logps = torch.zeros(2 * len(pairs), dtype=torch.float32, device=device).index_add(0, rows, token_logps)
+    tokens = answer_mask.sum(dim=1)
+    return BatchLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])

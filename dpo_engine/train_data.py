@@ -1,0 +1,117 @@
+"""The run's data: split, encode (refusing unusable data before any model loads), and order.
+
+Data order is a pure function of (seed, epoch), so a checkpoint only needs the position
+(epoch, step within it) to continue on exactly the batches the uninterrupted run saw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from dpo_engine.encoding import EncodedPair, encode_pairs
+from dpo_engine.errors import DataError
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.train_config import MIN_TRAIN_PAIRS, TrainConfig
+
+BUCKET_BATCHES = 16  # batches per length bucket: long enough to sort well, short enough to stay random
+
+
+@dataclass(frozen=True)
+class RunData:
+    train: list[EncodedPair]
+    train_index: list[int]  # each train pair's index in the pairs given to train(), for messages
+    eval: list[EncodedPair]
+    eval_index: list[int]  # index in eval_pairs if given, else in the training pairs
+    skipped: list[tuple[int, str]]  # (index, reason) of pairs that cannot be trained on
+
+    @property
+    def all_pairs(self) -> list[EncodedPair]:
+        """Train then eval: the order of the reference log-prob cache."""
+        return self.train + self.eval
+
+    def fingerprint(self) -> str:
+        """Identity of the encoded data (token ids of every pair, split included)."""
+        h = hashlib.sha256()
+        for part in (self.train, self.eval):
+            h.update(b"|split|")
+            for e in part:
+                h.update(repr((e.prompt_ids, e.chosen_ids, e.rejected_ids)).encode())
+        return h.hexdigest()
+
+
+def split_eval(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train indices, eval indices) of n pairs; eval gets round(n * fraction), at least 1
+    if fraction > 0, unless that would leave fewer than MIN_TRAIN_PAIRS to train on."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(n * fraction)) if fraction > 0 else 0
+    if n - n_eval < MIN_TRAIN_PAIRS:
+        n_eval = 0
+    return sorted(order[n_eval:]), sorted(order[:n_eval])
+
+
+def _reasons(skipped: list[tuple[int, str]], limit: int = 3) -> str:
+    shown = "; ".join(f"pair #{i}: {why}" for i, why in skipped[:limit])
+    more = f" (and {len(skipped) - limit} more)" if len(skipped) > limit else ""
+    return shown + more
+
+
+def prepare_data(
+    tokenizer, pairs: Sequence[PreferencePair], eval_pairs: Sequence[PreferencePair] | None, config: TrainConfig
+) -> RunData:
+    """Encode and split; DataError if too few pairs are left to train on."""
+    if eval_pairs is None:
+        train_idx, eval_idx = split_eval(len(pairs), config.eval_fraction, config.seed)
+        eval_source = pairs
+    else:
+        train_idx, eval_idx, eval_source = list(range(len(pairs))), list(range(len(eval_pairs))), eval_pairs
+    kept, skipped = encode_pairs(tokenizer, [pairs[i] for i in train_idx], config.max_length)
+    skipped = [(train_idx[j], why) for j, why in skipped]
+    if len(kept) < MIN_TRAIN_PAIRS:
+        detail = f" Unusable: {_reasons(skipped)}." if skipped else ""
+        raise DataError(
+            f"Only {len(kept)} usable training pair(s) of {len(pairs)}; DPO needs at least {MIN_TRAIN_PAIRS}."
+            f"{detail} Label more pairs, or raise max_length if prompts are being cut away."
+        )
+    eval_kept, eval_skipped = encode_pairs(tokenizer, [eval_source[i] for i in eval_idx], config.max_length)
+    return RunData(
+        train=[e for _, e in kept],
+        train_index=[train_idx[j] for j, _ in kept],
+        eval=[e for _, e in eval_kept],
+        eval_index=[eval_idx[j] for j, _ in eval_kept],
+        skipped=skipped + [(eval_idx[j], f"(eval) {why}") for j, why in eval_skipped],
+    )
+
+
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    """Length-bucketed micro-batches for one epoch, a pure function of (seed, epoch).
+
+    Shuffle, cut into buckets of BUCKET_BATCHES batches, sort each bucket by length (so a
+    batch holds pairs of similar length and little padding), then shuffle the batches.
+    """
+    rng = random.Random(f"{seed}/{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    bucket = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(order), bucket):
+        chunk = sorted(order[start : start + bucket], key=lambda i: -lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def steps_per_epoch(n_pairs: int, batch_size: int, grad_accum: int) -> int:
+    """Optimizer steps per epoch; the last step of an epoch may have fewer micro-batches."""
+    return math.ceil(math.ceil(n_pairs / batch_size) / grad_accum)
+
+
+def step_batches(lengths: Sequence[int], config: TrainConfig, epoch: int, step_in_epoch: int) -> list[list[int]]:
+    """The micro-batches (train-pair indices) of one optimizer step."""
+    batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+    start = step_in_epoch * config.grad_accum
+    return batches[start : start + config.grad_accum]

@@ -1,0 +1,125 @@
+"""The models of a run: device and precision, loading the policy (full or LoRA), saving it.
+
+Weights train in fp32 (AdamW on bf16 weights loses small updates); on CUDA with bf16
+support the forward runs under bf16 autocast instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from dpo_engine.checkpoints import RUN_FILE
+from dpo_engine.devices import DeviceChoice, pick_device
+from dpo_engine.models import LoadedModel, load_model
+from dpo_engine.train_config import LoraSettings, TrainConfig
+
+ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
+
+
+def training_device(config: TrainConfig) -> tuple[DeviceChoice, torch.dtype | None]:
+    """(device with fp32 weights, autocast dtype or None)."""
+    device = pick_device(config.device, "float32")
+    autocast = None
+    if device.device.startswith("cuda") and config.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported():
+        autocast = torch.bfloat16
+    return device, autocast
+
+
+def autocast_context(device: DeviceChoice, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.torch_device.type, dtype=dtype)
+
+
+def is_peft(model) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def disable_dropout(model) -> None:
+    """Turn off the base model's dropout (as TRL does): the policy and its reference log-probs
+    must score a sequence alike. LoRA's own dropout stays: it regularises the adapter only."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Dropout) and "lora_dropout" not in name:
+            module.p = 0.0
+    config = getattr(model, "config", None)
+    for attr in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if config is not None and isinstance(getattr(config, attr, None), float):
+            setattr(config, attr, 0.0)
+
+
+def wrap_lora(model, lora: LoraSettings, adapter_dir: Path | None = None):
+    """A peft model over `model`: fresh adapters, or trainable ones read from `adapter_dir`."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if adapter_dir is not None:
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=True)
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def adapter_folder(checkpoint: Path) -> Path:
+    sub = Path(checkpoint) / ADAPTER_DIR
+    return sub if (sub / "adapter_config.json").is_file() else Path(checkpoint)
+
+
+def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | None, base_ref: str) -> LoadedModel:
+    """The model to train, in train mode with dropout off: the base (fresh run), the checkpoint's
+    weights (full fine-tune resume), or the base with the checkpoint's adapter (LoRA resume)."""
+    torch.manual_seed(config.seed)  # LoRA's initial A matrices come from here
+    if config.lora is None:
+        loaded = load_model(str(resume_from) if resume_from else base_ref, device)
+    else:
+        loaded = load_model(base_ref, device)
+        for p in loaded.model.parameters():
+            p.requires_grad_(False)
+        adapter = adapter_folder(resume_from) if resume_from else None
+        loaded.model = wrap_lora(loaded.model, config.lora, adapter).to(device.torch_device)
+    model = loaded.model
+    disable_dropout(model)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.train()
+    return loaded
+
+
+def trainable_parameters(model) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, total: int, status: str) -> dict:
+    """What dpo_studio_run.json records: where the weights came from and how they were trained."""
+    return {
+        "base": base_ref,
+        "reference": reference_ref,
+        "lora": config.lora is not None,
+        "merged": bool(config.lora is not None and config.merge_lora and status != "running"),
+        "step": step,
+        "total_steps": total,
+        "status": status,
+        "saved": time.time(),
+        "config": config.to_dict(),
+    }
+
+
+def write_model_files(folder: Path, model, tokenizer, info: dict) -> None:
+    """Weights (or adapter) as safetensors, tokenizer and dpo_studio_run.json into `folder`."""
+    folder = Path(folder)
+    model.config.use_cache = True  # training turns the KV cache off; whoever loads this will generate
+    if is_peft(model) and info["merged"]:
+        model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
+        merged = copy.deepcopy(model).merge_and_unload()  # a copy: the live model keeps its adapter
+        merged.save_pretrained(folder, safe_serialization=True)
+        del merged
+    else:
+        model.save_pretrained(folder, safe_serialization=True)
+    model.config.use_cache = False
+    tokenizer.save_pretrained(folder)
+    (folder / RUN_FILE).write_text(json.dumps(info, indent=1))

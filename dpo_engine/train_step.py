@@ -1,0 +1,138 @@
+"""One optimizer step and one eval pass: log-probs -> loss -> backward -> clip -> step.
+
+Pure of events and files: the loop in trainer.py times it, checks it and reports it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+
+from dpo_engine.encoding import EncodedPair, collate
+from dpo_engine.errors import TrainingError
+from dpo_engine.logps import BatchLogps, batch_logps
+from dpo_engine.losses import LossParams, compute_metrics, get_loss
+from dpo_engine.shared_prompt import shared_prompt_logps
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch needs besides its pairs (fixed for the run)."""
+
+    loss: str
+    params: LossParams
+    pad_id: int
+    device: torch.device
+    share_prompt: bool  # prompt once with its KV reused (off under gradient checkpointing)
+    autocast: Callable[[], object]  # a fresh autocast (or null) context per forward
+
+
+def pair_logps(model, pairs: Sequence[EncodedPair], ctx: StepContext) -> BatchLogps:
+    """Chosen/rejected summed response log-probs and token counts, each (B,)."""
+    with ctx.autocast():
+        if ctx.share_prompt:
+            return shared_prompt_logps(model, pairs, ctx.pad_id, ctx.device)
+        return batch_logps(model, collate(pairs, ctx.pad_id).to(ctx.device))
+
+
+def pair_tokens(pairs: Sequence[EncodedPair]) -> int:
+    """Non-padding tokens of prompt + chosen + rejected (the benchmark's 'trained tokens')."""
+    return sum(len(p.prompt_ids) + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
+
+
+def _loss_output(model, pairs, ref_c: torch.Tensor, ref_r: torch.Tensor, ctx: StepContext):
+    """(LossOutput, BatchLogps) of one micro-batch; ref_* are (B,) on the CPU."""
+    lp = pair_logps(model, pairs, ctx)
+    out = get_loss(ctx.loss)(
+        lp.chosen_logps, lp.rejected_logps, ref_c.to(ctx.device), ref_r.to(ctx.device),
+        chosen_tokens=lp.chosen_tokens, rejected_tokens=lp.rejected_tokens, params=ctx.params,
+    )
+    return out, lp
+
+
+def _accumulate(total: dict, metrics: dict, weight: int) -> None:
+    for name, value in metrics.items():
+        total[name] = total.get(name, 0.0) + value * weight
+
+
+def describe_pairs(indices: Sequence[int]) -> str:
+    return ", ".join(f"#{i}" for i in indices)
+
+
+def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[EncodedPair],
+             ref: tuple[torch.Tensor, torch.Tensor], ctx: StepContext, max_grad_norm: float,
+             step: int, names: Sequence[int]) -> tuple[dict, float]:
+    """Forward/backward over the micro-batches, clip, optimizer step.
+
+    Args:
+        micro_batches: train-pair indices per micro-batch.
+        ref: reference chosen/rejected log-probs of all train pairs, each (N,).
+        names: each train pair's index in the caller's list (named in error messages).
+
+    Returns:
+        (pair-weighted mean metrics under TRL names, grad norm before clipping).
+
+    Raises:
+        TrainingError: non-finite loss or gradient (the optimizer has not stepped).
+    """
+    n_pairs = sum(len(mb) for mb in micro_batches)
+    totals: dict[str, float] = {}
+    optimizer.zero_grad(set_to_none=True)
+    for mb in micro_batches:
+        pairs = [train[i] for i in mb]
+        out, lp = _loss_output(model, pairs, ref[0][mb], ref[1][mb], ctx)
+        loss = out.losses.sum() / n_pairs  # pair-weighted mean over the whole step
+        if not torch.isfinite(loss):
+            raise TrainingError(f"Step {step}: the loss is not finite ({loss.item()}) on pairs "
+                                f"{describe_pairs([names[i] for i in mb])}. The last good checkpoint is kept; "
+                                "try a lower learning rate, or check those pairs.")
+        loss.backward()
+        _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb))
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf).item()
+    if not math.isfinite(grad_norm):
+        batch = describe_pairs([names[i] for mb in micro_batches for i in mb])
+        raise TrainingError(f"Step {step}: the gradient is not finite ({grad_norm}) on pairs {batch}. "
+                            "The last good checkpoint is kept; try a lower learning rate or max_grad_norm.")
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return {k: v / n_pairs for k, v in totals.items()}, grad_norm
+
+
+@torch.no_grad()
+def score_pairs(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
+    """Policy log-probs of many pairs without gradients: ((N,), (N,)) on the CPU, input order."""
+    chosen = torch.empty(len(pairs))
+    rejected = torch.empty(len(pairs))
+    order = sorted(range(len(pairs)), key=lambda i: -pairs[i].length)  # similar lengths batch together
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        lp = pair_logps(model, [pairs[i] for i in idx], ctx)
+        chosen[idx] = lp.chosen_logps.float().cpu()
+        rejected[idx] = lp.rejected_logps.float().cpu()
+        yield start + len(idx)
+    return chosen, rejected
+
+
+def evaluate(model, pairs: Sequence[EncodedPair], ref: tuple[torch.Tensor, torch.Tensor],
+             ctx: StepContext, batch_size: int) -> dict:
+    """Mean metrics (TRL names, unprefixed) of the policy on held-out pairs."""
+    was_training = model.training
+    model.eval()
+    try:
+        gen = score_pairs(model, pairs, ctx, batch_size)
+        while True:
+            try:
+                next(gen)
+            except StopIteration as done:
+                chosen, rejected = done.value
+                break
+    finally:
+        model.train(was_training)
+    tokens = torch.tensor([len(p.chosen_ids) for p in pairs]), torch.tensor([len(p.rejected_ids) for p in pairs])
+    out = get_loss(ctx.loss)(chosen, rejected, ref[0], ref[1], chosen_tokens=tokens[0],
+                             rejected_tokens=tokens[1], params=ctx.params)
+    return compute_metrics(out, chosen, rejected)

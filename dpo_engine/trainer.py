@@ -1,0 +1,298 @@
+"""DPO training as a generator of events, and a blocking helper on top.
+
+    for event in train(config, pairs, eval_pairs, stop=threading.Event()):
+        ...   # LogLine, ReferenceProgress, StepEvent, EvalEvent, then one TrainSummary
+
+Order of work: encode the data (refusing unusable data before any model loads) ->
+reference log-probs once (cache, or a separate reference model loaded and freed, or the
+policy itself / with its adapter disabled) -> the loop. Every `yield` inside the loop
+comes after an optimizer step, where stopping is safe; checkpoints are written by the
+loop itself, never in a `finally`.
+
+Setup errors (bad config, unusable data, missing model) raise DPOStudioError from the
+first `next()`; failures during training (non-finite loss, out of memory) end the run
+with a TrainSummary(status="failed", reason=...) and leave the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Iterator, Sequence, Union
+
+import torch
+
+from dpo_engine.checkpoints import (check_output_dir, find_checkpoint, load_trainer_state, read_run_file,
+                                    save_trainer_state, write_checkpoint)
+from dpo_engine.errors import TrainingError
+from dpo_engine.models import load_model, load_tokenizer, resolve_model_ref
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.reference import compute_reference, read_cache, reference_fingerprint, weights_identity, write_cache
+from dpo_engine.train_config import TrainConfig
+from dpo_engine.train_data import RunData, prepare_data, step_batches, steps_per_epoch
+from dpo_engine.train_events import (EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary,
+                                     metric_fields)
+from dpo_engine.train_model import (autocast_context, load_policy, run_info, trainable_parameters,
+                                    training_device, write_model_files)
+from dpo_engine.train_step import StepContext, evaluate, pair_tokens, run_step
+
+TrainEvent = Union[LogLine, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
+StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
+OOM_HINT = ("Out of memory. Try a smaller batch size (--batch-size, with more --grad-accum to keep the "
+            "effective batch), a shorter --max-length, LoRA (--lora) or gradient checkpointing.")
+
+
+@dataclass
+class _Run:
+    """The loop's mutable state (owned by one generator, never shared)."""
+
+    config: TrainConfig
+    data: RunData
+    loaded: object  # LoadedModel of the policy
+    ctx: StepContext
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    ref: tuple[torch.Tensor, torch.Tensor]  # reference log-probs of data.all_pairs, each (N,)
+    base_ref: str
+    reference_ref: str
+    total_steps: int
+    per_epoch: int
+    step: int = 0
+    epoch: int = 0
+    step_in_epoch: int = 0
+    checkpoint: str | None = None
+    tokens: int = 0  # trained tokens this session
+    step_seconds: float = 0.0  # time spent in steps this session
+    loop_start: float = field(default_factory=time.perf_counter)
+    first_step: int = 0  # the step this session started from (resume)
+    last_loss: float | None = None
+
+
+def _stop_requested(stop: StopFlag) -> bool:
+    if stop is None:
+        return False
+    return bool(stop.is_set() if hasattr(stop, "is_set") else stop())
+
+
+def load_run_config(folder: str | Path, **overrides) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with, with `overrides` (e.g. output_dir, max_steps)."""
+    info = read_run_file(folder)
+    if "config" not in info:
+        raise TrainingError(f"{folder} is not a DPO Studio checkpoint (no dpo_studio_run.json with a config).")
+    return replace(TrainConfig.from_dict(info["config"]), **overrides)
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def _resume_folder(config: TrainConfig, resume_from) -> Path | None:
+    if resume_from is None:
+        check_output_dir(config.output_dir, resume=False)
+        return None
+    folder = find_checkpoint(resume_from)
+    if folder is None:
+        raise TrainingError(f"No complete checkpoint at {resume_from} to resume from.")
+    same = Path(config.output_dir).absolute() == folder.absolute()
+    check_output_dir(config.output_dir, resume=same)
+    return folder
+
+
+def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume) -> Iterator:
+    """Yield progress; return (ref log-probs, the policy LoadedModel)."""
+    pairs = data.all_pairs
+    fingerprint = reference_fingerprint(weights_identity(resolve_model_ref(reference_ref)), pairs,
+                                        config.max_length, precision)
+    batch = max(2, 2 * config.batch_size)  # no activations kept: twice the training batch fits
+    ref = read_cache(fingerprint, len(pairs))
+    if ref is not None:
+        yield ReferenceProgress(len(pairs), len(pairs), cached=True)
+    policy_is_reference = reference_ref == base_ref and (resume is None or config.lora is not None)
+    if ref is None and not policy_is_reference:
+        yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
+        reference = load_model(reference_ref, device)
+        ref = yield from compute_reference(reference.model, pairs, ctx, batch)
+        del reference
+        gc.collect()  # free it before the policy loads: one model in memory at a time
+    loaded = load_policy(config, device, resume, base_ref)
+    if ref is None:
+        yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
+        ref = yield from compute_reference(loaded.model, pairs, ctx, batch)
+    write_cache(fingerprint, *ref)
+    return ref, loaded
+
+
+def _optimizer(config: TrainConfig, model, total_steps: int):
+    from transformers import get_scheduler
+
+    params = trainable_parameters(model)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_ratio * total_steps)
+    name = "constant_with_warmup" if config.schedule == "constant" else config.schedule
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=min(warmup, total_steps),
+                              num_training_steps=total_steps)
+    return optimizer, scheduler
+
+
+def _setup(config: TrainConfig, pairs, eval_pairs, resume_from) -> Iterator:
+    """Yield setup events; return the _Run."""
+    resume = _resume_folder(config, resume_from)
+    base_ref = config.model
+    reference_ref = config.reference or base_ref
+    tokenizer = load_tokenizer(resolve_model_ref(str(resume) if resume else base_ref))
+    data = prepare_data(tokenizer, pairs, eval_pairs, config)  # refuses bad data before any model loads
+    yield LogLine(f"{len(data.train)} training pairs, {len(data.eval)} held out for eval"
+                  + (f", {len(data.skipped)} skipped" if data.skipped else ""))
+    for index, why in data.skipped[:20]:
+        yield LogLine(f"Skipped pair #{index}: {why}", "warning")
+    device, autocast_dtype = training_device(config)
+    share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
+    ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
+                      lambda: autocast_context(device, autocast_dtype))
+    yield LogLine(f"Training on {device.describe()}" + (" with bf16 autocast" if autocast_dtype else ""))
+    precision = "bf16" if autocast_dtype else "fp32"  # part of the cache key: bf16 scores differ
+    ref, loaded = yield from _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume)
+    per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
+    total = config.max_steps or config.epochs * per_epoch
+    optimizer, scheduler = _optimizer(config, loaded.model, total)
+    run = _Run(config, data, loaded, ctx, optimizer, scheduler, ref, base_ref, reference_ref, total, per_epoch)
+    if resume is not None:
+        _restore(run, resume)
+        yield LogLine(f"Resumed from {resume} at step {run.step} of {total}")
+    return run
+
+
+def _restore(run: _Run, folder: Path) -> None:
+    position = load_trainer_state(folder, run.optimizer, run.scheduler)
+    if position.get("data") != run.data.fingerprint():
+        raise TrainingError(f"The pairs differ from those the run in {folder} was trained on, so it cannot "
+                            "continue exactly: resume with the same data, or start a new run.")
+    run.step, run.epoch, run.step_in_epoch = position["step"], position["epoch"], position["step_in_epoch"]
+    run.first_step = run.step
+    run.checkpoint = str(folder)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _save(run: _Run, status: str) -> str:
+    model, tokenizer = run.loaded.model, run.loaded.tokenizer
+    info = run_info(run.config, run.base_ref, run.reference_ref, run.step, run.total_steps, status)
+    position = {"step": run.step, "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
+                "data": run.data.fingerprint()}
+
+    def write(folder: Path) -> None:
+        write_model_files(folder, model, tokenizer, info)
+        save_trainer_state(folder, run.optimizer, run.scheduler, position)
+
+    run.checkpoint = str(write_checkpoint(run.config.output_dir, write, {"step": run.step, "status": status}))
+    return run.checkpoint
+
+
+def _one_step(run: _Run) -> StepEvent:
+    """Train one optimizer step and advance the data position."""
+    c, data = run.config, run.data
+    lengths = [p.length for p in data.train]
+    batches = step_batches(lengths, c, run.epoch, run.step_in_epoch)
+    lr = run.optimizer.param_groups[0]["lr"]
+    started = time.perf_counter()
+    metrics, grad_norm = run_step(run.loaded.model, run.optimizer, batches, data.train, run.ref, run.ctx,
+                                  c.max_grad_norm, run.step + 1, data.train_index)
+    run.scheduler.step()
+    seconds = time.perf_counter() - started
+    tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
+    run.tokens, run.step_seconds = run.tokens + tokens, run.step_seconds + seconds
+    run.step, run.step_in_epoch = run.step + 1, run.step_in_epoch + 1
+    if run.step_in_epoch == run.per_epoch:
+        run.epoch, run.step_in_epoch = run.epoch + 1, 0
+    run.last_loss = metrics["loss"]
+    elapsed = time.perf_counter() - run.loop_start
+    eta = elapsed / (run.step - run.first_step) * (run.total_steps - run.step)
+    return StepEvent(step=run.step, total_steps=run.total_steps, epoch=run.epoch + run.step_in_epoch / run.per_epoch,
+                     grad_norm=grad_norm, learning_rate=lr, tokens_per_s=tokens / seconds, elapsed=elapsed, eta=eta,
+                     **metric_fields(metrics))
+
+
+def _eval_event(run: _Run) -> EvalEvent:
+    n = len(run.data.train)
+    ref = (run.ref[0][n:], run.ref[1][n:])
+    metrics = evaluate(run.loaded.model, run.data.eval, ref, run.ctx, max(2, 2 * run.config.batch_size))
+    return EvalEvent(step=run.step, num_pairs=len(run.data.eval), **metric_fields(metrics))
+
+
+def _due(step: int, every: int, total: int) -> bool:
+    return every > 0 and step % every == 0 and step < total
+
+
+def _summary(run: _Run, status: str, started: float, reason: str = "") -> TrainSummary:
+    rate = run.tokens / run.step_seconds if run.step_seconds else 0.0
+    return TrainSummary(status, run.step, run.total_steps, time.perf_counter() - started, run.checkpoint,
+                        reason, rate, run.last_loss)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)
+    text = str(exc).lower()
+    return isinstance(exc, oom) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _loop(run: _Run, stop: StopFlag, started: float) -> Iterator[TrainEvent]:
+    run.loop_start = time.perf_counter()
+    while run.step < run.total_steps:
+        if _stop_requested(stop):
+            yield LogLine(f"Stop requested: saving step {run.step} to {_save(run, 'stopped')}")
+            yield _summary(run, "stopped", started, "stopped on request")
+            return
+        try:
+            event = _one_step(run)
+        except TrainingError as exc:
+            yield _summary(run, "failed", started, str(exc))
+            return
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            yield _summary(run, "failed", started, f"Step {run.step + 1}: {OOM_HINT}")
+            return
+        yield event
+        if run.data.eval and _due(run.step, run.config.eval_every, run.total_steps):
+            yield _eval_event(run)
+        if _due(run.step, run.config.save_every, run.total_steps):
+            yield LogLine(f"Checkpoint at step {run.step}: {_save(run, 'running')}")
+    if run.data.eval:
+        yield _eval_event(run)
+    yield LogLine(f"Saved the trained model to {_save(run, 'finished')}")
+    yield _summary(run, "finished", started)
+
+
+def train(config: TrainConfig, pairs: Sequence[PreferencePair], eval_pairs: Sequence[PreferencePair] | None = None,
+          stop: StopFlag = None, resume_from: str | Path | None = None) -> Iterator[TrainEvent]:
+    """Train the policy with DPO; yield events, ending with exactly one TrainSummary.
+
+    Args:
+        config: the run's settings (config.model is the base; its weights start the policy).
+        pairs: training pairs; `config.eval_fraction` of them is held out unless eval_pairs is given.
+        eval_pairs: held-out pairs, scored every `config.eval_every` steps and at the end.
+        stop: a threading.Event (or a callable returning bool) checked between steps; when set,
+            the run saves a checkpoint and ends with status "stopped".
+        resume_from: a checkpoint folder whose weights, optimizer, scheduler, RNG and data
+            position continue exactly (pass the config it was trained with: `load_run_config`).
+    """
+    started = time.perf_counter()
+    run = yield from _setup(config, pairs, eval_pairs, resume_from)
+    yield from _loop(run, stop, started)
+
+
+def run_training(config: TrainConfig, pairs: Sequence[PreferencePair],
+                 eval_pairs: Sequence[PreferencePair] | None = None, stop: StopFlag = None,
+                 resume_from: str | Path | None = None,
+                 on_event: Callable[[TrainEvent], None] | None = None) -> TrainSummary:
+    """Blocking `train()`: call `on_event` for every event; return the TrainSummary."""
+    summary = None
+    for event in train(config, pairs, eval_pairs, stop, resume_from):
+        if on_event is not None:
+            on_event(event)
+        if isinstance(event, TrainSummary):
+            summary = event
+    assert summary is not None, "train() always ends with a TrainSummary"
+    return summary
