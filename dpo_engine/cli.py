@@ -107,3 +107,7 @@ from dpo_engine.cli_data import export_cmd, import_cmd, stats_cmd  # noqa: E402
 main.add_command(import_cmd, "import")
 main.add_command(export_cmd, "export")
 main.add_command(stats_cmd, "stats")
+
+from dpo_engine.cli_train import train_cmd  # noqa: E402
+
+main.add_command(train_cmd, "train")

@@ -94,11 +94,18 @@ def trainable_parameters(model) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
+def portable_ref(ref: str) -> str:
+    """A local path made absolute (the checkpoint may be read from another folder); else as is."""
+    path = Path(ref).expanduser()
+    return str(path.absolute()) if ref != "default" and path.exists() else ref
+
+
 def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, total: int, status: str) -> dict:
     """What dpo_studio_run.json records: where the weights came from and how they were trained."""
     return {
-        "base": base_ref,
-        "reference": reference_ref,
+        "base": portable_ref(base_ref),
+        "base_model": portable_ref(base_ref),  # the key `dpo-engine eval` reads to find the base
+        "reference": portable_ref(reference_ref),
         "lora": config.lora is not None,
         "merged": bool(config.lora is not None and config.merge_lora and status != "running"),
         "step": step,

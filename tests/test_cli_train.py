@@ -1,0 +1,89 @@
+"""`dpo-engine train` in-process: a file run writes a loadable model and JSONL metrics, a
+project run is recorded in the project, flags are checked, Ctrl-C stops then quits."""
+
+import json
+import signal
+import threading
+
+import pytest
+from click.testing import CliRunner
+
+from dpo_engine.checkpoints import read_manifest, read_run_file
+from dpo_engine.cli import main
+from dpo_engine.cli_train import make_interrupt_handler
+from tests.test_trainer import make_pairs
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
+def write_jsonl(path, pairs):
+    path.write_text("".join(json.dumps(p.to_trl()) + "\n" for p in pairs) + "not json\n")
+    return path
+
+
+def run(args):
+    return CliRunner().invoke(main, ["train", "--device", "cpu", *args], catch_exceptions=False)
+
+
+def test_trains_from_a_file_and_writes_metrics(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(10))
+    out, metrics = tmp_path / "run", tmp_path / "m.jsonl"
+    result = run(["--data", str(data), "--model", str(tiny_model_dir), "--output", str(out), "--max-steps", "3",
+                  "--batch-size", "2", "--grad-accum", "1", "--lr", "1e-3", "--eval-every", "2",
+                  "--metrics-out", str(metrics)])
+    assert result.exit_code == 0, result.output
+    assert "line 11" in result.output and "Finished at step 3/3" in result.output
+    lines = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["type"] for r in lines] == ["step", "step", "eval", "step", "eval", "summary"]
+    assert {"loss", "rewards/chosen", "rewards/margins", "logps/rejected", "grad_norm"} <= set(lines[0])
+    assert "eval/rewards/accuracies" in lines[2] and lines[-1]["status"] == "finished"
+    assert read_manifest(out)["step"] == 3 and read_run_file(out)["config"]["lr"] == 1e-3
+
+
+def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
+    from dpo_engine.store import open_project
+
+    db = tmp_path / "p.dpo"
+    with open_project(db) as project:
+        project.import_pairs(make_pairs(12))
+    out = tmp_path / "run"
+    result = run(["--project", str(db), "--model", str(tiny_model_dir), "--output", str(out), "--max-steps", "2",
+                  "--batch-size", "2", "--grad-accum", "1"])
+    assert result.exit_code == 0, result.output
+    with open_project(db, read_only=True) as project:
+        (r,) = project.runs()
+        assert r["status"] == "finished" and r["checkpoint"] == str(out.absolute())
+        assert [s for s, _ in project.run_metrics(r["id"])["loss"]] == [1, 2]
+        assert any(m["ref"] == str(out.absolute()) and m["kind"] == "checkpoint" for m in project.models())
+
+
+def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_path):
+    from dpo_engine.store import open_project
+
+    db = tmp_path / "p.dpo"
+    with open_project(db) as project:
+        project.import_pairs(make_pairs(1))
+    result = run(["--project", str(db), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "Error: Only" in result.output and "Traceback" not in result.output
+    with open_project(db, read_only=True) as project:
+        assert [r["status"] for r in project.runs()] == ["failed"]
+
+
+def test_flags_are_checked(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "pairs.jsonl", make_pairs(4))
+    assert "exactly one of --data" in run(["--output", str(tmp_path / "o")]).output
+    result = run(["--data", str(data), "--output", str(tmp_path / "o"), "--beta", "0"])
+    assert result.exit_code == 1 and "beta must be > 0" in result.output
+    assert "--output DIR is required" in run(["--data", str(data)]).output
+
+
+def test_first_ctrl_c_stops_gracefully_second_quits():
+    flag = threading.Event()
+    handler = make_interrupt_handler(flag)
+    handler(signal.SIGINT, None)
+    assert flag.is_set()
+    with pytest.raises(KeyboardInterrupt):
+        handler(signal.SIGINT, None)
