@@ -140,3 +140,53 @@ def test_plain_text_pairs_match(models, tmp_path_factory):
     assert torch.equal(batch.input_ids, theirs["input_ids"])
     assert torch.equal(batch.response_mask.long(), theirs["completion_mask"])
     torch.testing.assert_close(pol.rejected_logps, trl_logps(trainer, theirs)[1], rtol=2e-5, atol=0)
+
+
+SMOL_RECORDS = [
+    conv("What is the capital of France?", "The capital of France is Paris.", "France is a country in Europe."),
+    conv("Give me a synonym for happy.", "Joyful.", "Sad is the opposite, and I do not know any synonyms."),
+    conv("The opposite of hot is", "Cold.", "A question I cannot answer."),
+]
+
+
+@pytest.mark.integration
+def test_eval_cli_matches_trl_on_smollm2(tmp_path_factory):
+    """The issue's bar on the real default model, policy != reference: logps within 2e-5
+    relative, rewards and losses within 5e-4, token counts exact, for the four losses.
+    (Plain-text pairs are compared with TRL on the tiny model above.)"""
+    records = SMOL_RECORDS
+    import json
+
+    from click.testing import CliRunner
+
+    from dpo_engine.cli import main
+    from dpo_engine.models import default_model_dir, prepare_default_model
+
+    prepare_default_model()
+    base = default_model_dir()
+    policy = perturbed_copy(base, tmp_path_factory.mktemp("smol-policy"), scale=0.002)
+    data = tmp_path_factory.mktemp("smol-data") / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records))
+    trainer = make_trainer((str(policy), str(base)), records, tmp_path_factory)
+    batch = trainer.data_collator(list(trainer.train_dataset))
+    trl_pc, trl_pr, trl_rc, trl_rr = trl_logps(trainer, batch)
+    counts = batch["completion_mask"].sum(1).tolist()
+    mode = "train" if trainer.model.training else "eval"
+    for loss_type in ["sigmoid", "ipo", "hinge", "robust"]:
+        result = CliRunner().invoke(main, ["eval", "--data", str(data), "--policy", str(policy), "--reference",
+                                           str(base), "--loss", loss_type, "--beta", str(BETA), "--label-smoothing",
+                                           str(SMOOTHING), "--max-length", str(MAX_LENGTH), "--json"])
+        assert result.exit_code == 0, result.output
+        pairs = json.loads(result.stdout)["pairs"]
+        got = torch.tensor([[p["policy_chosen_logps"], p["policy_rejected_logps"], p["reference_chosen_logps"],
+                             p["reference_rejected_logps"]] for p in pairs])
+        torch.testing.assert_close(got, torch.stack([trl_pc, trl_pr, trl_rc, trl_rr], 1), rtol=2e-5, atol=0)
+        assert [p["chosen_tokens"] for p in pairs] + [p["rejected_tokens"] for p in pairs] == counts
+        trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
+        for p, row in zip(pairs, trainer.train_dataset):
+            with torch.no_grad():
+                loss = trainer._compute_loss(trainer.model, trainer.data_collator([row]), return_outputs=False)
+            assert p["loss"] == pytest.approx(loss.item(), abs=5e-4)
+            assert p["chosen_reward"] == pytest.approx(trainer._metrics[mode]["rewards/chosen"][-1], abs=5e-4)
+            assert p["rejected_reward"] == pytest.approx(trainer._metrics[mode]["rewards/rejected"][-1], abs=5e-4)
+    assert any(abs(p["chosen_reward"]) > 1e-3 for p in pairs)  # the policy really differs from its reference
