@@ -51,8 +51,11 @@ class ImportReport:
     duplicates: int = 0  # already in the project (or repeated in the file)
     errors: list[RowError] = field(default_factory=list)
     refused: bool = False  # strict mode found bad rows and imported nothing
+    failure: str = ""  # a whole-file problem (set by callers that go on with other files)
 
     def summary(self) -> str:
+        if self.failure:
+            return f"{self.path}: not imported: {self.failure}"
         what = "pairs" if self.kind == "pairs" else "prompts"
         text = f"{self.path}: {self.rows} rows, {self.added} new {what}, {self.duplicates} already present"
         if self.errors:

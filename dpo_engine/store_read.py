@@ -132,6 +132,15 @@ class ProjectReads:
         return ComparisonRow(*rows[0][:5], prompt_value(rows[0][5], rows[0][6]), *rows[0][7:]) if rows else None
 
     # -- statistics
+    def counts(self) -> dict[str, int]:
+        """Cheap totals for a status line: prompts, comparisons, train and eval pairs."""
+        pairs = _split_counts(self._all(
+            "SELECT p.split, count(DISTINCT c.pair_hash) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+            "WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL GROUP BY 1"))
+        return {"prompts": self._all("SELECT count(*) FROM prompts")[0][0],
+                "comparisons": self._all("SELECT count(*) FROM comparisons WHERE deleted IS NULL")[0][0],
+                "train_pairs": pairs["train"], "eval_pairs": pairs["eval"]}
+
     def stats(self) -> dict:
         """Counts and biases of the labeled data (see `dpo-engine stats`)."""
         one = lambda sql: self._all(sql)[0][0]  # noqa: E731

@@ -235,3 +235,14 @@ def test_migration_from_version_1(project_file):
         assert project.import_pairs([stored.pair]) == (0, 1)
         project.delete_comparison(2)  # the new soft-delete column works on old rows
         assert project.stats()["comparisons"] == 1
+
+
+def test_counts_agree_with_stats(fresh_db):
+    fresh_db.import_pairs(sample_pairs())
+    label(fresh_db, "q", "a", "b", "tie")
+    cid = label(fresh_db, "q2", "a", "b", "left")
+    fresh_db.delete_comparison(cid)
+    s, c = fresh_db.stats(), fresh_db.counts()
+    assert c == {"prompts": s["prompts"], "comparisons": s["comparisons"],
+                 "train_pairs": s["pairs_by_split"]["train"], "eval_pairs": s["pairs_by_split"]["eval"]}
+    assert c["comparisons"] == len(sample_pairs()) + 1

@@ -1,0 +1,203 @@
+"""Data page (pytest-qt, offscreen) and its controller: list, filter, view, flip, delete
+with undo, import report, export, lazy paging."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.comparison_table import PAGE_SIZE
+from app.context import AppContext
+from app.data_controller import DataController
+from app.pages.data_page import DataPage
+from dpo_engine.devices import pick_device
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.store import normalize_prompt, open_project, prompt_key, split_of
+from tests.store_helpers import label, project_file, sample_pairs  # noqa: F401
+
+
+@pytest.fixture
+def filled(project_file):
+    """5 imported pairs, then labeled: a tie, a right and a left verdict (newest last)."""
+    with open_project(project_file) as project:
+        project.import_pairs(sample_pairs())
+        ids = {"tie": label(project, "Tie prompt", "same-ish", "similar", "tie"),
+               "right": label(project, "Right prompt", "<b>not bold</b>", "better answer", "right"),
+               "left": label(project, "Left prompt", "good", "bad", "left", note="sure")}
+    return project_file, ids
+
+
+@pytest.fixture
+def page(qtbot, filled):
+    ctx = AppContext(filled[0], "default", pick_device("cpu"))
+    page = DataPage(ctx)
+    qtbot.addWidget(page)
+    page.resize(1100, 700)
+    page.show()
+    yield page
+    page.controller.close()
+    ctx.shutdown()
+
+
+def _verdicts(page) -> list[str]:
+    model = page.controller.model
+    return [model.row_at(r).verdict for r in range(model.rowCount())]
+
+
+def _select(page, cid: int) -> None:
+    page.select_id(cid)
+    assert page.selected_ids() == [cid]
+
+
+def test_lists_newest_first_and_shows_a_pair_in_full(page, filled):
+    _, ids = filled
+    assert page.table.model().rowCount() == 8
+    assert _verdicts(page)[:3] == ["left", "right", "tie"]
+    _select(page, ids["right"])
+    assert page.left_view.toPlainText() == "<b>not bold</b>"  # shown literally, never as HTML
+    assert page.right_view.toPlainText() == "better answer"
+    assert [t.text() for t in page.detail_titles[1:]] == ["Left — rejected", "Right — chosen"]
+    assert "8 of 8 comparisons" in page.summary.text() and "7 usable pairs" in page.summary.text()
+
+
+@pytest.mark.parametrize("widget,value,expected", [
+    ("verdict_filter", "tie", 1), ("source_filter", "import", 5), ("source_filter", "label", 3),
+    ("split_filter", "eval", 1), ("split_filter", "train", 8), ("search", "Paris", 1), ("search", "no such text", 0),
+])
+def test_filters(qtbot, page, widget, value, expected):
+    if widget == "split_filter":  # add one prompt that hashes into eval (the fixture's are all train)
+        text = next(t for t in (f"held out {i}" for i in range(1000))
+                    if split_of(prompt_key(normalize_prompt(t))) == "eval")
+        with open_project(page.ctx.project_path) as other:
+            label(other, text, "a", "b", "left")
+        page.ctx.comparisonsChanged.emit()
+    w = getattr(page, widget)
+    if widget == "search":
+        w.setText(value)
+        qtbot.waitUntil(lambda: page.controller.model.filter.text == value, timeout=2000)
+    else:
+        w.setCurrentIndex(w.findData(value))
+    rows = [page.controller.model.row_at(r) for r in range(page.controller.model.rowCount())]
+    assert len(rows) == expected
+    if widget != "search":
+        assert {getattr(r, widget.removesuffix("_filter")) for r in rows} == {value}
+
+
+def test_flip_changes_the_stored_pair_and_undo_restores_it(qtbot, page, filled):
+    path, ids = filled
+    _select(page, ids["left"])
+    with qtbot.waitSignal(page.ctx.comparisonsChanged):
+        qtbot.mouseClick(page.flip_button, Qt.MouseButton.LeftButton)
+    with open_project(path, read_only=True) as project:
+        assert project.comparison(ids["left"]).verdict == "right"
+        assert PreferencePair((("user", "Left prompt"),), "bad", "good") in {
+            p.pair for p in project.training_pairs(None)}
+    assert page.selected_ids() == [ids["left"]] and page.right_view.toPlainText() == "bad"
+    assert page.detail_titles[2].text() == "Right — chosen"
+    qtbot.mouseClick(page.undo_button, Qt.MouseButton.LeftButton)
+    with open_project(path, read_only=True) as project:
+        assert project.comparison(ids["left"]).verdict == "left"
+
+
+def test_delete_then_undo(qtbot, page, filled):
+    path, ids = filled
+    _select(page, ids["tie"])
+    qtbot.mouseClick(page.delete_button, Qt.MouseButton.LeftButton)
+    assert page.table.model().rowCount() == 7
+    assert page.controller.model.row_of(ids["tie"]) == -1
+    with open_project(path, read_only=True) as project:
+        assert project.stats()["by_verdict"]["tie"] == 0
+    assert page.undo_button.isEnabled()
+    qtbot.mouseClick(page.undo_button, Qt.MouseButton.LeftButton)
+    assert page.table.model().rowCount() == 8 and page.selected_ids() == [ids["tie"]]
+    assert not page.undo_button.isEnabled()
+
+
+def test_import_shows_row_level_report(qtbot, page, tmp_path, monkeypatch):
+    path = tmp_path / "more.jsonl"
+    path.write_text(json.dumps({"prompt": "New", "chosen": "x", "rejected": "y"}) + "\n{broken\n", encoding="utf-8")
+    monkeypatch.setattr(page, "_ask_import_paths", lambda: [path])
+    qtbot.mouseClick(page.import_button, Qt.MouseButton.LeftButton)
+    dialog = page.report_dialog
+    assert dialog.isVisible()
+    assert "1 new pairs" in dialog.body.toPlainText()
+    assert f"{path}:line 2: invalid JSON" in dialog.body.toPlainText()
+    assert "1 rows rejected" in dialog.headline.text()
+    assert page.table.model().rowCount() == 9
+    dialog.reject()
+
+
+def test_export_writes_the_chosen_format(page, tmp_path, monkeypatch):
+    out = tmp_path / "pairs.csv"
+    monkeypatch.setattr(page, "_ask_export_target", lambda: (out, "csv"))
+    page.export_button.click()
+    assert out.read_text(encoding="utf-8").startswith("prompt,chosen,rejected")
+    assert "Exported 7 pairs" in page.summary.text()
+
+
+def test_refreshes_when_another_page_labels(page, filled):
+    with open_project(filled[0]) as other:  # e.g. the Label page's own connection
+        label(other, "From the Label page", "a", "b", "left")
+    page.ctx.comparisonsChanged.emit()
+    assert page.table.model().rowCount() == 9
+
+
+def test_rows_are_fetched_page_by_page(tmp_path):
+    path = tmp_path / "big.sqlite"
+    with open_project(path) as project:
+        project.import_pairs([PreferencePair(f"q{i}", "a", "b") for i in range(450)])
+    controller = DataController(path)
+    model = controller.model
+    assert (model.rowCount(), model.total) == (PAGE_SIZE, 450)
+    assert model.canFetchMore()
+    model.fetchMore()
+    model.fetchMore()
+    assert model.rowCount() == 450 and not model.canFetchMore()
+    controller.set_filter(text="q44")  # q44, q440..q449
+    assert model.rowCount() == 11
+    controller.close()
+
+
+def test_controller_flip_skips_non_pairs_and_undo_is_last_in_first_out(filled):
+    path, ids = filled
+    changes = []
+    controller = DataController(path, on_changed=lambda: changes.append(1))
+    assert controller.flip([ids["tie"]]) == 0 and not controller.undo_stack  # a tie has no side to flip
+    controller.flip([ids["left"], ids["right"]])
+    controller.delete([ids["left"]])
+    assert controller.undo().kind == "delete"
+    assert controller.project.comparison(ids["left"]).verdict == "right"
+    assert controller.undo().kind == "verdict"
+    assert [controller.project.comparison(i).verdict for i in (ids["left"], ids["right"])] == ["left", "right"]
+    assert controller.undo() is None and len(changes) == 4
+    controller.close()
+
+
+def test_locked_project_opens_read_only(filled, monkeypatch):
+    from dpo_engine import store
+    from dpo_engine.errors import ProjectLockedError
+
+    real = store.open_project
+
+    def locked(path, read_only=False):
+        if not read_only:
+            raise ProjectLockedError(f"{path} is open in another DPO Studio process (pid 1).")
+        return real(path, read_only=True)
+
+    monkeypatch.setattr("app.data_controller.open_project", locked)
+    controller = DataController(filled[0])
+    assert not controller.writable and controller.model.rowCount() == 8
+    assert "Read-only" in controller.summary() and "pid 1" in controller.summary()
+    controller.close()
+
+
+def test_every_interactive_widget_is_named(page):
+    from PySide6.QtWidgets import QAbstractButton, QAbstractItemView, QComboBox, QLineEdit, QPlainTextEdit, QWidget
+
+    kinds = (QAbstractButton, QAbstractItemView, QLineEdit, QPlainTextEdit, QComboBox)
+    widgets = [w for w in page.findChildren(QWidget) if isinstance(w, kinds) and w.isVisibleTo(page)
+               and not w.objectName().startswith("qt_")]
+    assert len(widgets) >= 12
+    assert [w for w in widgets if not (w.objectName() and w.accessibleName())] == []
