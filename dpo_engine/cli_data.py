@@ -80,7 +80,8 @@ def format_stats(s: dict) -> str:
     verdicts = ", ".join(f"{k} {v}" for k, v in s["by_verdict"].items())
     bias = s["position_bias"]
     return "\n".join([
-        f"Prompts:      {s['prompts']} (train {s['prompts_by_split']['train']}, eval {s['prompts_by_split']['eval']}); "
+        f"Prompts:      {s['prompts']} (train {s['prompts_by_split']['train']}, "
+        f"eval {s['prompts_by_split']['eval']}); "
         f"{s['labeled_prompts']} labeled ({_pct(s['labeled_fraction'])})",
         f"Comparisons:  {s['comparisons']} ({verdicts})",
         f"Usable pairs: {s['pairs']} (train {s['pairs_by_split']['train']}, eval {s['pairs_by_split']['eval']})",

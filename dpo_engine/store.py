@@ -15,17 +15,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Iterable
 
 from sqlite_utils import Database
 
-from dpo_engine.errors import ConfigError, NotAProjectError, ProjectLockedError, StoreError
+from dpo_engine.errors import ConfigError, NotAProjectError, StoreError
 from dpo_engine.pairs import PreferencePair, conversation
+from dpo_engine.store_lock import ProcessLock
 from dpo_engine.store_read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
 from dpo_engine.store_schema import (
     APPLICATION_ID,
@@ -87,55 +86,6 @@ def _check_file(path: Path) -> None:
                          f"up to {CURRENT_VERSION}). Update DPO Studio to open it.")
 
 
-class _ProcessLock:
-    """One exclusive flock per project file per process, shared by its threads."""
-
-    _held: dict[str, list] = {}  # real path -> [file object, users]
-    _guard = threading.Lock()
-
-    def __init__(self, path: Path):
-        self.key = os.path.realpath(path)
-        with self._guard:
-            if self.key in self._held:
-                self._held[self.key][1] += 1
-                return
-            self._held[self.key] = [self._take(Path(self.key)), 1]
-
-    @staticmethod
-    def _take(path: Path):
-        try:
-            import fcntl
-        except ImportError:  # Windows: SQLite's own locking still prevents corruption
-            return None
-        f = open(f"{path}.lock", "a+")
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "unknown"
-            f.close()
-            raise ProjectLockedError(
-                f"{path} is open in another DPO Studio process ({holder}). Close it there, "
-                "or open the project read-only.") from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"pid {os.getpid()}")
-        f.flush()
-        return f
-
-    def release(self) -> None:
-        with self._guard:
-            entry = self._held.get(self.key)
-            if entry is None:
-                return
-            entry[1] -= 1
-            if entry[1] == 0:
-                del self._held[self.key]
-                if entry[0] is not None:
-                    entry[0].close()  # closing drops the flock
-        self.key = None
-
-
 def _connect(path: str | Path, read_only: bool) -> sqlite3.Connection:
     if path == ":memory:":
         conn = sqlite3.connect(":memory:", isolation_level=None)
@@ -168,7 +118,7 @@ def open_project(path: str | Path, read_only: bool = False) -> "Project":
     if read_only and not path.exists():
         raise StoreError(f"{path} does not exist; open it read-write once to create it.")
     _check_file(path)
-    lock = None if read_only else _ProcessLock(path)
+    lock = None if read_only else ProcessLock(path)
     try:
         conn = _connect(path, read_only)
         return Project(conn, str(path), lock, read_only)
@@ -215,7 +165,7 @@ def _chunks(items: list, size: int = 500) -> Iterable[list]:
 class Project(ProjectReads):
     """One open project (one connection: use it from the thread that opened it)."""
 
-    def __init__(self, conn: sqlite3.Connection, path: str, lock: _ProcessLock | None, read_only: bool):
+    def __init__(self, conn: sqlite3.Connection, path: str, lock: ProcessLock | None, read_only: bool):
         self.db = Database(conn)
         self.path = path
         self.read_only = read_only

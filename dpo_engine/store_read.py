@@ -15,7 +15,7 @@ _PAIR_SQL = """
 SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash
 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
 JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
-WHERE c.deleted IS NULL AND c.verdict IN ('left', 'right')
+WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
 """
 
 _BROWSE_FROM = """
@@ -82,8 +82,8 @@ class ProjectReads:
 
     # -- pairs and prompts
     def training_pairs(self, split: str | None = "train") -> list[StoredPair]:
-        """DPO pairs from left/right verdicts (ties, both_bad and skips are not pairs);
-        a pair stored twice is returned once."""
+        """DPO pairs from left/right verdicts (ties, both_bad, skips and two identical
+        answers are not pairs); a pair stored twice is returned once."""
         sql, args = _PAIR_SQL, []
         if split:
             sql += " AND p.split = ?"

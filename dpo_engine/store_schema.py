@@ -113,8 +113,9 @@ def prompt_value(text: str, messages: str | None) -> str | tuple[tuple[str, str]
 
 
 def pair_hash(verdict: str, text: str, messages: str | None, left: str, right: str) -> str | None:
-    """The content hash of the pair a comparison yields, or None for tie/both_bad/skip."""
-    if verdict not in ("left", "right"):
+    """The content hash of the pair a comparison yields, or None when it yields none:
+    tie/both_bad/skip, or two identical texts (nothing to prefer, nothing to learn)."""
+    if verdict not in ("left", "right") or left == right:
         return None
     chosen, rejected = (left, right) if verdict == "left" else (right, left)
     return PreferencePair(prompt_value(text, messages), chosen, rejected).content_hash()

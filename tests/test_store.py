@@ -21,9 +21,10 @@ def test_verdicts_map_to_chosen_and_rejected(fresh_db):
     label(fresh_db, "q2", "L2", "R2", "right")
     for verdict in ("tie", "both_bad", "skip"):
         label(fresh_db, f"q-{verdict}", "x", "y", verdict)
+    label(fresh_db, "q-same", "same text", "same text", "left")  # nothing to prefer
     pairs = {p.pair.prompt_text: (p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)}
     assert pairs == {"q1": ("L1", "R1"), "q2": ("R2", "L2")}
-    assert fresh_db.stats()["by_verdict"] == {"left": 1, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
+    assert fresh_db.stats()["by_verdict"] == {"left": 2, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
 
 
 def test_labeling_prompt_becomes_a_user_message_and_is_stored_once(fresh_db):

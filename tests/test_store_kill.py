@@ -8,8 +8,11 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dpo_engine.store import open_project
+
+REPO = Path(__file__).resolve().parents[1]
 
 LABELER = """
 import sys
@@ -30,7 +33,7 @@ while True:
 def _label_until_killed(path, round_: int, rng: random.Random) -> list[int]:
     child = subprocess.Popen([sys.executable, "-c", LABELER, str(path), str(round_)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env={**os.environ, "PYTHONPATH": os.getcwd()})
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
     first = child.stdout.readline()  # it is labeling now
     assert first.strip().isdigit(), child.stderr.read().decode()
     time.sleep(rng.uniform(0.0, 0.15))

@@ -1,0 +1,60 @@
+"""The per-process lock on a project file: an exclusive flock on `<file>.lock` holding
+the owner's pid, shared by all threads of the process and dropped by the OS when the
+process dies (even by kill -9), so a crash never leaves the project locked."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from dpo_engine.errors import ProjectLockedError
+
+
+class ProcessLock:
+    """One exclusive flock per project file per process, shared by its threads."""
+
+    _held: dict[str, list] = {}  # real path -> [file object, users]
+    _guard = threading.Lock()
+
+    def __init__(self, path: Path):
+        self.key = os.path.realpath(path)
+        with self._guard:
+            if self.key in self._held:
+                self._held[self.key][1] += 1
+                return
+            self._held[self.key] = [self._take(Path(self.key)), 1]
+
+    @staticmethod
+    def _take(path: Path):
+        try:
+            import fcntl
+        except ImportError:  # Windows: SQLite's own locking still prevents corruption
+            return None
+        f = open(f"{path}.lock", "a+")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise ProjectLockedError(
+                f"{path} is open in another DPO Studio process ({holder}). Close it there, "
+                "or open the project read-only.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"pid {os.getpid()}")
+        f.flush()
+        return f
+
+    def release(self) -> None:
+        with self._guard:
+            entry = self._held.get(self.key)
+            if entry is None:
+                return
+            entry[1] -= 1
+            if entry[1] == 0:
+                del self._held[self.key]
+                if entry[0] is not None:
+                    entry[0].close()  # closing drops the flock
+        self.key = None
