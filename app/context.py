@@ -10,6 +10,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.workers import Job, TorchRunner
 from dpo_engine.devices import DeviceChoice
+from dpo_engine.store import open_project
 from dpo_engine.models import (
     DEFAULT_MODEL_REF,
     LoadedModel,
@@ -58,6 +59,7 @@ class AppContext(QObject):
     def __init__(self, project_path: Path, model_ref: str, device: DeviceChoice, parent=None):
         super().__init__(parent)
         self.project_path = Path(project_path)
+        self.project = open_project(self.project_path)  # the GUI thread's own connection
         self.model_ref = model_ref
         self.base_model_ref = model_ref  # the reference for training unless the user picks another
         self.device = device
@@ -112,3 +114,6 @@ class AppContext(QObject):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        if self.project is not None:
+            self.project.close()
+            self.project = None

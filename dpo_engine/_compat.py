@@ -25,8 +25,17 @@ def forward_with_cache(model, cache, **kwargs):
 
 
 def quiet_transformers() -> None:
-    """Silence transformers' per-load progress bars and advisory warnings on the terminal."""
-    from transformers.utils import logging
+    """Silence transformers' per-load progress bars and advisory warnings on the terminal.
 
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
+    Through the environment, so nothing heavy is imported: a data command that never
+    touches a model starts at once. Call before transformers is first imported."""
+    import os
+    import sys
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported: tell it directly
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+        logging.set_verbosity_error()

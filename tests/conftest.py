@@ -4,6 +4,10 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import pytest
 
+from dpo_engine._compat import quiet_transformers
+
+quiet_transformers()
+
 from tests.tiny_model import build_tiny_model
 
 

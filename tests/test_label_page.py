@@ -1,0 +1,170 @@
+"""Label page, offscreen, on the tiny model (and a scripted sampler where the test needs
+exact texts)."""
+
+import time
+
+import pytest
+from PySide6.QtCore import Qt
+
+import app.label_controller as lc
+from app.main import create_window
+from dpo_engine.generate import GenerationResult, TokenEvent
+from dpo_engine.store import open_project
+
+
+@pytest.fixture
+def label_window(qtbot, tmp_path, tiny_model_dir):
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    page = win.pages["Label"]
+    page.max_tokens.setValue(16)  # short answers keep the tiny model's sampling fast
+    win.show()
+    yield ctx, win, page
+    ctx.shutdown()
+
+
+def scripted_stream(texts_by_call, delay=0.0):
+    """A stand-in for stream_generate that writes given answers word by word."""
+    calls = iter(texts_by_call)
+
+    def fake(model, tokenizer, prompt, n=1, settings=None):
+        texts = next(calls, None) or [f"answer {time.monotonic_ns()} {i}" for i in range(n)]
+        words = [t.split(" ") for t in texts[:n]]
+        for step in range(max(len(w) for w in words)):
+            for i, w in enumerate(words):
+                if step < len(w):
+                    time.sleep(delay)
+                    yield TokenEvent(i, (" " if step else "") + w[step], step + 1)
+        return GenerationResult([t for t in texts[:n]], [len(w) for w in words], [True] * n)
+
+    return fake
+
+
+def wait_ready(qtbot, page, timeout=30_000):
+    qtbot.waitUntil(lambda: page.controller.current is not None and page.controller.current.done, timeout=timeout)
+
+
+def stored(ctx):
+    with open_project(ctx.project_path) as p:
+        return p.list_comparisons()
+
+
+def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, monkeypatch):
+    ctx, win, page = label_window
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([]))  # distinct readable answers
+    page.controller.regenerate()
+    seen = []
+    for key, verdict in [(Qt.Key.Key_1, "left"), (Qt.Key.Key_2, "right"), (Qt.Key.Key_3, "tie"),
+                         (Qt.Key.Key_4, "both_bad"), (Qt.Key.Key_Left, "left"), (Qt.Key.Key_Right, "right")]:
+        wait_ready(qtbot, page)
+        pair = page.controller.current
+        seen.append((verdict, pair.texts[0], pair.texts[1]))
+        assert page.left.text.toPlainText() == pair.texts[0]
+        qtbot.keyClick(page, key)
+        # committed before the next pair shows: the row is in the file already
+        assert stored(ctx)[0].verdict == verdict
+    rows = list(reversed(stored(ctx)))
+    assert [r.verdict for r in rows] == [v for v, _, _ in seen]
+    with open_project(ctx.project_path) as p:
+        pairs = p.training_pairs(split=None)
+    expected = {(l, r) if v == "left" else (r, l) for v, l, r in seen if v in ("left", "right")}
+    assert {(sp.pair.chosen, sp.pair.rejected) for sp in pairs} == expected
+    assert page.controller.progress()["session"] == 6
+
+
+def test_undo_removes_exactly_the_last_verdict(qtbot, label_window):
+    ctx, win, page = label_window
+    wait_ready(qtbot, page)
+    qtbot.keyClick(page, Qt.Key.Key_1)
+    wait_ready(qtbot, page)
+    second = page.controller.current
+    qtbot.keyClick(page, Qt.Key.Key_2)
+    assert len(stored(ctx)) == 2
+    qtbot.keyClick(page, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    rows = stored(ctx)
+    assert [r.verdict for r in rows] == ["left"]
+    assert page.controller.current is second  # the undone pair is shown again
+    assert page.left.length.text().startswith(f"{second.tokens[0]} tokens")
+
+
+def test_html_and_angle_brackets_show_literally(qtbot, label_window, monkeypatch):
+    ctx, win, page = label_window
+    evil = ["<img src=x onerror=alert(1)>", "if a<b and c>d: <b>bold</b>"]
+    page.controller._drop_queued()
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([evil] * 10))
+    page.controller.regenerate()
+    qtbot.waitUntil(lambda: page.controller.current.done and page.controller.current.texts == evil, timeout=10_000)
+    assert page.left.text.toPlainText() == evil[0]
+    assert page.right.text.toPlainText() == evil[1]
+    assert page.left.text.document().toHtml().count("<img") == 0  # shown as text, not an image
+    page.controller.current.prompt_text = "<script>alert(1)</script>"
+    page._on_controller_pairShown(page.controller.current)
+    assert page.prompt_view.toPlainText() == "<script>alert(1)</script>"
+
+
+def test_streamed_text_appears_before_generation_ends(qtbot, label_window, monkeypatch):
+    ctx, win, page = label_window
+    long = [" ".join(f"w{i}" for i in range(40)), " ".join(f"v{i}" for i in range(40))]
+    page.controller._drop_queued()
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([long] * 10, delay=0.01))
+    partial = []
+
+    def on_text(side, text, tokens):
+        if side == 0 and not page.controller.current.done:
+            partial.append((text, page.left.text.toPlainText(), page.left.length.text(),
+                            page.buttons["left"].isEnabled()))
+
+    page.controller.textUpdated.connect(on_text)
+    page.controller.regenerate()
+    wait_ready(qtbot, page)
+    assert page.left.text.toPlainText() == long[0]
+    shown = [p for p in partial if p[0] == "w0 w1 w2"]
+    assert shown, "the left pane never showed a partial answer"
+    text, pane_text, length, can_judge = shown[0]
+    assert pane_text == "w0 w1 w2" and "writing" in length
+    assert not can_judge  # cannot judge a half-written answer
+
+
+def test_prefetch_shows_next_pair_without_waiting(qtbot, label_window):
+    ctx, win, page = label_window
+    c = page.controller
+    wait_ready(qtbot, page)
+    qtbot.waitUntil(lambda: len(c.queue) >= 1 and c.queue[0].done, timeout=30_000)
+    nxt = c.queue[0]
+    qtbot.keyClick(page, Qt.Key.Key_1)
+    assert c.current is nxt and c.current.done  # shown at once, no new generation wait
+    assert page.buttons["left"].isEnabled()
+
+
+def test_identical_samples_are_sampled_again(qtbot, label_window, monkeypatch):
+    ctx, win, page = label_window
+    page.controller._drop_queued()
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([["same", "same"], ["one", "two"]]))
+    page.controller.regenerate()
+    qtbot.waitUntil(lambda: page.controller.current.done, timeout=10_000)
+    assert page.controller.current.texts == ["one", "two"]
+
+
+def test_write_better_answer_becomes_chosen(qtbot, label_window):
+    ctx, win, page = label_window
+    wait_ready(qtbot, page)
+    pair = page.controller.current
+    assert page.controller.write_better("My ideal answer.", worse_side=1)
+    with open_project(ctx.project_path) as p:
+        pairs = p.training_pairs(split=None)
+    assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("My ideal answer.", pair.texts[1])]
+
+
+def test_sampling_failure_shows_message_and_labeling_goes_on(qtbot, label_window, monkeypatch):
+    ctx, win, page = label_window
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(lc, "stream_generate", broken)
+    page.controller.regenerate()
+    qtbot.waitUntil(lambda: "Sampling failed" in page.notice.text(), timeout=10_000)
+    monkeypatch.undo()
+    page.controller.regenerate()
+    wait_ready(qtbot, page)
