@@ -172,21 +172,31 @@ def test_eval_cli_matches_trl_on_smollm2(tmp_path_factory):
     trl_pc, trl_pr, trl_rc, trl_rr = trl_logps(trainer, batch)
     counts = batch["completion_mask"].sum(1).tolist()
     mode = "train" if trainer.model.training else "eval"
+    result = CliRunner().invoke(main, ["eval", "--data", str(data), "--policy", str(policy), "--reference", str(base),
+                                       "--beta", str(BETA), "--max-length", str(MAX_LENGTH), "--json"])
+    assert result.exit_code == 0, result.output
+    pairs = json.loads(result.stdout)["pairs"]
+    got = torch.tensor([[p["policy_chosen_logps"], p["policy_rejected_logps"], p["reference_chosen_logps"],
+                         p["reference_rejected_logps"]] for p in pairs])
+    torch.testing.assert_close(got, torch.stack([trl_pc, trl_pr, trl_rc, trl_rr], 1), rtol=2e-5, atol=0)
+    assert [p["chosen_tokens"] for p in pairs] + [p["rejected_tokens"] for p in pairs] == counts
+    # The CLI's per-pair loss is LOSSES[name] of these numbers (checked on the tiny model in
+    # test_eval_cli); one CLI run serves all four losses, since a model run is the slow part here.
+    tokens = dict(chosen_tokens=torch.tensor(counts[: len(pairs)]), rejected_tokens=torch.tensor(counts[len(pairs):]))
     for loss_type in ["sigmoid", "ipo", "hinge", "robust"]:
-        result = CliRunner().invoke(main, ["eval", "--data", str(data), "--policy", str(policy), "--reference",
-                                           str(base), "--loss", loss_type, "--beta", str(BETA), "--label-smoothing",
-                                           str(SMOOTHING), "--max-length", str(MAX_LENGTH), "--json"])
-        assert result.exit_code == 0, result.output
-        pairs = json.loads(result.stdout)["pairs"]
-        got = torch.tensor([[p["policy_chosen_logps"], p["policy_rejected_logps"], p["reference_chosen_logps"],
-                             p["reference_rejected_logps"]] for p in pairs])
-        torch.testing.assert_close(got, torch.stack([trl_pc, trl_pr, trl_rc, trl_rr], 1), rtol=2e-5, atol=0)
-        assert [p["chosen_tokens"] for p in pairs] + [p["rejected_tokens"] for p in pairs] == counts
+        mine = LOSSES[loss_type](*got.T.to(torch.float32), **tokens,
+                                 params=LossParams(beta=BETA, label_smoothing=SMOOTHING))
+        if loss_type == "sigmoid":
+            assert [p["loss"] for p in pairs] == pytest.approx(mine.losses.tolist(), abs=1e-6)
         trainer.loss_types, trainer.loss_weights = [loss_type], [1.0]
-        for p, row in zip(pairs, trainer.train_dataset):
+        trainer.precompute_ref_logps = True  # TRL's own precomputed-reference path: half the forwards
+        for i, row in enumerate(trainer.train_dataset):
+            inputs = dict(trainer.data_collator([row]), ref_chosen_logps=trl_rc[i : i + 1],
+                          ref_rejected_logps=trl_rr[i : i + 1])
             with torch.no_grad():
-                loss = trainer._compute_loss(trainer.model, trainer.data_collator([row]), return_outputs=False)
-            assert p["loss"] == pytest.approx(loss.item(), abs=5e-4)
-            assert p["chosen_reward"] == pytest.approx(trainer._metrics[mode]["rewards/chosen"][-1], abs=5e-4)
-            assert p["rejected_reward"] == pytest.approx(trainer._metrics[mode]["rewards/rejected"][-1], abs=5e-4)
+                loss = trainer._compute_loss(trainer.model, inputs, return_outputs=False)
+            metrics = trainer._metrics[mode]
+            assert mine.losses[i].item() == pytest.approx(loss.item(), abs=5e-4)
+            assert mine.chosen_rewards[i].item() == pytest.approx(metrics["rewards/chosen"][-1], abs=5e-4)
+            assert mine.rejected_rewards[i].item() == pytest.approx(metrics["rewards/rejected"][-1], abs=5e-4)
     assert any(abs(p["chosen_reward"]) > 1e-3 for p in pairs)  # the policy really differs from its reference
