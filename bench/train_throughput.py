@@ -1,0 +1,299 @@
+"""Training throughput: DPO Studio's trainer vs TRL's DPOTrainer vs a textbook loop.
+
+    .venv/bin/python bench/train_throughput.py --steps 12          # all variants, table to stdout
+    .venv/bin/python bench/train_throughput.py --steps 12 --readme # and record it in bench/README.md
+
+Every variant trains the default model (SmolLM2-135M-Instruct, fp32, CPU) on the same 64
+synthetic conversational pairs (prompt ~40 tokens, responses 40-120), 2 pairs per step,
+max length 256, lr 5e-6, beta 0.1, linear schedule without warmup, for N steps, each in
+its own subprocess (so peak RSS is its own):
+
+    ours            dpo_engine.trainer.train: reference once, prompt once + KV reused,
+                    LM head only on response positions, length-bucketed batches
+    trl             TRL DPOTrainer with its defaults (reference forward every step,
+                    gradient checkpointing on)
+    trl-precompute  TRL with precompute_ref_log_probs=True
+    textbook        the seed's loop, bugs fixed: policy + reference copies, separate chosen
+                    and rejected forwards, full logits, masked shifted gather
+
+Trained tokens = non-padding prompt + chosen + rejected tokens of the pairs stepped on.
+"step tok/s" counts optimizer-step time only; "end-to-end tok/s" adds the one-off
+reference pass of the precomputing variants (over all 64 pairs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+N_PAIRS, BATCH, MAX_LENGTH, LR, BETA, SEED = 64, 2, 256, 5e-6, 0.1, 0
+VARIANTS = ("ours", "trl", "trl-precompute", "textbook")
+GOOD = "clear careful kind helpful precise honest gentle thorough useful friendly accurate calm".split()
+BAD = "rude vague wrong lazy careless sloppy false noisy random useless angry confused".split()
+TOPIC = "explain how plants make food from sunlight water and air in simple words for a curious child".split()
+
+
+def _grow(tok_len, rng: random.Random, words: list[str], target: int, start: str = "") -> str:
+    text = start
+    while tok_len(text) < target:
+        text += (" " if text else "") + rng.choice(words)
+    return text
+
+
+def make_pairs(tokenizer):
+    """64 fixed conversational pairs; the chosen answers use 'good' words (a learnable preference)."""
+    from dpo_engine.pairs import conversation
+
+    rng = random.Random(SEED)
+
+    def n_tokens(text: str) -> int:
+        return len(tokenizer(text)["input_ids"])
+
+    pairs = []
+    for i in range(N_PAIRS):
+        prompt = _grow(n_tokens, rng, TOPIC, 16, f"Question {i}:")  # + the chat template's ~24 -> ~40 tokens
+        chosen = _grow(n_tokens, rng, GOOD + TOPIC, rng.randint(40, 118))
+        rejected = _grow(n_tokens, rng, BAD + TOPIC, rng.randint(40, 118))
+        pairs.append(conversation(prompt, chosen, rejected))
+    return pairs
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+# --------------------------------------------------------------------------- variants
+
+
+def run_ours(steps: int, workdir: Path) -> dict:
+    import dpo_engine.reference as reference
+    from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
+    from dpo_engine.train_config import TrainConfig
+    from dpo_engine.train_events import ReferenceProgress, StepEvent, TrainSummary
+    from dpo_engine.trainer import train
+
+    reference.cache_path = lambda fp: workdir / "ref" / f"{fp}.safetensors"  # a cold cache: measure the pass
+    pairs = make_pairs(load_tokenizer(resolve_model_ref("default")))
+    config = TrainConfig(output_dir=str(workdir / "out"), model=str(default_model_dir()), lr=LR, beta=BETA,
+                         max_steps=steps, batch_size=BATCH, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
+                         eval_fraction=0.0, save_every=0, device="cpu", seed=SEED)
+    losses, ref_start, ref_end, summary = [], None, None, None
+    for event in train(config, pairs):
+        if isinstance(event, ReferenceProgress):
+            ref_start = ref_start or time.perf_counter()
+            ref_end = time.perf_counter()
+        elif isinstance(event, StepEvent):
+            losses.append(event.loss)
+        elif isinstance(event, TrainSummary):
+            summary = event
+    assert summary.status == "finished", summary
+    return {"losses": losses, "step_tok_s": summary.tokens_per_s,
+            "ref_seconds": (ref_end - ref_start) if ref_start else 0.0}
+
+
+def _trl_trainer(steps: int, workdir: Path, precompute: bool):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
+
+    tokenizer = load_tokenizer(resolve_model_ref("default"))
+    data = Dataset.from_list([p.to_trl() for p in make_pairs(tokenizer)])
+    model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype="float32")
+    args = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                     learning_rate=LR, beta=BETA, max_length=MAX_LENGTH, max_steps=steps, warmup_steps=0,
+                     lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+                     seed=SEED, precompute_ref_log_probs=precompute, dataloader_num_workers=0)
+
+    class Counting(DPOTrainer):
+        tokens = 0
+
+        def _compute_loss(self, model, inputs, return_outputs):
+            b = inputs["input_ids"].shape[0] // 2  # rows [0, b) prompt+chosen, [b, 2b) prompt+rejected
+            Counting.tokens += int(inputs["attention_mask"][:b].sum() + inputs["completion_mask"][b:].sum())
+            return super()._compute_loss(model, inputs, return_outputs)
+
+    class Timer(TrainerCallback):
+        seconds = 0.0
+
+        def on_step_begin(self, *a, **k):
+            self.t = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            Timer.seconds += time.perf_counter() - self.t
+
+    started = time.perf_counter()
+    trainer = Counting(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
+    setup_seconds = time.perf_counter() - started  # tokenization (+ the reference pass when precomputing)
+    trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"losses": losses, "step_tok_s": Counting.tokens / Timer.seconds,
+            "ref_seconds": setup_seconds if precompute else 0.0, "setup_seconds": setup_seconds}
+
+
+def run_textbook(steps: int, workdir: Path) -> dict:
+    """The seed's loop with its bugs fixed: labels aligned with the shifted logits, prompt and
+    padding masked, separate chosen/rejected forwards, reference model forward every step."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModelForCausalLM, get_scheduler
+
+    from dpo_engine.encoding import encode_pair
+    from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
+
+    torch.manual_seed(SEED)
+    tokenizer = load_tokenizer(resolve_model_ref("default"))
+    encoded = [encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)]
+    policy = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype="float32").train()
+    ref = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype="float32").eval()
+    opt = torch.optim.AdamW(policy.parameters(), lr=LR)
+    sched = get_scheduler("linear", opt, num_warmup_steps=0, num_training_steps=steps)
+    pad = tokenizer.pad_token_id
+
+    def rows(batch, which):
+        seqs = [list(e.prompt_ids) + list(getattr(e, which)) for e in batch]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs])
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])
+        labels = torch.tensor([[0] * len(e.prompt_ids) + [1] * len(getattr(e, which)) + [0] * (width - len(s))
+                               for e, s in zip(batch, seqs)])
+        return ids, attn, labels
+
+    def logps(model, ids, attn, mask):
+        logits = model(input_ids=ids, attention_mask=attn).logits[:, :-1]  # position t predicts token t+1
+        per_token = torch.gather(F.log_softmax(logits.float(), -1), 2, ids[:, 1:, None]).squeeze(2)
+        return (per_token * mask[:, 1:]).sum(1)
+
+    order = list(range(len(encoded)))
+    random.Random(SEED).shuffle(order)
+    losses, tokens, seconds = [], 0, 0.0
+    for step in range(steps):
+        batch = [encoded[order[(step * BATCH + j) % len(order)]] for j in range(BATCH)]
+        t = time.perf_counter()
+        c, r = rows(batch, "chosen_ids"), rows(batch, "rejected_ids")
+        pc, pr = logps(policy, *c), logps(policy, *r)
+        with torch.no_grad():
+            rc, rr = logps(ref, *c), logps(ref, *r)
+        loss = -F.logsigmoid(BETA * ((pc - rc) - (pr - rr))).mean()
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        seconds += time.perf_counter() - t
+        tokens += sum(len(e.prompt_ids) + len(e.chosen_ids) + len(e.rejected_ids) for e in batch)
+        losses.append(loss.item())
+    return {"losses": losses, "step_tok_s": tokens / seconds, "ref_seconds": 0.0}
+
+
+def child(variant: str, steps: int, out: Path) -> None:
+    import torch
+
+    from dpo_engine._compat import quiet_transformers
+
+    quiet_transformers()
+    torch.manual_seed(SEED)
+    with tempfile.TemporaryDirectory(prefix="dpo-bench-") as work:
+        work = Path(work)
+        if variant == "ours":
+            result = run_ours(steps, work)
+        elif variant == "textbook":
+            result = run_textbook(steps, work)
+        else:
+            result = _trl_trainer(steps, work, precompute=variant == "trl-precompute")
+    result.update(variant=variant, steps=steps, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
+    out.write_text(json.dumps(result))
+
+
+# --------------------------------------------------------------------------- parent
+
+
+def table(results: list[dict], steps: int) -> str:
+    base = next((r for r in results if r["variant"] == "trl"), None)
+    pre = next((r for r in results if r["variant"] == "trl-precompute"), None)
+    lines = ["| variant | step tok/s | vs TRL default | vs TRL precompute | ref pass (s) | peak RSS (MB) | wall (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        vs = lambda other: f"{r['step_tok_s'] / other['step_tok_s']:.2f}x" if other else "-"  # noqa: E731
+        lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {vs(base)} | {vs(pre)} | {r['ref_seconds']:.1f} "
+                     f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
+    lines += ["", "Loss per step:", "", "| step | " + " | ".join(r["variant"] for r in results) + " |",
+              "|---:|" + "---:|" * len(results)]
+    for i in range(steps):
+        cells = [f"{r['losses'][i]:.4f}" if i < len(r["losses"]) else "" for r in results]
+        lines.append(f"| {i + 1} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); uptime: {up}"
+
+
+def write_readme(text: str) -> None:
+    """Replace (or append) the '## Training throughput' section, leaving other sections alone."""
+    readme = ROOT / "bench" / "README.md"
+    old = readme.read_text() if readme.exists() else "# Benchmarks\n"
+    head = "## Training throughput"
+    if head in old:
+        before, rest = old.split(head, 1)
+        after = rest[rest.find("\n## "):] if "\n## " in rest else ""
+        new = before + text.rstrip() + "\n" + after
+    else:
+        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
+    readme.write_text(new)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--readme", action="store_true", help="record the results in bench/README.md")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.steps, Path(args.out))
+    before = machine()
+    results = []
+    for variant in args.variants.split(","):
+        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+            out = Path(f.name)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--out", str(out)],
+                       check=True)
+        result = json.loads(out.read_text())
+        result["wall_s"] = time.perf_counter() - t
+        out.unlink()
+        results.append(result)
+        print(f"{variant}: {result['step_tok_s']:.0f} tok/s, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+    text = (f"## Training throughput\n\n`bench/train_throughput.py --steps {args.steps}`: {N_PAIRS} pairs, "
+            f"batch {BATCH} pairs, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, fp32 CPU.\n\n"
+            f"Machine before: {before}\n\nMachine after: {machine()}\n\n{table(results, args.steps)}\n")
+    print(text)
+    if args.readme:
+        write_readme(text)
+
+
+if __name__ == "__main__":
+    main()
