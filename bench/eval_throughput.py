@@ -84,9 +84,13 @@ def make_trl(policy, ref, records, batch_size: int, workdir: str):
     args = DPOConfig(output_dir=workdir, report_to=[], bf16=False, beta=0.1, max_length=1024,
                      per_device_eval_batch_size=batch_size, use_cpu=policy.device.device == "cpu",
                      disable_tqdm=True)
-    return DPOTrainer(model=policy.model, ref_model=ref.model, args=args, train_dataset=Dataset.from_list(records[:1]),
-                      eval_dataset=Dataset.from_list(records),
-                      processing_class=policy.tokenizer)
+    from transformers import PrinterCallback
+
+    trainer = DPOTrainer(model=policy.model, ref_model=ref.model, args=args,
+                         train_dataset=Dataset.from_list(records[:1]), eval_dataset=Dataset.from_list(records),
+                         processing_class=policy.tokenizer)
+    trainer.remove_callback(PrinterCallback)  # it prints each metrics dict on stdout, where our JSON goes
+    return trainer
 
 
 def timed(fn):
