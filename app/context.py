@@ -69,8 +69,8 @@ class AppContext(QObject):
         self.loaded_name = ""
 
     # ---------------------------------------------------------------- jobs
-    def submit(self, name: str, factory: Callable[[], Iterator[Any]]) -> Job:
-        return self.runner.submit(name, factory)
+    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False) -> Job:
+        return self.runner.submit(name, factory, background)
 
     def submit_with_model(self, name: str, ref: str | None, fn: Callable[[LoadedModel], Iterator[Any]]) -> Job:
         """Queue `fn(loaded_model)` on the torch worker, loading `ref` first if needed."""

@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     except DPOStudioError as exc:
         QMessageBox.critical(None, "DPO Studio", str(exc))
         return 1
+    ctx.load_active_model()  # queued first, so the status bar tracks it before pages sample
     window.show()
-    ctx.load_active_model()
     return app.exec()
 
 

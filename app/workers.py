@@ -5,6 +5,11 @@ eval) runs there, one at a time, so jobs never share a model object concurrently
 CPU never fight for the cores (DESIGN.md, Threads). Each job is a plain engine generator;
 every value it yields is re-emitted on the GUI thread through its `Job`'s signals, and a
 cancel request is checked between yields (each yield is a safe stopping point).
+
+A long job submitted with `background=True` (training) yields to the others: after each
+of its yields (a step boundary) the worker first runs every short job queued meanwhile
+(sampling answers for labeling), then resumes it. So a person can keep labeling while a
+run trains, and the two never compete for the cores.
 """
 
 from __future__ import annotations
@@ -30,11 +35,12 @@ class Job(QObject):
 
     _ids = itertools.count(1)
 
-    def __init__(self, name: str, factory: Callable[[], Iterator[Any]]):
+    def __init__(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False):
         super().__init__()
         self.id = next(self._ids)
         self.name = name
         self.factory = factory
+        self.background = background  # long job: lets queued short jobs run at each of its yields
         self.cancelled = False
 
     def cancel(self) -> None:
@@ -54,8 +60,22 @@ class _Loop(QObject):
                 return
             self._run_one(job)
 
-    @staticmethod
-    def _run_one(job: Job) -> None:
+    def _run_waiting_short_jobs(self) -> None:
+        """Run the short jobs queued now; put background jobs and the stop marker back."""
+        deferred = []
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None or job.background:
+                deferred.append(job)
+            else:
+                self._run_one(job)
+        for job in deferred:
+            self._jobs.put(job)
+
+    def _run_one(self, job: Job) -> None:
         if job.cancelled:
             job.finished.emit()
             return
@@ -69,6 +89,8 @@ class _Loop(QObject):
                     break
                 try:
                     job.yielded.emit(next(gen))
+                    if job.background:
+                        self._run_waiting_short_jobs()
                 except StopIteration as stop:
                     result = stop.value
                     job.returned.emit(result)
@@ -97,10 +119,10 @@ class TorchRunner(QObject):
         self._thread.start()
         self._pending: list[Job] = []
 
-    def submit(self, name: str, factory: Callable[[], Iterator[Any]]) -> Job:
+    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False) -> Job:
         """Queue a generator factory; connect to the returned Job's signals before the
         event loop runs again (signals are queued, so none is missed)."""
-        job = Job(name, factory)
+        job = Job(name, factory, background)
         self._pending.append(job)  # keep the QObject alive while queued
         job.finished.connect(lambda j=job: self._pending.remove(j) if j in self._pending else None)
         self._jobs.put(job)

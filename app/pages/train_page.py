@@ -1,0 +1,352 @@
+"""Train page: one button, live plots, progress, stop/resume, the run history."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QSplitter,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.context import AppContext
+from app.train_controller import TrainController
+from app.widgets.metric_plots import MetricPlots, Series, with_logratios
+from dpo_engine.losses import LOSSES
+
+RUN_COLUMNS = ["Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint"]
+
+
+def _fmt_seconds(s: float) -> str:
+    s = int(max(s, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+class TrainPage(QWidget):
+    def __init__(self, ctx: AppContext, parent=None):
+        super().__init__(parent)
+        self.setObjectName("page_train")
+        self.ctx = ctx
+        self.controller = TrainController(ctx)
+        self._build()
+        self._connect()
+        self._refresh_ready()
+        self._refresh_runs()
+
+    # ------------------------------------------------------------------ layout
+    def _build(self) -> None:
+        self.train_button = self._named(QPushButton("Train"), "trainButton", "Train")
+        self.train_button.setStyleSheet("font-weight: bold; padding: 6px 18px;")
+        self.stop_button = self._named(QPushButton("Stop"), "stopButton", "Stop training")
+        self.stop_button.setEnabled(False)
+        self.ready_label = QLabel()
+        self.ready_label.setObjectName("readyLabel")
+        self.ready_label.setWordWrap(True)
+        self.progress = self._named(QProgressBar(), "trainProgress", "Training progress")
+        self.progress.setFormat("%v / %m steps")
+        self.speed_label = QLabel()
+        self.speed_label.setObjectName("speedLabel")
+        top = QHBoxLayout()
+        for w in (self.train_button, self.stop_button, self.progress):
+            top.addWidget(w)
+        top.addWidget(self.speed_label)
+
+        self.plots = MetricPlots()
+        self.smooth_box = self._named(QCheckBox("Smooth"), "smoothCheck", "Smooth curves")
+        self.export_png = self._named(QPushButton("Export PNG…"), "exportPngButton", "Export plots as PNG")
+        self.export_csv = self._named(QPushButton("Export CSV…"), "exportCsvButton", "Export curves as CSV")
+        plot_tools = QHBoxLayout()
+        for w in (self.smooth_box, self.export_png, self.export_csv):
+            plot_tools.addWidget(w)
+        plot_tools.addStretch(1)
+
+        self.log = self._named(QPlainTextEdit(), "trainLog", "Training log")
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(2000)
+        self.runs_table = self._named(QTableWidget(0, len(RUN_COLUMNS)), "runsTable", "Run history")
+        self.runs_table.setHorizontalHeaderLabels(RUN_COLUMNS)
+        self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.runs_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
+        self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.runs_table.horizontalHeader().setStretchLastSection(True)
+        self.resume_button = self._named(QPushButton("Resume"), "resumeButton", "Resume the selected run")
+        self.use_button = self._named(QPushButton("Use this model"), "useCheckpointButton",
+                                      "Make the selected run's model the active model")
+        self.overlay_box = self._named(QCheckBox("Overlay selected runs"), "overlayCheck", "Overlay runs")
+        hist_tools = QHBoxLayout()
+        for w in (self.resume_button, self.use_button, self.overlay_box):
+            hist_tools.addWidget(w)
+        hist_tools.addStretch(1)
+        history = QWidget()
+        hl = QVBoxLayout(history)
+        hl.setContentsMargins(0, 0, 0, 0)
+        hl.addWidget(QLabel("Runs"))
+        hl.addWidget(self.runs_table, 1)
+        hl.addLayout(hist_tools)
+        logbox = QWidget()
+        ll = QVBoxLayout(logbox)
+        ll.setContentsMargins(0, 0, 0, 0)
+        ll.addWidget(QLabel("Log"))
+        ll.addWidget(self.log, 1)
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(history)
+        bottom.addWidget(logbox)
+
+        plots_box = QWidget()
+        pl = QVBoxLayout(plots_box)
+        pl.setContentsMargins(0, 0, 0, 0)
+        pl.addWidget(self.plots, 1)
+        pl.addLayout(plot_tools)
+        vsplit = QSplitter(Qt.Orientation.Vertical)
+        vsplit.addWidget(plots_box)
+        vsplit.addWidget(bottom)
+        vsplit.setStretchFactor(0, 3)
+        vsplit.setStretchFactor(1, 1)
+
+        main = QVBoxLayout()
+        main.addLayout(top)
+        main.addWidget(self.ready_label)
+        main.addWidget(vsplit, 1)
+        outer = QHBoxLayout(self)
+        outer.addLayout(main, 1)
+        outer.addWidget(self._advanced())
+
+    def _named(self, w, name: str, accessible: str):
+        w.setObjectName(name)
+        w.setAccessibleName(accessible)
+        return w
+
+    def _advanced(self) -> QWidget:
+        s = self.controller.settings
+        box = QGroupBox("Advanced")
+        box.setObjectName("advancedBox")
+        box.setFixedWidth(250)
+        form = QFormLayout(box)
+        self.fields: dict[str, QWidget] = {}
+
+        def add(key, label, widget):
+            self._named(widget, f"adv_{key}", label)
+            self.fields[key] = widget
+            form.addRow(label, widget)
+
+        loss = QComboBox()
+        loss.addItems(list(LOSSES))
+        loss.setCurrentText(s["loss"])
+        add("loss", "Loss", loss)
+        add("beta", "β", QDoubleSpinBox(minimum=0.001, maximum=10, decimals=3, singleStep=0.05, value=s["beta"]))
+        lr = QDoubleSpinBox(minimum=1e-8, maximum=1e-2, decimals=8, singleStep=1e-6, value=s["lr"])
+        add("lr", "Learning rate", lr)
+        add("epochs", "Epochs", QSpinBox(minimum=1, maximum=100, value=s["epochs"]))
+        steps = QSpinBox(minimum=0, maximum=1_000_000, value=s["max_steps"])
+        steps.setSpecialValueText("by epochs")
+        add("max_steps", "Max steps", steps)
+        add("batch_size", "Batch size (pairs)", QSpinBox(minimum=1, maximum=256, value=s["batch_size"]))
+        add("grad_accum", "Grad accumulation", QSpinBox(minimum=1, maximum=256, value=s["grad_accum"]))
+        add("max_length", "Max length", QSpinBox(minimum=32, maximum=32768, singleStep=64, value=s["max_length"]))
+        add("lora", "LoRA", QCheckBox())
+        add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s["lora_rank"]))
+        dtype = QComboBox()
+        dtype.addItems(["auto", "float32", "bfloat16"])
+        add("dtype", "Precision", dtype)
+        device = QComboBox(editable=True)
+        device.addItems(["auto", "cpu", "cuda", "mps"])
+        device.setCurrentText(s["device"])
+        device.lineEdit().setObjectName("adv_device_edit")
+        device.lineEdit().setAccessibleName("Device name")
+        add("device", "Device", device)
+        add("eval_fraction", "Eval fraction",
+            QDoubleSpinBox(minimum=0, maximum=0.5, singleStep=0.05, value=s["eval_fraction"]))
+        add("eval_every", "Eval every (steps)", QSpinBox(minimum=0, maximum=100000, value=s["eval_every"]))
+        add("seed", "Seed", QSpinBox(minimum=0, maximum=2**31 - 1, value=s["seed"]))
+        ref = QLineEdit()
+        ref.setPlaceholderText("the base model")
+        add("reference", "Reference model", ref)
+        return box
+
+    # ------------------------------------------------------------------ wiring
+    def _connect(self) -> None:
+        c = self.controller
+        self.train_button.clicked.connect(self._on_train_clicked)
+        self.stop_button.clicked.connect(self._on_stop_clicked)
+        self.smooth_box.toggled.connect(self.plots.set_smoothing)
+        self.export_png.clicked.connect(self._on_export_png_clicked)
+        self.export_csv.clicked.connect(self._on_export_csv_clicked)
+        self.resume_button.clicked.connect(self._on_resume_clicked)
+        self.use_button.clicked.connect(self._on_use_clicked)
+        self.runs_table.itemSelectionChanged.connect(self._on_runs_selectionChanged)
+        self.overlay_box.toggled.connect(self._on_runs_selectionChanged)
+        c.started.connect(self._on_controller_started)
+        c.stepArrived.connect(self._on_controller_stepArrived)
+        c.evalArrived.connect(self._on_controller_evalArrived)
+        c.referenceProgress.connect(self._on_controller_referenceProgress)
+        c.logLine.connect(self._append_log)
+        c.finished.connect(self._on_controller_finished)
+        c.failed.connect(self._on_controller_failed)
+        c.runsChanged.connect(self._refresh_runs)
+        c.runsChanged.connect(lambda: self._refresh_ready(keep_text=True))
+        self.ctx.comparisonsChanged.connect(self._refresh_ready)
+
+    def showEvent(self, event) -> None:
+        super().showEvent(event)
+        self._refresh_ready()
+
+    def read_settings(self) -> dict:
+        out = {}
+        for key, w in self.fields.items():
+            if isinstance(w, QComboBox):
+                out[key] = w.currentText()
+            elif isinstance(w, QCheckBox):
+                out[key] = w.isChecked()
+            elif isinstance(w, QLineEdit):
+                out[key] = w.text()
+            else:
+                out[key] = w.value()
+        return out
+
+    # ------------------------------------------------------------------ slots
+    def _on_train_clicked(self) -> None:
+        self.controller.settings = self.read_settings()
+        self.plots.clear()
+        self.log.clear()
+        self.controller.start()
+
+    def _on_stop_clicked(self) -> None:
+        self.controller.stop()
+        self.stop_button.setEnabled(False)
+        self._append_log("Stopping after the current step; a checkpoint will be saved…")
+
+    def _on_controller_started(self, run_id: int, _total: int) -> None:
+        self.plots.clear()
+        for name, points in self.controller.run_metrics(run_id).items():  # a resumed run's history
+            for step, value in points:
+                self.plots.add_point("live", step, {name: value}, self.controller.config.beta)
+        self.train_button.setEnabled(False)
+        self.stop_button.setEnabled(True)
+        self.ready_label.setText(f"Run {run_id} on {self.ctx.device.describe()}: computing reference log-probs…")
+
+    def _on_controller_referenceProgress(self, done: int, total: int) -> None:
+        self.progress.setFormat("reference %v / %m pairs")
+        self.progress.setRange(0, total)
+        self.progress.setValue(done)
+
+    def _on_controller_stepArrived(self, ev) -> None:
+        self.progress.setFormat("%v / %m steps")
+        self.progress.setRange(0, ev.total_steps)
+        self.progress.setValue(ev.step)
+        self.speed_label.setText(f"ETA {_fmt_seconds(ev.eta)} · {ev.tokens_per_s:,.0f} tokens/s · "
+                                 f"{self.ctx.device.describe()}")
+        self.ready_label.setText(f"Run {self.controller.run_id}: step {ev.step} of {ev.total_steps}, "
+                                 f"epoch {ev.epoch:.2f}, loss {ev.loss:.4f}, accuracy {ev.rewards_accuracies:.2f}")
+        self.plots.add_point("live", ev.step, ev.metrics, self.controller.config.beta)
+
+    def _on_controller_evalArrived(self, ev) -> None:
+        self.plots.add_point("live", ev.step, ev.metrics)
+
+    def _on_controller_finished(self, summary) -> None:
+        self.stop_button.setEnabled(False)
+        self.progress.setValue(summary.step)
+        text = {"finished": "Finished", "stopped": "Stopped", "failed": "Failed"}[summary.status]
+        msg = f"{text} after {summary.step} steps"
+        if summary.reason:
+            msg += f": {summary.reason}"
+        if summary.checkpoint:
+            msg += f". Model saved to {summary.checkpoint}"
+        self.ready_label.setText(msg)
+        self._refresh_ready()
+
+    def _on_controller_failed(self, reason: str) -> None:
+        self.stop_button.setEnabled(False)
+        self.ready_label.setText(f"Cannot train: {reason}")
+        self._refresh_ready(keep_text=True)
+
+    def _append_log(self, line: str) -> None:
+        self.log.appendPlainText(line)
+
+    def _refresh_ready(self, *_, keep_text: bool = False) -> None:
+        reason = self.controller.why_not_ready()
+        self.train_button.setEnabled(not reason)
+        self.train_button.setToolTip(reason or "Train on all usable pairs in the project")
+        if not keep_text and not self.controller.running:
+            train, ev = self.controller.pair_counts()
+            self.ready_label.setText(reason or f"Ready: {train} training pairs and {ev} held-out pairs.")
+
+    # ------------------------------------------------------------------ history
+    def _refresh_runs(self) -> None:
+        runs = self.controller.runs()
+        self.runs_table.setRowCount(len(runs))
+        for row, run in enumerate(reversed(runs)):
+            metrics = self.controller.run_metrics(run["id"])
+            last = lambda name: metrics[name][-1][1] if metrics.get(name) else None  # noqa: E731
+            steps = metrics["loss"][-1][0] if metrics.get("loss") else 0
+            started = dt.datetime.fromtimestamp(run["started"]).strftime("%Y-%m-%d %H:%M")
+            acc = last("eval/rewards/accuracies") if last("eval/rewards/accuracies") is not None \
+                else last("rewards/accuracies")
+            values = [str(run["id"]), run["status"], started, str(steps),
+                      f"{last('loss'):.4f}" if last("loss") is not None else "",
+                      f"{acc:.2f}" if acc is not None else "", run["checkpoint"] or ""]
+            for col, value in enumerate(values):
+                item = QTableWidgetItem(value)
+                item.setData(Qt.ItemDataRole.UserRole, run["id"])
+                if col == 1 and run["error"]:
+                    item.setToolTip(run["error"])
+                self.runs_table.setItem(row, col, item)
+        self._on_runs_selectionChanged()
+
+    def selected_run_ids(self) -> list[int]:
+        rows = sorted({i.row() for i in self.runs_table.selectedItems()})
+        return [self.runs_table.item(r, 0).data(Qt.ItemDataRole.UserRole) for r in rows]
+
+    def _on_runs_selectionChanged(self, *_) -> None:
+        ids = self.selected_run_ids()
+        runs = {r["id"]: r for r in self.controller.runs()}
+        one = runs.get(ids[0]) if len(ids) == 1 else None
+        self.resume_button.setEnabled(bool(one and one["status"] == "stopped" and not self.controller.running))
+        self.use_button.setEnabled(bool(one and one["checkpoint"]))
+        if self.controller.running or not ids:
+            return
+        self.plots.clear()
+        for run_id in (ids if self.overlay_box.isChecked() else ids[:1]):
+            beta = runs[run_id]["config"].get("beta")
+            series = Series(f"run {run_id}")
+            for name, points in self.controller.run_metrics(run_id).items():
+                for step, value in points:
+                    series.add(step, with_logratios({name: value}, beta))
+            self.plots.set_series("live" if run_id == ids[0] else f"run-{run_id}", series)
+
+    def _on_resume_clicked(self) -> None:
+        ids = self.selected_run_ids()
+        if len(ids) == 1:
+            self.controller.resume(ids[0])
+
+    def _on_use_clicked(self) -> None:
+        ids = self.selected_run_ids()
+        if len(ids) == 1 and (ref := self.controller.use_checkpoint(ids[0])):
+            self._append_log(f"Active model is now {ref}; labeling samples from it (on-policy pairs).")
+
+    def _on_export_png_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export plots", "training-plots.png", "PNG (*.png)")
+        if path:
+            self.plots.export_png(path)
+
+    def _on_export_csv_clicked(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Export curves", "training-metrics.csv", "CSV (*.csv)")
+        if path:
+            self.plots.export_csv(path)

@@ -1,0 +1,211 @@
+"""The Train page's logic, without widgets: build a run's config from the project and the
+person's settings, run the engine's `train()` on the torch worker, record the run and its
+metrics in the project file, stop, resume, and list past runs."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from PySide6.QtCore import QObject, Signal
+
+from app.context import AppContext
+from dpo_engine.errors import DPOStudioError
+from dpo_engine.train_config import TrainConfig
+from dpo_engine.train_events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+
+MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
+
+
+def runs_dir(project_path: Path) -> Path:
+    """Checkpoints live beside the project file, so the project folder holds everything."""
+    return project_path.parent / f"{project_path.stem}.runs"
+
+
+def default_settings(device: str) -> dict:
+    """The one-button defaults (TrainConfig's), with steps small enough to plot live."""
+    base = TrainConfig(output_dir="-")
+    return {
+        "loss": base.loss, "beta": base.beta, "lr": base.lr, "epochs": base.epochs, "max_steps": 0,
+        "batch_size": base.batch_size,
+        "grad_accum": 1,  # one micro-batch per step: a few dozen pairs still give a curve with points
+        "max_length": base.max_length, "lora": False, "lora_rank": 16, "dtype": "auto", "device": device,
+        "eval_fraction": base.eval_fraction, "seed": base.seed, "reference": "",
+        "eval_every": 5,  # frequent enough to draw an eval curve on small data
+    }
+
+
+class TrainController(QObject):
+    """Signals:
+        started(run_id, total_steps)
+        stepArrived(StepEvent) / evalArrived(EvalEvent) / referenceProgress(done, total)
+        logLine(str)
+        finished(TrainSummary): finished, stopped or failed (reason in .reason)
+        failed(str): the run could not start or crashed; the reason for the person
+        runsChanged(): the run history changed
+    """
+
+    started = Signal(int, int)
+    stepArrived = Signal(object)
+    evalArrived = Signal(object)
+    referenceProgress = Signal(int, int)
+    logLine = Signal(str)
+    finished = Signal(object)
+    failed = Signal(str)
+    runsChanged = Signal()
+
+    def __init__(self, ctx: AppContext):
+        super().__init__()
+        self.ctx = ctx
+        self.settings = default_settings(ctx.device.device)
+        self.run_id: int | None = None
+        self.job = None
+        self._stop = threading.Event()
+        self.config: TrainConfig | None = None
+        self.last_step = 0  # the current run's last optimizer step
+
+    # ------------------------------------------------------------------ readiness
+    def pair_counts(self) -> tuple[int, int]:
+        counts = self.ctx.project.counts()
+        return counts["train_pairs"], counts["eval_pairs"]
+
+    def why_not_ready(self) -> str:
+        """Empty when a run can start; otherwise the reason, for the disabled button."""
+        if self.job is not None:
+            return "A run is in progress."
+        train, ev = self.pair_counts()
+        if train + ev < MIN_PAIRS:
+            return (f"Label at least {MIN_PAIRS} usable pairs first (you have {train + ev}); "
+                    "ties, both-bad and skips are not pairs.")
+        return ""
+
+    @property
+    def running(self) -> bool:
+        return self.job is not None
+
+    # ------------------------------------------------------------------ runs
+    def build_config(self, output_dir: Path) -> TrainConfig:
+        s = self.settings
+        from dpo_engine.train_config import LoraSettings
+
+        reference = s["reference"].strip() or (
+            self.ctx.base_model_ref if self.ctx.base_model_ref != self.ctx.model_ref else None)
+        return TrainConfig(
+            output_dir=str(output_dir), model=self.ctx.model_ref, reference=reference, loss=s["loss"],
+            beta=s["beta"], lr=s["lr"], epochs=s["epochs"], max_steps=s["max_steps"] or None,
+            batch_size=s["batch_size"], grad_accum=s["grad_accum"], max_length=s["max_length"],
+            eval_fraction=s["eval_fraction"], eval_every=s["eval_every"], seed=s["seed"],
+            lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
+            merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
+        )
+
+    def start(self) -> bool:
+        """Start a new run on all the project's pairs; False (and `failed`) if it cannot."""
+        reason = self.why_not_ready()
+        if reason:
+            self.failed.emit(reason)
+            return False
+        project = self.ctx.project
+        train = [sp.pair for sp in project.training_pairs("train")]
+        held = [sp.pair for sp in project.training_pairs("eval")]
+        if not train:  # every labeled prompt fell in the eval split: hold out from these instead
+            train, held = held, []
+        try:
+            probe = self.build_config(Path("-"))  # validate before a run row exists
+        except DPOStudioError as exc:
+            self.failed.emit(str(exc))
+            return False
+        self.run_id = project.create_run(probe.to_dict())
+        out = runs_dir(self.ctx.project_path) / f"run-{self.run_id}"
+        self.config = replace(probe, output_dir=str(out))
+        self._launch(train, held or None, resume_from=None)
+        return True
+
+    def resume(self, run_id: int) -> bool:
+        """Continue a stopped run from its checkpoint, exactly where it stopped."""
+        from dpo_engine.trainer import load_run_config
+
+        run = next((r for r in self.ctx.project.runs() if r["id"] == run_id), None)
+        if run is None or run["status"] != "stopped" or not run["checkpoint"] or self.job is not None:
+            self.failed.emit("Only a stopped run with a checkpoint can be resumed, when no run is in progress.")
+            return False
+        try:
+            self.config = load_run_config(run["checkpoint"])
+        except DPOStudioError as exc:
+            self.failed.emit(str(exc))
+            return False
+        project = self.ctx.project
+        train = [sp.pair for sp in project.training_pairs("train")]
+        held = [sp.pair for sp in project.training_pairs("eval")]
+        self.run_id = run_id
+        self._launch(train, held or None, resume_from=run["checkpoint"])
+        return True
+
+    def _launch(self, train, held, resume_from) -> None:
+        from dpo_engine.trainer import train as train_gen
+
+        self._stop = threading.Event()
+        self.last_step = 0
+        config, stop = self.config, self._stop
+        self.job = self.ctx.submit(f"train-{self.run_id}", lambda: train_gen(config, train, held, stop=stop,
+                                                                             resume_from=resume_from),
+                                   background=True)
+        self.job.yielded.connect(self._on_job_yielded)
+        self.job.failed.connect(self._on_job_failed)
+        self.job.finished.connect(self._on_job_finished)
+        if resume_from:
+            self.ctx.project.finish_run(self.run_id, "running", checkpoint=str(resume_from))
+        self.started.emit(self.run_id, 0)
+        self.runsChanged.emit()
+
+    def stop(self) -> None:
+        """Graceful: the run finishes its step, saves a checkpoint and ends as stopped."""
+        self._stop.set()
+
+    # ------------------------------------------------------------------ events
+    def _on_job_yielded(self, event) -> None:
+        project = self.ctx.project
+        if isinstance(event, StepEvent):
+            self.last_step = event.step
+            project.log_metrics(self.run_id, event.step, event.metrics)
+            self.stepArrived.emit(event)
+        elif isinstance(event, EvalEvent):
+            project.log_metrics(self.run_id, event.step, event.metrics)
+            self.evalArrived.emit(event)
+        elif isinstance(event, ReferenceProgress):
+            self.referenceProgress.emit(event.done, event.total)
+        elif isinstance(event, LogLine):
+            self.logLine.emit(event.message)
+        elif isinstance(event, TrainSummary):
+            project.finish_run(self.run_id, event.status, error=event.reason or None, checkpoint=event.checkpoint)
+            if event.checkpoint:
+                project.add_model(event.checkpoint, "checkpoint", parent=self.config.model, run_id=self.run_id)
+            self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
+            self.finished.emit(event)
+
+    def _on_job_failed(self, message: str) -> None:
+        if self.run_id is not None:
+            self.ctx.project.finish_run(self.run_id, "failed", error=message.splitlines()[0])
+        self.logLine.emit(f"Run failed: {message}")
+        self.failed.emit(message.splitlines()[0])
+
+    def _on_job_finished(self) -> None:
+        self.job = None
+        self.runsChanged.emit()
+
+    # ------------------------------------------------------------------ history
+    def runs(self) -> list[dict]:
+        return self.ctx.project.runs()
+
+    def run_metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
+        return self.ctx.project.run_metrics(run_id)
+
+    def use_checkpoint(self, run_id: int) -> str | None:
+        """Make a run's checkpoint the active model for labeling and comparing (the
+        reference for later runs stays the original base)."""
+        run = next((r for r in self.runs() if r["id"] == run_id), None)
+        if not run or not run["checkpoint"]:
+            return None
+        self.ctx.set_active_model(run["checkpoint"])
+        return run["checkpoint"]

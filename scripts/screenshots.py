@@ -1,0 +1,63 @@
+"""Regenerate the README screenshots (run offscreen: `make screenshots`).
+
+Uses the real default model, so the Label page shows real SmolLM2 answers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "screenshots"
+sys.path.insert(0, str(ROOT))
+
+
+def wait_until(app, condition, timeout: float) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise TimeoutError("the window did not reach the state to photograph")
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def shoot_label_page(app, path: Path) -> None:
+    from app.main import create_window
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx, win = create_window(Path(tmp) / "shots.sqlite", "default", device="cpu")
+        page = win.pages["Label"]
+        page.max_tokens.setValue(90)
+        page.controller.prefetch = 0  # photograph one pair; don't sample ahead
+        ctx.load_active_model()
+        win.show()
+        wait_until(app, lambda: page.controller.current is not None and page.controller.current.done, 300)
+        for _ in range(5):
+            app.processEvents()
+        win.grab().save(str(path))
+        ctx.shutdown()
+        win.close()
+
+
+def main() -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from dpo_engine._compat import quiet_transformers
+
+    quiet_transformers()
+    OUT.mkdir(parents=True, exist_ok=True)
+    app = QApplication.instance() or QApplication([])
+    shoot_label_page(app, OUT / "label_page.png")
+    from scripts.screenshots_data import shoot_data_page
+
+    shoot_data_page(OUT / "data_page.png")
+    print(f"screenshots written to {OUT}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Train page, offscreen, on the tiny model: start, live plots, stop, resume, failure, stall."""
+
+import os
+
+import pytest
+from PySide6.QtCore import QElapsedTimer, QTimer
+
+from app.main import create_window
+from dpo_engine.models import load_model
+from dpo_engine.pairs import conversation
+from dpo_engine.store import open_project
+
+
+def fill(project_path, n=16):
+    with open_project(project_path) as p:
+        pairs = [conversation(f"Say something {i}", "yes " * (1 + i % 3), "no " * (2 + i % 4)) for i in range(n)]
+        p.import_pairs(pairs)
+
+
+@pytest.fixture
+def train_window(qtbot, tmp_path, tiny_model_dir):
+    fill(tmp_path / "p.sqlite")
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    win.show()
+    win.show_page("Train")
+    page = win.pages["Train"]
+    page.fields["max_length"].setValue(128)  # the byte tokenizer makes prompts ~70 tokens
+    yield ctx, win, page
+    if page.controller.running:
+        page.controller.stop()
+        qtbot.waitUntil(lambda: not page.controller.running, timeout=60_000)
+    ctx.shutdown()
+
+
+def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
+    ctx, win, page = train_window
+    page.fields["epochs"].setValue(100)  # long enough to stop midway
+    page.fields["eval_every"].setValue(2)
+    assert page.train_button.isEnabled()
+    page.train_button.click()
+    qtbot.waitUntil(lambda: page.controller.last_step >= 3, timeout=120_000)
+    qtbot.wait(400)  # one redraw tick
+    for title in page.plots.plots:
+        assert page.plots.point_count(title) > 0, f"{title} has no points"
+    assert "tokens/s" in page.speed_label.text() and "cpu" in page.speed_label.text()
+    with qtbot.waitSignal(page.controller.finished, timeout=120_000) as blocker:
+        page.stop_button.click()
+    summary = blocker.args[0]
+    assert summary.status == "stopped"
+    run = ctx.project.runs()[-1]
+    assert run["status"] == "stopped" and run["checkpoint"] == summary.checkpoint
+    loaded = load_model(run["checkpoint"])  # a loadable model folder
+    assert loaded.resolved.kind == "folder"
+    assert ctx.project.run_metrics(run["id"])["loss"]
+    # resume continues the same run from its step
+    qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
+    page.runs_table.selectRow(0)
+    assert page.resume_button.isEnabled()
+    stopped_at = summary.step
+    page.resume_button.click()
+    qtbot.waitUntil(lambda: page.controller.last_step > stopped_at, timeout=120_000)
+    with qtbot.waitSignal(page.controller.finished, timeout=120_000) as blocker:
+        page.stop_button.click()
+    assert blocker.args[0].step > stopped_at
+    steps = [s for s, _ in ctx.project.run_metrics(run["id"])["loss"]]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one loss per step, no gap re-run
+
+
+def test_too_few_pairs_disables_train_with_reason(qtbot, tmp_path, tiny_model_dir):
+    ctx, win = create_window(tmp_path / "empty.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    page = win.pages["Train"]
+    win.show()
+    win.show_page("Train")
+    assert not page.train_button.isEnabled()
+    assert "Label at least" in page.ready_label.text()
+    ctx.shutdown()
+
+
+def test_failure_shows_reason_and_app_keeps_running(qtbot, train_window, tmp_path):
+    ctx, win, page = train_window
+    page.fields["reference"].setText(str(tmp_path / "no" / "such" / "model"))
+    with qtbot.waitSignal(page.controller.failed, timeout=60_000):
+        page.train_button.click()
+    assert "No model at" in page.ready_label.text()
+    assert ctx.project.runs()[-1]["status"] == "failed"
+    qtbot.waitUntil(lambda: page.train_button.isEnabled(), timeout=10_000)  # can try again
+
+
+def test_event_loop_never_stalls_during_training(qtbot, train_window):
+    """The longest gap between ticks of a 10 ms timer while a short run trains."""
+    ctx, win, page = train_window
+    page.fields["max_steps"].setValue(6)
+    clock, gaps = QElapsedTimer(), []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: (gaps.append(clock.restart())))
+    clock.start()
+    timer.start()
+    with qtbot.waitSignal(page.controller.finished, timeout=180_000) as blocker:
+        page.train_button.click()
+    timer.stop()
+    assert blocker.args[0].status == "finished"
+    worst = max(gaps[1:])
+    print(f"\nlongest event-loop gap during training: {worst} ms over {len(gaps)} ticks")
+    load = os.getloadavg()[0]
+    # 50 ms is the goal; a machine busy with other processes (load > 2 on 2 cores) only gets a sanity bound
+    assert worst <= (50 if load <= 2.0 else 500), f"event loop stalled {worst} ms (load {load:.1f})"
