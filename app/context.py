@@ -22,18 +22,28 @@ from dpo_engine.models import (
 
 
 class ModelCache:
-    """Loaded models by reference. Touched only from the torch worker thread."""
+    """Loaded models by reference. Touched only from the torch worker thread.
 
-    def __init__(self, device: DeviceChoice, keep: int = 2):
+    `on_state(state, ref, detail)` is called (on the worker thread) when a model starts
+    loading, is ready, or fails, whichever job asked for it."""
+
+    def __init__(self, device: DeviceChoice, on_state=None, keep: int = 2):
         self.device = device
         self.keep = keep  # base + one checkpoint fit even a small machine; more are reloaded (~1 s)
+        self.on_state = on_state or (lambda state, ref, detail: None)
         self._models: dict[str, LoadedModel] = {}
 
     def get(self, ref: str, on_progress=None) -> LoadedModel:
         if ref not in self._models:
             while len(self._models) >= self.keep:
                 self._models.pop(next(iter(self._models)))
-            self._models[ref] = load_model(ref, self.device, on_progress=on_progress)
+            self.on_state("loading", ref, f"Loading {ref}…")
+            try:
+                self._models[ref] = load_model(ref, self.device, on_progress=on_progress)
+            except Exception as exc:
+                self.on_state("error", ref, str(exc))
+                raise
+            self.on_state("ready", ref, self._models[ref].name)
         return self._models[ref]
 
     def drop(self, ref: str) -> None:
@@ -55,6 +65,7 @@ class AppContext(QObject):
     comparisonsChanged = Signal()
     projectChanged = Signal()
     navigateRequested = Signal(str)  # a page asks the window to show another page by name
+    _modelEvent = Signal(str, str, str)  # (state, ref, detail) from the worker; queued to this thread
 
     def __init__(self, project_path: Path, model_ref: str, device: DeviceChoice, parent=None):
         super().__init__(parent)
@@ -64,13 +75,15 @@ class AppContext(QObject):
         self.base_model_ref = model_ref  # the reference for training unless the user picks another
         self.device = device
         self.runner = TorchRunner(self)
-        self.models = ModelCache(device)
+        self.models = ModelCache(device, on_state=self._modelEvent.emit)
+        self._modelEvent.connect(self._on_models_event)
         self.model_state = ("loading", "")
         self.loaded_name = ""
 
     # ---------------------------------------------------------------- jobs
-    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False) -> Job:
-        return self.runner.submit(name, factory, background)
+    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,
+               urgent: bool = False) -> Job:
+        return self.runner.submit(name, factory, background, urgent)
 
     def submit_with_model(self, name: str, ref: str | None, fn: Callable[[LoadedModel], Iterator[Any]]) -> Job:
         """Queue `fn(loaded_model)` on the torch worker, loading `ref` first if needed."""
@@ -87,6 +100,13 @@ class AppContext(QObject):
         self.model_state = (state, detail)
         self.modelStateChanged.emit(state, detail)
 
+    def _on_models_event(self, state: str, ref: str, detail: str) -> None:
+        if ref != self.model_ref:
+            return  # another model (a second one to compare) does not change the status bar
+        if state == "ready":
+            self.loaded_name = detail
+        self.set_model_state(state, detail)
+
     def load_active_model(self) -> Job:
         """Load (and on first use prepare) the active model in the background."""
         ref = self.model_ref
@@ -97,14 +117,10 @@ class AppContext(QObject):
                 yield from prepare_default_model_events()  # first run: live progress
             return self.models.get(ref).name
 
-        job = self.submit("load-model", factory)
-        job.returned.connect(self._on_model_loaded)
-        job.failed.connect(lambda msg: self.set_model_state("error", msg))
+        job = self.submit("load-model", factory, urgent=True)  # the status bar waits on it
+        job.returned.connect(lambda name: self._on_models_event("ready", ref, name))
+        job.failed.connect(lambda msg: self._on_models_event("error", ref, msg))
         return job
-
-    def _on_model_loaded(self, name: str) -> None:
-        self.loaded_name = name
-        self.set_model_state("ready", name)
 
     def set_active_model(self, ref: str) -> None:
         if ref != self.model_ref:

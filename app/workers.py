@@ -48,8 +48,27 @@ class Job(QObject):
         self.cancelled = True
 
 
+class _JobQueue:
+    """Jobs in submission order, except that urgent ones (loading the active model) go
+    first; None (the stop marker) goes last."""
+
+    def __init__(self):
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
+
+    def put(self, job: "Job | None", urgent: bool = False) -> None:
+        rank = 2 if job is None else (0 if urgent else 1)
+        self._q.put((rank, next(self._seq), job))
+
+    def get(self) -> "Job | None":
+        return self._q.get()[2]
+
+    def get_nowait(self) -> "Job | None":
+        return self._q.get_nowait()[2]
+
+
 class _Loop(QObject):
-    def __init__(self, jobs: "queue.Queue[Job | None]"):
+    def __init__(self, jobs: _JobQueue):
         super().__init__()
         self._jobs = jobs
 
@@ -110,7 +129,7 @@ class TorchRunner(QObject):
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self._jobs: queue.Queue[Job | None] = queue.Queue()
+        self._jobs = _JobQueue()
         self._thread = QThread()
         self._thread.setObjectName("torch-worker")
         self._loop = _Loop(self._jobs)
@@ -119,13 +138,15 @@ class TorchRunner(QObject):
         self._thread.start()
         self._pending: list[Job] = []
 
-    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False) -> Job:
+    def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,
+               urgent: bool = False) -> Job:
         """Queue a generator factory; connect to the returned Job's signals before the
-        event loop runs again (signals are queued, so none is missed)."""
+        event loop runs again (signals are queued, so none is missed). An urgent job runs
+        before the jobs already waiting."""
         job = Job(name, factory, background)
         self._pending.append(job)  # keep the QObject alive while queued
         job.finished.connect(lambda j=job: self._pending.remove(j) if j in self._pending else None)
-        self._jobs.put(job)
+        self._jobs.put(job, urgent)
         return job
 
     def busy(self) -> bool:
