@@ -270,6 +270,44 @@ class Project(ProjectReads):
                 (prompt_id, left_id, right_id, verdict, strength, note, source, time.time(), group, digest))
             return cur.lastrowid
 
+    def record_ranking(self, prompt_id: int, ranked_ids: list[int], ties: list[bool] | None = None, *,
+                       source: str = "label") -> int:
+        """Store a ranking of answers to one prompt (best first; ties[i] places answer i level
+        with i-1) as its k(k-1)/2 comparisons, sharing one new group id, in one transaction:
+        durable when this returns. Left/right follow response ids (the order the answers were
+        shown), so position-bias statistics keep their meaning. Returns the group id."""
+        from dpo_engine.ranking import ranking_pairs
+
+        _check_choice("source", source, SOURCES)
+        pairs = ranking_pairs(ranked_ids, ties)
+        with self._tx():
+            conn, now = self.db.conn, time.time()
+            # Safe under BEGIN IMMEDIATE: no other writer can take the same id meanwhile.
+            group = conn.execute("SELECT coalesce(max(group_id), 0) + 1 FROM comparisons").fetchone()[0]
+            rows = []
+            for p in pairs:
+                left, right = sorted((p.better, p.worse))
+                verdict = "tie" if p.tied else ("left" if p.better == left else "right")
+                rows.append((prompt_id, left, right, verdict, source, now, group,
+                             self._hash_for(prompt_id, left, right, verdict)))
+            conn.executemany("INSERT INTO comparisons (prompt_id, left_id, right_id, verdict, source, created, "
+                             "group_id, pair_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return group
+
+    def delete_group(self, group: int) -> int:
+        """Hide every comparison of a ranking (undo of `record_ranking`); returns how many."""
+        return self._set_group_deleted(group, time.time())
+
+    def restore_group(self, group: int) -> int:
+        return self._set_group_deleted(group, None)
+
+    def _set_group_deleted(self, group: int, deleted: float | None) -> int:
+        with self._tx():
+            cur = self.db.conn.execute("UPDATE comparisons SET deleted = ? WHERE group_id = ?", (deleted, group))
+            if cur.rowcount == 0:
+                raise StoreError(f"ranking group {group} does not exist.")
+            return cur.rowcount
+
     def _set_deleted(self, cid: int, deleted: float | None) -> None:
         with self._tx():
             cur = self.db.conn.execute("UPDATE comparisons SET deleted = ? WHERE id = ?", (deleted, cid))
