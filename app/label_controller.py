@@ -1,10 +1,15 @@
 """The Label page's logic, without widgets: where prompts come from, the prefetch queue of
-sampled pairs, verdicts, undo and progress. The view only shows what this emits.
+sampled answers, verdicts and rankings, undo and progress. The view only shows what this emits.
 
-A pair is sampled on the torch worker (two answers to one prompt in one batch, streamed
-token by token). While the person reads the current pair the next ones are already being
-sampled, so a verdict shows the next pair at once when it is ready. Every verdict is
-committed to the project file before the next pair shows.
+Two modes. Pairwise: two answers to one prompt, one verdict. Ranking: k answers (3-6) to
+one prompt, ordered best first by the person (ties allowed); a ranking of k stores up to
+k(k-1)/2 pairs as one group (`Project.record_ranking`), so one prompt's reading time
+yields several pairs (issue 10: 40 pairs teach a small model nothing measurable).
+
+The answers are sampled on the torch worker (all answers of a prompt in one batch,
+streamed token by token). While the person reads the current prompt the next ones are
+already being sampled, so a verdict shows the next prompt at once when it is ready. Every
+verdict or ranking is committed to the project file before the next prompt shows.
 """
 
 from __future__ import annotations
@@ -18,37 +23,49 @@ from PySide6.QtCore import QObject, Signal
 
 from app.context import AppContext
 from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, stream_generate
+from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
 from dpo_engine.pairs import PreferencePair
+from dpo_engine.ranking import complete_ranking
 from dpo_engine.starter import starter_prompts
 
 VERDICTS = ("left", "right", "tie", "both_bad", "skip")
-ENOUGH_PAIRS = 60  # issue 10's measurement: fewer pairs change this model too little to see
+MODES = ("pairwise", "ranking")
+K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
+DEFAULT_K = 4  # 6 pairs per prompt for ~2x a pair's reading time (bench/README.md, simulated user)
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
 
 
 @dataclass
 class PendingPair:
-    """One prompt and its two answers, possibly still being sampled."""
+    """One prompt and its answers (two, or k to rank), possibly still being sampled."""
 
     prompt_id: int
     prompt: str | list
     prompt_text: str
-    models: tuple[str, str]  # the model refs that produce left and right
+    models: tuple[str, ...]  # the model ref that produces each answer (left, right for a pair)
     settings: GenerationSettings
     texts: list[str] = field(default_factory=lambda: ["", ""])
     tokens: list[int] = field(default_factory=lambda: [0, 0])
     done: bool = False
     error: str = ""
-    response_ids: tuple[int, int] | None = None
+    response_ids: tuple[int, ...] | None = None
     resamples: int = 0
     jobs: list = field(default_factory=list)
+
+    @property
+    def n(self) -> int:
+        return len(self.models)
+
+    @property
+    def ranking(self) -> bool:
+        return self.n > 2
 
 
 @dataclass
 class Verdict:
-    comparison_id: int
+    comparison_id: int  # for a ranking: its group id
     pair: PendingPair
-    verdict: str
+    verdict: str  # "ranking" for a ranking
 
 
 class LabelController(QObject):
@@ -56,6 +73,8 @@ class LabelController(QObject):
         pairShown(PendingPair): a new current pair (texts may still be streaming).
         textUpdated(side, text, tokens): streamed text of the current pair's side 0/1.
         pairReady(): the current pair is complete and can be judged.
+        rankingChanged(order, ties): the places given so far to the current answers (ranking mode).
+        modeChanged(mode, k): pairwise or ranking of k answers.
         progressChanged(dict): counters for the progress panel.
         message(str): a notice for the person (errors included); labeling goes on.
     """
@@ -63,6 +82,8 @@ class LabelController(QObject):
     pairShown = Signal(object)
     textUpdated = Signal(int, str, int)
     pairReady = Signal()
+    rankingChanged = Signal(list, list)
+    modeChanged = Signal(str, int)
     progressChanged = Signal(dict)
     message = Signal(str)
 
@@ -71,7 +92,12 @@ class LabelController(QObject):
         self.ctx = ctx
         self.prefetch = prefetch  # pairs sampled ahead; 2 hides one pair's sampling time on a CPU
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
-        self.second_model: str | None = None  # when set, one answer from each of two models
+        self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
+        self.mode = "pairwise"
+        self.k = DEFAULT_K  # answers per prompt in ranking mode
+        self.order: list[int] = []  # ranking mode: answer indices placed so far, best first
+        self.ties: list[bool] = []  # ties[i]: order[i] shares order[i-1]'s place
+        self.tie_next = False  # the next answer placed joins the previous place
         self.rng = random.Random(seed)
         self.current: PendingPair | None = None
         self.queue: deque[PendingPair] = deque()
@@ -128,9 +154,12 @@ class LabelController(QObject):
                 return
             pid, prompt, text = nxt
             self._used_prompt_ids.add(pid)
-            models = (self.ctx.model_ref, self.second_model or self.ctx.model_ref)
-            if self.rng.random() < 0.5:  # which model's answer shows left is random and recorded
-                models = models[::-1]
+            if self.mode == "ranking":
+                models = (self.ctx.model_ref,) * self.k  # k samples of the active model: on-policy pairs
+            else:
+                models = (self.ctx.model_ref, self.second_model or self.ctx.model_ref)
+                if self.rng.random() < 0.5:  # which model's answer shows left is random and recorded
+                    models = models[::-1]
             pair = PendingPair(pid, prompt, text, models, self.settings)
             self._sample(pair)
             if self.current is None:
@@ -139,15 +168,15 @@ class LabelController(QObject):
                 self.queue.append(pair)
 
     def _sample(self, pair: PendingPair) -> None:
-        pair.texts, pair.tokens, pair.done, pair.error = ["", ""], [0, 0], False, ""
+        pair.texts, pair.tokens, pair.done, pair.error = [""] * pair.n, [0] * pair.n, False, ""
         settings = pair.settings
         if settings.seed is None:
             settings = GenerationSettings(settings.max_new_tokens, settings.temperature, settings.top_p,
                                           self.rng.randrange(2**31))
-        if pair.models[0] == pair.models[1]:
-            specs = [(pair.models[0], 2, (0, 1))]  # both answers in one batch
+        if len(set(pair.models)) == 1:
+            specs = [(pair.models[0], pair.n, tuple(range(pair.n)))]  # all answers in one batch
         else:
-            specs = [(pair.models[0], 1, (0,)), (pair.models[1], 1, (1,))]
+            specs = [(ref, 1, (side,)) for side, ref in enumerate(pair.models)]
         pair.jobs = []
         remaining = [len(specs)]
         for ref, n, sides in specs:
@@ -185,8 +214,7 @@ class LabelController(QObject):
         remaining[0] -= 1
         if remaining[0] > 0:
             return
-        a, b = pair.texts
-        if (a.strip() == b.strip() or not a.strip() or not b.strip()) and pair.resamples < MAX_RESAMPLES:
+        if _needs_resample(pair.texts) and pair.resamples < MAX_RESAMPLES:
             pair.resamples += 1  # identical or empty answers teach nothing: sample again
             self._sample(pair)
             if pair is self.current:
@@ -196,11 +224,11 @@ class LabelController(QObject):
         pair.response_ids = tuple(
             project.add_response(pair.prompt_id, pair.texts[s], model=pair.models[s],
                                  settings=_settings_dict(pair.settings))
-            for s in (0, 1)
+            for s in range(pair.n)
         )
         pair.done = True
         if pair is self.current:
-            for s in (0, 1):
+            for s in range(pair.n):
                 self.textUpdated.emit(s, pair.texts[s], pair.tokens[s])
             self.pairReady.emit()
 
@@ -211,6 +239,7 @@ class LabelController(QObject):
     # ------------------------------------------------------------------ showing
     def _show(self, pair: PendingPair | None) -> None:
         self.current = pair
+        self._clear_places()
         if pair is not None:
             self.pairShown.emit(pair)
             if pair.done:
@@ -233,6 +262,9 @@ class LabelController(QObject):
         if verdict not in VERDICTS:
             raise ValueError(verdict)
         pair = self.current
+        if pair is not None and pair.ranking and verdict != "skip":
+            self.message.emit("Rank the answers: press the number of the best, then the next (Enter saves).")
+            return False
         if pair is None or not pair.done:
             if verdict == "skip" and pair is not None:
                 for job in pair.jobs:
@@ -252,7 +284,7 @@ class LabelController(QObject):
     def write_better(self, text: str, worse_side: int) -> bool:
         """The person's own answer becomes the chosen side against the worse sample."""
         pair = self.current
-        if pair is None or not pair.done or not text.strip():
+        if pair is None or not pair.done or not text.strip() or not 0 <= worse_side < pair.n:
             return False
         project = self.ctx.project
         own = project.add_response(pair.prompt_id, text.strip(), model="human", settings=None)
@@ -270,7 +302,10 @@ class LabelController(QObject):
         if not self.history:
             return False
         last = self.history.pop()
-        self.ctx.project.delete_comparison(last.comparison_id)
+        if last.verdict == "ranking":
+            self.ctx.project.delete_group(last.comparison_id)  # the whole ranking, all its pairs
+        else:
+            self.ctx.project.delete_comparison(last.comparison_id)
         self.session_count -= 1
         if self.current is not None:
             self.queue.appendleft(self.current)
@@ -293,6 +328,82 @@ class LabelController(QObject):
         self._drop_queued()  # queued pairs came from the old model
         self.fill()
 
+    # ------------------------------------------------------------------ ranking
+    def set_mode(self, mode: str, k: int | None = None) -> None:
+        """Switch between pairwise verdicts and ranking k answers; prompts not yet judged
+        are sampled again in the new shape (the current one too, unless already fitting)."""
+        if mode not in MODES:
+            raise ValueError(mode)
+        k = self.k if k is None else k
+        if not K_RANGE[0] <= k <= K_RANGE[1]:
+            raise ValueError(f"k must be in {K_RANGE}")
+        if (mode, k) == (self.mode, self.k):
+            return
+        self.mode, self.k = mode, k
+        self._drop_queued()
+        if self.current is not None:
+            for job in self.current.jobs:
+                job.cancel()
+            self._used_prompt_ids.discard(self.current.prompt_id)
+            self.current = None
+        self.modeChanged.emit(mode, k)
+        self.fill()
+        self._emit_progress()
+
+    def _clear_places(self) -> None:
+        self.order, self.ties, self.tie_next = [], [], False
+        self.rankingChanged.emit([], [])
+
+    def place(self, index: int, tied: bool | None = None) -> bool:
+        """Give answer `index` (0-based, shown order) the next place, or the previous one's
+        place when tied (default: the pending "tie with previous" toggle). Placing the last
+        answer saves the ranking."""
+        pair = self.current
+        if pair is None or not pair.ranking or not pair.done:
+            if pair is not None and pair.ranking:
+                self.message.emit("The answers are still being written; rank them when they are complete.")
+            return False
+        if not 0 <= index < pair.n or index in self.order:
+            return False
+        tied = self.tie_next if tied is None else tied
+        self.order.append(index)
+        self.ties.append(bool(tied and len(self.order) > 1))
+        self.tie_next = False
+        self.rankingChanged.emit(list(self.order), list(self.ties))
+        if len(self.order) == pair.n:
+            return self.save_ranking()
+        return True
+
+    def toggle_tie(self) -> None:
+        """The next answer placed shares the previous answer's place."""
+        if self.order:
+            self.tie_next = not self.tie_next
+            self.rankingChanged.emit(list(self.order), list(self.ties))
+
+    def unplace(self) -> None:
+        """Take back the last place given (before the ranking is saved)."""
+        if self.tie_next:
+            self.tie_next = False
+        elif self.order:
+            self.order.pop()
+            self.ties.pop()
+        self.rankingChanged.emit(list(self.order), list(self.ties))
+
+    def save_ranking(self) -> bool:
+        """Store the ranking (unplaced answers tie for last) as one group, committed before
+        the next prompt shows."""
+        pair = self.current
+        if pair is None or not pair.ranking or not pair.done or not self.order:
+            return False
+        order, ties = complete_ranking(self.order, list(range(pair.n)), self.ties)
+        group = self.ctx.project.record_ranking(pair.prompt_id, [pair.response_ids[i] for i in order], ties)
+        self.history.append(Verdict(group, pair, "ranking"))
+        self.session_count += 1
+        self.ctx.comparisonsChanged.emit()
+        self._advance()
+        self._emit_progress()
+        return True
+
     # ------------------------------------------------------------------ progress
     def progress(self) -> dict:
         counts = self.ctx.project.counts()
@@ -305,10 +416,21 @@ class LabelController(QObject):
             "per_minute": self.session_count / minutes if self.session_count else 0.0,
             "enough": usable >= ENOUGH_PAIRS,
             "needed": ENOUGH_PAIRS,
+            "estimate": data_estimate(usable).message,
+            "mode": self.mode,
         }
 
     def _emit_progress(self) -> None:
         self.progressChanged.emit(self.progress())
+
+
+def _needs_resample(texts: list[str]) -> bool:
+    """Two answers: identical or an empty one teach nothing. k answers: a ranking still
+    teaches with an empty one (ranked last), but not with fewer than two different texts."""
+    stripped = [t.strip() for t in texts]
+    if len(texts) == 2:
+        return stripped[0] == stripped[1] or not all(stripped)
+    return len({t for t in stripped if t}) < 2
 
 
 def _settings_dict(s: GenerationSettings) -> dict:

@@ -1,0 +1,94 @@
+"""Ranking mode on the Label page, offscreen, on the tiny model with a scripted sampler:
+k answers sampled in one batch, ranked by keyboard, stored as one group; undo removes it."""
+
+import pytest
+from PySide6.QtCore import Qt
+
+import app.label_controller as lc
+from app.main import create_window
+from dpo_engine.store import open_project
+from tests.test_label_page import scripted_stream, wait_ready
+
+ANSWERS = ["first answer", "second one", "third answer here", "fourth"]
+
+
+@pytest.fixture
+def ranking_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
+    calls = []
+    fake = scripted_stream([ANSWERS] * 20)
+
+    def recording(model, tokenizer, prompt, n=1, settings=None):
+        calls.append(n)
+        return (yield from fake(model, tokenizer, prompt, n, settings))
+
+    monkeypatch.setattr(lc, "stream_generate", recording)
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    page = win.pages["Label"]
+    page.controller.prefetch = 0  # one prompt at a time keeps the scripted answers in order
+    win.show()
+    page.mode_box.setCurrentIndex(page.mode_box.findData("ranking"))
+    yield ctx, page, calls
+    ctx.shutdown()
+
+
+def rows(ctx):
+    with open_project(ctx.project_path) as p:
+        return p.db.conn.execute(
+            "SELECT l.text, r.text, c.verdict, c.group_id FROM comparisons c JOIN responses l ON l.id = c.left_id "
+            "JOIN responses r ON r.id = c.right_id WHERE c.deleted IS NULL ORDER BY c.id").fetchall()
+
+
+def test_keyboard_ranking_stores_all_pairs_in_one_group(qtbot, ranking_window):
+    ctx, page, calls = ranking_window
+    assert page.controller.k == 4 and page.mode_stack.currentIndex() == 1
+    wait_ready(qtbot, page)
+    pair = page.controller.current
+    assert pair.n == 4 and pair.texts == ANSWERS
+    assert set(calls) == {4}  # all four answers in one batched call
+    assert [p.text.toPlainText() for p in page.rank_panes[:4]] == ANSWERS
+    assert not page.rank_panes[4].isVisibleTo(page)
+    # 3 = 1 > 4 > 2: "3", "=", "1", "4", then Enter (answer 2 unplaced: last)
+    for key in (Qt.Key.Key_3, Qt.Key.Key_Equal, Qt.Key.Key_1, Qt.Key.Key_4):
+        qtbot.keyClick(page, key)
+    assert page.ranking_label.text() == "Your ranking: 3 = 1 > 4"
+    assert "place 1 (tie)" in page.rank_panes[0].title.text()
+    assert rows(ctx) == []  # nothing stored until the ranking is saved
+    qtbot.keyClick(page, Qt.Key.Key_Return)
+    stored = rows(ctx)  # committed before the next prompt shows
+    assert len(stored) == 6 and len({g for *_, g in stored}) == 1
+    a1, a2, a3, a4 = ANSWERS
+    assert {(l, r): v for l, r, v, _ in stored} == {
+        (a1, a2): "left", (a1, a3): "tie", (a1, a4): "left",
+        (a2, a3): "right", (a2, a4): "right", (a3, a4): "left"}  # left/right in shown order
+    with open_project(ctx.project_path) as p:
+        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.training_pairs(None)}
+    assert pairs == {(a3, a4), (a3, a2), (a1, a4), (a1, a2), (a4, a2)}
+    assert page.controller.current is not pair
+
+
+def test_backspace_takes_back_and_undo_removes_the_whole_ranking(qtbot, ranking_window):
+    ctx, page, _ = ranking_window
+    wait_ready(qtbot, page)
+    first = page.controller.current
+    qtbot.keyClick(page, Qt.Key.Key_2)
+    qtbot.keyClick(page, Qt.Key.Key_4)
+    qtbot.keyClick(page, Qt.Key.Key_Backspace)
+    assert page.controller.order == [1]
+    for key in (Qt.Key.Key_1, Qt.Key.Key_3, Qt.Key.Key_4):  # placing the last answer saves
+        qtbot.keyClick(page, key)
+    assert len(rows(ctx)) == 6
+    assert [r[2] for r in rows(ctx)].count("tie") == 0
+    qtbot.keyClick(page, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
+    assert rows(ctx) == []
+    assert page.controller.current is first and page.controller.order == []
+
+
+def test_switching_back_to_pairwise_samples_two_answers(qtbot, ranking_window):
+    ctx, page, calls = ranking_window
+    wait_ready(qtbot, page)
+    page.mode_box.setCurrentIndex(page.mode_box.findData("pairwise"))
+    wait_ready(qtbot, page)
+    assert page.controller.current.n == 2 and calls[-1] == 2
+    qtbot.keyClick(page, Qt.Key.Key_1)  # digits are verdicts again
+    assert [r[2] for r in rows(ctx)] == ["left"]
