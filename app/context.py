@@ -32,8 +32,21 @@ class ModelCache:
         self.keep = keep  # base + one checkpoint fit even a small machine; more are reloaded (~1 s)
         self.on_state = on_state or (lambda state, ref, detail: None)
         self._models: dict[str, LoadedModel] = {}
+        self._stamps: dict[str, float] = {}
+
+    @staticmethod
+    def _stamp(ref: str) -> float:
+        """When a model folder's weights last changed (0 for non-folders): a checkpoint that a
+        resumed run rewrote in place must be loaded again, not served stale from memory."""
+        folder = Path(ref).expanduser()
+        if not folder.is_dir():
+            return 0.0
+        return max((f.stat().st_mtime_ns for f in folder.glob("*.safetensors")), default=0)
 
     def get(self, ref: str, on_progress=None) -> LoadedModel:
+        stamp = self._stamp(ref)
+        if ref in self._models and self._stamps.get(ref) != stamp:
+            del self._models[ref]
         if ref not in self._models:
             while len(self._models) >= self.keep:
                 self._models.pop(next(iter(self._models)))
@@ -43,6 +56,7 @@ class ModelCache:
             except Exception as exc:
                 self.on_state("error", ref, str(exc))
                 raise
+            self._stamps[ref] = stamp
             self.on_state("ready", ref, self._models[ref].name)
         return self._models[ref]
 

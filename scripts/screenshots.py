@@ -44,6 +44,35 @@ def shoot_label_page(app, path: Path) -> None:
         win.close()
 
 
+def shoot_train_page(app, path: Path) -> None:
+    """The Train page mid-run: the default model training on the Data page's sample pairs."""
+    from app.main import create_window
+    from scripts.screenshots_data import fill_project
+
+    with tempfile.TemporaryDirectory() as tmp:
+        project = Path(tmp) / "shots.sqlite"
+        fill_project(project)
+        ctx, win = create_window(project, "default", device="cpu")
+        win.show()
+        win.show_page("Train")
+        page = win.pages["Train"]
+        page.fields["epochs"].setValue(10)  # long enough to photograph mid-run
+        page.fields["eval_every"].setValue(3)
+        page.fields["max_length"].setValue(256)
+        page.fields["lr"].setValue(2e-5)  # a visible move in a few steps of a screenshot run
+        page.train_button.click()
+        wait_until(app, lambda: page.controller.last_step >= 12, 900)
+        wait_until(app, lambda: True, 1)
+        for _ in range(30):  # let the plot timer redraw
+            app.processEvents()
+            time.sleep(0.02)
+        win.grab().save(str(path))
+        page.controller.stop()
+        wait_until(app, lambda: not page.controller.running, 300)
+        ctx.shutdown()
+        win.close()
+
+
 def main() -> None:
     from PySide6.QtWidgets import QApplication
 
@@ -52,10 +81,19 @@ def main() -> None:
     quiet_transformers()
     OUT.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance() or QApplication([])
-    shoot_label_page(app, OUT / "label_page.png")
-    from scripts.screenshots_data import shoot_data_page
+    which = set(sys.argv[1:]) or {"label", "data", "train", "compare"}
+    if "label" in which:
+        shoot_label_page(app, OUT / "label_page.png")
+    if "data" in which:
+        from scripts.screenshots_data import shoot_data_page
 
-    shoot_data_page(OUT / "data_page.png")
+        shoot_data_page(OUT / "data_page.png")
+    if "train" in which:
+        shoot_train_page(app, OUT / "train_page.png")
+    if "compare" in which:
+        from scripts.screenshots_compare import shoot_compare_page
+
+        shoot_compare_page(OUT / "compare_page.png")
     print(f"screenshots written to {OUT}")
 
 

@@ -41,3 +41,20 @@ def test_every_interactive_widget_has_object_and_accessible_name(window):
                and not (w.objectName() and w.accessibleName())
                and not w.objectName().startswith("qt_")]
     assert not missing, [f"{type(w).__name__} {w.objectName()!r}" for w in missing]
+
+
+def test_model_cache_reloads_a_rewritten_checkpoint(tmp_path, tiny_model_dir):
+    import os
+    import shutil
+
+    from app.context import ModelCache
+    from dpo_engine.devices import pick_device
+
+    folder = tmp_path / "ckpt"
+    shutil.copytree(tiny_model_dir, folder)
+    cache = ModelCache(pick_device("cpu"))
+    first = cache.get(str(folder))
+    assert cache.get(str(folder)) is first  # unchanged: served from memory
+    weights = next(folder.glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert cache.get(str(folder)) is not first  # rewritten in place: loaded again
