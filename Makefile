@@ -35,8 +35,10 @@ test: model
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(BIN)/lint-imports
 
+# Benchmarks (minutes; run on an idle machine): eval and training throughput against TRL.
 bench: model
-	$(BIN)/python bench/run_all.py
+	$(BIN)/python bench/eval_throughput.py
+	$(BIN)/python bench/train_throughput.py --steps 12 --readme
 
 screenshots: model
 	QT_QPA_PLATFORM=offscreen $(BIN)/python scripts/screenshots.py
