@@ -132,6 +132,7 @@ class AppContext(QObject):
             return self.models.get(ref).name
 
         job = self.submit("load-model", factory, urgent=True)  # the status bar waits on it
+        job.yielded.connect(lambda ev: self.set_model_state("loading", f"{ev.message} ({ev.fraction:.0%})"))
         job.returned.connect(lambda name: self._on_models_event("ready", ref, name))
         job.failed.connect(lambda msg: self._on_models_event("error", ref, msg))
         return job

@@ -101,6 +101,8 @@ class MainWindow(QMainWindow):
         self.model_label.setText(f"Model: {self.ctx.loaded_name or self.ctx.model_ref}")
         self.progress.setVisible(state == "loading")
         text = {"loading": "Loading model…", "ready": "Ready", "error": "Model failed to load"}.get(state, state)
+        if state == "loading" and detail:
+            text = detail  # first run: download and conversion progress
         self.state_label.setText(text if state != "error" else f"{text}: {detail.splitlines()[0] if detail else ''}")
         self.state_label.setToolTip(detail)
 

@@ -58,3 +58,26 @@ def test_model_cache_reloads_a_rewritten_checkpoint(tmp_path, tiny_model_dir):
     weights = next(folder.glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert cache.get(str(folder)) is not first  # rewritten in place: loaded again
+
+
+def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, monkeypatch):
+    """Preparing the default model reports each stage in the status bar."""
+    import app.context as context
+    from dpo_engine.models import PrepareProgress
+
+    ctx, win = window
+    seen = []
+    ctx.modelStateChanged.connect(lambda s, d: seen.append((s, win.state_label.text())))
+
+    def fake_prepare():
+        yield PrepareProgress("download", 0.05, "Downloading the default model")
+        yield PrepareProgress("dequantise", 0.4, "Dequantising")
+
+    monkeypatch.setattr(context, "is_converted", lambda folder: False)
+    monkeypatch.setattr(context, "prepare_default_model_events", fake_prepare)
+    ctx.model_ref = "default"
+    monkeypatch.setattr(ctx.models, "get", lambda ref, on_progress=None: type("L", (), {"name": "stub"})())
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=10_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.load_active_model()
+    texts = [t for s, t in seen if s == "loading"]
+    assert "Downloading the default model (5%)" in texts and "Dequantising (40%)" in texts
