@@ -70,6 +70,7 @@ class MetricPlots(QWidget):
         for i, (title, ylabel, _) in enumerate(PLOTS):
             plot = self.layout_widget.addPlot(row=i // 3, col=i % 3, title=title)
             plot.setLabel("left", ylabel)
+            plot.getAxis("left").enableAutoSIPrefix(False)  # a loss of 0.69 reads as 0.69, not 690 m
             plot.setLabel("bottom", "step")
             plot.showGrid(x=True, y=True, alpha=0.3)
             plot.addLegend(offset=(5, 5))
