@@ -146,7 +146,8 @@ def save_trainer_state(folder: Path, optimizer, scheduler, position: dict) -> No
     """Optimizer, scheduler, RNG and data position into `folder/trainer_state/`."""
     state = Path(folder) / STATE_DIR
     state.mkdir(parents=True, exist_ok=True)
-    torch.save(optimizer.state_dict(), state / "optimizer.pt")
+    if optimizer is not None:  # None: the moments are sharded across processes and not gathered
+        torch.save(optimizer.state_dict(), state / "optimizer.pt")
     torch.save(scheduler.state_dict(), state / "scheduler.pt")
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -163,8 +164,9 @@ def load_trainer_state(folder: Path, optimizer, scheduler) -> dict:
     if not (state / "state.json").is_file():
         raise TrainingError(f"{folder} holds a model but no trainer state, so it cannot be resumed; "
                             "start a new run with it as --model instead.")
-    device = next(iter(optimizer.param_groups[0]["params"])).device
-    optimizer.load_state_dict(torch.load(state / "optimizer.pt", map_location=device, weights_only=True))
+    if (state / "optimizer.pt").is_file():  # absent after a sharded (FSDP/DeepSpeed) run: fresh moments
+        device = next(iter(optimizer.param_groups[0]["params"])).device
+        optimizer.load_state_dict(torch.load(state / "optimizer.pt", map_location=device, weights_only=True))
     scheduler.load_state_dict(torch.load(state / "scheduler.pt", weights_only=True))
     rng = torch.load(state / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])

@@ -60,12 +60,15 @@ def _duration(seconds: float) -> str:
 class Progress:
     """One updating line on a terminal; plain lines when the output is a file or a pipe."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, quiet: bool = False):
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty()
         self.open = False
+        self.quiet = quiet  # the other ranks under `accelerate launch`: the main process speaks for all
 
     def line(self, text: str, final: bool = False) -> None:
+        if self.quiet:
+            return
         if self.tty:
             click.echo("\r" + text.ljust(100)[:160], nl=final, err=True)
             self.open = not final
@@ -73,6 +76,8 @@ class Progress:
             click.echo(text, err=True)
 
     def message(self, text: str) -> None:
+        if self.quiet:
+            return
         if self.open:
             click.echo("", err=True)
             self.open = False
@@ -205,12 +210,19 @@ def train_cmd(**opts):
     if opts["project_path"]:
         from dpo_engine.store import open_project
 
-        project = open_project(opts["project_path"])
+        # Under `accelerate launch` only the main process writes (and locks) the project.
+        project = open_project(opts["project_path"], read_only=not _is_main())
     try:
         _run(config, opts, project)
     finally:
         if project is not None:
             project.close()
+
+
+def _is_main() -> bool:
+    from dpo_engine.distributed import current
+
+    return current().is_main
 
 
 def _run(config: TrainConfig, opts: dict, project) -> None:
@@ -220,9 +232,11 @@ def _run(config: TrainConfig, opts: dict, project) -> None:
     flag = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, make_interrupt_handler(flag)) if in_main else None
-    recorder = Recorder(opts["metrics_out"], project, config)
+    main_rank = _is_main()  # the other ranks train silently: no metrics file, no project writes
+    recorder = Recorder(opts["metrics_out"], project, config) if main_rank else Recorder(None, None, config)
     try:
-        summary = _drive(train(config, pairs, held, stop=flag, resume_from=opts["resume"]), Progress(), recorder)
+        summary = _drive(train(config, pairs, held, stop=flag, resume_from=opts["resume"]),
+                         Progress(quiet=not main_rank), recorder)
     except DPOStudioError as exc:
         recorder.event(TrainSummary("failed", 0, 0, 0.0, None, str(exc)))  # the project shows why it never ran
         raise
@@ -239,6 +253,8 @@ def _run(config: TrainConfig, opts: dict, project) -> None:
 
 def _report(summary: TrainSummary) -> None:
     rate = f", {summary.tokens_per_s:.0f} tokens/s" if summary.tokens_per_s else ""
+    if not _is_main():
+        sys.exit(1 if summary.status == "failed" else 0)
     if summary.status == "failed":
         click.echo(f"Error: {summary.reason}", err=True)
         if summary.checkpoint:

@@ -110,8 +110,13 @@ def steps_per_epoch(n_pairs: int, batch_size: int, grad_accum: int) -> int:
     return math.ceil(math.ceil(n_pairs / batch_size) / grad_accum)
 
 
-def step_batches(lengths: Sequence[int], config: TrainConfig, epoch: int, step_in_epoch: int) -> list[list[int]]:
-    """The micro-batches (train-pair indices) of one optimizer step."""
-    batches = epoch_batches(lengths, config.batch_size, config.seed, epoch)
+def step_batches(lengths: Sequence[int], config: TrainConfig, epoch: int, step_in_epoch: int,
+                 processes: int = 1) -> list[list[int]]:
+    """The micro-batches (train-pair indices) of one optimizer step.
+
+    With several processes these are the global micro-batches of batch_size x processes
+    pairs, the very ones one process with that batch size trains on; each rank takes a share.
+    """
+    batches = epoch_batches(lengths, config.batch_size * processes, config.seed, epoch)
     start = step_in_epoch * config.grad_accum
     return batches[start : start + config.grad_accum]

@@ -22,9 +22,9 @@ from dpo_engine.train_config import LoraSettings, TrainConfig
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 
 
-def training_device(config: TrainConfig) -> tuple[DeviceChoice, torch.dtype | None]:
-    """(device with fp32 weights, autocast dtype or None)."""
-    device = pick_device(config.device, "float32")
+def training_device(config: TrainConfig, assigned: str | None = None) -> tuple[DeviceChoice, torch.dtype | None]:
+    """(device with fp32 weights, autocast dtype or None); `assigned`: the launcher's device for this rank."""
+    device = pick_device(assigned or config.device, "float32")
     autocast = None
     if device.device.startswith("cuda") and config.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported():
         autocast = torch.bfloat16
@@ -116,8 +116,11 @@ def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, 
     }
 
 
-def write_model_files(folder: Path, model, tokenizer, info: dict) -> None:
-    """Weights (or adapter) as safetensors, tokenizer and dpo_studio_run.json into `folder`."""
+def write_model_files(folder: Path, model, tokenizer, info: dict, state_dict: dict | None = None) -> None:
+    """Weights (or adapter) as safetensors, tokenizer and dpo_studio_run.json into `folder`.
+
+    `state_dict`: the full weights where the live model holds only a shard (FSDP, ZeRO-3).
+    """
     folder = Path(folder)
     model.config.use_cache = True  # training turns the KV cache off; whoever loads this will generate
     if is_peft(model) and info["merged"]:
@@ -126,7 +129,7 @@ def write_model_files(folder: Path, model, tokenizer, info: dict) -> None:
         merged.save_pretrained(folder, safe_serialization=True)
         del merged
     else:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     model.config.use_cache = False
     tokenizer.save_pretrained(folder)
     (folder / RUN_FILE).write_text(json.dumps(info, indent=1))

@@ -28,10 +28,19 @@ class StepContext:
     device: torch.device
     share_prompt: bool  # prompt once with its KV reused (off under gradient checkpointing)
     autocast: Callable[[], object]  # a fresh autocast (or null) context per forward
+    scorer: Callable | None = None  # under accelerate: the wrapped model's forward(pairs); else None
+
+
+def _local():
+    from dpo_engine.distributed import LOCAL
+
+    return LOCAL
 
 
 def pair_logps(model, pairs: Sequence[EncodedPair], ctx: StepContext) -> BatchLogps:
     """Chosen/rejected summed response log-probs and token counts, each (B,)."""
+    if ctx.scorer is not None:
+        return ctx.scorer(pairs)  # through DDP/FSDP/DeepSpeed, which call back here without it
     with ctx.autocast():
         if ctx.share_prompt:
             return shared_prompt_logps(model, pairs, ctx.pad_id, ctx.device)
@@ -64,13 +73,15 @@ def describe_pairs(indices: Sequence[int]) -> str:
 
 def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[EncodedPair],
              ref: tuple[torch.Tensor, torch.Tensor], ctx: StepContext, max_grad_norm: float,
-             step: int, names: Sequence[int]) -> tuple[dict, float]:
+             step: int, names: Sequence[int], dist=None) -> tuple[dict, float]:
     """Forward/backward over the micro-batches, clip, optimizer step.
 
     Args:
-        micro_batches: train-pair indices per micro-batch.
+        micro_batches: train-pair indices per micro-batch (global ones under accelerate:
+            each rank trains on its `dist.share` of each).
         ref: reference chosen/rejected log-probs of all train pairs, each (N,).
         names: each train pair's index in the caller's list (named in error messages).
+        dist: `distributed.current()`; None for a single process.
 
     Returns:
         (pair-weighted mean metrics under TRL names, grad norm before clipping).
@@ -78,21 +89,32 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     Raises:
         TrainingError: non-finite loss or gradient (the optimizer has not stepped).
     """
+    dist = dist or _local()
     n_pairs = sum(len(mb) for mb in micro_batches)
     totals: dict[str, float] = {}
+    bad = None  # under accelerate a rank must not leave the collectives alone: raise after them
     optimizer.zero_grad(set_to_none=True)
-    for mb in micro_batches:
-        pairs = [train[i] for i in mb]
-        out, lp = _loss_output(model, pairs, ref[0][mb], ref[1][mb], ctx)
-        loss = out.losses.sum() / n_pairs  # pair-weighted mean over the whole step
-        if not torch.isfinite(loss):
-            raise TrainingError(f"Step {step}: the loss is not finite ({loss.item()}) on pairs "
-                                f"{describe_pairs([names[i] for i in mb])}. The last good checkpoint is kept; "
-                                "try a lower learning rate, or check those pairs.")
-        loss.backward()
-        _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb))
+    for k, global_mb in enumerate(micro_batches):
+        mb, weight = dist.share(global_mb)
+        with dist.sync(model, last=k == len(micro_batches) - 1):
+            out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
+            loss = out.losses.sum() / n_pairs  # pair-weighted mean over the whole step
+            if weight != 1:
+                loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
+            if not torch.isfinite(loss):
+                bad = bad or (loss.item(), mb)
+                if dist.world == 1:
+                    break
+            dist.backward(loss)
+        _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb) * (weight > 0))
+    if dist.agree(bad is not None):
+        value, mb = bad or (math.nan, [])
+        raise TrainingError(f"Step {step}: the loss is not finite ({value}) on pairs "
+                            f"{describe_pairs([names[i] for i in mb])}. The last good checkpoint is kept; "
+                            "try a lower learning rate, or check those pairs.")
+    totals = dist.sum_values(totals)
     params = [p for g in optimizer.param_groups for p in g["params"]]
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm if max_grad_norm > 0 else math.inf).item()
+    grad_norm = dist.clip_grad_norm(model, params, max_grad_norm if max_grad_norm > 0 else math.inf)
     if not math.isfinite(grad_norm):
         batch = describe_pairs([names[i] for mb in micro_batches for i in mb])
         raise TrainingError(f"Step {step}: the gradient is not finite ({grad_norm}) on pairs {batch}. "

@@ -24,6 +24,7 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
+from dpo_engine import distributed
 from dpo_engine.checkpoints import (check_output_dir, find_checkpoint, load_trainer_state, read_run_file,
                                     save_trainer_state, write_checkpoint)
 from dpo_engine.errors import TrainingError
@@ -52,6 +53,8 @@ class _Run:
     data: RunData
     loaded: object  # LoadedModel of the policy
     ctx: StepContext
+    dist: distributed.Local  # LOCAL in one process; the Accelerate glue under `accelerate launch`
+    scorer: object  # what training forwards go through: the model, or its DDP/FSDP/DeepSpeed wrapper
     optimizer: torch.optim.Optimizer
     scheduler: object
     ref: tuple[torch.Tensor, torch.Tensor]  # reference log-probs of data.all_pairs, each (N,)
@@ -99,27 +102,37 @@ def _resume_folder(config: TrainConfig, resume_from) -> Path | None:
     return folder
 
 
-def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume) -> Iterator:
+def _score(model, pairs, ctx, batch: int, dist) -> Iterator:
+    """compute_reference over every pair; under accelerate each rank scores its share, then all gather."""
+    if dist.world == 1:
+        return (yield from compute_reference(model, pairs, ctx, batch))
+    mine = range(dist.rank, len(pairs), dist.world)
+    part = yield from compute_reference(model, [pairs[i] for i in mine], ctx, batch)
+    return distributed.gather_scores(dist, mine, part, len(pairs))
+
+
+def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist) -> Iterator:
     """Yield progress; return (ref log-probs, the policy LoadedModel)."""
     pairs = data.all_pairs
     fingerprint = reference_fingerprint(weights_identity(resolve_model_ref(reference_ref)), pairs,
                                         config.max_length, precision)
     batch = max(2, 2 * config.batch_size)  # no activations kept: twice the training batch fits
-    ref = read_cache(fingerprint, len(pairs))
+    ref = dist.from_main(lambda: read_cache(fingerprint, len(pairs)))
     if ref is not None:
         yield ReferenceProgress(len(pairs), len(pairs), cached=True)
     policy_is_reference = reference_ref == base_ref and (resume is None or config.lora is not None)
     if ref is None and not policy_is_reference:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
         reference = load_model(reference_ref, device)
-        ref = yield from compute_reference(reference.model, pairs, ctx, batch)
+        ref = yield from _score(reference.model, pairs, ctx, batch, dist)
         del reference
         gc.collect()  # free it before the policy loads: one model in memory at a time
     loaded = load_policy(config, device, resume, base_ref)
     if ref is None:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
-        ref = yield from compute_reference(loaded.model, pairs, ctx, batch)
-    write_cache(fingerprint, *ref)
+        ref = yield from _score(loaded.model, pairs, ctx, batch, dist)
+    if dist.is_main:
+        write_cache(fingerprint, *ref)
     return ref, loaded
 
 
@@ -135,9 +148,11 @@ def _optimizer(config: TrainConfig, model, total_steps: int):
     return optimizer, scheduler
 
 
-def _setup(config: TrainConfig, pairs, eval_pairs, resume_from) -> Iterator:
+def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterator:
     """Yield setup events; return the _Run."""
-    resume = _resume_folder(config, resume_from)
+    resume = dist.from_main(lambda: _resume_folder(config, resume_from))  # it may repair a folder: once
+    if not dist.is_main:
+        _resume_folder(config, resume_from)  # the same checks (and errors) on every rank
     base_ref = config.model
     reference_ref = config.reference or base_ref
     tokenizer = load_tokenizer(resolve_model_ref(str(resume) if resume else base_ref))
@@ -146,17 +161,20 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from) -> Iterator:
                   + (f", {len(data.skipped)} skipped" if data.skipped else ""))
     for index, why in data.skipped[:20]:
         yield LogLine(f"Skipped pair #{index}: {why}", "warning")
-    device, autocast_dtype = training_device(config)
+    device, autocast_dtype = training_device(config, dist.device_name)
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
                       lambda: autocast_context(device, autocast_dtype))
-    yield LogLine(f"Training on {device.describe()}" + (" with bf16 autocast" if autocast_dtype else ""))
+    yield LogLine(f"Training on {device.describe()}" + (" with bf16 autocast" if autocast_dtype else "")
+                  + (f", {dist.world} processes" if dist.world > 1 else ""))
     precision = "bf16" if autocast_dtype else "fp32"  # part of the cache key: bf16 scores differ
-    ref, loaded = yield from _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume)
-    per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
+    ref, loaded = yield from _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist)
+    per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
     total = config.max_steps or config.epochs * per_epoch
     optimizer, scheduler = _optimizer(config, loaded.model, total)
-    run = _Run(config, data, loaded, ctx, optimizer, scheduler, ref, base_ref, reference_ref, total, per_epoch)
+    scorer, optimizer, ctx = dist.prepare(loaded.model, optimizer, ctx)
+    run = _Run(config, data, loaded, ctx, dist, scorer, optimizer, scheduler, ref, base_ref, reference_ref, total,
+               per_epoch)
     if resume is not None:
         _restore(run, resume)
         yield LogLine(f"Resumed from {resume} at step {run.step} of {total}")
@@ -177,28 +195,37 @@ def _restore(run: _Run, folder: Path) -> None:
 
 
 def _save(run: _Run, status: str) -> str:
+    """Write a checkpoint on the main process (the others wait); return its folder."""
+    state = run.dist.full_state_dict(run.scorer)  # gathers sharded weights: every rank takes part
+    run.checkpoint = _write(run, status, state) if run.dist.is_main else None
+    run.dist.barrier()
+    run.checkpoint = str(Path(run.config.output_dir).absolute())  # where the main process wrote it
+    return run.checkpoint
+
+
+def _write(run: _Run, status: str, state: dict | None) -> str:
     model, tokenizer = run.loaded.model, run.loaded.tokenizer
+    optimizer = None if run.dist.sharded else run.optimizer  # sharded moments are not gathered
     info = run_info(run.config, run.base_ref, run.reference_ref, run.step, run.total_steps, status)
     position = {"step": run.step, "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
                 "data": run.data.fingerprint()}
 
     def write(folder: Path) -> None:
-        write_model_files(folder, model, tokenizer, info)
-        save_trainer_state(folder, run.optimizer, run.scheduler, position)
+        write_model_files(folder, model, tokenizer, info, state)
+        save_trainer_state(folder, optimizer, run.scheduler, position)
 
-    run.checkpoint = str(write_checkpoint(run.config.output_dir, write, {"step": run.step, "status": status}))
-    return run.checkpoint
+    return str(write_checkpoint(run.config.output_dir, write, {"step": run.step, "status": status}))
 
 
 def _one_step(run: _Run) -> StepEvent:
     """Train one optimizer step and advance the data position."""
     c, data = run.config, run.data
     lengths = [p.length for p in data.train]
-    batches = step_batches(lengths, c, run.epoch, run.step_in_epoch)
+    batches = step_batches(lengths, c, run.epoch, run.step_in_epoch, run.dist.world)
     lr = run.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
-    metrics, grad_norm = run_step(run.loaded.model, run.optimizer, batches, data.train, run.ref, run.ctx,
-                                  c.max_grad_norm, run.step + 1, data.train_index)
+    metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,
+                                  c.max_grad_norm, run.step + 1, data.train_index, run.dist)
     run.scheduler.step()
     seconds = time.perf_counter() - started
     tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
@@ -240,7 +267,7 @@ def _is_oom(exc: BaseException) -> bool:
 def _loop(run: _Run, stop: StopFlag, started: float) -> Iterator[TrainEvent]:
     run.loop_start = time.perf_counter()
     while run.step < run.total_steps:
-        if _stop_requested(stop):
+        if run.dist.agree(_stop_requested(stop)):  # every rank stops at the same step
             yield LogLine(f"Stop requested: saving step {run.step} to {_save(run, 'stopped')}")
             yield _summary(run, "stopped", started, "stopped on request")
             return
@@ -279,7 +306,7 @@ def train(config: TrainConfig, pairs: Sequence[PreferencePair], eval_pairs: Sequ
             position continue exactly (pass the config it was trained with: `load_run_config`).
     """
     started = time.perf_counter()
-    run = yield from _setup(config, pairs, eval_pairs, resume_from)
+    run = yield from _setup(config, pairs, eval_pairs, resume_from, distributed.current())
     yield from _loop(run, stop, started)
 
 
