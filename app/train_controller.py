@@ -11,6 +11,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from app.context import AppContext
+from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.train_config import TrainConfig
 from dpo_engine.train_events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
@@ -23,16 +24,18 @@ def runs_dir(project_path: Path) -> Path:
     return project_path.parent / f"{project_path.stem}.runs"
 
 
-def default_settings(device: str) -> dict:
-    """The one-button defaults (TrainConfig's), with steps small enough to plot live."""
+def default_settings(device: str, n_pairs: int = 0) -> dict:
+    """The one-button defaults: the engine's measured small-data settings for `n_pairs`
+    (`dpo_engine.defaults`, shared with `dpo-engine train`), plus the page's own fields."""
     base = TrainConfig(output_dir="-")
     return {
-        "loss": base.loss, "beta": base.beta, "lr": base.lr, "epochs": base.epochs, "max_steps": 0,
-        "batch_size": base.batch_size,
-        "grad_accum": 1,  # one micro-batch per step: a few dozen pairs still give a curve with points
+        "loss": base.loss, "max_steps": 0,
+        **small_data_defaults(n_pairs).to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
         "max_length": base.max_length, "lora": False, "lora_rank": 16, "dtype": "auto", "device": device,
         "eval_fraction": base.eval_fraction, "seed": base.seed, "reference": "",
         "eval_every": 5,  # frequent enough to draw an eval curve on small data
+        "start_from": "active",  # round 2+: continue from the active model (the last run's), on all data
+        "follow": True,  # after a run, label with its model (on-policy pairs for the next round)
     }
 
 
@@ -58,7 +61,7 @@ class TrainController(QObject):
     def __init__(self, ctx: AppContext):
         super().__init__()
         self.ctx = ctx
-        self.settings = default_settings(ctx.device.device)
+        self.settings = default_settings(ctx.device.device, sum(self.pair_counts()))
         self.run_id: int | None = None
         self.job = None
         self._stop = threading.Event()
@@ -84,16 +87,35 @@ class TrainController(QObject):
     def running(self) -> bool:
         return self.job is not None
 
+    def estimate(self) -> DataEstimate:
+        """Whether the labeled pairs are likely enough to change the model (measured; see
+        dpo_engine.defaults)."""
+        return data_estimate(sum(self.pair_counts()))
+
+    def start_model(self) -> str:
+        """The model a new run starts from: the active one (round 2+) or the base."""
+        return self.ctx.model_ref if self.settings.get("start_from", "active") == "active" else self.ctx.base_model_ref
+
+    def round_number(self) -> int:
+        """1 for a run from the base; 1 + the number of runs behind the starting checkpoint otherwise."""
+        parents = {m["ref"]: m["parent"] for m in self.ctx.project.models()}
+        ref, depth = self.start_model(), 1
+        while ref != self.ctx.base_model_ref and ref in parents and depth < 100:
+            ref, depth = parents[ref], depth + 1
+        return depth
+
     # ------------------------------------------------------------------ runs
     def build_config(self, output_dir: Path) -> TrainConfig:
         s = self.settings
         from dpo_engine.train_config import LoraSettings
 
-        reference = s["reference"].strip() or (
-            self.ctx.base_model_ref if self.ctx.base_model_ref != self.ctx.model_ref else None)
+        model = self.start_model()
+        # the original base stays the reference in every round unless the person names another
+        reference = s["reference"].strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
         return TrainConfig(
-            output_dir=str(output_dir), model=self.ctx.model_ref, reference=reference, loss=s["loss"],
+            output_dir=str(output_dir), model=model, reference=reference, loss=s["loss"],
             beta=s["beta"], lr=s["lr"], epochs=s["epochs"], max_steps=s["max_steps"] or None,
+            warmup_ratio=s["warmup_ratio"],
             batch_size=s["batch_size"], grad_accum=s["grad_accum"], max_length=s["max_length"],
             eval_fraction=s["eval_fraction"], eval_every=s["eval_every"], seed=s["seed"],
             lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
@@ -182,6 +204,10 @@ class TrainController(QObject):
             if event.checkpoint:
                 project.add_model(event.checkpoint, "checkpoint", parent=self.config.model, run_id=self.run_id)
             self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
+            if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
+                self.ctx.set_active_model(event.checkpoint)  # the next labels are on-policy pairs
+                self.logLine.emit(f"Labeling now samples from this run's model; the reference stays "
+                                  f"{self.ctx.base_model_ref}. Train again for round {self.round_number()}.")
             self.finished.emit(event)
 
     def _on_job_failed(self, message: str) -> None:

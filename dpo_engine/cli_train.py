@@ -17,6 +17,7 @@ from pathlib import Path
 import click
 
 from dpo_engine.cli import DEVICE_HELP, friendly_errors
+from dpo_engine.defaults import small_data_defaults
 from dpo_engine.errors import DataError, DPOStudioError
 from dpo_engine.losses import LOSSES
 from dpo_engine.train_config import SCHEDULES, LoraSettings, TrainConfig
@@ -24,6 +25,7 @@ from dpo_engine.train_events import EvalEvent, LogLine, ReferenceProgress, StepE
 
 LORA_LR = 5e-5  # LoRA adapters start at zero and need a ~10x larger rate than full fine-tuning
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
+SMALL_DEFAULT = "[default: measured for the data size: dpo_engine.defaults]"
 
 
 def read_data_file(path: str) -> list:
@@ -91,14 +93,18 @@ class Progress:
                   f"{e.tokens_per_s:.0f} tok/s ETA {_duration(e.eta)}", final=not self.tty or e.step == e.total_steps)
 
 
-def _config(opts: dict) -> TrainConfig:
+def _config(opts: dict, n_pairs: int) -> TrainConfig:
+    """The run's config: the flags given, the rest from the measured small-data defaults for
+    `n_pairs` (dpo_engine.defaults, the same the Train page uses)."""
     lora = LoraSettings(rank=opts["lora_rank"], alpha=2 * opts["lora_rank"]) if opts["lora"] else None
-    lr = opts["lr"] if opts["lr"] is not None else (LORA_LR if lora else DEFAULTS["lr"])
+    d = small_data_defaults(n_pairs).to_settings()
+    pick = lambda key: opts[key] if opts[key] is not None else d[key]  # noqa: E731
+    lr = opts["lr"] if opts["lr"] is not None else (LORA_LR if lora else d["lr"])
     return TrainConfig(
         output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], loss=opts["loss"],
-        beta=opts["beta"], lr=lr, epochs=opts["epochs"], max_steps=opts["max_steps"],
-        batch_size=opts["batch_size"], grad_accum=opts["grad_accum"], max_length=opts["max_length"],
-        schedule=opts["schedule"], warmup_ratio=opts["warmup_ratio"], eval_fraction=opts["eval_fraction"],
+        beta=pick("beta"), lr=lr, epochs=pick("epochs"), max_steps=opts["max_steps"],
+        batch_size=pick("batch_size"), grad_accum=pick("grad_accum"), max_length=opts["max_length"],
+        schedule=opts["schedule"], warmup_ratio=pick("warmup_ratio"), eval_fraction=opts["eval_fraction"],
         eval_every=opts["eval_every"], save_every=opts["save_every"], seed=opts["seed"], lora=lora,
         merge_lora=opts["merge_lora"], gradient_checkpointing=opts["gradient_checkpointing"],
         device=opts["device"] or "auto",
@@ -170,15 +176,15 @@ def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
 @click.option("--reference", default=None, help="Reference model (default: the starting model).")
 @click.option("--output", default=None, help="Folder for the trained model (default with --resume: that folder).")
 @click.option("--loss", type=click.Choice(list(LOSSES)), default=DEFAULTS["loss"], show_default=True)
-@click.option("--beta", type=float, default=DEFAULTS["beta"], show_default=True)
-@click.option("--lr", type=float, default=None, help=f"Learning rate [default: {DEFAULTS['lr']}, {LORA_LR} with --lora].")
-@click.option("--epochs", type=int, default=DEFAULTS["epochs"], show_default=True)
+@click.option("--beta", type=float, default=None, help=f"KL strength {SMALL_DEFAULT}.")
+@click.option("--lr", type=float, default=None, help=f"Learning rate {SMALL_DEFAULT}; {LORA_LR} with --lora.")
+@click.option("--epochs", type=int, default=None, help=f"Passes over the pairs {SMALL_DEFAULT}.")
 @click.option("--max-steps", type=int, default=None, help="Optimizer steps; overrides --epochs.")
-@click.option("--batch-size", type=int, default=DEFAULTS["batch_size"], show_default=True, help="Pairs per micro-batch.")
-@click.option("--grad-accum", type=int, default=DEFAULTS["grad_accum"], show_default=True)
+@click.option("--batch-size", type=int, default=None, help=f"Pairs per micro-batch {SMALL_DEFAULT}.")
+@click.option("--grad-accum", type=int, default=None, help=f"Micro-batches per step {SMALL_DEFAULT}.")
 @click.option("--max-length", type=int, default=DEFAULTS["max_length"], show_default=True)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS["schedule"], show_default=True)
-@click.option("--warmup-ratio", type=float, default=DEFAULTS["warmup_ratio"], show_default=True)
+@click.option("--warmup-ratio", type=float, default=None, help=f"Share of steps warming up {SMALL_DEFAULT}.")
 @click.option("--eval-fraction", type=float, default=DEFAULTS["eval_fraction"], show_default=True)
 @click.option("--eval-every", type=int, default=DEFAULTS["eval_every"], show_default=True)
 @click.option("--save-every", type=int, default=DEFAULTS["save_every"], show_default=True)
@@ -205,7 +211,7 @@ def train_cmd(**opts):
     elif not opts["output"]:
         raise click.UsageError("--output DIR is required (a new folder for the trained model).")
     else:
-        config = _config(opts)
+        config = None  # built once the pairs are counted: the defaults depend on how many there are
     project = None
     if opts["project_path"]:
         from dpo_engine.store import open_project
@@ -225,10 +231,12 @@ def _is_main() -> bool:
     return current().is_main
 
 
-def _run(config: TrainConfig, opts: dict, project) -> None:
+def _run(config: TrainConfig | None, opts: dict, project) -> None:
     from dpo_engine.trainer import train
 
     pairs, held = _load_pairs(opts["data"], project)
+    if config is None:
+        config = _config(opts, len(pairs) + len(held or []))
     flag = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, make_interrupt_handler(flag)) if in_main else None

@@ -60,6 +60,9 @@ class TrainPage(QWidget):
         self.ready_label = QLabel()
         self.ready_label.setObjectName("readyLabel")
         self.ready_label.setWordWrap(True)
+        self.estimate_label = QLabel()
+        self.estimate_label.setObjectName("estimateLabel")
+        self.estimate_label.setWordWrap(True)
         self.progress = self._named(QProgressBar(), "trainProgress", "Training progress")
         self.progress.setFormat("%v / %m steps")
         self.speed_label = QLabel()
@@ -124,6 +127,7 @@ class TrainPage(QWidget):
         main = QVBoxLayout()
         main.addLayout(top)
         main.addWidget(self.ready_label)
+        main.addWidget(self.estimate_label)
         main.addWidget(vsplit, 1)
         outer = QHBoxLayout(self)
         outer.addLayout(main, 1)
@@ -155,6 +159,8 @@ class TrainPage(QWidget):
         lr = QDoubleSpinBox(minimum=1e-8, maximum=1e-2, decimals=8, singleStep=1e-6, value=s["lr"])
         add("lr", "Learning rate", lr)
         add("epochs", "Epochs", QSpinBox(minimum=1, maximum=100, value=s["epochs"]))
+        add("warmup_ratio", "Warmup (share of steps)",
+            QDoubleSpinBox(minimum=0, maximum=0.9, singleStep=0.05, value=s["warmup_ratio"]))
         steps = QSpinBox(minimum=0, maximum=1_000_000, value=s["max_steps"])
         steps.setSpecialValueText("by epochs")
         add("max_steps", "Max steps", steps)
@@ -179,6 +185,16 @@ class TrainPage(QWidget):
         ref = QLineEdit()
         ref.setPlaceholderText("the base model")
         add("reference", "Reference model", ref)
+        start = QComboBox()
+        start.addItem("Active model (next round)", "active")
+        start.addItem("Base model (fresh start)", "base")
+        start.setCurrentIndex(start.findData(s["start_from"]))
+        add("start_from", "Start from", start)
+        follow = QCheckBox("Label with the new model")
+        follow.setChecked(s["follow"])
+        follow.setToolTip("After a run, the Label page samples from the trained model (on-policy pairs); "
+                          "the base stays the reference.")
+        add("follow", "After training", follow)
         return box
 
     # ------------------------------------------------------------------ wiring
@@ -203,6 +219,8 @@ class TrainPage(QWidget):
         c.runsChanged.connect(self._refresh_runs)
         c.runsChanged.connect(lambda: self._refresh_ready(keep_text=True))
         self.ctx.comparisonsChanged.connect(self._refresh_ready)
+        self.ctx.activeModelChanged.connect(self._refresh_ready)
+        self.fields["start_from"].currentIndexChanged.connect(self._on_start_from_changed)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -212,7 +230,7 @@ class TrainPage(QWidget):
         out = {}
         for key, w in self.fields.items():
             if isinstance(w, QComboBox):
-                out[key] = w.currentText()
+                out[key] = w.currentData() if w.currentData() is not None else w.currentText()
             elif isinstance(w, QCheckBox):
                 out[key] = w.isChecked()
             elif isinstance(w, QLineEdit):
@@ -280,13 +298,24 @@ class TrainPage(QWidget):
     def _append_log(self, line: str) -> None:
         self.log.appendPlainText(line)
 
+    def _on_start_from_changed(self, *_) -> None:
+        self.controller.settings["start_from"] = self.fields["start_from"].currentData()
+        self._refresh_ready()
+
     def _refresh_ready(self, *_, keep_text: bool = False) -> None:
         reason = self.controller.why_not_ready()
         self.train_button.setEnabled(not reason)
         self.train_button.setToolTip(reason or "Train on all usable pairs in the project")
+        n_round = self.controller.round_number()
+        self.train_button.setText("Train" if n_round == 1 else f"Train round {n_round}")
+        self.estimate_label.setText(self.controller.estimate().message)
         if not keep_text and not self.controller.running:
             train, ev = self.controller.pair_counts()
-            self.ready_label.setText(reason or f"Ready: {train} training pairs and {ev} held-out pairs.")
+            text = reason or f"Ready: {train} training pairs and {ev} held-out pairs."
+            if not reason and n_round > 1:
+                text += (f" Round {n_round}: starts from {self.controller.start_model()} on all pairs; "
+                         f"the reference stays {self.ctx.base_model_ref}.")
+            self.ready_label.setText(text)
 
     # ------------------------------------------------------------------ history
     def _refresh_runs(self) -> None:

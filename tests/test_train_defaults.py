@@ -1,0 +1,74 @@
+"""Small-data defaults: one engine place, used by the Train page and the CLI; the data
+estimate; iterative rounds (label with the new model, round 2 from it, base as reference)."""
+
+import pytest
+
+from dpo_engine.defaults import (ENOUGH_PAIRS, FEW_PAIRS, SMALL_DATA_PAIRS, data_estimate,
+                                 small_data_defaults)
+from dpo_engine.train_config import TrainConfig
+from tests.test_train_page import train_window  # noqa: F401  (fixture)
+
+
+def test_small_data_gets_a_larger_rate_than_large_data():
+    small, large = small_data_defaults(300), small_data_defaults(SMALL_DATA_PAIRS)
+    assert small.lr > large.lr == TrainConfig(output_dir="-").lr
+    assert small.epochs == 1  # fresh samples beat extra epochs
+    settings = small.to_settings()
+    assert set(settings) == {"beta", "lr", "epochs", "warmup_ratio", "batch_size", "grad_accum"}
+    TrainConfig(output_dir="-", **settings)  # valid as a run config
+
+
+@pytest.mark.parametrize("n, level", [(0, "too_few"), (FEW_PAIRS - 1, "too_few"), (FEW_PAIRS, "few"),
+                                      (ENOUGH_PAIRS - 1, "few"), (ENOUGH_PAIRS, "enough"), (5000, "enough")])
+def test_data_estimate_levels(n, level):
+    estimate = data_estimate(n)
+    assert estimate.level == level and str(n) in estimate.message
+
+
+def test_train_page_uses_the_engine_defaults(qtbot, train_window):
+    ctx, win, page = train_window
+    n = sum(page.controller.pair_counts())
+    expected = small_data_defaults(n).to_settings()
+    shown = page.read_settings()
+    assert {k: shown[k] for k in expected} == pytest.approx(expected)
+    config = page.controller.build_config(ctx.project_path.parent / "out")
+    assert (config.lr, config.beta, config.epochs, config.warmup_ratio, config.batch_size, config.grad_accum) == \
+        pytest.approx((expected["lr"], expected["beta"], expected["epochs"], expected["warmup_ratio"],
+                       expected["batch_size"], expected["grad_accum"]))
+    assert page.estimate_label.text() == data_estimate(n).message
+
+
+def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_reference(qtbot, train_window):
+    ctx, win, page = train_window
+    base = ctx.base_model_ref
+    page.fields["max_steps"].setValue(2)
+    page.fields["eval_every"].setValue(0)
+    assert page.train_button.text() == "Train"
+    with qtbot.waitSignal(page.controller.finished, timeout=180_000) as blocker:
+        page.train_button.click()
+    checkpoint = blocker.args[0].checkpoint
+    assert blocker.args[0].status == "finished" and checkpoint
+    assert ctx.model_ref == checkpoint  # the Label page samples from the trained model now
+    assert ctx.base_model_ref == base
+    qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
+    assert page.train_button.text() == "Train round 2"
+    page.controller.settings = page.read_settings()
+    config = page.controller.build_config(ctx.project_path.parent / "round2")
+    assert (config.model, config.reference) == (checkpoint, base)
+    page.fields["start_from"].setCurrentIndex(page.fields["start_from"].findData("base"))
+    page.controller.settings = page.read_settings()
+    config = page.controller.build_config(ctx.project_path.parent / "fresh")
+    assert (config.model, config.reference) == (base, None)
+    assert page.train_button.text() == "Train"
+
+
+def test_cli_train_uses_the_same_defaults():
+    from dpo_engine.cli_train import _config, train_cmd
+
+    opts = {p.name: p.default for p in train_cmd.params}
+    opts["output"] = "out"
+    for n in (40, SMALL_DATA_PAIRS):
+        expected = small_data_defaults(n).to_settings()
+        config = _config(opts, n)
+        assert {k: getattr(config, k) for k in expected} == expected
+    assert _config({**opts, "lr": 1e-3}, 40).lr == 1e-3  # a flag given wins
