@@ -63,6 +63,7 @@ def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_r
 
 
 def test_cli_train_uses_the_same_defaults():
+    import dpo_engine.cli  # noqa: F401  (registers the subcommands; cli_train is imported through it)
     from dpo_engine.cli_train import _config, train_cmd
 
     opts = {p.name: p.default for p in train_cmd.params}
