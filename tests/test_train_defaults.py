@@ -62,12 +62,13 @@ def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_r
     assert page.train_button.text() == "Train"
 
 
-def test_cli_train_uses_the_same_defaults():
+def test_cli_train_uses_the_same_defaults(tmp_path):
     import dpo_engine.cli  # noqa: F401  (registers the subcommands; cli_train is imported through it)
     from dpo_engine.cli_train import _config, train_cmd
 
-    opts = {p.name: p.default for p in train_cmd.params}
-    opts["output"] = "out"
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("")
+    opts = train_cmd.make_context("train", ["--data", str(data), "--output", "out"]).params  # no flags given
     for n in (40, SMALL_DATA_PAIRS):
         expected = small_data_defaults(n).to_settings()
         config = _config(opts, n)
