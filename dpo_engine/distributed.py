@@ -150,6 +150,10 @@ class Distributed(Local):
     def prepare(self, model, optimizer, ctx):
         from dataclasses import replace
 
+        plugin = self.acc.state.deepspeed_plugin
+        if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu") == "auto":
+            # DeepSpeed wants a number but only checks and logs it: no dataloader is prepared here.
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
         # One call: DeepSpeed builds its engine from both; FSDP re-points the optimizer at its shards.
         scorer, optimizer = self.acc.prepare(PairScorer(model, ctx), optimizer)
         return scorer, optimizer, replace(ctx, scorer=scorer)
