@@ -39,7 +39,7 @@ BUTTONS = [  # (objectName, label, verdict, keys); digits are routed by mode in 
     ("verdictSkip", "Skip  [S]", "skip", ("S",)),
 ]
 PAIR_DIGITS = {1: "left", 2: "right", 3: "tie", 4: "both_bad"}
-MODE_ITEMS = [("pairwise", "Pairwise: 2 answers"), ("ranking", "Ranking: k answers")]
+MODE_ITEMS = [("pairwise", "Pairwise (2)"), ("ranking", "Ranking (k)")]
 RANK_HELP = ("Rank: press the number of the best answer, then the next best, and so on. "
              "= before a number ties it with the previous one. Backspace takes back the last place. "
              "Enter saves (answers not placed tie for last); placing the last answer saves too. "
@@ -114,13 +114,8 @@ class LabelPage(QWidget):
     def _ranking_view(self) -> QWidget:
         """Up to K_RANGE[1] panes in a grid (only k shown), place buttons, and the key help."""
         view = QWidget()
-        grid = QGridLayout()
-        self.rank_panes: list[ResponsePane] = []
-        cols = 2 if K_RANGE[1] <= 4 else 3
-        for i in range(K_RANGE[1]):
-            pane = ResponsePane(f"rankPane{i + 1}", f"Answer {i + 1}  [{i + 1}]")
-            self.rank_panes.append(pane)
-            grid.addWidget(pane, i // cols, i % cols)
+        self.rank_grid = grid = QGridLayout()
+        self.rank_panes = [ResponsePane(f"rankPane{i + 1}", f"Answer {i + 1}  [{i + 1}]") for i in range(K_RANGE[1])]
         self.place_buttons = [self._button(f"placeAnswer{i + 1}", f"{i + 1}") for i in range(K_RANGE[1])]
         for i, b in enumerate(self.place_buttons):
             b.setAccessibleName(f"Place answer {i + 1} next")
@@ -289,6 +284,10 @@ class LabelPage(QWidget):
         self.second_model.setEnabled(mode == "pairwise")
 
     def _show_k(self, k: int) -> None:
+        cols = 2 if k <= 4 else 3  # 2x2 for four answers, 2x3 for five or six: each stays wide enough to read
+        for i, pane in enumerate(self.rank_panes):
+            self.rank_grid.removeWidget(pane)
+            self.rank_grid.addWidget(pane, i // cols, i % cols)
         for i, (pane, button) in enumerate(zip(self.rank_panes, self.place_buttons)):
             pane.setVisible(i < k)
             button.setVisible(i < k)
