@@ -31,7 +31,7 @@ from dpo_engine.starter import starter_prompts
 VERDICTS = ("left", "right", "tie", "both_bad", "skip")
 MODES = ("pairwise", "ranking")
 K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
-DEFAULT_K = 4  # 6 pairs per prompt for ~2x a pair's reading time (bench/README.md, simulated user)
+DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
 
 

@@ -8,7 +8,7 @@ import threading
 from dataclasses import replace
 from pathlib import Path
 
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from app.context import AppContext
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
@@ -204,11 +204,17 @@ class TrainController(QObject):
             if event.checkpoint:
                 project.add_model(event.checkpoint, "checkpoint", parent=self.config.model, run_id=self.run_id)
             self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
-            if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
-                self.ctx.set_active_model(event.checkpoint)  # the next labels are on-policy pairs
-                self.logLine.emit(f"Labeling now samples from this run's model; the reference stays "
-                                  f"{self.ctx.base_model_ref}. Train again for round {self.round_number()}.")
             self.finished.emit(event)
+            if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
+                # after the page has shown the result: switching models refills the Label queue
+                QTimer.singleShot(0, lambda ckpt=event.checkpoint: self._follow(ckpt))
+
+    def _follow(self, checkpoint: str) -> None:
+        """Label with the new model (on-policy pairs for the next round); the base stays the reference."""
+        self.ctx.set_active_model(checkpoint)
+        self.logLine.emit(f"Labeling now samples from this run's model; the reference stays "
+                          f"{self.ctx.base_model_ref}. Train again for round {self.round_number()}.")
+        self.runsChanged.emit()  # the Train button now reads "Train round N"
 
     def _on_job_failed(self, message: str) -> None:
         if self.run_id is not None:

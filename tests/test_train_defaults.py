@@ -48,7 +48,7 @@ def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_r
         page.train_button.click()
     checkpoint = blocker.args[0].checkpoint
     assert blocker.args[0].status == "finished" and checkpoint
-    assert ctx.model_ref == checkpoint  # the Label page samples from the trained model now
+    qtbot.waitUntil(lambda: ctx.model_ref == checkpoint, timeout=5_000)  # the Label page samples from it now
     assert ctx.base_model_ref == base
     qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
     assert page.train_button.text() == "Train round 2"
