@@ -30,6 +30,9 @@ def create_window(project: Path, model_ref: str, device: str | None = None, dtyp
     from app.main_window import MainWindow
     from dpo_engine.devices import pick_device
 
+    # The torch worker thread runs Python between its ops; a shorter GIL switch interval
+    # (default 5 ms) hands the GUI thread the GIL sooner, so the window stays smooth.
+    sys.setswitchinterval(0.001)
     project.parent.mkdir(parents=True, exist_ok=True)
     ctx = AppContext(project, model_ref, pick_device(device, dtype))
     window = MainWindow(ctx)
