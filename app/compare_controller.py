@@ -24,7 +24,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.context import AppContext
 from dpo_engine.checkpoints import read_run_file
-from dpo_engine.generate import GenerationSettings, TokenEvent, stream_generate
+from dpo_engine.generate import GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.heldout import DEFAULT_BETA, HeldoutSummary, heldout_events, implicit_rewards
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
 from dpo_engine.pairs import PreferencePair
@@ -269,14 +269,8 @@ class CompareController(QObject):
 
     @staticmethod
     def _generate(loaded, rnd: CompareRound, side: int, holder: dict):
-        stream = stream_generate(loaded.model, loaded.tokenizer, rnd.prompt, 1, rnd.settings)
-        while True:
-            try:
-                ev = next(stream)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield TokenEvent(side, ev.delta, ev.tokens)
+        result = yield from relabeled(stream_generate(loaded.model, loaded.tokenizer, rnd.prompt, 1, rnd.settings),
+                                      (side,))
         holder[side] = result.texts[0]
         return side, result.texts[0], result.token_counts[0]
 

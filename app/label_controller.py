@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, Signal
 
 from app.context import AppContext
-from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, stream_generate
+from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.ranking import complete_ranking
@@ -192,14 +192,8 @@ class LabelController(QObject):
     @staticmethod
     def _stream(loaded, prompt, n, settings, sides):
         """Engine stream, with each event re-labelled by the side it fills."""
-        stream = stream_generate(loaded.model, loaded.tokenizer, prompt, n, settings)
-        while True:
-            try:
-                ev = next(stream)
-            except StopIteration as stop:
-                res: GenerationResult = stop.value
-                break
-            yield TokenEvent(sides[ev.index], ev.delta, ev.tokens)
+        res: GenerationResult = yield from relabeled(
+            stream_generate(loaded.model, loaded.tokenizer, prompt, n, settings), sides)
         return {sides[i]: (res.texts[i], res.token_counts[i], loaded.resolved.ref) for i in range(n)}
 
     def _on_job_token(self, pair: PendingPair, ev: TokenEvent) -> None:

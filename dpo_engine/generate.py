@@ -137,6 +137,17 @@ def stream_generate(
     return GenerationResult(final, [len(ids) for ids in out], done)
 
 
+def relabeled(stream: Iterator[TokenEvent], sides: Sequence[int]):
+    """Re-index a stream's events (row i becomes sides[i], e.g. the pane it fills) and return
+    the stream's GenerationResult, so `result = yield from relabeled(...)` works."""
+    while True:
+        try:
+            ev = next(stream)
+        except StopIteration as stop:
+            return stop.value
+        yield TokenEvent(sides[ev.index], ev.delta, ev.tokens)
+
+
 def generate(model, tokenizer, prompt, n: int = 1, settings: GenerationSettings | None = None) -> GenerationResult:
     """Blocking wrapper over `stream_generate`."""
     stream = stream_generate(model, tokenizer, prompt, n, settings)

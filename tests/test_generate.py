@@ -91,3 +91,19 @@ def test_default_model_gives_two_different_answers():
     a, b = payload["responses"]
     assert a.strip() and b.strip() and a != b
     assert payload["model"] == "SmolLM2-135M-Instruct"
+
+
+def test_relabeled_stream_moves_events_to_their_sides_and_returns_the_result(tiny_loaded):
+    from dpo_engine.generate import relabeled
+
+    settings = GenerationSettings(max_new_tokens=6, temperature=1.0, seed=2)
+    stream = relabeled(stream_generate(tiny_loaded.model, tiny_loaded.tokenizer, "hi", 2, settings), (3, 1))
+    seen = set()
+    while True:
+        try:
+            seen.add(next(stream).index)
+        except StopIteration as stop:
+            result = stop.value
+            break
+    assert seen <= {3, 1} and seen
+    assert len(result.texts) == 2
