@@ -268,12 +268,7 @@ class LabelController(QObject):
             self.message.emit("The answers are still being written; judge them when they are complete.")
             return False
         cid = self.ctx.project.record_comparison(pair.prompt_id, pair.response_ids[0], pair.response_ids[1], verdict)
-        self.history.append(Verdict(cid, pair, verdict))
-        self.session_count += 1
-        self.ctx.comparisonsChanged.emit()
-        self._advance()
-        self._emit_progress()
-        return True
+        return self._recorded(cid, pair, verdict)
 
     def write_better(self, text: str, worse_side: int) -> bool:
         """The person's own answer becomes the chosen side against the worse sample."""
@@ -284,7 +279,11 @@ class LabelController(QObject):
         own = project.add_response(pair.prompt_id, text.strip(), model="human", settings=None)
         worse = pair.response_ids[worse_side]
         cid = project.record_comparison(pair.prompt_id, own, worse, "left", note="written by the person")
-        self.history.append(Verdict(cid, pair, "edit"))
+        return self._recorded(cid, pair, "edit")
+
+    def _recorded(self, saved_id: int, pair: PendingPair, kind: str) -> bool:
+        """After a verdict is committed: remember it for undo, tell the other pages, move on."""
+        self.history.append(Verdict(saved_id, pair, kind))
         self.session_count += 1
         self.ctx.comparisonsChanged.emit()
         self._advance()
@@ -391,12 +390,7 @@ class LabelController(QObject):
             return False
         order, ties = complete_ranking(self.order, list(range(pair.n)), self.ties)
         group = self.ctx.project.record_ranking(pair.prompt_id, [pair.response_ids[i] for i in order], ties)
-        self.history.append(Verdict(group, pair, "ranking"))
-        self.session_count += 1
-        self.ctx.comparisonsChanged.emit()
-        self._advance()
-        self._emit_progress()
-        return True
+        return self._recorded(group, pair, "ranking")
 
     # ------------------------------------------------------------------ progress
     def progress(self) -> dict:
