@@ -49,7 +49,8 @@ class CompareRound:
     blind: bool  # names hidden until the vote; cleared if the person unblinds before voting
     texts: list[str] = field(default_factory=lambda: ["", ""])
     tokens: list[int] = field(default_factory=lambda: [0, 0])
-    finished: list[bool] = field(default_factory=lambda: [False, False])
+    finished: list[bool] = field(default_factory=lambda: [False, False])  # generation done
+    ended: list[bool] = field(default_factory=lambda: [True, True])  # False: cut off at max_new_tokens
     rewards: tuple[float, float] | None = None
     error: str = ""
     verdict: str | None = None
@@ -272,7 +273,7 @@ class CompareController(QObject):
         result = yield from relabeled(stream_generate(loaded.model, loaded.tokenizer, rnd.prompt, 1, rnd.settings),
                                       (side,))
         holder[side] = result.texts[0]
-        return side, result.texts[0], result.token_counts[0]
+        return side, result.texts[0], result.token_counts[0], result.finished[0]
 
     def _score(self, rnd: CompareRound, holder: dict):
         yield from ()  # a generator, so the worker can cancel it before it starts
@@ -291,8 +292,8 @@ class CompareController(QObject):
             self.textUpdated.emit(ev.index, rnd.texts[ev.index], ev.tokens)
 
     def _on_job_generated(self, rnd: CompareRound, result) -> None:
-        side, text, tokens = result
-        rnd.texts[side], rnd.tokens[side], rnd.finished[side] = text, tokens, True
+        side, text, tokens, ended = result
+        rnd.texts[side], rnd.tokens[side], rnd.ended[side], rnd.finished[side] = text, tokens, ended, True
         if rnd is self.current:
             self.textUpdated.emit(side, text, tokens)
         if rnd.done:
@@ -364,7 +365,8 @@ class CompareController(QObject):
         project = self.ctx.project
         settings = {"max_new_tokens": rnd.settings.max_new_tokens, "temperature": rnd.settings.temperature,
                     "top_p": rnd.settings.top_p, "seed": rnd.settings.seed}
-        left, right = (project.add_response(rnd.prompt_id, rnd.texts[s], model=rnd.refs[s], settings=settings)
+        left, right = (project.add_response(rnd.prompt_id, rnd.texts[s], model=rnd.refs[s],
+                                            settings={**settings, "finished": rnd.ended[s]})
                        for s in (0, 1))
         rnd.comparison_id = project.record_comparison(rnd.prompt_id, left, right, verdict, source="compare")
         rnd.verdict = verdict

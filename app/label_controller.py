@@ -46,6 +46,7 @@ class PendingPair:
     settings: GenerationSettings
     texts: list[str] = field(default_factory=lambda: ["", ""])
     tokens: list[int] = field(default_factory=lambda: [0, 0])
+    ended: list[bool] = field(default_factory=lambda: [True, True])  # False: cut off at max_new_tokens
     done: bool = False
     error: str = ""
     response_ids: tuple[int, ...] | None = None
@@ -169,6 +170,7 @@ class LabelController(QObject):
 
     def _sample(self, pair: PendingPair) -> None:
         pair.texts, pair.tokens, pair.done, pair.error = [""] * pair.n, [0] * pair.n, False, ""
+        pair.ended = [True] * pair.n
         settings = pair.settings
         if settings.seed is None:
             settings = GenerationSettings(settings.max_new_tokens, settings.temperature, settings.top_p,
@@ -194,7 +196,7 @@ class LabelController(QObject):
         """Engine stream, with each event re-labelled by the side it fills."""
         res: GenerationResult = yield from relabeled(
             stream_generate(loaded.model, loaded.tokenizer, prompt, n, settings), sides)
-        return {sides[i]: (res.texts[i], res.token_counts[i], loaded.resolved.ref) for i in range(n)}
+        return {sides[i]: (res.texts[i], res.token_counts[i], res.finished[i]) for i in range(n)}
 
     def _on_job_token(self, pair: PendingPair, ev: TokenEvent) -> None:
         pair.texts[ev.index] += ev.delta
@@ -203,8 +205,8 @@ class LabelController(QObject):
             self.textUpdated.emit(ev.index, pair.texts[ev.index], ev.tokens)
 
     def _on_job_returned(self, pair: PendingPair, result: dict, remaining: list) -> None:
-        for side, (text, count, _ref) in result.items():
-            pair.texts[side], pair.tokens[side] = text, count
+        for side, (text, count, ended) in result.items():
+            pair.texts[side], pair.tokens[side], pair.ended[side] = text, count, ended
         remaining[0] -= 1
         if remaining[0] > 0:
             return
@@ -217,7 +219,7 @@ class LabelController(QObject):
         project = self.ctx.project
         pair.response_ids = tuple(
             project.add_response(pair.prompt_id, pair.texts[s], model=pair.models[s],
-                                 settings=_settings_dict(pair.settings))
+                                 settings=_settings_dict(pair.settings, pair.ended[s]))
             for s in range(pair.n)
         )
         pair.done = True
@@ -421,5 +423,8 @@ def _needs_resample(texts: list[str]) -> bool:
     return len({t for t in stripped if t}) < 2
 
 
-def _settings_dict(s: GenerationSettings) -> dict:
-    return {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p}
+def _settings_dict(s: GenerationSettings, finished: bool) -> dict:
+    """How an answer was sampled, and whether the model ended it (False: cut off at the cap,
+    trained without an end-of-turn token)."""
+    return {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
+            "finished": finished}

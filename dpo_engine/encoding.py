@@ -13,6 +13,12 @@ the way TRL's DPOTrainer draws it (trl 1.16, `DPOTrainer._prepare_dataset`):
 
 Chosen and rejected share one prompt: the shorter of the two common prefixes.
 
+An answer the model did not finish (cut off at the token cap: `PreferencePair.chosen_finished`
+or `rejected_finished` False) is encoded without its end: no eos for a plain pair, and no
+end-of-turn suffix of the chat template (the tokens the template puts after an empty
+assistant message). Appending it would train a cut-off loser as "ending here is bad" and
+push against shorter answers.
+
 Truncation keeps the whole prompt and cuts each response so that prompt + response fits
 `max_length` (TRL's "keep_start"). A pair whose prompt leaves no room for a single
 response token is rejected with a DataError that says why; it is never trained on.
@@ -100,16 +106,28 @@ def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[int], list[int
         prompt = render([], True)
         chosen = render([{"role": "assistant", "content": pair.chosen}], False)
         rejected = render([{"role": "assistant", "content": pair.rejected}], False)
+        if not (pair.chosen_finished and pair.rejected_finished):
+            empty = render([{"role": "assistant", "content": ""}], False)
+            suffix = empty[common_prefix_length(prompt, empty):]  # e.g. <|im_end|> and a newline
+            chosen = chosen if pair.chosen_finished else _without_suffix(chosen, suffix)
+            rejected = rejected if pair.rejected_finished else _without_suffix(rejected, suffix)
         return prompt, chosen, rejected
     eos = tokenizer.eos_token or ""
 
-    def with_eos(text: str) -> str:  # so the model learns where an answer ends (TRL's add_eos)
-        return text if text.endswith(eos) else text + eos
+    def with_eos(text: str, finished: bool) -> str:  # so the model learns where an answer ends (TRL's add_eos)
+        return text if text.endswith(eos) or not finished else text + eos
 
     prompt = _ids(tokenizer(text=pair.prompt))
-    chosen = _ids(tokenizer(text=pair.prompt + with_eos(pair.chosen)))
-    rejected = _ids(tokenizer(text=pair.prompt + with_eos(pair.rejected)))
+    chosen = _ids(tokenizer(text=pair.prompt + with_eos(pair.chosen, pair.chosen_finished)))
+    rejected = _ids(tokenizer(text=pair.prompt + with_eos(pair.rejected, pair.rejected_finished)))
     return prompt, chosen, rejected
+
+
+def _without_suffix(ids: list[int], suffix: list[int]) -> list[int]:
+    """`ids` less a trailing `suffix` (a template whose end differs is left as it is)."""
+    if suffix and len(ids) > len(suffix) and ids[-len(suffix):] == suffix:
+        return ids[:-len(suffix)]
+    return ids
 
 
 def encode_pair(tokenizer, pair: PreferencePair, max_length: int | None = None) -> EncodedPair:

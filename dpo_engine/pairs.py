@@ -31,6 +31,10 @@ class PreferencePair:
     prompt: str | tuple[tuple[str, str], ...]  # plain text, or ((role, content), ...)
     chosen: str  # the preferred continuation (assistant content when conversational)
     rejected: str  # the dispreferred continuation
+    # False for an answer cut off at the token cap: it is trained without an end-of-turn token,
+    # so a cut-off loser does not teach "stop here is bad" (nor a cut-off winner "stop here").
+    chosen_finished: bool = True
+    rejected_finished: bool = True
 
     @property
     def conversational(self) -> bool:

@@ -264,14 +264,16 @@ class ComparePage(QWidget):
     def _on_controller_roundShown(self, rnd: CompareRound) -> None:
         self.prompt_view.setPlainText(rnd.prompt_text)
         for side, pane in enumerate(self.panes):
-            pane.set_text(rnd.texts[side], rnd.tokens[side], streaming=not rnd.finished[side])
+            pane.set_text(rnd.texts[side], rnd.tokens[side], streaming=not rnd.finished[side],
+                          cut_off=rnd.finished[side] and not rnd.ended[side])
         self._set_voting_enabled(rnd.done)
         self._show_names_and_rewards()
         self.notice.setText("" if rnd.done else "Both models are writing, with the same seed and settings…")
 
     def _on_controller_textUpdated(self, side: int, text: str, tokens: int) -> None:
         rnd = self.controller.current
-        self.panes[side].set_text(text, tokens, streaming=not (rnd and rnd.finished[side]))
+        done = bool(rnd and rnd.finished[side])
+        self.panes[side].set_text(text, tokens, streaming=not done, cut_off=done and not rnd.ended[side])
 
     def _on_controller_roundReady(self) -> None:
         self._set_voting_enabled(True)

@@ -327,7 +327,8 @@ class LabelPage(QWidget):
     def _on_controller_pairShown(self, pair: PendingPair) -> None:
         self.prompt_view.setPlainText(pair.prompt_text)
         for side, pane in enumerate(self._panes_for(pair)):
-            pane.set_text(pair.texts[side], pair.tokens[side], streaming=not pair.done)
+            pane.set_text(pair.texts[side], pair.tokens[side], streaming=not pair.done,
+                          cut_off=pair.done and not pair.ended[side])
         self._set_judging_enabled(pair.done)
         what = f"all {pair.n} answers" if pair.ranking else "both answers"
         self.notice.setText("" if pair.done else f"Writing {what}…")
@@ -336,7 +337,8 @@ class LabelPage(QWidget):
         pair = self.controller.current
         if pair is None or side >= pair.n:
             return
-        self._panes_for(pair)[side].set_text(text, tokens, streaming=not pair.done)
+        self._panes_for(pair)[side].set_text(text, tokens, streaming=not pair.done,
+                                             cut_off=pair.done and not pair.ended[side])
 
     def _on_controller_pairReady(self) -> None:
         self._set_judging_enabled(True)

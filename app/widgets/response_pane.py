@@ -23,7 +23,8 @@ class ResponsePane(QWidget):
         layout.addWidget(self.text, 1)
         layout.addWidget(self.length)
 
-    def set_text(self, text: str, tokens: int, streaming: bool = False) -> None:
+    def set_text(self, text: str, tokens: int, streaming: bool = False, cut_off: bool = False) -> None:
+        """Show an answer; `cut_off`: the model was stopped at the token cap, not ended by itself."""
         if self.text.toPlainText() != text:
             bar = self.text.verticalScrollBar()
             at_end = bar.value() >= bar.maximum() - 4
@@ -31,7 +32,8 @@ class ResponsePane(QWidget):
             if streaming and at_end:
                 bar.setValue(bar.maximum())
         words = len(text.split())
-        self.length.setText(f"{tokens} tokens · {words} words{' · writing…' if streaming else ''}")
+        state = " · writing…" if streaming else (" · cut off at the limit" if cut_off else "")
+        self.length.setText(f"{tokens} tokens · {words} words{state}")
 
     def set_highlight(self, on: bool) -> None:
         self.text.setStyleSheet("QPlainTextEdit { border: 2px solid #2e7d32; }" if on else "")
