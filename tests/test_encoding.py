@@ -45,6 +45,21 @@ def test_plain_pair_has_no_template_and_ends_with_eos(tok):
     assert tokens(tok, enc.rejected_ids) == ["Ġ", "5", "<|im_end|>"]  # eos already there: not doubled
 
 
+def test_answer_cut_off_at_the_cap_is_encoded_without_its_end(tok):
+    """A cut-off answer did not end: no end-of-turn (chat) and no eos (plain) is scored, so a
+    cut-off loser does not teach "ending here is bad". The other side keeps its end."""
+    pair = conversation("Hi", "Yo", "No!")
+    cut_loser = encode_pair(tok, PreferencePair(pair.prompt, "Yo", "No!", rejected_finished=False))
+    assert tokens(tok, cut_loser.chosen_ids) == ["Y", "o", "<|im_end|>", "Ċ"]
+    assert tokens(tok, cut_loser.rejected_ids) == ["N", "o", "!"]
+    cut_winner = encode_pair(tok, PreferencePair(pair.prompt, "Yo", "No!", chosen_finished=False))
+    assert tokens(tok, cut_winner.chosen_ids) == ["Y", "o"]
+    assert cut_winner.prompt_ids == cut_loser.prompt_ids == encode_pair(tok, pair).prompt_ids
+    plain = encode_pair(tok, PreferencePair("2+2=", " 4", " 5", rejected_finished=False))
+    assert tokens(tok, plain.chosen_ids) == ["Ġ", "4", "<|im_end|>"]
+    assert tokens(tok, plain.rejected_ids) == ["Ġ", "5"]
+
+
 def test_boundary_is_the_common_prefix_when_the_template_renders_the_prompt_differently(tok):
     """A template whose generation prompt adds '<think>' that the full conversation lacks
     (as Gemma/Qwen3 templates do): the response starts where the two diverge."""

@@ -23,8 +23,9 @@ def label_window(qtbot, tmp_path, tiny_model_dir):
     ctx.shutdown()
 
 
-def scripted_stream(texts_by_call, delay=0.0):
-    """A stand-in for stream_generate that writes given answers word by word."""
+def scripted_stream(texts_by_call, delay=0.0, ended=None):
+    """A stand-in for stream_generate that writes given answers word by word; `ended[i]`
+    False reports answer i as cut off at the token cap."""
     calls = iter(texts_by_call)
 
     def fake(model, tokenizer, prompt, n=1, settings=None):
@@ -35,7 +36,7 @@ def scripted_stream(texts_by_call, delay=0.0):
                 if step < len(w):
                     time.sleep(delay)
                     yield TokenEvent(i, (" " if step else "") + w[step], step + 1)
-        return GenerationResult([t for t in texts[:n]], [len(w) for w in words], [True] * n)
+        return GenerationResult([t for t in texts[:n]], [len(w) for w in words], list(ended or [True] * n)[:n])
 
     return fake
 

@@ -93,3 +93,21 @@ def test_switching_back_to_pairwise_samples_two_answers(qtbot, ranking_window):
     assert page.controller.current.n == 2 and calls[-1][0] == 2
     qtbot.keyClick(page, Qt.Key.Key_1)  # digits are verdicts again
     assert [r[2] for r in rows(ctx)] == ["left"]
+
+
+def test_answers_cut_off_at_the_cap_are_marked_and_stored_unfinished(qtbot, ranking_window, monkeypatch):
+    ctx, page, _ = ranking_window
+    wait_ready(qtbot, page)
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([ANSWERS] * 5, ended=[True, False, True, False]))
+    page.controller.regenerate()
+    wait_ready(qtbot, page)
+    shown = [p.length.text() for p in page.rank_panes[:4]]
+    assert ["cut off" in t for t in shown] == [False, True, False, True], shown
+    for key in (Qt.Key.Key_1, Qt.Key.Key_3, Qt.Key.Key_2, Qt.Key.Key_4):
+        qtbot.keyClick(page, key)
+    a1, a2, a3, a4 = ANSWERS
+    with open_project(ctx.project_path) as p:
+        pairs = {(sp.pair.chosen, sp.pair.rejected): (sp.pair.chosen_finished, sp.pair.rejected_finished)
+                 for sp in p.training_pairs(None)}
+    assert pairs == {(a1, a3): (True, True), (a1, a2): (True, False), (a1, a4): (True, False),
+                     (a3, a2): (True, False), (a3, a4): (True, False), (a2, a4): (False, False)}

@@ -27,6 +27,21 @@ def test_verdicts_map_to_chosen_and_rejected(fresh_db):
     assert fresh_db.stats()["by_verdict"] == {"left": 2, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
 
 
+def test_cut_off_answers_reach_training_as_unfinished(fresh_db):
+    """The Label page stores {"finished": false} for an answer cut off at the token cap; the
+    training pair carries it on the side it ends up on (chosen or rejected)."""
+    pid = fresh_db.add_prompt("q", "label")
+    done = fresh_db.add_response(pid, "short", "m", {"max_new_tokens": 8, "finished": True})
+    cut = fresh_db.add_response(pid, "long long long", "m", {"max_new_tokens": 8, "finished": False})
+    legacy = fresh_db.add_response(pid, "no settings", "m")
+    fresh_db.record_comparison(pid, cut, done, "right")  # the finished answer (right) wins
+    fresh_db.record_comparison(pid, cut, legacy, "left")  # the cut-off answer (left) wins
+    (a, b) = [sp.pair for sp in fresh_db.training_pairs(None)]
+    assert (a.chosen, a.chosen_finished, a.rejected, a.rejected_finished) == ("short", True, "long long long", False)
+    assert (b.chosen, b.chosen_finished, b.rejected, b.rejected_finished) == ("long long long", False, "no settings",
+                                                                              True)
+
+
 def test_labeling_prompt_becomes_a_user_message_and_is_stored_once(fresh_db):
     a = fresh_db.add_prompt("Hello", "starter")
     ids = fresh_db.add_prompts(["Hello", [{"role": "user", "content": "Hello"}], "Other"], "starter")
