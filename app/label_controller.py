@@ -124,12 +124,13 @@ class LabelController(QObject):
         if self.typed:
             text = self.typed.popleft()
             return project.add_prompt(text, source="typed"), text, text
-        for pid, prompt in project.prompts(split=None, unlabeled_first=True):
-            if pid not in self._used_prompt_ids:
-                if isinstance(prompt, str):
-                    return pid, prompt, prompt
-                messages = [{"role": r, "content": c} for r, c in prompt]
-                return pid, messages, PreferencePair(prompt, "", "").prompt_text
+        found = project.next_prompt(exclude=self._used_prompt_ids)
+        if found is not None:
+            pid, prompt = found
+            if isinstance(prompt, str):
+                return pid, prompt, prompt
+            messages = [{"role": r, "content": c} for r, c in prompt]
+            return pid, messages, PreferencePair(prompt, "", "").prompt_text
         if self._starters is None:
             self._starters = starter_prompts()
             self.rng.shuffle(self._starters)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Iterable
 
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store_schema import VERDICTS, prompt_value
@@ -111,6 +112,18 @@ class ProjectReads:
             args.append(split)
         sql += " ORDER BY n, p.id" if unlabeled_first else " ORDER BY p.id"
         return [(pid, prompt_value(text, messages)) for pid, text, messages, _ in self._all(sql, args)]
+
+    def next_prompt(self, exclude: Iterable[int] = ()) -> tuple[int, object] | None:
+        """The prompt to label next, (id, prompt) as in `prompts`, or None: fewest comparisons
+        first, oldest first among equals, skipping the ids in `exclude` (those already shown
+        this session). One row, so the Label page stays fast on a 10,000-prompt import."""
+        skip = sorted(set(exclude))
+        sql = ("SELECT p.id, p.text, p.messages FROM prompts p"
+               + (f" WHERE p.id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
+               + " ORDER BY (SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id AND c.deleted IS NULL),"
+               " p.id LIMIT 1")
+        row = self.db.conn.execute(sql, skip).fetchone()
+        return None if row is None else (row[0], prompt_value(row[1], row[2]))
 
     # -- browsing (the Data page pages through these)
     def count_comparisons(self, f: ComparisonFilter = ComparisonFilter()) -> int:

@@ -75,6 +75,12 @@ def test_unlabeled_prompts_come_first(fresh_db):
     fresh_db.record_comparison(labeled, a, b, "left")
     assert [pid for pid, _ in fresh_db.prompts()][-1] == labeled
     assert [pid for pid, _ in fresh_db.prompts(unlabeled_first=False)][0] == labeled
+    fresh = fresh_db.add_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "t")
+    first = fresh_db.add_prompt("fresh", "test")  # already stored: same id as before
+    assert fresh_db.next_prompt() == (first, (("user", "fresh"),))  # unlabeled, oldest first
+    assert fresh_db.next_prompt(exclude={first}) == (fresh, (("system", "Be brief."), ("user", "hi")))
+    assert fresh_db.next_prompt(exclude=[first, fresh]) == (labeled, (("user", "labeled"),))  # then labeled ones
+    assert fresh_db.next_prompt(exclude={first, fresh, labeled}) is None
 
 
 def test_delete_restore_and_flip(fresh_db):
