@@ -5,9 +5,9 @@ rewards and the loss; then the metrics under TRL's names, over all pairs. The po
 scored and released before the reference loads, so one model is in memory at a time;
 when the reference is the policy itself it runs once.
 
-The reference defaults to the policy's base: a DPO Studio checkpoint folder may carry
-`dpo_studio_run.json` with {"base_model": REF}; without it, the policy itself (every
-reward is then 0 and the DPO loss ln 2).
+The reference defaults to the one the policy was trained against: a DPO Studio checkpoint
+folder carries `dpo_studio_run.json` with {"reference": REF, "base_model": REF}; without
+it, the policy itself (every reward is then 0 and the DPO loss ln 2).
 
 Public API (no click needed):
     read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
@@ -73,12 +73,15 @@ def read_pairs_jsonl(path) -> tuple[list[tuple[int, PreferencePair]], list[tuple
 
 
 def default_reference(policy_ref: str) -> str:
-    """The policy's base as its run manifest names it, else the policy itself."""
+    """The reference the policy was trained against, as its run manifest names it
+    ("reference": in round 2 the original base, not the round-1 checkpoint it started
+    from), else its "base_model", else the policy itself."""
     manifest = Path(policy_ref).expanduser() / RUN_MANIFEST
     if not manifest.is_file():
         return policy_ref
     try:
-        base = json.loads(manifest.read_text(encoding="utf-8")).get("base_model")
+        info = json.loads(manifest.read_text(encoding="utf-8"))
+        base = info.get("reference") or info.get("base_model")
     except (OSError, ValueError, AttributeError) as exc:
         raise DataError(f"{manifest} is unreadable ({exc}); pass --reference explicitly.") from exc
     if not base:
@@ -199,7 +202,8 @@ def _print_summary(report: dict, settings: EvalSettings) -> None:
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Preference pairs, JSONL.")
 @click.option("--policy", "policy_ref", required=True, help="'default', a model folder, a .gguf or a hub id.")
 @click.option("--reference", "reference_ref", default=None,
-              help="Reference model; default: the policy's base (from its dpo_studio_run.json), else the policy.")
+              help="Reference model; default: the one the policy was trained against "
+                   "(its dpo_studio_run.json), else the policy.")
 @click.option("--beta", default=0.1, show_default=True, type=float, help="KL strength (IPO's tau).")
 @click.option("--loss", "loss_name", default="sigmoid", show_default=True, type=click.Choice(list(LOSSES)))
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float, help="Robust loss: flip rate.")

@@ -81,6 +81,20 @@ def test_reference_defaults_to_the_base_named_in_the_run_manifest(data, tiny_mod
     assert all(p["chosen_reward"] != 0 for p in implicit["pairs"])
 
 
+def test_reference_is_the_one_the_run_trained_against(tmp_path, tiny_model_dir):
+    """Round 2 starts from the round-1 checkpoint (its base) but keeps the original reference."""
+    from dpo_engine.cli_eval import default_reference
+
+    folder = tmp_path / "round2"
+    folder.mkdir()
+    (folder / "dpo_studio_run.json").write_text(json.dumps({"base_model": str(tmp_path / "round1"),
+                                                            "reference": str(tiny_model_dir)}))
+    assert default_reference(str(folder)) == str(tiny_model_dir)
+    (folder / "dpo_studio_run.json").write_text(json.dumps({"base_model": str(tiny_model_dir)}))
+    assert default_reference(str(folder)) == str(tiny_model_dir)
+    assert default_reference(str(tmp_path)) == str(tmp_path)  # no manifest: the policy itself
+
+
 def test_per_pair_values_equal_the_engine_functions_pair_by_pair(data, tiny_model_dir, policy_dir):
     report = run_json("--data", data, "--policy", policy_dir, "--reference", tiny_model_dir, "--loss", "ipo",
                       "--beta", 0.5, "--batch-size", 2)
