@@ -35,6 +35,9 @@ class PreferencePair:
     # so a cut-off loser does not teach "stop here is bad" (nor a cut-off winner "stop here").
     chosen_finished: bool = True
     rejected_finished: bool = True
+    # How much this pair counts in the loss, relative to the others of a run (the trainer
+    # rescales a run's weights to mean 1, so the learning rate keeps its meaning).
+    weight: float = 1.0
 
     @property
     def conversational(self) -> bool:

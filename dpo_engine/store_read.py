@@ -4,7 +4,8 @@ runs and models. Mixed into `store.Project`; every method reads through `self.db
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 from dpo_engine.pairs import PreferencePair
@@ -14,7 +15,7 @@ SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not
 
 _PAIR_SQL = """
 SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash,
-       l.settings, r.settings
+       l.settings, r.settings, c.group_id
 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
 JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
 WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
@@ -32,6 +33,7 @@ class StoredPair:
     comparison_id: int
     prompt_id: int
     split: str  # "train" or "eval", fixed by the prompt's hash
+    group: int | None = None  # the ranking it came from (None: a pairwise verdict or an import)
 
 
 @dataclass(frozen=True)
@@ -83,22 +85,30 @@ class ProjectReads:
         return self.db.conn.execute(sql, args).fetchall()
 
     # -- pairs and prompts
-    def training_pairs(self, split: str | None = "train") -> list[StoredPair]:
+    def training_pairs(self, split: str | None = "train", weigh_rankings: bool = False) -> list[StoredPair]:
         """DPO pairs from left/right verdicts (ties, both_bad, skips and two identical
-        answers are not pairs); a pair stored twice is returned once."""
+        answers are not pairs); a pair stored twice is returned once.
+
+        weigh_rankings: give each pair of a ranking the weight 1 / (pairs that ranking gave),
+        so a ranking counts as much as one pairwise verdict however many pairs it yields
+        (InstructGPT's treatment of its K-answer rankings); otherwise every pair weighs 1."""
         sql, args = _PAIR_SQL, []
         if split:
             sql += " AND p.split = ?"
             args.append(split)
         out, seen = [], set()
-        for cid, pid, sp, verdict, text, messages, left, right, digest, lset, rset in self._all(
+        for cid, pid, sp, verdict, text, messages, left, right, digest, lset, rset, group in self._all(
                 sql + " ORDER BY c.id", args):
             if digest in seen:
                 continue
             seen.add(digest)
             won, lost = ((left, lset), (right, rset)) if verdict == "left" else ((right, rset), (left, lset))
             pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], _finished(won[1]), _finished(lost[1]))
-            out.append(StoredPair(pair, cid, pid, sp))
+            out.append(StoredPair(pair, cid, pid, sp, group))
+        if weigh_rankings:
+            sizes = Counter(sp.group for sp in out if sp.group is not None)
+            out = [replace(sp, pair=replace(sp.pair, weight=1 / sizes[sp.group])) if sp.group is not None else sp
+                   for sp in out]
         return out
 
     def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:

@@ -27,6 +27,7 @@ class RunData:
     eval: list[EncodedPair]
     eval_index: list[int]  # index in eval_pairs if given, else in the training pairs
     skipped: list[tuple[int, str]]  # (index, reason) of pairs that cannot be trained on
+    train_weights: tuple[float, ...] = ()  # each train pair's loss weight, mean 1 (empty: all 1)
 
     @property
     def all_pairs(self) -> list[EncodedPair]:
@@ -40,6 +41,8 @@ class RunData:
             h.update(b"|split|")
             for e in part:
                 h.update(repr((e.prompt_ids, e.chosen_ids, e.rejected_ids)).encode())
+        if self.train_weights:
+            h.update(repr(self.train_weights).encode())
         return h.hexdigest()
 
 
@@ -78,13 +81,27 @@ def prepare_data(
             f"{detail} Label more pairs, or raise max_length if prompts are being cut away."
         )
     eval_kept, eval_skipped = encode_pairs(tokenizer, [eval_source[i] for i in eval_idx], config.max_length)
+    train_index = [train_idx[j] for j, _ in kept]
     return RunData(
         train=[e for _, e in kept],
-        train_index=[train_idx[j] for j, _ in kept],
+        train_index=train_index,
         eval=[e for _, e in eval_kept],
         eval_index=[eval_idx[j] for j, _ in eval_kept],
         skipped=skipped + [(eval_idx[j], f"(eval) {why}") for j, why in eval_skipped],
+        train_weights=loss_weights([pairs[i].weight for i in train_index]),
     )
+
+
+def loss_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """Pair weights rescaled to mean 1 (so the learning rate means the same with or without
+    them); () when all are equal, the plain mean. DataError for a weight that is not > 0."""
+    bad = next((i for i, w in enumerate(weights) if not (isinstance(w, (int, float)) and 0 < w < math.inf)), None)
+    if bad is not None:
+        raise DataError(f"training pair #{bad} has weight {weights[bad]!r}; a weight must be a positive number")
+    if not weights or len(set(weights)) == 1:
+        return ()
+    mean = sum(weights) / len(weights)
+    return tuple(w / mean for w in weights)
 
 
 def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:

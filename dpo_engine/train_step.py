@@ -73,7 +73,7 @@ def describe_pairs(indices: Sequence[int]) -> str:
 
 def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[EncodedPair],
              ref: tuple[torch.Tensor, torch.Tensor], ctx: StepContext, max_grad_norm: float,
-             step: int, names: Sequence[int], dist=None) -> tuple[dict, float]:
+             step: int, names: Sequence[int], dist=None, weights: torch.Tensor | None = None) -> tuple[dict, float]:
     """Forward/backward over the micro-batches, clip, optimizer step.
 
     Args:
@@ -82,6 +82,8 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
         ref: reference chosen/rejected log-probs of all train pairs, each (N,).
         names: each train pair's index in the caller's list (named in error messages).
         dist: `distributed.current()`; None for a single process.
+        weights: each train pair's loss weight, (N,) with mean 1; None: all count the same.
+            The metrics stay plain means (TRL's), only the loss that is optimised is weighted.
 
     Returns:
         (pair-weighted mean metrics under TRL names, grad norm before clipping).
@@ -98,7 +100,8 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
         mb, weight = dist.share(global_mb)
         with dist.sync(model, last=k == len(micro_batches) - 1):
             out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
-            loss = out.losses.sum() / n_pairs  # pair-weighted mean over the whole step
+            losses = out.losses if weights is None else out.losses * weights[mb].to(out.losses)
+            loss = losses.sum() / n_pairs  # pair-weighted mean over the whole step
             if weight != 1:
                 loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
             if not torch.isfinite(loss):

@@ -224,8 +224,9 @@ def _one_step(run: _Run) -> StepEvent:
     batches = step_batches(lengths, c, run.epoch, run.step_in_epoch, run.dist.world)
     lr = run.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
+    weights = torch.tensor(data.train_weights) if data.train_weights else None
     metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,
-                                  c.max_grad_norm, run.step + 1, data.train_index, run.dist)
+                                  c.max_grad_norm, run.step + 1, data.train_index, run.dist, weights)
     run.scheduler.step()
     seconds = time.perf_counter() - started
     tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
