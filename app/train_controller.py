@@ -28,9 +28,11 @@ def default_settings(device: str, n_pairs: int = 0) -> dict:
     """The one-button defaults: the engine's measured small-data settings for `n_pairs`
     (`dpo_engine.defaults`, shared with `dpo-engine train`), plus the page's own fields."""
     base = TrainConfig(output_dir="-")
+    small = small_data_defaults(n_pairs)
     return {
         "loss": base.loss, "max_steps": 0,
-        **small_data_defaults(n_pairs).to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
+        **small.to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
+        "weight_rankings": small.weight_rankings,  # each ranking counts as one verdict
         "max_length": base.max_length, "lora": False, "lora_rank": 16, "dtype": "auto", "device": device,
         "eval_fraction": base.eval_fraction, "seed": base.seed, "reference": "",
         "eval_every": 5,  # frequent enough to draw an eval curve on small data
@@ -120,6 +122,7 @@ class TrainController(QObject):
             eval_fraction=s["eval_fraction"], eval_every=s["eval_every"], seed=s["seed"],
             lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
             merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
+            extra={"weight_rankings": bool(s.get("weight_rankings"))},  # how the pairs were loaded: resume alike
         )
 
     def start(self) -> bool:
@@ -128,9 +131,7 @@ class TrainController(QObject):
         if reason:
             self.failed.emit(reason)
             return False
-        project = self.ctx.project
-        train = [sp.pair for sp in project.training_pairs("train")]
-        held = [sp.pair for sp in project.training_pairs("eval")]
+        train, held = self._pairs(bool(self.settings.get("weight_rankings")))
         if not train:  # every labeled prompt fell in the eval split: hold out from these instead
             train, held = held, []
         try:
@@ -138,7 +139,7 @@ class TrainController(QObject):
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        self.run_id = project.create_run(probe.to_dict())
+        self.run_id = self.ctx.project.create_run(probe.to_dict())
         out = runs_dir(self.ctx.project_path) / f"run-{self.run_id}"
         self.config = replace(probe, output_dir=str(out))
         self._launch(train, held or None, resume_from=None)
@@ -157,12 +158,15 @@ class TrainController(QObject):
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        project = self.ctx.project
-        train = [sp.pair for sp in project.training_pairs("train")]
-        held = [sp.pair for sp in project.training_pairs("eval")]
+        train, held = self._pairs(bool(self.config.extra.get("weight_rankings")))
         self.run_id = run_id
         self._launch(train, held or None, resume_from=run["checkpoint"])
         return True
+
+    def _pairs(self, weight_rankings: bool) -> tuple[list, list]:
+        """The project's (train, held-out) pairs, each ranking one verdict's worth if asked."""
+        project = self.ctx.project
+        return tuple([sp.pair for sp in project.training_pairs(split, weight_rankings)] for split in ("train", "eval"))
 
     def _launch(self, train, held, resume_from) -> None:
         from dpo_engine.trainer import train as train_gen

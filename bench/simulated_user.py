@@ -180,7 +180,7 @@ def load_or_sample(args, base) -> dict:
     return data
 
 
-def label_project(path: Path, data: dict, weigh_rankings: bool = False) -> dict:
+def label_project(path: Path, data: dict, weight_rankings: bool = False) -> dict:
     """Store the simulated rankings the way the Label page does; return counts."""
     path.unlink(missing_ok=True)
     with open_project(path) as project:
@@ -189,8 +189,8 @@ def label_project(path: Path, data: dict, weigh_rankings: bool = False) -> dict:
             ids = [project.add_response(pid, a["text"], "default", {"finished": a["finished"]}) for a in answers]
             order, ties = simulated_ranking(answers)
             project.record_ranking(pid, [ids[i] for i in order], ties)
-        train = [sp.pair for sp in project.training_pairs("train", weigh_rankings)]
-        held = [sp.pair for sp in project.training_pairs("eval", weigh_rankings)]
+        train = [sp.pair for sp in project.training_pairs("train", weight_rankings)]
+        held = [sp.pair for sp in project.training_pairs("eval", weight_rankings)]
         comparisons = project.counts()["comparisons"]
     return {"train": train, "held": held, "comparisons": comparisons}
 
@@ -261,7 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="override the default (a variant)")
     ap.add_argument("--beta", type=float, default=None)
     ap.add_argument("--epochs", type=int, default=None)
-    ap.add_argument("--weigh-rankings", action="store_true",
+    ap.add_argument("--weight-rankings", action="store_true",
                     help="each ranking counts as one verdict (its pairs weigh 1/pairs)")
     ap.add_argument("--tag", default="defaults")
     ap.add_argument("--threads", type=int, default=THREADS)
@@ -276,7 +276,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     base = load_model("default")
     data = load_or_sample(args, base)
-    labeled = label_project(work / f"project-seed{args.seed}.sqlite", data, args.weigh_rankings)
+    labeled = label_project(work / f"project-seed{args.seed}.sqlite", data, args.weight_rankings)
     n_pairs = len(labeled["train"]) + len(labeled["held"])
     config = train_config(args, n_pairs, work / f"run-seed{args.seed}-{args.tag}")
     print(f"seed {args.seed}: {labeled['comparisons']} comparisons, {n_pairs} pairs; lr {config.lr} "
@@ -296,7 +296,7 @@ def main(argv=None) -> int:
         "heldout_prompts": len(held_prompts), "max_new_tokens": args.max_new_tokens,
         "pairs": n_pairs, "comparisons": labeled["comparisons"], "steps": summary.step, "status": summary.status,
         "lr": config.lr, "beta": config.beta, "epochs": config.epochs, "batch": config.batch_size * config.grad_accum,
-        "weigh_rankings": args.weigh_rankings,
+        "weight_rankings": args.weight_rankings,
         "length": length_stats(data["before"], after),
         "reward_accuracy": held_summary and held_summary.reward_accuracy,
         "heldout_pairs": held_summary.pairs if held_summary else 0,

@@ -11,13 +11,13 @@ import json
 import signal
 import sys
 import threading
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import click
 
 from dpo_engine.cli import DEVICE_HELP, friendly_errors
-from dpo_engine.defaults import small_data_defaults
+from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
 from dpo_engine.errors import DataError, DPOStudioError
 from dpo_engine.losses import LOSSES
 from dpo_engine.train_config import SCHEDULES, LoraSettings, TrainConfig
@@ -140,11 +140,11 @@ class Recorder:
             self.file.close()
 
 
-def _load_pairs(data: str | None, project):
+def _load_pairs(data: str | None, project, weight_rankings: bool = False):
     if project is None:
         return read_data_file(data), None
-    train = [sp.pair for sp in project.training_pairs("train")]
-    held = [sp.pair for sp in project.training_pairs("eval")]
+    train = [sp.pair for sp in project.training_pairs("train", weight_rankings)]
+    held = [sp.pair for sp in project.training_pairs("eval", weight_rankings)]
     return train, held or None
 
 
@@ -196,6 +196,8 @@ def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
 @click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")
+@click.option("--weight-rankings/--no-weight-rankings", default=None,
+              help=f"With --project: each ranking counts as one verdict {SMALL_DEFAULT}.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @friendly_errors
 def train_cmd(**opts):
@@ -234,9 +236,14 @@ def _is_main() -> bool:
 def _run(config: TrainConfig | None, opts: dict, project) -> None:
     from dpo_engine.trainer import train
 
-    pairs, held = _load_pairs(opts["data"], project)
+    if config is not None:  # a resume loads the pairs as its run did
+        weight = bool(config.extra.get("weight_rankings"))
+    else:
+        weight = opts["weight_rankings"]
+        weight = SmallDataDefaults.weight_rankings if weight is None else weight
+    pairs, held = _load_pairs(opts["data"], project, weight)
     if config is None:
-        config = _config(opts, len(pairs) + len(held or []))
+        config = replace(_config(opts, len(pairs) + len(held or [])), extra={"weight_rankings": weight})
     flag = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, make_interrupt_handler(flag)) if in_main else None

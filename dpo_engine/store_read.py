@@ -85,11 +85,11 @@ class ProjectReads:
         return self.db.conn.execute(sql, args).fetchall()
 
     # -- pairs and prompts
-    def training_pairs(self, split: str | None = "train", weigh_rankings: bool = False) -> list[StoredPair]:
+    def training_pairs(self, split: str | None = "train", weight_rankings: bool = False) -> list[StoredPair]:
         """DPO pairs from left/right verdicts (ties, both_bad, skips and two identical
         answers are not pairs); a pair stored twice is returned once.
 
-        weigh_rankings: give each pair of a ranking the weight 1 / (pairs that ranking gave),
+        weight_rankings: give each pair of a ranking the weight 1 / (pairs that ranking gave),
         so a ranking counts as much as one pairwise verdict however many pairs it yields
         (InstructGPT's treatment of its K-answer rankings); otherwise every pair weighs 1."""
         sql, args = _PAIR_SQL, []
@@ -105,7 +105,7 @@ class ProjectReads:
             won, lost = ((left, lset), (right, rset)) if verdict == "left" else ((right, rset), (left, lset))
             pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], _finished(won[1]), _finished(lost[1]))
             out.append(StoredPair(pair, cid, pid, sp, group))
-        if weigh_rankings:
+        if weight_rankings:
             sizes = Counter(sp.group for sp in out if sp.group is not None)
             out = [replace(sp, pair=replace(sp.pair, weight=1 / sizes[sp.group])) if sp.group is not None else sp
                    for sp in out]

@@ -60,6 +60,32 @@ def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
         assert any(m["ref"] == str(out.absolute()) and m["kind"] == "checkpoint" for m in project.models())
 
 
+def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
+    """--weight-rankings loads a ranking's pairs at 1/(its pairs) each and records the choice
+    with the run, so that a resume loads them alike."""
+    import dpo_engine.cli_train as ct
+    from dpo_engine.store import open_project
+
+    db = tmp_path / "p.dpo"
+    with open_project(db) as project:
+        project.import_pairs(make_pairs(12))
+        pid = project.add_prompt("rank these", "label")
+        ids = [project.add_response(pid, t, "m") for t in ("a", "bb", "ccc")]
+        project.record_ranking(pid, ids)  # 3 pairs of weight 1/3
+    seen = []
+    real = ct._load_pairs
+    monkeypatch.setattr(ct, "_load_pairs", lambda *a: seen.append(real(*a)) or seen[-1])
+    for flag, weights in (("--no-weight-rankings", [1.0]), ("--weight-rankings", [1 / 3, 1.0])):
+        out = tmp_path / flag
+        result = run(["--project", str(db), "--model", str(tiny_model_dir), "--output", str(out), "--max-steps", "1",
+                      "--batch-size", "2", "--grad-accum", "1", flag])
+        assert result.exit_code == 0, result.output
+        train, held = seen[-1]
+        assert sorted({round(p.weight, 6) for p in train + (held or [])}) == pytest.approx(weights)
+        assert json.loads((out / "dpo_studio_run.json").read_text())["config"]["extra"] == {
+            "weight_rankings": flag == "--weight-rankings"}
+
+
 def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_path):
     from dpo_engine.store import open_project
 

@@ -34,7 +34,7 @@ def test_ranking_pairs_weigh_one_over_the_pairs_their_ranking_gave(fresh_db):
     x, y = (fresh_db.add_response(other, t, "m") for t in ("x", "y"))
     fresh_db.record_comparison(other, x, y, "left")
     plain = fresh_db.training_pairs(None)
-    weighed = fresh_db.training_pairs(None, weigh_rankings=True)
+    weighed = fresh_db.training_pairs(None, weight_rankings=True)
     assert [sp.pair.weight for sp in plain] == [1.0] * 6
     assert sorted(sp.pair.weight for sp in weighed) == pytest.approx([0.2] * 5 + [1.0])
     assert [sp.group is None for sp in weighed].count(True) == 1
