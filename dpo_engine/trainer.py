@@ -205,7 +205,9 @@ def _save(run: _Run, status: str) -> str:
 
 def _write(run: _Run, status: str, state: dict | None) -> str:
     model, tokenizer = run.loaded.model, run.loaded.tokenizer
-    optimizer = None if run.dist.sharded else run.optimizer  # sharded moments are not gathered
+    # Sharded moments are not gathered; a finished run is never resumed, so its moments (twice
+    # the model's size with AdamW: ~1 GB for SmolLM2-135M) are not kept either.
+    optimizer = None if run.dist.sharded or status == "finished" else run.optimizer
     info = run_info(run.config, run.base_ref, run.reference_ref, run.step, run.total_steps, status)
     position = {"step": run.step, "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
                 "data": run.data.fingerprint()}

@@ -116,6 +116,8 @@ def test_stop_saves_and_resume_continues_exactly(tiny_model_dir, tmp_path, monke
     summary = run_training(config(tiny_model_dir, tmp_path / "part", **kw), pairs, stop=flag, on_event=on_event)
     assert summary.status == "stopped" and summary.step == 3
     assert read_manifest(tmp_path / "part")["step"] == 3 and read_run_file(tmp_path / "part")["status"] == "stopped"
+    assert (tmp_path / "part" / "trainer_state" / "optimizer.pt").is_file()  # a stopped run keeps what resume needs
+    assert not (tmp_path / "whole" / "trainer_state" / "optimizer.pt").exists()  # a finished one drops its moments
 
     monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "fresh-cache"))  # the reference is scored again
     resumed_cfg = load_run_config(tmp_path / "part")
