@@ -385,6 +385,16 @@ class LabelController(QObject):
             self.ties.pop()
         self.rankingChanged.emit(list(self.order), list(self.ties))
 
+    def set_order(self, order: list[int]) -> bool:
+        """Take a whole new order (a drag on the page): every answer placed, best first, no
+        ties. Not saved until `save_ranking` (Enter), so the person can keep rearranging."""
+        pair = self.current
+        if pair is None or not pair.ranking or not pair.done or sorted(order) != list(range(pair.n)):
+            return False
+        self.order, self.ties, self.tie_next = list(order), [False] * pair.n, False
+        self.rankingChanged.emit(list(self.order), list(self.ties))
+        return True
+
     def save_ranking(self) -> bool:
         """Store the ranking (unplaced answers tie for last) as one group, committed before
         the next prompt shows."""

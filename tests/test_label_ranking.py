@@ -111,3 +111,25 @@ def test_answers_cut_off_at_the_cap_are_marked_and_stored_unfinished(qtbot, rank
                  for sp in p.training_pairs(None)}
     assert pairs == {(a1, a3): (True, True), (a1, a2): (True, False), (a1, a4): (True, False),
                      (a3, a2): (True, False), (a3, a4): (True, False), (a2, a4): (False, False)}
+
+
+def test_dragging_the_order_row_ranks_and_enter_saves(qtbot, ranking_window):
+    from PySide6.QtCore import QModelIndex
+
+    ctx, page, _ = ranking_window
+    wait_ready(qtbot, page)
+    row = page.rank_order
+    assert row.isEnabled() and row.current_order() == [0, 1, 2, 3]
+    assert [row.item(i).text() for i in range(4)] == [f"Answer {i} (not placed)" for i in range(1, 5)]
+    qtbot.keyClick(page, Qt.Key.Key_2)  # a place by key shows first in the row
+    assert row.current_order() == [1, 0, 2, 3] and row.item(0).text() == "Answer 2"
+    # the drop of a drag: answer 4 moved to the front (QListWidget moves the row in its model)
+    assert row.model().moveRow(QModelIndex(), 3, QModelIndex(), 0)
+    qtbot.waitUntil(lambda: page.controller.order == [3, 1, 0, 2], timeout=2_000)
+    assert page.ranking_label.text() == "Your ranking: 4 > 2 > 1 > 3"
+    assert rows(ctx) == []  # a drag does not save: the person may keep rearranging
+    qtbot.keyClick(page, Qt.Key.Key_Return)
+    a1, a2, a3, a4 = ANSWERS
+    with open_project(ctx.project_path) as p:
+        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.training_pairs(None)}
+    assert pairs == {(a4, a2), (a4, a1), (a4, a3), (a2, a1), (a2, a3), (a1, a3)}

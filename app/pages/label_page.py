@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from app.context import AppContext
 from app.label_controller import DEFAULT_K, K_RANGE, LabelController, PendingPair
+from app.widgets.rank_order import RankOrderList
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
 from dpo_engine.ranking import rank_levels
@@ -43,6 +44,7 @@ MODE_ITEMS = [("pairwise", "Pairwise (2)"), ("ranking", "Ranking (k)")]
 RANK_HELP = ("Rank: press the number of the best answer, then the next best, and so on. "
              "= before a number ties it with the previous one. Backspace takes back the last place. "
              "Enter saves (answers not placed tie for last); placing the last answer saves too. "
+             "Or drag the answers in the row above into order, then press Enter. "
              "A ranking of 4 gives up to 6 training pairs.")
 
 
@@ -135,6 +137,7 @@ class LabelPage(QWidget):
         self.ranking_label = QLabel()
         self.ranking_label.setObjectName("rankingLabel")
         self.ranking_label.setTextFormat(Qt.TextFormat.PlainText)
+        self.rank_order = RankOrderList("rankOrder")
         self.rank_help = QLabel(RANK_HELP)
         self.rank_help.setObjectName("rankHelp")
         self.rank_help.setWordWrap(True)
@@ -142,6 +145,10 @@ class LabelPage(QWidget):
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addLayout(grid, 1)
         layout.addLayout(row)
+        order_row = QHBoxLayout()
+        order_row.addWidget(QLabel("Order (drag):"))
+        order_row.addWidget(self.rank_order, 1)
+        layout.addLayout(order_row)
         layout.addWidget(self.ranking_label)
         layout.addWidget(self.rank_help)
         self._show_k(DEFAULT_K)
@@ -225,6 +232,7 @@ class LabelPage(QWidget):
         self.unplace_button.clicked.connect(c.unplace)
         self.save_ranking_button.clicked.connect(c.save_ranking)
         self.rank_skip_button.clicked.connect(lambda: c.judge("skip"))
+        self.rank_order.orderDragged.connect(c.set_order)
         self.mode_box.currentIndexChanged.connect(self._on_mode_changed)
         self.k_box.valueChanged.connect(self._on_mode_changed)
         c.rankingChanged.connect(self._on_controller_rankingChanged)
@@ -296,6 +304,8 @@ class LabelPage(QWidget):
         return self.rank_panes[:pair.n] if pair.ranking else [self.left, self.right]
 
     def _on_controller_rankingChanged(self, order: list, ties: list) -> None:
+        pair = self.controller.current
+        self.rank_order.show_order(order, ties, pair.n if pair is not None and pair.ranking else 0)
         places = dict(zip(order, rank_levels(ties))) if order else {}
         for i, pane in enumerate(self.rank_panes):
             place = places.get(i)
@@ -359,7 +369,7 @@ class LabelPage(QWidget):
     def _set_judging_enabled(self, on: bool) -> None:
         for verdict, b in self.buttons.items():
             b.setEnabled(on or verdict == "skip")
-        for b in self.place_buttons + [self.tie_button, self.unplace_button, self.save_ranking_button]:
+        for b in self.place_buttons + [self.tie_button, self.unplace_button, self.save_ranking_button, self.rank_order]:
             b.setEnabled(on)
         self.edit_button.setEnabled(on)
 
