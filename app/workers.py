@@ -25,13 +25,27 @@ from dpo_engine.errors import DPOStudioError
 
 
 class Job(QObject):
-    """Handle of one queued job; its signals arrive on the GUI thread."""
+    """Handle of one queued job; its signals arrive on the GUI thread.
+
+    The worker emits the private `_w_*` signals; the Job (a GUI-thread object) re-emits
+    them as the public ones when the GUI thread's event loop delivers them. Two things
+    follow: a caller that connects right after `submit` misses nothing, even when the job
+    has already run (Qt picks a signal's receivers when it is emitted, and the private
+    ones are connected before the job is queued); and after `detach` (the runner shutting
+    down) nothing is re-emitted, so no handler runs against a closed project.
+    """
 
     started = Signal()
     yielded = Signal(object)  # each value the generator yields
     returned = Signal(object)  # the generator's return value
     failed = Signal(str)  # a message for the person (traceback text only for bugs)
     finished = Signal()  # always last, after returned, failed or a cancel
+
+    _w_started = Signal()
+    _w_yielded = Signal(object)
+    _w_returned = Signal(object)
+    _w_failed = Signal(str)
+    _w_finished = Signal()
 
     _ids = itertools.count(1)
 
@@ -42,10 +56,25 @@ class Job(QObject):
         self.factory = factory
         self.background = background  # long job: lets queued short jobs run at each of its yields
         self.cancelled = False
+        self.detached = False
+        for private, public in ((self._w_started, self.started), (self._w_yielded, self.yielded),
+                                (self._w_returned, self.returned), (self._w_failed, self.failed),
+                                (self._w_finished, self.finished)):
+            private.connect(self._relay(public))
+
+    def _relay(self, public: Signal):
+        def relay(*args):
+            if not self.detached:
+                public.emit(*args)
+        return relay
 
     def cancel(self) -> None:
         """Ask the job to stop at its next yield (or not to start at all)."""
         self.cancelled = True
+
+    def detach(self) -> None:
+        """Cancel, and deliver nothing more to the job's listeners."""
+        self.cancelled = self.detached = True
 
 
 class _JobQueue:
@@ -96,9 +125,9 @@ class _Loop(QObject):
 
     def _run_one(self, job: Job) -> None:
         if job.cancelled:
-            job.finished.emit()
+            job._w_finished.emit()
             return
-        job.started.emit()
+        job._w_started.emit()
         try:
             gen = job.factory()
             result = None
@@ -107,21 +136,21 @@ class _Loop(QObject):
                     gen.close()
                     break
                 try:
-                    job.yielded.emit(next(gen))
+                    job._w_yielded.emit(next(gen))
                     if job.background:
                         self._run_waiting_short_jobs()
                 except StopIteration as stop:
                     result = stop.value
-                    job.returned.emit(result)
+                    job._w_returned.emit(result)
                     break
         except DPOStudioError as exc:
-            job.failed.emit(str(exc))
+            job._w_failed.emit(str(exc))
         except MemoryError:
-            job.failed.emit("Out of memory. Close other programs or use a smaller model.")
+            job._w_failed.emit("Out of memory. Close other programs or use a smaller model.")
         except Exception as exc:  # a bug: show it, keep the app alive
-            job.failed.emit(f"{exc.__class__.__name__}: {exc}\n\n{traceback.format_exc(limit=6)}")
+            job._w_failed.emit(f"{exc.__class__.__name__}: {exc}\n\n{traceback.format_exc(limit=6)}")
         finally:
-            job.finished.emit()
+            job._w_finished.emit()
 
 
 class TorchRunner(QObject):
@@ -141,8 +170,8 @@ class TorchRunner(QObject):
     def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,
                urgent: bool = False) -> Job:
         """Queue a generator factory; connect to the returned Job's signals before the
-        event loop runs again (signals are queued, so none is missed). An urgent job runs
-        before the jobs already waiting."""
+        event loop runs again (see `Job`: nothing is missed). An urgent job runs before
+        the jobs already waiting."""
         job = Job(name, factory, background)
         self._pending.append(job)  # keep the QObject alive while queued
         job.finished.connect(lambda j=job: self._pending.remove(j) if j in self._pending else None)
@@ -154,7 +183,7 @@ class TorchRunner(QObject):
 
     def shutdown(self, wait_ms: int = 10_000) -> None:
         for job in list(self._pending):
-            job.cancel()
+            job.detach()
         self._jobs.put(None)
         self._thread.quit()
         self._thread.wait(wait_ms)
