@@ -232,15 +232,19 @@ def score_heldout(trained, base, pairs, beta):
 
 def table(path: Path) -> str:
     """The README table from results.jsonl: one row per run."""
-    lines = ["| seed | run | pairs (comparisons) | steps | lr | mean tokens before ± SE | after ± SE | change "
+    lines = ["| seed | run | cut-off answers | lr | β | epochs | ranking weights | pairs (comparisons) | steps "
+             "| mean tokens before ± SE | after ± SE | change "
              "| held-out prompts shorter | implicit-reward acc. (held-out pairs) | ended by itself before → after "
              "| train s | total s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for line in path.read_text().splitlines():
         r = json.loads(line)
         L = r["length"]
         acc = f"{r['reward_accuracy']:.2f} ({r['heldout_pairs']})" if r["reward_accuracy"] is not None else "n/a"
-        lines.append(f"| {r['seed']} | {r['tag']} | {r['pairs']} ({r['comparisons']}) | {r['steps']} | {r['lr']:g} "
+        cut = "no end token" if r.get("cut_off_open", True) else "end token (old)"
+        weights = "1/pairs" if r.get("weight_rankings") else "1 each"
+        lines.append(f"| {r['seed']} | {r['tag']} | {cut} | {r['lr']:g} | {r['beta']:g} | {r['epochs']} | {weights} "
+                     f"| {r['pairs']} ({r['comparisons']}) | {r['steps']} "
                      f"| {L['before']:.1f} ± {L['before_se']:.1f} | {L['after']:.1f} ± {L['after_se']:.1f} "
                      f"| {100 * L['change']:+.0f}% | {100 * L['shorter_share']:.0f}% | {acc} "
                      f"| {100 * L['finished_before']:.0f}% → {100 * L['finished_after']:.0f}% "
@@ -297,6 +301,7 @@ def main(argv=None) -> int:
         "pairs": n_pairs, "comparisons": labeled["comparisons"], "steps": summary.step, "status": summary.status,
         "lr": config.lr, "beta": config.beta, "epochs": config.epochs, "batch": config.batch_size * config.grad_accum,
         "weight_rankings": args.weight_rankings,
+        "cut_off_open": True,  # answers cut off at the cap are trained without an end-of-turn token
         "length": length_stats(data["before"], after),
         "reward_accuracy": held_summary and held_summary.reward_accuracy,
         "heldout_pairs": held_summary.pairs if held_summary else 0,
