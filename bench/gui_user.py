@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from simulated_user import split_prompts  # noqa: E402
+from simulated_user import simulated_ranking, split_prompts  # noqa: E402
 
 
 def wait(app, condition, timeout: float, what: str) -> None:
@@ -48,15 +48,10 @@ def wait(app, condition, timeout: float, what: str) -> None:
 
 
 def labeler_order(texts: list[str], ended: list[bool]) -> tuple[list[int], list[bool]]:
-    """What the scripted person sees and decides: shortest finished answer first, answers cut
-    off at the limit tie below them (their length is unknown), empty answers last."""
-    def place(i):
-        if not texts[i].strip():
-            return (2, 0)
-        return (0, len(texts[i])) if ended[i] else (1, 0)
-
-    order = sorted(range(len(texts)), key=place)
-    return order, [i > 0 and place(order[i]) == place(order[i - 1]) for i in range(len(order))]
+    """What the scripted person decides from what the screen shows: `simulated_user`'s
+    labeler (shortest finished answer first, answers cut off at the limit tie below them,
+    empty answers last)."""
+    return simulated_ranking([{"text": t, "finished": e} for t, e in zip(texts, ended)])
 
 
 def rank_on_screen(app, page, count: int, log, shot: Path | None = None) -> int:
