@@ -142,7 +142,7 @@ class TrainPage(QWidget):
         s = self.controller.settings
         box = QGroupBox("Advanced")
         box.setObjectName("advancedBox")
-        box.setFixedWidth(250)
+        box.setFixedWidth(330)  # wide enough for every field and check box text unclipped
         form = QFormLayout(box)
         self.fields: dict[str, QWidget] = {}
 
