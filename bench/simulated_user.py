@@ -36,6 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from dpo_engine.defaults import small_data_defaults  # noqa: E402
+from dpo_engine.encoding import collate, encode_pair  # noqa: E402
+from dpo_engine.logps import batch_logps  # noqa: E402
 from dpo_engine._compat import forward_with_cache  # noqa: E402
 from dpo_engine.generate import GenerationSettings, _sample, _stop_ids, encode_prompt  # noqa: E402
 from dpo_engine.heldout import heldout_events  # noqa: E402
@@ -115,6 +117,23 @@ def simulated_ranking(answers: list[dict]) -> tuple[list[int], list[bool]]:
     order = sorted(range(len(answers)), key=place)
     ties = [i > 0 and place(order[i]) == place(order[i - 1]) for i in range(len(order))]
     return order, ties
+
+
+@torch.inference_mode()
+def base_nll(base, prompts, samples, batch: int = 16) -> float:
+    """Mean per-token negative log-likelihood of the (non-empty) answers under the base model:
+    how natural they read to the model they came from. Shorter but sensible answers stay
+    near the base's own; a model that collapses into gibberish ("WHOOOO…") scores far higher.
+    An answer that ended by itself is scored with its end-of-turn token, a cut-off one without."""
+    encoded = [encode_pair(base.tokenizer, PreferencePair((("user", p),), a["text"], a["text"], a["finished"],
+                                                          a["finished"]))
+               for p, answers in zip(prompts, samples) for a in answers if a["text"].strip()]
+    total, tokens = 0.0, 0
+    for start in range(0, len(encoded), batch):
+        lp = batch_logps(base.model, collate(encoded[start:start + batch], base.tokenizer.pad_token_id))
+        total -= lp.chosen_logps.sum().item()
+        tokens += lp.chosen_tokens.sum().item()
+    return total / tokens
 
 
 def heldout_pairs(prompts, samples) -> list[PreferencePair]:
@@ -235,7 +254,7 @@ def table(path: Path) -> str:
     lines = ["| seed | run | cut-off answers | lr | β | epochs | ranking weights | pairs (comparisons) | steps "
              "| mean tokens before ± SE | after ± SE | change "
              "| held-out prompts shorter | implicit-reward acc. (held-out pairs) | ended by itself before → after "
-             "| train s | total s |",
+             "| base NLL/token before → after | train s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for line in path.read_text().splitlines():
         r = json.loads(line)
@@ -243,12 +262,14 @@ def table(path: Path) -> str:
         acc = f"{r['reward_accuracy']:.2f} ({r['heldout_pairs']})" if r["reward_accuracy"] is not None else "n/a"
         cut = "no end token" if r.get("cut_off_open", True) else "end token (old)"
         weights = "1/pairs" if r.get("weight_rankings") else "1 each"
+        n = r.get("naturalness")
+        nll = f"{n['before']:.2f} → {n['after']:.2f}" if n else "n/a"
         lines.append(f"| {r['seed']} | {r['tag']} | {cut} | {r['lr']:g} | {r['beta']:g} | {r['epochs']} | {weights} "
                      f"| {r['pairs']} ({r['comparisons']}) | {r['steps']} "
                      f"| {L['before']:.1f} ± {L['before_se']:.1f} | {L['after']:.1f} ± {L['after_se']:.1f} "
                      f"| {100 * L['change']:+.0f}% | {100 * L['shorter_share']:.0f}% | {acc} "
                      f"| {100 * L['finished_before']:.0f}% → {100 * L['finished_after']:.0f}% "
-                     f"| {r['train_s']:.0f} | {r['total_s']:.0f} |")
+                     f"| {nll} | {r['train_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -270,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tag", default="defaults")
     ap.add_argument("--threads", type=int, default=THREADS)
     ap.add_argument("--table", action="store_true", help="print the README table of <workdir>/results.jsonl")
+    ap.add_argument("--rescore", action="store_true",
+                    help="no training: add the naturalness measure to the --seed/--tag row from its saved model")
     args = ap.parse_args(argv)
     if args.table:
         print(table(Path(args.workdir) / "results.jsonl"))
@@ -280,6 +303,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     base = load_model("default")
     data = load_or_sample(args, base)
+    if args.rescore:
+        return rescore(args, work, base, data)
     labeled = label_project(work / f"project-seed{args.seed}.sqlite", data, args.weight_rankings)
     n_pairs = len(labeled["train"]) + len(labeled["held"])
     config = train_config(args, n_pairs, work / f"run-seed{args.seed}-{args.tag}")
@@ -295,6 +320,7 @@ def main(argv=None) -> int:
                        "held-out, trained")
     after_s = time.perf_counter() - t_after
     held_summary = score_heldout(trained, base, heldout_pairs(held_prompts, data["before"]), config.beta)
+    (work / f"after-seed{args.seed}-{args.tag}.json").write_text(json.dumps(after))
     result = {
         "seed": args.seed, "tag": args.tag, "k": args.k, "prompts": len(label_prompts),
         "heldout_prompts": len(held_prompts), "max_new_tokens": args.max_new_tokens,
@@ -303,6 +329,8 @@ def main(argv=None) -> int:
         "weight_rankings": args.weight_rankings,
         "cut_off_open": True,  # answers cut off at the cap are trained without an end-of-turn token
         "length": length_stats(data["before"], after),
+        "naturalness": {"before": base_nll(base, held_prompts, data["before"]),
+                        "after": base_nll(base, held_prompts, after)},
         "reward_accuracy": held_summary and held_summary.reward_accuracy,
         "heldout_pairs": held_summary.pairs if held_summary else 0,
         "base_accuracy": held_summary and held_summary.base_accuracy,
@@ -315,6 +343,32 @@ def main(argv=None) -> int:
     with open(work / "results.jsonl", "a", encoding="utf-8") as f:
         f.write(json.dumps(result) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "examples"}, indent=1))
+    return 0
+
+
+def rescore(args, work: Path, base, data) -> int:
+    """Add `naturalness` to an earlier row (same seed and tag) from the model it saved: the
+    held-out answers are sampled again with the same seed (the row's lengths are checked
+    against them, so it is the same model and the same answers)."""
+    path = work / "results.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    row = next(r for r in rows if r["seed"] == args.seed and r["tag"] == args.tag)
+    held_prompts = data["heldout_prompts"]
+    saved = work / f"after-seed{args.seed}-{args.tag}.json"
+    if saved.exists():
+        after = json.loads(saved.read_text())
+    else:
+        trained = load_model(str(work / f"run-seed{args.seed}-{args.tag}"))
+        after = sample_all(trained, held_prompts, args.k, args.max_new_tokens, HELDOUT_SAMPLE_SEED,
+                           args.batch_prompts, "held-out, trained (again)")
+        saved.write_text(json.dumps(after))
+    again = length_stats(data["before"], after)["after"]
+    if abs(again - row["length"]["after"]) > 1e-6:
+        print(f"warning: resampled mean length {again:.2f} differs from the row's {row['length']['after']:.2f}")
+    row["naturalness"] = {"before": base_nll(base, held_prompts, data["before"]),
+                          "after": base_nll(base, held_prompts, after), "resampled_after_tokens": again}
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    print(json.dumps(row["naturalness"]))
     return 0
 
 
