@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from PySide6.QtCore import QObject, Signal
 
 from app.context import AppContext
+from app.ranking_draft import RankingDraft
 from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.ranking import complete_ranking
 from dpo_engine.starter import starter_prompts
 
 VERDICTS = ("left", "right", "tie", "both_bad", "skip")
@@ -96,9 +96,7 @@ class LabelController(QObject):
         self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
         self.mode = "pairwise"
         self.k = DEFAULT_K  # answers per prompt in ranking mode
-        self.order: list[int] = []  # ranking mode: answer indices placed so far, best first
-        self.ties: list[bool] = []  # ties[i]: order[i] shares order[i-1]'s place
-        self.tie_next = False  # the next answer placed joins the previous place
+        self.draft = RankingDraft()  # ranking mode: the places given so far
         self.rng = random.Random(seed)
         self.current: PendingPair | None = None
         self.queue: deque[PendingPair] = deque()
@@ -346,62 +344,63 @@ class LabelController(QObject):
         self.fill()
         self._emit_progress()
 
+    # the page reads the draft through these
+    order = property(lambda self: list(self.draft.order))
+    ties = property(lambda self: list(self.draft.ties))
+    tie_next = property(lambda self: self.draft.tie_next)
+
+    def _ranking_changed(self) -> None:
+        self.rankingChanged.emit(self.order, self.ties)
+
     def _clear_places(self) -> None:
-        self.order, self.ties, self.tie_next = [], [], False
-        self.rankingChanged.emit([], [])
+        self.draft.clear()
+        self._ranking_changed()
+
+    def _ready_to_rank(self) -> PendingPair | None:
+        pair = self.current
+        if pair is None or not pair.ranking:
+            return None
+        if not pair.done:
+            self.message.emit("The answers are still being written; rank them when they are complete.")
+            return None
+        return pair
 
     def place(self, index: int, tied: bool | None = None) -> bool:
         """Give answer `index` (0-based, shown order) the next place, or the previous one's
         place when tied (default: the pending "tie with previous" toggle). Placing the last
         answer saves the ranking."""
-        pair = self.current
-        if pair is None or not pair.ranking or not pair.done:
-            if pair is not None and pair.ranking:
-                self.message.emit("The answers are still being written; rank them when they are complete.")
+        pair = self._ready_to_rank()
+        if pair is None or not self.draft.place(index, pair.n, tied):
             return False
-        if not 0 <= index < pair.n or index in self.order:
-            return False
-        tied = self.tie_next if tied is None else tied
-        self.order.append(index)
-        self.ties.append(bool(tied and len(self.order) > 1))
-        self.tie_next = False
-        self.rankingChanged.emit(list(self.order), list(self.ties))
-        if len(self.order) == pair.n:
-            return self.save_ranking()
-        return True
+        self._ranking_changed()
+        return self.save_ranking() if len(self.draft.order) == pair.n else True
 
     def toggle_tie(self) -> None:
         """The next answer placed shares the previous answer's place."""
-        if self.order:
-            self.tie_next = not self.tie_next
-            self.rankingChanged.emit(list(self.order), list(self.ties))
+        if self.draft.toggle_tie():
+            self._ranking_changed()
 
     def unplace(self) -> None:
         """Take back the last place given (before the ranking is saved)."""
-        if self.tie_next:
-            self.tie_next = False
-        elif self.order:
-            self.order.pop()
-            self.ties.pop()
-        self.rankingChanged.emit(list(self.order), list(self.ties))
+        self.draft.unplace()
+        self._ranking_changed()
 
     def set_order(self, order: list[int]) -> bool:
         """Take a whole new order (a drag on the page): every answer placed, best first, no
         ties. Not saved until `save_ranking` (Enter), so the person can keep rearranging."""
-        pair = self.current
-        if pair is None or not pair.ranking or not pair.done or sorted(order) != list(range(pair.n)):
+        pair = self._ready_to_rank()
+        if pair is None or not self.draft.set_order(order, pair.n):
             return False
-        self.order, self.ties, self.tie_next = list(order), [False] * pair.n, False
-        self.rankingChanged.emit(list(self.order), list(self.ties))
+        self._ranking_changed()
         return True
 
     def save_ranking(self) -> bool:
         """Store the ranking (unplaced answers tie for last) as one group, committed before
         the next prompt shows."""
         pair = self.current
-        if pair is None or not pair.ranking or not pair.done or not self.order:
+        if pair is None or not pair.ranking or not pair.done or not self.draft.order:
             return False
-        order, ties = complete_ranking(self.order, list(range(pair.n)), self.ties)
+        order, ties = self.draft.complete(pair.n)
         group = self.ctx.project.record_ranking(pair.prompt_id, [pair.response_ids[i] for i in order], ties)
         return self._recorded(group, pair, "ranking")
 
