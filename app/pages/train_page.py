@@ -166,10 +166,10 @@ class TrainPage(QWidget):
         add("max_steps", "Max steps", steps)
         add("batch_size", "Batch size (pairs)", QSpinBox(minimum=1, maximum=256, value=s["batch_size"]))
         add("grad_accum", "Grad accumulation", QSpinBox(minimum=1, maximum=256, value=s["grad_accum"]))
-        weigh = QCheckBox("Each ranking counts once")
+        weigh = QCheckBox()
         weigh.setChecked(s["weight_rankings"])
         weigh.setToolTip("Give the pairs of one ranking a total weight of one verdict, instead of one each.")
-        add("weight_rankings", "Rankings", weigh)
+        add("weight_rankings", "Each ranking counts once", weigh)
         add("max_length", "Max length", QSpinBox(minimum=32, maximum=32768, singleStep=64, value=s["max_length"]))
         add("lora", "LoRA", QCheckBox())
         add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s["lora_rank"]))
@@ -190,15 +190,17 @@ class TrainPage(QWidget):
         ref.setPlaceholderText("the base model")
         add("reference", "Reference model", ref)
         start = QComboBox()
-        start.addItem("Active model (next round)", "active")
-        start.addItem("Base model (fresh start)", "base")
+        start.addItem("Active model", "active")
+        start.addItem("Base model", "base")
+        start.setToolTip("Active model: the next round continues from the model you label with (the last "
+                         "run's). Base model: a fresh start.")
         start.setCurrentIndex(start.findData(s["start_from"]))
         add("start_from", "Start from", start)
-        follow = QCheckBox("Label with the new model")
+        follow = QCheckBox()
         follow.setChecked(s["follow"])
         follow.setToolTip("After a run, the Label page samples from the trained model (on-policy pairs); "
                           "the base stays the reference.")
-        add("follow", "After training", follow)
+        add("follow", "Label with the new model", follow)
         return box
 
     # ------------------------------------------------------------------ wiring
