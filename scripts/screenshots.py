@@ -56,7 +56,7 @@ def shoot_train_page(app, path: Path) -> None:
         win.show()
         win.show_page("Train")
         page = win.pages["Train"]
-        page.fields["epochs"].setValue(10)  # long enough to photograph mid-run
+        page.fields["epochs"].setValue(20)  # 20 steps of 8 pairs: long enough to photograph at step 12
         page.fields["eval_every"].setValue(3)
         page.fields["max_length"].setValue(256)
         page.fields["lr"].setValue(2e-5)  # a visible move in a few steps of a screenshot run
