@@ -35,16 +35,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from scripts.screenshots import wait_until as wait  # noqa: E402
 from simulated_user import simulated_ranking, split_prompts  # noqa: E402
-
-
-def wait(app, condition, timeout: float, what: str) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError(f"timed out waiting for {what}")
-        app.processEvents()
-        time.sleep(0.01)
 
 
 def labeler_order(texts: list[str], ended: list[bool]) -> tuple[list[int], list[bool]]:

@@ -17,11 +17,12 @@ OUT = ROOT / "docs" / "screenshots"
 sys.path.insert(0, str(ROOT))
 
 
-def wait_until(app, condition, timeout: float) -> None:
+def wait_until(app, condition, timeout: float, what: str = "the window to reach the state to photograph") -> None:
+    """Run the event loop until `condition()` holds; TimeoutError after `timeout` seconds."""
     end = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > end:
-            raise TimeoutError("the window did not reach the state to photograph")
+            raise TimeoutError(f"timed out waiting for {what}")
         app.processEvents()
         time.sleep(0.02)
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -38,15 +37,6 @@ def _train_checkpoint(project_path: Path, out: Path) -> str:
     return summary.checkpoint
 
 
-def _wait(app, condition, timeout: float) -> None:
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise TimeoutError("the Compare page did not reach the state to photograph")
-        app.processEvents()
-        time.sleep(0.02)
-
-
 def shoot_compare_page(path: str | Path) -> Path:
     """Render the Compare page after a blind vote and save it as a PNG at `path`."""
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
@@ -56,6 +46,7 @@ def shoot_compare_page(path: str | Path) -> Path:
     from app.pages.compare_page import ComparePage
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
+    from scripts.screenshots import wait_until
     from scripts.screenshots_data import fill_project
 
     quiet_transformers()
@@ -75,10 +66,10 @@ def shoot_compare_page(path: str | Path) -> Path:
         page.show()
         c.votes = list(STAGED_VOTES)
         c.add_typed_prompt(PROMPT)
-        _wait(app, lambda: c.current is not None and c.current.done and c.current.rewards is not None, 600)
+        wait_until(app, lambda: c.current is not None and c.current.done and c.current.rewards is not None, 600)
         c.compute_heldout() if ctx.project.training_pairs(split="eval") else None
         c.vote("left" if c.current.after_side == 0 else "right")
-        _wait(app, lambda: not ctx.runner.busy(), 300)
+        wait_until(app, lambda: not ctx.runner.busy(), 300)
         for _ in range(5):
             app.processEvents()
         page.grab().save(str(path))
