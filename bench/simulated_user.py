@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from dpo_engine.defaults import small_data_defaults  # noqa: E402
 from dpo_engine.encoding import collate, encode_pair  # noqa: E402
-from dpo_engine.logps import batch_logps  # noqa: E402
+from dpo_engine.logps import sequence_logps  # noqa: E402
 from dpo_engine._compat import forward_with_cache  # noqa: E402
 from dpo_engine.generate import GenerationSettings, _sample, _stop_ids, encode_prompt  # noqa: E402
 from dpo_engine.heldout import heldout_events  # noqa: E402
@@ -130,9 +130,11 @@ def base_nll(base, prompts, samples, batch: int = 16) -> float:
                for p, answers in zip(prompts, samples) for a in answers if a["text"].strip()]
     total, tokens = 0.0, 0
     for start in range(0, len(encoded), batch):
-        lp = batch_logps(base.model, collate(encoded[start:start + batch], base.tokenizer.pad_token_id))
-        total -= lp.chosen_logps.sum().item()
-        tokens += lp.chosen_tokens.sum().item()
+        rows = collate(encoded[start:start + batch], base.tokenizer.pad_token_id)
+        n = rows.num_pairs  # the chosen rows: each answer once (the rejected rows are copies)
+        logps, counts = sequence_logps(base.model, rows.input_ids[:n], rows.attention_mask[:n], rows.response_mask[:n])
+        total -= logps.sum().item()
+        tokens += counts.sum().item()
     return total / tokens
 
 
