@@ -16,6 +16,7 @@ with a TrainSummary(status="failed", reason=...) and leave the last good checkpo
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from dataclasses import dataclass, field, replace
@@ -71,6 +72,11 @@ class _Run:
     loop_start: float = field(default_factory=time.perf_counter)
     first_step: int = 0  # the step this session started from (resume)
     last_loss: float | None = None
+
+    @functools.cached_property
+    def weights(self) -> torch.Tensor | None:
+        """The train pairs' loss weights (mean 1), or None when all count the same."""
+        return torch.tensor(self.data.train_weights) if self.data.train_weights else None
 
 
 def _stop_requested(stop: StopFlag) -> bool:
@@ -226,9 +232,8 @@ def _one_step(run: _Run) -> StepEvent:
     batches = step_batches(lengths, c, run.epoch, run.step_in_epoch, run.dist.world)
     lr = run.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
-    weights = torch.tensor(data.train_weights) if data.train_weights else None
     metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,
-                                  c.max_grad_norm, run.step + 1, data.train_index, run.dist, weights)
+                                  c.max_grad_norm, run.step + 1, data.train_index, run.dist, run.weights)
     run.scheduler.step()
     seconds = time.perf_counter() - started
     tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
