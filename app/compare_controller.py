@@ -17,7 +17,7 @@ is the trained model's is biased. Unblinded votes are still stored as comparison
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
@@ -363,10 +363,8 @@ class CompareController(QObject):
             self.message.emit("The answers are still being written; vote when they are complete.")
             return False
         project = self.ctx.project
-        settings = {"max_new_tokens": rnd.settings.max_new_tokens, "temperature": rnd.settings.temperature,
-                    "top_p": rnd.settings.top_p, "seed": rnd.settings.seed}
         left, right = (project.add_response(rnd.prompt_id, rnd.texts[s], model=rnd.refs[s],
-                                            settings={**settings, "finished": rnd.ended[s]})
+                                            settings=asdict(rnd.settings), finished=rnd.ended[s])
                        for s in (0, 1))
         rnd.comparison_id = project.record_comparison(rnd.prompt_id, left, right, verdict, source="compare")
         rnd.verdict = verdict

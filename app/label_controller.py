@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from PySide6.QtCore import QObject, Signal
 
@@ -218,7 +218,7 @@ class LabelController(QObject):
         project = self.ctx.project
         pair.response_ids = tuple(
             project.add_response(pair.prompt_id, pair.texts[s], model=pair.models[s],
-                                 settings=_settings_dict(pair.settings, pair.ended[s]))
+                                 settings=asdict(pair.settings), finished=pair.ended[s])
             for s in range(pair.n)
         )
         pair.done = True
@@ -432,9 +432,3 @@ def _needs_resample(texts: list[str]) -> bool:
         return stripped[0] == stripped[1] or not all(stripped)
     return len({t for t in stripped if t}) < 2
 
-
-def _settings_dict(s: GenerationSettings, finished: bool) -> dict:
-    """How an answer was sampled, and whether the model ended it (False: cut off at the cap,
-    trained without an end-of-turn token)."""
-    return {"max_new_tokens": s.max_new_tokens, "temperature": s.temperature, "top_p": s.top_p,
-            "finished": finished}

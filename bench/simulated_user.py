@@ -207,7 +207,7 @@ def label_project(path: Path, data: dict, weight_rankings: bool = False) -> dict
     with open_project(path) as project:
         for prompt, answers in zip(data["label_prompts"], data["label"]):
             pid = project.add_prompt(prompt, "starter")
-            ids = [project.add_response(pid, a["text"], "default", {"finished": a["finished"]}) for a in answers]
+            ids = [project.add_response(pid, a["text"], "default", finished=a["finished"]) for a in answers]
             order, ties = simulated_ranking(answers)
             project.record_ranking(pid, [ids[i] for i in order], ties)
         train = [sp.pair for sp in project.training_pairs("train", weight_rankings)]

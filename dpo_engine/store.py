@@ -234,10 +234,16 @@ class Project(ProjectReads):
         with self._tx():
             return self._prompt_ids(values, source)
 
-    def add_response(self, prompt_id: int, text: str, model: str, settings: dict | None = None) -> int:
-        """Store one model answer to a prompt; returns its id."""
+    def add_response(self, prompt_id: int, text: str, model: str, settings: dict | None = None,
+                     finished: bool | None = None) -> int:
+        """Store one model answer to a prompt; returns its id. `settings`: how it was sampled;
+        `finished`: whether the model ended it (False: cut off at the token cap, trained
+        without an end-of-turn token; None: unknown, counted as finished). Kept in the
+        settings JSON, which `training_pairs` reads back."""
         if not isinstance(text, str):
             raise ConfigError(f"response text must be a string, not {type(text).__name__}")
+        if finished is not None:
+            settings = {**(settings or {}), "finished": bool(finished)}
         with self._tx():
             cur = self.db.conn.execute(
                 "INSERT INTO responses (prompt_id, text, model, settings, created) VALUES (?, ?, ?, ?, ?)",

@@ -21,6 +21,9 @@ JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
 WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
 """
 
+# how many live comparisons a prompt has: labeling takes the least-labeled prompts first
+_LABEL_COUNT = "(SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id AND c.deleted IS NULL)"
+
 _BROWSE_FROM = """
 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
 JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
@@ -114,8 +117,7 @@ class ProjectReads:
     def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:
         """(id, prompt) for labeling; prompt is text or ((role, content), ...) like
         PreferencePair.prompt. Prompts with fewest comparisons first when asked."""
-        sql = ("SELECT p.id, p.text, p.messages, (SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id "
-               "AND c.deleted IS NULL) AS n FROM prompts p")
+        sql = f"SELECT p.id, p.text, p.messages, {_LABEL_COUNT} AS n FROM prompts p"
         args = []
         if split:
             sql += " WHERE p.split = ?"
@@ -130,8 +132,7 @@ class ProjectReads:
         skip = sorted(set(exclude))
         sql = ("SELECT p.id, p.text, p.messages FROM prompts p"
                + (f" WHERE p.id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
-               + " ORDER BY (SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id AND c.deleted IS NULL),"
-               " p.id LIMIT 1")
+               + f" ORDER BY {_LABEL_COUNT}, p.id LIMIT 1")
         row = self.db.conn.execute(sql, skip).fetchone()
         return None if row is None else (row[0], prompt_value(row[1], row[2]))
 

@@ -31,8 +31,8 @@ def test_cut_off_answers_reach_training_as_unfinished(fresh_db):
     """The Label page stores {"finished": false} for an answer cut off at the token cap; the
     training pair carries it on the side it ends up on (chosen or rejected)."""
     pid = fresh_db.add_prompt("q", "label")
-    done = fresh_db.add_response(pid, "short", "m", {"max_new_tokens": 8, "finished": True})
-    cut = fresh_db.add_response(pid, "long long long", "m", {"max_new_tokens": 8, "finished": False})
+    done = fresh_db.add_response(pid, "short", "m", {"max_new_tokens": 8}, finished=True)
+    cut = fresh_db.add_response(pid, "long long long", "m", {"max_new_tokens": 8}, finished=False)
     legacy = fresh_db.add_response(pid, "no settings", "m")
     fresh_db.record_comparison(pid, cut, done, "right")  # the finished answer (right) wins
     fresh_db.record_comparison(pid, cut, legacy, "left")  # the cut-off answer (left) wins
