@@ -131,7 +131,7 @@ class TrainController(QObject):
         if reason:
             self.failed.emit(reason)
             return False
-        train, held = self._pairs(bool(self.settings.get("weight_rankings")))
+        train, held = self.ctx.project.run_pairs(bool(self.settings.get("weight_rankings")))
         if not train:  # every labeled prompt fell in the eval split: hold out from these instead
             train, held = held, []
         try:
@@ -158,15 +158,10 @@ class TrainController(QObject):
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        train, held = self._pairs(bool(self.config.extra.get("weight_rankings")))
+        train, held = self.ctx.project.run_pairs(bool(self.config.extra.get("weight_rankings")))
         self.run_id = run_id
         self._launch(train, held or None, resume_from=run["checkpoint"])
         return True
-
-    def _pairs(self, weight_rankings: bool) -> tuple[list, list]:
-        """The project's (train, held-out) pairs, each ranking one verdict's worth if asked."""
-        project = self.ctx.project
-        return tuple([sp.pair for sp in project.training_pairs(split, weight_rankings)] for split in ("train", "eval"))
 
     def _launch(self, train, held, resume_from) -> None:
         from dpo_engine.trainer import train as train_gen

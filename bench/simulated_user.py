@@ -210,8 +210,7 @@ def label_project(path: Path, data: dict, weight_rankings: bool = False) -> dict
             ids = [project.add_response(pid, a["text"], "default", finished=a["finished"]) for a in answers]
             order, ties = simulated_ranking(answers)
             project.record_ranking(pid, [ids[i] for i in order], ties)
-        train = [sp.pair for sp in project.training_pairs("train", weight_rankings)]
-        held = [sp.pair for sp in project.training_pairs("eval", weight_rankings)]
+        train, held = project.run_pairs(weight_rankings)
         comparisons = project.counts()["comparisons"]
     return {"train": train, "held": held, "comparisons": comparisons}
 

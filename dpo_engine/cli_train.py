@@ -143,8 +143,7 @@ class Recorder:
 def _load_pairs(data: str | None, project, weight_rankings: bool = False):
     if project is None:
         return read_data_file(data), None
-    train = [sp.pair for sp in project.training_pairs("train", weight_rankings)]
-    held = [sp.pair for sp in project.training_pairs("eval", weight_rankings)]
+    train, held = project.run_pairs(weight_rankings)
     return train, held or None
 
 

@@ -114,6 +114,11 @@ class ProjectReads:
                    for sp in out]
         return out
 
+    def run_pairs(self, weight_rankings: bool = False) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """(train pairs, held-out pairs) for a training run, in one query (see `training_pairs`)."""
+        both = self.training_pairs(None, weight_rankings)
+        return [sp.pair for sp in both if sp.split == "train"], [sp.pair for sp in both if sp.split == "eval"]
+
     def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:
         """(id, prompt) for labeling; prompt is text or ((role, content), ...) like
         PreferencePair.prompt. Prompts with fewest comparisons first when asked."""

@@ -39,6 +39,9 @@ def test_ranking_pairs_weigh_one_over_the_pairs_their_ranking_gave(fresh_db):
     assert sorted(sp.pair.weight for sp in weighed) == pytest.approx([0.2] * 5 + [1.0])
     assert [sp.group is None for sp in weighed].count(True) == 1
     assert [sp.pair.chosen for sp in weighed] == [sp.pair.chosen for sp in plain]  # same pairs, same order
+    train, held = fresh_db.run_pairs(weight_rankings=True)  # one query, split as training_pairs splits
+    assert train == [sp.pair for sp in fresh_db.training_pairs("train", True)]
+    assert held == [sp.pair for sp in fresh_db.training_pairs("eval", True)] and len(train) + len(held) == 6
 
 
 def test_the_run_carries_the_weights_of_the_pairs_it_keeps(tiny_loaded, tmp_path):
