@@ -26,7 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def create_window(project: Path, model_ref: str, device: str | None = None, dtype: str | None = None):
     """Build the context and the main window (a QApplication must exist)."""
-    from app.context import AppContext
+    from app.plumbing.context import AppContext
     from app.main_window import MainWindow
     from dpo_engine.devices import pick_device
 

@@ -14,7 +14,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.context import AppContext
+from app.plumbing.context import AppContext
 
 
 def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:

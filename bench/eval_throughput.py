@@ -62,7 +62,7 @@ def load_pair_of_models():
 
 
 def run_ours(policy, ref, records, batch_size: int) -> float:
-    from dpo_engine.cli_eval import score_pairs
+    from dpo_engine.cli.eval import score_pairs
     from dpo_engine.encoding import encode_pairs
     from dpo_engine.losses import LossParams, sigmoid
     from dpo_engine.pairs import parse_preference_record

@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from dpo_engine.devices import pick_device  # noqa: E402
 from dpo_engine.pairs import conversation  # noqa: E402
-from dpo_engine.train_config import LoraSettings, TrainConfig  # noqa: E402
-from dpo_engine.trainer import run_training  # noqa: E402
+from dpo_engine.train.config import LoraSettings, TrainConfig  # noqa: E402
+from dpo_engine.train.loop import run_training  # noqa: E402
 from tests.tiny_model import build_tiny_model  # noqa: E402
 
 OUT = Path(os.environ.get("OUT", "."))

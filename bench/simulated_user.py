@@ -45,10 +45,10 @@ from dpo_engine.models import load_model  # noqa: E402
 from dpo_engine.pairs import PreferencePair  # noqa: E402
 from dpo_engine.ranking import ranking_pairs  # noqa: E402
 from dpo_engine.starter import starter_prompts  # noqa: E402
-from dpo_engine.store import open_project  # noqa: E402
-from dpo_engine.train_config import TrainConfig  # noqa: E402
-from dpo_engine.train_events import StepEvent, TrainSummary  # noqa: E402
-from dpo_engine.trainer import train  # noqa: E402
+from dpo_engine.store.project import open_project  # noqa: E402
+from dpo_engine.train.config import TrainConfig  # noqa: E402
+from dpo_engine.train.events import StepEvent, TrainSummary  # noqa: E402
+from dpo_engine.train.loop import train  # noqa: E402
 
 HELDOUT_SPLIT_SEED = 1234  # the held-out prompts are the same for every seed: comparable "before"
 HELDOUT_SAMPLE_SEED = 7  # before and after answers come from the same random stream: a paired comparison

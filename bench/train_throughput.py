@@ -8,7 +8,7 @@ synthetic conversational pairs (prompt ~40 tokens, responses 40-120), 2 pairs pe
 max length 256, lr 5e-6, beta 0.1, linear schedule without warmup, for N steps, each in
 its own subprocess (so peak RSS is its own):
 
-    ours            dpo_engine.trainer.train: reference once, prompt once + KV reused,
+    ours            dpo_engine.train.loop.train: reference once, prompt once + KV reused,
                     LM head only on response positions, length-bucketed batches
     trl             TRL DPOTrainer with its defaults (reference forward every step,
                     gradient checkpointing on)
@@ -78,11 +78,11 @@ def _peak_rss_mb() -> float:
 
 
 def run_ours(steps: int, workdir: Path) -> dict:
-    import dpo_engine.reference as reference
+    import dpo_engine.train.reference as reference
     from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
-    from dpo_engine.train_config import TrainConfig
-    from dpo_engine.train_events import ReferenceProgress, StepEvent, TrainSummary
-    from dpo_engine.trainer import train
+    from dpo_engine.train.config import TrainConfig
+    from dpo_engine.train.events import ReferenceProgress, StepEvent, TrainSummary
+    from dpo_engine.train.loop import train
 
     reference.cache_path = lambda fp: workdir / "ref" / f"{fp}.safetensors"  # a cold cache: measure the pass
     pairs = make_pairs(load_tokenizer(resolve_model_ref("default")))

@@ -1,4 +1,4 @@
-from dpo_engine.cli import main
+from dpo_engine.cli.main import main
 
 if __name__ == "__main__":
     main()

@@ -24,9 +24,9 @@ STAGED_VOTES = [("left", 0)] * 5 + [("right", 0)] * 2 + [("tie", 0)]  # 5 wins, 
 
 
 def _train_checkpoint(project_path: Path, out: Path) -> str:
-    from dpo_engine.store import open_project
-    from dpo_engine.train_config import TrainConfig
-    from dpo_engine.trainer import run_training
+    from dpo_engine.store.project import open_project
+    from dpo_engine.train.config import TrainConfig
+    from dpo_engine.train.loop import run_training
 
     with open_project(project_path) as project:
         pairs = [sp.pair for sp in project.training_pairs(split=None)]
@@ -42,7 +42,7 @@ def shoot_compare_page(path: str | Path) -> Path:
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
     from PySide6.QtWidgets import QApplication
 
-    from app.context import AppContext
+    from app.plumbing.context import AppContext
     from app.pages.compare_page import ComparePage
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device

@@ -36,7 +36,7 @@ IMPORTED = [
 
 def fill_project(path: Path) -> None:
     from dpo_engine.pairs import PreferencePair
-    from dpo_engine.store import open_project
+    from dpo_engine.store.project import open_project
 
     with open_project(path) as project:
         project.import_pairs([PreferencePair(((("user", p),)), c, r) for p, c, r in IMPORTED])
@@ -52,7 +52,7 @@ def shoot_data_page(path: str | Path) -> Path:
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
     from PySide6.QtWidgets import QApplication
 
-    from app.context import AppContext
+    from app.plumbing.context import AppContext
     from app.pages.data_page import DataPage
     from dpo_engine.devices import pick_device
 

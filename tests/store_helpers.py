@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpo_engine.checkpoints import (MANIFEST, find_checkpoint, load_trainer_state, read_manifest,
+from dpo_engine.train.checkpoints import (MANIFEST, find_checkpoint, load_trainer_state, read_manifest,
                                     save_trainer_state, write_checkpoint)
 
 
@@ -59,7 +59,7 @@ def test_a_folder_whose_files_do_not_match_the_manifest_is_not_a_checkpoint(tmp_
 CHILD = """
 import sys, time
 from pathlib import Path
-from dpo_engine.checkpoints import write_checkpoint
+from dpo_engine.train.checkpoints import write_checkpoint
 out = Path(sys.argv[1])
 def first(folder):
     (folder / "model.safetensors").write_bytes(b"1" * 4096)

@@ -7,8 +7,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.cli import main
-from dpo_engine.store import open_project
+from dpo_engine.cli.main import main
+from dpo_engine.store.project import open_project
 from tests.store_helpers import label, project_file, sample_pairs  # noqa: F401
 
 

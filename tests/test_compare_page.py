@@ -8,16 +8,16 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-import app.compare_controller as cc
-from app.context import AppContext
+import app.controllers.compare_controller as cc
+from app.plumbing.context import AppContext
 from app.pages.compare_page import ComparePage
-from dpo_engine.checkpoints import RUN_FILE
+from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import pick_device
 from dpo_engine.generate import GenerationResult, TokenEvent
 from dpo_engine.heldout import heldout_events
 from dpo_engine.models import load_model
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store import normalize_prompt, prompt_key, split_of
+from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from dpo_engine.winrate import win_rate
 from tests.perturb import perturbed_copy
 

@@ -8,13 +8,13 @@ import json
 import pytest
 from PySide6.QtCore import Qt
 
-from app.comparison_table import PAGE_SIZE
-from app.context import AppContext
-from app.data_controller import DataController
+from app.widgets.comparison_table import PAGE_SIZE
+from app.plumbing.context import AppContext
+from app.controllers.data_controller import DataController
 from app.pages.data_page import DataPage
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store import normalize_prompt, open_project, prompt_key, split_of
+from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
 from tests.store_helpers import label, project_file, sample_pairs  # noqa: F401
 
 
@@ -176,7 +176,7 @@ def test_controller_flip_skips_non_pairs_and_undo_is_last_in_first_out(filled):
 
 
 def test_locked_project_opens_read_only(filled, monkeypatch):
-    from dpo_engine import store
+    from dpo_engine.store import project as store
     from dpo_engine.errors import ProjectLockedError
 
     real = store.open_project
@@ -186,7 +186,7 @@ def test_locked_project_opens_read_only(filled, monkeypatch):
             raise ProjectLockedError(f"{path} is open in another DPO Studio process (pid 1).")
         return real(path, read_only=True)
 
-    monkeypatch.setattr("app.data_controller.open_project", locked)
+    monkeypatch.setattr("app.controllers.data_controller.open_project", locked)
     controller = DataController(filled[0])
     assert not controller.writable and controller.model.rowCount() == 8
     assert "Read-only" in controller.summary() and "pid 1" in controller.summary()

@@ -16,9 +16,9 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from dpo_engine.checkpoints import read_manifest
-from dpo_engine.cli import main
-from dpo_engine.distributed import LOCAL, current
+from dpo_engine.train.checkpoints import read_manifest
+from dpo_engine.cli.main import main
+from dpo_engine.train.distributed import LOCAL, current
 from tests.test_trainer import make_pairs
 
 STEPS = 6  # 2 steps per epoch: three epochs, each ending on the short micro-batch

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from dpo_engine.cli import main
+from dpo_engine.cli.main import main
 from dpo_engine.encoding import collate, encode_pair
 from dpo_engine.logps import batch_logps
 from dpo_engine.losses import LossParams, ipo
@@ -83,7 +83,7 @@ def test_reference_defaults_to_the_base_named_in_the_run_manifest(data, tiny_mod
 
 def test_reference_is_the_one_the_run_trained_against(tmp_path, tiny_model_dir):
     """Round 2 starts from the round-1 checkpoint (its base) but keeps the original reference."""
-    from dpo_engine.cli_eval import default_reference
+    from dpo_engine.cli.eval import default_reference
 
     folder = tmp_path / "round2"
     folder.mkdir()

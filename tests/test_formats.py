@@ -8,9 +8,9 @@ import time
 import pytest
 
 from dpo_engine.errors import DataError
-from dpo_engine.formats import FORMATS, RowError, export_pairs, import_file, read_rows
+from dpo_engine.store.formats import FORMATS, RowError, export_pairs, import_file, read_rows
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 from tests.store_helpers import fresh_db, sample_pairs  # noqa: F401
 
 GOOD_1 = b'{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}'

@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.cli import main
+from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError
 from dpo_engine.generate import GenerationSettings, TokenEvent, generate, stream_generate
 

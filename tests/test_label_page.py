@@ -6,10 +6,10 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-import app.label_controller as lc
+import app.controllers.label_controller as lc
 from app.main import create_window
 from dpo_engine.generate import GenerationResult, TokenEvent
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ k answers sampled in one batch, ranked by keyboard, stored as one group; undo re
 import pytest
 from PySide6.QtCore import Qt
 
-import app.label_controller as lc
+import app.controllers.label_controller as lc
 from app.main import create_window
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 from tests.test_label_page import scripted_stream, wait_ready
 
 ANSWERS = ["first answer", "second one", "third answer here", "fourth"]

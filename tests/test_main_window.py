@@ -47,7 +47,7 @@ def test_model_cache_reloads_a_rewritten_checkpoint(tmp_path, tiny_model_dir):
     import os
     import shutil
 
-    from app.context import ModelCache
+    from app.plumbing.context import ModelCache
     from dpo_engine.devices import pick_device
 
     folder = tmp_path / "ckpt"
@@ -62,7 +62,7 @@ def test_model_cache_reloads_a_rewritten_checkpoint(tmp_path, tiny_model_dir):
 
 def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, monkeypatch):
     """Preparing the default model reports each stage in the status bar."""
-    import app.context as context
+    import app.plumbing.context as context
     from dpo_engine.models import PrepareProgress
 
     ctx, win = window

@@ -11,9 +11,9 @@ from dpo_engine.encoding import encode_pair
 from dpo_engine.errors import DataError
 from dpo_engine.losses import LossParams
 from dpo_engine.pairs import conversation
-from dpo_engine.train_config import TrainConfig
-from dpo_engine.train_data import loss_weights, prepare_data
-from dpo_engine.train_step import StepContext, run_step
+from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.data import loss_weights, prepare_data
+from dpo_engine.train.step import StepContext, run_step
 from tests.store_helpers import fresh_db  # noqa: F401
 
 

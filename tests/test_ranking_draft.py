@@ -1,6 +1,6 @@
 """The Label page's ranking in progress: places, ties, take-backs and a dragged order."""
 
-from app.ranking_draft import RankingDraft
+from app.controllers.ranking_draft import RankingDraft
 
 
 def test_places_ties_and_take_backs():

@@ -11,8 +11,8 @@ import pytest
 
 from dpo_engine.errors import ConfigError, NotAProjectError, ProjectLockedError, StoreError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store import open_project
-from dpo_engine.store_schema import CURRENT_VERSION, create_v1
+from dpo_engine.store.project import open_project
+from dpo_engine.store.schema import CURRENT_VERSION, create_v1
 from tests.store_helpers import fresh_db, label, project_file, sample_pairs  # noqa: F401
 
 
@@ -214,7 +214,7 @@ def test_other_programs_sqlite_file_is_refused(tmp_path):
 
 HOLDER = """
 import sys
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 p = open_project(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()

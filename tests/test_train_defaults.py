@@ -5,7 +5,7 @@ import pytest
 
 from dpo_engine.defaults import (ENOUGH_PAIRS, FEW_PAIRS, SMALL_DATA_PAIRS, data_estimate,
                                  small_data_defaults)
-from dpo_engine.train_config import TrainConfig
+from dpo_engine.train.config import TrainConfig
 from tests.test_train_page import train_window  # noqa: F401  (fixture)
 
 
@@ -68,8 +68,7 @@ def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_r
 
 
 def test_cli_train_uses_the_same_defaults(tmp_path):
-    import dpo_engine.cli  # noqa: F401  (registers the subcommands; cli_train is imported through it)
-    from dpo_engine.cli_train import _config, train_cmd
+    from dpo_engine.cli.train import _config, train_cmd
 
     data = tmp_path / "pairs.jsonl"
     data.write_text("")

@@ -8,7 +8,7 @@ from PySide6.QtCore import QElapsedTimer, QTimer
 from app.main import create_window
 from dpo_engine.models import load_model
 from dpo_engine.pairs import conversation
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 
 
 def fill(project_path, n=16):

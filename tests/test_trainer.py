@@ -11,15 +11,15 @@ import torch
 from safetensors.torch import load_file
 
 from dpo_engine import losses
-from dpo_engine.checkpoints import find_checkpoint, read_manifest, read_run_file
+from dpo_engine.train.checkpoints import find_checkpoint, read_manifest, read_run_file
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.pairs import conversation
 from dpo_engine.shared_prompt import shared_prompt_logps
 from dpo_engine.encoding import collate, encode_pair
 from dpo_engine.logps import batch_logps
-from dpo_engine.train_config import LoraSettings, TrainConfig
-from dpo_engine.train_events import EvalEvent, StepEvent, TrainSummary
-from dpo_engine.trainer import load_run_config, run_training, train
+from dpo_engine.train.config import LoraSettings, TrainConfig
+from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
+from dpo_engine.train.loop import load_run_config, run_training, train
 
 
 def make_pairs(n: int, seed: int = 0):
@@ -164,14 +164,14 @@ def test_non_finite_loss_stops_naming_step_and_pairs(tiny_model_dir, tmp_path, m
 
 
 def test_unusable_data_is_refused_before_any_model_loads(tiny_model_dir, tmp_path, monkeypatch):
-    import dpo_engine.train_model
-    import dpo_engine.trainer
+    import dpo_engine.train.model
+    import dpo_engine.train.loop
 
     def no_load(*a, **k):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(dpo_engine.trainer, "load_model", no_load)
-    monkeypatch.setattr(dpo_engine.train_model, "load_model", no_load)
+    monkeypatch.setattr(dpo_engine.train.loop, "load_model", no_load)
+    monkeypatch.setattr(dpo_engine.train.model, "load_model", no_load)
     long_prompt = [conversation("x" * 400, "yes", "no") for _ in range(6)]
     with pytest.raises(DataError, match="max_length"):
         list(train(config(tiny_model_dir, tmp_path / "a", max_length=64), long_prompt))

@@ -159,7 +159,7 @@ def test_eval_cli_matches_trl_on_smollm2(tmp_path_factory):
 
     from click.testing import CliRunner
 
-    from dpo_engine.cli import main
+    from dpo_engine.cli.main import main
     from dpo_engine.models import default_model_dir, prepare_default_model
 
     prepare_default_model()

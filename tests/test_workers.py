@@ -3,7 +3,7 @@
 import threading
 import time
 
-from app.workers import TorchRunner
+from app.plumbing.workers import TorchRunner
 
 
 def _done_job(runner, ran: threading.Event):

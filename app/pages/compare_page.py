@@ -23,8 +23,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.compare_controller import CompareController, CompareRound, display_name
-from app.context import AppContext
+from app.controllers.compare_controller import CompareController, CompareRound, display_name
+from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import HeldoutSummary

@@ -25,13 +25,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.comparison_table import ROW_ROLE, VERDICT_TEXT
-from app.context import AppContext
-from app.data_controller import DataController, report_text
+from app.widgets.comparison_table import ROW_ROLE, VERDICT_TEXT
+from app.plumbing.context import AppContext
+from app.controllers.data_controller import DataController, report_text
 from app.pages.report_dialog import ReportDialog
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.store_read import ComparisonRow
-from dpo_engine.store_schema import SOURCES
+from dpo_engine.store.read import ComparisonRow
+from dpo_engine.store.schema import SOURCES
 
 EXPORT_FILTERS = {  # file dialog filter -> (format, suffix)
     "TRL conversational JSONL (*.jsonl)": ("trl", ".jsonl"),

@@ -25,8 +25,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.context import AppContext
-from app.label_controller import DEFAULT_K, K_RANGE, LabelController, PendingPair
+from app.plumbing.context import AppContext
+from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, PendingPair
 from app.widgets.rank_order import RankOrderList
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings

@@ -27,8 +27,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.context import AppContext
-from app.train_controller import TrainController
+from app.plumbing.context import AppContext
+from app.controllers.train_controller import TrainController
 from app.widgets.metric_plots import MetricPlots, Series, with_logratios
 from dpo_engine.losses import LOSSES
 

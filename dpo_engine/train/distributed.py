@@ -65,8 +65,11 @@ class Local:
     def barrier(self) -> None:
         pass
 
-    def prepare(self, model, optimizer, ctx):
-        """(what training forwards go through, its optimizer, the step context)."""
+    def prepare(self, model, optimizer, ctx, score):
+        """(what training forwards go through, its optimizer, the step context).
+
+        `score(model, pairs, ctx)` is the step's log-prob function (train.step.pair_logps), passed
+        in so that this module never imports the step that imports it."""
         return model, optimizer, ctx
 
     def full_state_dict(self, scorer) -> dict | None:
@@ -81,17 +84,16 @@ class PairScorer(torch.nn.Module):
     """The policy behind a `forward(pairs)`, so DDP/FSDP/DeepSpeed see every training forward
     (our log-prob functions call the backbone and head directly, bypassing model.__call__)."""
 
-    def __init__(self, model, ctx):
+    def __init__(self, model, ctx, score):
         super().__init__()
         self.model = model
+        self._score = score
         self._ctx = ctx  # the context without a scorer: forward runs the plain computation
         lm = model.get_base_model() if hasattr(model, "get_base_model") else model
         self._no_split_modules = getattr(lm, "_no_split_modules", None)  # FSDP's auto-wrap reads it
 
     def forward(self, pairs):
-        from dpo_engine.train_step import pair_logps
-
-        return pair_logps(self.model, pairs, self._ctx)
+        return self._score(self.model, pairs, self._ctx)
 
 
 class Distributed(Local):
@@ -147,7 +149,7 @@ class Distributed(Local):
     def barrier(self) -> None:
         self.acc.wait_for_everyone()
 
-    def prepare(self, model, optimizer, ctx):
+    def prepare(self, model, optimizer, ctx, score):
         from dataclasses import replace
 
         plugin = self.acc.state.deepspeed_plugin
@@ -155,7 +157,7 @@ class Distributed(Local):
             # DeepSpeed wants a number but only checks and logs it: no dataloader is prepared here.
             plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = 1
         # One call: DeepSpeed builds its engine from both; FSDP re-points the optimizer at its shards.
-        scorer, optimizer = self.acc.prepare(PairScorer(model, ctx), optimizer)
+        scorer, optimizer = self.acc.prepare(PairScorer(model, ctx, score), optimizer)
         return scorer, optimizer, replace(ctx, scorer=scorer)
 
     def full_state_dict(self, scorer) -> dict | None:

@@ -25,20 +25,20 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
-from dpo_engine import distributed
-from dpo_engine.checkpoints import (check_output_dir, find_checkpoint, load_trainer_state, read_run_file,
+from dpo_engine.train import distributed
+from dpo_engine.train.checkpoints import (check_output_dir, find_checkpoint, load_trainer_state, read_run_file,
                                     save_trainer_state, write_checkpoint)
 from dpo_engine.errors import TrainingError
 from dpo_engine.models import load_model, load_tokenizer, resolve_model_ref
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.reference import compute_reference, read_cache, reference_fingerprint, weights_identity, write_cache
-from dpo_engine.train_config import TrainConfig
-from dpo_engine.train_data import RunData, prepare_data, step_batches, steps_per_epoch
-from dpo_engine.train_events import (EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary,
+from dpo_engine.train.reference import compute_reference, read_cache, reference_fingerprint, weights_identity, write_cache
+from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per_epoch
+from dpo_engine.train.events import (EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
-from dpo_engine.train_model import (autocast_context, load_policy, run_info, trainable_parameters,
+from dpo_engine.train.model import (autocast_context, load_policy, run_info, trainable_parameters,
                                     training_device, write_model_files)
-from dpo_engine.train_step import StepContext, evaluate, pair_tokens, run_step
+from dpo_engine.train.step import StepContext, evaluate, pair_logps, pair_tokens, run_step
 
 TrainEvent = Union[LogLine, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
 StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
@@ -178,7 +178,7 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
     total = config.max_steps or config.epochs * per_epoch
     optimizer, scheduler = _optimizer(config, loaded.model, total)
-    scorer, optimizer, ctx = dist.prepare(loaded.model, optimizer, ctx)
+    scorer, optimizer, ctx = dist.prepare(loaded.model, optimizer, ctx, pair_logps)
     run = _Run(config, data, loaded, ctx, dist, scorer, optimizer, scheduler, ref, base_ref, reference_ref, total,
                per_epoch)
     if resume is not None:

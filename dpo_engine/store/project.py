@@ -24,9 +24,9 @@ from sqlite_utils import Database
 
 from dpo_engine.errors import ConfigError, NotAProjectError, StoreError
 from dpo_engine.pairs import PreferencePair, conversation
-from dpo_engine.store_lock import ProcessLock
-from dpo_engine.store_read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
-from dpo_engine.store_schema import (
+from dpo_engine.store.lock import ProcessLock
+from dpo_engine.store.read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
+from dpo_engine.store.schema import (
     APPLICATION_ID,
     CURRENT_VERSION,
     MODEL_KINDS,

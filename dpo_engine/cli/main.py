@@ -6,33 +6,14 @@ traceback means a bug.
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 
 import click
 
-from dpo_engine.errors import DPOStudioError
-
-DEVICE_HELP = "auto (default: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu."
-
-
-def friendly_errors(fn):
-    """Turn the engine's expected errors into a clean message and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except DPOStudioError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            sys.exit(1)
-
-    return wrapper
-
-
-def progress_printer(event) -> None:
-    click.echo(f"[{event.fraction:4.0%}] {event.message}", err=True)
+from dpo_engine.cli.base import DEVICE_HELP, friendly_errors, progress_printer
+from dpo_engine.cli.data import export_cmd, import_cmd, stats_cmd
+from dpo_engine.cli.eval import eval_cmd
+from dpo_engine.cli.train import train_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -98,16 +79,8 @@ def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed,
         click.echo(text)
 
 
-from dpo_engine.cli_eval import eval_cmd  # noqa: E402
-
 main.add_command(eval_cmd, "eval")
-
-from dpo_engine.cli_data import export_cmd, import_cmd, stats_cmd  # noqa: E402
-
 main.add_command(import_cmd, "import")
 main.add_command(export_cmd, "export")
 main.add_command(stats_cmd, "stats")
-
-from dpo_engine.cli_train import train_cmd  # noqa: E402
-
 main.add_command(train_cmd, "train")

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import click
 
-from dpo_engine.cli import DEVICE_HELP, friendly_errors
+from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
 from dpo_engine.errors import DataError, DPOStudioError
 from dpo_engine.losses import LOSSES
-from dpo_engine.train_config import SCHEDULES, LoraSettings, TrainConfig
-from dpo_engine.train_events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.config import SCHEDULES, LoraSettings, TrainConfig
+from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 
 LORA_LR = 5e-5  # LoRA adapters start at zero and need a ~10x larger rate than full fine-tuning
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -30,7 +30,7 @@ SMALL_DEFAULT = "[default: measured for the data size: dpo_engine.defaults]"
 
 def read_data_file(path: str) -> list:
     """Pairs from a .jsonl/.csv/.parquet file; bad rows are reported and skipped."""
-    from dpo_engine.formats import read_rows
+    from dpo_engine.store.formats import read_rows
 
     kind, rows, errors = read_rows(path)
     for error in errors[:10]:
@@ -201,7 +201,7 @@ def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
 @friendly_errors
 def train_cmd(**opts):
     """Train a model with DPO on preference pairs (--data FILE or --project DB)."""
-    from dpo_engine.trainer import load_run_config
+    from dpo_engine.train.loop import load_run_config
 
     if bool(opts["data"]) == bool(opts["project_path"]):
         raise click.UsageError("Give exactly one of --data FILE or --project DB.")
@@ -215,7 +215,7 @@ def train_cmd(**opts):
         config = None  # built once the pairs are counted: the defaults depend on how many there are
     project = None
     if opts["project_path"]:
-        from dpo_engine.store import open_project
+        from dpo_engine.store.project import open_project
 
         # Under `accelerate launch` only the main process writes (and locks) the project.
         project = open_project(opts["project_path"], read_only=not _is_main())
@@ -227,13 +227,13 @@ def train_cmd(**opts):
 
 
 def _is_main() -> bool:
-    from dpo_engine.distributed import current
+    from dpo_engine.train.distributed import current
 
     return current().is_main
 
 
 def _run(config: TrainConfig | None, opts: dict, project) -> None:
-    from dpo_engine.trainer import train
+    from dpo_engine.train.loop import train
 
     if config is not None:  # a resume loads the pairs as its run did
         weight = bool(config.extra.get("weight_rankings"))

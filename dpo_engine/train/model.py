@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-from dpo_engine.checkpoints import RUN_FILE
+from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.models import LoadedModel, load_model
-from dpo_engine.train_config import LoraSettings, TrainConfig
+from dpo_engine.train.config import LoraSettings, TrainConfig
 
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.context import AppContext
-from dpo_engine.checkpoints import read_run_file
+from app.plumbing.context import AppContext
+from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.generate import GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.heldout import DEFAULT_BETA, HeldoutSummary, heldout_events, implicit_rewards
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 from typing import Iterable
 
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store_schema import VERDICTS, prompt_value
+from dpo_engine.store.schema import VERDICTS, prompt_value
 
 SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not labeling time
 

@@ -19,9 +19,9 @@ import torch
 
 from dpo_engine.encoding import EncodedPair
 from dpo_engine.models import ResolvedModel, cache_dir
-from dpo_engine.train_events import ReferenceProgress
-from dpo_engine.train_model import is_peft
-from dpo_engine.train_step import StepContext, score_pairs
+from dpo_engine.train.events import ReferenceProgress
+from dpo_engine.train.model import is_peft
+from dpo_engine.train.step import StepContext, score_pairs
 
 CACHE_VERSION = "1"  # bump when the log-prob computation changes, so old caches are not reused
 

@@ -16,6 +16,7 @@ from dpo_engine.errors import TrainingError
 from dpo_engine.logps import BatchLogps, batch_logps
 from dpo_engine.losses import LossParams, compute_metrics, get_loss
 from dpo_engine.shared_prompt import shared_prompt_logps
+from dpo_engine.train.distributed import LOCAL
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,6 @@ class StepContext:
     share_prompt: bool  # prompt once with its KV reused (off under gradient checkpointing)
     autocast: Callable[[], object]  # a fresh autocast (or null) context per forward
     scorer: Callable | None = None  # under accelerate: the wrapped model's forward(pairs); else None
-
-
-def _local():
-    from dpo_engine.distributed import LOCAL
-
-    return LOCAL
 
 
 def pair_logps(model, pairs: Sequence[EncodedPair], ctx: StepContext) -> BatchLogps:
@@ -91,7 +86,7 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     Raises:
         TrainingError: non-finite loss or gradient (the optimizer has not stepped).
     """
-    dist = dist or _local()
+    dist = dist or LOCAL
     n_pairs = sum(len(mb) for mb in micro_batches)
     totals: dict[str, float] = {}
     bad = None  # under accelerate a rank must not leave the collectives alone: raise after them

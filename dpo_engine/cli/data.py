@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from dpo_engine.cli import friendly_errors
+from dpo_engine.cli.base import friendly_errors
 
 PROJECT = click.option("--project", "project_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
                        help="The project's SQLite file (created if missing).")
@@ -26,8 +26,8 @@ ROWS_REJECTED = 2
 @friendly_errors
 def import_cmd(project_path: Path, files: tuple[Path, ...], strict: bool):
     """Import preference pairs or prompt lists from FILES (.jsonl, .csv, .parquet, .txt)."""
-    from dpo_engine.formats import ImportReport, import_file, read_rows
-    from dpo_engine.store import open_project
+    from dpo_engine.store.formats import ImportReport, import_file, read_rows
+    from dpo_engine.store.project import open_project
 
     if strict:  # check every file before touching the project
         scanned = [(path, read_rows(path)) for path in files]
@@ -59,8 +59,8 @@ def import_cmd(project_path: Path, files: tuple[Path, ...], strict: bool):
 @friendly_errors
 def export_cmd(project_path: Path, out: Path, fmt: str, split: str):
     """Write the project's usable preference pairs to OUT."""
-    from dpo_engine.formats import export_pairs
-    from dpo_engine.store import open_project
+    from dpo_engine.store.formats import export_pairs
+    from dpo_engine.store.project import open_project
 
     with open_project(project_path, read_only=True) as project:
         n = export_pairs(project, out, fmt, None if split == "all" else split)
@@ -99,7 +99,7 @@ def format_stats(s: dict) -> str:
 def stats_cmd(project_path: Path, as_json: bool):
     """Counts, splits, labeling rate and biases of the project's preference data."""
     from dpo_engine.errors import StoreError
-    from dpo_engine.store import open_project
+    from dpo_engine.store.project import open_project
 
     if not project_path.exists():
         raise StoreError(f"{project_path} does not exist.")

@@ -15,7 +15,7 @@ from typing import Sequence
 from dpo_engine.encoding import EncodedPair, encode_pairs
 from dpo_engine.errors import DataError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.train_config import MIN_TRAIN_PAIRS, TrainConfig
+from dpo_engine.train.config import MIN_TRAIN_PAIRS, TrainConfig
 
 BUCKET_BATCHES = 16  # batches per length bucket: long enough to sort well, short enough to stay random
 

@@ -8,9 +8,9 @@ from typing import Any, Callable, Iterator
 
 from PySide6.QtCore import QObject, Signal
 
-from app.workers import Job, TorchRunner
+from app.plumbing.workers import Job, TorchRunner
 from dpo_engine.devices import DeviceChoice
-from dpo_engine.store import open_project
+from dpo_engine.store.project import open_project
 from dpo_engine.models import (
     DEFAULT_MODEL_REF,
     LoadedModel,

@@ -27,6 +27,7 @@ from typing import Callable, Sequence
 import click
 import torch
 
+from dpo_engine.cli.base import friendly_errors, progress_printer
 from dpo_engine.encoding import EncodedPair, collate, encode_pair, length_batches
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.logps import BatchLogps, batch_logps
@@ -170,19 +171,6 @@ def evaluate(data, policy_ref: str, reference_ref: str | None, settings: EvalSet
     }
 
 
-def _friendly(fn):
-    """dpo_engine.cli.friendly_errors, looked up at call time: cli.py imports this module
-    at its bottom, so importing cli here at load time would be circular."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from dpo_engine.cli import friendly_errors
-
-        return friendly_errors(fn)(*args, **kwargs)
-
-    return wrapper
-
-
 def _print_summary(report: dict, settings: EvalSettings) -> None:
     click.echo(f"policy {report['policy']}  reference {report['reference']}")
     click.echo(f"loss {settings.loss}, beta {settings.beta}: {len(report['pairs'])} pairs scored, "
@@ -211,11 +199,10 @@ def _print_summary(report: dict, settings: EvalSettings) -> None:
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per forward pass.")
 @click.option("--device", default=None, help="auto (default: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
-@_friendly
+@friendly_errors
 def eval_cmd(data, policy_ref, reference_ref, beta, loss_name, label_smoothing, max_length, batch_size, device,
              as_json):
     """Score preference pairs: per-pair log-probs, rewards and loss, and TRL's metrics."""
-    from dpo_engine.cli import progress_printer
     from dpo_engine.devices import pick_device
 
     settings = EvalSettings(loss_name, beta, label_smoothing, max_length, batch_size)

@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 
 from PySide6.QtCore import QObject, Signal
 
-from app.context import AppContext
-from app.ranking_draft import RankingDraft
+from app.plumbing.context import AppContext
+from app.controllers.ranking_draft import RankingDraft
 from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
 from dpo_engine.pairs import PreferencePair

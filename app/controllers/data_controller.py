@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from app.comparison_table import ComparisonTableModel
+from app.widgets.comparison_table import ComparisonTableModel
 from dpo_engine.errors import DPOStudioError, ProjectLockedError
-from dpo_engine.formats import ImportReport, export_pairs, import_file
-from dpo_engine.store import open_project
-from dpo_engine.store_read import ComparisonFilter
+from dpo_engine.store.formats import ImportReport, export_pairs, import_file
+from dpo_engine.store.project import open_project
+from dpo_engine.store.read import ComparisonFilter
 
 FLIPPED = {"left": "right", "right": "left"}
 

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 from dpo_engine.errors import DataError
 from dpo_engine.pairs import PreferencePair, parse_preference_record
-from dpo_engine.store import Project, normalize_prompt
+from dpo_engine.store.project import Project, normalize_prompt
 
 FORMATS = ("trl", "openai", "csv", "parquet")
 PAIR_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output", "input")

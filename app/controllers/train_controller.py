@@ -10,11 +10,11 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
-from app.context import AppContext
+from app.plumbing.context import AppContext
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.train_config import TrainConfig
-from dpo_engine.train_events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 
@@ -109,7 +109,7 @@ class TrainController(QObject):
     # ------------------------------------------------------------------ runs
     def build_config(self, output_dir: Path) -> TrainConfig:
         s = self.settings
-        from dpo_engine.train_config import LoraSettings
+        from dpo_engine.train.config import LoraSettings
 
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
@@ -147,7 +147,7 @@ class TrainController(QObject):
 
     def resume(self, run_id: int) -> bool:
         """Continue a stopped run from its checkpoint, exactly where it stopped."""
-        from dpo_engine.trainer import load_run_config
+        from dpo_engine.train.loop import load_run_config
 
         run = next((r for r in self.ctx.project.runs() if r["id"] == run_id), None)
         if run is None or run["status"] != "stopped" or not run["checkpoint"] or self.job is not None:
@@ -164,7 +164,7 @@ class TrainController(QObject):
         return True
 
     def _launch(self, train, held, resume_from) -> None:
-        from dpo_engine.trainer import train as train_gen
+        from dpo_engine.train.loop import train as train_gen
 
         self._stop = threading.Event()
         self.last_step = 0

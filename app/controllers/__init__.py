@@ -1,0 +1,1 @@
+"""Controllers: the wiring between a page and the engine, testable without widgets."""
