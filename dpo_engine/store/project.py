@@ -7,7 +7,7 @@ are not shared across threads). A second *process* on the same file gets
 kill -9), or can open the file read-only. A file that is not a project is refused with
 `NotAProjectError` before anything is written to it.
 
-Reads (training pairs, stats, browsing) live in `store_read`; the schema in `store_schema`.
+Reads (training pairs, stats, browsing) live in `store.read`; the schema in `store.schema`.
 """
 
 from __future__ import annotations
