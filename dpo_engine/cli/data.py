@@ -59,9 +59,11 @@ def import_cmd(project_path: Path, files: tuple[Path, ...], strict: bool):
 @friendly_errors
 def export_cmd(project_path: Path, out: Path, fmt: str, split: str):
     """Write the project's usable preference pairs to OUT."""
+    from dpo_engine.outputs import check_output_path
     from dpo_engine.store.formats import export_pairs
     from dpo_engine.store.project import open_project
 
+    check_output_path(out, inputs=[project_path])  # before opening: the project is never at risk
     with open_project(project_path, read_only=True) as project:
         n = export_pairs(project, out, fmt, None if split == "all" else split)
     click.echo(f"Wrote {n} pairs to {out} ({fmt}).")

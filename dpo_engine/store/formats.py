@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from dpo_engine.errors import DataError
+from dpo_engine.outputs import check_output_path
 from dpo_engine.pairs import PreferencePair, parse_preference_record
 from dpo_engine.store.project import Project, normalize_prompt
 
@@ -268,7 +269,7 @@ def export_pairs(project: Project, out: str | Path, fmt: str = "trl", split: str
     """Write the project's usable pairs to `out` (replaced atomically); returns how many."""
     if fmt not in FORMATS:
         raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    out = Path(out)
+    out = check_output_path(out, inputs=[] if project.path == ":memory:" else [project.path])
     pairs = [s.pair for s in project.training_pairs(split)]
     tmp = out.with_name(out.name + ".part")
     try:

@@ -1,6 +1,12 @@
 """The per-process lock on a project file: an exclusive flock on `<file>.lock` holding
 the owner's pid, shared by all threads of the process and dropped by the OS when the
-process dies (even by kill -9), so a crash never leaves the project locked."""
+process dies (even by kill -9), so a crash never leaves the project locked.
+
+The lock identifies the file itself (device and inode), not the name it was opened by: a
+symlink and its target share one lock. Hard links are refused for writing by
+`check_single_name`, because SQLite keeps the write-ahead log beside each *name*: two names
+written at once are two logs for one database, and the file ends up "malformed" (seen with
+`ln p.sqlite q.sqlite`)."""
 
 from __future__ import annotations
 
@@ -14,16 +20,18 @@ from dpo_engine.errors import ProjectLockedError
 class ProcessLock:
     """One exclusive flock per project file per process, shared by its threads."""
 
-    _held: dict[str, list] = {}  # real path -> [file object, users]
+    _held: dict[tuple[int, int], list] = {}  # (device, inode) -> [file object, users]
     _guard = threading.Lock()
 
     def __init__(self, path: Path):
-        self.key = os.path.realpath(path)
+        real = Path(os.path.realpath(path))
+        st = real.stat()  # the caller creates the file first, so every name of it gives one key
+        self.key = (st.st_dev, st.st_ino)
         with self._guard:
             if self.key in self._held:
                 self._held[self.key][1] += 1
                 return
-            self._held[self.key] = [self._take(Path(self.key)), 1]
+            self._held[self.key] = [self._take(real), 1]
 
     @staticmethod
     def _take(path: Path):
@@ -58,3 +66,13 @@ class ProcessLock:
                 if entry[0] is not None:
                     entry[0].close()  # closing drops the flock
         self.key = None
+
+
+def check_single_name(path: Path) -> None:
+    """Refuse to write a project file that has other hard-linked names (see the module docstring)."""
+    links = path.stat().st_nlink
+    if links > 1:
+        raise ProjectLockedError(
+            f"{path} has {links} names (hard links) for one file. SQLite keeps its write-ahead log beside "
+            "each name, so writing through two names corrupts the project. Keep one name (delete the other "
+            "links) or work on a copy (cp), then open it again; it can still be opened read-only.")

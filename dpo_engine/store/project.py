@@ -24,7 +24,7 @@ from sqlite_utils import Database
 
 from dpo_engine.errors import ConfigError, NotAProjectError, StoreError
 from dpo_engine.pairs import PreferencePair, conversation
-from dpo_engine.store.lock import ProcessLock
+from dpo_engine.store.lock import ProcessLock, check_single_name
 from dpo_engine.store.read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
 from dpo_engine.store.schema import (
     APPLICATION_ID,
@@ -102,6 +102,24 @@ def _connect(path: str | Path, read_only: bool) -> sqlite3.Connection:
     return conn
 
 
+def _lock(path: Path) -> ProcessLock:
+    """The process lock of a project opened for writing, creating the (empty) file first so that
+    the lock can key on its inode; a file created here is removed again if the lock is refused."""
+    created = not path.exists()
+    try:
+        if created:
+            path.touch()
+        check_single_name(path)
+        return ProcessLock(path)
+    except BaseException as exc:
+        if created:
+            path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise StoreError(f"Cannot open {path} for writing: {exc.strerror}. Choose a folder you can write "
+                             "to, or open the project read-only.") from None
+        raise
+
+
 def open_project(path: str | Path, read_only: bool = False) -> "Project":
     """Open (creating and migrating if needed) the project at `path`; ":memory:" for tests.
 
@@ -118,7 +136,7 @@ def open_project(path: str | Path, read_only: bool = False) -> "Project":
     if read_only and not path.exists():
         raise StoreError(f"{path} does not exist; open it read-write once to create it.")
     _check_file(path)
-    lock = None if read_only else ProcessLock(path)
+    lock = None if read_only else _lock(path)
     try:
         conn = _connect(path, read_only)
         return Project(conn, str(path), lock, read_only)
