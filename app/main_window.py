@@ -3,7 +3,7 @@ the device and what the app is doing."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
@@ -70,6 +70,10 @@ class MainWindow(QMainWindow):
 
         ctx.modelStateChanged.connect(self._on_ctx_modelStateChanged)
         ctx.navigateRequested.connect(self.show_page)
+        self._finishing = False  # a close was requested and waits for the worker
+        self._close_poll = QTimer(self)
+        self._close_poll.setInterval(100)
+        self._close_poll.timeout.connect(self._on_close_poll_timeout)
 
     def _build_status_bar(self) -> None:
         bar = self.statusBar()
@@ -107,5 +111,23 @@ class MainWindow(QMainWindow):
         self.state_label.setToolTip(detail)
 
     def closeEvent(self, event) -> None:
+        """Close only when the worker is idle: a running job first reaches a safe stop (a training
+        run saves its checkpoint and is recorded `stopped`), with "Finishing…" in the status bar;
+        a second close request while finishing just waits too."""
+        if self.ctx.runner.busy():
+            event.ignore()
+            if not self._finishing:
+                self._finishing = True
+                self.state_label.setText("Finishing: saving the training run's checkpoint, then closing…")
+                self.progress.setVisible(True)
+                self.ctx.request_close()
+                self._close_poll.start()
+            return
+        self._close_poll.stop()
         self.ctx.shutdown()
         super().closeEvent(event)
+
+    def _on_close_poll_timeout(self) -> None:
+        if not self.ctx.runner.busy():
+            self._close_poll.stop()
+            self.close()

@@ -113,3 +113,20 @@ def test_event_loop_never_stalls_during_training(qtbot, train_window):
     # thread) without failing on those bursts. See the Train page issue's notes.
     assert median <= 25, f"the event loop is sluggish: median gap {median} ms (load {load:.1f})"
     assert worst <= 300, f"event loop froze {worst} ms (load {load:.1f})"
+
+
+def test_closing_the_window_mid_run_saves_a_resumable_checkpoint(qtbot, train_window, tmp_path):
+    """Issue 18 item 2: closing at step 3 used to leave the run `running` with no checkpoint
+    (and Resume disabled); now the window waits, showing it, for the run to stop and save."""
+    ctx, win, page = train_window
+    page.fields["epochs"].setValue(100)
+    page.train_button.click()
+    qtbot.waitUntil(lambda: page.controller.last_step >= 3, timeout=120_000)
+    win.close()
+    assert win.isVisible() and "Finishing" in win.state_label.text()  # not yet: the step must end
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=120_000)
+    assert not ctx.runner._thread.isRunning()  # the worker ended before the window closed
+    with open_project(tmp_path / "p.sqlite", read_only=True) as project:
+        run = project.runs()[-1]
+    assert run["status"] == "stopped" and run["checkpoint"]
+    assert load_model(run["checkpoint"]).resolved.kind == "folder"

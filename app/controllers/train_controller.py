@@ -69,6 +69,7 @@ class TrainController(QObject):
         self._stop = threading.Event()
         self.config: TrainConfig | None = None
         self.last_step = 0  # the current run's last optimizer step
+        ctx.closing.connect(self._on_ctx_closing)
 
     # ------------------------------------------------------------------ readiness
     def pair_counts(self) -> tuple[int, int]:
@@ -183,6 +184,13 @@ class TrainController(QObject):
     def stop(self) -> None:
         """Graceful: the run finishes its step, saves a checkpoint and ends as stopped."""
         self._stop.set()
+
+    def _on_ctx_closing(self) -> None:
+        """The window closes mid-run: stop like the Stop button, so the run ends `stopped` with a
+        checkpoint that Resume continues after the next start."""
+        if self.job is not None:
+            self.settings = {**self.settings, "follow": False}  # no model switch while closing
+            self.stop()
 
     # ------------------------------------------------------------------ events
     def _on_job_yielded(self, event) -> None:

@@ -72,12 +72,15 @@ class AppContext(QObject):
         activeModelChanged(ref): the model that labeling samples from changed.
         comparisonsChanged(): verdicts were added, changed or removed.
         projectChanged(): another project file was opened.
+        closing(): the window is closing: a training run stops at its next step and saves a
+            checkpoint; pending sampling is cancelled (MainWindow waits for the worker).
     """
 
     modelStateChanged = Signal(str, str)
     activeModelChanged = Signal(str)
     comparisonsChanged = Signal()
     projectChanged = Signal()
+    closing = Signal()
     navigateRequested = Signal(str)  # a page asks the window to show another page by name
     _modelEvent = Signal(str, str, str)  # (state, ref, detail) from the worker; queued to this thread
 
@@ -142,6 +145,12 @@ class AppContext(QObject):
             self.model_ref = ref
             self.activeModelChanged.emit(ref)
             self.load_active_model()
+
+    def request_close(self) -> None:
+        """Ask every job to reach a safe stop: listeners of `closing` stop theirs (training saves
+        a checkpoint); foreground jobs (sampling, loading) are cancelled at their next yield."""
+        self.closing.emit()
+        self.runner.cancel_foreground()
 
     def shutdown(self) -> None:
         self.runner.shutdown()

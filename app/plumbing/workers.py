@@ -181,9 +181,22 @@ class TorchRunner(QObject):
     def busy(self) -> bool:
         return bool(self._pending)
 
-    def shutdown(self, wait_ms: int = 10_000) -> None:
+    def cancel_foreground(self) -> None:
+        """Cancel the queued and running foreground jobs; background jobs (training) stop by their
+        own flag, because cancelling one would skip its checkpoint."""
+        for job in list(self._pending):
+            if not job.background:
+                job.cancel()
+
+    def shutdown(self, wait_ms: int | None = None) -> None:
+        """Stop the thread after its current job. With no `wait_ms`, wait as long as that takes:
+        a QThread destroyed while running aborts the process (seen closing during a .gguf
+        conversion), so MainWindow lets running jobs reach a safe stop first."""
         for job in list(self._pending):
             job.detach()
         self._jobs.put(None)
         self._thread.quit()
-        self._thread.wait(wait_ms)
+        if wait_ms is None:
+            self._thread.wait()
+        else:
+            self._thread.wait(wait_ms)
