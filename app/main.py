@@ -39,10 +39,22 @@ def create_window(project: Path, model_ref: str, device: str | None = None, dtyp
     return ctx, window
 
 
+def startup_error_box(message: str):
+    """The dialog for a project or model that cannot be opened. Plain text: a file name such as
+    `<b>x<img src=y>.sqlite` is shown as written, never rendered as HTML."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QMessageBox
+
+    box = QMessageBox(QMessageBox.Icon.Critical, "DPO Studio", message)
+    box.setObjectName("startupErrorDialog")
+    box.setTextFormat(Qt.TextFormat.PlainText)
+    return box
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
-    from PySide6.QtWidgets import QApplication, QMessageBox
+    from PySide6.QtWidgets import QApplication
 
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.errors import DPOStudioError
@@ -53,7 +65,7 @@ def main(argv=None) -> int:
     try:
         ctx, window = create_window(args.project or default_project_path(), args.model, args.device, args.dtype)
     except DPOStudioError as exc:
-        QMessageBox.critical(None, "DPO Studio", str(exc))
+        startup_error_box(str(exc)).exec()
         return 1
     ctx.load_active_model()  # queued first, so the status bar tracks it before pages sample
     window.show()

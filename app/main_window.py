@@ -8,6 +8,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QListWidget,
     QMainWindow,
+    QMessageBox,
     QProgressBar,
     QSplitter,
     QStackedWidget,
@@ -70,6 +71,7 @@ class MainWindow(QMainWindow):
 
         ctx.modelStateChanged.connect(self._on_ctx_modelStateChanged)
         ctx.navigateRequested.connect(self.show_page)
+        ctx.saveFailed.connect(self._on_ctx_saveFailed)
         self._finishing = False  # a close was requested and waits for the worker
         self._close_poll = QTimer(self)
         self._close_poll.setInterval(100)
@@ -109,6 +111,16 @@ class MainWindow(QMainWindow):
             text = detail  # first run: download and conversion progress
         self.state_label.setText(text if state != "error" else f"{text}: {detail.splitlines()[0] if detail else ''}")
         self.state_label.setToolTip(detail)
+
+    def _on_ctx_saveFailed(self, message: str) -> None:
+        """A person's action was not saved (disk full, read-only, ...): say so in a dialog that
+        names the file and what to do; the action can be retried once the cause is fixed."""
+        box = QMessageBox(QMessageBox.Icon.Warning, "Not saved", message, QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("saveFailedDialog")
+        box.setTextFormat(Qt.TextFormat.PlainText)  # paths and messages are text, never HTML
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()  # window-modal, and it does not block the event loop
+        self.state_label.setText(f"Not saved: {message.splitlines()[0]}")
 
     def closeEvent(self, event) -> None:
         """Close only when the worker is idle: a running job first reaches a safe stop (a training

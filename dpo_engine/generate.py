@@ -63,6 +63,12 @@ def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 
+def context_length(model) -> int | None:
+    """The most positions the model reads (prompt + answer), from its config; None if unknown."""
+    value = getattr(model.config, "max_position_embeddings", None)
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def _stop_ids(tokenizer, model) -> set[int]:
     ids = set()
     for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
@@ -103,14 +109,20 @@ def stream_generate(
     gen = torch.Generator(device=device)
     gen.manual_seed(settings.seed if settings.seed is not None else torch.seed())
 
-    prompt_ids = torch.tensor([encode_prompt(tokenizer, prompt)] * n, device=device)
+    encoded = encode_prompt(tokenizer, prompt)
+    context = context_length(model)
+    if context and len(encoded) >= context:
+        raise ConfigError(f"The prompt is {len(encoded):,} tokens, but this model reads at most {context:,} "
+                          "(its context length), leaving no room for an answer. Shorten the prompt.")
+    prompt_ids = torch.tensor([encoded] * n, device=device)
     stop = _stop_ids(tokenizer, model)
     out: list[list[int]] = [[] for _ in range(n)]
     texts = [""] * n
     done = [False] * n
     past, inputs = None, prompt_ids
     attention = torch.ones_like(prompt_ids)
-    for _ in range(settings.max_new_tokens):
+    budget = settings.max_new_tokens if not context else min(settings.max_new_tokens, context - len(encoded))
+    for _ in range(budget):  # an answer that reaches the context's end is cut off there, like at the cap
         result, past = forward_with_cache(model, past, input_ids=inputs, attention_mask=attention, logits_to_keep=1)
         next_ids = _sample(result.logits[:, -1, :], settings, gen)
         for i, tok in enumerate(next_ids.tolist()):

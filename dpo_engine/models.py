@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from typing import Callable, Iterator
 
 import platformdirs
 
+from dpo_engine.atomic import find_checkpoint
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
 
@@ -98,8 +100,15 @@ def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgre
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     yield PrepareProgress("dequantise", 0.4, f"Dequantising {gguf.name} (about 20 s, once)")
-    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    _check_gguf_header(gguf)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except (ValueError, KeyError, TypeError, IndexError, OSError, struct.error, RuntimeError) as exc:
+        # transformers and gguf raise these for a damaged file or an architecture they cannot read
+        raise ModelError(f"{gguf} cannot be loaded as a model ({_first_line(exc)}). It may be truncated or "
+                         "damaged (download it again), or of an architecture transformers cannot read from "
+                         "GGUF; use a safetensors folder of the same model instead.") from None
     config = loaded.config
     if hasattr(config, "quantization_config"):
         delattr(config, "quantization_config")
@@ -121,6 +130,27 @@ def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgre
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
+
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _check_gguf_header(gguf: Path) -> None:
+    """Refuse at once what is not a GGUF file at all (empty, random, another format)."""
+    try:
+        with open(gguf, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelNotFoundError(f"Cannot read {gguf}: {exc.strerror}.") from None
+    if len(head) < 8 or head[:4] != GGUF_MAGIC:
+        what = "empty" if not head else "not a GGUF file (its first bytes are not 'GGUF')"
+        raise ModelError(f"{gguf} is {what}; give a .gguf model file from llama.cpp, LM Studio or Ollama, "
+                         "or a model folder.")
 
 
 def prepare_default_model_events(force: bool = False) -> Iterator[PrepareProgress]:
@@ -181,6 +211,8 @@ def resolve_model_ref(
                 if on_progress:
                     on_progress(event)
         return ResolvedModel(ref, str(dest), "gguf", path.stem)
+    if path.is_dir() or not path.exists():
+        find_checkpoint(path)  # a kill between a checkpoint's two renames left it in .<name>.prev
     if path.is_dir():
         if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
             raise ModelNotFoundError(f"{path} is a folder but holds no config.json: not a model folder.")
@@ -268,6 +300,10 @@ def load_model(
     try:
         tokenizer = load_tokenizer(resolved)
         model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True)
+    except (ValueError, KeyError) as exc:  # e.g. a config.json with a model_type transformers does not know
+        raise ModelError(f"Could not load the model at {resolved.path}: {_first_line(exc)}. DPO Studio loads "
+                         "architectures that transformers supports without remote code; update transformers, "
+                         "or use another model.") from None
     except OSError as exc:
         if resolved.kind == "hub":
             raise ModelNotFoundError(

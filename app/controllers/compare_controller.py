@@ -363,10 +363,17 @@ class CompareController(QObject):
             self.message.emit("The answers are still being written; vote when they are complete.")
             return False
         project = self.ctx.project
-        left, right = (project.add_response(rnd.prompt_id, rnd.texts[s], model=rnd.refs[s],
-                                            settings=asdict(rnd.settings), finished=rnd.ended[s])
-                       for s in (0, 1))
-        rnd.comparison_id = project.record_comparison(rnd.prompt_id, left, right, verdict, source="compare")
+
+        def write() -> int:
+            with project.transaction():  # both answers and the verdict, or nothing
+                left, right = (project.add_response(rnd.prompt_id, rnd.texts[s], model=rnd.refs[s],
+                                                    settings=asdict(rnd.settings), finished=rnd.ended[s])
+                               for s in (0, 1))
+                return project.record_comparison(rnd.prompt_id, left, right, verdict, source="compare")
+
+        ok, rnd.comparison_id = self.ctx.try_save(write)
+        if not ok:
+            return False
         rnd.verdict = verdict
         self.ctx.comparisonsChanged.emit()
         if verdict == "skip":

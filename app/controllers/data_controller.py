@@ -79,15 +79,17 @@ class DataController:
         """Swap left/right verdicts (others are left alone); returns how many flipped."""
         old = [(cid, row.verdict) for cid in cids
                if (row := self.project.comparison(cid)) is not None and row.verdict in FLIPPED]
-        for cid, verdict in old:
-            self.project.set_verdict(cid, FLIPPED[verdict])
+        with self.project.transaction():  # one action, one transaction: all flipped or none
+            for cid, verdict in old:
+                self.project.set_verdict(cid, FLIPPED[verdict])
         if old:
             self._done(UndoStep(f"flip {len(old)} verdict(s)", "verdict", tuple(old)))
         return len(old)
 
     def delete(self, cids: list[int]) -> None:
-        for cid in cids:
-            self.project.delete_comparison(cid)
+        with self.project.transaction():
+            for cid in cids:
+                self.project.delete_comparison(cid)
         if cids:
             self._done(UndoStep(f"delete {len(cids)} comparison(s)", "delete", tuple(cids)))
 
@@ -95,13 +97,15 @@ class DataController:
         """Revert the last flip or delete; returns it (None when there is nothing to undo)."""
         if not self.undo_stack:
             return None
-        step = self.undo_stack.pop()
-        if step.kind == "delete":
-            for cid in step.items:
-                self.project.restore_comparison(cid)
-        else:
-            for cid, verdict in step.items:
-                self.project.set_verdict(cid, verdict)
+        step = self.undo_stack[-1]
+        with self.project.transaction():
+            if step.kind == "delete":
+                for cid in step.items:
+                    self.project.restore_comparison(cid)
+            else:
+                for cid, verdict in step.items:
+                    self.project.set_verdict(cid, verdict)
+        self.undo_stack.pop()  # only once it is saved: a failed undo can be retried
         self._changed()
         return step
 

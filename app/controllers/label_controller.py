@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 from PySide6.QtCore import QObject, Signal
 
-from app.plumbing.context import AppContext
+from app.plumbing.context import AppContext, saves
 from app.controllers.ranking_draft import RankingDraft
 from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, relabeled, stream_generate
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
@@ -144,6 +144,7 @@ class LabelController(QObject):
         self.fill()
         self._emit_progress()
 
+    @saves
     def fill(self) -> None:
         """Keep one current pair and `prefetch` more queued or being sampled."""
         while len(self.queue) + (self.current is not None) < 1 + self.prefetch:
@@ -203,6 +204,7 @@ class LabelController(QObject):
         if pair is self.current:
             self.textUpdated.emit(ev.index, pair.texts[ev.index], ev.tokens)
 
+    @saves
     def _on_job_returned(self, pair: PendingPair, result: dict, remaining: list) -> None:
         for side, (text, count, ended) in result.items():
             pair.texts[side], pair.tokens[side], pair.ended[side] = text, count, ended
@@ -268,8 +270,9 @@ class LabelController(QObject):
                 return True
             self.message.emit("The answers are still being written; judge them when they are complete.")
             return False
-        cid = self.ctx.project.record_comparison(pair.prompt_id, pair.response_ids[0], pair.response_ids[1], verdict)
-        return self._recorded(cid, pair, verdict)
+        ok, cid = self.ctx.try_save(lambda: self.ctx.project.record_comparison(
+            pair.prompt_id, pair.response_ids[0], pair.response_ids[1], verdict))
+        return ok and self._recorded(cid, pair, verdict)
 
     def write_better(self, text: str, worse_side: int) -> bool:
         """The person's own answer becomes the chosen side against the worse sample."""
@@ -277,10 +280,15 @@ class LabelController(QObject):
         if pair is None or not pair.done or not text.strip() or not 0 <= worse_side < pair.n:
             return False
         project = self.ctx.project
-        own = project.add_response(pair.prompt_id, text.strip(), model="human", settings=None)
-        worse = pair.response_ids[worse_side]
-        cid = project.record_comparison(pair.prompt_id, own, worse, "left", note="written by the person")
-        return self._recorded(cid, pair, "edit")
+
+        def write() -> int:
+            with project.transaction():  # the written answer and its verdict, or nothing
+                own = project.add_response(pair.prompt_id, text.strip(), model="human", settings=None)
+                return project.record_comparison(pair.prompt_id, own, pair.response_ids[worse_side], "left",
+                                                 note="written by the person")
+
+        ok, cid = self.ctx.try_save(write)
+        return ok and self._recorded(cid, pair, "edit")
 
     def _recorded(self, saved_id: int, pair: PendingPair, kind: str) -> bool:
         """After a verdict is committed: remember it for undo, tell the other pages, move on."""
@@ -295,11 +303,12 @@ class LabelController(QObject):
         """Remove exactly the last verdict and show its pair again."""
         if not self.history:
             return False
-        last = self.history.pop()
-        if last.verdict == "ranking":
-            self.ctx.project.delete_group(last.comparison_id)  # the whole ranking, all its pairs
-        else:
-            self.ctx.project.delete_comparison(last.comparison_id)
+        last = self.history[-1]
+        project = self.ctx.project
+        remove = project.delete_group if last.verdict == "ranking" else project.delete_comparison  # a ranking: all its pairs
+        if not self.ctx.try_save(lambda: remove(last.comparison_id))[0]:
+            return False
+        self.history.pop()  # only once the removal is saved: a failed undo can be retried
         self.session_count -= 1
         if self.current is not None:
             self.queue.appendleft(self.current)
@@ -401,8 +410,9 @@ class LabelController(QObject):
         if pair is None or not pair.ranking or not pair.done or not self.draft.order:
             return False
         order, ties = self.draft.complete(pair.n)
-        group = self.ctx.project.record_ranking(pair.prompt_id, [pair.response_ids[i] for i in order], ties)
-        return self._recorded(group, pair, "ranking")
+        ok, group = self.ctx.try_save(lambda: self.ctx.project.record_ranking(
+            pair.prompt_id, [pair.response_ids[i] for i in order], ties))
+        return ok and self._recorded(group, pair, "ranking")
 
     # ------------------------------------------------------------------ progress
     def progress(self) -> dict:

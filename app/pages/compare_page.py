@@ -28,6 +28,7 @@ from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import HeldoutSummary
+from dpo_engine.pairs import MAX_FIELD_CHARS
 
 BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
     ("compareLeft", "← Left is better  [1]", "left", ("1", "Left")),
@@ -94,6 +95,7 @@ class ComparePage(QWidget):
         self.prompt_view.setAccessibleName("Prompt")
         self.prompt_view.setMaximumHeight(64)
         self.prompt_input = QLineEdit(objectName="comparePromptInput")
+        self.prompt_input.setMaxLength(MAX_FIELD_CHARS)  # Qt cuts at 32,767 by default, silently
         self.prompt_input.setAccessibleName("Type a prompt")
         self.prompt_input.setPlaceholderText("Type a prompt and press Enter to compare both models on it")
         self.panes = (ResponsePane("compareLeftPane", "Left answer"), ResponsePane("compareRightPane", "Right answer"))

@@ -31,6 +31,7 @@ from app.widgets.rank_order import RankOrderList
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
 from dpo_engine.ranking import rank_levels
+from dpo_engine.pairs import MAX_FIELD_CHARS
 
 BUTTONS = [  # (objectName, label, verdict, keys); digits are routed by mode in _on_key_digit
     ("verdictLeft", "← Left is better  [1]", "left", ("Left",)),
@@ -66,6 +67,7 @@ class LabelPage(QWidget):
         self.prompt_view.setReadOnly(True)
         self.prompt_view.setMaximumHeight(90)
         self.prompt_input = QLineEdit()
+        self.prompt_input.setMaxLength(MAX_FIELD_CHARS)  # Qt cuts at 32,767 by default, silently
         self.prompt_input.setObjectName("promptInput")
         self.prompt_input.setAccessibleName("Type a prompt")
         self.prompt_input.setPlaceholderText("Type your own prompt and press Enter (optional)")

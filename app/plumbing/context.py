@@ -3,6 +3,7 @@ torch worker. Pages talk to each other only through this object's signals."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -10,6 +11,7 @@ from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
 from dpo_engine.devices import DeviceChoice
+from dpo_engine.errors import StoreError
 from dpo_engine.store.project import open_project
 from dpo_engine.models import (
     DEFAULT_MODEL_REF,
@@ -19,6 +21,22 @@ from dpo_engine.models import (
     load_model,
     prepare_default_model_events,
 )
+
+
+def saves(method):
+    """For a controller slot whose work is a write (storing sampled answers, the next prompt;
+    its object has `.ctx`): a StoreError (disk full, read-only, ...) becomes
+    `ctx.saveFailed(message)` and the slot returns False instead of raising into Qt."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError as exc:
+            self.ctx.saveFailed.emit(str(exc))
+            return False
+
+    return wrapper
 
 
 class ModelCache:
@@ -74,6 +92,8 @@ class AppContext(QObject):
         projectChanged(): another project file was opened.
         closing(): the window is closing: a training run stops at its next step and saves a
             checkpoint; pending sampling is cancelled (MainWindow waits for the worker).
+        saveFailed(message): a person's action could not be saved (disk full, read-only, ...);
+            the window shows the message in a dialog. Nothing of it was acknowledged.
     """
 
     modelStateChanged = Signal(str, str)
@@ -81,6 +101,7 @@ class AppContext(QObject):
     comparisonsChanged = Signal()
     projectChanged = Signal()
     closing = Signal()
+    saveFailed = Signal(str)
     navigateRequested = Signal(str)  # a page asks the window to show another page by name
     _modelEvent = Signal(str, str, str)  # (state, ref, detail) from the worker; queued to this thread
 
@@ -96,6 +117,16 @@ class AppContext(QObject):
         self._modelEvent.connect(self._on_models_event)
         self.model_state = ("loading", "")
         self.loaded_name = ""
+
+    def try_save(self, write: Callable[[], Any]) -> tuple[bool, Any]:
+        """Run one write of a person's action: (True, its result), or (False, None) after
+        `saveFailed` told the person why (disk full, read-only, ...). The caller acknowledges
+        the action only on True, so a failed verdict stays on screen to be retried."""
+        try:
+            return True, write()
+        except StoreError as exc:
+            self.saveFailed.emit(str(exc))
+            return False, None
 
     # ---------------------------------------------------------------- jobs
     def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,

@@ -1,7 +1,8 @@
 """`dpo-engine train`: DPO-train a model on pairs from a file or a project, with a progress line.
 
-Ctrl-C asks the run to stop after the current step (it saves a checkpoint that
-`--resume` continues); a second Ctrl-C quits at once, leaving the last checkpoint intact.
+Ctrl-C or SIGTERM asks the run to stop after the current step (it saves a checkpoint that
+`--resume` continues, and the project records the run as stopped); a second one quits at
+once, leaving the last checkpoint intact.
 With `--project`, the run, its metrics and the checkpoint are recorded in the project.
 """
 
@@ -18,7 +19,7 @@ import click
 
 from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
-from dpo_engine.errors import DataError, DPOStudioError
+from dpo_engine.errors import DataError, DPOStudioError, TrainingError
 from dpo_engine.losses import LOSSES
 from dpo_engine.train.config import SCHEDULES, LoraSettings, TrainConfig
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
@@ -192,7 +193,7 @@ def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
 @click.option("--lora-rank", type=int, default=LoraSettings.rank, show_default=True)
 @click.option("--merge-lora", is_flag=True, help="Also save the model with the adapter merged in.")
 @click.option("--gradient-checkpointing", is_flag=True, help="Less memory, slower steps.")
-@click.option("--resume", type=click.Path(exists=True, file_okay=False), default=None,
+@click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")
 @click.option("--weight-rankings/--no-weight-rankings", default=None,
@@ -206,6 +207,11 @@ def train_cmd(**opts):
     if bool(opts["data"]) == bool(opts["project_path"]):
         raise click.UsageError("Give exactly one of --data FILE or --project DB.")
     if opts["resume"]:
+        from dpo_engine.atomic import find_checkpoint
+
+        if find_checkpoint(opts["resume"]) is None:  # recovers one a kill left in .<name>.prev
+            raise TrainingError(f"No complete checkpoint at {opts['resume']} to resume from: give the --output "
+                                "folder of a stopped run.")
         config = load_run_config(opts["resume"], output_dir=opts["output"] or opts["resume"],
                                  **({"device": opts["device"]} if opts["device"] else {}))
         click.echo(f"Resuming {opts['resume']} with its own settings (training flags are ignored).", err=True)
@@ -245,7 +251,8 @@ def _run(config: TrainConfig | None, opts: dict, project) -> None:
         config = replace(_config(opts, len(pairs) + len(held or [])), extra={"weight_rankings": weight})
     flag = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGINT, make_interrupt_handler(flag)) if in_main else None
+    handler = make_interrupt_handler(flag)  # Ctrl-C and SIGTERM (a logout, `kill`) alike: save, then end
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     main_rank = _is_main()  # the other ranks train silently: no metrics file, no project writes
     recorder = Recorder(opts["metrics_out"], project, config) if main_rank else Recorder(None, None, config)
     try:
@@ -260,8 +267,8 @@ def _run(config: TrainConfig | None, opts: dict, project) -> None:
         sys.exit(130)
     finally:
         recorder.close()
-        if in_main:
-            signal.signal(signal.SIGINT, previous)
+        for sig, old_handler in previous.items():
+            signal.signal(sig, old_handler)
     _report(summary)
 
 

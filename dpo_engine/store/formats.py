@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from dpo_engine.errors import DataError
+from dpo_engine.errors import DataError, storage_problem
 from dpo_engine.outputs import check_output_path
 from dpo_engine.pairs import PreferencePair, parse_preference_record
 from dpo_engine.store.project import Project, normalize_prompt
@@ -71,6 +71,9 @@ class ImportReport:
 
 
 # ----------------------------------------------------------------------------- reading
+TOO_DEEP = "nested too deeply to be a pair or a prompt (JSON nesting over Python's recursion limit)"
+
+
 def _check_unicode(*texts: Any) -> None:
     """A JSON `\\ud800` escape or an undecodable CSV byte leaves a lone surrogate."""
     try:
@@ -117,6 +120,8 @@ def _read_jsonl(data: bytes, rows: list, errors: list[RowError]) -> str:
                 parsed.append((number, json.loads(text)))
             except json.JSONDecodeError as exc:
                 errors.append(RowError(number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            except RecursionError:
+                errors.append(RowError(number, TOO_DEEP))
     kind = _guess_kind([r for _, r in parsed])
     _collect(parsed, kind, rows, errors)
     return kind
@@ -128,6 +133,8 @@ def _collect(records, kind: str, rows: list, errors: list[RowError], unit: str =
             rows.append((number, _pair_or_prompt(record, kind)))
         except DataError as exc:
             errors.append(RowError(number, str(exc), unit))
+        except RecursionError:
+            errors.append(RowError(number, TOO_DEEP, unit))
 
 
 def _read_txt(data: bytes, rows: list, errors: list[RowError]) -> str:
@@ -198,17 +205,22 @@ def read_rows(path: str | Path) -> tuple[str, list[tuple[int, Any]], list[RowErr
     suffix = path.suffix.lower()
     rows: list = []
     errors: list[RowError] = []
-    if suffix == ".parquet":
-        return _read_parquet(path, rows, errors), rows, errors
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
     readers = {".jsonl": _read_jsonl, ".json": _read_jsonl, ".ndjson": _read_jsonl, ".csv": _read_csv,
                ".txt": _read_txt}
-    if suffix not in readers:
+    if suffix == ".parquet":
+        kind = _read_parquet(path, rows, errors)
+    elif suffix not in readers:
         raise DataError(f"{path}: unknown file type {suffix or '(none)'}; use .jsonl, .csv, .parquet or .txt")
-    return readers[suffix](data, rows, errors), rows, errors
+    else:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise DataError(f"cannot read {path}: {exc.strerror}") from None
+        kind = readers[suffix](data, rows, errors)
+    if not rows and not errors:
+        raise DataError(f"{path} holds no rows (it is empty or blank): nothing to import. Give a file with "
+                        "pairs (prompt, chosen, rejected) or prompts.")
+    return kind, rows, errors
 
 
 def import_file(project: Project, path: str | Path, strict: bool = False) -> ImportReport:
@@ -283,7 +295,8 @@ def export_pairs(project: Project, out: str | Path, fmt: str = "trl", split: str
                     _write_jsonl(pairs, f, PreferencePair.to_trl if fmt == "trl" else _openai)
         os.replace(tmp, out)
     except OSError as exc:
-        raise DataError(f"cannot write {out}: {exc.strerror}") from None
+        why = storage_problem(exc, out) or exc.strerror or str(exc)
+        raise DataError(f"cannot write {out}: {why}. Nothing was written there.") from None
     finally:
         tmp.unlink(missing_ok=True)
     return len(pairs)

@@ -27,11 +27,13 @@ class ProcessLock:
         real = Path(os.path.realpath(path))
         st = real.stat()  # the caller creates the file first, so every name of it gives one key
         self.key = (st.st_dev, st.st_ino)
+        self.first = False  # True for the opening that took the lock: no other opening in this process
         with self._guard:
             if self.key in self._held:
                 self._held[self.key][1] += 1
                 return
             self._held[self.key] = [self._take(real), 1]
+            self.first = True
 
     @staticmethod
     def _take(path: Path):

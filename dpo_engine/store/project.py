@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -22,7 +23,8 @@ from typing import Iterable
 
 from sqlite_utils import Database
 
-from dpo_engine.errors import ConfigError, NotAProjectError, StoreError
+from dpo_engine.atomic import find_checkpoint, read_manifest
+from dpo_engine.errors import ConfigError, NotAProjectError, StoreError, storage_problem
 from dpo_engine.pairs import PreferencePair, conversation
 from dpo_engine.store.lock import ProcessLock, check_single_name
 from dpo_engine.store.read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
@@ -67,36 +69,60 @@ def _check_file(path: Path) -> None:
     pending = wal.exists() and wal.stat().st_size > 0  # a checkpoint cut short is completed from the WAL
     if not pending and header[24:28] == header[92:96] and path.stat().st_size < page_size * pages:
         raise _refuse(path, "the file is truncated")
+    sidecars = [Path(f"{path}{s}") for s in ("-wal", "-shm")]
+    existed = [s.exists() for s in sidecars]
     try:
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        conn = sqlite3.connect(_read_uri(path), uri=True)
         try:
             app_id, version = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version"))
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
         finally:
             conn.close()
-    except sqlite3.DatabaseError as exc:
+        if check != "ok":
+            raise _refuse(path, f"damaged: {check}")
+        if app_id != APPLICATION_ID and (tables or version):
+            raise _refuse(path, "an SQLite file of another program")
+    except (sqlite3.DatabaseError, NotAProjectError) as exc:
+        for sidecar, was in zip(sidecars, existed):  # reading a WAL-mode file creates these: leave none
+            if not was:
+                sidecar.unlink(missing_ok=True)
+        if isinstance(exc, NotAProjectError):
+            raise
         raise _refuse(path, f"SQLite cannot read it: {exc}") from None
-    if check != "ok":
-        raise _refuse(path, f"damaged: {check}")
-    if app_id != APPLICATION_ID and tables:
-        raise _refuse(path, "an SQLite file of another program")
     if version > CURRENT_VERSION:
         raise StoreError(f"{path} was written by a newer DPO Studio (schema {version}, this one reads "
                          f"up to {CURRENT_VERSION}). Update DPO Studio to open it.")
+
+
+def _read_uri(path: Path) -> str:
+    """The URI that opens `path` for reading. In a folder nobody can write (a read-only disk),
+    SQLite cannot create the shared-memory file a WAL-mode database needs, so a file with no
+    write-ahead log left is opened as immutable, which it is there."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
+        uri += "&immutable=1"
+    return uri
+
+
+def _decode_text(raw: bytes) -> str:
+    """TEXT values as str; bytes that are not UTF-8 (another program wrote them) show as U+FFFD
+    instead of failing every read of the project."""
+    return raw.decode("utf-8", errors="replace")
 
 
 def _connect(path: str | Path, read_only: bool) -> sqlite3.Connection:
     if path == ":memory:":
         conn = sqlite3.connect(":memory:", isolation_level=None)
     elif read_only:
-        conn = sqlite3.connect(f"{Path(path).resolve().as_uri()}?mode=ro", uri=True,
-                               isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        conn = sqlite3.connect(_read_uri(Path(path)), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
+        conn.text_factory = _decode_text
         conn.execute("PRAGMA query_only = ON")
         return conn
     else:
         conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
         conn.execute("PRAGMA journal_mode = WAL")
+    conn.text_factory = _decode_text
     conn.execute("PRAGMA synchronous = FULL")  # a returned commit survives power loss, not just kill -9
     conn.execute("PRAGMA foreign_keys = ON")
     return conn
@@ -113,10 +139,12 @@ def _lock(path: Path) -> ProcessLock:
         return ProcessLock(path)
     except BaseException as exc:
         if created:
-            path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # not created after all on a read-only disk
+                path.unlink(missing_ok=True)
         if isinstance(exc, OSError):
-            raise StoreError(f"Cannot open {path} for writing: {exc.strerror}. Choose a folder you can write "
-                             "to, or open the project read-only.") from None
+            why = storage_problem(exc, path) or f"{exc.strerror}. Choose a folder you can write to"
+            raise StoreError(f"Cannot open {path} for writing: {why}. An existing project there can still be "
+                             "opened read-only (dpo-engine stats/export read it).") from None
         raise
 
 
@@ -139,7 +167,10 @@ def open_project(path: str | Path, read_only: bool = False) -> "Project":
     lock = None if read_only else _lock(path)
     try:
         conn = _connect(path, read_only)
-        return Project(conn, str(path), lock, read_only)
+        project = Project(conn, str(path), lock, read_only)
+        if lock is not None and lock.first:
+            project.reconcile_interrupted_runs()  # this process is the only writer: no run of it is live
+        return project
     except sqlite3.Error as exc:
         if lock:
             lock.release()
@@ -220,14 +251,25 @@ class Project(ProjectReads):
             with self.db.atomic():
                 yield
             return
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            with self.db.atomic():
-                yield
-        except BaseException:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                with self.db.atomic():
+                    yield
+            except BaseException:
+                self.db.rollback()
+                raise
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:  # disk full, read-only, I/O error: a message, and nothing half-saved
             self.db.rollback()
-            raise
-        conn.execute("COMMIT")
+            why = storage_problem(exc, self.path) or f"SQLite could not write {self.path} ({exc})"
+            raise StoreError(f"Not saved: {why}. Nothing of this change was written; everything saved "
+                             "before is intact.") from None
+
+    def transaction(self):
+        """One person's action as one transaction: the writes inside all land, or none does
+        (e.g. a Compare vote stores two answers and the verdict; a bulk flip many rows)."""
+        return self._tx()
 
     # -- prompts and responses
     def _prompt_ids(self, values: list[PromptValue], source: str) -> list[int]:
@@ -410,6 +452,37 @@ class Project(ProjectReads):
         with self._tx():
             self.db.conn.execute("UPDATE runs SET status = ?, ended = ?, error = ?, checkpoint = ? WHERE id = ?",
                                  (status, time.time(), error, checkpoint, run_id))
+
+    def reconcile_interrupted_runs(self) -> list[int]:
+        """Close the runs a dead process left `running` (called by `open_project` when this
+        process takes the project's lock, so none of them can still be live): each becomes
+        `stopped` and resumable with the last complete checkpoint on disk (recovering one a
+        kill left in `.prev`), `finished` if that checkpoint was the final one, or `failed`
+        when none was written. Returns the ids it changed."""
+        changed = []
+        for run_id, config, started, known in self.db.conn.execute(
+                "SELECT id, config, started, checkpoint FROM runs WHERE status = 'running'").fetchall():
+            try:
+                settings = json.loads(config)
+            except ValueError:
+                settings = {}
+            folder = known or settings.get("output_dir")
+            found = find_checkpoint(folder) if folder else None
+            manifest = read_manifest(found) if found else None
+            if manifest is not None and not known and manifest.get("written", 0) < started:
+                manifest = None  # an older run's checkpoint in the same folder, not this run's
+            if manifest is None:
+                self.finish_run(run_id, "failed", "The process ended (crash or kill) before the run wrote a "
+                                "checkpoint; start a new run.")
+            else:
+                status = "finished" if manifest.get("status") == "finished" else "stopped"
+                note = None if status == "finished" else (
+                    f"Interrupted (the process ended) after step {manifest.get('step', '?')}; resume continues "
+                    "from its last checkpoint.")
+                self.finish_run(run_id, status, note, str(found))
+                self.add_model(str(found), "checkpoint", parent=settings.get("model"), run_id=run_id)
+            changed.append(run_id)
+        return changed
 
     def add_model(self, ref: str, kind: str, parent: str | None = None, run_id: int | None = None) -> int:
         """Register a base model or checkpoint (by reference; `parent` is the parent's ref).
