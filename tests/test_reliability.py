@@ -447,3 +447,28 @@ def test_a_prompt_longer_than_the_context_is_a_message(tiny_loaded):
     near = "x" * (model.config.max_position_embeddings - 60)  # room for a few tokens only
     result = generate(model, tok, near, settings=GenerationSettings(max_new_tokens=500, temperature=0))
     assert result.token_counts[0] <= 60
+
+
+def test_a_bulk_flip_is_one_transaction_all_or_nothing(tmp_path, monkeypatch):
+    from app.controllers.data_controller import DataController
+
+    path = tmp_path / "p.dpo"
+    with open_project(path) as project:
+        ids = [label(project, f"prompt {i}", "a", "b", "left") for i in range(5)]
+    controller = DataController(path)
+    real, calls = controller.project.set_verdict, []
+
+    def fails_on_the_fourth(cid, verdict):
+        calls.append(cid)
+        if len(calls) == 4:
+            raise StoreError("Not saved: the disk is full.")
+        real(cid, verdict)
+
+    monkeypatch.setattr(controller.project, "set_verdict", fails_on_the_fourth)
+    with pytest.raises(StoreError):
+        controller.flip(ids)
+    assert {controller.project.comparison(c).verdict for c in ids} == {"left"}  # none flipped
+    assert not controller.undo_stack
+    monkeypatch.setattr(controller.project, "set_verdict", real)
+    assert controller.flip(ids) == 5 and {controller.project.comparison(c).verdict for c in ids} == {"right"}
+    controller.close()
