@@ -250,13 +250,41 @@ def test_migration_from_version_1(project_file):
     """)
     conn.close()
     with open_project(project_file) as project:
-        assert project.db.conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 2
+        assert project.db.conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 3
         [stored] = project.training_pairs(None)
         assert stored.pair == PreferencePair((("user", "Hi"),), "Go away.", "Hello!")
         # the backfilled hash recognises the same pair when it is imported again
         assert project.import_pairs([stored.pair]) == (0, 1)
         project.delete_comparison(2)  # the new soft-delete column works on old rows
         assert project.stats()["comparisons"] == 1
+
+
+def test_migration_from_version_2_moves_finished_into_a_column(project_file):
+    """Version 2 kept "finished" in the settings JSON; version 3 has a column, backfilled."""
+    from dpo_engine.store.schema import MIGRATIONS
+
+    conn = sqlite3.connect(project_file, isolation_level=None)
+    create_v1(conn)
+    MIGRATIONS[0](conn)
+    conn.execute("PRAGMA user_version = 2")
+    conn.executescript("""
+        INSERT INTO prompts VALUES (1, 'k1', 'q', NULL, 'label', 'train', 0);
+        INSERT INTO responses VALUES
+            (1, 1, 'cut', 'm', '{"max_new_tokens": 8, "finished": false}', 0),
+            (2, 1, 'ended', 'm', '{"max_new_tokens": 8, "finished": true}', 0),
+            (3, 1, 'legacy', 'm', NULL, 0),
+            (4, 1, 'odd', 'm', 'not json', 0);
+    """)
+    conn.close()
+    with open_project(project_file) as project:
+        rows = project.db.conn.execute("SELECT id, finished, settings FROM responses ORDER BY id").fetchall()
+        assert rows == [(1, 0, '{"max_new_tokens":8}'), (2, 1, '{"max_new_tokens":8}'), (3, None, None),
+                        (4, None, "not json")]
+        for left, right in ((1, 2), (1, 3), (4, 1)):
+            project.record_comparison(1, left, right, "left")
+        flags = [(sp.pair.chosen, sp.pair.chosen_finished, sp.pair.rejected_finished)
+                 for sp in project.training_pairs(None)]
+        assert flags == [("cut", False, True), ("cut", False, True), ("odd", True, False)]
 
 
 def test_counts_agree_with_stats(fresh_db):

@@ -298,16 +298,15 @@ class Project(ProjectReads):
                      finished: bool | None = None) -> int:
         """Store one model answer to a prompt; returns its id. `settings`: how it was sampled;
         `finished`: whether the model ended it (False: cut off at the token cap, trained
-        without an end-of-turn token; None: unknown, counted as finished). Kept in the
-        settings JSON, which `training_pairs` reads back."""
+        without an end-of-turn token; None: unknown, counted as finished)."""
         if not isinstance(text, str):
             raise ConfigError(f"response text must be a string, not {type(text).__name__}")
-        if finished is not None:
-            settings = {**(settings or {}), "finished": bool(finished)}
         with self._tx():
             cur = self.db.conn.execute(
-                "INSERT INTO responses (prompt_id, text, model, settings, created) VALUES (?, ?, ?, ?, ?)",
-                (prompt_id, text, model, json.dumps(settings) if settings is not None else None, time.time()))
+                "INSERT INTO responses (prompt_id, text, model, settings, created, finished) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (prompt_id, text, model, json.dumps(settings) if settings is not None else None, time.time(),
+                 None if finished is None else int(bool(finished))))
             return cur.lastrowid
 
     # -- comparisons

@@ -15,7 +15,7 @@ SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not
 
 _PAIR_SQL = """
 SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash,
-       l.settings, r.settings, c.group_id
+       l.finished, r.finished, c.group_id
 FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
 JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
 WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
@@ -100,13 +100,14 @@ class ProjectReads:
             sql += " AND p.split = ?"
             args.append(split)
         out, seen = [], set()
-        for cid, pid, sp, verdict, text, messages, left, right, digest, lset, rset, group in self._all(
+        for cid, pid, sp, verdict, text, messages, left, right, digest, lend, rend, group in self._all(
                 sql + " ORDER BY c.id", args):
             if digest in seen:
                 continue
             seen.add(digest)
-            won, lost = ((left, lset), (right, rset)) if verdict == "left" else ((right, rset), (left, lset))
-            pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], _finished(won[1]), _finished(lost[1]))
+            # finished: 1 ended, 0 cut off at the token cap, NULL unknown (counted as ended)
+            won, lost = ((left, lend), (right, rend)) if verdict == "left" else ((right, rend), (left, lend))
+            pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], won[1] != 0, lost[1] != 0)
             out.append(StoredPair(pair, cid, pid, sp, group))
         if weight_rankings:
             sizes = Counter(sp.group for sp in out if sp.group is not None)
@@ -222,19 +223,6 @@ class ProjectReads:
     def models(self) -> list[dict]:
         return list(self.db.query("SELECT m.id, m.ref, m.kind, p.ref AS parent, m.run_id, m.created "
                                   "FROM models m LEFT JOIN models p ON p.id = m.parent_id ORDER BY m.id"))
-
-
-def _finished(settings: str | None) -> bool:
-    """Whether a stored answer ended by itself: False only when its generation settings say
-    it was cut off at the token cap (`"finished": false`); imported and older answers count
-    as finished."""
-    if not settings:
-        return True
-    try:
-        value = json.loads(settings)
-    except ValueError:
-        return True
-    return not (isinstance(value, dict) and value.get("finished") is False)
 
 
 def _split_counts(rows) -> dict[str, int]:

@@ -101,7 +101,20 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     conn.executemany("UPDATE comparisons SET pair_hash = ? WHERE id = ?", updates)
 
 
-MIGRATIONS = [_v1_to_v2]  # MIGRATIONS[i] takes version i+1 to i+2
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    """Whether an answer ended by itself becomes a column (it hid in the settings JSON as
+    "finished"): 1 ended, 0 cut off at the token cap (trained without an end-of-turn token),
+    NULL unknown (imported, older), counted as ended."""
+    conn.execute("ALTER TABLE responses ADD COLUMN finished INTEGER CHECK (finished IN (0, 1))")
+    conn.execute("""
+        UPDATE responses SET
+            finished = CASE json_type(settings, '$.finished') WHEN 'true' THEN 1 WHEN 'false' THEN 0 END,
+            settings = CASE WHEN json_type(settings) = 'object' THEN json_remove(settings, '$.finished')
+                            ELSE settings END
+        WHERE settings IS NOT NULL AND json_valid(settings)""")
+
+
+MIGRATIONS = [_v1_to_v2, _v2_to_v3]  # MIGRATIONS[i] takes version i+1 to i+2
 CURRENT_VERSION = len(MIGRATIONS) + 1
 
 
