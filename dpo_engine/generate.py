@@ -11,6 +11,7 @@ import torch
 
 from dpo_engine._compat import forward_with_cache
 from dpo_engine.errors import ConfigError
+from dpo_engine.iters import drain, mapped
 
 
 @dataclass(frozen=True)
@@ -152,19 +153,9 @@ def stream_generate(
 def relabeled(stream: Iterator[TokenEvent], sides: Sequence[int]):
     """Re-index a stream's events (row i becomes sides[i], e.g. the pane it fills) and return
     the stream's GenerationResult, so `result = yield from relabeled(...)` works."""
-    while True:
-        try:
-            ev = next(stream)
-        except StopIteration as stop:
-            return stop.value
-        yield TokenEvent(sides[ev.index], ev.delta, ev.tokens)
+    return (yield from mapped(stream, lambda ev: TokenEvent(sides[ev.index], ev.delta, ev.tokens)))
 
 
 def generate(model, tokenizer, prompt, n: int = 1, settings: GenerationSettings | None = None) -> GenerationResult:
     """Blocking wrapper over `stream_generate`."""
-    stream = stream_generate(model, tokenizer, prompt, n, settings)
-    while True:
-        try:
-            next(stream)
-        except StopIteration as stop:
-            return stop.value
+    return drain(stream_generate(model, tokenizer, prompt, n, settings))

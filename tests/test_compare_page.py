@@ -20,6 +20,7 @@ from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from dpo_engine.winrate import win_rate
 from tests.perturb import perturbed_copy
+from dpo_engine.iters import drain
 
 KEYS = {"left": Qt.Key.Key_1, "right": Qt.Key.Key_2, "tie": Qt.Key.Key_3, "both_bad": Qt.Key.Key_4}
 
@@ -154,12 +155,7 @@ def test_heldout_summary_matches_the_engine(qtbot, compare, tiny_model_dir, trai
     base, trained = load_model(str(tiny_model_dir), cpu), load_model(str(trained_dir), cpu)
     gen = heldout_events(trained.model, base.model, trained.tokenizer,
                          [sp.pair for sp in ctx.project.training_pairs(split="eval")], beta=0.25)
-    while True:
-        try:
-            next(gen)
-        except StopIteration as stop:
-            expected = stop.value
-            break
+    expected = drain(gen)
     assert summary == expected
     text = page.heldout_label.text()
     assert text.startswith("4 held-out pairs") and "β 0.25" in text

@@ -6,6 +6,7 @@ from click.testing import CliRunner
 from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError
 from dpo_engine.generate import GenerationSettings, TokenEvent, generate, stream_generate
+from dpo_engine.iters import drain
 
 
 def test_stream_yields_tokens_and_final_text_matches(tiny_loaded):
@@ -13,12 +14,9 @@ def test_stream_yields_tokens_and_final_text_matches(tiny_loaded):
     stream = stream_generate(tiny_loaded.model, tiny_loaded.tokenizer, "hi", n=2, settings=settings)
     pieces = {0: "", 1: ""}
     events = 0
-    while True:
-        try:
-            ev = next(stream)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    seen = []
+    result = drain(stream, seen.append)
+    for ev in seen:
         assert isinstance(ev, TokenEvent)
         pieces[ev.index] += ev.delta
         events += 1
@@ -99,11 +97,6 @@ def test_relabeled_stream_moves_events_to_their_sides_and_returns_the_result(tin
     settings = GenerationSettings(max_new_tokens=6, temperature=1.0, seed=2)
     stream = relabeled(stream_generate(tiny_loaded.model, tiny_loaded.tokenizer, "hi", 2, settings), (3, 1))
     seen = set()
-    while True:
-        try:
-            seen.add(next(stream).index)
-        except StopIteration as stop:
-            result = stop.value
-            break
+    result = drain(stream, lambda ev: seen.add(ev.index))
     assert seen <= {3, 1} and seen
     assert len(result.texts) == 2

@@ -10,6 +10,7 @@ from dpo_engine.heldout import heldout_events, implicit_rewards, summarize_logps
 from dpo_engine.models import load_model
 from dpo_engine.pairs import PreferencePair
 from tests.tiny_model import build_tiny_model
+from dpo_engine.iters import drain
 
 PAIRS = [
     PreferencePair((("user", "Say hi."),), "Hi there!", "No."),
@@ -22,11 +23,7 @@ PAIRS = [
 
 def run(gen):
     events = []
-    while True:
-        try:
-            events.append(next(gen))
-        except StopIteration as stop:
-            return events, stop.value
+    return events, drain(gen, events.append)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 import torch
 
 from dpo_engine.encoding import EncodedPair
+from dpo_engine.iters import mapped
 from dpo_engine.models import ResolvedModel, cache_dir
 from dpo_engine.train.events import ReferenceProgress
 from dpo_engine.train.model import is_peft
@@ -79,14 +80,8 @@ def compute_reference(model, pairs: Sequence[EncodedPair], ctx: StepContext,
     model.eval()
     try:
         with adapter_off:
-            gen = score_pairs(model, pairs, ctx, batch_size)
-            while True:
-                try:
-                    done = next(gen)
-                except StopIteration as stop:
-                    result = stop.value
-                    break
-                yield ReferenceProgress(done, len(pairs), cached=False)
+            result = yield from mapped(score_pairs(model, pairs, ctx, batch_size),
+                                       lambda done: ReferenceProgress(done, len(pairs), cached=False))
     finally:
         model.train(was_training)
     return result

@@ -13,6 +13,7 @@ import torch
 
 from dpo_engine.encoding import EncodedPair, collate
 from dpo_engine.errors import TrainingError
+from dpo_engine.iters import drain
 from dpo_engine.logps import BatchLogps, batch_logps
 from dpo_engine.losses import LossParams, compute_metrics, get_loss
 from dpo_engine.shared_prompt import shared_prompt_logps
@@ -143,13 +144,7 @@ def evaluate(model, pairs: Sequence[EncodedPair], ref: tuple[torch.Tensor, torch
     was_training = model.training
     model.eval()
     try:
-        gen = score_pairs(model, pairs, ctx, batch_size)
-        while True:
-            try:
-                next(gen)
-            except StopIteration as done:
-                chosen, rejected = done.value
-                break
+        chosen, rejected = drain(score_pairs(model, pairs, ctx, batch_size))
     finally:
         model.train(was_training)
     tokens = torch.tensor([len(p.chosen_ids) for p in pairs]), torch.tensor([len(p.rejected_ids) for p in pairs])
