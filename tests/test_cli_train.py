@@ -82,8 +82,8 @@ def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, mon
         assert result.exit_code == 0, result.output
         train, held = seen[-1]
         assert sorted({round(p.weight, 6) for p in train + (held or [])}) == pytest.approx(weights)
-        assert json.loads((out / "dpo_studio_run.json").read_text())["config"]["extra"] == {
-            "weight_rankings": flag == "--weight-rankings"}
+        assert json.loads((out / "dpo_studio_run.json").read_text())["config"]["weight_rankings"] is (
+            flag == "--weight-rankings")
 
 
 def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_path):

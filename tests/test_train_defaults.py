@@ -36,11 +36,11 @@ def test_train_page_uses_the_engine_defaults(qtbot, train_window):
         pytest.approx((expected["lr"], expected["beta"], expected["epochs"], expected["warmup_ratio"],
                        expected["batch_size"], expected["grad_accum"]))
     assert page.estimate_label.text() == data_estimate(n).message
-    assert shown["weight_rankings"] == small_data_defaults(n).weight_rankings == config.extra["weight_rankings"]
+    assert shown["weight_rankings"] == small_data_defaults(n).weight_rankings == config.weight_rankings
     page.fields["weight_rankings"].setChecked(not shown["weight_rankings"])
     page.controller.settings = page.read_settings()
     config = page.controller.build_config(ctx.project_path.parent / "out")
-    assert config.extra["weight_rankings"] is not shown["weight_rankings"]  # recorded: a resume loads pairs alike
+    assert config.weight_rankings is not shown["weight_rankings"]  # recorded: a resume loads pairs alike
 
 
 def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_reference(qtbot, train_window):

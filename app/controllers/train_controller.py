@@ -1,11 +1,11 @@
 """The Train page's logic, without widgets: build a run's config from the project and the
-person's settings, run the engine's `train()` on the torch worker, record the run and its
-metrics in the project file, stop, resume, and list past runs."""
+person's settings, run the engine's run driver (`dpo_engine.train.runs.drive`, the same as
+`dpo-engine train --project`) on the torch worker, present its events, stop, resume, and
+list past runs. The driver records the run and its metrics in the project file."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import replace
 from pathlib import Path
 
 from PySide6.QtCore import QObject, QTimer, Signal
@@ -15,6 +15,7 @@ from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.runs import RunStarted
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 
@@ -123,7 +124,7 @@ class TrainController(QObject):
             eval_fraction=s["eval_fraction"], eval_every=s["eval_every"], seed=s["seed"],
             lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
             merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
-            extra={"weight_rankings": bool(s.get("weight_rankings"))},  # how the pairs were loaded: resume alike
+            weight_rankings=bool(s.get("weight_rankings")),  # how the pairs are loaded: a resume loads them alike
         )
 
     def start(self) -> bool:
@@ -132,18 +133,12 @@ class TrainController(QObject):
         if reason:
             self.failed.emit(reason)
             return False
-        train, held = self.ctx.project.run_pairs(bool(self.settings.get("weight_rankings")))
-        if not train:  # every labeled prompt fell in the eval split: hold out from these instead
-            train, held = held, []
         try:
-            probe = self.build_config(Path("-"))  # validate before a run row exists
+            self.config = self.build_config(Path("-"))  # validated here; the driver names the folder
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        self.run_id = self.ctx.project.create_run(probe.to_dict())
-        out = runs_dir(self.ctx.project_path) / f"run-{self.run_id}"
-        self.config = replace(probe, output_dir=str(out))
-        self._launch(train, held or None, resume_from=None)
+        self._launch(resume_from=None)
         return True
 
     def resume(self, run_id: int) -> bool:
@@ -159,27 +154,22 @@ class TrainController(QObject):
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        train, held = self.ctx.project.run_pairs(bool(self.config.extra.get("weight_rankings")))
-        self.run_id = run_id
-        self._launch(train, held or None, resume_from=run["checkpoint"])
+        self._launch(resume_from=run["checkpoint"])
         return True
 
-    def _launch(self, train, held, resume_from) -> None:
-        from dpo_engine.train.loop import train as train_gen
+    def _launch(self, resume_from) -> None:
+        from dpo_engine.train.runs import drive
 
         self._stop = threading.Event()
         self.last_step = 0
-        config, stop = self.config, self._stop
-        self.job = self.ctx.submit(f"train-{self.run_id}", lambda: train_gen(config, train, held, stop=stop,
-                                                                             resume_from=resume_from),
-                                   background=True)
+        config, stop, folder = self.config, self._stop, runs_dir(self.ctx.project_path)
+        self.job = self.ctx.submit(
+            "train", lambda: drive(config, project=self.ctx.project_path, stop=stop, resume_from=resume_from,
+                                   output_for_run=lambda run_id: folder / f"run-{run_id}"),
+            background=True)
         self.job.yielded.connect(self._on_job_yielded)
         self.job.failed.connect(self._on_job_failed)
         self.job.finished.connect(self._on_job_finished)
-        if resume_from:
-            self.ctx.project.finish_run(self.run_id, "running", checkpoint=str(resume_from))
-        self.started.emit(self.run_id, 0)
-        self.runsChanged.emit()
 
     def stop(self) -> None:
         """Graceful: the run finishes its step, saves a checkpoint and ends as stopped."""
@@ -194,22 +184,21 @@ class TrainController(QObject):
 
     # ------------------------------------------------------------------ events
     def _on_job_yielded(self, event) -> None:
-        project = self.ctx.project
-        if isinstance(event, StepEvent):
+        """Present the driver's events (it has recorded them in the project already)."""
+        if isinstance(event, RunStarted):
+            self.run_id, self.config = event.run_id, event.config
+            self.started.emit(self.run_id, 0)
+            self.runsChanged.emit()
+        elif isinstance(event, StepEvent):
             self.last_step = event.step
-            project.log_metrics(self.run_id, event.step, event.metrics)
             self.stepArrived.emit(event)
         elif isinstance(event, EvalEvent):
-            project.log_metrics(self.run_id, event.step, event.metrics)
             self.evalArrived.emit(event)
         elif isinstance(event, ReferenceProgress):
             self.referenceProgress.emit(event.done, event.total)
         elif isinstance(event, LogLine):
             self.logLine.emit(event.message)
         elif isinstance(event, TrainSummary):
-            project.finish_run(self.run_id, event.status, error=event.reason or None, checkpoint=event.checkpoint)
-            if event.checkpoint:
-                project.add_model(event.checkpoint, "checkpoint", parent=self.config.model, run_id=self.run_id)
             self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
             self.finished.emit(event)
             if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
@@ -223,9 +212,7 @@ class TrainController(QObject):
                           f"{self.ctx.base_model_ref}. Train again for round {self.round_number()}.")
         self.runsChanged.emit()  # the Train button now reads "Train round N"
 
-    def _on_job_failed(self, message: str) -> None:
-        if self.run_id is not None:
-            self.ctx.project.finish_run(self.run_id, "failed", error=message.splitlines()[0])
+    def _on_job_failed(self, message: str) -> None:  # the driver recorded the run as failed
         self.logLine.emit(f"Run failed: {message}")
         self.failed.emit(message.splitlines()[0])
 

@@ -223,7 +223,7 @@ class TrainPage(QWidget):
         c.finished.connect(self._on_controller_finished)
         c.failed.connect(self._on_controller_failed)
         c.runsChanged.connect(self._refresh_runs)
-        c.runsChanged.connect(lambda: self._refresh_ready(keep_text=True))
+        c.runsChanged.connect(self._on_controller_runsChanged)  # a method: disconnected with the page
         self.ctx.comparisonsChanged.connect(self._refresh_ready)
         self.ctx.activeModelChanged.connect(self._refresh_ready)
         self.fields["start_from"].currentIndexChanged.connect(self._on_start_from_changed)
@@ -307,6 +307,9 @@ class TrainPage(QWidget):
     def _on_start_from_changed(self, *_) -> None:
         self.controller.settings["start_from"] = self.fields["start_from"].currentData()
         self._refresh_ready()
+
+    def _on_controller_runsChanged(self) -> None:
+        self._refresh_ready(keep_text=True)
 
     def _refresh_ready(self, *_, keep_text: bool = False) -> None:
         reason = self.controller.why_not_ready()

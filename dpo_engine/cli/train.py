@@ -19,7 +19,7 @@ import click
 
 from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
-from dpo_engine.errors import DataError, DPOStudioError, TrainingError
+from dpo_engine.errors import DataError, TrainingError
 from dpo_engine.losses import LOSSES
 from dpo_engine.train.config import SCHEDULES, LoraSettings, TrainConfig
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
@@ -112,29 +112,22 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
     )
 
 
-class Recorder:
-    """Writes events to --metrics-out (JSONL) and to the project's runs/metrics tables."""
+class MetricsFile:
+    """--metrics-out: every step, eval and the summary as JSON lines (the run itself is recorded
+    in the project by `dpo_engine.train.runs.drive`)."""
 
-    def __init__(self, metrics_out: str | None, project, config: TrainConfig):
-        self.file = open(metrics_out, "w", encoding="utf-8") if metrics_out else None
-        self.project, self.config = project, config
-        self.run_id = project.create_run(config.to_dict()) if project else None
+    def __init__(self, path: str | None):
+        self.file = open(path, "w", encoding="utf-8") if path else None
 
     def event(self, e) -> None:
+        if self.file is None:
+            return
         if isinstance(e, (StepEvent, EvalEvent)):
             kind = "step" if isinstance(e, StepEvent) else "eval"
-            if self.file:
-                self.file.write(json.dumps({"type": kind, "step": e.step, **e.metrics}) + "\n")
-                self.file.flush()
-            if self.project:
-                self.project.log_metrics(self.run_id, e.step, e.metrics)
+            self.file.write(json.dumps({"type": kind, "step": e.step, **e.metrics}) + "\n")
+            self.file.flush()
         elif isinstance(e, TrainSummary):
-            if self.file:
-                self.file.write(json.dumps({"type": "summary", **e.__dict__}) + "\n")
-            if self.project:
-                self.project.finish_run(self.run_id, e.status, e.reason or None, e.checkpoint)
-                if e.checkpoint:
-                    self.project.add_model(e.checkpoint, "checkpoint", parent=self.config.model, run_id=self.run_id)
+            self.file.write(json.dumps({"type": "summary", **e.__dict__}) + "\n")
 
     def close(self) -> None:
         if self.file:
@@ -148,10 +141,10 @@ def _load_pairs(data: str | None, project, weight_rankings: bool = False):
     return train, held or None
 
 
-def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
+def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
     summary = None
     for e in events:
-        recorder.event(e)
+        metrics.event(e)
         if isinstance(e, StepEvent):
             progress.step(e)
         elif isinstance(e, ReferenceProgress):
@@ -239,34 +232,31 @@ def _is_main() -> bool:
 
 
 def _run(config: TrainConfig | None, opts: dict, project) -> None:
-    from dpo_engine.train.loop import train
+    from dpo_engine.train.runs import drive
 
     if config is not None:  # a resume loads the pairs as its run did
-        weight = bool(config.extra.get("weight_rankings"))
+        weight = config.weight_rankings
     else:
         weight = opts["weight_rankings"]
         weight = SmallDataDefaults.weight_rankings if weight is None else weight
     pairs, held = _load_pairs(opts["data"], project, weight)
     if config is None:
-        config = replace(_config(opts, len(pairs) + len(held or [])), extra={"weight_rankings": weight})
+        config = replace(_config(opts, len(pairs) + len(held or [])), weight_rankings=weight)
     flag = threading.Event()
     in_main = threading.current_thread() is threading.main_thread()
     handler = make_interrupt_handler(flag)  # Ctrl-C and SIGTERM (a logout, `kill`) alike: save, then end
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)} if in_main else {}
     main_rank = _is_main()  # the other ranks train silently: no metrics file, no project writes
-    recorder = Recorder(opts["metrics_out"], project, config) if main_rank else Recorder(None, None, config)
+    metrics = MetricsFile(opts["metrics_out"] if main_rank else None)
+    record_in = project.path if project is not None and main_rank else None
     try:
-        summary = _drive(train(config, pairs, held, stop=flag, resume_from=opts["resume"]),
-                         Progress(quiet=not main_rank), recorder)
-    except DPOStudioError as exc:
-        recorder.event(TrainSummary("failed", 0, 0, 0.0, None, str(exc)))  # the project shows why it never ran
-        raise
+        summary = _present(drive(config, project=record_in, pairs=pairs, eval_pairs=held, stop=flag,
+                                 resume_from=opts["resume"]), Progress(quiet=not main_rank), metrics)
     except KeyboardInterrupt:
-        recorder.event(TrainSummary("failed", 0, 0, 0.0, None, "quit with a second Ctrl-C"))
         click.echo(f"\nQuit. The last checkpoint in {config.output_dir} (if any) is intact.", err=True)
         sys.exit(130)
     finally:
-        recorder.close()
+        metrics.close()
         for sig, old_handler in previous.items():
             signal.signal(sig, old_handler)
     _report(summary)

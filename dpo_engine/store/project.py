@@ -439,6 +439,11 @@ class Project(ProjectReads):
             return self.db.conn.execute("INSERT INTO runs (config, status, started) VALUES (?, 'running', ?)",
                                         (json.dumps(config, default=str), time.time())).lastrowid
 
+    def set_run_config(self, run_id: int, config: dict) -> None:
+        """Replace a run's stored config (its output folder is named after its id)."""
+        with self._tx():
+            self.db.conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config, default=str), run_id))
+
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
         """Store one step's metrics (names as TRL logs them) in one transaction."""
         rows = [(run_id, step, name, float(v)) for name, v in values.items()]

@@ -65,6 +65,8 @@ class TrainConfig:
     device: str = "auto"  # auto: CUDA, then MPS, then CPU (dpo_engine.devices)
     dtype: str = "auto"  # compute precision: bf16 autocast on CUDA that supports it, else fp32
     share_prompt: bool = True  # run each pair's prompt once and reuse its keys/values for both answers
+    weight_rankings: bool = False  # a project's ranking of k answers weighs as one verdict, not k(k-1)/2
+    # ^ changes which data a run loads from a project, so it is part of the run (and of resume)
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes stored with the run
 
     def __post_init__(self):
@@ -88,6 +90,8 @@ class TrainConfig:
             lora = dict(data["lora"])
             lora["target_modules"] = tuple(lora.get("target_modules", LoraSettings.target_modules))
             data["lora"] = LoraSettings(**lora)
+        if "weight_rankings" not in data and isinstance(data.get("extra"), dict):  # runs before the field
+            data["weight_rankings"] = bool(data["extra"].get("weight_rankings", False))
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
