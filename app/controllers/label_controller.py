@@ -6,10 +6,11 @@ one prompt, ordered best first by the person (ties allowed); a ranking of k stor
 k(k-1)/2 pairs as one group (`Project.record_ranking`), so one prompt's reading time
 yields several pairs (issue 10: 40 pairs teach a small model nothing measurable).
 
-The answers are sampled on the torch worker (all answers of a prompt in one batch,
-streamed token by token; `rounds.sample_round`), prompts come from `rounds.LabelPrompts`. While the person reads the current prompt the next ones are
-already being sampled, so a verdict shows the next prompt at once when it is ready. Every
-verdict or ranking is committed to the project file before the next prompt shows.
+Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch worker by
+`rounds.sample_round` (all answers of a prompt in one batch, streamed token by token).
+While the person reads the current prompt the next ones are already being sampled, so a
+verdict shows the next prompt at once when it is ready. Every verdict or ranking is
+committed to the project file before the next prompt shows.
 """
 
 from __future__ import annotations
