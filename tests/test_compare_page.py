@@ -8,7 +8,7 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-import app.controllers.compare_controller as cc
+import app.controllers.rounds as cc  # the sampler (stream_generate) moved here
 from app.plumbing.context import AppContext
 from app.pages.compare_page import ComparePage
 from dpo_engine.train.checkpoints import RUN_FILE

@@ -6,7 +6,7 @@ import time
 import pytest
 from PySide6.QtCore import Qt
 
-import app.controllers.label_controller as lc
+import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
 from dpo_engine.generate import GenerationResult, TokenEvent
 from dpo_engine.store.project import open_project

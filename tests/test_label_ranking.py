@@ -4,7 +4,7 @@ k answers sampled in one batch, ranked by keyboard, stored as one group; undo re
 import pytest
 from PySide6.QtCore import Qt
 
-import app.controllers.label_controller as lc
+import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
 from dpo_engine.store.project import open_project
 from tests.test_label_page import scripted_stream, wait_ready

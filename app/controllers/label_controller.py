@@ -6,10 +6,11 @@ one prompt, ordered best first by the person (ties allowed); a ranking of k stor
 k(k-1)/2 pairs as one group (`Project.record_ranking`), so one prompt's reading time
 yields several pairs (issue 10: 40 pairs teach a small model nothing measurable).
 
-The answers are sampled on the torch worker (all answers of a prompt in one batch,
-streamed token by token). While the person reads the current prompt the next ones are
-already being sampled, so a verdict shows the next prompt at once when it is ready. Every
-verdict or ranking is committed to the project file before the next prompt shows.
+Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch worker by
+`rounds.sample_round` (all answers of a prompt in one batch, streamed token by token).
+While the person reads the current prompt the next ones are already being sampled, so a
+verdict shows the next prompt at once when it is ready. Every verdict or ranking is
+committed to the project file before the next prompt shows.
 """
 
 from __future__ import annotations
@@ -17,18 +18,17 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 from PySide6.QtCore import QObject, Signal
 
-from app.plumbing.context import AppContext, saves
 from app.controllers.ranking_draft import RankingDraft
-from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent, relabeled, stream_generate
+from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_round
+from app.plumbing.context import saves
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
-from dpo_engine.pairs import PreferencePair
-from dpo_engine.starter import starter_prompts
+from dpo_engine.generate import GenerationSettings
+from dpo_engine.store.schema import VERDICTS
 
-VERDICTS = ("left", "right", "tie", "both_bad", "skip")
 MODES = ("pairwise", "ranking")
 K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
 DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
@@ -36,26 +36,13 @@ MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
 
 
 @dataclass
-class PendingPair:
-    """One prompt and its answers (two, or k to rank), possibly still being sampled."""
+class PendingPair(Round):
+    """One prompt and its answers (two, or k to rank), possibly still being sampled;
+    `refs[side]` is the model that writes each answer (left, right for a pair)."""
 
-    prompt_id: int
-    prompt: str | list
-    prompt_text: str
-    models: tuple[str, ...]  # the model ref that produces each answer (left, right for a pair)
-    settings: GenerationSettings
-    texts: list[str] = field(default_factory=lambda: ["", ""])
-    tokens: list[int] = field(default_factory=lambda: [0, 0])
-    ended: list[bool] = field(default_factory=lambda: [True, True])  # False: cut off at max_new_tokens
-    done: bool = False
-    error: str = ""
+    done: bool = False  # every answer written and stored: it can be judged
     response_ids: tuple[int, ...] | None = None
     resamples: int = 0
-    jobs: list = field(default_factory=list)
-
-    @property
-    def n(self) -> int:
-        return len(self.models)
 
     @property
     def ranking(self) -> bool:
@@ -88,7 +75,7 @@ class LabelController(QObject):
     progressChanged = Signal(dict)
     message = Signal(str)
 
-    def __init__(self, ctx: AppContext, prefetch: int = 2, seed: int | None = None):
+    def __init__(self, ctx: RoundHost, prefetch: int = 2, seed: int | None = None):
         super().__init__()
         self.ctx = ctx
         self.prefetch = prefetch  # pairs sampled ahead; 2 hides one pair's sampling time on a CPU
@@ -98,46 +85,20 @@ class LabelController(QObject):
         self.k = DEFAULT_K  # answers per prompt in ranking mode
         self.draft = RankingDraft()  # ranking mode: the places given so far
         self.rng = random.Random(seed)
+        self.prompts = LabelPrompts(ctx.project, self.rng)
         self.current: PendingPair | None = None
         self.queue: deque[PendingPair] = deque()
         self.history: list[Verdict] = []
-        self.typed: deque[str] = deque()
         self.session_count = 0
         self.session_start = time.monotonic()
-        self._starters = None
-        self._used_prompt_ids: set[int] = set()
         ctx.activeModelChanged.connect(self._on_ctx_activeModelChanged)
 
     # ------------------------------------------------------------------ prompts
     def add_typed_prompt(self, text: str) -> None:
         """A prompt typed by the person goes first in line."""
-        text = text.strip()
-        if text:
-            self.typed.append(text)
+        if self.prompts.add_typed(text):
             self._drop_queued()
             self.fill()
-
-    def _next_prompt(self) -> tuple[int, str | list, str] | None:
-        project = self.ctx.project
-        if self.typed:
-            text = self.typed.popleft()
-            return project.add_prompt(text, source="typed"), text, text
-        found = project.next_prompt(exclude=self._used_prompt_ids)
-        if found is not None:
-            pid, prompt = found
-            if isinstance(prompt, str):
-                return pid, prompt, prompt
-            messages = [{"role": r, "content": c} for r, c in prompt]
-            return pid, messages, PreferencePair(prompt, "", "").prompt_text
-        if self._starters is None:
-            self._starters = starter_prompts()
-            self.rng.shuffle(self._starters)
-        while self._starters:
-            text = self._starters.pop()
-            pid = project.add_prompt(text, source="starter")
-            if pid not in self._used_prompt_ids:
-                return pid, text, text
-        return None
 
     # ------------------------------------------------------------------ sampling
     def start(self) -> None:
@@ -148,68 +109,39 @@ class LabelController(QObject):
     def fill(self) -> None:
         """Keep one current pair and `prefetch` more queued or being sampled."""
         while len(self.queue) + (self.current is not None) < 1 + self.prefetch:
-            nxt = self._next_prompt()
-            if nxt is None:
+            prompt = self.prompts.next()
+            if prompt is None:
                 if self.current is None and not self.queue:
                     self.message.emit("No prompts left: import prompts or type one above.")
                 return
-            pid, prompt, text = nxt
-            self._used_prompt_ids.add(pid)
-            if self.mode == "ranking":
-                models = (self.ctx.model_ref,) * self.k  # k samples of the active model: on-policy pairs
-            else:
-                models = (self.ctx.model_ref, self.second_model or self.ctx.model_ref)
-                if self.rng.random() < 0.5:  # which model's answer shows left is random and recorded
-                    models = models[::-1]
-            pair = PendingPair(pid, prompt, text, models, self.settings)
+            pair = PendingPair(prompt.id, prompt.value, prompt.text, self._refs(), self.settings)
             self._sample(pair)
             if self.current is None:
                 self._show(pair)
             else:
                 self.queue.append(pair)
 
+    def _refs(self) -> tuple[str, ...]:
+        if self.mode == "ranking":
+            return (self.ctx.model_ref,) * self.k  # k samples of the active model: on-policy pairs
+        refs = (self.ctx.model_ref, self.second_model or self.ctx.model_ref)
+        return refs[::-1] if self.rng.random() < 0.5 else refs  # which model shows left is random and recorded
+
     def _sample(self, pair: PendingPair) -> None:
-        pair.texts, pair.tokens, pair.done, pair.error = [""] * pair.n, [0] * pair.n, False, ""
-        pair.ended = [True] * pair.n
+        pair.done = False
         settings = pair.settings
-        if settings.seed is None:
-            settings = GenerationSettings(settings.max_new_tokens, settings.temperature, settings.top_p,
-                                          self.rng.randrange(2**31))
-        if len(set(pair.models)) == 1:
-            specs = [(pair.models[0], pair.n, tuple(range(pair.n)))]  # all answers in one batch
-        else:
-            specs = [(ref, 1, (side,)) for side, ref in enumerate(pair.models)]
-        pair.jobs = []
-        remaining = [len(specs)]
-        for ref, n, sides in specs:
-            def fn(loaded, n=n, sides=sides):
-                return (yield from self._stream(loaded, pair.prompt, n, settings, sides))
-            job = self.ctx.submit_with_model("sample-pair", ref, fn)
-            # a cancelled job's events may still be queued: only the pair's current jobs count
-            job.yielded.connect(lambda ev, p=pair, j=job: j in p.jobs and self._on_job_token(p, ev))
-            job.returned.connect(lambda res, p=pair, j=job: j in p.jobs and self._on_job_returned(p, res, remaining))
-            job.failed.connect(lambda msg, p=pair, j=job: j in p.jobs and self._on_job_failed(p, msg))
-            pair.jobs.append(job)
+        if settings.seed is None:  # a fresh seed per sampling; the pair keeps its unseeded settings
+            settings = replace(settings, seed=self.rng.randrange(2**31))
+        sample_round(self.ctx, pair, self._on_round_token, self._on_round_done, self._on_round_failed,
+                     settings, name="sample-pair")
 
-    @staticmethod
-    def _stream(loaded, prompt, n, settings, sides):
-        """Engine stream, with each event re-labelled by the side it fills."""
-        res: GenerationResult = yield from relabeled(
-            stream_generate(loaded.model, loaded.tokenizer, prompt, n, settings), sides)
-        return {sides[i]: (res.texts[i], res.token_counts[i], res.finished[i]) for i in range(n)}
-
-    def _on_job_token(self, pair: PendingPair, ev: TokenEvent) -> None:
-        pair.texts[ev.index] += ev.delta
-        pair.tokens[ev.index] = ev.tokens
+    def _on_round_token(self, pair: PendingPair, side: int) -> None:
         if pair is self.current:
-            self.textUpdated.emit(ev.index, pair.texts[ev.index], ev.tokens)
+            self.textUpdated.emit(side, pair.texts[side], pair.tokens[side])
 
     @saves
-    def _on_job_returned(self, pair: PendingPair, result: dict, remaining: list) -> None:
-        for side, (text, count, ended) in result.items():
-            pair.texts[side], pair.tokens[side], pair.ended[side] = text, count, ended
-        remaining[0] -= 1
-        if remaining[0] > 0:
+    def _on_round_done(self, pair: PendingPair, _sides: tuple[int, ...]) -> None:
+        if not pair.sampled:
             return
         if _needs_resample(pair.texts) and pair.resamples < MAX_RESAMPLES:
             pair.resamples += 1  # identical or empty answers teach nothing: sample again
@@ -219,7 +151,7 @@ class LabelController(QObject):
             return
         project = self.ctx.project
         pair.response_ids = tuple(
-            project.add_response(pair.prompt_id, pair.texts[s], model=pair.models[s],
+            project.add_response(pair.prompt_id, pair.texts[s], model=pair.refs[s],
                                  settings=asdict(pair.settings), finished=pair.ended[s])
             for s in range(pair.n)
         )
@@ -229,8 +161,7 @@ class LabelController(QObject):
                 self.textUpdated.emit(s, pair.texts[s], pair.tokens[s])
             self.pairReady.emit()
 
-    def _on_job_failed(self, pair: PendingPair, msg: str) -> None:
-        pair.error = msg
+    def _on_round_failed(self, _pair: PendingPair, msg: str) -> None:
         self.message.emit(f"Sampling failed: {msg.splitlines()[0]} — press R to try again.")
 
     # ------------------------------------------------------------------ showing
@@ -248,9 +179,8 @@ class LabelController(QObject):
 
     def _drop_queued(self) -> None:
         for pair in self.queue:
-            for job in pair.jobs:
-                job.cancel()
-            self._used_prompt_ids.discard(pair.prompt_id)
+            pair.cancel()
+            self.prompts.release(pair.prompt_id)
         self.queue.clear()
 
     # ------------------------------------------------------------------ actions
@@ -264,8 +194,7 @@ class LabelController(QObject):
             return False
         if pair is None or not pair.done:
             if verdict == "skip" and pair is not None:
-                for job in pair.jobs:
-                    job.cancel()
+                pair.cancel()
                 self._advance()
                 return True
             self.message.emit("The answers are still being written; judge them when they are complete.")
@@ -321,9 +250,7 @@ class LabelController(QObject):
         pair = self.current
         if pair is None:
             return
-        for job in pair.jobs:
-            job.cancel()
-        pair.resamples = 0
+        pair.resamples = 0  # sampling again cancels the pair's jobs
         self._sample(pair)
         self.pairShown.emit(pair)
 
@@ -345,9 +272,8 @@ class LabelController(QObject):
         self.mode, self.k = mode, k
         self._drop_queued()
         if self.current is not None:
-            for job in self.current.jobs:
-                job.cancel()
-            self._used_prompt_ids.discard(self.current.prompt_id)
+            self.current.cancel()
+            self.prompts.release(self.current.prompt_id)
             self.current = None
         self.modeChanged.emit(mode, k)
         self.fill()

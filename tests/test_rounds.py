@@ -1,0 +1,395 @@
+"""The round machinery shared by Label and Compare (app/controllers/rounds.py), and the two
+controllers wired to it, against `MagicMock(spec=RoundHost)`: no window, no worker thread,
+no model. Jobs are fakes that the test runs (the worker) and delivers (the GUI thread) by
+hand, so a cancelled job's late events can be delivered on purpose."""
+
+import random
+import subprocess
+import sys
+from types import SimpleNamespace
+from unittest.mock import MagicMock, call
+
+import pytest
+
+import app.controllers.rounds as rounds
+from app.controllers.rounds import (
+    HELDOUT_GONE,
+    ComparePrompts,
+    LabelPrompts,
+    PromptSource,
+    Round,
+    RoundHost,
+    VoteTally,
+    sample_round,
+)
+from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent
+from dpo_engine.starter import starter_prompts
+from dpo_engine.winrate import win_rate
+from tests.store_helpers import fresh_db  # noqa: F401
+
+
+# ---------------------------------------------------------------------------- fakes
+class FakeSignal:
+    def __init__(self):
+        self.slots = []
+
+    def connect(self, slot):
+        self.slots.append(slot)
+
+    def emit(self, *args):
+        for slot in self.slots:
+            slot(*args)
+
+
+class FakeJob:
+    """A job handle like app.plumbing.workers.Job: `work()` runs the generator as the worker
+    does and returns what it would emit; `deliver()` emits it, as the GUI thread's event
+    loop does later."""
+
+    def __init__(self, name, factory):
+        self.name, self.factory, self.cancelled = name, factory, False
+        self.yielded, self.returned, self.failed = FakeSignal(), FakeSignal(), FakeSignal()
+
+    def cancel(self):
+        self.cancelled = True
+
+    def work(self):
+        out, gen = [], self.factory()
+        try:
+            while True:
+                out.append((self.yielded, next(gen)))
+        except StopIteration as stop:
+            out.append((self.returned, stop.value))
+        except Exception as exc:
+            out.append((self.failed, str(exc)))
+        return out
+
+    @staticmethod
+    def deliver(emitted):
+        for signal, value in emitted:
+            signal.emit(value)
+
+    def run(self):
+        self.deliver(self.work())
+
+
+def make_host(project, model_ref="model-a"):
+    """A mocked context: a real project, jobs kept in `host.jobs` until the test runs them."""
+    host = MagicMock(spec=RoundHost)
+    host.project, host.model_ref, host.base_model_ref = project, model_ref, model_ref
+    host.models = MagicMock()
+    host.comparisonsChanged, host.activeModelChanged, host.saveFailed = MagicMock(), MagicMock(), MagicMock()
+    host.jobs = []
+
+    def submit(name, factory):
+        host.jobs.append(FakeJob(name, factory))
+        return host.jobs[-1]
+
+    host.submit.side_effect = submit
+    host.submit_with_model.side_effect = lambda name, ref, fn: submit(
+        name, lambda: fn(SimpleNamespace(model=ref, tokenizer=None)))  # the "model" says which ref ran
+    host.try_save.side_effect = lambda write: (True, write())
+    return host
+
+
+def run_all(host):
+    while host.jobs:
+        host.jobs.pop(0).run()
+
+
+def scripted(answers_by_call, calls=None):
+    """A stand-in for stream_generate: answer i of a call streams word by word as row i."""
+    answers = iter(answers_by_call)
+
+    def fake(model, tokenizer, prompt, n=1, settings=None):
+        if calls is not None:
+            calls.append((model, n, settings))
+        texts = list(next(answers))[:n]
+        for i, text in enumerate(texts):
+            for step, word in enumerate(text.split(" ")):
+                yield TokenEvent(i, (" " if step else "") + word, step + 1)
+        return GenerationResult(texts, [len(t.split(" ")) for t in texts], [True] * n)
+
+    return fake
+
+
+# ---------------------------------------------------------------------------- prompt sources
+def test_the_rounds_module_is_plain_python():
+    """Prompt sources, rounds, the sampler and the tally load no Qt: they run in any test."""
+    code = ("import sys, app.controllers.rounds\n"
+            "bad = [m for m in sys.modules if m.startswith(('PySide6', 'shiboken6'))]\nassert not bad, bad\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_typed_prompts_come_first_in_order_and_are_stored_as_typed(fresh_db):
+    source = PromptSource(fresh_db, random.Random(0))
+    assert not source.add_typed("   ") and source.next() is None  # nothing typed, no own sources
+    assert source.add_typed(" first ") and source.add_typed("second")
+    got = [source.next(), source.next(), source.next()]
+    assert [(p.value, p.text) for p in got[:2]] == [("first", "first"), ("second", "second")]
+    assert got[2] is None
+    rows = fresh_db.db.conn.execute("SELECT id, source FROM prompts ORDER BY id").fetchall()
+    assert rows == [(got[0].id, "typed"), (got[1].id, "typed")]
+
+
+def test_label_prompts_least_labeled_first_then_every_starter_once(fresh_db):
+    labeled, plain, chat = (fresh_db.add_prompt(p, "import") for p in (
+        "Labeled already", "Plain", [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi?"}]))
+    ids = [fresh_db.add_response(labeled, t, "m") for t in ("a", "b")]
+    fresh_db.record_comparison(labeled, ids[0], ids[1], "left")
+    source = LabelPrompts(fresh_db, random.Random(7))
+    source.add_typed("Typed one")
+
+    typed, first, second, third = (source.next() for _ in range(4))
+    assert typed.text == "Typed one"
+    assert (first.id, first.value, first.text) == (plain, [{"role": "user", "content": "Plain"}], "Plain")
+    assert (second.id, second.text) == (chat, "Hi?") and second.value[0] == {"role": "system", "content": "Be brief."}
+    assert third.id == labeled  # the one with a verdict comes last among the project's prompts
+
+    expected = starter_prompts()
+    random.Random(7).shuffle(expected)  # the injected rng decides the starters' order
+    stored_before = fresh_db.counts()["prompts"]
+    starters = [source.next() for _ in expected]
+    assert [p.text for p in starters] == expected[::-1]  # taken from the end of the shuffled list
+    assert fresh_db.counts()["prompts"] == stored_before + len(expected)  # stored one by one as used
+    assert source.next() is None  # every prompt shown once this session: exhausted
+    source.release(first.id)  # dropped before its verdict (a mode switch): it may come again
+    assert source.next().id == first.id and source.next() is None
+
+
+def test_compare_prompts_heldout_then_starters_with_a_notice_or_typed_only(fresh_db):
+    fresh_db.add_prompts([f"Question {i}?" for i in range(40)], "import")
+    heldout = [pid for pid, _ in fresh_db.prompts(split="eval")]
+    assert 0 < len(heldout) < 40
+    notices = []
+    source = ComparePrompts(fresh_db, random.Random(3), on_notice=notices.append)
+    got = [source.next() for _ in heldout]
+    assert sorted(p.id for p in got) == sorted(heldout) and not notices
+    assert all(p.value == [{"role": "user", "content": p.text}] for p in got)  # sampled as chat messages
+    after = source.next()
+    assert notices == [HELDOUT_GONE] and after.text in starter_prompts()
+
+    typed_only = ComparePrompts(fresh_db, random.Random(3))
+    typed_only.mode = "typed"
+    typed_only.add_typed("Mine")
+    assert typed_only.next().text == "Mine" and typed_only.next() is None
+
+
+def test_the_same_seed_gives_the_same_order(fresh_db):
+    fresh_db.add_prompts([f"Question {i}?" for i in range(40)], "import")
+    orders = []
+    for _ in range(2):
+        source = ComparePrompts(fresh_db, random.Random(11))
+        orders.append([source.next().id for _ in range(5)])
+    assert orders[0] == orders[1]
+
+
+# ---------------------------------------------------------------------------- the sampler
+def new_round(refs=("m", "m"), prompt="Say hi"):
+    return Round(1, prompt, prompt, refs, GenerationSettings(max_new_tokens=8, seed=5))
+
+
+def callbacks():
+    return MagicMock(name="on_token"), MagicMock(name="on_done"), MagicMock(name="on_failed")
+
+
+def test_one_batched_job_when_all_sides_share_a_model(fresh_db, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["one a", "two b c", "three", "four"]], calls))
+    host, rnd = make_host(fresh_db), new_round(("m",) * 4)
+    on_token, on_done, on_failed = callbacks()
+    texts = sample_round(host, rnd, on_token, on_done, on_failed, name="sample-pair")
+    assert [j.name for j in host.jobs] == ["sample-pair"] and rnd.jobs == host.jobs
+    run_all(host)
+    assert calls == [("m", 4, rnd.settings)]
+    assert rnd.texts == ["one a", "two b c", "three", "four"] and rnd.tokens == [2, 3, 1, 1]
+    assert rnd.sampled and texts == dict(enumerate(rnd.texts))
+    on_done.assert_called_once_with(rnd, (0, 1, 2, 3))
+    assert on_token.call_count == 7 and not on_failed.called
+
+
+def test_one_job_per_side_for_two_models_relabelled_by_side(fresh_db, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["left words"], ["right"]], calls))
+    host, rnd = make_host(fresh_db), new_round(("m", "other"))
+    on_token, on_done, on_failed = callbacks()
+    seeded = GenerationSettings(max_new_tokens=8, seed=99)
+    sample_round(host, rnd, on_token, on_done, on_failed, settings=seeded)
+    host.jobs[0].run()
+    assert rnd.texts == ["left words", ""] and not rnd.sampled
+    on_done.assert_called_once_with(rnd, (0,))
+    host.jobs[1].run()  # its row 0 is side 1
+    assert rnd.texts == ["left words", "right"] and rnd.sampled
+    assert calls == [("m", 1, seeded), ("other", 1, seeded)]
+    assert on_token.call_args_list == [call(rnd, 0), call(rnd, 0), call(rnd, 1)]
+
+
+def test_late_events_of_a_cancelled_job_are_dropped(fresh_db, monkeypatch):
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["a b", "c d"]]))
+    host, rnd = make_host(fresh_db), new_round()
+    on_token, on_done, on_failed = callbacks()
+    sample_round(host, rnd, on_token, on_done, on_failed)
+    emitted = host.jobs[0].work()  # the worker wrote it all before the cancel
+    FakeJob.deliver(emitted[:1])
+    assert rnd.texts == ["a", ""]
+    rnd.cancel()  # the person moved on
+    FakeJob.deliver(emitted[1:])  # ... and the queued events arrive afterwards
+    assert rnd.texts == ["a", ""] and not rnd.sampled
+    assert on_token.call_count == 1 and not on_done.called
+
+
+def test_a_replaced_job_cannot_overwrite_the_new_answers(fresh_db, monkeypatch):
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["old", "stale"], ["new", "fresh"]]))
+    host, rnd = make_host(fresh_db), new_round()
+    on_token, on_done, on_failed = callbacks()
+    sample_round(host, rnd, on_token, on_done, on_failed)
+    old = host.jobs.pop(0)
+    old_events = old.work()
+    sample_round(host, rnd, on_token, on_done, on_failed)  # sampled again ("R")
+    assert old.cancelled and rnd.jobs == host.jobs and rnd.texts == ["", ""]
+    run_all(host)
+    FakeJob.deliver(old_events)
+    assert rnd.texts == ["new", "fresh"]
+    on_done.assert_called_once_with(rnd, (0, 1))
+
+
+def test_a_failed_job_sets_the_error_and_reports_it(fresh_db, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(rounds, "stream_generate", broken)
+    host, rnd = make_host(fresh_db), new_round()
+    on_token, on_done, on_failed = callbacks()
+    sample_round(host, rnd, on_token, on_done, on_failed)
+    run_all(host)
+    assert rnd.error == "out of cheese" and not rnd.sampled
+    on_failed.assert_called_once_with(rnd, "out of cheese")
+
+
+# ---------------------------------------------------------------------------- the tally
+def test_vote_tally_counts_blind_votes_only_from_the_after_models_side():
+    tally = VoteTally()
+    for verdict, after_side in [("left", 0), ("right", 0), ("right", 1), ("tie", 0), ("both_bad", 1), ("left", 1)]:
+        tally.add_vote(verdict, after_side, blind=True)
+    tally.add_vote("left", 0, blind=False)  # the person knew which answer was whose
+    tally.add_lengths(10, 20)
+    tally.add_lengths(30, 40)
+    s = tally.stats()
+    # after wins: ("left", 0), ("right", 1); loses: ("right", 0), ("left", 1); ties: tie, both_bad
+    assert (s["wins"], s["losses"], s["ties"], s["votes"], s["unblinded"]) == (2, 2, 2, 6, 1)
+    assert (s["rate"], s["low"], s["high"]) == win_rate(2, 2, 2) and s["rate"] == 0.5
+    assert (s["after_tokens"], s["before_tokens"], s["rounds"]) == (20, 30, 2)
+    empty = VoteTally().stats()
+    assert empty["rate"] is None and empty["after_tokens"] is None and empty["votes"] == 0
+
+
+# ---------------------------------------------------------------------------- the controllers
+def test_app_context_provides_what_round_controllers_take():
+    from app.plumbing.context import AppContext
+
+    wanted = [n for n in vars(RoundHost) if not n.startswith("_")] + list(RoundHost.__annotations__)
+    instance_only = {"project", "model_ref", "base_model_ref", "models"}  # set in AppContext.__init__
+    assert set(wanted) >= instance_only
+    assert all(hasattr(AppContext, n) for n in wanted if n not in instance_only)
+
+
+@pytest.fixture
+def label(qapp, fresh_db, monkeypatch):
+    from app.controllers.label_controller import LabelController
+
+    answers = [[f"answer {i} left", f"answer {i} right"] for i in range(20)]
+    monkeypatch.setattr(rounds, "stream_generate", scripted(answers))
+    for text in ("First prompt", "Second prompt", "Third prompt"):
+        fresh_db.add_prompt(text, "import")
+    host = make_host(fresh_db)
+    controller = LabelController(host, prefetch=1, seed=0)
+    shown, ready, messages = [], [], []
+    controller.pairShown.connect(shown.append)
+    controller.pairReady.connect(lambda: ready.append(controller.current))
+    controller.message.connect(messages.append)
+    return host, controller, shown, ready, messages
+
+
+def comparisons(project):
+    return project.db.conn.execute(
+        "SELECT c.verdict, l.text, r.text FROM comparisons c JOIN responses l ON l.id = c.left_id "
+        "JOIN responses r ON r.id = c.right_id WHERE c.deleted IS NULL ORDER BY c.id").fetchall()
+
+
+def test_label_judges_only_complete_pairs_then_shows_the_prefetched_one(label):
+    host, controller, shown, ready, messages = label
+    controller.start()
+    assert len(host.jobs) == 2 and controller.current is shown[0] and len(controller.queue) == 1
+    assert not controller.judge("left") and "still being written" in messages[-1]
+    first, second = controller.current, controller.queue[0]
+    run_all(host)
+    assert first.done and second.done and ready == [first]
+    assert first.texts == ["answer 0 left", "answer 0 right"] and first.prompt_text == "First prompt"
+
+    assert controller.judge("left")
+    assert comparisons(host.project) == [("left", "answer 0 left", "answer 0 right")]
+    assert controller.current is second and ready[-1] is second  # prefetched: ready at once
+    host.comparisonsChanged.emit.assert_called_once_with()
+    assert len(host.jobs) == 1  # the next prompt is being sampled ahead
+    with pytest.raises(ValueError):
+        controller.judge("maybe")
+
+
+def test_label_undo_removes_the_last_verdict_and_shows_its_pair_again(label):
+    host, controller, shown, ready, messages = label
+    controller.start()
+    run_all(host)
+    first = controller.current
+    assert controller.judge("right") and controller.progress()["session"] == 1
+    second = controller.current
+    assert controller.undo()
+    assert comparisons(host.project) == [] and controller.progress()["session"] == 0
+    assert controller.current is first and shown[-1] is first and controller.queue[0] is second
+    assert host.comparisonsChanged.emit.call_count == 2
+    assert not controller.undo()  # nothing left to undo
+
+
+def test_label_a_verdict_that_cannot_be_saved_keeps_the_pair(label):
+    host, controller, shown, ready, messages = label
+    controller.start()
+    run_all(host)
+    pair = controller.current
+    host.try_save.side_effect = lambda write: (False, None)  # the disk is full
+    assert not controller.judge("left")
+    assert controller.current is pair and not controller.history and comparisons(host.project) == []
+    assert not host.comparisonsChanged.emit.called
+
+
+def test_label_skip_while_sampling_cancels_and_late_answers_are_not_stored(label):
+    host, controller, shown, ready, messages = label
+    controller.start()
+    first = controller.current
+    first_job = host.jobs[0]
+    assert controller.judge("skip") and first_job.cancelled and controller.current is not first
+    first_job.run()  # its answers arrive after the skip
+    assert not first.done and first.texts == ["", ""]
+    assert host.project.counts()["prompts"] == 3
+    assert host.project.db.conn.execute("SELECT count(*) FROM responses").fetchone()[0] == 0
+
+
+def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db, monkeypatch, tmp_path):
+    from app.controllers.compare_controller import CompareController
+
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["mine"], ["theirs"]] * 4))
+    fresh_db.add_model(str(tmp_path / "ckpt"), "checkpoint", parent="base")
+    host = make_host(fresh_db, model_ref="base")
+    controller = CompareController(host, seed=1)
+    assert controller.after_ref == str(tmp_path / "ckpt")
+    controller.add_typed_prompt("Compare on this")
+    rnd = controller.current
+    assert rnd.prompt_text == "Compare on this" and set(rnd.refs) == {"base", str(tmp_path / "ckpt")}
+    host.jobs[0].run(), host.jobs[1].run()  # the two answers; the scoring job is not needed here
+    assert rnd.done and rnd.texts == ["mine", "theirs"]
+    assert controller.vote("left")
+    row = host.project.db.conn.execute(
+        "SELECT c.verdict, c.source, l.model, r.model FROM comparisons c JOIN responses l ON l.id = c.left_id "
+        "JOIN responses r ON r.id = c.right_id").fetchone()
+    assert row == ("left", "compare", *rnd.refs)
+    s = controller.stats()
+    assert (s["wins"], s["losses"], s["votes"], s["rounds"]) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
