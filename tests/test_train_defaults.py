@@ -78,3 +78,21 @@ def test_cli_train_uses_the_same_defaults(tmp_path):
         config = _config(opts, n)
         assert {k: getattr(config, k) for k in expected} == expected
     assert _config({**opts, "lr": 1e-3}, 40).lr == 1e-3  # a flag given wins
+
+
+def test_every_form_setting_is_in_the_window_and_the_cli_from_the_dataclass(qtbot, train_window):
+    """A setting with a label in TrainConfig appears on the Advanced form (with its help as the
+    tooltip) and as a `dpo-engine train` option, and flows back into the run's config."""
+    from dpo_engine.cli.train import train_cmd
+    from dpo_engine.train.config import form_fields
+
+    ctx, win, page = train_window
+    options = {p.name for p in train_cmd.params}
+    for f in form_fields():
+        assert page.fields[f.name].toolTip() == f.metadata["help"]
+        assert f.name in options, f.name
+    page.fields["save_every"].setValue(7)  # a setting the form once lacked
+    page.fields["schedule"].setCurrentText("cosine")
+    page.controller.settings = page.read_settings()
+    config = page.controller.build_config(ctx.project_path.parent / "out")
+    assert (config.save_every, config.schedule) == (7, "cosine")

@@ -13,7 +13,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from app.plumbing.context import AppContext
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.config import TrainConfig, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 from dpo_engine.train.runs import RunStarted
 
@@ -31,11 +31,11 @@ def default_settings(device: str, n_pairs: int = 0) -> dict:
     base = TrainConfig(output_dir="-")
     small = small_data_defaults(n_pairs)
     return {
-        "loss": base.loss, "max_steps": 0,
+        **{f.name: getattr(base, f.name) for f in form_fields()},  # the Advanced form: TrainConfig's own
+        "max_steps": 0,  # 0: by epochs
         **small.to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
         "weight_rankings": small.weight_rankings,  # each ranking counts as one verdict
-        "max_length": base.max_length, "lora": False, "lora_rank": 16, "dtype": "auto", "device": device,
-        "eval_fraction": base.eval_fraction, "seed": base.seed, "reference": "",
+        "lora": False, "lora_rank": 16, "dtype": "auto", "device": device, "reference": "",
         "eval_every": 5,  # frequent enough to draw an eval curve on small data
         "start_from": "active",  # round 2+: continue from the active model (the last run's), on all data
         "follow": True,  # after a run, label with its model (on-policy pairs for the next round)
@@ -116,15 +116,13 @@ class TrainController(QObject):
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
         reference = s["reference"].strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
+        form = {f.name: s[f.name] for f in form_fields() if f.name in s}
+        if not form.get("max_steps"):
+            form["max_steps"] = None  # 0 on the form: by epochs
         return TrainConfig(
-            output_dir=str(output_dir), model=model, reference=reference, loss=s["loss"],
-            beta=s["beta"], lr=s["lr"], epochs=s["epochs"], max_steps=s["max_steps"] or None,
-            warmup_ratio=s["warmup_ratio"],
-            batch_size=s["batch_size"], grad_accum=s["grad_accum"], max_length=s["max_length"],
-            eval_fraction=s["eval_fraction"], eval_every=s["eval_every"], seed=s["seed"],
+            output_dir=str(output_dir), model=model, reference=reference, **form,
             lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
             merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
-            weight_rankings=bool(s.get("weight_rankings")),  # how the pairs are loaded: a resume loads them alike
         )
 
     def start(self) -> bool:

@@ -30,7 +30,7 @@ from PySide6.QtWidgets import (
 from app.plumbing.context import AppContext
 from app.controllers.train_controller import TrainController
 from app.widgets.metric_plots import MetricPlots, Series, with_logratios
-from dpo_engine.losses import LOSSES
+from dpo_engine.train.config import field_kind, form_fields
 
 RUN_COLUMNS = ["Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint"]
 
@@ -38,6 +38,28 @@ RUN_COLUMNS = ["Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpo
 def _fmt_seconds(s: float) -> str:
     s = int(max(s, 0))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _setting_widget(f, value) -> QWidget:
+    """The input for one TrainConfig form field (`dpo_engine.train.config.form_fields`)."""
+    m, kind = f.metadata, field_kind(f)
+    if kind == "choice":
+        w = QComboBox()
+        w.addItems([str(c) for c in m["choices"]])
+        w.setCurrentText(str(value))
+    elif kind == "bool":
+        w = QCheckBox()
+        w.setChecked(bool(value))
+    elif kind == "int":
+        w = QSpinBox(minimum=m.get("minimum", 0), maximum=m.get("maximum", 2**31 - 1), singleStep=m.get("step", 1))
+        if "none" in m:
+            w.setSpecialValueText(m["none"])  # the minimum stands for "unset"
+        w.setValue(int(value or 0))
+    else:
+        w = QDoubleSpinBox(minimum=m.get("minimum", 0.0), maximum=m.get("maximum", 1e9),
+                           singleStep=m.get("step", 0.1), decimals=m.get("decimals", 3))
+        w.setValue(float(value))
+    return w
 
 
 class TrainPage(QWidget):
@@ -151,26 +173,10 @@ class TrainPage(QWidget):
             self.fields[key] = widget
             form.addRow(label, widget)
 
-        loss = QComboBox()
-        loss.addItems(list(LOSSES))
-        loss.setCurrentText(s["loss"])
-        add("loss", "Loss", loss)
-        add("beta", "β", QDoubleSpinBox(minimum=0.001, maximum=10, decimals=3, singleStep=0.05, value=s["beta"]))
-        lr = QDoubleSpinBox(minimum=1e-8, maximum=1e-2, decimals=8, singleStep=1e-6, value=s["lr"])
-        add("lr", "Learning rate", lr)
-        add("epochs", "Epochs", QSpinBox(minimum=1, maximum=100, value=s["epochs"]))
-        add("warmup_ratio", "Warmup (share of steps)",
-            QDoubleSpinBox(minimum=0, maximum=0.9, singleStep=0.05, value=s["warmup_ratio"]))
-        steps = QSpinBox(minimum=0, maximum=1_000_000, value=s["max_steps"])
-        steps.setSpecialValueText("by epochs")
-        add("max_steps", "Max steps", steps)
-        add("batch_size", "Batch size (pairs)", QSpinBox(minimum=1, maximum=256, value=s["batch_size"]))
-        add("grad_accum", "Grad accumulation", QSpinBox(minimum=1, maximum=256, value=s["grad_accum"]))
-        weigh = QCheckBox()
-        weigh.setChecked(s["weight_rankings"])
-        weigh.setToolTip("Give the pairs of one ranking a total weight of one verdict, instead of one each.")
-        add("weight_rankings", "Each ranking counts once", weigh)
-        add("max_length", "Max length", QSpinBox(minimum=32, maximum=32768, singleStep=64, value=s["max_length"]))
+        for f in form_fields():  # TrainConfig's own settings: label, help and limits from the dataclass
+            widget = _setting_widget(f, s[f.name])
+            widget.setToolTip(f.metadata["help"])
+            add(f.name, f.metadata["label"], widget)
         add("lora", "LoRA", QCheckBox())
         add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s["lora_rank"]))
         dtype = QComboBox()
@@ -182,10 +188,6 @@ class TrainPage(QWidget):
         device.lineEdit().setObjectName("adv_device_edit")
         device.lineEdit().setAccessibleName("Device name")
         add("device", "Device", device)
-        add("eval_fraction", "Eval fraction",
-            QDoubleSpinBox(minimum=0, maximum=0.5, singleStep=0.05, value=s["eval_fraction"]))
-        add("eval_every", "Eval every (steps)", QSpinBox(minimum=0, maximum=100000, value=s["eval_every"]))
-        add("seed", "Seed", QSpinBox(minimum=0, maximum=2**31 - 1, value=s["seed"]))
         ref = QLineEdit()
         ref.setPlaceholderText("the base model")
         add("reference", "Reference model", ref)

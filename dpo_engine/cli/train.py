@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import threading
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -20,12 +20,10 @@ import click
 from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
 from dpo_engine.errors import DataError, TrainingError
-from dpo_engine.losses import LOSSES
-from dpo_engine.train.config import SCHEDULES, LoraSettings, TrainConfig
+from dpo_engine.train.config import LoraSettings, TrainConfig, field_kind, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 
 LORA_LR = 5e-5  # LoRA adapters start at zero and need a ~10x larger rate than full fine-tuning
-DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
 SMALL_DEFAULT = "[default: measured for the data size: dpo_engine.defaults]"
 
 
@@ -98,18 +96,37 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
     """The run's config: the flags given, the rest from the measured small-data defaults for
     `n_pairs` (dpo_engine.defaults, the same the Train page uses)."""
     lora = LoraSettings(rank=opts["lora_rank"], alpha=2 * opts["lora_rank"]) if opts["lora"] else None
-    d = small_data_defaults(n_pairs).to_settings()
-    pick = lambda key: opts[key] if opts[key] is not None else d[key]  # noqa: E731
-    lr = opts["lr"] if opts["lr"] is not None else (LORA_LR if lora else d["lr"])
+    small = small_data_defaults(n_pairs).to_settings()
+    if lora is not None:
+        small["lr"] = LORA_LR
+    form = {f.name: opts[f.name] if opts[f.name] is not None else small.get(f.name, f.default)
+            for f in form_fields() if f.name != "weight_rankings"}  # weight_rankings: see _run
     return TrainConfig(
-        output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], loss=opts["loss"],
-        beta=pick("beta"), lr=lr, epochs=pick("epochs"), max_steps=opts["max_steps"],
-        batch_size=pick("batch_size"), grad_accum=pick("grad_accum"), max_length=opts["max_length"],
-        schedule=opts["schedule"], warmup_ratio=pick("warmup_ratio"), eval_fraction=opts["eval_fraction"],
-        eval_every=opts["eval_every"], save_every=opts["save_every"], seed=opts["seed"], lora=lora,
+        output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], **form, lora=lora,
         merge_lora=opts["merge_lora"], gradient_checkpointing=opts["gradient_checkpointing"],
         device=opts["device"] or "auto",
     )
+
+
+def config_options(fn):
+    """One click option per TrainConfig form field (`form_fields`): name, type, limits and help
+    come from the dataclass, so a setting added there appears here and in the window. Settings
+    the small-data defaults choose default to None (filled in by `_config`)."""
+    small = set(SmallDataDefaults.__dataclass_fields__)
+    for f in reversed(form_fields()):
+        flag, kind, help_text = "--" + f.name.replace("_", "-"), field_kind(f), f.metadata["help"]
+        default = None if f.name in small else f.default
+        if f.name in small:
+            help_text += " " + SMALL_DEFAULT + (f"; {LORA_LR} with --lora" if f.name == "lr" else "")
+        if kind == "bool":
+            option = click.option(f"{flag}/--no-{flag[2:]}", f.name, default=default, help=help_text)
+        else:
+            types = {"choice": click.Choice([str(c) for c in f.metadata.get("choices", ())]), "int": int,
+                     "float": float}
+            option = click.option(flag, f.name, type=types[kind], default=default, help=help_text,
+                                  show_default=default is not None)
+        fn = option(fn)
+    return fn
 
 
 class MetricsFile:
@@ -168,20 +185,7 @@ def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
               help="Starting model: 'default', a model folder, a .gguf or a hub id.")
 @click.option("--reference", default=None, help="Reference model (default: the starting model).")
 @click.option("--output", default=None, help="Folder for the trained model (default with --resume: that folder).")
-@click.option("--loss", type=click.Choice(list(LOSSES)), default=DEFAULTS["loss"], show_default=True)
-@click.option("--beta", type=float, default=None, help=f"KL strength {SMALL_DEFAULT}.")
-@click.option("--lr", type=float, default=None, help=f"Learning rate {SMALL_DEFAULT}; {LORA_LR} with --lora.")
-@click.option("--epochs", type=int, default=None, help=f"Passes over the pairs {SMALL_DEFAULT}.")
-@click.option("--max-steps", type=int, default=None, help="Optimizer steps; overrides --epochs.")
-@click.option("--batch-size", type=int, default=None, help=f"Pairs per micro-batch {SMALL_DEFAULT}.")
-@click.option("--grad-accum", type=int, default=None, help=f"Micro-batches per step {SMALL_DEFAULT}.")
-@click.option("--max-length", type=int, default=DEFAULTS["max_length"], show_default=True)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS["schedule"], show_default=True)
-@click.option("--warmup-ratio", type=float, default=None, help=f"Share of steps warming up {SMALL_DEFAULT}.")
-@click.option("--eval-fraction", type=float, default=DEFAULTS["eval_fraction"], show_default=True)
-@click.option("--eval-every", type=int, default=DEFAULTS["eval_every"], show_default=True)
-@click.option("--save-every", type=int, default=DEFAULTS["save_every"], show_default=True)
-@click.option("--seed", type=int, default=DEFAULTS["seed"], show_default=True)
+@config_options
 @click.option("--lora", is_flag=True, help="Train LoRA adapters instead of every weight.")
 @click.option("--lora-rank", type=int, default=LoraSettings.rank, show_default=True)
 @click.option("--merge-lora", is_flag=True, help="Also save the model with the adapter merged in.")
@@ -189,8 +193,6 @@ def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")
-@click.option("--weight-rankings/--no-weight-rankings", default=None,
-              help=f"With --project: each ranking counts as one verdict {SMALL_DEFAULT}.")
 @click.option("--device", default=None, help=DEVICE_HELP)
 @friendly_errors
 def train_cmd(**opts):

@@ -6,7 +6,7 @@ once, naming the field and how to fix it, so a bad setting never reaches a model
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import Field, asdict, dataclass, field, fields
 
 from dpo_engine.errors import ConfigError
 from dpo_engine.losses import LOSSES, LossParams
@@ -35,38 +35,62 @@ class LoraSettings:
             raise ConfigError("LoRA target_modules is empty: name at least one linear layer, e.g. q_proj.")
 
 
+def setting(default, help: str, *, label: str | None = None, **limits):
+    """A TrainConfig field with its help text. `label` puts it on the window's Advanced form
+    and among `dpo-engine train`'s options (both built from these fields, so a new setting is
+    one line here); `limits` (minimum, maximum, step, decimals, choices) bound its input."""
+    return field(default=default, metadata={"help": help, "label": label, **limits})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    output_dir: str  # where the checkpoint (a loadable model folder) is written; no default on purpose
-    model: str = "default"  # the starting policy: 'default', a model folder, a .gguf or a hub id
-    reference: str | None = None  # None: the starting policy; set it to train a checkpoint against its base
-    loss: str = "sigmoid"  # the DPO paper's loss; see dpo_engine.losses.LOSSES for the others
-    beta: float = 0.1  # KL strength; 0.1 is the paper's and TRL's default
-    label_smoothing: float = 0.0  # only for loss 'robust': assumed fraction of flipped labels
-    rpo_alpha: float = 1.0  # only for loss 'rpo': weight of the NLL term (RPO paper's value)
-    lr: float = 5e-6  # full fine-tune of a ~100M model on a few hundred pairs moves visibly at 5e-6
-    weight_decay: float = 0.0  # DPO already anchors the policy to the reference; TRL's default too
-    epochs: int = 1  # one pass: DPO overfits small preference sets quickly
-    max_steps: int | None = None  # when set, overrides epochs (useful for quick tries and benchmarks)
-    batch_size: int = 2  # pairs per micro-batch; 2 pairs = 4 sequences fits a CPU's memory
-    grad_accum: int = 4  # micro-batches per optimizer step: effective batch 8 pairs, a steadier gradient
-    max_length: int = 512  # prompt + response tokens; longer responses are cut (the prompt is kept)
-    warmup_ratio: float = 0.1  # fraction of steps spent warming up: avoids a large first update
-    warmup_steps: int | None = None  # when set, overrides warmup_ratio
-    schedule: str = "linear"  # linear decay after warmup, as TRL; or cosine, or constant
-    max_grad_norm: float = 1.0  # clip the global gradient norm (TRL's default); 0 disables clipping
-    eval_fraction: float = 0.1  # held out when no eval pairs are given; 0 disables eval
-    eval_every: int = 50  # steps between evals (also at the end); 0: only at the end
-    save_every: int = 100  # steps between checkpoints (also on stop and at the end); 0: only then
-    seed: int = 42  # data split, data order, LoRA init: the same seed gives the same run on a CPU
-    lora: LoraSettings | None = None  # None: full fine-tune; set: train adapters, the base stays frozen
-    merge_lora: bool = False  # also save the base with the adapter merged in, loadable without peft
-    gradient_checkpointing: bool = False  # recomputes activations: less memory, ~30% slower, so opt-in
-    device: str = "auto"  # auto: CUDA, then MPS, then CPU (dpo_engine.devices)
-    dtype: str = "auto"  # compute precision: bf16 autocast on CUDA that supports it, else fp32
-    share_prompt: bool = True  # run each pair's prompt once and reuse its keys/values for both answers
-    weight_rankings: bool = False  # a project's ranking of k answers weighs as one verdict, not k(k-1)/2
-    # ^ changes which data a run loads from a project, so it is part of the run (and of resume)
+    output_dir: str = field(metadata={"help": "Folder for the trained model (a loadable model folder); no default on purpose."})
+    model: str = setting("default", "The starting policy: 'default', a model folder, a .gguf or a hub id.")
+    reference: str | None = setting(None, "Reference model; none: the starting policy. Set it to train a checkpoint "
+                                          "against its base.")
+    loss: str = setting("sigmoid", "The DPO paper's loss; see dpo_engine.losses for the others.", label="Loss",
+                        choices=tuple(LOSSES))
+    beta: float = setting(0.1, "KL strength: how far the model may move from the reference. 0.1 is the paper's and "
+                               "TRL's default.", label="β", minimum=0.001, maximum=10.0, step=0.05, decimals=3)
+    label_smoothing: float = setting(0.0, "Only for loss 'robust': the assumed fraction of flipped labels.")
+    rpo_alpha: float = setting(1.0, "Only for loss 'rpo': weight of the NLL term (the RPO paper's value).")
+    lr: float = setting(5e-6, "Learning rate (a full fine-tune of a ~100M model on a few hundred pairs moves "
+                              "visibly at 5e-6; LoRA needs ~10x more).", label="Learning rate", minimum=1e-8, maximum=1e-2, step=1e-6,
+                        decimals=8)
+    weight_decay: float = setting(0.0, "DPO already anchors the policy to the reference; TRL's default too.")
+    epochs: int = setting(1, "Passes over the pairs: DPO overfits small preference sets quickly.", label="Epochs",
+                          minimum=1, maximum=100)
+    max_steps: int | None = setting(None, "Optimizer steps; overrides epochs (quick tries and benchmarks).",
+                                    label="Max steps", minimum=0, maximum=1_000_000, none="by epochs")
+    batch_size: int = setting(2, "Pairs per micro-batch (each pair is 2 sequences).",
+                              label="Batch size (pairs)", minimum=1, maximum=256)
+    grad_accum: int = setting(4, "Micro-batches per optimizer step: effective batch = batch size x this; larger is a steadier gradient.",
+                              label="Grad accumulation", minimum=1, maximum=256)
+    max_length: int = setting(512, "Prompt + response tokens; longer responses are cut (the prompt is kept).",
+                              label="Max length", minimum=32, maximum=32768, step=64)
+    warmup_ratio: float = setting(0.1, "Share of steps spent warming up: avoids a large first update.",
+                                  label="Warmup (share of steps)", minimum=0.0, maximum=0.9, step=0.05, decimals=2)
+    warmup_steps: int | None = setting(None, "Warmup steps; when set, overrides warmup_ratio.")
+    schedule: str = setting("linear", "Learning-rate schedule after warmup: linear decay as TRL, cosine, or "
+                                      "constant.", label="Schedule", choices=SCHEDULES)
+    max_grad_norm: float = setting(1.0, "Clip the global gradient norm (TRL's default); 0 disables clipping.")
+    eval_fraction: float = setting(0.1, "Held out when no eval pairs are given; 0 disables eval.",
+                                   label="Eval fraction", minimum=0.0, maximum=0.5, step=0.05, decimals=2)
+    eval_every: int = setting(50, "Steps between evals (also at the end); 0: only at the end.",
+                              label="Eval every (steps)", minimum=0, maximum=100_000)
+    save_every: int = setting(100, "Steps between checkpoints (also on stop and at the end); 0: only then.",
+                              label="Save every (steps)", minimum=0, maximum=100_000)
+    seed: int = setting(42, "Data split, data order, LoRA init: the same seed gives the same run on a CPU.",
+                        label="Seed", minimum=0, maximum=2**31 - 1)
+    weight_rankings: bool = setting(False, "A ranking of k answers weighs as one verdict, not k(k-1)/2 pairs "
+                                           "(changes which data a run loads, so resume keeps it).",
+                                    label="Each ranking counts once")
+    lora: LoraSettings | None = setting(None, "None: full fine-tune; set: train adapters, the base stays frozen.")
+    merge_lora: bool = setting(False, "Also save the base with the adapter merged in, loadable without peft.")
+    gradient_checkpointing: bool = setting(False, "Recomputes activations: less memory, ~30% slower, so opt-in.")
+    device: str = setting("auto", "auto: CUDA, then MPS, then CPU (dpo_engine.devices).")
+    dtype: str = setting("auto", "Compute precision: bf16 autocast on CUDA that supports it, else fp32.")
+    share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes stored with the run
 
     def __post_init__(self):
@@ -124,3 +148,19 @@ def _validate(c: TrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+
+
+def form_fields() -> list[Field]:
+    """The settings a person sets for a run, in order: the window's Advanced form and
+    `dpo-engine train`'s options are built from these (their help, label and limits)."""
+    return [f for f in fields(TrainConfig) if f.metadata.get("label")]
+
+
+def field_kind(f: Field) -> str:
+    """'choice', 'bool', 'int' or 'float': which input a form field takes."""
+    if "choices" in f.metadata:
+        return "choice"
+    for kind in ("bool", "int", "float"):
+        if str(f.type).startswith(kind):
+            return kind
+    raise TypeError(f"{f.name}: no input for a field of type {f.type}")
