@@ -69,8 +69,10 @@ def _dedupe(entries: list[CatalogEntry]) -> list[CatalogEntry]:
 
 def list_models(project: str | Path | None = None, folders: Sequence[str | Path] = (), device: str = "auto",
                 locations: Locations | None = None, free_bytes: int | None = None,
-                include_default: bool = True) -> Catalog:
+                include_default: bool = True, paths: Sequence[str | Path] = ()) -> Catalog:
     """Every model found, with fit verdicts for `device` ("auto", "cpu", "cuda", ...).
+
+    `paths`: files or folders chosen by hand, listed last (once, if a source found them already).
 
     `free_bytes` overrides the measured free memory (tests; a person planning for another machine).
     """
@@ -93,6 +95,7 @@ def list_models(project: str | Path | None = None, folders: Sequence[str | Path]
             found.append(broken(root.name or str(root), "folder", str(root), "no such folder"))
             continue
         found += _guarded("folder", root, lambda root=root: folder_entries(root, "folder"))
+    found += [inspect_path(p) for p in paths]
     seconds = time.perf_counter() - start
     if free_bytes is None:
         free_bytes, label = memory_budget(device)

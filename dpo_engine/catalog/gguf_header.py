@@ -108,7 +108,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         if key.startswith("GGUF."):
             continue
         if field.types[0] == GGUFValueType.ARRAY and not field.data:
-            lengths[key] = int(field.parts[1][0])
+            lengths[key] = int(field.parts[-1][0])  # [key length, key, type, item type, length]
         else:
             metadata[key] = field.contents()
     params = sum(int(t.n_elements) for t in reader.tensors)
