@@ -28,6 +28,7 @@ GATED_KEYS = ("extra_gated_prompt", "extra_gated_heading", "extra_gated_fields",
 
 def safetensors_header(path: Path) -> dict:
     """The JSON header of a .safetensors file: {tensor: {dtype, shape, data_offsets}, "__metadata__": ...}."""
+    size = path.stat().st_size
     with open(path, "rb") as fh:
         raw = fh.read(8)
         if len(raw) < 8:
@@ -35,8 +36,9 @@ def safetensors_header(path: Path) -> dict:
         (n,) = struct.unpack("<Q", raw)
         if n > MAX_HEADER:
             raise ValueError(f"{path.name} has no valid safetensors header")
+        if 8 + n > size:
+            raise ValueError(f"{path.name} is cut off inside its header ({size:,} bytes)")
         header = json.loads(fh.read(n))
-    size = path.stat().st_size
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise ValueError(f"{path.name} is cut off: its header describes {8 + n + end:,} bytes, the file has {size:,}")
@@ -219,6 +221,8 @@ def read_gguf_file(path: Path, name: str | None, source: str) -> CatalogEntry:
         size = path.stat().st_size
     except OSError as exc:
         return broken(name, source, str(path), f"cannot read the file: {exc.strerror or exc}", fmt="gguf")
+    if size == 0:
+        return broken(name, source, str(path), "the file is empty", 0, "gguf")
     try:
         info = read_gguf(path)
     except Exception as exc:  # the reader raises ValueError, KeyError, IndexError... on a damaged file

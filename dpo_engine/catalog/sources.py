@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -125,8 +126,11 @@ def hf_cache_entries(cache: Path) -> list[CatalogEntry]:
             out.append(read_folder(snap, repo.repo_id, "hf-cache", size=rev.size_on_disk))
         out += [read_gguf_file(p, f"{repo.repo_id}/{p.name}", "hf-cache") for p in ggufs]
     for warning in info.warnings:  # a folder the scanner could not make sense of
-        out.append(broken(Path(str(warning).split(":")[-1].strip()).name or "HF cache entry", "hf-cache",
-                          str(cache), f"damaged cache entry: {warning}"))
+        found = re.search(r"(models|datasets|spaces)--([^/\\\s:)]+)", str(warning))
+        if found and found.group(1) != "models":
+            continue
+        name = found.group(2).rstrip(".").replace("--", "/") if found else "HF cache entry"
+        out.append(broken(name, "hf-cache", str(cache), f"damaged cache entry: {warning}"))
     return out
 
 
