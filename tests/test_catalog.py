@@ -205,15 +205,24 @@ def test_training_memory_by_hand():
 
 
 def test_verdicts_move_with_free_memory():
-    shape = ModelShape(1_000_000_000, hidden=2048, layers=16, ffn=8192, vocab=128_256, kv_dim=512)  # ~Llama-3.2-1B
-    full = fit_mod.training_memory(shape, lora=False)
-    lora = fit_mod.training_memory(shape, lora=True)
-    assert lora.total < full.total
-    assert fit_verdict(shape, int(full.total / fit_mod.HEADROOM) + 10).verdict == FULL_FITS
-    assert fit_verdict(shape, int(full.total / fit_mod.HEADROOM) - 10).verdict == LORA_ONLY
-    assert fit_verdict(shape, int(lora.total / fit_mod.HEADROOM) - 10).verdict == TOO_LARGE
+    """~Llama-3.2-1B on a CPU: checkpointed full fine-tuning (16 B a weight) still beats LoRA without
+    checkpointing, whose activations are larger; LoRA with checkpointing is the last resort."""
+    shape = ModelShape(1_000_000_000, hidden=2048, layers=16, ffn=8192, vocab=128_256, kv_dim=512)
+
+    def total(lora, ckpt):
+        return fit_mod.training_memory(shape, lora=lora, checkpointed=ckpt).total
+
+    def at(total_bytes, delta):
+        v = fit_verdict(shape, int(total_bytes / fit_mod.HEADROOM) + delta)
+        return v.verdict, v.gradient_checkpointing
+
+    assert total(True, True) < total(False, True) < total(True, False) < total(False, False)
+    assert at(total(False, False), 10) == (FULL_FITS, False)
+    assert at(total(False, False), -10) == (FULL_FITS, True)
+    assert at(total(False, True), -10) == (LORA_ONLY, True)
+    assert at(total(True, True), -10) == (TOO_LARGE, False)
     v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)")
-    assert v.full.activations < full.activations  # bf16 autocast halves the body's activations on CUDA
+    assert v.full.activations < fit_mod.training_memory(shape, lora=False).activations  # bf16 autocast on CUDA
     assert v.explain().startswith(FULL_FITS + ": full fine-tune needs ~")
 
 
@@ -310,3 +319,25 @@ def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, m
     assert runs[0]["family"] == "llama" and runs[0]["verdict"] == FULL_FITS
     assert runs[1]["error"] == "the checkpoint folder is no longer there"
     assert np.isfinite(runs[0]["fit"]["budget"])
+
+
+def test_gradient_checkpointing_is_asked_for_only_where_activations_decide():
+    """Checkpointing keeps one hidden-wide value per token and layer plus one layer's activations:
+    8 tokens x (2 layers x 10 + (16 x 10 + 4 x 20)) x 4 B = 8,320, plus the head's 2,400."""
+    shape = ModelShape(1000, hidden=10, layers=2, ffn=20, vocab=50, kv_dim=10)
+    ckpt = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4, checkpointed=True)
+    assert ckpt.activations == 8 * (2 * 10 + 240) * 4 + 2400 == 10720
+    big = ModelShape(500_000_000, hidden=1024, layers=24, ffn=4096, vocab=32_000, kv_dim=256)
+    full = fit_mod.training_memory(big, lora=False)
+    full_ckpt = fit_mod.training_memory(big, lora=False, checkpointed=True)
+    lora = fit_mod.training_memory(big, lora=True)
+    assert full_ckpt.total < full.total and full_ckpt.total < lora.total  # activations dominate here
+    plain = fit_verdict(big, int(full.total / fit_mod.HEADROOM) + 10)
+    assert (plain.verdict, plain.gradient_checkpointing) == (FULL_FITS, False)
+    squeezed = fit_verdict(big, int(full_ckpt.total / fit_mod.HEADROOM) + 10)
+    assert (squeezed.verdict, squeezed.gradient_checkpointing) == (FULL_FITS, True)
+    assert "with gradient checkpointing" in squeezed.explain()
+    lora_ckpt = fit_mod.training_memory(big, lora=True, checkpointed=True)
+    tight = fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) + 10)
+    assert (tight.verdict, tight.gradient_checkpointing) == (LORA_ONLY, True)
+    assert fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) - 10).verdict == TOO_LARGE

@@ -89,14 +89,17 @@ def test_lora_only_and_too_large_are_announced(qtbot, stores, tmp_path):
     """With free memory between the LoRA and the full estimate of a model, picking it says LoRA goes on."""
     path = write_gguf(tmp_path / "mid.gguf", vocab=100, hidden=256, layers=4, ffn=1024)
     probe = list_models(paths=[path], locations=Locations(), free_bytes=GiB, device="cpu", include_default=False)
-    fit = probe.entries[0].fit
-    between = int((fit.full.total + fit.lora.total) / 2 / fit_mod.HEADROOM)
+    shape = probe.entries[0].shape
+    lora = fit_mod.training_memory(shape, lora=True, checkpointed=True).total
+    full = fit_mod.training_memory(shape, lora=False, checkpointed=True).total
+    assert lora < full
+    between = int((lora + full) / 2 / fit_mod.HEADROOM)
     dialog = ModelPickerDialog(list_models(paths=[path], locations=Locations(), free_bytes=between, device="cpu",
                                            include_default=False))
     qtbot.addWidget(dialog)
     dialog.table.selectRow(0)
-    assert dialog.selected().fit.verdict == LORA_ONLY and dialog.needs_lora
-    assert "LoRA" in dialog.lora_notice.text()
+    assert dialog.selected().fit.verdict == LORA_ONLY and dialog.needs_lora and dialog.needs_checkpointing
+    assert "Only LoRA with gradient checkpointing fits" in dialog.lora_notice.text()
     starved = ModelPickerDialog(list_models(paths=[path], locations=Locations(), free_bytes=GiB // 8, device="cpu",
                                             include_default=False))
     qtbot.addWidget(starved)

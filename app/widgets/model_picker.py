@@ -9,6 +9,7 @@ QPlainTextEdit, and no row has a tooltip (Qt would guess rich text for one).
     if dialog.exec():
         entry = dialog.selected()      # a CatalogEntry; entry.path is what --model takes
         dialog.needs_lora               # True when only LoRA fits: the caller turns LoRA on
+        dialog.needs_checkpointing      # True when it fits only with gradient checkpointing
 """
 
 from __future__ import annotations
@@ -209,6 +210,12 @@ class ModelPickerDialog(QDialog):
         entry = self.selected()
         return bool(entry and entry.fit and entry.fit.verdict == LORA_ONLY)
 
+    @property
+    def needs_checkpointing(self) -> bool:
+        """True when the selected model fits only with gradient checkpointing on (the caller turns it on)."""
+        entry = self.selected()
+        return bool(entry and entry.fit and entry.fit.gradient_checkpointing)
+
     def select_path(self, path: str) -> bool:
         """Select the row whose entry has `path` (False if none, or it is unusable)."""
         for row, entry in enumerate(self.model.entries()):
@@ -246,8 +253,12 @@ class ModelPickerDialog(QDialog):
         entry = self.selected()
         self.ok.setEnabled(entry is not None)
         self.detail.setPlainText(details(entry) if entry else "")
+        ckpt = " with gradient checkpointing" if self.needs_checkpointing else ""
         if self.needs_lora:
-            self.lora_notice.setText("Only LoRA fits this model here: training will use LoRA (turned on for you).")
+            self.lora_notice.setText(f"Only LoRA{ckpt} fits this model here: training will use it (turned on for you).")
+        elif ckpt:
+            self.lora_notice.setText("A full fine-tune fits only with gradient checkpointing (about 30% slower): "
+                                     "it will be turned on for you.")
         elif entry and entry.fit and entry.fit.verdict == TOO_LARGE:
             self.lora_notice.setText("Too large to train on this device even with LoRA; it can still answer prompts "
                                      "if it loads.")

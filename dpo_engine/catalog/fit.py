@@ -80,11 +80,17 @@ class FitVerdict:
     lora: MemoryEstimate
     batch_pairs: int
     max_length: int
+    gradient_checkpointing: bool = False  # the verdict holds only with gradient checkpointing on
+    checkpointed_activations: int = 0  # activations with gradient checkpointing (either mode)
 
     def explain(self) -> str:
         """One line for a person: the verdict and the numbers behind it."""
-        return (f"{self.verdict}: full fine-tune needs ~{gib(self.full.total)}, LoRA ~{gib(self.lora.total)}, "
-                f"{gib(self.budget)} usable on {self.device} (batch {self.batch_pairs} pairs x "
+        how, acts = "", ""
+        if self.gradient_checkpointing:
+            how = " with gradient checkpointing"
+            acts = f" (activations ~{gib(self.full.activations)}, checkpointed ~{gib(self.checkpointed_activations)})"
+        return (f"{self.verdict}{how}: full fine-tune needs ~{gib(self.full.total)}, LoRA ~{gib(self.lora.total)}"
+                f"{acts}; {gib(self.budget)} usable on {self.device} (batch {self.batch_pairs} pairs x "
                 f"{self.max_length} tokens)")
 
     def to_dict(self) -> dict:
@@ -107,25 +113,29 @@ def lora_parameters(shape: ModelShape, rank: int = LORA_RANK) -> int:
     return shape.layers * per_layer if shape.layers and h else int(shape.parameters * 0.01)
 
 
-def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int) -> int:
+def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpointed: bool = False) -> int:
     """Activations kept for the backward over `tokens` tokens (see the module docstring).
 
-    Without a known shape, sqrt(12 x parameters / layers) ~ hidden for a 24-layer model.
+    Gradient checkpointing keeps only each layer's input (one hidden-wide value per token and
+    layer) and recomputes one layer at a time. Without a known shape, hidden is taken as
+    sqrt(parameters / (12 x 24 layers)).
     """
     layers = shape.layers or 24
     hidden = shape.hidden or int(math.sqrt(shape.parameters / (12 * layers)))
     ffn = shape.ffn or 4 * hidden
-    body = tokens * layers * (ACT_HIDDEN * hidden + ACT_FFN * ffn) * value_bytes
+    per_layer = tokens * (ACT_HIDDEN * hidden + ACT_FFN * ffn) * value_bytes
+    body = tokens * layers * hidden * value_bytes + per_layer if checkpointed else layers * per_layer
     head = int(tokens * RESPONSE_FRACTION) * shape.vocab * 4 * 3  # fp32 logits, softmax, their gradient
     return body + head
 
 
 def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BATCH_PAIRS,
-                    max_length: int = DEFAULT_MAX_LENGTH, autocast_bytes: int = 4) -> MemoryEstimate:
+                    max_length: int = DEFAULT_MAX_LENGTH, autocast_bytes: int = 4,
+                    checkpointed: bool = False) -> MemoryEstimate:
     """Peak bytes of one DPO step (fp32 master weights; `autocast_bytes` 2 under bf16 autocast)."""
     p = shape.parameters
     trainable = lora_parameters(shape) if lora else p
-    acts = activation_bytes(shape, 2 * batch_pairs * max_length, autocast_bytes)
+    acts = activation_bytes(shape, 2 * batch_pairs * max_length, autocast_bytes, checkpointed)
     weights = 4 * p + (4 * trainable if lora else 0)
     return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
                           activations=acts, runtime=RUNTIME_BYTES)
@@ -133,16 +143,20 @@ def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BA
 
 def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_pairs: int = DEFAULT_BATCH_PAIRS,
                 max_length: int = DEFAULT_MAX_LENGTH) -> FitVerdict:
-    """Full fine-tune if its estimate fits in HEADROOM of `free_bytes`, else LoRA if that fits, else too large.
+    """The cheapest way that fits in HEADROOM of `free_bytes`, in this order: full fine-tune,
+    full with gradient checkpointing, LoRA, LoRA with checkpointing; else too large.
+    (Checkpointing costs ~30% speed, so it is only asked for where activations make the difference.)
 
     On CUDA the forward runs under bf16 autocast, so activations cost 2 bytes a value.
     """
     value_bytes = 2 if device.startswith("cuda") else 4
-    full = training_memory(shape, False, batch_pairs, max_length, value_bytes)
-    lora = training_memory(shape, True, batch_pairs, max_length, value_bytes)
     budget = int(free_bytes * HEADROOM)
-    verdict = FULL_FITS if full.total <= budget else LORA_ONLY if lora.total <= budget else TOO_LARGE
-    return FitVerdict(verdict, device, budget, full, lora, batch_pairs, max_length)
+    options = [(mode, ckpt, training_memory(shape, mode == LORA_ONLY, batch_pairs, max_length, value_bytes, ckpt))
+               for mode in (FULL_FITS, LORA_ONLY) for ckpt in (False, True)]
+    verdict, ckpt = next(((mode, c) for mode, c, m in options if m.total <= budget), (TOO_LARGE, False))
+    full, lora = options[0][2], options[2][2]
+    return FitVerdict(verdict, device, budget, full, lora, batch_pairs, max_length, ckpt,
+                      options[1][2].activations)
 
 
 # --------------------------------------------------------------------------- the machine
