@@ -50,6 +50,8 @@ def cells(e: CatalogEntry) -> tuple[str, ...]:
     """The row's texts, in COLUMNS order."""
     chat = {True: "yes", False: "no (plain text)", None: "?"}[e.chat_template]
     fit = e.fit.verdict if e.fit else ("unusable" if e.error else "unknown")
+    if e.fit and e.fit.gradient_checkpointing:
+        fit += " (checkpointing)"
     notes = e.error or "; ".join([*([f"gated: {e.gated}"] if e.gated else []), *e.notes])
     return (e.name, e.source, e.family or "?", _count(e.parameters, e.parameters_estimated), e.precision or "?",
             _size(e.size_bytes), chat, fit, _one_line(notes))
@@ -147,6 +149,9 @@ class ModelPickerDialog(QDialog):
         header.setAccessibleName("Model columns")
         header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         header.setStretchLastSection(True)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)  # long store paths: elided, resizable
+        self.table.setColumnWidth(0, 340)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.table.verticalHeader().hide()
         self.table.selectionModel().selectionChanged.connect(self._on_table_selection)
         self.table.doubleClicked.connect(self._on_table_double_clicked)

@@ -35,6 +35,7 @@ def format_catalog(catalog) -> str:
     for e in catalog.entries:
         chat = {True: "yes", False: "no", None: "?"}[e.chat_template]
         fit = e.fit.verdict if e.fit else ("unusable" if e.error else "?")
+        fit += " (checkpointing)" if e.fit and e.fit.gradient_checkpointing else ""
         rows.append((e.name, e.source, e.family or "?", _params(e.parameters, e.parameters_estimated),
                      e.precision or "?", _size(e.size_bytes), chat, fit))
         lines = [f"  error: {e.error}"] if e.error else []
