@@ -112,15 +112,19 @@ def test_lm_studio_folder_and_dedupe(stores, tmp_path):
 
 
 def test_listing_fifty_models_takes_under_a_second(tmp_path):
-    folder = tmp_path / "many"
+    """25 GGUF files with a 32k vocabulary (Llama-2/Mistral size) and 25 HF cache snapshots,
+    none read before (header results are cached per process, so the warm-up reads others)."""
+    folder, warm = tmp_path / "many", tmp_path / "warm"
     folder.mkdir()
+    warm.mkdir()
     for i in range(25):
-        write_gguf(folder / f"m{i}.gguf", vocab=2000)
+        write_gguf(folder / f"m{i}.gguf", vocab=32_000)
+    write_gguf(warm / "w.gguf")
     files, _ = hf_model_files()
     for i in range(25):
         write_hf_repo(tmp_path / "hf", f"org/m{i}", files)
     loc = Locations(tmp_path / "hf", None, ())
-    list_models(folders=[folder], locations=loc, free_bytes=GiB, device="cpu", include_default=False)  # imports
+    list_models(folders=[warm], locations=loc, free_bytes=GiB, device="cpu", include_default=False)  # imports
     start = time.perf_counter()
     cat = list_models(folders=[folder], locations=loc, free_bytes=GiB, device="cpu", include_default=False)
     assert time.perf_counter() - start < 1.0
@@ -166,17 +170,31 @@ def test_real_tiny_model_folder_matches_torch(tiny_model_dir):
     assert "model.embed_tokens.weight" in header
 
 
-def test_header_reader_agrees_with_the_gguf_package(tmp_path):
-    """Skipping long arrays changes nothing the catalog reads: same scalars, tensors and lengths."""
+@pytest.mark.parametrize("quantised", [False, True])
+def test_header_reader_agrees_with_the_gguf_package(tmp_path, quantised):
+    """Every metadata field as gguf.GGUFReader reads it (long arrays: their length), the same
+    tensors, and the file's exact size; a cut file is refused where the reader fails too."""
     from gguf import GGUFReader
 
-    path = write_gguf(tmp_path / "m.gguf", arch="qwen2", quantised=True, hidden=32, license="mit")
+    path = write_gguf(tmp_path / "m.gguf", arch="qwen2", quantised=quantised, hidden=32, license="mit")
     full, ours = GGUFReader(str(path)), read_gguf(path)
-    assert ours.metadata["general.architecture"] == "qwen2" and ours.metadata["general.license"] == "mit"
-    assert ours.metadata["qwen2.block_count"] == full.fields["qwen2.block_count"].contents() == 2
-    assert ours.array_lengths["tokenizer.ggml.tokens"] == len(full.fields["tokenizer.ggml.tokens"].contents()) == 100
+    fields = {k: f for k, f in full.fields.items() if not k.startswith("GGUF.")}
+    assert set(fields) == set(ours.metadata) | set(ours.array_lengths)
+    for key, field in fields.items():
+        if key in ours.array_lengths:
+            assert ours.array_lengths[key] == len(field.contents()), key
+        else:
+            assert ours.metadata[key] == pytest.approx(field.contents()), key
     assert ours.parameters == sum(int(t.n_elements) for t in full.tensors) == gguf_param_count(hidden=32)
     assert ours.expected_size == path.stat().st_size
+    assert ours.quantisation == ("Q8_0" if quantised else "F32")
+    whole = path.read_bytes()
+    for cut in (30, 600, len(whole) - 1):
+        (tmp_path / "cut.gguf").write_bytes(whole[:cut])
+        with pytest.raises(ValueError, match="cut off"):
+            read_gguf(tmp_path / "cut.gguf")
+        with pytest.raises(Exception):
+            GGUFReader(str(tmp_path / "cut.gguf"))
 
 
 def test_shape_and_estimate_from_gguf_keys(tmp_path):
@@ -226,14 +244,14 @@ def test_verdicts_move_with_free_memory():
     assert v.explain().startswith(FULL_FITS + ": full fine-tune needs ~")
 
 
-@pytest.mark.parametrize("pairs, length, peak", [(2, 256, 4.63e9), (4, 512, 11.34e9)])
+@pytest.mark.parametrize("pairs, length, peak", [(2, 256, 4.17e9), (4, 512, 10.21e9)])
 def test_estimate_matches_measured_smollm2_steps(pairs, length, peak):
-    """Measured on this machine (fp32 CPU, two AdamW steps of a forward + backward through
-    dpo_engine.logps, half of each row scored): SmolLM2-135M's peak RSS. The estimate must not
-    be below 95% of it (a "fits" that does not) nor above 115% (a "too large" that would fit)."""
+    """bench/catalog_memory.py on this machine (fp32 CPU, two AdamW steps, each a forward and
+    backward through dpo_engine.logps with half of each row scored): SmolLM2-135M's peak RSS.
+    The estimate must not be below it (a "fits" that does not) nor more than 25% above it."""
     smol = ModelShape(134_515_008, hidden=576, layers=30, ffn=1536, vocab=49_152, kv_dim=192)
     est = fit_mod.training_memory(smol, lora=False, batch_pairs=pairs, max_length=length).total
-    assert 0.95 * peak <= est <= 1.15 * peak
+    assert peak <= est <= 1.25 * peak
 
 
 def test_default_length_is_the_trainers():

@@ -36,8 +36,8 @@ TOO_LARGE = "too large"
 DEFAULT_BATCH_PAIRS = SmallDataDefaults().batch_size  # the Train page's default micro-batch, in pairs
 DEFAULT_MAX_LENGTH = 512  # TrainConfig.max_length's default (tests/test_catalog.py keeps them equal)
 ACT_HIDDEN = 16  # hidden-wide values kept per token and layer, and ACT_FFN ffn-wide (gate, up, product),
-ACT_FFN = 4  # fitted to SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 tokens peaked at 4.63 GB RSS (estimate
-# 4.93), 8x512 at 11.34 GB (estimate 11.47): ~2.2 MB a token, activations dominate past ~1,000 tokens
+ACT_FFN = 4  # bench/catalog_memory.py, SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 tokens peaked at 4.17 GB
+# RSS (estimate 4.97), 8x512 at 10.21 GB (estimate 11.54): ~2 MB a token, so activations dominate past ~1,000
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
 LORA_RANK = 16  # LoraSettings.rank's default; adapters on every linear of each block
 RUNTIME_BYTES = 600 * 2**20  # torch, transformers and the tokenizer before any tensor (measured ~0.5 GB)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dpo_engine.catalog.entry import CatalogEntry, broken
 from dpo_engine.catalog.fit import ModelShape
-from dpo_engine.catalog.gguf_header import read_gguf
+from dpo_engine.catalog.gguf_header import read_gguf_cached
 
 SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16", "F64": "float64",
                       "F8_E4M3": "float8", "F8_E5M2": "float8", "I8": "int8", "U8": "uint8", "I32": "int32"}
@@ -224,7 +224,7 @@ def read_gguf_file(path: Path, name: str | None, source: str) -> CatalogEntry:
     if size == 0:
         return broken(name, source, str(path), "the file is empty", 0, "gguf")
     try:
-        info = read_gguf(path)
+        info = read_gguf_cached(path)
     except Exception as exc:  # the reader raises ValueError, KeyError, IndexError... on a damaged file
         reason = str(exc) or exc.__class__.__name__
         if "magic" in reason.lower():
