@@ -4,6 +4,7 @@ the fit estimate worked out by hand, and `dpo-engine models --json` in-process."
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -359,3 +360,28 @@ def test_gradient_checkpointing_is_asked_for_only_where_activations_decide():
     tight = fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) + 10)
     assert (tight.verdict, tight.gradient_checkpointing) == (LORA_ONLY, True)
     assert fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) - 10).verdict == TOO_LARGE
+
+
+def test_an_ollama_blob_resolves_as_a_gguf_under_a_gguf_name(stores, tmp_path, monkeypatch):
+    """The catalog hands load_model a suffix-less blob path; transformers reads a GGUF only by its
+    .gguf suffix (anything else it would unpickle), so conversion sees a .gguf name for the same bytes."""
+    from dpo_engine import models
+
+    root, _ = stores
+    blob = by_name(catalog_of(root))["tiny:latest"].path
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def fake_convert(gguf, dest, source):
+        seen.append((gguf.name, gguf.read_bytes() == open(blob, "rb").read(), source))
+        dest.mkdir(parents=True)
+        (dest / "config.json").write_text("{}")
+        (dest / models.MANIFEST).write_text("{}")
+        yield from ()
+
+    monkeypatch.setattr(models, "_convert_gguf", fake_convert)
+    resolved = models.resolve_model_ref(blob)
+    assert resolved.kind == "gguf" and seen == [(f"{Path(blob).name}.gguf", True, str(Path(blob).resolve()))]
+    assert not list((tmp_path / "cache").glob("gguf-link-*"))  # the temporary name is gone
+    with pytest.raises(models.ModelNotFoundError):
+        models.resolve_model_ref(str(tmp_path / "sha256-missing"))
