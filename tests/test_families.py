@@ -1,9 +1,9 @@
-"""Chat families beyond Llama: Qwen2, Gemma 2, Mistral and Phi-3 (tiny random models and
+"""Chat families: Llama 3, Qwen2, Gemma 2, Mistral and Phi-3 (tiny random models and
 templates in their documented turn formats, tests/tiny_families.py). For each: the prompt
 renders as the family documents it, the label mask covers exactly the answer tokens (a
 property over random answers: conversational and plain, with and without a system prompt,
-finished and cut off), generation runs and equals transformers' greedy decoding, and two
-training steps run and change every weight."""
+finished and cut off), generation runs and equals transformers' greedy decoding, two
+training steps run and change every weight, and per-pair log-probs equal TRL's."""
 
 import math
 import random
@@ -20,6 +20,11 @@ from tests.tiny_families import FAMILIES, build_family_model, build_family_token
 
 NAMES = sorted(FAMILIES)
 RENDERED = {  # the generation prompt for [system "Be brief.",] user "Hi", as each family documents it
+    ("llama3", False): "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"
+                       "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    ("llama3", True): "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+                      "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant"
+                      "<|end_header_id|>\n\n",
     ("qwen2", False): "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
                       "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
     ("qwen2", True): "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n",
@@ -146,3 +151,45 @@ def test_two_training_steps_change_every_weight(family, model_dir, tmp_path, mon
     after = load_file(str(tmp_path / "run" / "model.safetensors"))
     assert before.keys() == after.keys()
     assert [k for k in before if torch.equal(before[k], after[k])] == []
+
+
+def test_token_ids_and_sequence_logps_equal_trls(family, model_dir, tmp_path_factory):
+    """TRL's DPOTrainer (its dataset preparation, collator and log-prob head) on the same pairs,
+    with a policy that differs from its reference: the same ids, masks and per-pair log-probs."""
+    pytest.importorskip("trl")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from dpo_engine.encoding import encode_pairs
+    from dpo_engine.logps import batch_logps
+    from dpo_engine.pairs import parse_preference_record
+    from tests.perturb import perturbed_copy
+
+    policy_dir = perturbed_copy(model_dir, tmp_path_factory.mktemp(f"{family.name}-policy"), scale=0.1)
+    system = [{"role": "system", "content": "Be brief."}] if family.system and family.name != "mistral" else []
+    records = [{"prompt": system + [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+                "rejected": [{"role": "assistant", "content": r}]}
+               for q, c, r in [("Hi", "Hello there!", "Go away."), ("2+2?", "4", "Five, or six."),
+                               ("Colour?", "Red, like a fire engine.", "No.")]]
+    args = DPOConfig(output_dir=str(tmp_path_factory.mktemp("trl")), report_to=[], max_length=256, use_cpu=True,
+                     bf16=False)
+    trainer = DPOTrainer(model=AutoModelForCausalLM.from_pretrained(policy_dir),
+                         ref_model=AutoModelForCausalLM.from_pretrained(model_dir), args=args,
+                         train_dataset=Dataset.from_list(records),
+                         processing_class=AutoTokenizer.from_pretrained(model_dir))
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    kept, skipped = encode_pairs(tok, [parse_preference_record(r) for r in records], 256)
+    assert not skipped
+    for row, (_, enc) in zip(trainer.train_dataset, kept):
+        assert (list(enc.prompt_ids), list(enc.chosen_ids), list(enc.rejected_ids)) == (
+            row["prompt_ids"], row["chosen_ids"], row["rejected_ids"])
+    theirs = trainer.data_collator(list(trainer.train_dataset))
+    batch = collate([e for _, e in kept], tok.pad_token_id)
+    assert torch.equal(batch.input_ids, theirs["input_ids"])
+    assert torch.equal(batch.response_mask.long(), theirs["completion_mask"])
+    with torch.no_grad():
+        ours = batch_logps(AutoModelForCausalLM.from_pretrained(policy_dir), batch)
+        trl_chosen, trl_rejected = trainer.compute_ref_log_probs(trainer.model, theirs)
+    torch.testing.assert_close(ours.chosen_logps, trl_chosen, rtol=2e-5, atol=1e-5)
+    torch.testing.assert_close(ours.rejected_logps, trl_rejected, rtol=2e-5, atol=1e-5)

@@ -2,6 +2,9 @@
 template written here to produce that family's documented turn format (nothing downloaded).
 
     family   turn format (model card / tokenizer_config of the released chat models)
+    llama3   <|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n{s}<|eot_id|>
+             <|start_header_id|>user<|end_header_id|>\n\n{u}<|eot_id|>
+             <|start_header_id|>assistant<|end_header_id|>\n\n{a}<|eot_id|>
     qwen2    <|im_start|>system\\n{s}<|im_end|>\\n<|im_start|>user\\n{u}<|im_end|>\\n
              <|im_start|>assistant\\n{a}<|im_end|>\\n    (ChatML; Qwen2.5 adds a default system turn)
     gemma2   <bos><start_of_turn>user\\n{u}<end_of_turn>\\n<start_of_turn>model\\n{a}<end_of_turn>\\n
@@ -35,6 +38,13 @@ class Family:
     system: bool  # whether the template accepts a system message
 
 
+LLAMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] | trim + '<|eot_id|>' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
 QWEN2_TEMPLATE = (
     "{% for m in messages %}"
     "{% if loop.first and m['role'] != 'system' %}"
@@ -75,6 +85,9 @@ PHI3_TEMPLATE = (
 )
 
 FAMILIES = {
+    "llama3": Family("llama3", ("<|end_of_text|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                                "<|eot_id|>"), "<|begin_of_text|>", "<|eot_id|>", "<|end_of_text|>", "<|eot_id|>",
+                     LLAMA3_TEMPLATE, "", ("<|eot_id|>",), True),
     "qwen2": Family("qwen2", ("<|endoftext|>", "<|im_start|>", "<|im_end|>"), None, "<|im_end|>",
                     "<|endoftext|>", "<|im_end|>", QWEN2_TEMPLATE, "", ("<|im_end|>", "Ċ"), True),
     "gemma2": Family("gemma2", ("<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"), "<bos>", "<eos>",
@@ -105,11 +118,13 @@ def build_family_tokenizer(family: Family):
 
 
 def _config(family: Family, tok, hidden: int, layers: int):
-    from transformers import Gemma2Config, MistralConfig, Phi3Config, Qwen2Config
+    from transformers import Gemma2Config, LlamaConfig, MistralConfig, Phi3Config, Qwen2Config
 
     ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     common = dict(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
                   num_attention_heads=4, max_position_embeddings=1024, **ids)
+    if family.name == "llama3":
+        return LlamaConfig(num_key_value_heads=2, tie_word_embeddings=True, **common)
     if family.name == "qwen2":
         return Qwen2Config(num_key_value_heads=2, tie_word_embeddings=True, **common)
     if family.name == "gemma2":  # soft-capped logits and alternating sliding-window layers, as the real ones
