@@ -2,8 +2,10 @@
 broken ones greyed and unselectable with their reason, verdicts shown, LoRA-only announced,
 untrusted names as plain text."""
 
+import gc
+
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QCoreApplication, QEvent, Qt
 
 from app.widgets.model_picker import COLUMNS, ENTRY_ROLE, ModelPickerDialog
 from dpo_engine.catalog import FULL_FITS, LORA_ONLY, TOO_LARGE, Locations, list_models
@@ -21,6 +23,15 @@ def stores(tmp_path_factory):
     build_gguf_folder(root / "ggufs")
     write_gguf(root / "ggufs" / "<b>bold<i> & <img src=x onerror=alert(1)>.gguf")
     return root
+
+
+@pytest.fixture(autouse=True)
+def collect_dialogs(qapp):
+    """Free the closed dialogs (and the catalog entries their models hold) before the next test:
+    left to a later garbage collection they would move the refcounts tests/test_qt_refcounts.py reads."""
+    yield
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    gc.collect()
 
 
 def lister(root, free=64 * GiB):
