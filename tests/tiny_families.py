@@ -95,7 +95,8 @@ FAMILIES = {
     "mistral": Family("mistral", ("<unk>", "<s>", "</s>"), "<s>", "</s>", "</s>", "</s>", MISTRAL_TEMPLATE,
                       " ", ("</s>",), True),
     "phi3": Family("phi3", ("<|endoftext|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"), None,
-                   "<|endoftext|>", "<|endoftext|>", "<|end|>", PHI3_TEMPLATE, "", ("<|end|>", "Ċ", "<|endoftext|>"), True),
+                   "<|endoftext|>", "<|endoftext|>", "<|end|>", PHI3_TEMPLATE, "",
+                   ("<|end|>", "Ċ", "<|endoftext|>"), True),  # the template ends a conversation with eos
 }
 
 

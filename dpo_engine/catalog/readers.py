@@ -236,7 +236,8 @@ def read_gguf_file(path: Path, name: str | None, source: str) -> CatalogEntry:
         return meta.get(f"{arch}.{k}") or 0
 
     vocab = info.array_lengths.get("tokenizer.ggml.tokens") or len(meta.get("tokenizer.ggml.tokens") or [])
-    heads, kv_heads, hidden = int(key("attention.head_count")), int(key("attention.head_count_kv")), int(key("embedding_length"))
+    heads, kv_heads = int(key("attention.head_count")), int(key("attention.head_count_kv"))
+    hidden = int(key("embedding_length"))
     head_dim = int(key("attention.key_length")) or (hidden // heads if heads else 0)
     shape = ModelShape(info.parameters, hidden, int(key("block_count")), int(key("feed_forward_length")),
                        int(vocab), (kv_heads or heads) * head_dim)
