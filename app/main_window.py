@@ -10,6 +10,7 @@ from PySide6.QtWidgets import (
     QMainWindow,
     QMessageBox,
     QProgressBar,
+    QPushButton,
     QSplitter,
     QStackedWidget,
     QWidget,
@@ -93,7 +94,14 @@ class MainWindow(QMainWindow):
         self.progress.setObjectName("statusProgress")
         self.progress.setMaximumWidth(160)
         self.progress.setRange(0, 0)
-        for w in (self.model_label, self.device_label):
+        self.choose_model_button = QPushButton("Change model…")
+        self.choose_model_button.setObjectName("chooseModelButton")
+        self.choose_model_button.setAccessibleName("Choose the model to teach")
+        self.choose_model_button.setToolTip("Pick a model on this machine (Hugging Face cache, Ollama, LM Studio, "
+                                            "a folder or a .gguf file); it becomes the model you label with and "
+                                            "the base the training starts from.")
+        self.choose_model_button.clicked.connect(self._on_choose_model_clicked)
+        for w in (self.model_label, self.choose_model_button, self.device_label):
             bar.addPermanentWidget(w)
         bar.addWidget(self.state_label, 1)
         bar.addWidget(self.progress)
@@ -111,6 +119,23 @@ class MainWindow(QMainWindow):
             text = detail  # first run: download and conversion progress
         self.state_label.setText(text if state != "error" else f"{text}: {detail.splitlines()[0] if detail else ''}")
         self.state_label.setToolTip(detail)
+
+    def _on_choose_model_clicked(self) -> None:
+        from app.pages.model_choice import choose_model
+
+        choice = choose_model(self, self.ctx, "Choose the model to teach", self.ctx.model_ref)
+        if choice is not None:
+            self.use_model(choice)
+
+    def use_model(self, choice) -> None:
+        """The person's own model: it becomes the base (the reference of later runs) and the
+        model the Label page samples from; LoRA / checkpointing turn on when only they fit."""
+        self.ctx.base_model_ref = choice.path
+        self.ctx.set_active_model(choice.path)
+        train = self.pages.get("Train")
+        note = train.adapt_to_model(choice) if hasattr(train, "adapt_to_model") else ""
+        if note:
+            self.state_label.setText(note)
 
     def _on_ctx_saveFailed(self, message: str) -> None:
         """A person's action was not saved (disk full, read-only, ...): say so in a dialog that

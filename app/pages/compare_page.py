@@ -9,7 +9,6 @@ from PySide6.QtWidgets import (
     QCheckBox,
     QComboBox,
     QDoubleSpinBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -24,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.controllers.compare_controller import CompareController, CompareRound, display_name
+from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
@@ -74,8 +74,8 @@ class ComparePage(QWidget):
     def _build(self) -> None:
         self.before_model = self._model_combo("beforeModel", "Before model")
         self.after_model = self._model_combo("afterModel", "After model")
-        self.browse_button = QPushButton("Folder…", objectName="browseAfterModel")
-        self.browse_button.setAccessibleName("Choose the after model folder")
+        self.browse_button = QPushButton("Choose…", objectName="browseAfterModel")
+        self.browse_button.setAccessibleName("Choose the after model")
         self.blind_box = QCheckBox("Blind", objectName="blindMode", checked=True)
         self.blind_box.setAccessibleName("Blind mode")
         self.blind_box.setToolTip("Hide which model wrote which answer until you vote.")
@@ -227,9 +227,9 @@ class ComparePage(QWidget):
         self.setFocus()
 
     def _on_browse_clicked(self) -> None:
-        folder = QFileDialog.getExistingDirectory(self, "Choose the trained model's folder")
-        if folder:
-            self.after_model.setEditText(folder)
+        choice = choose_model(self, self.ctx, "Choose the 'after' model", self.controller.after_ref)
+        if choice is not None:
+            self.after_model.setEditText(choice.path)
             self._on_models_edited()
 
     def _on_blind_toggled(self, on: bool) -> None:

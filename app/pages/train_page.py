@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from app.plumbing.context import AppContext
 from app.controllers.train_controller import TrainController
 from app.widgets.metric_plots import MetricPlots, Series, with_logratios
+from app.pages.model_choice import choose_model
 from dpo_engine.train.config import field_kind, form_fields
 
 RUN_COLUMNS = ["Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint"]
@@ -188,9 +189,18 @@ class TrainPage(QWidget):
         device.lineEdit().setObjectName("adv_device_edit")
         device.lineEdit().setAccessibleName("Device name")
         add("device", "Device", device)
-        ref = QLineEdit()
+        ref = self._named(QLineEdit(), "adv_reference", "Reference model")
         ref.setPlaceholderText("the base model")
-        add("reference", "Reference model", ref)
+        self.fields["reference"] = ref
+        pick = self._named(QPushButton("…"), "adv_reference_pick", "Choose the reference model")
+        pick.setToolTip("Choose the reference model from the models on this machine")
+        pick.clicked.connect(self._on_reference_pick_clicked)
+        row = QWidget()
+        line = QHBoxLayout(row)
+        line.setContentsMargins(0, 0, 0, 0)
+        line.addWidget(ref, 1)
+        line.addWidget(pick)
+        form.addRow("Reference model", row)
         start = QComboBox()
         start.addItem("Active model", "active")
         start.addItem("Base model", "base")
@@ -246,6 +256,28 @@ class TrainPage(QWidget):
             else:
                 out[key] = w.value()
         return out
+
+    # ------------------------------------------------------------------ models
+    def _on_reference_pick_clicked(self) -> None:
+        choice = choose_model(self, self.ctx, "Choose the reference model", self.fields["reference"].text() or None)
+        if choice is not None:
+            self.fields["reference"].setText(choice.path)
+
+    def adapt_to_model(self, choice) -> str:
+        """A model chosen in the picker that fits only with LoRA (or gradient checkpointing)
+        turns those on here; returns what was changed, for the person ("" when nothing)."""
+        notes = []
+        if choice.needs_lora and not self.fields["lora"].isChecked():
+            self.fields["lora"].setChecked(True)
+            notes.append("LoRA is on: a full fine-tune of this model does not fit in memory here")
+        if choice.needs_checkpointing and not self.fields["gradient_checkpointing"].isChecked():
+            self.fields["gradient_checkpointing"].setChecked(True)
+            notes.append("gradient checkpointing is on: it fits only with it")
+        if notes:
+            text = "; ".join(notes) + "."
+            self._append_log(text[0].upper() + text[1:])
+            return text[0].upper() + text[1:]
+        return ""
 
     # ------------------------------------------------------------------ slots
     def _on_train_clicked(self) -> None:

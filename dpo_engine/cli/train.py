@@ -103,8 +103,7 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
             for f in form_fields() if f.name != "weight_rankings"}  # weight_rankings: see _run
     return TrainConfig(
         output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], **form, lora=lora,
-        merge_lora=opts["merge_lora"], gradient_checkpointing=opts["gradient_checkpointing"],
-        device=opts["device"] or "auto",
+        merge_lora=opts["merge_lora"], device=opts["device"] or "auto",
     )
 
 
@@ -189,7 +188,6 @@ def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
 @click.option("--lora", is_flag=True, help="Train LoRA adapters instead of every weight.")
 @click.option("--lora-rank", type=int, default=LoraSettings.rank, show_default=True)
 @click.option("--merge-lora", is_flag=True, help="Also save the model with the adapter merged in.")
-@click.option("--gradient-checkpointing", is_flag=True, help="Less memory, slower steps.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")

@@ -87,7 +87,9 @@ class TrainConfig:
                                     label="Each ranking counts once")
     lora: LoraSettings | None = setting(None, "None: full fine-tune; set: train adapters, the base stays frozen.")
     merge_lora: bool = setting(False, "Also save the base with the adapter merged in, loadable without peft.")
-    gradient_checkpointing: bool = setting(False, "Recomputes activations: less memory, ~30% slower, so opt-in.")
+    gradient_checkpointing: bool = setting(False, "Recomputes activations: less memory, ~30% slower, so opt-in "
+                                                  "(the model picker says when a model needs it).",
+                                           label="Gradient checkpointing")
     device: str = setting("auto", "auto: CUDA, then MPS, then CPU (dpo_engine.devices).")
     dtype: str = setting("auto", "Compute precision: bf16 autocast on CUDA that supports it, else fp32.")
     share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")

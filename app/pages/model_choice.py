@@ -1,0 +1,51 @@
+"""Every place the window asks for a model (the model to label with, Compare's "after",
+Train's reference) opens the same dialog: the model picker over the catalog of models on
+this machine (`dpo_engine.catalog`), with the fit verdict for the device that trains.
+Folders the person adds are remembered (QSettings) for the next time."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PySide6.QtCore import QSettings
+from PySide6.QtWidgets import QDialog, QWidget
+
+from app.plumbing.context import AppContext
+from app.widgets.model_picker import ModelPickerDialog
+from dpo_engine.catalog import list_models
+
+FOLDERS_KEY = "modelPicker/folders"
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    path: str  # what load_model / --model takes
+    needs_lora: bool  # only LoRA fits in memory: the caller turns LoRA on and says so
+    needs_checkpointing: bool  # it fits only with gradient checkpointing
+
+
+def remembered_folders() -> list[str]:
+    value = QSettings().value(FOLDERS_KEY, [])
+    return [value] if isinstance(value, str) else list(value or [])
+
+
+def choose_model(parent: QWidget, ctx: AppContext, title: str, current: str | None = None) -> ModelChoice | None:
+    """Show the picker (modal); the chosen model, or None when the person cancels."""
+    folders = remembered_folders()
+    device = ctx.device.device
+
+    def lister(extra: list[str]):
+        return list_models(project=ctx.project_path, folders=folders + extra, device=device)
+
+    dialog = ModelPickerDialog(lister([]), lister=lister, parent=parent)
+    dialog.setWindowTitle(title)
+    if current:
+        dialog.select_path(current)
+    try:
+        if dialog.exec() != QDialog.DialogCode.Accepted or dialog.selected() is None:
+            return None
+        if dialog.folders:
+            QSettings().setValue(FOLDERS_KEY, sorted(set(folders) | set(dialog.folders)))
+        return ModelChoice(dialog.selected().path, dialog.needs_lora, dialog.needs_checkpointing)
+    finally:
+        dialog.deleteLater()
