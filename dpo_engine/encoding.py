@@ -32,7 +32,7 @@ Public API:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import torch
@@ -108,9 +108,11 @@ def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[list[int]], li
     earlier turns differently once an answer follows (Mistral v0.3 renders the system prompt
     only inside the last user turn, which an answer makes not last; Qwen3 drops thinking).
     """
+    if pair.conversational and not getattr(tokenizer, "chat_template", None):
+        # A base model (no chat template) runs in plain-text mode: the turns' texts joined by
+        # newlines and the answer continuing them, exactly as generate.encode_prompt sampled it.
+        pair = replace(pair, prompt=plain_prompt(pair.messages))
     if pair.conversational:
-        if not getattr(tokenizer, "chat_template", None):
-            raise DataError("the pair is a conversation but this model's tokenizer has no chat template")
         messages = pair.messages
 
         def render(extra: list[dict], gen: bool) -> list[int]:
@@ -144,6 +146,11 @@ def _tokenize_pair(tokenizer, pair: PreferencePair) -> tuple[list[list[int]], li
     chosen = _ids(tokenizer(text=pair.prompt + with_eos(pair.chosen, pair.chosen_finished)))
     rejected = _ids(tokenizer(text=pair.prompt + with_eos(pair.rejected, pair.rejected_finished)))
     return [prompt], chosen, rejected
+
+
+def plain_prompt(messages: Sequence[dict]) -> str:
+    """A conversation as plain text for a model without a chat template (generate's rendering)."""
+    return "\n".join(m["content"] for m in messages)
 
 
 def common_suffix_length(a: Sequence[int], b: Sequence[int]) -> int:

@@ -10,6 +10,7 @@ from typing import Iterator, Sequence
 import torch
 
 from dpo_engine._compat import forward_with_cache
+from dpo_engine.encoding import plain_prompt
 from dpo_engine.errors import ConfigError
 from dpo_engine.iters import drain, mapped
 
@@ -60,7 +61,7 @@ def encode_prompt(tokenizer, prompt: str | Sequence[dict]) -> list[int]:
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
-    text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
+    text = prompt if isinstance(prompt, str) else plain_prompt(prompt)  # a base model: plain-text mode
     return tokenizer(text, add_special_tokens=True)["input_ids"]
 
 

@@ -109,13 +109,6 @@ def test_a_pair_left_without_response_tokens_is_rejected_with_a_reason(tok):
     assert [i for i, _ in skipped] == [1] and "max_length" in skipped[0][1]
 
 
-def test_conversation_without_chat_template_is_rejected(tok):
-    bare = build_tokenizer()
-    bare.chat_template = None
-    with pytest.raises(DataError, match="chat template"):
-        encode_pair(bare, conversation("Hi", "Yo", "No"))
-
-
 def test_collate_exact_tensors():
     pairs = [
         EncodedPair((1, 2, 3), (4, 5), (6,)),
@@ -155,3 +148,20 @@ def test_length_batches_group_similar_lengths_longest_first():
     lens = [3, 10, 4, 9, 2]
     pairs = [EncodedPair((1,), (2,) * (n - 1), (3,)) for n in lens]
     assert length_batches(pairs, 2) == [[1, 3], [2, 0], [4]]
+
+
+def test_a_base_model_without_a_chat_template_trains_in_plain_text_mode(tiny_loaded):
+    """The Label page stores prompts as user messages; a base model samples them as plain text
+    (generate.encode_prompt), and its pairs encode the same way instead of being refused."""
+    import copy
+
+    from dpo_engine.encoding import encode_pair
+    from dpo_engine.generate import encode_prompt
+    from dpo_engine.pairs import PreferencePair
+
+    tok = copy.deepcopy(tiny_loaded.tokenizer)
+    tok.chat_template = None
+    pair = PreferencePair((("user", "Name a colour."),), "Blue.", "Seven.")
+    encoded = encode_pair(tok, pair)
+    assert list(encoded.prompt_ids) == encode_prompt(tok, [{"role": "user", "content": "Name a colour."}])
+    assert tok.decode(encoded.chosen_ids).startswith("Blue.")

@@ -69,3 +69,23 @@ def test_compare_and_train_choose_models_in_the_same_picker(window, picks, tiny_
     assert compare.after_model.currentText() == str(tiny_model_dir)
     train.findChild(QPushButton, "adv_reference_pick").click()
     assert train.fields["reference"].text() == str(tiny_model_dir)
+
+
+def test_a_base_model_without_a_chat_template_is_announced_on_the_label_page(qtbot, tmp_path, tiny_model_dir):
+    import json
+    import shutil
+
+    from app.pages.label_page import PLAIN_TEXT_NOTICE
+
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    config = json.loads((base / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(config))
+    ctx, win = create_window(tmp_path / "p.dpo", str(base), "cpu")
+    qtbot.addWidget(win)
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=60_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.load_active_model()
+    assert ctx.plain_text and win.pages["Label"].notice.text() == PLAIN_TEXT_NOTICE
+    ctx.shutdown()

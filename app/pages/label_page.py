@@ -33,6 +33,9 @@ from dpo_engine.generate import GenerationSettings
 from dpo_engine.ranking import rank_levels
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
+PLAIN_TEXT_NOTICE = ("This model has no chat template (a base model): it continues your prompt as plain text, "
+                     "and it is trained the same way.")
+
 BUTTONS = [  # (objectName, label, verdict, keys); digits are routed by mode in _on_key_digit
     ("verdictLeft", "← Left is better  [1]", "left", ("Left",)),
     ("verdictTie", "Tie  [3]", "tie", ()),
@@ -252,6 +255,7 @@ class LabelPage(QWidget):
         c.pairReady.connect(self._on_controller_pairReady)
         c.progressChanged.connect(self._on_controller_progressChanged)
         c.message.connect(self.notice.setText)
+        self.ctx.modelStateChanged.connect(self._on_ctx_modelStateChanged)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -261,6 +265,10 @@ class LabelPage(QWidget):
         self.setFocus()
 
     # ------------------------------------------------------------------ keys
+    def _on_ctx_modelStateChanged(self, state: str, _detail: str) -> None:
+        if state == "ready" and self.ctx.plain_text:
+            self.notice.setText(PLAIN_TEXT_NOTICE)
+
     def _on_key_digit(self, digit: int) -> None:
         """A number key: a verdict in pairwise mode, the next place in ranking mode."""
         if self.controller.mode == "ranking":

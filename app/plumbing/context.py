@@ -116,6 +116,7 @@ class AppContext(QObject):
         self.models = ModelCache(device, on_state=self._modelEvent.emit)
         self._modelEvent.connect(self._on_models_event)
         self.model_state = ("loading", "")
+        self.plain_text = False  # the active model has no chat template (a base model): plain-text mode
         self.loaded_name = ""
 
     def try_save(self, write: Callable[[], Any]) -> tuple[bool, Any]:
@@ -163,11 +164,17 @@ class AppContext(QObject):
         def factory():
             if ref == DEFAULT_MODEL_REF and not is_converted(default_model_dir()):
                 yield from prepare_default_model_events()  # first run: live progress
-            return self.models.get(ref).name
+            loaded = self.models.get(ref)
+            tokenizer = getattr(loaded, "tokenizer", None)
+            return loaded.name, tokenizer is not None and not getattr(tokenizer, "chat_template", None)
+
+        def ready(result) -> None:
+            name, self.plain_text = result
+            self._on_models_event("ready", ref, name)
 
         job = self.submit("load-model", factory, urgent=True)  # the status bar waits on it
         job.yielded.connect(lambda ev: self.set_model_state("loading", f"{ev.message} ({ev.fraction:.0%})"))
-        job.returned.connect(lambda name: self._on_models_event("ready", ref, name))
+        job.returned.connect(ready)
         job.failed.connect(lambda msg: self._on_models_event("error", ref, msg))
         return job
 
