@@ -111,7 +111,8 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
         modelfile("x.gguf", tokenizer)  # refuses an untranslatable chat template now, not after the GGUF
 
     def on_tensor(done: int, total: int) -> None:
-        report("write", 0.1 + 0.85 * done / total, f"Writing tensor {done}/{total} ({quant})")
+        if done == total or int(20 * done / total) != int(20 * (done - 1) / total):  # every 5%
+            report("write", 0.1 + 0.85 * done / total, f"Writing tensor {done}/{total} ({quant})")
 
     def write(tmp: Path) -> None:
         report("write", 0.1, f"Writing {fmt} to a temporary {tmp.name}")
