@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dpo_engine.errors import ConfigError
+from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.export.atomic import check_export_target, staged
 from dpo_engine.export.card import model_card
 from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
@@ -81,9 +81,13 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
         write = _peft_writer(source, output)
     else:
         write = _model_writer(source, fmt, output, quant, report)
-    with staged(output, as_folder) as tmp:
-        write(tmp)
-        report("rename", 0.98, f"Moving the export into place at {output}")
+    try:
+        with staged(output, as_folder) as tmp:
+            write(tmp)
+            report("rename", 0.98, f"Moving the export into place at {output}")
+    except OSError as exc:  # a full disk, a read-only folder: nothing was left under `output`
+        raise DataError(f"Could not write the export to {output}: {exc.strerror or exc}. Nothing was "
+                        "written there; free some space or choose another place.") from exc
     command = create_command(ollama_name(output), output / "Modelfile") if fmt == "ollama" else None
     report("done", 1.0, f"Exported {source.name} as {fmt} to {output}")
     return ExportResult(fmt, str(output), _files(output), time.perf_counter() - start, command)
