@@ -188,6 +188,34 @@ def test_hf_export_of_a_lora_run_merges_the_adapter(lora_run_dir, bpe_model_dir,
     assert (_logits(merged, ids) - _logits(base, ids)).abs().max() > 1e-2  # the adapter is in the weights
 
 
+def test_a_real_lora_run_exports_as_the_trainer_saved_it(bpe_model_dir, tmp_path, monkeypatch):
+    """The trainer's own LoRA checkpoint layout (not a hand-made one): hf merges it, peft carries it,
+    and both compute what the run's model computes."""
+    from peft import PeftModel
+
+    from dpo_engine.pairs import conversation
+    from dpo_engine.train.config import LoraSettings, TrainConfig
+    from dpo_engine.train.loop import train
+
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
+    pairs = [conversation(f"Question {i}: agree?", "yes " * (1 + i % 3), "no " * (1 + i % 2)) for i in range(8)]
+    run = tmp_path / "run"
+    config = TrainConfig(output_dir=str(run), model=str(bpe_model_dir), lr=1e-2, batch_size=4, grad_accum=1,
+                         warmup_ratio=0.0, eval_fraction=0.0, device="cpu", seed=3, max_steps=2,
+                         lora=LoraSettings(rank=4, alpha=8, dropout=0.0))
+    list(train(config, pairs))
+    export_model(str(run), "hf", tmp_path / "merged")
+    export_model(str(run), "peft", tmp_path / "adapter")
+    trained = PeftModel.from_pretrained(_load(bpe_model_dir), str(run)).eval()
+    ids = _ids(_tokenizer(run), PROMPTS[0])
+    assert torch.allclose(_logits(_load(tmp_path / "merged"), ids), _logits(trained, ids), atol=1e-5)
+    assert not torch.equal(_logits(trained, ids), _logits(_load(bpe_model_dir), ids))  # the run moved the model
+    adapter = PeftModel.from_pretrained(_load(bpe_model_dir), str(tmp_path / "adapter")).eval()
+    assert torch.equal(_logits(adapter, ids), _logits(trained, ids))
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "| LoRA | rank 4, alpha 8" in card and "- lora" in card
+
+
 # --------------------------------------------------------------------------- peft
 
 
