@@ -53,7 +53,7 @@ def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None 
     base_ref = source.run.get("base_model") or source.base_ref
     base = hub_id_of(base_ref) if base_ref else hub_id_of(source.ref)
     library = {"hf": "transformers", "peft": "peft", "ollama": "gguf"}[fmt]
-    tags = ["dpo", "dpo-studio"] + (["lora"] if source.adapter is not None else []) + (["gguf"] if fmt == "ollama" else [])
+    tags = ["dpo", "dpo-studio"] + ["lora"] * (source.adapter is not None) + ["gguf"] * (fmt == "ollama")
     trained = bool(source.run)
     lines = [_front_matter(base, library, tags), "", f"# {name}", ""]
     if trained:
