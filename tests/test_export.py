@@ -29,14 +29,19 @@ PADDED = 3  # embeddings past the tokenizer's vocabulary: the GGUF must carry th
 # --------------------------------------------------------------------------- fixtures
 
 
-def build_bpe_tokenizer():
-    """A real byte-level BPE (GPT-2 pre-tokenizer, learned merges) with the ChatML specials, trained
-    offline on a few sentences: unlike the byte tokenizer of tests/tiny_model.py, one GGUF can carry."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def build_bpe_tokenizer(split: str | None = None):
+    """A real byte-level BPE (learned merges) with the ChatML specials, trained offline on a few
+    sentences: unlike the byte tokenizer of tests/tiny_model.py, one a GGUF can carry. Text is split
+    by GPT-2's regex, or by `split` (a regex, as Qwen2 and Llama 3 do) before the bytes."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(models.BPE(unk_token=None))
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if split is not None:
+        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
+                                                      pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                               use_regex=False)])
     core.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -139,12 +144,11 @@ def _greedy(model, ids, n: int = 16) -> list[int]:
 
 
 def _f16_rounded(model):
-    """The model with every weight rounded to f16 and back: what an f16 GGUF holds (norms stay f32
-    in the file, and f32 -> f16 -> f32 rounding of them is below the test's tolerance either way)."""
+    """The model as an f16 GGUF holds it: matrices rounded to f16, 1-D tensors (norms, biases) in f32."""
     from transformers import AutoModelForCausalLM
 
     rounded = AutoModelForCausalLM.from_config(model.config)
-    rounded.load_state_dict({k: v.half().float() for k, v in model.state_dict().items()})
+    rounded.load_state_dict({k: v.half().float() if v.ndim > 1 else v for k, v in model.state_dict().items()})
     return rounded.eval()
 
 
@@ -324,19 +328,56 @@ def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
 
 
 def test_gguf_refuses_what_it_cannot_convert(tiny_model_dir, bpe_model_dir, tmp_path):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import MistralConfig, MistralForCausalLM
 
     out = tmp_path / "x.gguf"
     with pytest.raises(ModelError, match="pre-tokenizer"):  # byte tokenizer without GPT-2's split
         export_model(str(tiny_model_dir), "gguf", out)
     _nothing_left(out)
-    qwen = tmp_path / "qwen"
-    Qwen2ForCausalLM(Qwen2Config(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(qwen)
-    _tokenizer(bpe_model_dir).save_pretrained(qwen)
-    with pytest.raises(ModelError, match="Llama family"):
-        export_model(str(qwen), "ollama", tmp_path / "q")
+    mistral = tmp_path / "mistral"
+    MistralForCausalLM(MistralConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(mistral)
+    _tokenizer(bpe_model_dir).save_pretrained(mistral)
+    with pytest.raises(ModelError, match="supports LlamaForCausalLM"):
+        export_model(str(mistral), "ollama", tmp_path / "q")
     _nothing_left(tmp_path / "q")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
+def test_gguf_of_qwen_models_read_by_transformers_computes_the_same(arch, tmp_path):
+    """Qwen2 (q/k/v biases) and Qwen3 (q/k norms, head_dim 128): no Q/K permutation, their own split regex."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from gguf import GGUFReader
+
+    tok = build_bpe_tokenizer(split=PRETOKENIZE_REGEX)
+    shape = dict(vocab_size=len(tok), intermediate_size=128, num_hidden_layers=2, max_position_embeddings=256,
+                 tie_word_embeddings=arch == "qwen2", bos_token_id=None, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(2)
+    if arch == "qwen2":
+        model = Qwen2ForCausalLM(Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, **shape))
+    else:  # transformers' GGUF loader assumes Qwen3's head_dim of 128
+        model = Qwen3ForCausalLM(Qwen3Config(hidden_size=256, num_attention_heads=2, num_key_value_heads=1,
+                                             head_dim=128, **shape))
+    with torch.no_grad():  # norms away from 1, biases away from 0: a misplaced one shows in the logits
+        for name, param in model.named_parameters():
+            if param.ndim == 1:
+                param.normal_(1.0 if "norm" in name else 0.0, 0.3)
+    folder = tmp_path / arch
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    export_model(str(folder), "gguf", tmp_path / "m.gguf")
+    reader = GGUFReader(str(tmp_path / "m.gguf"))
+    assert _field(reader, "general.architecture") == arch and _field(reader, "tokenizer.ggml.pre") == "qwen2"
+    assert ("output.weight" in {t.name for t in reader.tensors}) == (arch == "qwen3")
+    rounded, loaded = _f16_rounded(model.eval()), _load(tmp_path, gguf_file="m.gguf")
+    gguf_tok = _tokenizer(tmp_path, gguf_file="m.gguf")
+    for prompt in PROMPTS:
+        ids = _ids(tok, prompt)
+        assert torch.equal(_ids(gguf_tok, prompt), ids)
+        assert torch.allclose(_logits(loaded, ids), _logits(rounded, ids), atol=1e-5)
+        assert _greedy(loaded, ids) == _greedy(rounded, ids)
 
 
 # --------------------------------------------------------------------------- ollama
@@ -489,4 +530,4 @@ def test_default_model_gguf_read_by_transformers_computes_the_same(tmp_path):
         got = _logits(loaded, ids)
         assert torch.allclose(got, _logits(rounded, ids), atol=1e-3)
         assert (got - _logits(source, ids)).abs().max() < 0.1  # f16 rounding over 30 layers
-        assert _greedy(loaded, ids) == _greedy(source, ids)
+        assert _greedy(loaded, ids, 32) == _greedy(source, ids, 32)  # the issue's 32 greedy tokens

@@ -5,7 +5,7 @@
 
 - hf      a clean transformers folder (a LoRA adapter merged in) with a model card;
 - peft    the LoRA adapter folder of a LoRA run (a full run is refused);
-- gguf    one .gguf file for llama.cpp, LM Studio and Ollama (Llama family; f16 or q8_0);
+- gguf    one .gguf file for llama.cpp, LM Studio and Ollama (Llama, Qwen2, Qwen3; f16 or q8_0);
 - ollama  a folder with that .gguf, a Modelfile and a model card, plus the `ollama create` command.
 
 Every export is written into a temporary sibling and renamed into place (`export.atomic`): a

@@ -2,11 +2,13 @@
 
 The file is written with the `gguf` package's GGUFWriter, its tensor-name maps
 (`gguf.get_tensor_name_map`) and its Q8_0 quantiser, following what llama.cpp's own
-`convert_hf_to_gguf.py` does for the Llama family:
+`convert_hf_to_gguf.py` does for the Llama family (and for Qwen2 / Qwen3, which differ only in
+what `ARCHITECTURES` records):
 
-- hyperparameters under `llama.*` (context, widths, heads, rope, RMS-norm epsilon, vocab size);
-- Q and K projections permuted from transformers' rotate-half layout to the interleaved pairs
-  llama.cpp's rope reads (`_permute_qk`); every reader un-permutes them the same way;
+- hyperparameters under `<arch>.*` (context, widths, heads, rope, RMS-norm epsilon, vocab size);
+- for Llama, Q and K projections permuted from transformers' rotate-half layout to the
+  interleaved pairs llama.cpp's rope reads (`_permute_qk`; every reader un-permutes them the
+  same way); Qwen's rope reads the halves as transformers stores them;
 - 1-D tensors (norms) in f32, matrices in f16 or Q8_0 (a row that is not a multiple of 32 stays f16);
 - a tied `lm_head` is not written: a file without `output.weight` ties the output to the embedding;
 - the tokenizer as a byte-level BPE ("gpt2"): every token, its type, the merges, the special ids,
@@ -28,7 +30,26 @@ import numpy as np
 from dpo_engine.errors import ConfigError, ModelError
 
 QUANTS = ("f16", "q8_0")
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM",)  # the Llama family: SmolLM, SmolLM2, Llama 2/3 text models
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    gguf_arch: str  # the gguf.MODEL_ARCH member
+    permute_qk: bool  # llama.cpp's rope for it pairs dimensions (i, i+1), not (i, i + d/2) as transformers
+
+
+ARCHITECTURES = {
+    "LlamaForCausalLM": ArchSpec("LLAMA", True),  # Llama 2/3, SmolLM, SmolLM2, TinyLlama
+    "Qwen2ForCausalLM": ArchSpec("QWEN2", False),  # Qwen2, Qwen2.5 (q/k/v biases)
+    "Qwen3ForCausalLM": ArchSpec("QWEN3", False),  # Qwen3 dense (q/k norms)
+}
+# the split regexes llama.cpp knows by name (tokenizer.ggml.pre), as tokenizer.json spells them
+_WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+"
+_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+SPLIT_REGEXES = {
+    _WORDS + r"|\p{N}" + _REST: "qwen2",  # digits one by one
+    _WORDS + r"|\p{N}{1,3}" + _REST: "llama-bpe",  # digits in threes (Llama 3)
+}
 
 
 @dataclass(frozen=True)
@@ -41,19 +62,29 @@ class TensorPlan:
 # --------------------------------------------------------------------------- checks
 
 
-def check_supported(config) -> None:
-    """Refuse, with the reason, a model this writer cannot convert faithfully."""
+def arch_spec(config) -> ArchSpec:
+    """The architecture's entry, or a refusal naming what is supported."""
     archs = list(getattr(config, "architectures", None) or [])
-    if getattr(config, "model_type", None) != "llama" or not set(archs) & set(SUPPORTED_ARCHITECTURES):
+    spec = ARCHITECTURES.get(archs[0]) if len(archs) == 1 else None
+    if spec is None:
         raise ModelError(
-            f"GGUF export supports the Llama family ({', '.join(SUPPORTED_ARCHITECTURES)}); this model is "
+            f"GGUF export supports {', '.join(ARCHITECTURES)}; this model is "
             f"{', '.join(archs) or config.model_type}. Export it with --format hf and convert that folder with "
             "llama.cpp's convert_hf_to_gguf.py."
         )
+    return spec
+
+
+def check_supported(config) -> ArchSpec:
+    """Refuse, with the reason, a model this writer cannot convert faithfully."""
+    spec = arch_spec(config)
     rope = _rope_parameters(config)
     if rope.get("rope_type", "default") not in ("default", None):
         raise ModelError(f"GGUF export does not support rope scaling {rope.get('rope_type')!r} yet; export with "
                          "--format hf and convert with llama.cpp's convert_hf_to_gguf.py.")
+    if getattr(config, "use_sliding_window", False):
+        raise ModelError("GGUF export does not support sliding-window attention yet; export with --format hf.")
+    return spec
 
 
 def _rope_parameters(config) -> dict:
@@ -85,7 +116,8 @@ def plan_tensors(state_dict: dict, config, quant: str) -> list[TensorPlan]:
 
     if quant not in QUANTS:
         raise ConfigError(f"Unknown GGUF quantisation {quant!r}: use one of {', '.join(QUANTS)}.")
-    name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, config.num_hidden_layers)
+    arch = gguf.MODEL_ARCH[arch_spec(config).gguf_arch]
+    name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     matrix_type = gguf.GGMLQuantizationType.Q8_0 if quant == "q8_0" else gguf.GGMLQuantizationType.F16
     block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
     plans = []
@@ -97,7 +129,7 @@ def plan_tensors(state_dict: dict, config, quant: str) -> list[TensorPlan]:
         name = name_map.get_name(source, try_suffixes=(".weight", ".bias"))
         if name is None:
             raise ModelError(f"GGUF export does not know where the tensor {source!r} goes; this model has "
-                             "parts the Llama layout lacks. Export it with --format hf instead.")
+                             f"parts the {arch.name.lower()} layout lacks. Export it with --format hf instead.")
         if tensor.ndim < 2:
             qtype = gguf.GGMLQuantizationType.F32
         elif matrix_type == gguf.GGMLQuantizationType.Q8_0 and tensor.shape[-1] % block:
@@ -112,9 +144,9 @@ def _tensor_data(plan: TensorPlan, tensor, config) -> np.ndarray:
     import gguf
 
     data = tensor.detach().to("cpu").float().numpy()
-    if plan.source.endswith(("q_proj.weight", "q_proj.bias")):
+    if arch_spec(config).permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
         data = _permute_qk(data, config.num_attention_heads)
-    elif plan.source.endswith(("k_proj.weight", "k_proj.bias")):
+    elif arch_spec(config).permute_qk and plan.source.endswith(("k_proj.weight", "k_proj.bias")):
         data = _permute_qk(data, config.num_key_value_heads)
     return gguf.quants.quantize(np.ascontiguousarray(data), plan.qtype)
 
@@ -132,6 +164,11 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
         return "gpt-2"  # GPT-2's split regex
     if kinds == [("Digits", None, True), ("ByteLevel", True, None)]:
         return "smollm"  # each digit alone, then GPT-2's regex (SmolLM, StarCoder)
+    if [k[:2] for k in kinds] == [("Split", None), ("ByteLevel", False)]:
+        split = steps[0]
+        name = SPLIT_REGEXES.get((split.get("pattern") or {}).get("Regex"))
+        if name is not None and split.get("behavior") == "Isolated" and not split.get("invert"):
+            return name  # a named split regex, then bytes (Qwen2, Llama 3)
     raise ModelError(f"GGUF export does not know this tokenizer's pre-tokenizer ({json.dumps(pre)[:200]}); "
                      "llama.cpp would split text differently from the model. Export with --format hf.")
 
@@ -240,10 +277,10 @@ def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "mo
     import gguf
 
     config = model.config
-    check_supported(config)
+    spec = check_supported(config)
     state_dict = model.state_dict()
     plans = plan_tensors(state_dict, config, quant)
-    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.gguf_arch]])
     try:
         _write_hparams(writer, config, quant, name)
         _write_tokenizer(writer, tokenizer, config.vocab_size)
