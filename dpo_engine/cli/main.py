@@ -13,6 +13,7 @@ import click
 from dpo_engine.cli.base import DEVICE_HELP, friendly_errors, progress_printer
 from dpo_engine.cli.data import export_cmd, import_cmd, stats_cmd
 from dpo_engine.cli.eval import eval_cmd
+from dpo_engine.cli.export import export_model_cmd
 from dpo_engine.cli.models import models_cmd
 from dpo_engine.cli.train import train_cmd
 
@@ -83,6 +84,7 @@ def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed,
 main.add_command(eval_cmd, "eval")
 main.add_command(import_cmd, "import")
 main.add_command(export_cmd, "export")
+main.add_command(export_model_cmd, "export-model")
 main.add_command(models_cmd, "models")
 main.add_command(stats_cmd, "stats")
 main.add_command(train_cmd, "train")

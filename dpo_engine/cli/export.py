@@ -1,0 +1,35 @@
+"""`dpo-engine export-model`: a trained model out as a transformers folder, a PEFT adapter, a GGUF
+file or an Ollama folder (see dpo_engine.export)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import click
+
+from dpo_engine.cli.base import friendly_errors, progress_printer
+
+
+@click.command("export-model")
+@click.argument("model_ref", metavar="MODEL")
+@click.option("--format", "fmt", required=True, type=click.Choice(["hf", "peft", "gguf", "ollama"]),
+              help="hf: transformers folder (LoRA merged); peft: the LoRA adapter; gguf: one .gguf file "
+                   "(llama.cpp, LM Studio); ollama: .gguf + Modelfile.")
+@click.option("--output", required=True, type=click.Path(path_type=Path),
+              help="The folder to write (hf, peft, ollama) or the .gguf file (gguf).")
+@click.option("--quant", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]),
+              help="GGUF weights: f16 (as trained, rounded to half precision) or q8_0 (about half the size).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing export at --output.")
+@friendly_errors
+def export_model_cmd(model_ref: str, fmt: str, output: Path, quant: str, overwrite: bool):
+    """Export MODEL (a run's checkpoint folder, a model folder, 'default', a .gguf) for other tools."""
+    from dpo_engine.export import export_model
+
+    result = export_model(model_ref, fmt, output, quant=quant, overwrite=overwrite, on_progress=progress_printer)
+    click.echo(f"Wrote {result.path} ({', '.join(result.files)}) in {result.seconds:.1f} s.")
+    if result.command:
+        click.echo("To add it to Ollama, run:")
+        click.echo(f"  {result.command}")
+        if shutil.which("ollama") is None:
+            click.echo("(ollama is not on PATH here; install it from https://ollama.com first.)", err=True)

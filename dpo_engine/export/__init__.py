@@ -1,0 +1,137 @@
+"""The trained model out, in the formats the person's tools read.
+
+    export_model(MODEL, "hf" | "peft" | "gguf" | "ollama", OUTPUT, quant="f16" | "q8_0", overwrite=False,
+                 on_progress=callback) -> ExportResult
+
+- hf      a clean transformers folder (a LoRA adapter merged in) with a model card;
+- peft    the LoRA adapter folder of a LoRA run (a full run is refused);
+- gguf    one .gguf file for llama.cpp, LM Studio and Ollama (Llama, Qwen2, Qwen3; f16 or q8_0);
+- ollama  a folder with that .gguf, a Modelfile and a model card, plus the `ollama create` command.
+
+Every export is written into a temporary sibling and renamed into place (`export.atomic`): a
+failure, or an exception raised by `on_progress` to cancel, leaves nothing under OUTPUT.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from dpo_engine.errors import ConfigError, DataError
+from dpo_engine.export.atomic import check_export_target, staged
+from dpo_engine.export.card import model_card
+from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
+from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
+from dpo_engine.export.ollama import create_command, modelfile, ollama_name
+from dpo_engine.export.source import ExportSource, find_source, load_merged_model, load_tokenizer_for_export
+
+FORMATS = ("hf", "peft", "gguf", "ollama")
+FOLDER_FORMATS = ("hf", "peft", "ollama")  # these write a folder; gguf writes one file
+
+
+@dataclass(frozen=True)
+class ExportProgress:
+    """One step of an export."""
+
+    stage: str  # "prepare" | "load" | "write" | "rename" | "done"
+    fraction: float  # 0..1 over the whole export
+    message: str
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    format: str
+    path: str  # the folder or file written
+    files: tuple[str, ...]  # what is in it (relative names), or the file itself
+    seconds: float
+    command: str | None = None  # the `ollama create` command to run, for the ollama format
+
+
+def _files(path: Path) -> tuple[str, ...]:
+    if path.is_file():
+        return (path.name,)
+    return tuple(sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file()))
+
+
+def _gguf_name(output: Path) -> str:
+    return output.name + ".gguf"
+
+
+def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str = "f16",
+                 overwrite: bool = False, on_progress: Callable[[ExportProgress], None] | None = None
+                 ) -> ExportResult:
+    """Export a model (a run's checkpoint, a model folder, 'default', ...) as `fmt` to `output`."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    if quant not in QUANTS:
+        raise ConfigError(f"Unknown GGUF quantisation {quant!r}: use one of {', '.join(QUANTS)}.")
+    start = time.perf_counter()
+
+    def report(stage: str, fraction: float, message: str) -> None:
+        if on_progress is not None:
+            on_progress(ExportProgress(stage, fraction, message))
+
+    report("prepare", 0.0, f"Finding {model_ref or 'default'}")
+    source = find_source(model_ref, on_progress=lambda e: report("prepare", 0.05 * e.fraction, e.message))
+    as_folder = fmt in FOLDER_FORMATS
+    output = check_export_target(output, as_folder, overwrite, inputs=source.inputs)
+    if fmt == "peft":
+        write = _peft_writer(source, output)
+    else:
+        write = _model_writer(source, fmt, output, quant, report)
+    try:
+        with staged(output, as_folder) as tmp:
+            write(tmp)
+            report("rename", 0.98, f"Moving the export into place at {output}")
+    except OSError as exc:  # a full disk, a read-only folder: nothing was left under `output`
+        raise DataError(f"Could not write the export to {output}: {exc.strerror or exc}. Nothing was "
+                        "written there; free some space or choose another place.") from exc
+    command = create_command(ollama_name(output), output / "Modelfile") if fmt == "ollama" else None
+    report("done", 1.0, f"Exported {source.name} as {fmt} to {output}")
+    return ExportResult(fmt, str(output), _files(output), time.perf_counter() - start, command)
+
+
+def _peft_writer(source: ExportSource, output: Path) -> Callable[[Path], None]:
+    check_adapter(source)  # refuse before anything is staged
+
+    def write(tmp: Path) -> None:
+        write_peft_folder(source, tmp)
+        (tmp / "README.md").write_text(model_card(source, "peft", output.name))
+
+    return write
+
+
+def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, report) -> Callable[[Path], None]:
+    """Load (and merge) the model first, so a model that cannot be exported fails before staging."""
+    report("load", 0.05, f"Loading {source.name}" + (" and merging its LoRA adapter" if not source.has_weights else ""))
+    model = load_merged_model(source)
+    tokenizer = load_tokenizer_for_export(source)
+    if fmt in ("gguf", "ollama"):
+        check_supported(model.config)
+        check_tokenizer(tokenizer)
+    if fmt == "ollama":
+        modelfile("x.gguf", tokenizer)  # refuses an untranslatable chat template now, not after the GGUF
+
+    def on_tensor(done: int, total: int) -> None:
+        if done == total or int(20 * done / total) != int(20 * (done - 1) / total):  # every 5%
+            report("write", 0.1 + 0.85 * done / total, f"Writing tensor {done}/{total} ({quant})")
+
+    def write(tmp: Path) -> None:
+        report("write", 0.1, f"Writing {fmt} to a temporary {tmp.name}")
+        if fmt == "hf":
+            write_hf_folder(model, tokenizer, tmp)
+            (tmp / "README.md").write_text(model_card(source, "hf", output.name))
+        elif fmt == "gguf":
+            write_gguf(model, tokenizer, tmp, quant, name=output.stem, on_tensor=on_tensor)
+        else:
+            gguf_name = _gguf_name(output)
+            write_gguf(model, tokenizer, tmp / gguf_name, quant, name=output.name, on_tensor=on_tensor)
+            (tmp / "Modelfile").write_text(modelfile(gguf_name, tokenizer))
+            (tmp / "README.md").write_text(model_card(source, "ollama", ollama_name(output), gguf_name))
+
+    return write
+
+
+__all__ = ["FORMATS", "QUANTS", "ExportProgress", "ExportResult", "export_model"]

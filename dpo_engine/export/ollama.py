@@ -1,0 +1,102 @@
+"""An Ollama Modelfile for an exported GGUF: FROM, TEMPLATE (the chat template in Go template
+syntax), SYSTEM (the template's default system prompt) and the stop tokens.
+
+The chat template is not parsed: it is rendered on probe conversations and the output compared
+with ChatML (`<|im_start|>role\\ncontent<|im_end|>\\n`, as SmolLM2 and Qwen write it). Only a
+template that renders exactly so is translated; any other is refused, so the Modelfile never
+formats prompts differently from how the model was trained.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+from dpo_engine.errors import ModelError
+
+START, END = "<|im_start|>", "<|im_end|>"
+
+# Ollama puts the system messages into .System and the rest into .Messages; the last turn is open.
+CHATML_TEMPLATE = """{{- if .System }}<|im_start|>system
+{{ .System }}<|im_end|>
+{{ end }}
+{{- range .Messages }}
+{{- if eq .Role "user" }}<|im_start|>user
+{{ .Content }}<|im_end|>
+{{ else if eq .Role "assistant" }}<|im_start|>assistant
+{{ .Content }}<|im_end|>
+{{ end }}
+{{- end }}<|im_start|>assistant
+"""
+
+
+def _chatml(messages: list[dict]) -> str:
+    return "".join(f"{START}{m['role']}\n{m['content']}{END}\n" for m in messages) + f"{START}assistant\n"
+
+
+def _render(tokenizer, messages: list[dict]) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def chatml_default_system(tokenizer) -> str | None:
+    """The system prompt the template adds when none is given (None: it adds none).
+
+    Raises ModelError when the template is not ChatML.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ModelError("The model has no chat template, so there is nothing to translate into an Ollama "
+                         "TEMPLATE. Export with --format gguf and write the Modelfile by hand.")
+    turns = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+             {"role": "user", "content": "U2"}]
+    with_system = [{"role": "system", "content": "S"}] + turns
+    try:
+        rendered_system = _render(tokenizer, with_system)
+        rendered = _render(tokenizer, turns)
+    except Exception as exc:  # a template that cannot render these is not one we can translate
+        raise ModelError(f"The model's chat template could not be rendered for translation: {exc}") from exc
+    if rendered_system != _chatml(with_system):
+        raise ModelError("Ollama export translates ChatML-style chat templates (<|im_start|>role ... <|im_end|>, "
+                         "as SmolLM2 and Qwen use); this model's template is different. Export with --format "
+                         "gguf: Ollama and LM Studio can read the template stored in the GGUF.")
+    tail = _chatml(turns)
+    prefix = rendered[: -len(tail)] if rendered.endswith(tail) else None
+    match = re.fullmatch(re.escape(START) + r"system\n(.*)" + re.escape(END) + r"\n", prefix or "", flags=re.S)
+    if prefix == "":
+        return None
+    if match is None:
+        raise ModelError("The model's ChatML template adds something other than a system prompt when none is "
+                         "given; it cannot be translated into an Ollama TEMPLATE.")
+    return match.group(1)
+
+
+def stop_tokens(tokenizer) -> list[str]:
+    """Where generation must stop: the turn markers and the tokenizer's end of sequence."""
+    stops = [END, START]
+    if tokenizer.eos_token and tokenizer.eos_token not in stops:
+        stops.append(tokenizer.eos_token)
+    return stops
+
+
+def _quote(text: str) -> str:
+    return '"""' + text + '"""' if '"""' not in text else '"' + text.replace('"', '\\"') + '"'
+
+
+def modelfile(gguf_name: str, tokenizer) -> str:
+    """The Modelfile text for `gguf_name` (a file beside it)."""
+    system = chatml_default_system(tokenizer)
+    lines = [f"FROM ./{gguf_name}", "", f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
+    if system:
+        lines += [f"SYSTEM {_quote(system)}", ""]
+    lines += [f'PARAMETER stop "{stop}"' for stop in stop_tokens(tokenizer)]
+    return "\n".join(lines) + "\n"
+
+
+def ollama_name(folder: Path) -> str:
+    """A model name Ollama accepts, from the export folder's name."""
+    name = re.sub(r"[^a-z0-9._-]+", "-", folder.name.lower()).strip("-._")
+    return name or "dpo-studio-model"
+
+
+def create_command(name: str, modelfile_path: Path) -> str:
+    return f"ollama create {shlex.quote(name)} -f {shlex.quote(str(modelfile_path))}"

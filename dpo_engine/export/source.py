@@ -1,0 +1,129 @@
+"""What is being exported: a model reference turned into files on disk and, when asked, a model.
+
+A reference is anything the model picker accepts ('default', a model folder, a .gguf, a hub id)
+or a DPO Studio run's checkpoint folder, which comes in three shapes:
+
+    full run            config.json + *.safetensors (+ our dpo_studio_run.json, trainer_state/, ...)
+    LoRA run            adapter_config.json + adapter_model.safetensors: the base is named in
+                        dpo_studio_run.json ("base_model"), or in the adapter's config
+    LoRA run, merged    full weights at the top and the adapter in adapter/
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from dpo_engine.devices import pick_device
+from dpo_engine.errors import ModelError, ModelNotFoundError
+from dpo_engine.models import (DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF, PrepareProgress, default_model_dir, load_model,
+                               load_tokenizer, resolve_model_ref)
+from dpo_engine.train.checkpoints import read_run_file
+
+DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # where the default model lives on the hub (model cards)
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """Where the weights of the model to export are, and what is known of how they were made."""
+
+    ref: str  # what the person gave
+    folder: Path | None  # the local folder with the files; None for a hub id
+    has_weights: bool  # config.json + full *.safetensors in `folder`
+    adapter: Path | None  # the LoRA adapter folder, where the model is (or carries) one
+    base_ref: str | None  # the model the adapter applies to ('default', a folder, a hub id)
+    run: dict = field(default_factory=dict)  # dpo_studio_run.json; {} for a model that is not a run
+    name: str = ""  # a short name for files and cards
+
+    @property
+    def inputs(self) -> list[Path]:
+        """The paths an export must never be written onto or into."""
+        return [p for p in (self.folder, self.adapter) if p is not None]
+
+
+def _has_full_weights(folder: Path) -> bool:
+    weights = [p for p in folder.glob("*.safetensors") if not p.name.startswith("adapter_model")]
+    return (folder / "config.json").is_file() and bool(weights)
+
+
+def _adapter_dir(folder: Path) -> Path | None:
+    for candidate in (folder / "adapter", folder):
+        if (candidate / ADAPTER_CONFIG).is_file():
+            return candidate
+    return None
+
+
+def _adapter_base(adapter: Path, run: dict) -> str | None:
+    if run.get("base_model"):
+        return str(run["base_model"])
+    try:
+        return json.loads((adapter / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return None
+
+
+def find_source(ref: str | None, on_progress: Callable[[PrepareProgress], None] | None = None) -> ExportSource:
+    """Describe what `ref` names without loading weights (the default model is prepared once)."""
+    ref = (ref or DEFAULT_MODEL_REF).strip()
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        folder = path.absolute()
+        run = read_run_file(folder)
+        adapter = _adapter_dir(folder)
+        has_weights = _has_full_weights(folder)
+        if not has_weights and adapter is None:
+            raise ModelNotFoundError(f"{folder} holds neither a model (config.json + .safetensors) nor a LoRA "
+                                     "adapter (adapter_config.json): give a model folder or a run's checkpoint.")
+        base = _adapter_base(adapter, run) if adapter is not None else None
+        if adapter is not None and not has_weights and not base:
+            raise ModelError(f"{folder} holds a LoRA adapter but does not say which base model it applies to "
+                             "(no base_model in dpo_studio_run.json or adapter_config.json).")
+        return ExportSource(ref, folder, has_weights, adapter, base, run, folder.name)
+    resolved = resolve_model_ref(ref, on_progress)
+    folder = None if resolved.kind == "hub" else Path(resolved.path)
+    name = DEFAULT_MODEL_NAME if resolved.kind == "default" else resolved.display_name.split("/")[-1]
+    return ExportSource(ref, folder, True, None, None, {}, name)
+
+
+def hub_id_of(ref: str | None) -> str | None:
+    """The hub id a model card can name as base_model, or None for a local path."""
+    if not ref:
+        return None
+    if ref == DEFAULT_MODEL_REF:
+        return DEFAULT_HUB_ID
+    path = Path(ref).expanduser()
+    if path.exists():
+        # the default model's converted folder, as a run file names it (an absolute path)
+        return DEFAULT_HUB_ID if path.resolve() == default_model_dir().resolve() else None
+    return ref if ref.count("/") == 1 and not ref.startswith((".", "/", "~")) else None
+
+
+def load_tokenizer_for_export(source: ExportSource):
+    """The tokenizer exactly as saved, from the run's folder where it has one, else the base's."""
+    from transformers import AutoTokenizer
+
+    for where in (source.folder, source.adapter):
+        if where is not None and (where / "tokenizer_config.json").is_file():
+            return AutoTokenizer.from_pretrained(str(where), trust_remote_code=False)
+    return load_tokenizer(resolve_model_ref(source.base_ref or source.ref))
+
+
+def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgress], None] | None = None):
+    """The model with full weights in fp32 on the CPU: a LoRA adapter is merged into its base."""
+    cpu = pick_device("cpu")
+    if source.has_weights:
+        ref = str(source.folder) if source.folder is not None else source.ref
+        return load_model(ref, cpu, on_progress).model
+    from peft import PeftModel
+
+    base = load_model(source.base_ref, cpu, on_progress).model
+    try:
+        peft_model = PeftModel.from_pretrained(base, str(source.adapter))
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise ModelError(f"Could not apply the LoRA adapter in {source.adapter} to {source.base_ref}: {exc}") from exc
+    model = peft_model.merge_and_unload()
+    model.eval()
+    return model
