@@ -82,7 +82,7 @@ def main() -> None:
     quiet_transformers()
     OUT.mkdir(parents=True, exist_ok=True)
     app = QApplication.instance() or QApplication([])
-    which = set(sys.argv[1:]) or {"label", "data", "train", "compare"}
+    which = set(sys.argv[1:]) or {"label", "data", "train", "compare", "models", "export"}
     if "label" in which:
         shoot_label_page(app, OUT / "label_page.png")
     if "data" in which:
@@ -95,6 +95,14 @@ def main() -> None:
         from scripts.screenshots_compare import shoot_compare_page
 
         shoot_compare_page(OUT / "compare_page.png")
+    if "models" in which:
+        from scripts.screenshots_models import shoot_model_picker
+
+        shoot_model_picker(OUT / "model_picker.png")
+    if "export" in which:
+        from scripts.screenshots_export import shoot_export_dialog
+
+        shoot_export_dialog(app, OUT / "export_dialog.png")
     print(f"screenshots written to {OUT}")
 
 

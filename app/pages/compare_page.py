@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.controllers.compare_controller import CompareController, CompareRound, display_name
+from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
@@ -88,6 +89,9 @@ class ComparePage(QWidget):
             top.addWidget(QLabel(label))
             top.addWidget(w, 1)
         top.addWidget(self.browse_button)
+        self.export_button = QPushButton("Export this model…", objectName="exportAfterModel")
+        self.export_button.setAccessibleName("Export the after model")
+        top.addWidget(self.export_button)
         top.addWidget(self.blind_box)
         top.addWidget(self.source)
 
@@ -196,6 +200,7 @@ class ComparePage(QWidget):
         self.before_model.lineEdit().editingFinished.connect(self._on_models_edited)
         self.after_model.lineEdit().editingFinished.connect(self._on_models_edited)
         self.browse_button.clicked.connect(self._on_browse_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
         self.blind_box.toggled.connect(self._on_blind_toggled)
         self.source.currentIndexChanged.connect(lambda i: c.set_source(self.source.itemData(i)))
         self.prompt_input.returnPressed.connect(self._on_prompt_input_returnPressed)
@@ -231,6 +236,15 @@ class ComparePage(QWidget):
         if choice is not None:
             self.after_model.setEditText(choice.path)
             self._on_models_edited()
+
+    def _on_export_clicked(self) -> ExportDialog | None:
+        if not self.controller.after_ref:
+            self.notice.setText("Choose the 'after' model first: it is the one exported.")
+            return None
+        dialog = ExportDialog(self.ctx, self.controller.after_ref, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def _on_blind_toggled(self, on: bool) -> None:
         self.controller.set_blind(on)

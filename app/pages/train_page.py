@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
 from app.plumbing.context import AppContext
 from app.controllers.train_controller import TrainController
 from app.widgets.metric_plots import MetricPlots, Series, with_logratios
+from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from dpo_engine.train.config import field_kind, form_fields
 
@@ -116,9 +117,11 @@ class TrainPage(QWidget):
         self.resume_button = self._named(QPushButton("Resume"), "resumeButton", "Resume the selected run")
         self.use_button = self._named(QPushButton("Use this model"), "useCheckpointButton",
                                       "Make the selected run's model the active model")
+        self.export_button = self._named(QPushButton("Export…"), "exportRunButton",
+                                         "Export the selected run's model (GGUF, Ollama, transformers, LoRA)")
         self.overlay_box = self._named(QCheckBox("Overlay selected runs"), "overlayCheck", "Overlay runs")
         hist_tools = QHBoxLayout()
-        for w in (self.resume_button, self.use_button, self.overlay_box):
+        for w in (self.resume_button, self.use_button, self.export_button, self.overlay_box):
             hist_tools.addWidget(w)
         hist_tools.addStretch(1)
         history = QWidget()
@@ -225,6 +228,7 @@ class TrainPage(QWidget):
         self.export_csv.clicked.connect(self._on_export_csv_clicked)
         self.resume_button.clicked.connect(self._on_resume_clicked)
         self.use_button.clicked.connect(self._on_use_clicked)
+        self.export_button.clicked.connect(self._on_export_clicked)
         self.runs_table.itemSelectionChanged.connect(self._on_runs_selectionChanged)
         self.overlay_box.toggled.connect(self._on_runs_selectionChanged)
         c.started.connect(self._on_controller_started)
@@ -392,6 +396,7 @@ class TrainPage(QWidget):
         one = runs.get(ids[0]) if len(ids) == 1 else None
         self.resume_button.setEnabled(bool(one and one["status"] == "stopped" and not self.controller.running))
         self.use_button.setEnabled(bool(one and one["checkpoint"]))
+        self.export_button.setEnabled(bool(one and one["checkpoint"]))
         if self.controller.running or not ids:
             return
         self.plots.clear()
@@ -412,6 +417,16 @@ class TrainPage(QWidget):
         ids = self.selected_run_ids()
         if len(ids) == 1 and (ref := self.controller.use_checkpoint(ids[0])):
             self._append_log(f"Active model is now {ref}; labeling samples from it (on-policy pairs).")
+
+    def _on_export_clicked(self) -> ExportDialog | None:
+        ids = self.selected_run_ids()
+        run = next((r for r in self.controller.runs() if len(ids) == 1 and r["id"] == ids[0]), None)
+        if run is None or not run["checkpoint"]:
+            return None
+        dialog = ExportDialog(self.ctx, run["checkpoint"], self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     def _on_export_png_clicked(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Export plots", "training-plots.png", "PNG (*.png)")

@@ -1,0 +1,73 @@
+"""The export dialog (Train page run history, Compare page): the export runs on the torch
+worker with progress, says what it wrote (and the `ollama create` command), a failure is a
+message, and a cancel leaves nothing under the chosen name."""
+
+from __future__ import annotations
+
+import pytest
+from PySide6.QtCore import Qt
+
+from app.main import create_window
+from app.pages.export_dialog import ExportDialog
+from tests.test_export import bpe_model_dir, full_run_dir  # noqa: F401  (fixtures)
+
+
+@pytest.fixture
+def window(qtbot, tmp_path, tiny_model_dir):
+    ctx, win = create_window(tmp_path / "p.dpo", str(tiny_model_dir), "cpu")
+    qtbot.addWidget(win)
+    yield ctx, win
+    ctx.shutdown()
+
+
+def run_export(qtbot, dialog, fmt: str, out) -> None:
+    dialog.format.setCurrentIndex(dialog.format.findData(fmt))
+    dialog.path.setText(str(out))
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
+
+
+def test_exports_an_ollama_folder_on_the_worker_and_shows_the_command(qtbot, window, full_run_dir, tmp_path):
+    ctx, win = window
+    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    qtbot.addWidget(dialog)
+    progress = []
+    dialog.progress.valueChanged.connect(progress.append)
+    run_export(qtbot, dialog, "ollama", tmp_path / "mine")
+    assert (tmp_path / "mine" / "Modelfile").is_file() and (tmp_path / "mine" / "mine.gguf").is_file()
+    text = dialog.output.toPlainText()
+    assert "ollama create mine -f" in text and "Modelfile" in text
+    assert progress and progress[-1] == 100 and len(set(progress)) > 2  # it moved while it worked
+    assert dialog.status.textFormat() == Qt.TextFormat.PlainText
+
+
+def test_a_refused_export_is_a_message(qtbot, window, full_run_dir, tmp_path):
+    ctx, win = window
+    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    qtbot.addWidget(dialog)
+    run_export(qtbot, dialog, "peft", tmp_path / "adapter")  # a full run has no adapter
+    assert dialog.status.text().startswith("Export failed:") and not (tmp_path / "adapter").exists()
+    assert dialog.export_button.isEnabled()  # the person can choose another format
+
+
+def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path):
+    ctx, win = window
+    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    qtbot.addWidget(dialog)
+    dialog.format.setCurrentIndex(dialog.format.findData("gguf"))
+    out = tmp_path / "exports" / "m.gguf"
+    dialog.path.setText(str(out))
+    dialog.start()
+    dialog.job.yielded.connect(lambda event: dialog.cancel())
+    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
+    assert dialog.result is None and "cancelled" in dialog.status.text().lower()
+    assert list(out.parent.iterdir()) == []  # no file, no temporary sibling
+
+
+def test_compare_exports_the_after_model(qtbot, window, full_run_dir):
+    ctx, win = window
+    compare = win.pages["Compare"]
+    compare.controller.after_ref = str(full_run_dir)
+    dialog = compare._on_export_clicked()
+    assert dialog is not None and dialog.model_ref == str(full_run_dir)
+    dialog.close()
