@@ -23,23 +23,10 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFi
                                QLabel, QPlainTextEdit, QPushButton, QTableView, QVBoxLayout)
 
 from dpo_engine.catalog import LORA_ONLY, TOO_LARGE, Catalog, CatalogEntry, inspect_path, with_fit
+from dpo_engine.catalog.entry import format_parameters, format_size
 
 COLUMNS = ("Name", "Source", "Family", "Parameters", "Precision", "Size", "Chat", "Fit", "Notes")
 ENTRY_ROLE = Qt.ItemDataRole.UserRole  # data(index, ENTRY_ROLE) -> the CatalogEntry
-
-
-def _count(n: int | None, estimated: bool) -> str:
-    if not n:
-        return "?"
-    text = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-    return ("~" if estimated else "") + text
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def _one_line(text: str) -> str:
@@ -53,8 +40,8 @@ def cells(e: CatalogEntry) -> tuple[str, ...]:
     if e.fit and e.fit.gradient_checkpointing:
         fit += " (checkpointing)"
     notes = e.error or "; ".join([*([f"gated: {e.gated}"] if e.gated else []), *e.notes])
-    return (e.name, e.source, e.family or "?", _count(e.parameters, e.parameters_estimated), e.precision or "?",
-            _size(e.size_bytes), chat, fit, _one_line(notes))
+    return (e.name, e.source, e.family or "?", format_parameters(e.parameters, e.parameters_estimated), e.precision or "?",
+            format_size(e.size_bytes), chat, fit, _one_line(notes))
 
 
 def details(e: CatalogEntry) -> str:

@@ -48,3 +48,19 @@ class CatalogEntry:
 def broken(name: str, source: str, path: str, reason: str, size: int = 0, fmt: str = "") -> CatalogEntry:
     """An entry that cannot be used, carrying the reason instead of raising."""
     return CatalogEntry(name=name, source=source, path=path, format=fmt, size_bytes=size, error=reason)
+
+
+def format_parameters(n: int | None, estimated: bool = False) -> str:
+    """135M, 1.2B, ~7.2B (estimated from the config), or ? when unknown: the picker's and the CLI's column."""
+    if not n:
+        return "?"
+    text = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
+    return ("~" if estimated else "") + text
+
+
+def format_size(n: int) -> str:
+    """Bytes on disk in decimal units (as file managers show them)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

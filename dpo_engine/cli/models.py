@@ -11,21 +11,8 @@ from pathlib import Path
 
 import click
 
+from dpo_engine.catalog.entry import format_parameters, format_size
 from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
-
-
-def _params(n: int | None, estimated: bool) -> str:
-    if not n:
-        return "?"
-    text = f"{n / 1e9:.1f}B" if n >= 1e9 else f"{n / 1e6:.0f}M" if n >= 1e6 else f"{n / 1e3:.0f}K"
-    return ("~" if estimated else "") + text
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
 
 
 def format_catalog(catalog) -> str:
@@ -36,8 +23,8 @@ def format_catalog(catalog) -> str:
         chat = {True: "yes", False: "no", None: "?"}[e.chat_template]
         fit = e.fit.verdict if e.fit else ("unusable" if e.error else "?")
         fit += " (checkpointing)" if e.fit and e.fit.gradient_checkpointing else ""
-        rows.append((e.name, e.source, e.family or "?", _params(e.parameters, e.parameters_estimated),
-                     e.precision or "?", _size(e.size_bytes), chat, fit))
+        rows.append((e.name, e.source, e.family or "?", format_parameters(e.parameters, e.parameters_estimated),
+                     e.precision or "?", format_size(e.size_bytes), chat, fit))
         lines = [f"  error: {e.error}"] if e.error else []
         lines += [f"  path: {e.path}"]
         lines += [f"  {e.fit.explain()}"] if e.fit else []
@@ -50,7 +37,7 @@ def format_catalog(catalog) -> str:
     for row, lines in zip(rows[1:], details):
         out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         out += lines
-    out.append(f"{len(catalog.entries)} models; verdicts for {catalog.device} with {_size(catalog.free_bytes)} free.")
+    out.append(f"{len(catalog.entries)} models; verdicts for {catalog.device} with {format_size(catalog.free_bytes)} free.")
     return "\n".join(out)
 
 
