@@ -158,18 +158,23 @@ def write_record(path: Path, record: dict) -> None:
         pass
 
 
-def cpu_precision(path: Path, measure_fn: Callable[[], dict] = measure,
-                  flags_fn: Callable[[], list[str]] = native_bf16_flags) -> CpuPrecision:
+def cpu_precision(path: Path, measure_fn: Callable[[], dict] | None = None,
+                  flags_fn: Callable[[], list[str]] | None = None) -> CpuPrecision:
     """bf16 autocast when the CPU runs bf16 natively and the cached (or a fresh) measurement shows
-    it at least MIN_SPEEDUP x fp32; fp32 otherwise. `path`: the JSON record of this machine."""
-    flags = flags_fn()
+    it at least MIN_SPEEDUP x fp32; fp32 otherwise.
+
+    Args:
+        path: the JSON record of this machine's measurement.
+        measure_fn, flags_fn: `measure` and `native_bf16_flags` unless given (tests pass fakes).
+    """
+    flags = (flags_fn or native_bf16_flags)()
     if not flags:
         return CpuPrecision("float32", "fp32: this CPU has no native bf16 (no avx512_bf16, amx_bf16 or bf16 "
                                        "flag), so bf16 would be emulated and slower")
     key = machine_key(flags)
     record = read_record(path, key)
     if record is None:
-        record = {"version": RECORD_VERSION, "key": key, **measure_fn()}
+        record = {"version": RECORD_VERSION, "key": key, **(measure_fn or measure)()}
         write_record(path, record)
     speedup, day = float(record["speedup"]), str(record["measured"])[:10]
     if speedup >= MIN_SPEEDUP:

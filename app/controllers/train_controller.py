@@ -14,7 +14,7 @@ from app.plumbing.context import AppContext
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.train.config import TrainConfig
-from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.events import EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 
@@ -204,6 +204,8 @@ class TrainController(QObject):
             self.evalArrived.emit(event)
         elif isinstance(event, ReferenceProgress):
             self.referenceProgress.emit(event.done, event.total)
+        elif isinstance(event, PrecisionChosen):
+            project.annotate_run(self.run_id, precision=event.record)  # the run record names the dtype that ran
         elif isinstance(event, LogLine):
             self.logLine.emit(event.message)
         elif isinstance(event, TrainSummary):

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import click
 
-from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
+from dpo_engine.cli.base import DEVICE_HELP, dtype_option, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
 from dpo_engine.errors import DataError, DPOStudioError
 from dpo_engine.losses import LOSSES
 from dpo_engine.train.config import SCHEDULES, LoraSettings, TrainConfig
-from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.events import EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary
 
 LORA_LR = 5e-5  # LoRA adapters start at zero and need a ~10x larger rate than full fine-tuning
 DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -107,7 +107,7 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
         schedule=opts["schedule"], warmup_ratio=pick("warmup_ratio"), eval_fraction=opts["eval_fraction"],
         eval_every=opts["eval_every"], save_every=opts["save_every"], seed=opts["seed"], lora=lora,
         merge_lora=opts["merge_lora"], gradient_checkpointing=opts["gradient_checkpointing"],
-        device=opts["device"] or "auto",
+        device=opts["device"] or "auto", dtype=(opts["dtype"] or "auto").lower(),
     )
 
 
@@ -127,6 +127,11 @@ class Recorder:
                 self.file.flush()
             if self.project:
                 self.project.log_metrics(self.run_id, e.step, e.metrics)
+        elif isinstance(e, PrecisionChosen):
+            if self.file:
+                self.file.write(json.dumps({"type": "precision", **e.record}) + "\n")
+            if self.project:
+                self.project.annotate_run(self.run_id, precision=e.record)
         elif isinstance(e, TrainSummary):
             if self.file:
                 self.file.write(json.dumps({"type": "summary", **e.__dict__}) + "\n")
@@ -198,6 +203,7 @@ def _drive(events, progress: Progress, recorder: Recorder) -> TrainSummary:
 @click.option("--weight-rankings/--no-weight-rankings", default=None,
               help=f"With --project: each ranking counts as one verdict {SMALL_DEFAULT}.")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@dtype_option
 @friendly_errors
 def train_cmd(**opts):
     """Train a model with DPO on preference pairs (--data FILE or --project DB)."""
@@ -207,7 +213,8 @@ def train_cmd(**opts):
         raise click.UsageError("Give exactly one of --data FILE or --project DB.")
     if opts["resume"]:
         config = load_run_config(opts["resume"], output_dir=opts["output"] or opts["resume"],
-                                 **({"device": opts["device"]} if opts["device"] else {}))
+                                 **({"device": opts["device"]} if opts["device"] else {}),
+                                 **({"dtype": opts["dtype"].lower()} if opts["dtype"] else {}))
         click.echo(f"Resuming {opts['resume']} with its own settings (training flags are ignored).", err=True)
     elif not opts["output"]:
         raise click.UsageError("--output DIR is required (a new folder for the trained model).")
