@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -48,11 +49,6 @@ class DeviceChoice:
             name = f"{self.device} ({torch.cuda.get_device_name(self.torch_device)})"
         return f"{name}, {self.dtype}"
 
-    def explain(self) -> str:
-        """Device and precision with their reasons, one line."""
-        out = f"{self.describe()}: device {self.reason}"
-        return out + (f"; {self.precision_reason}" if self.precision_reason else "")
-
     def autocast(self):
         """A fresh autocast context to this precision (null in fp32): the training forward's."""
         if self.dtype == "float32":
@@ -60,7 +56,7 @@ class DeviceChoice:
         return torch.autocast(self.torch_device.type, dtype=self.torch_dtype)
 
 
-def precision_cache_file():
+def precision_cache_file() -> Path:
     """This machine's bf16-vs-fp32 measurement, beside the converted models."""
     return cache_dir() / "precision.json"
 
