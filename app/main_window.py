@@ -83,10 +83,12 @@ class MainWindow(QMainWindow):
         self.model_label = QLabel()
         self.model_label.setObjectName("statusModel")
         self.model_label.setAccessibleName("Active model")
-        self.device_label = QLabel(f"Device: {self.ctx.device.describe()}")
+        device = self.ctx.device
+        self.device_label = QLabel(f"Device: {device.describe()} ({device.precision_reason})")
         self.device_label.setObjectName("statusDevice")
         self.device_label.setAccessibleName("Device")
-        self.device_label.setToolTip(f"Chosen because: {self.ctx.device.reason}")
+        self.device_label.setToolTip(f"Device chosen because: {device.reason}. Precision: {device.precision_reason}."
+                                     + (f"\nWarning: {device.warning}" if device.warning else ""))
         self.state_label = QLabel()
         self.state_label.setObjectName("statusState")
         self.state_label.setAccessibleName("Model state")

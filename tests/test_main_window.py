@@ -20,7 +20,24 @@ def test_window_opens_and_model_loads_in_background(qtbot, window):
     with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
         ctx.load_active_model()
     assert win.state_label.text() == "Ready"
-    assert "cpu" in win.device_label.text()
+    assert win.device_label.text() == "Device: cpu, float32 (fp32: set by DPO_STUDIO_DTYPE)"  # conftest pins fp32
+
+
+def test_status_bar_names_the_auto_precision_and_why(qtbot, tmp_path, tiny_model_dir, monkeypatch):
+    from dpo_engine import precision
+
+    monkeypatch.delenv("DPO_STUDIO_DTYPE")
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: ["amx_bf16"])
+    monkeypatch.setattr(precision, "measure", lambda: {"speedup": 3.0, "measured": "2026-12-02T10:00:00+00:00"})
+    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    try:
+        assert win.device_label.text() == ("Device: cpu, bfloat16 (bf16: CPU has amx_bf16, matmul 3.0x fp32 "
+                                           "(measured 2026-12-02))")
+        assert "Precision: bf16: CPU has amx_bf16" in win.device_label.toolTip()
+    finally:
+        ctx.shutdown()
 
 
 def test_bad_model_shows_error_and_app_survives(qtbot, tmp_path):

@@ -27,7 +27,7 @@ from typing import Callable, Sequence
 import click
 import torch
 
-from dpo_engine.cli.base import friendly_errors, progress_printer
+from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friendly_errors, progress_printer
 from dpo_engine.encoding import EncodedPair, collate, encode_pair, length_batches
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.logps import BatchLogps, batch_logps
@@ -197,16 +197,15 @@ def _print_summary(report: dict, settings: EvalSettings) -> None:
 @click.option("--label-smoothing", default=0.0, show_default=True, type=float, help="Robust loss: flip rate.")
 @click.option("--max-length", default=1024, show_default=True, type=int, help="Prompt + response tokens.")
 @click.option("--batch-size", default=8, show_default=True, type=int, help="Pairs per forward pass.")
-@click.option("--device", default=None, help="auto (default: CUDA, then MPS, then CPU), cuda, cuda:N, mps or cpu.")
+@click.option("--device", default=None, help=DEVICE_HELP)
+@dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a summary.")
 @friendly_errors
 def eval_cmd(data, policy_ref, reference_ref, beta, loss_name, label_smoothing, max_length, batch_size, device,
-             as_json):
+             dtype, as_json):
     """Score preference pairs: per-pair log-probs, rewards and loss, and TRL's metrics."""
-    from dpo_engine.devices import pick_device
-
     settings = EvalSettings(loss_name, beta, label_smoothing, max_length, batch_size)
-    report = evaluate(data, policy_ref, reference_ref, settings, pick_device(device), progress_printer)
+    report = evaluate(data, policy_ref, reference_ref, settings, choose_device(device, dtype), progress_printer)
     if as_json:
         payload = {k: report[k] for k in ("pairs", "metrics", "skipped")}
         click.echo(json.dumps(payload))

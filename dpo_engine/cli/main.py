@@ -10,7 +10,7 @@ import json
 
 import click
 
-from dpo_engine.cli.base import DEVICE_HELP, friendly_errors, progress_printer
+from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friendly_errors, progress_printer
 from dpo_engine.cli.data import export_cmd, import_cmd, stats_cmd
 from dpo_engine.cli.eval import eval_cmd
 from dpo_engine.cli.export import export_model_cmd
@@ -40,14 +40,13 @@ def prepare_model_cmd(force: bool):
 
 @main.command("device")
 @click.option("--device", default=None, help=DEVICE_HELP)
-@click.option("--dtype", default=None, help="auto, float32, bfloat16 or float16.")
+@dtype_option
 @friendly_errors
 def device_cmd(device, dtype):
     """Show the device and precision that would be used, and why."""
-    from dpo_engine.devices import pick_device
-
-    choice = pick_device(device, dtype)
-    click.echo(f"{choice.describe()} ({choice.reason})")
+    choice = choose_device(device, dtype)
+    click.echo(f"device:    {choice.describe().rsplit(', ', 1)[0]} ({choice.reason})")
+    click.echo(f"precision: {choice.dtype} ({choice.precision_reason})")
 
 
 @main.command("generate")
@@ -60,16 +59,16 @@ def device_cmd(device, dtype):
 @click.option("--top-p", default=0.95, show_default=True, type=click.FloatRange(0, 1, min_open=True))
 @click.option("--seed", default=None, type=int, help="Fix the sampling seed for reproducible answers.")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@dtype_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @friendly_errors
-def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed, device, as_json):
+def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed, device, dtype, as_json):
     """Sample N answers to PROMPT with the model's chat template."""
-    from dpo_engine.devices import pick_device
     from dpo_engine.generate import GenerationSettings, generate
     from dpo_engine.models import load_model
 
     settings = GenerationSettings(max_new_tokens, temperature, top_p, seed)
-    loaded = load_model(model_ref, pick_device(device), on_progress=progress_printer)
+    loaded = load_model(model_ref, choose_device(device, dtype), on_progress=progress_printer)
     result = generate(loaded.model, loaded.tokenizer, prompt, n, settings)
     if as_json:
         payload = {"model": loaded.name, "device": loaded.device.describe(), "responses": result.texts}

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import click
 
-from dpo_engine.cli.base import DEVICE_HELP, friendly_errors
+from dpo_engine.cli.base import DEVICE_HELP, dtype_option, friendly_errors
 from dpo_engine.defaults import SmallDataDefaults, small_data_defaults
 from dpo_engine.errors import DataError, TrainingError
 from dpo_engine.train.config import LoraSettings, TrainConfig, field_kind, form_fields
-from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
+from dpo_engine.train.events import EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary
 
 LORA_LR = 5e-5  # LoRA adapters start at zero and need a ~10x larger rate than full fine-tuning
 SMALL_DEFAULT = "[default: measured for the data size: dpo_engine.defaults]"
@@ -103,7 +103,7 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
             for f in form_fields() if f.name != "weight_rankings"}  # weight_rankings: see _run
     return TrainConfig(
         output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], **form, lora=lora,
-        merge_lora=opts["merge_lora"], device=opts["device"] or "auto",
+        merge_lora=opts["merge_lora"], device=opts["device"] or "auto", dtype=(opts["dtype"] or "auto").lower(),
     )
 
 
@@ -142,6 +142,8 @@ class MetricsFile:
             kind = "step" if isinstance(e, StepEvent) else "eval"
             self.file.write(json.dumps({"type": kind, "step": e.step, **e.metrics}) + "\n")
             self.file.flush()
+        elif isinstance(e, PrecisionChosen):
+            self.file.write(json.dumps({"type": "precision", **e.record}) + "\n")
         elif isinstance(e, TrainSummary):
             self.file.write(json.dumps({"type": "summary", **e.__dict__}) + "\n")
 
@@ -192,6 +194,7 @@ def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")
 @click.option("--device", default=None, help=DEVICE_HELP)
+@dtype_option
 @friendly_errors
 def train_cmd(**opts):
     """Train a model with DPO on preference pairs (--data FILE or --project DB)."""
@@ -206,7 +209,8 @@ def train_cmd(**opts):
             raise TrainingError(f"No complete checkpoint at {opts['resume']} to resume from: give the --output "
                                 "folder of a stopped run.")
         config = load_run_config(opts["resume"], output_dir=opts["output"] or opts["resume"],
-                                 **({"device": opts["device"]} if opts["device"] else {}))
+                                 **({"device": opts["device"]} if opts["device"] else {}),
+                                 **({"dtype": opts["dtype"].lower()} if opts["dtype"] else {}))
         click.echo(f"Resuming {opts['resume']} with its own settings (training flags are ignored).", err=True)
     elif not opts["output"]:
         raise click.UsageError("--output DIR is required (a new folder for the trained model).")

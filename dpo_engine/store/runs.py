@@ -28,6 +28,16 @@ class ProjectRuns:
         with self._tx():
             self.db.conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config, default=str), run_id))
 
+    def annotate_run(self, run_id: int, **fields) -> None:
+        """Add what the run learned once it started (e.g. `precision`, the dtype that ran and
+        why, where the config said "auto") to its stored config, in one transaction."""
+        with self._tx():
+            row = self.db.conn.execute("SELECT config FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if row is None:
+                raise ConfigError(f"No run {run_id} in this project.")
+            config = {**json.loads(row[0] or "{}"), **fields}
+            self.db.conn.execute("UPDATE runs SET config = ? WHERE id = ?", (json.dumps(config, default=str), run_id))
+
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
         """Store one step's metrics (names as TRL logs them) in one transaction."""
         rows = [(run_id, step, name, float(v)) for name, v in values.items()]

@@ -91,7 +91,9 @@ class TrainConfig:
                                                   "(the model picker says when a model needs it).",
                                            label="Gradient checkpointing")
     device: str = setting("auto", "auto: CUDA, then MPS, then CPU (dpo_engine.devices).")
-    dtype: str = setting("auto", "Compute precision: bf16 autocast on CUDA that supports it, else fp32.")
+    dtype: str = setting("auto", "Compute precision: bf16 autocast where measured faster (CUDA with bf16; a CPU "
+                                 "with native bf16: 2.3x per step here), else fp32; weights and optimizer state "
+                                 "stay fp32 (dpo_engine.devices).")
     share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes stored with the run
 
@@ -144,7 +146,9 @@ def _validate(c: TrainConfig) -> None:
         (0 <= c.eval_fraction < 1, f"eval_fraction must be in [0, 1) (got {c.eval_fraction}); 0.1 holds out 10%."),
         (c.eval_every >= 0, f"eval_every must be >= 0 (got {c.eval_every}); 0 evaluates only at the end."),
         (c.save_every >= 0, f"save_every must be >= 0 (got {c.save_every}); 0 saves only at the end."),
-        (c.dtype in DTYPES, f"Unknown dtype {c.dtype!r}: use one of {', '.join(DTYPES)}."),
+        (c.dtype in DTYPES, f"Unknown dtype {c.dtype!r}: use one of {', '.join(DTYPES)}"
+                            + (" (float16 training needs loss scaling, which the trainer does not do)."
+                               if c.dtype == "float16" else ".")),
         (not c.merge_lora or c.lora is not None, "merge_lora needs LoRA: turn LoRA on (--lora) or drop merge_lora."),
     ]
     for ok, message in checks:

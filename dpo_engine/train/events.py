@@ -5,6 +5,7 @@ GUI worker can forward events to another thread as they are. Metric names in `.m
 are TRL's (`rewards/chosen`, ...; eval ones prefixed `eval/`), as the store records them.
 
     LogLine            a line of text for the log pane / terminal
+    PrecisionChosen    the precision the run computes in, and why (for the run record)
     ReferenceProgress  reference log-probs being computed (or read from the cache)
     StepEvent          one optimizer step done (a safe point to stop)
     EvalEvent          the held-out pairs scored
@@ -31,6 +32,19 @@ METRIC_FIELDS = (
 class LogLine:
     message: str
     level: str = "info"  # "info" | "warning"
+
+
+@dataclass(frozen=True)
+class PrecisionChosen:
+    device: str  # "cpu", "cuda", ...
+    dtype: str  # the compute precision: "float32" | "bfloat16"
+    autocast: bool  # True: fp32 weights and optimizer state, the forward under autocast to `dtype`
+    reason: str  # e.g. "bf16: CPU has avx512_bf16, matmul 2.0x fp32 (measured 2026-12-02)"
+
+    @property
+    def record(self) -> dict:
+        """As the run record (project runs table, dpo_studio_run.json) stores it."""
+        return {"dtype": self.dtype, "autocast": self.autocast, "device": self.device, "reason": self.reason}
 
 
 @dataclass(frozen=True)

@@ -34,13 +34,12 @@ from dpo_engine.pairs import PreferencePair
 from dpo_engine.train.reference import compute_reference, read_cache, reference_fingerprint, weights_identity, write_cache
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per_epoch
-from dpo_engine.train.events import (EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary,
+from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
-from dpo_engine.train.model import (autocast_context, load_policy, run_info, trainable_parameters,
-                                    training_device, write_model_files)
+from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_device, write_model_files
 from dpo_engine.train.step import StepContext, evaluate, pair_logps, pair_tokens, run_step
 
-TrainEvent = Union[LogLine, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
+TrainEvent = Union[LogLine, PrecisionChosen, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
 StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
 OOM_HINT = ("Out of memory. Try a smaller batch size (--batch-size, with more --grad-accum to keep the "
             "effective batch), a shorter --max-length, LoRA (--lora) or gradient checkpointing.")
@@ -63,6 +62,7 @@ class _Run:
     reference_ref: str
     total_steps: int
     per_epoch: int
+    precision: dict  # PrecisionChosen.record: what the checkpoint's run file says ran
     step: int = 0
     epoch: int = 0
     step_in_epoch: int = 0
@@ -167,20 +167,25 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
                   + (f", {len(data.skipped)} skipped" if data.skipped else ""))
     for index, why in data.skipped[:20]:
         yield LogLine(f"Skipped pair #{index}: {why}", "warning")
-    device, autocast_dtype = training_device(config, dist.device_name)
+    device, compute = training_device(config, dist.device_name)  # fp32 weights; the forward's precision
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
-                      lambda: autocast_context(device, autocast_dtype))
-    yield LogLine(f"Training on {device.describe()}" + (" with bf16 autocast" if autocast_dtype else "")
+                      compute.autocast)
+    precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
+    how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
+    yield LogLine(f"Training on {device.describe().split(',')[0]} in {how} ({compute.precision_reason})"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
-    precision = "bf16" if autocast_dtype else "fp32"  # part of the cache key: bf16 scores differ
-    ref, loaded = yield from _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist)
+    if compute.warning:
+        yield LogLine(compute.warning, "warning")
+    yield precision
+    key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ
+    ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
     total = config.max_steps or config.epochs * per_epoch
     optimizer, scheduler = _optimizer(config, loaded.model, total)
     scorer, optimizer, ctx = dist.prepare(loaded.model, optimizer, ctx, pair_logps)
     run = _Run(config, data, loaded, ctx, dist, scorer, optimizer, scheduler, ref, base_ref, reference_ref, total,
-               per_epoch)
+               per_epoch, precision.record)
     if resume is not None:
         _restore(run, resume)
         yield LogLine(f"Resumed from {resume} at step {run.step} of {total}")
@@ -214,7 +219,7 @@ def _write(run: _Run, status: str, state: dict | None) -> str:
     # Sharded moments are not gathered; a finished run is never resumed, so its moments (twice
     # the model's size with AdamW: ~1 GB for SmolLM2-135M) are not kept either.
     optimizer = None if run.dist.sharded or status == "finished" else run.optimizer
-    info = run_info(run.config, run.base_ref, run.reference_ref, run.step, run.total_steps, status)
+    info = run_info(run.config, run.base_ref, run.reference_ref, run.step, run.total_steps, status, run.precision)
     position = {"step": run.step, "epoch": run.epoch, "step_in_epoch": run.step_in_epoch,
                 "data": run.data.fingerprint()}
 

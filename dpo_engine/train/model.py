@@ -1,13 +1,15 @@
 """The models of a run: device and precision, loading the policy (full or LoRA), saving it.
 
-Weights train in fp32 (AdamW on bf16 weights loses small updates); on CUDA with bf16
-support the forward runs under bf16 autocast instead.
+Weights and optimizer state train in fp32 (AdamW on bf16 weights loses small updates); where
+the run's precision is bf16 (CUDA that supports it; a CPU that runs bf16 natively and
+measurably faster: `dpo_engine.devices`) the forward runs under bf16 autocast instead, for
+the policy and the reference alike, and the log-softmax, sums and loss stay fp32 (logps.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -16,25 +18,23 @@ import torch
 
 from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import DeviceChoice, pick_device
+from dpo_engine.errors import ConfigError
 from dpo_engine.models import LoadedModel, load_model
 from dpo_engine.train.config import LoraSettings, TrainConfig
 
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 
 
-def training_device(config: TrainConfig, assigned: str | None = None) -> tuple[DeviceChoice, torch.dtype | None]:
-    """(device with fp32 weights, autocast dtype or None); `assigned`: the launcher's device for this rank."""
-    device = pick_device(assigned or config.device, "float32")
-    autocast = None
-    if device.device.startswith("cuda") and config.dtype in ("auto", "bfloat16") and torch.cuda.is_bf16_supported():
-        autocast = torch.bfloat16
-    return device, autocast
+def training_device(config: TrainConfig, assigned: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
+    """(where the fp32 weights load, the compute precision the forward autocasts to).
 
-
-def autocast_context(device: DeviceChoice, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.torch_device.type, dtype=dtype)
+    `assigned`: the launcher's device for this rank.
+    """
+    compute = pick_device(assigned or config.device, config.dtype)
+    if compute.dtype == "float16":  # "auto" never picks it; DPO_STUDIO_DTYPE or a flag can
+        raise ConfigError("float16 training needs loss scaling, which the trainer does not do: "
+                          "use bfloat16 or float32 (or auto).")
+    return dataclasses.replace(compute, dtype="float32"), compute
 
 
 def is_peft(model) -> bool:
@@ -100,9 +100,11 @@ def portable_ref(ref: str) -> str:
     return str(path.absolute()) if ref != "default" and path.exists() else ref
 
 
-def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, total: int, status: str) -> dict:
+def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, total: int, status: str,
+             precision: dict | None = None) -> dict:
     """What dpo_studio_run.json records: where the weights came from and how they were trained."""
     return {
+        "precision": precision,  # precision_record(): the dtype that ran and why (config.dtype may say "auto")
         "base": portable_ref(base_ref),
         "base_model": portable_ref(base_ref),  # the key `dpo-engine eval` reads to find the base
         "reference": portable_ref(reference_ref),

@@ -27,7 +27,7 @@ from dpo_engine.errors import DPOStudioError, TrainingError
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import Project, open_project
 from dpo_engine.train.config import TrainConfig
-from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
+from dpo_engine.train.events import EvalEvent, PrecisionChosen, StepEvent, TrainSummary
 from dpo_engine.train.loop import StopFlag, train
 
 
@@ -68,6 +68,8 @@ def _open_run(db: Project, config: TrainConfig, resume_from, output_for_run) -> 
 def _record(db: Project, run_id: int, config: TrainConfig, event) -> None:
     if isinstance(event, (StepEvent, EvalEvent)):
         db.log_metrics(run_id, event.step, event.metrics)
+    elif isinstance(event, PrecisionChosen):
+        db.annotate_run(run_id, precision=event.record)  # the run record names the dtype that ran, and why
     elif isinstance(event, TrainSummary):
         db.finish_run(run_id, event.status, event.reason or None, event.checkpoint)
         if event.checkpoint:
