@@ -72,6 +72,8 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny_model_dir, pair
     assert result.exit_code == 0, result.output
 
     got, want = _records(tmp_path / "two.jsonl"), _records(tmp_path / "one.jsonl")
+    assert got[0] == want[0] and got[0]["type"] == "precision"  # every rank computes in the same precision
+    got, want = got[1:], want[1:]
     assert [r["type"] for r in got] == [r["type"] for r in want] == ["step"] * 2 + ["eval"] + ["step"] * 2 + \
         ["eval"] + ["step"] * 2 + ["eval", "summary"]
     assert got[0]["logps/chosen"] != got[3]["logps/chosen"]  # steps see different pairs: a real comparison

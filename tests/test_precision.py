@@ -183,6 +183,27 @@ def test_bf16_run_starts_at_ln2_and_records_its_precision(tiny_model_dir, tmp_pa
     assert info["precision"] == chosen.record and info["config"]["dtype"] == "auto"
 
 
+def test_a_resumed_auto_run_keeps_the_precision_it_ran_in(tiny_model_dir, tmp_path, cpu):
+    import threading
+
+    from dpo_engine.train.events import PrecisionChosen, StepEvent
+    from dpo_engine.train.config import TrainConfig
+    from dpo_engine.train.loop import load_run_config, train
+
+    cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), lr=1e-3, batch_size=4,
+                      grad_accum=1, warmup_ratio=0.0, eval_fraction=0.0, device="cpu", seed=3, max_steps=3)
+    stop = threading.Event()
+    for event in train(cfg, make_pairs(16), stop=stop):
+        if isinstance(event, StepEvent):
+            stop.set()  # stopped after step 1, with a checkpoint to resume
+    cpu.flags = []  # the machine's verdict changes meanwhile: "auto" would now be fp32
+    assert pick_device("cpu").dtype == "float32"
+    events = list(train(load_run_config(tmp_path / "run"), make_pairs(16), resume_from=tmp_path / "run"))
+    (chosen,) = [e for e in events if isinstance(e, PrecisionChosen)]
+    assert chosen.dtype == "bfloat16" and chosen.reason == "bf16: the precision of the run this resumes"
+    assert [e.step for e in events if isinstance(e, StepEvent)] == [2, 3]
+
+
 def test_float16_training_is_refused_with_the_reason(tiny_model_dir, tmp_path):
     from dpo_engine.errors import ConfigError
     from dpo_engine.train.config import TrainConfig

@@ -167,13 +167,14 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
                   + (f", {len(data.skipped)} skipped" if data.skipped else ""))
     for index, why in data.skipped[:20]:
         yield LogLine(f"Skipped pair #{index}: {why}", "warning")
-    device, compute = training_device(config, dist.device_name)  # fp32 weights; the forward's precision
+    ran = (read_run_file(resume).get("precision") or {}).get("dtype") if resume is not None else None
+    device, compute = training_device(config, dist.device_name, ran)  # fp32 weights; the forward's precision
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
                       compute.autocast)
     precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
     how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
-    yield LogLine(f"Training on {device.describe().split(',')[0]} in {how} ({compute.precision_reason})"
+    yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
     if compute.warning:
         yield LogLine(compute.warning, "warning")

@@ -25,12 +25,21 @@ from dpo_engine.train.config import LoraSettings, TrainConfig
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 
 
-def training_device(config: TrainConfig, assigned: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
+def training_device(config: TrainConfig, assigned: str | None = None,
+                    resumed: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
     """(where the fp32 weights load, the compute precision the forward autocasts to).
 
-    `assigned`: the launcher's device for this rank.
+    Args:
+        assigned: the launcher's device for this rank.
+        resumed: the dtype the run being resumed trained in: "auto" keeps it, so that the
+            run continues exactly even if this machine's measurement changed meanwhile.
     """
-    compute = pick_device(assigned or config.device, config.dtype)
+    if resumed and config.dtype == "auto":
+        compute = pick_device(assigned or config.device, resumed)
+        compute = dataclasses.replace(compute, precision_reason=compute.precision_reason.replace(
+            "requested", "the precision of the run this resumes"))
+    else:
+        compute = pick_device(assigned or config.device, config.dtype)
     if compute.dtype == "float16":  # "auto" never picks it; DPO_STUDIO_DTYPE or a flag can
         raise ConfigError("float16 training needs loss scaling, which the trainer does not do: "
                           "use bfloat16 or float32 (or auto).")
