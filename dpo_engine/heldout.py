@@ -36,9 +36,10 @@ from typing import Iterator, Sequence
 
 import torch
 
-from dpo_engine.encoding import EncodedPair, collate, encode_pair, encode_pairs, length_batches
+from dpo_engine.encoding import EncodedPair, collate, encode_pair, encode_pairs
 from dpo_engine.errors import DataError
-from dpo_engine.logps import batch_logps
+from dpo_engine.iters import mapped
+from dpo_engine.logps import batch_logps, score_pairs
 from dpo_engine.losses import LossParams, compute_metrics, sigmoid
 from dpo_engine.pairs import PreferencePair
 
@@ -147,12 +148,9 @@ def heldout_events(policy, reference, tokenizer, pairs: Sequence[PreferencePair]
     encoded = [e for _, e in kept]
     pad = _pad_id(tokenizer)
     n = len(encoded)
-    pc, pr, rc, rr = (torch.empty(n) for _ in range(4))
-    done = 0
-    for idx in length_batches(encoded, batch_size):  # similar lengths together: little padding
-        group = [encoded[i] for i in idx]
-        pc[idx], pr[idx] = _logps(policy, group, pad)
-        rc[idx], rr[idx] = _logps(reference, group, pad)
-        done += len(idx)
-        yield HeldoutProgress(done, n)
+
+    def both(batch):  # one batch under the policy, then under the reference: progress is per pair scored
+        return (*_logps(policy, batch, pad), *_logps(reference, batch, pad))
+
+    pc, pr, rc, rr = yield from mapped(score_pairs(both, encoded, batch_size), lambda done: HeldoutProgress(done, n))
     return summarize_logps(pc, pr, rc, rr, beta, skipped=len(skipped))

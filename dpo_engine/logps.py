@@ -13,15 +13,18 @@ with gradients on; wrap it in `torch.no_grad()` for the reference or for eval.
 Public API:
     batch_logps(model, batch) -> BatchLogps(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
     sequence_logps(model, input_ids, attention_mask, response_mask) -> (logps, tokens)   all rows
+    score_pairs(forward, pairs, batch_size) -> generator: pairs done; returns the tensors in input order
+        the one no-grad scoring loop: the trainer's reference pass and eval, held-out summaries and
+        `dpo-engine eval` each give it their `forward(batch)` (which model(s), which precision)
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, Generator, NamedTuple, Sequence
 
 import torch
 
-from dpo_engine.encoding import Batch
+from dpo_engine.encoding import Batch, EncodedPair, length_batches
 
 
 class BatchLogps(NamedTuple):
@@ -108,3 +111,24 @@ def batch_logps(model, batch: Batch) -> BatchLogps:
     b = batch.num_pairs
     assert logps.shape == (2 * b,)
     return BatchLogps(logps[:b], logps[b:], tokens[:b], tokens[b:])
+
+
+@torch.no_grad()  # on a generator function torch re-enters no-grad at each resume, never leaking it
+def score_pairs(forward: Callable[[Sequence[EncodedPair]], Sequence[torch.Tensor]], pairs: Sequence[EncodedPair],
+                batch_size: int) -> Generator[int, None, tuple[torch.Tensor, ...]]:
+    """Run `forward` over `pairs` without gradients, pairs of similar length batched together
+    (`encoding.length_batches`: little padding); yields the number of pairs done after each
+    batch (a safe point to report progress or cancel) and returns each tensor `forward`
+    gives, (N,) per field, in input order on the CPU (floating ones as fp32)."""
+    out: list[torch.Tensor] = []
+    done = 0
+    for idx in length_batches(pairs, batch_size):
+        result = forward([pairs[i] for i in idx])
+        if not out:
+            out = [torch.empty(len(pairs), dtype=torch.float32 if t.is_floating_point() else t.dtype)
+                   for t in result]
+        for dest, src in zip(out, result):
+            dest[idx] = src.detach().cpu().to(dest.dtype)
+        done += len(idx)
+        yield done
+    return tuple(out)

@@ -102,3 +102,34 @@ def test_loss_gradient_is_the_seed_section_2_form(model_tok, encoded):
     for g, gw, gl in zip(grads, g_w, g_l):
         torch.testing.assert_close(g, coeff * (gw - gl), atol=1e-6, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+def test_the_one_scoring_loop_keeps_input_order_and_never_leaks_no_grad():
+    """`logps.score_pairs` (the reference pass, eval, held-out summaries and `dpo-engine eval`
+    all use it): batches by length, returns per-pair values in input order, and the caller
+    keeps gradients on between its yields."""
+    import torch
+
+    from dpo_engine.encoding import EncodedPair
+    from dpo_engine.logps import score_pairs
+
+    pairs = [EncodedPair((1,) * (3 + i % 4), (2,) * (1 + i), (3,)) for i in range(7)]
+    seen_grad = []
+
+    def forward(batch):
+        seen_grad.append(torch.is_grad_enabled())
+        return (torch.tensor([float(len(p.chosen_ids)) for p in batch], requires_grad=False),
+                torch.tensor([p.length for p in batch]))
+
+    gen = score_pairs(forward, pairs, batch_size=3)
+    done = []
+    while True:
+        try:
+            done.append(next(gen))
+        except StopIteration as stop:
+            chosen, lengths = stop.value
+            break
+        assert torch.is_grad_enabled()  # the caller's mode between batches
+    assert done == [3, 6, 7] and seen_grad == [False] * 3
+    assert chosen.tolist() == [float(1 + i) for i in range(7)] and chosen.dtype == torch.float32
+    assert lengths.tolist() == [p.length for p in pairs] and lengths.dtype == torch.long

@@ -25,12 +25,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import click
-import torch
 
 from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friendly_errors, progress_printer
-from dpo_engine.encoding import EncodedPair, collate, encode_pair, length_batches
+from dpo_engine.encoding import EncodedPair, collate, encode_pair
 from dpo_engine.errors import ConfigError, DataError
-from dpo_engine.logps import BatchLogps, batch_logps
+from dpo_engine.iters import drain
+from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
 from dpo_engine.losses import LOSSES, LossParams, compute_metrics, get_loss
 from dpo_engine.pairs import PreferencePair, parse_preference_record
 
@@ -94,14 +94,8 @@ def default_reference(policy_ref: str) -> str:
 def score_pairs(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
     """Sequence log-probs of every pair, batched by length, returned in input order."""
     device = next(model.parameters()).device
-    n = len(encoded)
-    out = [torch.zeros(n), torch.zeros(n), torch.zeros(n, dtype=torch.long), torch.zeros(n, dtype=torch.long)]
-    with torch.no_grad():
-        for idx in length_batches(encoded, batch_size):
-            result = batch_logps(model, collate([encoded[i] for i in idx], pad_id).to(device))
-            for dest, src in zip(out, result):
-                dest[idx] = src.cpu().to(dest.dtype)
-    return BatchLogps(*out)
+    return BatchLogps(*drain(score_all(lambda batch: batch_logps(model, collate(batch, pad_id).to(device)),
+                                       encoded, batch_size)))
 
 
 def _encode(tokenizer, pairs, max_length):

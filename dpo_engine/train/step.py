@@ -14,7 +14,7 @@ import torch
 from dpo_engine.encoding import EncodedPair, collate
 from dpo_engine.errors import TrainingError
 from dpo_engine.iters import drain
-from dpo_engine.logps import BatchLogps, batch_logps
+from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
 from dpo_engine.losses import LossParams, compute_metrics, get_loss
 from dpo_engine.shared_prompt import shared_prompt_logps
 from dpo_engine.train.distributed import LOCAL
@@ -123,19 +123,11 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     return {k: v / n_pairs for k, v in totals.items()}, grad_norm
 
 
-@torch.no_grad()
 def score_pairs(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
-    """Policy log-probs of many pairs without gradients: ((N,), (N,)) on the CPU, input order."""
-    chosen = torch.empty(len(pairs))
-    rejected = torch.empty(len(pairs))
-    order = sorted(range(len(pairs)), key=lambda i: -pairs[i].length)  # similar lengths batch together
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        lp = pair_logps(model, [pairs[i] for i in idx], ctx)
-        chosen[idx] = lp.chosen_logps.float().cpu()
-        rejected[idx] = lp.rejected_logps.float().cpu()
-        yield start + len(idx)
-    return chosen, rejected
+    """Policy log-probs of many pairs without gradients (the reference pass, eval): yields pairs
+    done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`)."""
+    result = yield from score_all(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size)
+    return result[0], result[1]
 
 
 def evaluate(model, pairs: Sequence[EncodedPair], ref: tuple[torch.Tensor, torch.Tensor],
