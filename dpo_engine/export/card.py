@@ -112,7 +112,7 @@ def _eval_table(facts: ProjectFacts) -> list[str]:
                 f"| loss | {' | '.join(cells(loss, '{:.4f}'.format))} |"]
     return ["| " + head[0] + " |", head[1], *rows, "",
             "Preference accuracy: the share of held-out pairs where the model gives the chosen answer a higher "
-            "implicit reward than the rejected one (0% before any training step, when the two are equal).", ""]
+            "implicit reward than the rejected one (strictly: before the first step the two are equal, so 0%).", ""]
 
 
 def _matchup_table(facts: ProjectFacts) -> list[str]:

@@ -74,10 +74,10 @@ def display_name(ref: str, base_ref: str | None = None) -> str:
         name = f"{DEFAULT_MODEL_NAME} (the default model)"
     else:
         path = Path(ref).expanduser()
-        name = path.name if path.is_absolute() or path.exists() else ref
+        name = safe_name(path.name if path.is_absolute() or path.exists() else ref)
     if base_ref and (ref == base_ref or (Path(base_ref).is_absolute() and _same_path(ref, Path(base_ref)))):
         name += ", the base model"
-    return safe_name(name)
+    return name
 
 
 def _find_run(runs: list[dict], folder: Path | None) -> dict | None:
