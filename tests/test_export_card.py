@@ -228,3 +228,37 @@ def test_cli_project_option_writes_the_full_card(project_path, full_run_dir, tmp
     assert not (tmp_path / "no").exists()
     assert json.loads((out / "config.json").read_text())["model_type"] == "llama"
 
+
+
+# --------------------------------------------------------------------------- a real run
+
+
+def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tmp_path, monkeypatch):  # noqa: F811
+    """drive() records a real (tiny) run in the project; the card finds it by the checkpoint the
+    trainer wrote and shows the eval metrics under the names the trainer stores."""
+    from dpo_engine.train.config import TrainConfig
+    from dpo_engine.train.runs import drive
+
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
+    path = tmp_path / "real.dpo.sqlite"
+    with open_project(path) as p:
+        for i, prompt in enumerate(_prompts("train", 8) + _prompts("eval", 2)):
+            label(p, prompt, "yes " * (1 + i % 3), "no " * (1 + i % 2), "left" if i % 2 else "right")
+    config = TrainConfig(output_dir=str(tmp_path / "replaced"), model=str(bpe_model_dir), lr=1e-3, batch_size=4, grad_accum=1, warmup_ratio=0.0,
+                         device="cpu", seed=3, max_steps=4, eval_every=2)
+    events = list(drive(config, project=path, output_for_run=lambda run_id: tmp_path / f"run-{run_id}"))
+    checkpoint = events[-1].checkpoint
+    assert events[-1].status == "finished" and checkpoint
+    out = tmp_path / "card"
+    export_model(checkpoint, "hf", out, project=path)
+    card = (out / "README.md").read_text()
+    with open_project(path, read_only=True) as p:
+        [run] = p.runs()
+        metrics = p.run_metrics(run["id"])
+    acc, loss = metrics["eval/rewards/accuracies"], metrics["eval/loss"]
+    assert [s for s, _ in acc] == [2, 4]  # eval every 2 steps and at the end
+    assert f"| preference accuracy | {acc[0][1]:.1%} | {acc[-1][1]:.1%} |" in card
+    assert f"| loss | {loss[0][1]:.4f} | {loss[-1][1]:.4f} |" in card
+    assert f"Run {run['id']} of the project (finished)" in card
+    assert "| usable pairs | 10 (train 8, held out 2) |" in card
+    assert _png_size(out / "training_loss.png") == SIZE and _png_size(out / "preference_accuracy.png") == SIZE
