@@ -20,7 +20,7 @@ from dpo_engine.export.plots import BLUE, ORANGE, SIZE, nice_ticks
 from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
 from dpo_engine.winrate import win_rate
 from tests.store_helpers import label
-from tests.test_export import bpe_model_dir, full_run_dir  # noqa: F401  (fixtures)
+from tests.test_export import bpe_model_dir, full_run_dir, lora_run_dir  # noqa: F401  (fixtures)
 
 EVIL = "<script>alert(1)</script> ![x](http://evil.example/p.png) | cell"  # Markdown/HTML in untrusted text
 TRAIN_LOSS = [0.6931, 0.66, 0.61, 0.57, 0.52, 0.50, 0.46, 0.43, 0.41, 0.40]  # steps 1..10
@@ -177,12 +177,33 @@ def test_a_model_no_run_wrote_gets_no_training_facts(project_path, bpe_model_dir
     assert "## Data" not in card and not any(f.endswith(".png") for f in result.files)
 
 
+def test_one_eval_is_one_column_and_the_base_is_named_not_located(lora_run_dir, bpe_model_dir, tmp_path):  # noqa: F811
+    path = tmp_path / "p.dpo.sqlite"
+    with open_project(path) as p:
+        run = p.create_run({"loss": "sigmoid"})
+        p.log_metrics(run, 3, {"loss": 0.5, "eval/loss": 0.61, "eval/rewards/accuracies": 0.25})
+        p.finish_run(run, "stopped", checkpoint=str(lora_run_dir))
+    export_model(str(lora_run_dir), "peft", tmp_path / "adapter", project=path)
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert ("| held-out pairs | at the end (step 3) |\n|---|---|\n| preference accuracy | 25.0% |\n"
+            "| loss | 0.6100 |") in card
+    assert "Run 1 of the project (stopped)" in card
+    assert f"Fine-tuned from {bpe_model_dir.name} with DPO" in card and str(bpe_model_dir) not in card
+
+
 def test_a_card_without_a_project_still_works(full_run_dir, tmp_path):  # noqa: F811
     result = export_model(str(full_run_dir), "hf", tmp_path / "plain")
     card = (tmp_path / "plain" / "README.md").read_text()
     assert "| beta | 0.1 |" in card and "## Use it" in card
     assert "## Data" not in card and "## Results" not in card
     assert not any(f.endswith(".png") for f in result.files)
+
+
+def test_an_ollama_folder_carries_the_full_card_too(project_path, full_run_dir, tmp_path):  # noqa: F811
+    result = export_model(str(full_run_dir), "ollama", tmp_path / "smol", project=project_path)
+    assert set(result.files) == {"smol.gguf", "Modelfile", "README.md", "training_loss.png", "preference_accuracy.png"}
+    card = (tmp_path / "smol" / "README.md").read_text()
+    assert "library_name: gguf" in card and "| preference accuracy | 50.0% | 75.0% |" in card and "## Data" in card
 
 
 def test_gguf_carries_no_card_even_with_a_project(project_path, bpe_model_dir, tmp_path):  # noqa: F811
@@ -244,8 +265,8 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     with open_project(path) as p:
         for i, prompt in enumerate(_prompts("train", 8) + _prompts("eval", 2)):
             label(p, prompt, "yes " * (1 + i % 3), "no " * (1 + i % 2), "left" if i % 2 else "right")
-    config = TrainConfig(output_dir=str(tmp_path / "replaced"), model=str(bpe_model_dir), lr=1e-3, batch_size=4, grad_accum=1, warmup_ratio=0.0,
-                         device="cpu", seed=3, max_steps=4, eval_every=2)
+    config = TrainConfig(output_dir=str(tmp_path / "replaced"), model=str(bpe_model_dir), lr=1e-3, batch_size=4,
+                         grad_accum=1, warmup_ratio=0.0, device="cpu", seed=3, max_steps=4, eval_every=2)
     events = list(drive(config, project=path, output_for_run=lambda run_id: tmp_path / f"run-{run_id}"))
     checkpoint = events[-1].checkpoint
     assert events[-1].status == "finished" and checkpoint

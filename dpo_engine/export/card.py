@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dpo_engine.export.facts import ProjectFacts
+from dpo_engine.export.facts import ProjectFacts, display_name
 from dpo_engine.export.plots import BLUE, ORANGE, PALE_BLUE, Series, line_chart, smooth
 from dpo_engine.export.source import ExportSource, hub_id_of
 
@@ -98,19 +98,19 @@ def data_section(facts: ProjectFacts) -> list[str]:
 
 
 def _eval_table(facts: ProjectFacts) -> list[str]:
+    """Held-out preference accuracy and loss at the first eval and at the end (one column when equal)."""
     acc, loss = facts.first_last("eval/rewards/accuracies"), facts.first_last("eval/loss")
     if acc is None and loss is None:
         return ["The run scored no held-out pairs (the project had none when it trained).", ""]
-    first, last = (acc or loss)[0][0], (acc or loss)[1][0]
-    cells = lambda m, fmt: [fmt(m[0][1]), fmt(m[1][1])] if m else ["n/a", "n/a"]  # noqa: E731
-    if first == last:
-        head, rows = [f"held-out pairs | at the end (step {last})", "|---|---|"], \
-            [f"| preference accuracy | {cells(acc, _pct)[1]} |", f"| loss | {cells(loss, '{:.4f}'.format)[1]} |"]
-    else:
-        head = [f"held-out pairs | first eval (step {first}) | at the end (step {last})", "|---|---|---|"]
-        rows = [f"| preference accuracy | {' | '.join(cells(acc, _pct))} |",
-                f"| loss | {' | '.join(cells(loss, '{:.4f}'.format))} |"]
-    return ["| " + head[0] + " |", head[1], *rows, "",
+    (first, _), (last, _) = acc or loss
+    columns = [0, 1] if first != last else [1]
+    head = ([f"first eval (step {first})"] if first != last else []) + [f"at the end (step {last})"]
+
+    def row(name: str, values, fmt) -> str:
+        return f"| {name} | " + " | ".join(fmt(values[i][1]) if values else "n/a" for i in columns) + " |"
+
+    return [f"| held-out pairs | {' | '.join(head)} |", "|---" * (len(head) + 1) + "|",
+            row("preference accuracy", acc, _pct), row("loss", loss, "{:.4f}".format), "",
             "Preference accuracy: the share of held-out pairs where the model gives the chosen answer a higher "
             "implicit reward than the rejected one (strictly: before the first step the two are equal, so 0%).", ""]
 
@@ -184,11 +184,12 @@ def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None 
     trained = bool(source.run) or (facts is not None and facts.run is not None)
     lines = [_front_matter(base, library, tags), "", f"# {name}", ""]
     if trained:
-        lines += [f"Fine-tuned from {base or base_ref} with DPO (Direct Preference Optimization) in "
-                  "DPO Studio: a person compared pairs of the model's answers, and the model was trained "
-                  "to prefer the answers they chose.", ""]
+        origin = base or display_name(base_ref or source.ref)  # a hub id, or a folder's name (never its path)
+        lines += [f"Fine-tuned from {origin} with DPO (Direct Preference Optimization) in DPO Studio: a person "
+                  "compared pairs of the model's answers, and the model was trained to prefer the answers they "
+                  "chose.", ""]
     else:
-        lines += [f"Exported by DPO Studio from {base or source.ref}.", ""]
+        lines += [f"Exported by DPO Studio from {base or display_name(source.ref)}.", ""]
     if facts is not None:
         lines += results_section(facts, list(plots))
         if facts.run is not None:
