@@ -39,6 +39,7 @@ def test_exports_an_ollama_folder_on_the_worker_and_shows_the_command(qtbot, win
     assert "ollama create mine -f" in text and "Modelfile" in text
     assert progress and progress[-1] == 100 and len(set(progress)) > 2  # it moved while it worked
     assert dialog.status.textFormat() == Qt.TextFormat.PlainText
+    assert "## Results" in (tmp_path / "mine" / "README.md").read_text()  # the card read the window's project
 
 
 def test_a_refused_export_is_a_message(qtbot, window, full_run_dir, tmp_path):

@@ -131,7 +131,7 @@ class ExportDialog(QDialog):
             self.status.setText("Choose where to export first.")
             return
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        ref = self.model_ref
+        ref, project = self.model_ref, self.ctx.project_path  # the card reads the project (read-only)
         holder: dict = {}
 
         def progress(event) -> None:
@@ -143,7 +143,7 @@ class ExportDialog(QDialog):
         def factory():
             yield from ()  # a generator: the worker can drop it before it starts
             try:
-                return export_model(ref, fmt, out, quant=quant, on_progress=progress)
+                return export_model(ref, fmt, out, quant=quant, on_progress=progress, project=project)
             except ExportCancelled:
                 return None
 

@@ -21,12 +21,18 @@ from dpo_engine.cli.base import friendly_errors, progress_printer
 @click.option("--quant", default="f16", show_default=True, type=click.Choice(["f16", "q8_0"]),
               help="GGUF weights: f16 (as trained, rounded to half precision) or q8_0 (about half the size).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export at --output.")
+@click.option("--project", "project_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="The project the model was trained in (read only): its data, the run's held-out results, "
+                   "the Compare win rate and the loss/accuracy curves go into the model card (folder formats).")
 @friendly_errors
-def export_model_cmd(model_ref: str, fmt: str, output: Path, quant: str, overwrite: bool):
+def export_model_cmd(model_ref: str, fmt: str, output: Path, quant: str, overwrite: bool, project_path: Path | None):
     """Export MODEL (a run's checkpoint folder, a model folder, 'default', a .gguf) for other tools."""
     from dpo_engine.export import export_model
 
-    result = export_model(model_ref, fmt, output, quant=quant, overwrite=overwrite, on_progress=progress_printer)
+    if project_path is not None and fmt == "gguf":
+        click.echo("(--project is not used for --format gguf: a single .gguf file carries no model card.)", err=True)
+    result = export_model(model_ref, fmt, output, quant=quant, overwrite=overwrite, on_progress=progress_printer,
+                          project=project_path)
     click.echo(f"Wrote {result.path} ({', '.join(result.files)}) in {result.seconds:.1f} s.")
     if result.command:
         click.echo("To add it to Ollama, run:")

@@ -1,12 +1,16 @@
 """The trained model out, in the formats the person's tools read.
 
     export_model(MODEL, "hf" | "peft" | "gguf" | "ollama", OUTPUT, quant="f16" | "q8_0", overwrite=False,
-                 on_progress=callback) -> ExportResult
+                 on_progress=callback, project=None) -> ExportResult
 
 - hf      a clean transformers folder (a LoRA adapter merged in) with a model card;
 - peft    the LoRA adapter folder of a LoRA run (a full run is refused);
 - gguf    one .gguf file for llama.cpp, LM Studio and Ollama (Llama, Qwen2, Qwen3; f16 or q8_0);
 - ollama  a folder with that .gguf, a Modelfile and a model card, plus the `ollama create` command.
+
+The folder formats carry a model card (README.md); given the project the model was trained in
+(opened read-only), the card adds its data, the run's held-out results, the Compare win rate and
+the loss and accuracy curves as PNG files (`export.card`, `export.facts`).
 
 Every export is written into a temporary sibling and renamed into place (`export.atomic`): a
 failure, or an exception raised by `on_progress` to cancel, leaves nothing under OUTPUT.
@@ -21,7 +25,8 @@ from typing import Callable
 
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.export.atomic import check_export_target, staged
-from dpo_engine.export.card import model_card
+from dpo_engine.export.card import write_card
+from dpo_engine.export.facts import ProjectFacts, project_facts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import create_command, modelfile, ollama_name
@@ -60,9 +65,12 @@ def _gguf_name(output: Path) -> str:
 
 
 def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str = "f16",
-                 overwrite: bool = False, on_progress: Callable[[ExportProgress], None] | None = None
-                 ) -> ExportResult:
-    """Export a model (a run's checkpoint, a model folder, 'default', ...) as `fmt` to `output`."""
+                 overwrite: bool = False, on_progress: Callable[[ExportProgress], None] | None = None,
+                 project: str | Path | None = None) -> ExportResult:
+    """Export a model (a run's checkpoint, a model folder, 'default', ...) as `fmt` to `output`.
+
+    `project`: the project file the model was trained in, read (read-only) for the model card;
+    unused for the single-file gguf format, which carries no card."""
     if fmt not in FORMATS:
         raise ConfigError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
     if quant not in QUANTS:
@@ -77,10 +85,14 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
     source = find_source(model_ref, on_progress=lambda e: report("prepare", 0.05 * e.fraction, e.message))
     as_folder = fmt in FOLDER_FORMATS
     output = check_export_target(output, as_folder, overwrite, inputs=source.inputs)
+    facts = None
+    if project is not None and as_folder:  # read before anything is staged: a bad project fails first
+        report("prepare", 0.05, "Reading the project for the model card")
+        facts = project_facts(project, source.ref, source.folder, source.run.get("base_model") or source.base_ref)
     if fmt == "peft":
-        write = _peft_writer(source, output)
+        write = _peft_writer(source, output, facts)
     else:
-        write = _model_writer(source, fmt, output, quant, report)
+        write = _model_writer(source, fmt, output, quant, report, facts)
     try:
         with staged(output, as_folder) as tmp:
             write(tmp)
@@ -93,17 +105,18 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
     return ExportResult(fmt, str(output), _files(output), time.perf_counter() - start, command)
 
 
-def _peft_writer(source: ExportSource, output: Path) -> Callable[[Path], None]:
+def _peft_writer(source: ExportSource, output: Path, facts: ProjectFacts | None) -> Callable[[Path], None]:
     check_adapter(source)  # refuse before anything is staged
 
     def write(tmp: Path) -> None:
         write_peft_folder(source, tmp)
-        (tmp / "README.md").write_text(model_card(source, "peft", output.name))
+        write_card(tmp, source, "peft", output.name, facts=facts)
 
     return write
 
 
-def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, report) -> Callable[[Path], None]:
+def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, report,
+                  facts: ProjectFacts | None) -> Callable[[Path], None]:
     """Load (and merge) the model first, so a model that cannot be exported fails before staging."""
     report("load", 0.05, f"Loading {source.name}" + (" and merging its LoRA adapter" if not source.has_weights else ""))
     model = load_merged_model(source)
@@ -122,14 +135,14 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
         report("write", 0.1, f"Writing {fmt} to a temporary {tmp.name}")
         if fmt == "hf":
             write_hf_folder(model, tokenizer, tmp)
-            (tmp / "README.md").write_text(model_card(source, "hf", output.name))
+            write_card(tmp, source, "hf", output.name, facts=facts)
         elif fmt == "gguf":
             write_gguf(model, tokenizer, tmp, quant, name=output.stem, on_tensor=on_tensor)
         else:
             gguf_name = _gguf_name(output)
             write_gguf(model, tokenizer, tmp / gguf_name, quant, name=output.name, on_tensor=on_tensor)
             (tmp / "Modelfile").write_text(modelfile(gguf_name, tokenizer))
-            (tmp / "README.md").write_text(model_card(source, "ollama", ollama_name(output), gguf_name))
+            write_card(tmp, source, "ollama", ollama_name(output), gguf_name, facts)
 
     return write
 

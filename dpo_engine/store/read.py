@@ -203,6 +203,18 @@ class ProjectReads:
             "runs": one("SELECT count(*) FROM runs"),
         }
 
+    def ranking_groups(self) -> int:
+        """How many rankings (k answers ranked at once, stored as one group of comparisons) are live."""
+        return self._all("SELECT count(DISTINCT group_id) FROM comparisons WHERE deleted IS NULL "
+                         "AND group_id IS NOT NULL")[0][0]
+
+    def compare_votes(self) -> list[tuple[str, str, str]]:
+        """(model that wrote the left answer, model of the right one, verdict) of every live Compare
+        vote, oldest first (skips included: the caller decides what counts)."""
+        return self._all("SELECT l.model, r.model, c.verdict FROM comparisons c "
+                         "JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id "
+                         "WHERE c.deleted IS NULL AND c.source = 'compare' ORDER BY c.id")
+
     def _labels_per_hour(self) -> float | None:
         times = [t for (t,) in self._all("SELECT created FROM comparisons WHERE source = 'label' ORDER BY created")]
         active = sum(min(b - a, SESSION_GAP_S) for a, b in zip(times, times[1:]))
