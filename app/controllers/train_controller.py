@@ -194,8 +194,6 @@ class TrainController(QObject):
             self.evalArrived.emit(event)
         elif isinstance(event, ReferenceProgress):
             self.referenceProgress.emit(event.done, event.total)
-        elif isinstance(event, PrecisionChosen):
-            project.annotate_run(self.run_id, precision=event.record)  # the run record names the dtype that ran
         elif isinstance(event, LogLine):
             self.logLine.emit(event.message)
         elif isinstance(event, TrainSummary):

@@ -18,7 +18,6 @@ Public API (no click needed):
 
 from __future__ import annotations
 
-import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path

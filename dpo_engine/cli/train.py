@@ -13,7 +13,6 @@ import signal
 import sys
 import threading
 from dataclasses import replace
-from pathlib import Path
 
 import click
 
