@@ -49,7 +49,7 @@ def ranking_data(seed: int = 0) -> list[PreferencePair]:
              + ranking("Rank these: numbers?", 4, rng, ties=[False, False, True, False], weight=0.5)
              + [PreferencePair("A plain question?", "a plain yes", "a plain no")]
              + ranking("Rank these: cities?", 3, rng, cut=0, weight=3.0))
-    same = pairs[-1]
+    same = pairs[-3]  # cities' best (cut off) over its second
     pairs.append(dataclasses.replace(same, chosen_finished=True, rejected_finished=True, weight=1.0))
     return pairs
 
@@ -80,9 +80,9 @@ def test_answers_are_keyed_by_token_ids_not_text(encoded):
     assert len(groups.prompts) == 5  # four rankings and the plain pair
     # 4 + 3 + 4 + 2 + 3 answers, and the cut-off answer's finished twin is one more
     assert len(groups.answers) == 17 and len(enc) == 6 + 3 + 5 + 1 + 3 + 1
-    twin = enc[-1], enc[-2]  # the same texts: finished in one, the chosen cut off in the other
+    twin = enc[-1], enc[-4]  # the same texts: finished in one, the chosen cut off in the other
     assert twin[0].chosen_ids != twin[1].chosen_ids and twin[0].rejected_ids == twin[1].rejected_ids
-    assert groups.chosen[-1] != groups.chosen[-2] and groups.rejected[-1] == groups.rejected[-2]
+    assert groups.chosen[-1] != groups.chosen[-4] and groups.rejected[-1] == groups.rejected[-4]
     for p, c, r in zip(enc, groups.chosen, groups.rejected):
         assert groups.answers[c] == p.chosen_ids and groups.answers[r] == p.rejected_ids
         assert groups.prompts[groups.owners[c]] == groups.prompts[groups.owners[r]] == p.prompt_ids
@@ -180,20 +180,43 @@ def test_scoring_batches_hold_whole_rankings_within_the_row_budget(encoded):
         assert len({where[i] for i in group}) == 1
 
 
-def test_epoch_batches_keep_rankings_together_and_the_pairwise_shape(encoded):
-    _, enc = encoded
+def synthetic_rankings(n: int, seed: int = 0):
+    """EncodedPairs of n rankings of 4 or 8 answers (all pairs), of varied lengths."""
+    from dpo_engine.encoding import EncodedPair
+
+    rng = random.Random(seed)
+    out = []
+    for g in range(n):
+        k = rng.choice([4, 8])
+        prompt = tuple([1000 + g] * rng.randint(3, 30))
+        answers = [tuple([a + 1] * rng.randint(1, 40)) for a in range(k)]
+        out += [EncodedPair(prompt, answers[i], answers[j]) for i in range(k) for j in range(i + 1, k)]
+    rng.shuffle(out)
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 8])
+def test_epoch_batches_keep_rankings_together_and_the_pairwise_shape(batch_size):
+    enc = synthetic_rankings(30)
     lengths = [p.length for p in enc]
     groups = prompt_groups(enc)
+    assert len(groups) == 30
     singletons = [[i] for i in range(len(enc))]
+
+    def rows(batches):
+        return sum(len(answer_groups([enc[i] for i in b]).answers) for b in batches)
+
     for epoch in range(3):
-        plain = epoch_batches(lengths, 3, 7, epoch)
-        assert epoch_batches(lengths, 3, 7, epoch, singletons) == plain  # groups of one: the pairwise batches
-        grouped = epoch_batches(lengths, 3, 7, epoch, groups)
+        plain = epoch_batches(lengths, batch_size, 7, epoch)
+        assert epoch_batches(lengths, batch_size, 7, epoch, singletons) == plain  # groups of one: as before
+        grouped = epoch_batches(lengths, batch_size, 7, epoch, groups)
         assert sorted(len(b) for b in grouped) == sorted(len(b) for b in plain)  # same pairs per micro-batch
         assert sorted(i for b in grouped for i in b) == list(range(len(enc)))
-        rows = sum(len(answer_groups([enc[i] for i in b]).answers) for b in grouped)
-        assert rows < sum(len(answer_groups([enc[i] for i in b]).answers) for b in plain)
-        assert rows < 2 * len(enc)
+        where = {i: n for n, b in enumerate(grouped) for i in b}
+        for g in groups:  # a ranking's pairs lie side by side: at most one batch more than they fill
+            assert len({where[i] for i in g}) <= math.ceil(len(g) / batch_size) + 1
+        # a batch of b pairs from one ranking touches ~sqrt(2b) + 1 answers, not 2b
+        assert rows(grouped) < {2: 0.85, 4: 0.8, 8: 0.65}[batch_size] * rows(plain), (rows(grouped), rows(plain))
 
 
 def test_held_out_split_never_cuts_a_ranking():
@@ -256,7 +279,7 @@ def test_a_grouped_run_has_the_pairwise_losses(tiny_model_dir, tmp_path, monkeyp
     for a, b in zip(grouped, pairwise):
         for name in ("loss", "rewards_accuracies", "rewards_margins", "logps_chosen", "logps_rejected", "grad_norm"):
             assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-4, abs=1e-5), (a.step, name)
-    assert grouped[-1].loss < grouped[0].loss
+    assert len({round(s.loss, 6) for s in grouped}) == 4  # the steps moved the policy
 
 
 def test_on_pairs_of_distinct_prompts_the_switch_changes_nothing(tiny_model_dir, tmp_path, monkeypatch):

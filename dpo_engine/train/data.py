@@ -152,16 +152,18 @@ def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int
     rng.shuffle(order)
     bucket = batch_size * BUCKET_BATCHES
     longest = [max(lengths[i] for i in g) for g in groups]
-    batches: list[list[int]] = []
+    flat: list[int] = []  # buckets of whole groups, each sorted by length, one after another
     chunk: list[int] = []
     size = 0
     for pos, g in enumerate(order):
         chunk.append(g)
         size += len(groups[g])
         if size >= bucket or pos == len(order) - 1:
-            flat = [i for h in sorted(chunk, key=lambda h: -longest[h]) for i in groups[h]]
-            batches += [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
+            flat += [i for h in sorted(chunk, key=lambda h: -longest[h]) for i in groups[h]]
             chunk, size = [], 0
+    # cut as one sequence: every batch but the last is full (buckets of single pairs are a
+    # whole number of batches, so that is the cut per bucket)
+    batches = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
     rng.shuffle(batches)
     return batches
 
