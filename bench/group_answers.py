@@ -1,6 +1,6 @@
 """Rankings cost their answers, not their pairs: grouped vs pairwise, side by side in one process.
 
-    .venv/bin/python bench/group_answers.py --steps 4
+    .venv/bin/python bench/group_answers.py --steps 6 --threads 1
 
 Ranking data as the app makes it: rankings of k = 4 (8 rankings, 48 pairs) and k = 8 (2
 rankings, 56 pairs) on the default model (SmolLM2-135M-Instruct, fp32 weights, precision
@@ -13,7 +13,7 @@ pairs of a ranking. For each k:
 - training steps (batch 8 pairs, grad_accum 1, the trainer's `run_step` with AdamW at lr 0:
   the whole step's cost, the weights unchanged so that every variant sees the same model), three
   variants interleaved step by step, the order rotating, so a machine shared with other
-  jobs slows all alike:
+  jobs slows all alike (after one untimed warm-up step of each):
     pairwise   today's path: pairwise batches (length-bucketed pairs), each pair's answers run
     grouped-batches  the grouped batch order, computed pair by pair (isolates the batching)
     grouped    the grouped batch order, each distinct prompt and answer once (the new default)
@@ -62,7 +62,8 @@ def make_rankings(tokenizer, k: int, n: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per variant and k (at most an epoch)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on a shared machine)")
     parser.add_argument("--model", default="default")
     args = parser.parse_args()
 
@@ -81,6 +82,7 @@ def main() -> None:
 
     quiet_transformers()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     before = _uptime()
     auto = pick_device("cpu", "auto")
     loaded = load_model(args.model, pick_device("cpu", "float32"))
@@ -119,6 +121,9 @@ def main() -> None:
         rows = {name: 0 for name in names}
         losses = {name: [] for name in names}
         steps = min(args.steps, len(plans["pairwise"][0]))
+        for name in names:  # warm-up, not timed: first-call costs (allocator, kernels) out of the figures
+            batches, grouped = plans[name]
+            run_step(model, optimizer, [batches[-1]], enc, ref["pairwise"], ctx(grouped), 1.0, 0, list(range(len(enc))))
         for s in range(steps):
             for name in names[s % 3:] + names[: s % 3]:
                 batches, grouped = plans[name]
@@ -135,7 +140,7 @@ def main() -> None:
     import torch as _t
 
     print("\n".join([
-        f"`bench/group_answers.py --steps {args.steps}`: torch {_t.__version__}, {_t.get_num_threads()} threads, "
+        f"`bench/group_answers.py --steps {args.steps} --threads {args.threads}`: torch {_t.__version__}, {_t.get_num_threads()} threads, "
         f"model {args.model}, precision auto = {auto.dtype}, batch {BATCH} pairs per step (grad_accum 1), "
         f"reference batch {REF_BATCH} pairs.", "", f"Machine before: {before}", "", f"Machine after: {_uptime()}", "",
         *sections]))

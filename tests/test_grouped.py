@@ -17,7 +17,7 @@ from dpo_engine.ranking import ranking_pairs
 from dpo_engine.train import loop
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.data import epoch_batches, pair_groups, prepare_data, split_eval
-from dpo_engine.train.events import StepEvent, TrainSummary
+from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
 from dpo_engine.train.groups import answer_groups, grouped_logps, prompt_groups, scoring_batches
 from dpo_engine.train.step import StepContext, run_step, score_pairs
 from dpo_engine.train.loop import load_run_config, run_training, train
@@ -256,9 +256,11 @@ def _config(tiny_model_dir, out, **kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-def _steps(cfg, pairs, **kw):
+def _steps(cfg, pairs, evals: list | None = None, **kw):
     events = list(train(cfg, pairs, **kw))
     assert isinstance(events[-1], TrainSummary) and events[-1].status == "finished", events[-1]
+    if evals is not None:
+        evals += [e for e in events if isinstance(e, EvalEvent)]
     return [e for e in events if isinstance(e, StepEvent)]
 
 
@@ -270,16 +272,23 @@ def _pairwise_compute(monkeypatch):
 
 def test_a_grouped_run_has_the_pairwise_losses(tiny_model_dir, tmp_path, monkeypatch):
     pairs = ranking_data() + ranking_data(seed=1)
-    grouped = _steps(_config(tiny_model_dir, tmp_path / "grouped", eval_fraction=0.2), pairs)
+    evals: tuple[list, list] = ([], [])
+    grouped = _steps(_config(tiny_model_dir, tmp_path / "grouped", eval_fraction=0.2, eval_every=2), pairs, evals[0])
     monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache-2"))  # the reference scored again, pairwise
     with monkeypatch.context() as m:
         _pairwise_compute(m)
-        pairwise = _steps(_config(tiny_model_dir, tmp_path / "pairwise", eval_fraction=0.2), pairs)
+        pairwise = _steps(_config(tiny_model_dir, tmp_path / "pairwise", eval_fraction=0.2, eval_every=2), pairs,
+                          evals[1])
     assert len(grouped) == len(pairwise) == 4
     for a, b in zip(grouped, pairwise):
         for name in ("loss", "rewards_accuracies", "rewards_margins", "logps_chosen", "logps_rejected", "grad_norm"):
             assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-4, abs=1e-5), (a.step, name)
     assert len({round(s.loss, 6) for s in grouped}) == 4  # the steps moved the policy
+    assert [e.step for e in evals[0]] == [e.step for e in evals[1]] == [2, 4]
+    for a, b in zip(*evals):  # the held-out pass (grouped scoring) too
+        assert a.num_pairs == b.num_pairs > 0
+        for name in ("loss", "rewards_accuracies", "rewards_margins", "logps_chosen", "logps_rejected"):
+            assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-4, abs=1e-5), (a.step, name)
 
 
 def test_on_pairs_of_distinct_prompts_the_switch_changes_nothing(tiny_model_dir, tmp_path, monkeypatch):
