@@ -147,8 +147,9 @@ def test_grouped_logps_equal_pairwise_and_run_each_answer_once(tiny_loaded, enco
 
 
 def test_reference_logps_are_the_pairwise_ones(tiny_loaded, encoded):
-    model = tiny_loaded.model
+    model = tiny_loaded.model  # shared by the session's tests: leave it in the mode it came in
     _, enc = encoded
+    was_training = model.training
     model.eval()
     try:
         pairwise = drain(score_pairs(model, enc, _ctx(tiny_loaded, False), 2))
@@ -160,7 +161,7 @@ def test_reference_logps_are_the_pairwise_ones(tiny_loaded, encoded):
         except StopIteration as stop:
             grouped = stop.value
     finally:
-        model.train()
+        model.train(was_training)
     assert progress[-1] == len(enc) and progress == sorted(progress)
     for a, b in zip(pairwise, grouped):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5)
