@@ -13,7 +13,7 @@ with gradients on; wrap it in `torch.no_grad()` for the reference or for eval.
 Public API:
     batch_logps(model, batch) -> BatchLogps(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
     sequence_logps(model, input_ids, attention_mask, response_mask) -> (logps, tokens)   all rows
-    score_pairs(forward, pairs, batch_size) -> generator: pairs done; returns the tensors in input order
+    score_pairs(forward, pairs, batch_size, batches=None) -> generator: pairs done; returns the tensors in input order
         the one no-grad scoring loop: the trainer's reference pass and eval, held-out summaries and
         `dpo-engine eval` each give it their `forward(batch)` (which model(s), which precision)
 """
@@ -115,14 +115,17 @@ def batch_logps(model, batch: Batch) -> BatchLogps:
 
 @torch.no_grad()  # on a generator function torch re-enters no-grad at each resume, never leaking it
 def score_pairs(forward: Callable[[Sequence[EncodedPair]], Sequence[torch.Tensor]], pairs: Sequence[EncodedPair],
-                batch_size: int) -> Generator[int, None, tuple[torch.Tensor, ...]]:
+                batch_size: int, batches: Sequence[Sequence[int]] | None = None
+                ) -> Generator[int, None, tuple[torch.Tensor, ...]]:
     """Run `forward` over `pairs` without gradients, pairs of similar length batched together
     (`encoding.length_batches`: little padding); yields the number of pairs done after each
     batch (a safe point to report progress or cancel) and returns each tensor `forward`
-    gives, (N,) per field, in input order on the CPU (floating ones as fp32)."""
+    gives, (N,) per field, in input order on the CPU (floating ones as fp32). `batches` (pair
+    indices covering every pair once) replaces the length batches: the trainer's grouped
+    scoring packs whole rankings (`train.groups.scoring_batches`)."""
     out: list[torch.Tensor] = []
     done = 0
-    for idx in length_batches(pairs, batch_size):
+    for idx in (length_batches(pairs, batch_size) if batches is None else batches):
         result = forward([pairs[i] for i in idx])
         if not out:
             out = [torch.empty(len(pairs), dtype=torch.float32 if t.is_floating_point() else t.dtype)

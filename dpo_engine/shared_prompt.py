@@ -1,7 +1,9 @@
 """Response log-probs with each pair's prompt run once, its keys/values reused by both answers.
 
 Chosen and rejected share their prompt, so the concatenated forward of `logps.batch_logps`
-computes the prompt twice. Here the prompt rows (B, P) run once with a KV cache; the
+computes the prompt twice. `answer_logps` is the general pass: P prompts, each with any
+number of answers (a ranking's k answers run over one prompt pass); the pairwise pass is
+its case of two answers per prompt. Here the prompt rows (B, P) run once with a KV cache; the
 cache is repeated to 2B rows (a differentiable `repeat_interleave`, so gradients of both
 answers flow back into the one prompt pass); then the 2B answers run on top of it:
 
@@ -46,32 +48,53 @@ def shared_prompt_logps(model, pairs: Sequence[EncodedPair], pad_id: int, device
     Matches `logps.batch_logps` on the same pairs up to float rounding.
     """
     assert pairs and all(p.prompt_ids and p.chosen_ids and p.rejected_ids for p in pairs)
+    answers = [a for p in pairs for a in (p.chosen_ids, p.rejected_ids)]  # interleaved: c0, r0, c1, r1, ...
+    owners = [i for i in range(len(pairs)) for _ in range(2)]
+    logps, tokens = answer_logps(model, [p.prompt_ids for p in pairs], owners, answers, pad_id, device)
+    return BatchLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
+
+
+def answer_logps(model, prompts: Sequence[Sequence[int]], owners: Sequence[int], answers: Sequence[Sequence[int]],
+                 pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs and token counts of A answers, each (A,), every prompt run once.
+
+    Args:
+        prompts: P prompts' token ids.
+        owners: A indices into `prompts`: answer a continues prompts[owners[a]].
+        answers: A answers' token ids (the scored tokens).
+
+    The pairwise pass is the case of two answers per prompt; a ranking of k answers runs its
+    prompt once and each of its answers once (the cache rows are gathered per answer, a
+    differentiable index, so every answer's gradient flows back into its one prompt pass).
+    """
+    assert prompts and answers and len(owners) == len(answers)
+    assert all(prompts) and all(answers)
     device = device or next(model.parameters()).device
     lm = _causal_lm(model)
-    prompt_ids, prompt_mask = (t.to(device) for t in _right_pad([p.prompt_ids for p in pairs], pad_id))
-    answers = [a for p in pairs for a in (p.chosen_ids, p.rejected_ids)]  # interleaved: c0, r0, c1, r1, ...
+    prompt_ids, prompt_mask = (t.to(device) for t in _right_pad(prompts, pad_id))
     answer_ids, answer_mask = (t.to(device) for t in _right_pad(answers, pad_id))
-    prompt_len = prompt_mask.sum(dim=1)  # (B,)
+    owner = torch.tensor(owners, dtype=torch.long, device=device)  # (A,)
+    prompt_len = prompt_mask.sum(dim=1)  # (P,)
 
     out, cache = forward_with_cache(lm.base_model, None, input_ids=prompt_ids, attention_mask=prompt_mask)
-    prompt_hidden = out.last_hidden_state  # (B, P, H)
-    cache.batch_repeat_interleave(2)  # (B, ...) -> (2B, ...): row i serves rows 2i and 2i+1
-    rows_len = prompt_len.repeat_interleave(2)  # (2B,)
+    prompt_hidden = out.last_hidden_state  # (P, T, H)
+    if owners != list(range(len(prompts))):
+        cache.batch_select_indices(owner)  # (P, ...) -> (A, ...): row a serves answer a
+    rows_len = prompt_len[owner]  # (A,)
     positions = rows_len[:, None] + torch.arange(answer_ids.shape[1], device=device)[None, :]
-    full_mask = torch.cat([prompt_mask.repeat_interleave(2, dim=0), answer_mask], dim=1)
+    full_mask = torch.cat([prompt_mask[owner], answer_mask], dim=1)
     out, _ = forward_with_cache(lm.base_model, cache, input_ids=answer_ids, attention_mask=full_mask,
                                 position_ids=positions)
-    answer_hidden = out.last_hidden_state  # (2B, L, H)
+    answer_hidden = out.last_hidden_state  # (A, L, H)
 
     # The first answer token is predicted by the last real prompt position; the others by
     # the answer position before them.
-    first = prompt_hidden[torch.arange(len(pairs), device=device), prompt_len - 1].repeat_interleave(2, dim=0)
-    scored = answer_mask[:, 1:].bool()  # (2B, L-1)
-    hidden = torch.cat([first, answer_hidden[:, :-1][scored]])  # (2B + N, H)
+    first = prompt_hidden[owner, prompt_len[owner] - 1]  # (A, H)
+    scored = answer_mask[:, 1:].bool()  # (A, L-1)
+    hidden = torch.cat([first, answer_hidden[:, :-1][scored]])  # (A + N, H)
     targets = torch.cat([answer_ids[:, 0], answer_ids[:, 1:][scored]])
-    rows = torch.cat([torch.arange(2 * len(pairs), device=device), scored.nonzero(as_tuple=True)[0]])
-    logits = _head_logits(lm, hidden)  # (2B + N, V) fp32
-    logps = torch.zeros(2 * len(pairs), dtype=torch.float32, device=device).index_add(0, rows,
-                                                                                      token_logps(logits, targets))
-    tokens = answer_mask.sum(dim=1)
-    return BatchLogps(logps[0::2], logps[1::2], tokens[0::2], tokens[1::2])
+    rows = torch.cat([torch.arange(len(answers), device=device), scored.nonzero(as_tuple=True)[0]])
+    logits = _head_logits(lm, hidden)  # (A + N, V) fp32
+    logps = torch.zeros(len(answers), dtype=torch.float32, device=device).index_add(0, rows,
+                                                                                   token_logps(logits, targets))
+    return logps, answer_mask.sum(dim=1)

@@ -95,6 +95,9 @@ class TrainConfig:
                                  "with native bf16: 2.3x per step here), else fp32; weights and optimizer state "
                                  "stay fp32 (dpo_engine.devices).")
     share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")
+    group_answers: bool = setting(True, "Pairs sharing a prompt (a ranking's) are batched together, and each "
+                                        "distinct prompt and answer runs once, not once per pair: the same numbers, "
+                                        "a ranking of k answers costs k sequences, not k(k-1).")
     extra: dict = field(default_factory=dict, compare=False)  # free-form notes stored with the run
 
     def __post_init__(self):
@@ -120,6 +123,7 @@ class TrainConfig:
             data["lora"] = LoraSettings(**lora)
         if "weight_rankings" not in data and isinstance(data.get("extra"), dict):  # runs before the field
             data["weight_rankings"] = bool(data["extra"].get("weight_rankings", False))
+        data.setdefault("group_answers", False)  # runs before the field: their batches were pairwise
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 

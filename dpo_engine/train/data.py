@@ -46,15 +46,42 @@ class RunData:
         return h.hexdigest()
 
 
-def split_eval(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+def split_eval(n: int, fraction: float, seed: int,
+               groups: Sequence[Sequence[int]] | None = None) -> tuple[list[int], list[int]]:
     """(train indices, eval indices) of n pairs; eval gets round(n * fraction), at least 1
-    if fraction > 0, unless that would leave fewer than MIN_TRAIN_PAIRS to train on."""
-    order = list(range(n))
+    if fraction > 0, unless that would leave fewer than MIN_TRAIN_PAIRS to train on.
+
+    `groups` (pair indices sharing a prompt, covering all n) keeps each group on one side:
+    whole groups are held out until they reach that count. Without it every pair is its own
+    group (the same split as groups of one).
+    """
+    groups = [[i] for i in range(n)] if groups is None else [list(g) for g in groups]
+    assert sorted(i for g in groups for i in g) == list(range(n))
+    order = list(range(len(groups)))
     random.Random(seed).shuffle(order)
-    n_eval = max(1, round(n * fraction)) if fraction > 0 else 0
-    if n - n_eval < MIN_TRAIN_PAIRS:
-        n_eval = 0
-    return sorted(order[n_eval:]), sorted(order[:n_eval])
+    target = max(1, round(n * fraction)) if fraction > 0 else 0
+    held: list[int] = []
+    for g in order:
+        if len(held) >= target:
+            break
+        held += groups[g]
+    if n - len(held) < MIN_TRAIN_PAIRS:
+        held = []
+    held_set = set(held)
+    return [i for i in range(n) if i not in held_set], sorted(held)
+
+
+def prompt_key(pair: PreferencePair):
+    """What makes pairs one group: the same prompt (text, or the conversation's turns)."""
+    return pair.prompt
+
+
+def pair_groups(pairs: Sequence[PreferencePair]) -> list[list[int]]:
+    """Pair indices grouped by identical prompt, in first-appearance order."""
+    groups: dict = {}
+    for i, p in enumerate(pairs):
+        groups.setdefault(prompt_key(p), []).append(i)
+    return list(groups.values())
 
 
 def _reasons(skipped: list[tuple[int, str]], limit: int = 3) -> str:
@@ -68,7 +95,8 @@ def prepare_data(
 ) -> RunData:
     """Encode and split; DataError if too few pairs are left to train on."""
     if eval_pairs is None:
-        train_idx, eval_idx = split_eval(len(pairs), config.eval_fraction, config.seed)
+        groups = pair_groups(pairs) if config.group_answers else None  # a ranking never on both sides
+        train_idx, eval_idx = split_eval(len(pairs), config.eval_fraction, config.seed, groups)
         eval_source = pairs
     else:
         train_idx, eval_idx, eval_source = list(range(len(pairs))), list(range(len(eval_pairs))), eval_pairs
@@ -104,20 +132,38 @@ def loss_weights(weights: Sequence[float]) -> tuple[float, ...]:
     return tuple(w / mean for w in weights)
 
 
-def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+def epoch_batches(lengths: Sequence[int], batch_size: int, seed: int, epoch: int,
+                  groups: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
     """Length-bucketed micro-batches for one epoch, a pure function of (seed, epoch).
 
     Shuffle, cut into buckets of BUCKET_BATCHES batches, sort each bucket by length (so a
     batch holds pairs of similar length and little padding), then shuffle the batches.
+
+    `groups` (train-pair indices sharing a prompt, each in its sharing order: `train.groups.
+    prompt_groups`) are shuffled and sorted as units and laid out whole, one after another,
+    before the cut into batches of batch_size pairs: a micro-batch then holds few prompts and
+    answers (a ranking's pairs side by side), while the pairs per micro-batch, the batches
+    per epoch and so the steps stay those of the pairwise order. Groups of one pair give
+    exactly the pairwise batches.
     """
+    groups = [[i] for i in range(len(lengths))] if groups is None else groups
     rng = random.Random(f"{seed}/{epoch}")
-    order = list(range(len(lengths)))
+    order = list(range(len(groups)))
     rng.shuffle(order)
     bucket = batch_size * BUCKET_BATCHES
-    batches = []
-    for start in range(0, len(order), bucket):
-        chunk = sorted(order[start : start + bucket], key=lambda i: -lengths[i])
-        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    longest = [max(lengths[i] for i in g) for g in groups]
+    flat: list[int] = []  # buckets of whole groups, each sorted by length, one after another
+    chunk: list[int] = []
+    size = 0
+    for pos, g in enumerate(order):
+        chunk.append(g)
+        size += len(groups[g])
+        if size >= bucket or pos == len(order) - 1:
+            flat += [i for h in sorted(chunk, key=lambda h: -longest[h]) for i in groups[h]]
+            chunk, size = [], 0
+    # cut as one sequence: every batch but the last is full (buckets of single pairs are a
+    # whole number of batches, so that is the cut per bucket)
+    batches = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
     rng.shuffle(batches)
     return batches
 
@@ -128,12 +174,12 @@ def steps_per_epoch(n_pairs: int, batch_size: int, grad_accum: int) -> int:
 
 
 def step_batches(lengths: Sequence[int], config: TrainConfig, epoch: int, step_in_epoch: int,
-                 processes: int = 1) -> list[list[int]]:
+                 processes: int = 1, groups: Sequence[Sequence[int]] | None = None) -> list[list[int]]:
     """The micro-batches (train-pair indices) of one optimizer step.
 
     With several processes these are the global micro-batches of batch_size x processes
     pairs, the very ones one process with that batch size trains on; each rank takes a share.
     """
-    batches = epoch_batches(lengths, config.batch_size * processes, config.seed, epoch)
+    batches = epoch_batches(lengths, config.batch_size * processes, config.seed, epoch, groups)
     start = step_in_epoch * config.grad_accum
     return batches[start : start + config.grad_accum]

@@ -36,6 +36,7 @@ from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per_epoch
 from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
+from dpo_engine.train.groups import prompt_groups
 from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_device, write_model_files
 from dpo_engine.train.step import StepContext, evaluate, pair_logps, pair_tokens, run_step
 
@@ -77,6 +78,11 @@ class _Run:
     def weights(self) -> torch.Tensor | None:
         """The train pairs' loss weights (mean 1), or None when all count the same."""
         return torch.tensor(self.data.train_weights) if self.data.train_weights else None
+
+    @functools.cached_property
+    def groups(self) -> list[list[int]] | None:
+        """The train pairs by prompt (`train.groups.prompt_groups`) when answers are grouped."""
+        return prompt_groups(self.data.train) if self.config.group_answers else None
 
 
 def _stop_requested(stop: StopFlag) -> bool:
@@ -171,7 +177,7 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     device, compute = training_device(config, dist.device_name, ran)  # fp32 weights; the forward's precision
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
-                      compute.autocast)
+                      compute.autocast, group_answers=config.group_answers)
     precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
     how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
     yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
@@ -235,7 +241,7 @@ def _one_step(run: _Run) -> StepEvent:
     """Train one optimizer step and advance the data position."""
     c, data = run.config, run.data
     lengths = [p.length for p in data.train]
-    batches = step_batches(lengths, c, run.epoch, run.step_in_epoch, run.dist.world)
+    batches = step_batches(lengths, c, run.epoch, run.step_in_epoch, run.dist.world, run.groups)
     lr = run.optimizer.param_groups[0]["lr"]
     started = time.perf_counter()
     metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,

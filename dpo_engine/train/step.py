@@ -18,6 +18,7 @@ from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
 from dpo_engine.losses import LossParams, compute_metrics, get_loss
 from dpo_engine.shared_prompt import shared_prompt_logps
 from dpo_engine.train.distributed import LOCAL
+from dpo_engine.train.groups import grouped_logps, scoring_batches
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class StepContext:
     share_prompt: bool  # prompt once with its KV reused (off under gradient checkpointing)
     autocast: Callable[[], object]  # a fresh autocast (or null) context per forward
     scorer: Callable | None = None  # under accelerate: the wrapped model's forward(pairs); else None
+    group_answers: bool = False  # each distinct prompt and answer of a batch once (`train.groups`)
 
 
 def pair_logps(model, pairs: Sequence[EncodedPair], ctx: StepContext) -> BatchLogps:
@@ -38,6 +40,8 @@ def pair_logps(model, pairs: Sequence[EncodedPair], ctx: StepContext) -> BatchLo
     if ctx.scorer is not None:
         return ctx.scorer(pairs)  # through DDP/FSDP/DeepSpeed, which call back here without it
     with ctx.autocast():
+        if ctx.group_answers:
+            return grouped_logps(model, pairs, ctx.pad_id, ctx.device, ctx.share_prompt)
         if ctx.share_prompt:
             return shared_prompt_logps(model, pairs, ctx.pad_id, ctx.device)
         return batch_logps(model, collate(pairs, ctx.pad_id).to(ctx.device))
@@ -126,7 +130,8 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
 def score_pairs(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
     """Policy log-probs of many pairs without gradients (the reference pass, eval): yields pairs
     done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`)."""
-    result = yield from score_all(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size)
+    batches = scoring_batches(pairs, batch_size) if ctx.group_answers else None
+    result = yield from score_all(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size, batches)
     return result[0], result[1]
 
 
