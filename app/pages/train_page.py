@@ -197,6 +197,7 @@ class TrainPage(QWidget):
         self.fields["reference"] = ref
         pick = self._named(QPushButton("…"), "adv_reference_pick", "Choose the reference model")
         pick.setToolTip("Choose the reference model from the models on this machine")
+        pick.setFixedWidth(pick.fontMetrics().horizontalAdvance("…") + 24)  # a small button; the path gets the room
         pick.clicked.connect(self._on_reference_pick_clicked)
         row = QWidget()
         line = QHBoxLayout(row)
