@@ -7,6 +7,8 @@ the controller makes a `Round` with one model ref per side; `sample_round` submi
 streaming jobs and applies their events to the round, side by side; the person's verdict
 (one of `dpo_engine.store.schema.VERDICTS`) is committed to the project file. The
 controllers (`label_controller`, `compare_controller`) wire these to their signals.
+`sample_rounds` writes several rounds at once (Label's queue of prompts sampled ahead): one
+batched job per model, each round done as soon as its own answers are.
 
 This module imports no Qt: the sampler reaches the worker through `RoundHost` and the job
 handles it returns (`.yielded/.returned/.failed.connect`, `.cancel()`, `.cancelled`), so
@@ -16,7 +18,7 @@ all of it runs in tests against a mocked host.
 from __future__ import annotations
 
 import random
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol
 
@@ -305,8 +307,7 @@ def sample_rounds(host: RoundHost, rnds: list[Round], on_token: Callable[[Round,
         for k, share in shares.items():
             rnds[k].jobs.append(share)
         job.yielded.connect(lambda ev, sh=shares: _apply_row(rnds[ev.round], sh[ev.round], ev, on_token, on_done))
-        job.failed.connect(lambda msg, sh=shares: [_live(rnds[k], sh[k]) and _apply_failure(rnds[k], msg, on_failed)
-                                                   for k in sh])
+        job.failed.connect(lambda msg, sh=shares: _apply_batch_failure(rnds, sh, msg, on_failed))
 
 
 @dataclass(frozen=True)
@@ -340,9 +341,7 @@ class _Share:
 def _write_rows(loaded, prompts: list, settings: GenerationSettings, rows: list[tuple[int, int]]):
     """On the worker: one batched call for the rows [(round, side)]; each event labelled by
     its round and side, and a round reported complete when its last row here ends."""
-    left = {}
-    for k, _ in rows:
-        left[k] = left.get(k, 0) + 1
+    left = Counter(k for k, _ in rows)  # rows still being written, per round
     ended: dict[int, dict] = {}
     stream = stream_generate_batch(loaded.model, loaded.tokenizer, prompts, settings)
     for ev in stream:
@@ -363,6 +362,12 @@ def _apply_row(rnd: Round, share: _Share, ev: RowEvent, on_token, on_done) -> No
         _apply_token(rnd, ev.token, on_token)
     else:
         _apply_result(rnd, ev.done, on_done)
+
+
+def _apply_batch_failure(rnds: list[Round], shares: dict[int, _Share], msg: str, on_failed) -> None:
+    for k, share in shares.items():
+        if _live(rnds[k], share):
+            _apply_failure(rnds[k], msg, on_failed)
 
 
 def _live(rnd: Round, job) -> bool:
