@@ -487,27 +487,30 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
     assert (s["wins"], s["losses"], s["votes"], s["rounds"]) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
 
 
-def test_label_samples_the_queue_in_one_batch_and_tops_it_up_when_that_batch_is_written(qapp, fresh_db, monkeypatch):
+def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp, fresh_db, monkeypatch):
     from app.controllers.label_controller import LabelController
 
     calls = []
     answers = [[f"answer {i} {side}" for i in range(8) for side in ("left", "right")]] * 5
     monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
     monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
-    for i in range(10):
+    for i in range(12):
         fresh_db.add_prompt(f"Prompt {i}", "import")
     host = make_host(fresh_db)
-    controller = LabelController(host, prefetch=3, seed=0)
+    controller = LabelController(host, prefetch=4, seed=0)
     controller.start()
-    # the pair to show now is sampled alone; the three queued ones in one batch of 6 answers
-    assert len(host.jobs) == 2 and len(controller.queue) == 3
+    # the pair to show now is sampled alone; the four queued ones in one batch of 8 answers
+    assert len(host.jobs) == 2 and len(controller.queue) == 4
     run_all(host)
-    assert len(calls) == 1 and len(calls[0][1]) == 6
-    assert all(p.done for p in controller.queue)
-    assert controller.judge("left") and len(host.jobs) == 1  # one place free: sampled at once (nothing in flight)
-    assert controller.judge("right") and controller.judge("tie")
-    assert len(host.jobs) == 1  # ... the next places wait for that pair, then go in one batch
+    assert [len(prompts) for _, prompts, _ in calls] == [8] and all(p.done for p in controller.queue)
+    assert controller.judge("left") and not host.jobs  # one place free, three ready: wait for more places
+    assert controller.judge("right") and len(host.jobs) == 1  # half the queue free: one batch for both
+    assert controller.judge("tie") and len(host.jobs) == 1  # a batch is being written: the next one waits
     run_all(host)
-    assert len(calls) == 2 and len(calls[1][1]) == 4  # the two places freed meanwhile, in one batch
+    assert [len(prompts) for _, prompts, _ in calls] == [8, 4]
     assert len(controller.queue) == 3 and all(p.done for p in controller.queue)
-    assert len({p.prompt_id for p in [controller.current, *controller.queue]}) == 4
+    assert controller.judge("left") and len(host.jobs) == 1  # half free again
+    run_all(host)
+    assert [len(prompts) for _, prompts, _ in calls] == [8, 4, 4]
+    shown = [controller.current, *controller.queue]
+    assert len(shown) == 5 and len({p.prompt_id for p in shown}) == 5

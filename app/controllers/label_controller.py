@@ -112,8 +112,10 @@ class LabelController(QObject):
         """Keep one current pair and `prefetch` more queued or being sampled.
 
         A pair needed now (nothing to show) is sampled alone. The queue is topped up in one
-        batch, and only once the pairs queued before are written: each verdict frees one
-        place, and sampling those places one by one would cost a whole batch each."""
+        batch, once the pairs queued before are written, and only when at least half of it
+        is free or fewer than half are ready: each verdict frees one place, and a batch
+        costs about the same whatever its size, so places filled one or two at a time
+        would leave the sampler behind the person."""
         if self.current is None and not self.queue:
             pair = self._new_pair()
             if pair is None:
@@ -123,8 +125,12 @@ class LabelController(QObject):
             self._show(pair)
         if any(not p.done and not p.error for p in self.queue):
             return  # a batch is being written: top up when it is
+        free = 1 + self.prefetch - len(self.queue) - (self.current is not None)
+        half = (self.prefetch + 1) // 2
+        if free < half and len(self.queue) >= half:
+            return  # enough ready to read meanwhile: wait for a bigger batch
         batch = []
-        while len(self.queue) + (self.current is not None) < 1 + self.prefetch:
+        for _ in range(free):
             pair = self._new_pair()
             if pair is None:
                 break
