@@ -9,6 +9,8 @@ measures the wait until the next prompt's answers are complete on screen (0 when
 already were), and reports p50/p95 of that wait and verdicts per minute (from the first
 ready pair to the last verdict's next ready pair). The first pair's time after start
 (model load and the first sampling) is reported apart; it is not a wait after a verdict.
+The first verdict's wait is the start-up batch (the whole queue sampled at once), so the
+same figures are also given without it ("steady").
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --think 2 4 8 --verdicts 30
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --mode ranking --think 4
@@ -88,6 +90,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
     first_ready = wait_ready(None)
     waits, loads = [], [os.getloadavg()[0]]
     ready = first_ready
+    readies = []
     for _ in range(verdicts):
         pump(app, think)
         judged = c.current
@@ -97,6 +100,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
             QTest.keyClick(page, key)
         assert c.current is not judged, "the verdict was not taken"
         ready = wait_ready(judged)
+        readies.append(ready)
         waits.append(max(0.0, ready - pressed))
     loads.append(os.getloadavg()[0])
     labeled = c.progress()["session"]
@@ -114,6 +118,10 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         "wait_max_s": round(max(waits), 2),
         "waits_s": [round(w, 2) for w in waits],
         "verdicts_per_min": round(60 * verdicts / (ready - first_ready), 2),
+        # without the first verdict, whose wait is the start-up batch (the whole queue at once)
+        "steady_wait_p50_s": round(percentile(waits[1:], 50), 2) if verdicts > 1 else None,
+        "steady_wait_p95_s": round(percentile(waits[1:], 95), 2) if verdicts > 1 else None,
+        "steady_verdicts_per_min": round(60 * (verdicts - 1) / (ready - readies[0]), 2) if verdicts > 1 else None,
         "load_1min": [round(x, 2) for x in loads],
     }
 
@@ -152,7 +160,9 @@ def main(argv=None) -> int:
             f.write(json.dumps(row) + "\n")
         print(f"{row['label'] or '-'} {row['mode']} think {think:g}s: wait p50 {row['wait_p50_s']} s, "
               f"p95 {row['wait_p95_s']} s, {row['verdicts_per_min']} verdicts/min "
-              f"(first pair {row['first_pair_s']} s, load {row['load_1min']})", flush=True)
+              f"(first pair {row['first_pair_s']} s, load {row['load_1min']}); after the first verdict: "
+              f"p50 {row['steady_wait_p50_s']} s, p95 {row['steady_wait_p95_s']} s, "
+              f"{row['steady_verdicts_per_min']} verdicts/min", flush=True)
     return 0
 
 
