@@ -34,7 +34,7 @@ MODES = ("pairwise", "ranking")
 K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
 DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
-PREFETCH = 4  # prompts sampled ahead, as one batch: on a CPU 4 pairs cost about what 1 does (bench/labeling_pace.py)
+PREFETCH = 8  # pairs sampled ahead, in batches of 4+: at a 4 s verdict pace, 6 left the person waiting (bench/README.md)
 
 
 @dataclass
@@ -80,7 +80,7 @@ class LabelController(QObject):
     def __init__(self, ctx: RoundHost, prefetch: int = PREFETCH, seed: int | None = None):
         super().__init__()
         self.ctx = ctx
-        self.prefetch = prefetch  # pairs sampled ahead, in one batch (see PREFETCH)
+        self.prefetch = prefetch  # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers)
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
         self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
         self.mode = "pairwise"
@@ -125,8 +125,9 @@ class LabelController(QObject):
             self._show(pair)
         if any(not p.done and not p.error for p in self.queue):
             return  # a batch is being written: top up when it is
-        free = 1 + self.prefetch - len(self.queue) - (self.current is not None)
-        half = (self.prefetch + 1) // 2
+        ahead = self._ahead()
+        free = 1 + ahead - len(self.queue) - (self.current is not None)
+        half = (ahead + 1) // 2
         if free < half and len(self.queue) >= half:
             return  # enough ready to read meanwhile: wait for a bigger batch
         batch = []
@@ -138,6 +139,10 @@ class LabelController(QObject):
             batch.append(pair)
         if batch:
             self._sample(*batch)
+
+    def _ahead(self) -> int:
+        """Prompts to keep queued: `prefetch` pairs' worth of answers (a ranking of k writes k)."""
+        return self.prefetch if self.mode == "pairwise" else self.prefetch * 2 // self.k
 
     def _new_pair(self) -> PendingPair | None:
         prompt = self.prompts.next()
