@@ -10,8 +10,8 @@ Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch wo
 `rounds.sample_rounds`, streamed token by token. While the person reads the current prompt
 the next `prefetch` ones are already being sampled, all their answers in one batch (on a
 CPU, decoding 4 pairs costs about what 1 does), so a verdict shows the next prompt at once
-when it is ready. Every verdict or ranking is
-committed to the project file before the next prompt shows.
+when it is ready. Every verdict or ranking is committed to the project file before the
+next prompt shows.
 """
 
 from __future__ import annotations
