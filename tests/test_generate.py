@@ -100,3 +100,107 @@ def test_relabeled_stream_moves_events_to_their_sides_and_returns_the_result(tin
     result = drain(stream, lambda ev: seen.add(ev.index))
     assert seen <= {3, 1} and seen
     assert len(result.texts) == 2
+
+
+# ---------------------------------------------------------------------------- several prompts in one batch
+GREEDY = GenerationSettings(max_new_tokens=12, temperature=0)
+PROMPTS = ["hi", "a much longer prompt that needs a lot of left padding in the batch", "abc"]
+
+
+@pytest.fixture(scope="module")
+def lively(tiny_model_dir):
+    """The tiny model with its weights scaled up 3x: greedy answers then depend on the
+    prompt (the plain random one repeats a single token whatever it reads)."""
+    import torch
+
+    from dpo_engine.devices import pick_device
+    from dpo_engine.models import load_model
+
+    loaded = load_model(str(tiny_model_dir), pick_device("cpu"))
+    with torch.no_grad():
+        for p in loaded.model.parameters():
+            p.mul_(3)
+    return loaded
+
+
+def greedy_ids(loaded, prompt, n=12):
+    """transformers' own greedy decoding of `prompt` alone: the reference."""
+    import torch
+
+    from dpo_engine.generate import encode_prompt
+
+    ids = torch.tensor([encode_prompt(loaded.tokenizer, prompt)])
+    out = loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                eos_token_id=loaded.tokenizer.eos_token_id, pad_token_id=0)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def alone(loaded, prompt, settings=GREEDY):
+    return generate(loaded.model, loaded.tokenizer, prompt, 1, settings)
+
+
+def test_batched_greedy_rows_of_different_lengths_equal_each_prompt_alone(lively):
+    """Left padding, the attention mask and per-row position ids make each row's answer the
+    one its prompt gets alone; a prompt listed twice (its forward shared) gets it twice."""
+    from dpo_engine.generate import RowEnded, encode_prompt, stream_generate_batch
+
+    t = lively.tokenizer
+    prompts = PROMPTS + [PROMPTS[0], [{"role": "user", "content": "chat form"}]]
+    assert len({len(encode_prompt(t, p)) for p in prompts}) >= 3  # really different lengths
+    events = []
+    result = drain(stream_generate_batch(lively.model, t, prompts, GREEDY), events.append)
+    expected = [alone(lively, p) for p in prompts]
+    assert result.texts == [e.texts[0] for e in expected]
+    assert result.token_counts == [e.token_counts[0] for e in expected]
+    assert result.texts[0] == t.decode(greedy_ids(lively, prompts[0]), skip_special_tokens=True).strip()
+    assert len(set(result.texts)) == 4  # the answers really differ by prompt (row 3 repeats row 0)
+    streamed = {i: "" for i in range(len(prompts))}
+    for ev in events:
+        if isinstance(ev, TokenEvent):
+            streamed[ev.index] += ev.delta
+    # streamed text is the answer so far (a half multi-byte character waits for the final text)
+    assert all(result.texts[i].startswith(streamed[i].strip()) and streamed[i] for i in streamed)
+    ended = [ev for ev in events if isinstance(ev, RowEnded)]
+    assert sorted(ev.index for ev in ended) == list(range(len(prompts)))  # each row ends exactly once
+    assert all(ev.text == result.texts[ev.index] and ev.tokens == result.token_counts[ev.index] for ev in ended)
+
+
+def test_a_row_that_ends_early_stops_streaming_and_does_not_change_the_others(lively, monkeypatch):
+    """Make the third token of prompt 0's greedy answer an end-of-turn token: that row ends
+    after two tokens, the other rows still write exactly what they write alone."""
+    from dpo_engine.generate import RowEnded, stream_generate_batch
+
+    m, t = lively.model, lively.tokenizer
+    ids = greedy_ids(lively, PROMPTS[0])
+    stop = ids[2]
+    assert stop not in ids[:2]
+    assert all(stop not in greedy_ids(lively, p) for p in PROMPTS[1:]), "pick another token: another row stops too"
+    others = [alone(lively, p).texts[0] for p in PROMPTS[1:]]
+    monkeypatch.setattr(m.generation_config, "eos_token_id", [t.eos_token_id, stop])
+    events = []
+    result = drain(stream_generate_batch(m, t, PROMPTS, GREEDY), events.append)
+    assert result.texts[0] == t.decode(ids[:2], skip_special_tokens=True).strip()
+    assert result.token_counts[0] == 2 and result.finished[0]
+    assert result.texts[1:] == others and result.token_counts[1:] == [12, 12]
+    end0 = next(k for k, ev in enumerate(events) if isinstance(ev, RowEnded) and ev.index == 0)
+    assert not any(isinstance(ev, TokenEvent) and ev.index == 0 for ev in events[end0:])
+    assert any(isinstance(ev, TokenEvent) and ev.index != 0 for ev in events[end0:])  # the others went on
+
+
+def test_rows_stop_at_their_own_context_end(lively, monkeypatch):
+    """A long prompt is cut off where its context ends, a short one goes on to the cap."""
+    from dpo_engine.generate import encode_prompt, stream_generate_batch
+
+    t = lively.tokenizer
+    long_prompt = "x" * 60
+    monkeypatch.setattr(lively.model.config, "max_position_embeddings", len(encode_prompt(t, long_prompt)) + 3)
+    result = drain(stream_generate_batch(lively.model, t, [long_prompt, "hi"],
+                                         GenerationSettings(max_new_tokens=8, temperature=0)))
+    assert result.token_counts == [3, 8] and result.finished == [False, False]
+
+
+def test_batch_needs_a_prompt(tiny_loaded):
+    from dpo_engine.generate import stream_generate_batch
+
+    with pytest.raises(ConfigError, match="at least one prompt"):
+        drain(stream_generate_batch(tiny_loaded.model, tiny_loaded.tokenizer, [], GREEDY))

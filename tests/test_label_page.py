@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 
 import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
-from dpo_engine.generate import GenerationResult, TokenEvent
+from dpo_engine.generate import GenerationResult, RowEnded, TokenEvent
 from dpo_engine.store.project import open_project
 
 
@@ -41,6 +41,21 @@ def scripted_stream(texts_by_call, delay=0.0, ended=None):
     return fake
 
 
+def scripted_batch_stream():
+    """A stand-in for stream_generate_batch (the queue sampled ahead): distinct readable
+    answers, one per row, each row ended after its last word."""
+
+    def fake(model, tokenizer, prompts, settings=None):
+        texts = [f"queued {time.monotonic_ns()} {i}" for i in range(len(prompts))]
+        for i, text in enumerate(texts):
+            for step, word in enumerate(text.split(" ")):
+                yield TokenEvent(i, (" " if step else "") + word, step + 1)
+            yield RowEnded(i, text, 3, True)
+        return GenerationResult(texts, [3] * len(texts), [True] * len(texts))
+
+    return fake
+
+
 def wait_ready(qtbot, page, timeout=30_000):
     qtbot.waitUntil(lambda: page.controller.current is not None and page.controller.current.done, timeout=timeout)
 
@@ -53,6 +68,8 @@ def stored(ctx):
 def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, monkeypatch):
     ctx, win, page = label_window
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([]))  # distinct readable answers
+    monkeypatch.setattr(lc, "stream_generate_batch", scripted_batch_stream())  # ... for the queue too
+    page.controller._drop_queued()  # the tiny model's random bytes may hold a "\r" the pane shows as "\n"
     page.controller.regenerate()
     seen = []
     for key, verdict in [(Qt.Key.Key_1, "left"), (Qt.Key.Key_2, "right"), (Qt.Key.Key_3, "tie"),

@@ -21,8 +21,9 @@ from app.controllers.rounds import (
     RoundHost,
     VoteTally,
     sample_round,
+    sample_rounds,
 )
-from dpo_engine.generate import GenerationResult, GenerationSettings, TokenEvent
+from dpo_engine.generate import GenerationResult, GenerationSettings, RowEnded, TokenEvent
 from dpo_engine.starter import starter_prompts
 from dpo_engine.winrate import win_rate
 from tests.store_helpers import fresh_db  # noqa: F401
@@ -267,6 +268,97 @@ def test_a_failed_job_sets_the_error_and_reports_it(fresh_db, monkeypatch):
     on_failed.assert_called_once_with(rnd, "out of cheese")
 
 
+def scripted_batch(answers_by_call, calls=None):
+    """A stand-in for stream_generate_batch: row i writes answer i word by word, the rows
+    in step, and a row ends (RowEnded) after its last word, so short rows end first."""
+    answers = iter(answers_by_call)
+
+    def fake(model, tokenizer, prompts, settings=None):
+        if calls is not None:
+            calls.append((model, list(prompts), settings))
+        words = [t.split(" ") for t in list(next(answers))[:len(prompts)]]
+        for step in range(max(len(w) for w in words)):
+            for i, w in enumerate(words):
+                if step < len(w):
+                    yield TokenEvent(i, (" " if step else "") + w[step], step + 1)
+                    if step == len(w) - 1:
+                        yield RowEnded(i, " ".join(w), len(w), True)
+        return GenerationResult([" ".join(w) for w in words], [len(w) for w in words], [True] * len(words))
+
+    return fake
+
+
+def test_several_rounds_of_one_model_in_one_job_each_done_when_its_answers_are(fresh_db, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch([["a", "b c d", "e f", "g"]], calls))
+    host = make_host(fresh_db)
+    first, second = new_round(prompt="First"), new_round(prompt="Second")
+    on_token, on_done, on_failed = callbacks()
+    sample_rounds(host, [first, second], on_token, on_done, on_failed, name="sample-pair")
+    assert [j.name for j in host.jobs] == ["sample-pair"]  # one job for both rounds
+    emitted = host.jobs[0].work()
+    done_at = []  # after how many delivered events each round was reported done
+    for n, item in enumerate(emitted):
+        FakeJob.deliver([item])
+        done_at += [(n, c.args[0].prompt) for c in on_done.call_args_list[len(done_at):]]
+    assert calls == [("m", ["First", "First", "Second", "Second"], first.settings)]
+    assert first.texts == ["a", "b c d"] and second.texts == ["e f", "g"]
+    assert first.tokens == [1, 3] and second.tokens == [2, 1] and first.sampled and second.sampled
+    assert [prompt for _, prompt in done_at] == ["Second", "First"]  # the shorter round is done first
+    assert done_at[0][0] < len(emitted) - 3  # ... while the other one is still being written
+    assert on_done.call_args_list == [call(second, (0, 1)), call(first, (0, 1))]
+    assert on_token.call_count == 7 and not on_failed.called
+
+
+def test_two_models_one_job_each_across_rounds(fresh_db, monkeypatch):
+    calls = []
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch([["mine 1", "mine 2"], ["theirs"] * 2], calls))
+    host = make_host(fresh_db)
+    first, second = new_round(("m", "other"), "First"), new_round(("other", "m"), "Second")
+    on_token, on_done, on_failed = callbacks()
+    sample_rounds(host, [first, second], on_token, on_done, on_failed)
+    run_all(host)
+    assert [(model, prompts) for model, prompts, _ in calls] == [("m", ["First", "Second"]),
+                                                                 ("other", ["First", "Second"])]
+    assert first.texts == ["mine 1", "theirs"] and second.texts == ["theirs", "mine 2"]
+    assert first.sampled and second.sampled
+    assert on_done.call_args_list == [call(first, (0,)), call(second, (1,)), call(first, (1,)), call(second, (0,))]
+
+
+def test_a_cancelled_round_drops_its_events_the_others_go_on(fresh_db, monkeypatch):
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch([["a b", "c d", "e f", "g h", "i", "j"]]))
+    host = make_host(fresh_db)
+    rnds = [new_round(prompt=p) for p in ("One", "Two", "Three")]
+    on_token, on_done, on_failed = callbacks()
+    sample_rounds(host, rnds, on_token, on_done, on_failed)
+    job = host.jobs[0]
+    emitted = job.work()
+    rnds[1].cancel()  # dropped (a skip, a new mode) while the batch was being written
+    assert not job.cancelled  # the other rounds still need it
+    FakeJob.deliver(emitted)
+    assert rnds[0].texts == ["a b", "c d"] and rnds[2].texts == ["i", "j"]
+    assert rnds[1].texts == ["", ""] and not rnds[1].sampled
+    assert [c.args[0] for c in on_done.call_args_list] == [rnds[2], rnds[0]]
+    rnds[0].cancel(), rnds[2].cancel()
+    assert job.cancelled  # nobody needs it any more: the worker stops it at its next token
+
+
+def test_a_failed_batch_reports_to_each_round_still_waiting(fresh_db, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(rounds, "stream_generate_batch", broken)
+    host = make_host(fresh_db)
+    rnds = [new_round(prompt=p) for p in ("One", "Two")]
+    on_token, on_done, on_failed = callbacks()
+    sample_rounds(host, rnds, on_token, on_done, on_failed)
+    rnds[0].cancel()
+    run_all(host)
+    assert rnds[1].error == "out of cheese" and rnds[0].error == ""
+    on_failed.assert_called_once_with(rnds[1], "out of cheese")
+
+
 # ---------------------------------------------------------------------------- the tally
 def test_vote_tally_counts_blind_votes_only_from_the_after_models_side():
     tally = VoteTally()
@@ -393,3 +485,32 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
     assert row == ("left", "compare", *rnd.refs)
     s = controller.stats()
     assert (s["wins"], s["losses"], s["votes"], s["rounds"]) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
+
+
+def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp, fresh_db, monkeypatch):
+    from app.controllers.label_controller import LabelController
+
+    calls = []
+    answers = [[f"answer {i} {side}" for i in range(8) for side in ("left", "right")]] * 5
+    monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
+    for i in range(12):
+        fresh_db.add_prompt(f"Prompt {i}", "import")
+    host = make_host(fresh_db)
+    controller = LabelController(host, prefetch=4, seed=0)
+    controller.start()
+    # the pair to show now is sampled alone; the four queued ones in one batch of 8 answers
+    assert len(host.jobs) == 2 and len(controller.queue) == 4
+    run_all(host)
+    assert [len(prompts) for _, prompts, _ in calls] == [8] and all(p.done for p in controller.queue)
+    assert controller.judge("left") and not host.jobs  # one place free, three ready: wait for more places
+    assert controller.judge("right") and len(host.jobs) == 1  # half the queue free: one batch for both
+    assert controller.judge("tie") and len(host.jobs) == 1  # a batch is being written: the next one waits
+    run_all(host)
+    assert [len(prompts) for _, prompts, _ in calls] == [8, 4]
+    assert len(controller.queue) == 3 and all(p.done for p in controller.queue)
+    assert controller.judge("left") and len(host.jobs) == 1  # half free again
+    run_all(host)
+    assert [len(prompts) for _, prompts, _ in calls] == [8, 4, 4]
+    shown = [controller.current, *controller.queue]
+    assert len(shown) == 5 and len({p.prompt_id for p in shown}) == 5

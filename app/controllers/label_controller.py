@@ -7,10 +7,11 @@ k(k-1)/2 pairs as one group (`Project.record_ranking`), so one prompt's reading 
 yields several pairs (issue 10: 40 pairs teach a small model nothing measurable).
 
 Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch worker by
-`rounds.sample_round` (all answers of a prompt in one batch, streamed token by token).
-While the person reads the current prompt the next ones are already being sampled, so a
-verdict shows the next prompt at once when it is ready. Every verdict or ranking is
-committed to the project file before the next prompt shows.
+`rounds.sample_rounds`, streamed token by token. While the person reads the current prompt
+the next `prefetch` ones are already being sampled, all their answers in one batch (on a
+CPU, decoding 4 pairs costs about what 1 does), so a verdict shows the next prompt at once
+when it is ready. Every verdict or ranking is committed to the project file before the
+next prompt shows.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import asdict, dataclass, replace
 from PySide6.QtCore import QObject, Signal
 
 from app.controllers.ranking_draft import RankingDraft
-from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_round
+from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_rounds
 from app.plumbing.context import saves
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
 from dpo_engine.generate import GenerationSettings
@@ -33,6 +34,7 @@ MODES = ("pairwise", "ranking")
 K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
 DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
+PREFETCH = 8  # pairs sampled ahead, in batches of 4+: at a 4 s verdict pace, 6 left the person waiting (bench/README.md)
 
 
 @dataclass
@@ -75,10 +77,10 @@ class LabelController(QObject):
     progressChanged = Signal(dict)
     message = Signal(str)
 
-    def __init__(self, ctx: RoundHost, prefetch: int = 2, seed: int | None = None):
+    def __init__(self, ctx: RoundHost, prefetch: int = PREFETCH, seed: int | None = None):
         super().__init__()
         self.ctx = ctx
-        self.prefetch = prefetch  # pairs sampled ahead; 2 hides one pair's sampling time on a CPU
+        self.prefetch = prefetch  # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers)
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
         self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
         self.mode = "pairwise"
@@ -107,19 +109,46 @@ class LabelController(QObject):
 
     @saves
     def fill(self) -> None:
-        """Keep one current pair and `prefetch` more queued or being sampled."""
-        while len(self.queue) + (self.current is not None) < 1 + self.prefetch:
-            prompt = self.prompts.next()
-            if prompt is None:
-                if self.current is None and not self.queue:
-                    self.message.emit("No prompts left: import prompts or type one above.")
+        """Keep one current pair and `prefetch` more queued or being sampled.
+
+        A pair needed now (nothing to show) is sampled alone. The queue is topped up in one
+        batch, once the pairs queued before are written, and only when at least half of it
+        is free or fewer than half are ready: each verdict frees one place, and a batch
+        costs about the same whatever its size, so places filled one or two at a time
+        would leave the sampler behind the person."""
+        if self.current is None and not self.queue:
+            pair = self._new_pair()
+            if pair is None:
+                self.message.emit("No prompts left: import prompts or type one above.")
                 return
-            pair = PendingPair(prompt.id, prompt.value, prompt.text, self._refs(), self.settings)
             self._sample(pair)
-            if self.current is None:
-                self._show(pair)
-            else:
-                self.queue.append(pair)
+            self._show(pair)
+        if any(not p.done and not p.error for p in self.queue):
+            return  # a batch is being written: top up when it is
+        ahead = self._ahead()
+        free = 1 + ahead - len(self.queue) - (self.current is not None)
+        half = (ahead + 1) // 2
+        if free < half and len(self.queue) >= half:
+            return  # enough ready to read meanwhile: wait for a bigger batch
+        batch = []
+        for _ in range(free):
+            pair = self._new_pair()
+            if pair is None:
+                break
+            self.queue.append(pair)
+            batch.append(pair)
+        if batch:
+            self._sample(*batch)
+
+    def _ahead(self) -> int:
+        """Prompts to keep queued: `prefetch` pairs' worth of answers (a ranking of k writes k)."""
+        return self.prefetch if self.mode == "pairwise" else self.prefetch * 2 // self.k
+
+    def _new_pair(self) -> PendingPair | None:
+        prompt = self.prompts.next()
+        if prompt is None:
+            return None
+        return PendingPair(prompt.id, prompt.value, prompt.text, self._refs(), self.settings)
 
     def _refs(self) -> tuple[str, ...]:
         if self.mode == "ranking":
@@ -127,13 +156,15 @@ class LabelController(QObject):
         refs = (self.ctx.model_ref, self.second_model or self.ctx.model_ref)
         return refs[::-1] if self.rng.random() < 0.5 else refs  # which model shows left is random and recorded
 
-    def _sample(self, pair: PendingPair) -> None:
-        pair.done = False
-        settings = pair.settings
+    def _sample(self, *pairs: PendingPair) -> None:
+        """Sample the pairs' answers (several pairs: in one batch per model)."""
+        for pair in pairs:
+            pair.done = False
+        settings = pairs[0].settings
         if settings.seed is None:  # a fresh seed per sampling; the pair keeps its unseeded settings
             settings = replace(settings, seed=self.rng.randrange(2**31))
-        sample_round(self.ctx, pair, self._on_round_token, self._on_round_done, self._on_round_failed,
-                     settings, name="sample-pair")
+        sample_rounds(self.ctx, list(pairs), self._on_round_token, self._on_round_done, self._on_round_failed,
+                      settings, name="sample-pair")
 
     def _on_round_token(self, pair: PendingPair, side: int) -> None:
         if pair is self.current:
@@ -160,9 +191,11 @@ class LabelController(QObject):
             for s in range(pair.n):
                 self.textUpdated.emit(s, pair.texts[s], pair.tokens[s])
             self.pairReady.emit()
+        self.fill()  # the last pair of a batch written: the next batch starts
 
     def _on_round_failed(self, _pair: PendingPair, msg: str) -> None:
         self.message.emit(f"Sampling failed: {msg.splitlines()[0]} — press R to try again.")
+        self.fill()
 
     # ------------------------------------------------------------------ showing
     def _show(self, pair: PendingPair | None) -> None:
