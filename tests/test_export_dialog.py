@@ -51,7 +51,18 @@ def test_a_refused_export_is_a_message(qtbot, window, full_run_dir, tmp_path):
     assert dialog.export_button.isEnabled()  # the person can choose another format
 
 
-def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path):
+def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path, monkeypatch):
+    """The person presses Cancel while the export runs: simulated deterministically by
+    cancelling the job at its first progress report (a tiny export may finish in 50 ms)."""
+    from app.plumbing.workers import Job
+
+    real_report = Job.report
+
+    def report_then_cancel(job, value):
+        job.cancel()  # as the Cancel button does, from the worker's first report on
+        real_report(job, value)
+
+    monkeypatch.setattr(Job, "report", report_then_cancel)
     ctx, win = window
     dialog = ExportDialog(ctx, str(full_run_dir), win)
     qtbot.addWidget(dialog)
@@ -59,7 +70,6 @@ def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path
     out = tmp_path / "exports" / "m.gguf"
     dialog.path.setText(str(out))
     dialog.start()
-    dialog.job.yielded.connect(lambda event: dialog.cancel())
     qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
     assert dialog.result is None and "cancelled" in dialog.status.text().lower()
     assert list(out.parent.iterdir()) == []  # no file, no temporary sibling
