@@ -19,6 +19,9 @@ from PySide6.QtWidgets import (
 from app.plumbing.context import AppContext
 
 
+ASK_AFTER_MS = 1500  # a job still running this long after a close request has no pause point: ask
+
+
 def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:
     """(name, widget) for each page, in sidebar order. Pages that are not built yet are
     placeholders."""
@@ -74,6 +77,7 @@ class MainWindow(QMainWindow):
         ctx.navigateRequested.connect(self.show_page)
         ctx.saveFailed.connect(self._on_ctx_saveFailed)
         self._finishing = False  # a close was requested and waits for the worker
+        self._busy_box: QMessageBox | None = None  # "Still working": shown when a job cannot stop midway
         self._close_poll = QTimer(self)
         self._close_poll.setInterval(100)
         self._close_poll.timeout.connect(self._on_close_poll_timeout)
@@ -157,16 +161,53 @@ class MainWindow(QMainWindow):
             event.ignore()
             if not self._finishing:
                 self._finishing = True
-                self.state_label.setText("Finishing: saving the training run's checkpoint, then closing…")
+                training = self.ctx.runner.background_busy()
+                self.state_label.setText("Finishing: saving the training run's checkpoint, then closing…" if training
+                                         else "Finishing the current job, then closing…")
                 self.progress.setVisible(True)
                 self.ctx.request_close()
                 self._close_poll.start()
+                if not training:  # a job without pause points (converting a .gguf, an export) may take a while
+                    QTimer.singleShot(ASK_AFTER_MS, self._ask_while_finishing)
             return
         self._close_poll.stop()
         self.ctx.shutdown()
         super().closeEvent(event)
 
+    def _ask_while_finishing(self) -> None:
+        """Still busy after a moment: the job cannot stop midway. Say so, and let the person keep
+        working instead of waiting (the thread is never destroyed under a running job)."""
+        if not self._finishing or not self.ctx.runner.busy():
+            return
+        names = ", ".join(sorted({job.name for job in self.ctx.runner.pending_jobs()})) or "a job"
+        box = QMessageBox(QMessageBox.Icon.Question, "Still working",
+                          f"DPO Studio is finishing {names}, which cannot stop midway. It closes by itself as "
+                          "soon as that is done.", QMessageBox.StandardButton.NoButton, self)
+        box.setObjectName("closeWhileBusyDialog")
+        box.setTextFormat(Qt.TextFormat.PlainText)
+        box.addButton("Close when done", QMessageBox.ButtonRole.AcceptRole).setObjectName("closeWhenDone")
+        keep = box.addButton("Keep working", QMessageBox.ButtonRole.RejectRole)
+        keep.setObjectName("keepWorking")
+        keep.clicked.connect(self._cancel_close)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(self._on_busy_box_finished)
+        self._busy_box = box
+        box.open()
+
+    def _on_busy_box_finished(self, *_) -> None:
+        self._busy_box = None
+
+    def _cancel_close(self) -> None:
+        self._finishing = False
+        self._close_poll.stop()
+        self.progress.setVisible(False)
+        self.state_label.setText("Kept open: press R on the Label page if a pair stopped sampling.")
+
     def _on_close_poll_timeout(self) -> None:
-        if not self.ctx.runner.busy():
+        if not self._finishing:
             self._close_poll.stop()
+        elif not self.ctx.runner.busy():
+            self._close_poll.stop()
+            if self._busy_box is not None:
+                self._busy_box.done(0)  # the job ended: the question is moot
             self.close()

@@ -98,3 +98,46 @@ def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, m
         ctx.load_active_model()
     texts = [t for s, t in seen if s == "loading"]
     assert "Downloading the default model (5%)" in texts and "Dequantising (40%)" in texts
+
+
+def _job_without_pause_points(seconds: float):
+    """Like converting a .gguf: one long call before the first yield (nothing to cancel at)."""
+    import time
+
+    def factory():
+        time.sleep(seconds)
+        yield "done"
+    return factory
+
+
+def test_closing_during_a_job_without_pause_points_asks_then_closes_when_done(qtbot, window):
+    from PySide6.QtWidgets import QMessageBox
+
+    ctx, win = window
+    win.show()
+    started = []
+    ctx.submit("convert-gguf", _job_without_pause_points(3.0)).started.connect(lambda: started.append(True))
+    qtbot.waitUntil(lambda: bool(started), timeout=20_000)  # running now (after the page's own first jobs)
+    win.close()
+    assert win.isVisible() and "Finishing" in win.state_label.text()
+    qtbot.waitUntil(lambda: win.findChild(QMessageBox, "closeWhileBusyDialog") is not None, timeout=5_000)
+    box = win.findChild(QMessageBox, "closeWhileBusyDialog")
+    assert "convert-gguf" in box.text() and "cannot stop midway" in box.text()
+    qtbot.waitUntil(lambda: not win.isVisible(), timeout=15_000)  # it closed by itself once the job ended
+    assert not ctx.runner._thread.isRunning()
+
+
+def test_keep_working_cancels_the_close(qtbot, window):
+    from PySide6.QtWidgets import QMessageBox, QPushButton
+
+    ctx, win = window
+    win.show()
+    started = []
+    ctx.submit("convert-gguf", _job_without_pause_points(3.0)).started.connect(lambda: started.append(True))
+    qtbot.waitUntil(lambda: bool(started), timeout=20_000)  # running now (after the page's own first jobs)
+    win.close()
+    qtbot.waitUntil(lambda: win.findChild(QMessageBox, "closeWhileBusyDialog") is not None, timeout=5_000)
+    win.findChild(QMessageBox, "closeWhileBusyDialog").findChild(QPushButton, "keepWorking").click()
+    qtbot.waitUntil(lambda: not ctx.runner.busy(), timeout=15_000)
+    qtbot.wait(300)
+    assert win.isVisible() and "Kept open" in win.state_label.text()

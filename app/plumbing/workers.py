@@ -186,6 +186,13 @@ class TorchRunner(QObject):
     def busy(self) -> bool:
         return bool(self._pending)
 
+    def background_busy(self) -> bool:
+        """A background job (a training run) is queued or running."""
+        return any(job.background for job in self._pending)
+
+    def pending_jobs(self) -> list:
+        return list(self._pending)
+
     def cancel_foreground(self) -> None:
         """Cancel the queued and running foreground jobs; background jobs (training) stop by their
         own flag, because cancelling one would skip its checkpoint."""
