@@ -11,8 +11,8 @@ two renames:
 A kill at any moment leaves either `<out>` or `.<out>.prev` complete; `find_checkpoint`
 takes whichever holds a valid manifest (moving `.prev` back), so every reader (resume,
 `--model`, the model list, a project reopened after a crash) calls it first, and none reads
-a folder whose manifest is missing or whose files do not match it. A single file is
-written to `<out>.part` and renamed (`atomic_file`).
+a folder whose manifest is missing or whose files do not match it. An export (a file or a
+folder without a manifest) is written to a temporary sibling and renamed (`staged`).
 
 This is core (below the store): the store reconciles interrupted runs with it, and the
 model loader recovers a folder left in `.prev` before loading.
@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -127,16 +128,43 @@ def write_checkpoint(out: str | Path, write: Callable[[Path], None], info: dict)
     return out
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
-def atomic_file(out: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `out`; on a clean exit it is flushed and renamed onto
-    `out`, on any error removed (so `out` is the old file or the whole new one)."""
-    out = Path(out)
-    tmp = out.with_name(out.name + ".part")
+def staged(output: str | Path, as_folder: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of `output` (a file path, or a made folder) to write into; when
+    the block ends it is flushed to disk and renamed into place. An existing `output` is moved
+    aside first and removed only once the new one is in place. Any exception (a full disk, a
+    cancel) removes the temporary path and leaves `output` as it was."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = output.parent / f".{output.name}.part-{tag}"
+    if as_folder:
+        tmp.mkdir()
     try:
         yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            _fsync_tree(tmp)
+        else:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        if output.exists() or output.is_symlink():
+            old = output.parent / f".{output.name}.old-{tag}"
+            os.replace(output, old)  # a folder cannot be renamed onto a non-empty folder
+            try:
+                os.replace(tmp, output)
+            except BaseException:
+                os.replace(old, output)
+                raise
+            _remove(old)
+        else:
+            os.replace(tmp, output)
+    except BaseException:
+        _remove(tmp)
+        raise

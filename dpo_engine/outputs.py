@@ -6,7 +6,7 @@ exited 0; an app still open on it went on acknowledging verdicts into the replac
 output is refused when it *is* an input (the same file by device and inode, whatever the name)
 or when it already holds an SQLite database (a project, ours or anyone's): replacing either
 loses data that no message can bring back. Writing itself goes to a temporary sibling that is
-renamed into place (see `store.formats.export_pairs` and `train.checkpoints`).
+renamed into place (`dpo_engine.atomic`).
 """
 
 from __future__ import annotations
@@ -27,6 +27,15 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def is_sqlite(path: Path) -> bool:
+    """Whether `path` is an SQLite database (by its header; unreadable counts as not)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
+    except OSError:
+        return False
+
+
 def check_output_path(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """Return `out` if writing it cannot destroy data, else raise DataError saying what to do."""
     out = Path(out)
@@ -36,13 +45,7 @@ def check_output_path(out: str | Path, inputs: Iterable[str | Path] = ()) -> Pat
                             "destroy it. Choose another output name.")
     if out.is_dir():
         raise DataError(f"{out} is a folder; give a file name for the output.")
-    if out.is_file():
-        try:
-            with open(out, "rb") as f:
-                header = f.read(len(SQLITE_MAGIC))
-        except OSError:
-            header = b""
-        if header == SQLITE_MAGIC:
+    if out.is_file() and is_sqlite(out):
             raise DataError(f"{out} is an SQLite database (a DPO Studio project or another program's); "
                             "an export would replace it and lose everything in it. Choose another output "
                             "name, e.g. pairs.jsonl.")

@@ -12,7 +12,7 @@ The folder formats carry a model card (README.md); given the project the model w
 (opened read-only), the card adds its data, the run's held-out results, the Compare win rate and
 the loss and accuracy curves as PNG files (`export.card`, `export.facts`).
 
-Every export is written into a temporary sibling and renamed into place (`export.atomic`): a
+Every export is written into a temporary sibling and renamed into place (`dpo_engine.atomic.staged`): a
 failure, or an exception raised by `on_progress` to cancel, leaves nothing under OUTPUT.
 """
 
@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from dpo_engine.errors import ConfigError, DataError
-from dpo_engine.export.atomic import check_export_target, staged
+from dpo_engine.errors import ConfigError, DataError, storage_problem
+from dpo_engine.atomic import staged
+from dpo_engine.export.atomic import check_export_target
 from dpo_engine.export.card import write_card
 from dpo_engine.export.facts import ProjectFacts, project_facts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
@@ -98,8 +99,9 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
             write(tmp)
             report("rename", 0.98, f"Moving the export into place at {output}")
     except OSError as exc:  # a full disk, a read-only folder: nothing was left under `output`
-        raise DataError(f"Could not write the export to {output}: {exc.strerror or exc}. Nothing was "
-                        "written there; free some space or choose another place.") from exc
+        why = storage_problem(exc, output.parent) or "check the folder and try again"
+        raise DataError(f"Could not write the export to {output} ({exc.strerror or exc}): {why}. Nothing was "
+                        "written there.") from exc
     command = create_command(ollama_name(output), output / "Modelfile") if fmt == "ollama" else None
     report("done", 1.0, f"Exported {source.name} as {fmt} to {output}")
     return ExportResult(fmt, str(output), _files(output), time.perf_counter() - start, command)

@@ -1,33 +1,17 @@
-"""Writing an export so that a failure leaves nothing under the chosen name.
-
-    <parent>/.<name>.export-<pid>-<rand>   being written (a file or a folder); removed on any error
-    <parent>/<name>                         appears only by one rename, once everything is on disk
-
-Replacing an earlier export (`overwrite=True`) moves the old one aside first and removes it only
-after the new one is in place, so a failure keeps the old export whole. What may be replaced is
+"""Where an export may be written. The writing itself is `dpo_engine.atomic.staged` (a temporary
+sibling renamed into place; a failure leaves nothing under the chosen name, and an earlier
+export being replaced stays whole until the new one is in place). What may be replaced is
 decided before anything is written: never a project file (`dpo_engine.outputs.check_output_path`),
 never the model being exported, never a folder holding a project or the model.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from dpo_engine.errors import ConfigError, DataError
-from dpo_engine.outputs import SQLITE_MAGIC, check_output_path
-
-
-def _is_sqlite(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            return fh.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC
-    except OSError:
-        return False
+from dpo_engine.outputs import check_output_path, is_sqlite
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -53,7 +37,7 @@ def check_export_target(output: str | Path, as_folder: bool, overwrite: bool,
         if entries and not overwrite:
             raise ConfigError(f"{output} exists and is not empty: choose a new output folder, "
                               "or pass --overwrite to replace it.")
-        if any(p.is_file() and _is_sqlite(p) for p in entries):
+        if any(p.is_file() and is_sqlite(p) for p in entries):
             raise DataError(f"{output} holds an SQLite database (a DPO Studio project?); an export will not "
                             "replace a folder with a project in it. Choose another output folder.")
         return output
@@ -67,49 +51,3 @@ def check_export_target(output: str | Path, as_folder: bool, overwrite: bool,
     if output.exists() and output.stat().st_size > 0 and not overwrite:
         raise ConfigError(f"{output} already exists: choose a new name, or pass --overwrite to replace it.")
     return output
-
-
-def _fsync(path: Path) -> None:
-    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
-    for file in files:
-        with open(file, "rb") as fh:
-            os.fsync(fh.fileno())
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-@contextmanager
-def staged(output: Path, as_folder: bool) -> Iterator[Path]:
-    """Yield a temporary sibling of `output` to write into; rename it into place when the block ends.
-
-    An exception inside the block (or a failure while renaming) removes the temporary path and
-    leaves `output` as it was.
-    """
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = output.parent / f".{output.name}.export-{tag}"
-    if as_folder:
-        tmp.mkdir()
-    try:
-        yield tmp
-        _fsync(tmp)
-        if output.exists() or output.is_symlink():
-            old = output.parent / f".{output.name}.old-{tag}"
-            os.replace(output, old)  # a folder cannot be renamed onto a non-empty folder
-            try:
-                os.replace(tmp, output)
-            except BaseException:
-                os.replace(old, output)
-                raise
-            _remove(old)
-        else:
-            os.replace(tmp, output)
-    except BaseException:
-        _remove(tmp)
-        raise

@@ -18,11 +18,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from dpo_engine.atomic import staged
 from dpo_engine.errors import DataError, storage_problem
 from dpo_engine.outputs import check_output_path
 from dpo_engine.pairs import PreferencePair, parse_preference_record
@@ -283,20 +283,17 @@ def export_pairs(project: Project, out: str | Path, fmt: str = "trl", split: str
         raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     out = check_output_path(out, inputs=[] if project.path == ":memory:" else [project.path])
     pairs = [s.pair for s in project.training_pairs(split)]
-    tmp = out.with_name(out.name + ".part")
     try:
-        if fmt == "parquet":
-            _write_parquet(pairs, tmp)
-        else:
-            with open(tmp, "w", encoding="utf-8", newline="") as f:
-                if fmt == "csv":
-                    _write_csv(pairs, f)
-                else:
-                    _write_jsonl(pairs, f, PreferencePair.to_trl if fmt == "trl" else _openai)
-        os.replace(tmp, out)
+        with staged(out) as tmp:
+            if fmt == "parquet":
+                _write_parquet(pairs, tmp)
+            else:
+                with open(tmp, "w", encoding="utf-8", newline="") as f:
+                    if fmt == "csv":
+                        _write_csv(pairs, f)
+                    else:
+                        _write_jsonl(pairs, f, PreferencePair.to_trl if fmt == "trl" else _openai)
     except OSError as exc:
         why = storage_problem(exc, out) or exc.strerror or str(exc)
         raise DataError(f"cannot write {out}: {why}. Nothing was written there.") from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return len(pairs)
