@@ -213,6 +213,13 @@ def collate(encoded: Sequence[EncodedPair], pad_id: int, pad_to_multiple_of: int
     if not encoded:
         raise ValueError("collate needs at least one pair")
     rows = [(e.prompt_ids, e.chosen_ids) for e in encoded] + [(e.prompt_ids, e.rejected_ids) for e in encoded]
+    return pad_rows(rows, pad_id, pad_to_multiple_of)
+
+
+def pad_rows(rows: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+             pad_to_multiple_of: int | None = None) -> Batch:
+    """(prompt ids, response ids) rows right-padded into one Batch; the response mask marks the
+    response tokens. Used for pairs (`collate`) and for a group's distinct answers."""
     width = max(len(p) + len(r) for p, r in rows)
     if pad_to_multiple_of:
         width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
@@ -221,7 +228,7 @@ def collate(encoded: Sequence[EncodedPair], pad_id: int, pad_to_multiple_of: int
     response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
     for i, (prompt, response) in enumerate(rows):
         n, m = len(prompt), len(response)
-        input_ids[i, : n + m] = torch.tensor(prompt + response, dtype=torch.long)
+        input_ids[i, : n + m] = torch.tensor(list(prompt) + list(response), dtype=torch.long)
         attention_mask[i, : n + m] = 1
         response_mask[i, n : n + m] = True
     return Batch(input_ids, attention_mask, response_mask)

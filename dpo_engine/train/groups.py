@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from dpo_engine.encoding import EncodedPair
+from dpo_engine.encoding import EncodedPair, pad_rows
 from dpo_engine.logps import BatchLogps, sequence_logps
 from dpo_engine.shared_prompt import answer_logps
 
@@ -71,17 +71,8 @@ def answer_groups(pairs: Sequence[EncodedPair]) -> AnswerGroups:
 def _rows_logps(model, groups: AnswerGroups, pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Each distinct answer as one prompt + answer row (`logps.sequence_logps`): the path
     without the KV cache (gradient checkpointing turns it off)."""
-    rows = [(groups.prompts[o], a) for o, a in zip(groups.owners, groups.answers)]
-    width = max(len(p) + len(a) for p, a in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    response_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (prompt, answer) in enumerate(rows):
-        n, m = len(prompt), len(answer)
-        input_ids[i, : n + m] = torch.tensor(prompt + answer, dtype=torch.long)
-        attention_mask[i, : n + m] = 1
-        response_mask[i, n : n + m] = True
-    return sequence_logps(model, input_ids.to(device), attention_mask.to(device), response_mask.to(device))
+    batch = pad_rows([(groups.prompts[o], a) for o, a in zip(groups.owners, groups.answers)], pad_id).to(device)
+    return sequence_logps(model, batch.input_ids, batch.attention_mask, batch.response_mask)
 
 
 def grouped_logps(model, pairs: Sequence[EncodedPair], pad_id: int, device=None,
