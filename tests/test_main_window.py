@@ -110,34 +110,37 @@ def _job_without_pause_points(seconds: float):
     return factory
 
 
-def test_closing_during_a_job_without_pause_points_asks_then_closes_when_done(qtbot, window):
-    from PySide6.QtWidgets import QMessageBox
-
-    ctx, win = window
+def close_while_a_long_job_runs(qtbot, ctx, win) -> None:
     win.show()
     started = []
     ctx.submit("convert-gguf", _job_without_pause_points(3.0)).started.connect(lambda: started.append(True))
     qtbot.waitUntil(lambda: bool(started), timeout=20_000)  # running now (after the page's own first jobs)
     win.close()
-    assert win.isVisible() and "Finishing" in win.state_label.text()
+
+
+def busy_dialog(qtbot, win):
+    from PySide6.QtWidgets import QMessageBox
+
     qtbot.waitUntil(lambda: win.findChild(QMessageBox, "closeWhileBusyDialog") is not None, timeout=5_000)
-    box = win.findChild(QMessageBox, "closeWhileBusyDialog")
+    return win.findChild(QMessageBox, "closeWhileBusyDialog")
+
+
+def test_closing_during_a_job_without_pause_points_asks_then_closes_when_done(qtbot, window):
+    ctx, win = window
+    close_while_a_long_job_runs(qtbot, ctx, win)
+    assert win.isVisible() and "Finishing" in win.state_label.text()
+    box = busy_dialog(qtbot, win)
     assert "convert-gguf" in box.text() and "cannot stop midway" in box.text()
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=15_000)  # it closed by itself once the job ended
     assert not ctx.runner._thread.isRunning()
 
 
 def test_keep_working_cancels_the_close(qtbot, window):
-    from PySide6.QtWidgets import QMessageBox, QPushButton
+    from PySide6.QtWidgets import QPushButton
 
     ctx, win = window
-    win.show()
-    started = []
-    ctx.submit("convert-gguf", _job_without_pause_points(3.0)).started.connect(lambda: started.append(True))
-    qtbot.waitUntil(lambda: bool(started), timeout=20_000)  # running now (after the page's own first jobs)
-    win.close()
-    qtbot.waitUntil(lambda: win.findChild(QMessageBox, "closeWhileBusyDialog") is not None, timeout=5_000)
-    win.findChild(QMessageBox, "closeWhileBusyDialog").findChild(QPushButton, "keepWorking").click()
+    close_while_a_long_job_runs(qtbot, ctx, win)
+    busy_dialog(qtbot, win).findChild(QPushButton, "keepWorking").click()
     qtbot.waitUntil(lambda: not ctx.runner.busy(), timeout=15_000)
     qtbot.wait(300)
     assert win.isVisible() and "Kept open" in win.state_label.text()
