@@ -531,3 +531,13 @@ def test_default_model_gguf_read_by_transformers_computes_the_same(tmp_path):
         assert torch.allclose(got, _logits(rounded, ids), atol=1e-3)
         assert (got - _logits(source, ids)).abs().max() < 0.1  # f16 rounding over 30 layers
         assert _greedy(loaded, ids, 32) == _greedy(source, ids, 32)  # the issue's 32 greedy tokens
+
+
+def test_export_loads_weights_in_fp32_whatever_the_machines_auto_precision(full_run_dir, monkeypatch):
+    """On a CPU where precision auto picks bf16 (this one), loading for an export must not: the
+    GGUF f16 / hf files would carry bf16-rounded weights."""
+    from dpo_engine.export.source import find_source, load_merged_model
+
+    monkeypatch.setenv("DPO_STUDIO_DTYPE", "bfloat16")
+    model = load_merged_model(find_source(str(full_run_dir)))
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

@@ -21,6 +21,7 @@ from dpo_engine.errors import ModelError, ModelNotFoundError
 from dpo_engine.models import (DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF, PrepareProgress, default_model_dir, load_model,
                                load_tokenizer, resolve_model_ref)
 from dpo_engine.train.checkpoints import read_run_file
+from dpo_engine.train.model import adapter_folder
 
 DEFAULT_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # where the default model lives on the hub (model cards)
 ADAPTER_CONFIG = "adapter_config.json"
@@ -50,10 +51,9 @@ def _has_full_weights(folder: Path) -> bool:
 
 
 def _adapter_dir(folder: Path) -> Path | None:
-    for candidate in (folder / "adapter", folder):
-        if (candidate / ADAPTER_CONFIG).is_file():
-            return candidate
-    return None
+    """The run's LoRA adapter folder (`adapter/` of a merged run, or the folder itself), if any."""
+    candidate = adapter_folder(folder)
+    return candidate if (candidate / ADAPTER_CONFIG).is_file() else None
 
 
 def _adapter_base(adapter: Path, run: dict) -> str | None:
@@ -113,7 +113,7 @@ def load_tokenizer_for_export(source: ExportSource):
 
 def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgress], None] | None = None):
     """The model with full weights in fp32 on the CPU: a LoRA adapter is merged into its base."""
-    cpu = pick_device("cpu")
+    cpu = pick_device("cpu", "float32")  # never the machine's auto precision: bf16 weights would lose bits
     if source.has_weights:
         ref = str(source.folder) if source.folder is not None else source.ref
         return load_model(ref, cpu, on_progress).model
