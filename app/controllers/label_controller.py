@@ -181,11 +181,12 @@ class LabelController(QObject):
                 self.pairShown.emit(pair)
             return
         project = self.ctx.project
-        pair.response_ids = tuple(
-            project.add_response(pair.prompt_id, pair.texts[s], model=pair.refs[s],
-                                 settings=asdict(pair.settings), finished=pair.ended[s])
-            for s in range(pair.n)
-        )
+        with project.transaction():  # a pair's (or ranking's) answers: one commit, one sync to disk
+            pair.response_ids = tuple(
+                project.add_response(pair.prompt_id, pair.texts[s], model=pair.refs[s],
+                                     settings=asdict(pair.settings), finished=pair.ended[s])
+                for s in range(pair.n)
+            )
         pair.done = True
         if pair is self.current:
             for s in range(pair.n):
