@@ -17,6 +17,9 @@ its own subprocess (so peak RSS is its own):
     trl             TRL DPOTrainer with its defaults (reference forward every step,
                     gradient checkpointing on)
     trl-precompute  TRL with precompute_ref_log_probs=True
+    trl-fast        TRL's fastest configuration found on this CPU (TRL_CONFIGS: precompute, gradient
+                    checkpointing off, fp32 where the CPU has no native bf16); trl-nockpt and
+                    trl-fast-padfree are the other configurations tried
     textbook        the seed's loop, bugs fixed: policy + reference copies, separate chosen
                     and rejected forwards, full logits, masked shifted gather
 
@@ -43,7 +46,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 N_PAIRS, BATCH, MAX_LENGTH, LR, BETA, SEED = 64, 2, 256, 5e-6, 0.1, 0
-VARIANTS = ("ours", "ours-fp32", "trl", "trl-precompute", "textbook")
+VARIANTS = ("ours", "ours-fp32", "trl", "trl-precompute", "trl-fast", "textbook")
+# TRL configurations beyond its defaults (DPOConfig fields). "trl" is TRL as it ships: bf16 autocast
+# (DPOConfig.bf16 defaults to True, on the CPU too), gradient checkpointing on, a reference forward per
+# step. The others were tried here to find TRL's fastest configuration on this CPU (bench/README.md).
+TRL_CONFIGS = {
+    "trl": {},
+    "trl-precompute": {"precompute_ref_log_probs": True},
+    "trl-fp32": {"bf16": False},  # as shipped but fp32: on a CPU without native bf16, TRL's bf16 is emulated
+    "trl-precompute-fp32": {"precompute_ref_log_probs": True, "bf16": False},
+    "trl-nockpt": {"precompute_ref_log_probs": True, "gradient_checkpointing": False},
+    "trl-fast": {"precompute_ref_log_probs": True, "gradient_checkpointing": False, "bf16": False},
+    "trl-fast-padfree": {"precompute_ref_log_probs": True, "gradient_checkpointing": False, "bf16": False,
+                         "padding_free": True},
+}
 GOOD = "clear careful kind helpful precise honest gentle thorough useful friendly accurate calm".split()
 BAD = "rude vague wrong lazy careless sloppy false noisy random useless angry confused".split()
 TOPIC = "explain how plants make food from sunlight water and air in simple words for a curious child".split()
@@ -109,7 +125,7 @@ def run_ours(steps: int, workdir: Path, dtype: str = "auto") -> dict:
             "ref_seconds": (ref_end - ref_start) if ref_start else 0.0}
 
 
-def _trl_trainer(steps: int, workdir: Path, precompute: bool):
+def _trl_trainer(steps: int, workdir: Path, options: dict):
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import DPOConfig, DPOTrainer
@@ -122,7 +138,8 @@ def _trl_trainer(steps: int, workdir: Path, precompute: bool):
     args = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
                      learning_rate=LR, beta=BETA, max_length=MAX_LENGTH, max_steps=steps, warmup_steps=0,
                      lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
-                     seed=SEED, precompute_ref_log_probs=precompute, dataloader_num_workers=0)
+                     seed=SEED, dataloader_num_workers=0, **options)
+    precompute = args.precompute_ref_log_probs
 
     class Counting(DPOTrainer):
         tokens = 0
@@ -140,6 +157,7 @@ def _trl_trainer(steps: int, workdir: Path, precompute: bool):
 
         def on_step_end(self, *a, **k):
             Timer.seconds += time.perf_counter() - self.t
+            print(f"step: {time.perf_counter() - self.t:.1f} s", file=sys.stderr, flush=True)
 
     started = time.perf_counter()
     trainer = Counting(model=model, args=args, train_dataset=data, processing_class=tokenizer, callbacks=[Timer()])
@@ -147,7 +165,9 @@ def _trl_trainer(steps: int, workdir: Path, precompute: bool):
     trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"losses": losses, "step_tok_s": Counting.tokens / Timer.seconds,
-            "ref_seconds": setup_seconds if precompute else 0.0, "setup_seconds": setup_seconds}
+            "ref_seconds": setup_seconds if precompute else 0.0, "setup_seconds": setup_seconds,
+            "precision": f"bf16={args.bf16}, gradient_checkpointing={args.gradient_checkpointing}"
+                         + (", padding_free" if args.padding_free else "")}
 
 
 def run_textbook(steps: int, workdir: Path) -> dict:
@@ -219,7 +239,7 @@ def child(variant: str, steps: int, out: Path) -> None:
         elif variant == "textbook":
             result = run_textbook(steps, work)
         else:
-            result = _trl_trainer(steps, work, precompute=variant == "trl-precompute")
+            result = _trl_trainer(steps, work, TRL_CONFIGS[variant])
     result.update(variant=variant, steps=steps, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
     out.write_text(json.dumps(result))
 
@@ -229,15 +249,16 @@ def child(variant: str, steps: int, out: Path) -> None:
 
 def table(results: list[dict], steps: int) -> str:
     base = next((r for r in results if r["variant"] == "trl"), None)
-    pre = next((r for r in results if r["variant"] == "trl-precompute"), None)
-    lines = ["| variant | step tok/s | vs TRL default | vs TRL precompute | ref pass (s) | peak RSS (MB) | wall (s) |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    pre = next((r for r in results if r["variant"] in ("trl-precompute", "trl-precompute-fp32")), None)
+    fast = next((r for r in results if r["variant"] == "trl-fast"), None)
+    lines = ["| variant | step tok/s | vs TRL as shipped | vs TRL precompute | vs fastest TRL | ref pass (s) "
+             "| peak RSS (MB) | wall (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         vs = lambda other: f"{r['step_tok_s'] / other['step_tok_s']:.2f}x" if other else "-"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {vs(base)} | {vs(pre)} | {r['ref_seconds']:.1f} "
-                     f"| {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
+        lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {vs(base)} | {vs(pre)} | {vs(fast)} "
+                     f"| {r['ref_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
     fp32 = next((r for r in results if r["variant"] == "ours-fp32"), None)
-    lines += [f"\nPrecision of {r['variant']}: {r['precision']}" + (
+    lines += [f"\nPrecision / configuration of {r['variant']}: {r['precision']}" + (
         f"; {r['step_tok_s'] / fp32['step_tok_s']:.2f}x ours-fp32's tokens/s" if fp32 and r is not fp32 else "")
         for r in results if r.get("precision")]
     lines += ["", "Loss per step:", "", "| step | " + " | ".join(r["variant"] for r in results) + " |",
@@ -285,6 +306,7 @@ def main() -> None:
     if args.child:
         return child(args.child, args.steps, Path(args.out))
     before = machine()
+    started = time.strftime("%Y-%m-%d %H:%M")
     results = []
     for variant in args.variants.split(","):
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
@@ -296,6 +318,8 @@ def main() -> None:
         result["wall_s"] = time.perf_counter() - t
         out.unlink()
         results.append(result)
+        with (ROOT / "bench" / "results" / "train_throughput.jsonl").open("a") as f:  # each as it lands
+            f.write(json.dumps({**result, "run_started": started, "machine": before}) + "\n")
         print(f"{variant}: {result['step_tok_s']:.0f} tok/s, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     text = (f"## Training throughput\n\n`bench/train_throughput.py --steps {args.steps}`: {N_PAIRS} pairs, "
             f"batch {BATCH} pairs, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, CPU, fp32 weights "

@@ -287,6 +287,32 @@ def _from_pretrained(cls, resolved: ResolvedModel, **kwargs):
         return cls.from_pretrained(resolved.path, **kwargs)
 
 
+def warm_imports(ref: str | None = None) -> list[str]:
+    """Import, in the calling thread, the modules that loading `ref` will import:
+    transformers' auto classes, its tokenizer classes and the architecture's modeling module.
+
+    The window calls this before it shows. Imported on the torch worker instead, at the first
+    load, they held the GIL for 100-350 ms at a time (module code, dataclass and function
+    creation; measured with a 2 ms heartbeat on the main thread, bench/README.md "Event
+    loop") and the window stalled. Reads at most a local config.json: never downloads or
+    prepares a model. Returns the names imported (for tests and logs)."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401
+
+    names = ["AutoModelForCausalLM", "AutoTokenizer", "PreTrainedTokenizerFast"]
+    folder = default_model_dir() if ref in (None, "default") else Path(ref).expanduser()
+    try:
+        model_type = json.loads((folder / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        return names  # a hub id, a .gguf file or no model yet: its first load imports the rest
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
+    if isinstance(name, str) and hasattr(transformers, name):  # the lazy module imports it here
+        names.append(name)
+    return names
+
+
 @dataclass
 class LoadedModel:
     model: object  # a transformers PreTrainedModel, in eval mode, on `device`

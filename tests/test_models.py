@@ -79,3 +79,16 @@ def test_default_model_is_prepared_as_safetensors():
     assert is_converted(folder), "run `dpo-engine prepare-model` (make test does)"
     assert (folder / "model.safetensors").is_file()
     assert not list(folder.glob("*.bin"))
+
+
+def test_warm_imports_brings_in_the_models_own_architecture(tiny_model_dir, tmp_path):
+    import sys
+
+    from dpo_engine.models import warm_imports
+
+    names = warm_imports(str(tiny_model_dir))
+    assert names[-1] == "LlamaForCausalLM"  # the tiny model's config says llama
+    assert "transformers.models.llama.modeling_llama" in sys.modules
+    # no config to read (a hub id, a .gguf file, nothing yet): the generic pieces only, no error
+    assert warm_imports(str(tmp_path / "nothing-here")) == names[:-1]
+    assert warm_imports("HuggingFaceTB/SmolLM2-135M-Instruct") == names[:-1]
