@@ -111,7 +111,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         "think_s": think,
         "verdicts": verdicts,
         "stored_verdicts": labeled,
-        "prefetch": c.prefetch,
+        "prefetch": c.prefetch if c.prefetch is not None else f"auto, ended at {c._ahead()} prompts",
         "first_pair_s": round(first_ready - start, 1),
         "wait_p50_s": round(percentile(waits, 50), 2),
         "wait_p95_s": round(percentile(waits, 95), 2),

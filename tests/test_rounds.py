@@ -514,3 +514,47 @@ def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp
     assert [len(prompts) for _, prompts, _ in calls] == [8, 4, 4]
     shown = [controller.current, *controller.queue]
     assert len(shown) == 5 and len({p.prompt_id for p in shown}) == 5
+
+
+def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, monkeypatch):
+    """The default queue follows the measured pace: a slow batch and quick verdicts make it
+    longer (a fixed 8 left the person waiting on a 2-core AVX2 CPU, bench/README.md)."""
+    import app.controllers.label_controller as lc
+
+    clock = [1000.0]
+    monkeypatch.setattr(lc.time, "monotonic", lambda: clock[0])
+    calls = []
+    answers = [[f"answer {i} {side}" for i in range(40) for side in ("left", "right")]] * 5
+    monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
+    for i in range(60):
+        fresh_db.add_prompt(f"Prompt {i}", "import")
+    host = make_host(fresh_db)
+    controller = lc.LabelController(host, seed=0)
+    assert controller.prefetch is None  # the default: sized by the pace
+    controller.start()
+    assert len(controller.queue) == 8  # nothing measured yet: the old fixed queue
+    host.jobs.pop(0).run()  # the first pair, alone; the batch of 8 starts now
+    clock[0] += 3.0
+    assert controller.judge("left")  # the person judges it in 3 s; the next one is not written yet
+    assert controller.pace.verdict_s == 3.0 and controller._ahead() == 8  # no batch measured yet
+    clock[0] += 43.0  # the batch of 8 pairs took 46 s (the AVX2 CPU in fp32)
+    host.jobs.pop(0).run()
+    # half a queue must outlast a batch: 1.25 * 46 s / 3 s = 19.2 -> 20 prompts, x 2 = 40,
+    # capped at 64 answers: 32 queued, the 25 more sampled at once, in one batch
+    assert controller.pace.batch_s == 46.0 and controller._ahead() == 32
+    assert len(controller.queue) == 32 and len(host.jobs) == 1
+    for _ in range(3):
+        clock[0] += 5.0  # a slower person than the first verdict said
+        assert controller.judge("left")
+    assert 4.0 < controller.pace.verdict_s < 5.0
+    clock[0] += 10.0  # that batch took 25 s in all: the queue shrinks (1.25 * 25 / 4.3 = 7.3 -> 8, x 2)
+    host.jobs.pop(0).run()
+    assert [len(prompts) // 2 for _, prompts, _ in calls] == [8, 25]
+    assert controller.pace.batch_s == 25.0 and controller._ahead() == 16
+
+
+def test_a_fixed_prefetch_still_wins_over_the_pace(label):
+    host, controller, *_ = label  # prefetch=1: tests and screenshots keep their queue
+    controller.pace.batch_written(100.0)
+    assert controller._ahead() == 1

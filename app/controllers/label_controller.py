@@ -8,9 +8,10 @@ yields several pairs (issue 10: 40 pairs teach a small model nothing measurable)
 
 Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch worker by
 `rounds.sample_rounds`, streamed token by token. While the person reads the current prompt
-the next `prefetch` ones are already being sampled, all their answers in one batch (on a
-CPU, decoding 4 pairs costs about what 1 does), so a verdict shows the next prompt at once
-when it is ready. Every verdict or ranking is committed to the project file before the
+the next ones are already being sampled, all their answers in one batch (on a CPU, decoding
+4 pairs costs about what 1 does), so a verdict shows the next prompt at once when it is
+ready. How many are queued follows the measured time of a batch and of the person's
+verdicts (`pace.Pace`): a slow CPU or a quick person gets a longer queue. Every verdict or ranking is committed to the project file before the
 next prompt shows.
 """
 
@@ -23,6 +24,7 @@ from dataclasses import asdict, dataclass, replace
 
 from PySide6.QtCore import QObject, Signal
 
+from app.controllers.pace import Pace
 from app.controllers.ranking_draft import RankingDraft
 from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_rounds
 from app.plumbing.context import saves
@@ -34,7 +36,6 @@ MODES = ("pairwise", "ranking")
 K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
 DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
-PREFETCH = 8  # pairs sampled ahead, in batches of 4+: at a 4 s verdict pace, 6 left the person waiting (bench/README.md)
 
 
 @dataclass
@@ -77,10 +78,15 @@ class LabelController(QObject):
     progressChanged = Signal(dict)
     message = Signal(str)
 
-    def __init__(self, ctx: RoundHost, prefetch: int = PREFETCH, seed: int | None = None):
+    def __init__(self, ctx: RoundHost, prefetch: int | None = None, seed: int | None = None):
         super().__init__()
         self.ctx = ctx
-        self.prefetch = prefetch  # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers)
+        # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers); None: as
+        # many as the measured pace of sampling and of the person calls for (`pace.Pace`)
+        self.prefetch = prefetch
+        self.pace = Pace()
+        self._batch: tuple[float, list[PendingPair]] | None = None  # the top-up being written: (start, pairs)
+        self._ready_at: float | None = None  # when the current prompt's answers were complete on screen
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
         self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
         self.mode = "pairwise"
@@ -125,6 +131,11 @@ class LabelController(QObject):
             self._show(pair)
         if any(not p.done and not p.error for p in self.queue):
             return  # a batch is being written: top up when it is
+        if self._batch is not None:  # the last batch is written: how long it took sizes the queue
+            started, pairs = self._batch
+            self._batch = None
+            if all(p.done for p in pairs):  # not one cut short by a failure or a skip
+                self.pace.batch_written(time.monotonic() - started)
         ahead = self._ahead()
         free = 1 + ahead - len(self.queue) - (self.current is not None)
         half = (ahead + 1) // 2
@@ -138,11 +149,16 @@ class LabelController(QObject):
             self.queue.append(pair)
             batch.append(pair)
         if batch:
+            self._batch = (time.monotonic(), batch)
             self._sample(*batch)
 
     def _ahead(self) -> int:
-        """Prompts to keep queued: `prefetch` pairs' worth of answers (a ranking of k writes k)."""
-        return self.prefetch if self.mode == "pairwise" else self.prefetch * 2 // self.k
+        """Prompts to keep queued: `prefetch` pairs' worth of answers (a ranking of k writes k),
+        or, by default, what the measured pace calls for."""
+        answers = 2 if self.mode == "pairwise" else self.k
+        if self.prefetch is None:
+            return self.pace.ahead(answers)
+        return self.prefetch * 2 // answers
 
     def _new_pair(self) -> PendingPair | None:
         prompt = self.prompts.next()
@@ -172,6 +188,8 @@ class LabelController(QObject):
 
     @saves
     def _on_round_done(self, pair: PendingPair, _sides: tuple[int, ...]) -> None:
+        if self._batch is not None and all(pair is not p for p in self._batch[1]):
+            self._batch = (time.monotonic(), self._batch[1])  # the worker is free for the batch only now
         if not pair.sampled:
             return
         if _needs_resample(pair.texts) and pair.resamples < MAX_RESAMPLES:
@@ -189,6 +207,7 @@ class LabelController(QObject):
             )
         pair.done = True
         if pair is self.current:
+            self._ready_at = time.monotonic()
             for s in range(pair.n):
                 self.textUpdated.emit(s, pair.texts[s], pair.tokens[s])
             self.pairReady.emit()
@@ -201,6 +220,7 @@ class LabelController(QObject):
     # ------------------------------------------------------------------ showing
     def _show(self, pair: PendingPair | None) -> None:
         self.current = pair
+        self._ready_at = time.monotonic() if pair is not None and pair.done else None
         self._clear_places()
         if pair is not None:
             self.pairShown.emit(pair)
@@ -257,6 +277,8 @@ class LabelController(QObject):
         """After a verdict is committed: remember it for undo, tell the other pages, move on."""
         self.history.append(Verdict(saved_id, pair, kind))
         self.session_count += 1
+        if self._ready_at is not None:
+            self.pace.judged(time.monotonic() - self._ready_at)
         self.ctx.comparisonsChanged.emit()
         self._advance()
         self._emit_progress()
