@@ -29,7 +29,43 @@ def percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[min(len(sorted_values) - 1, int(q * (len(sorted_values) - 1)))]
 
 
-def measure(steps: int, max_length: int) -> dict:
+class Watchdog:
+    """Where the GUI thread is while it does not tick: a thread that, every 20 ms the
+    heartbeat is more than 100 ms late, records the GUI thread's innermost frames (and the
+    other threads' too, to see who holds the GIL). Names what a long gap was spent on."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.last = self.t0 = time.perf_counter()
+        self.samples: list[tuple[float, str, list[str]]] = []
+        self.main = threading.get_ident()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        import traceback
+
+        while not self.stop.wait(0.02):
+            late = time.perf_counter() - self.last
+            if late < 0.1:
+                continue
+            for ident, frame in sys._current_frames().items():
+                if ident == self.thread.ident:
+                    continue
+                who = "gui" if ident == self.main else str(ident)
+                stack = [f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in traceback.extract_stack(frame)[-6:]]
+                self.samples.append((round(time.perf_counter() - self.t0, 2), who, stack))
+
+    def summary(self) -> list[tuple[int, str]]:
+        """(samples, 'thread: frame') most frequent first: the GUI thread's innermost own frames."""
+        from collections import Counter
+
+        counts = Counter(f"{who}: {' < '.join(reversed(stack[-3:]))}" for _, who, stack in self.samples)
+        return counts.most_common(12)
+
+
+def measure(steps: int, max_length: int, watch: bool = False) -> dict:
     from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
 
@@ -53,7 +89,11 @@ def measure(steps: int, max_length: int) -> dict:
         clock, gaps, long_gaps, marks = QElapsedTimer(), [], [], {}
         start = time.perf_counter()
 
+        dog = Watchdog() if watch else None
+
         def tick() -> None:
+            if dog is not None:
+                dog.last = time.perf_counter()
             gap = clock.restart()
             gaps.append(gap)
             if gap > 100:  # where the long ones fall, against the run's milestones
@@ -69,9 +109,13 @@ def measure(steps: int, max_length: int) -> dict:
             lambda e: marks.setdefault(f"step {e.step}", round(time.perf_counter() - start, 2)))
         clock.start()
         timer.start()
+        if dog is not None:
+            dog.thread.start()
         page.train_button.click()
         wait_until(app, lambda: bool(finished), 3600, "the run to finish")
         timer.stop()
+        if dog is not None:
+            dog.stop.set()
         seconds = time.perf_counter() - start
         ctx.shutdown()
         win.close()
@@ -83,6 +127,7 @@ def measure(steps: int, max_length: int) -> dict:
         "seconds": round(seconds, 1), "ticks": len(ticks), "p50_ms": percentile(ticks, 0.5),
         "p99_ms": percentile(ticks, 0.99), "max_ms": ticks[-1], "load": round(os.getloadavg()[0], 2),
         "threads": os.environ.get("OMP_NUM_THREADS", "default"), "long_gaps": long_gaps, "marks": marks,
+        **({"stalled_in": dog.summary(), "stall_samples": dog.samples} if dog is not None else {}),
     }
 
 
@@ -91,8 +136,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "event_loop.jsonl"))
+    parser.add_argument("--watchdog", action="store_true",
+                        help="record where each thread is during long gaps (costs a little; for finding stalls)")
     args = parser.parse_args()
-    row = measure(args.steps, args.max_length)
+    row = measure(args.steps, args.max_length, args.watchdog)
     print(json.dumps(row))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:

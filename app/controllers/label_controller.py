@@ -142,12 +142,15 @@ class LabelController(QObject):
         if free < half and len(self.queue) >= half:
             return  # enough ready to read meanwhile: wait for a bigger batch
         batch = []
-        for _ in range(free):
-            pair = self._new_pair()
-            if pair is None:
-                break
-            self.queue.append(pair)
-            batch.append(pair)
+        # starter prompts are stored as they are drawn: a batch's in one commit, on the GUI
+        # thread, where one commit per prompt stalled the window ~1 s for a batch of 22
+        with self.ctx.project.transaction():
+            for _ in range(free):
+                pair = self._new_pair()
+                if pair is None:
+                    break
+                batch.append(pair)
+        self.queue.extend(batch)
         if batch:
             self._batch = (time.monotonic(), batch)
             self._sample(*batch)
