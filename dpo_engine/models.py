@@ -339,15 +339,19 @@ def load_model(
     ref: str | None = None,
     device: DeviceChoice | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
+    tokenizer=None,
 ) -> LoadedModel:
-    """Load a model and its tokenizer onto a device (safetensors only, no remote code)."""
+    """Load a model and its tokenizer onto a device (safetensors only, no remote code).
+
+    `tokenizer`: one the caller already loaded from the same `ref`, in the same thread (a
+    tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop")."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
     resolved = resolve_model_ref(ref, on_progress)
     start = time.perf_counter()
     try:
-        tokenizer = load_tokenizer(resolved)
+        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved)
         model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True)
     except (ValueError, KeyError) as exc:  # e.g. a config.json with a model_type transformers does not know
         raise ModelError(f"Could not load the model at {resolved.path}: {_first_line(exc)}. DPO Studio loads "

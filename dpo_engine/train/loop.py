@@ -123,7 +123,7 @@ def _score(model, pairs, ctx, batch: int, dist) -> Iterator:
     return distributed.gather_scores(dist, mine, part, len(pairs))
 
 
-def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist) -> Iterator:
+def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist, tokenizer) -> Iterator:
     """Yield progress; return (ref log-probs, the policy LoadedModel)."""
     pairs = data.all_pairs
     fingerprint = reference_fingerprint(weights_identity(resolve_model_ref(reference_ref)), pairs,
@@ -139,7 +139,7 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
         ref = yield from _score(reference.model, pairs, ctx, batch, dist)
         del reference
         gc.collect()  # free it before the policy loads: one model in memory at a time
-    loaded = load_policy(config, device, resume, base_ref)
+    loaded = load_policy(config, device, resume, base_ref, tokenizer)
     if ref is None:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
         ref = yield from _score(loaded.model, pairs, ctx, batch, dist)
@@ -191,7 +191,8 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
         yield LogLine(compute.warning, "warning")
     yield precision
     key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ
-    ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist)
+    ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
+                                        tokenizer)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
     total = config.max_steps or config.epochs * per_epoch
     optimizer, scheduler = _optimizer(config, loaded.model, total, fused=not dist.sharded)

@@ -78,14 +78,17 @@ def adapter_folder(checkpoint: Path) -> Path:
     return sub if (sub / "adapter_config.json").is_file() else Path(checkpoint)
 
 
-def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | None, base_ref: str) -> LoadedModel:
+def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | None, base_ref: str,
+                tokenizer=None) -> LoadedModel:
     """The model to train, in train mode with dropout off: the base (fresh run), the checkpoint's
-    weights (full fine-tune resume), or the base with the checkpoint's adapter (LoRA resume)."""
+    weights (full fine-tune resume), or the base with the checkpoint's adapter (LoRA resume).
+    `tokenizer`: the one the caller loaded from the checkpoint (resuming) or else the base,
+    reused where the weights come from the same folder."""
     torch.manual_seed(config.seed)  # LoRA's initial A matrices come from here
     if config.lora is None:
-        loaded = load_model(str(resume_from) if resume_from else base_ref, device)
+        loaded = load_model(str(resume_from) if resume_from else base_ref, device, tokenizer=tokenizer)
     else:
-        loaded = load_model(base_ref, device)
+        loaded = load_model(base_ref, device, tokenizer=None if resume_from else tokenizer)
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         adapter = adapter_folder(resume_from) if resume_from else None
