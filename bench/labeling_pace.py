@@ -14,6 +14,8 @@ same figures are also given without it ("steady").
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --think 2 4 8 --verdicts 30
     QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --mode ranking --think 4
+    # a second session: the first run leaves the measured pace where the second starts from it
+    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --think 4 4 --pace-memory /tmp/pace.json
 
 To measure another version of the app (e.g. main before the batched queue), run this file
 with that checkout first on PYTHONPATH: it uses only `create_window`, the Label page's
@@ -55,7 +57,7 @@ def pump(app, seconds: float) -> None:
 
 
 def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch: int | None, seed: int,
-                  timeout: float) -> dict:
+                  timeout: float, pace_memory: Path | None = None) -> dict:
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
@@ -63,6 +65,14 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
 
     rng = random.Random(seed)
     workdir = Path(tempfile.mkdtemp(prefix="labeling-pace-"))
+    memory = pace_memory or workdir / "labeling-pace.json"  # default: a first session, nothing remembered
+    remembered = memory.exists()
+    try:
+        from app.controllers import pace
+
+        pace.memory_file = lambda: memory  # the app's pace memory, kept out of the user's cache
+    except ImportError:
+        pass  # a version of the app from before the pace
     ctx, win = create_window(workdir / "pace.sqlite", "default", device="cpu")
     page = win.pages["Label"]
     c = page.controller
@@ -112,6 +122,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         "verdicts": verdicts,
         "stored_verdicts": labeled,
         "prefetch": c.prefetch if c.prefetch is not None else f"auto, ended at {c._ahead()} prompts",
+        "session": "pace remembered" if remembered else "first",
         "first_pair_s": round(first_ready - start, 1),
         "wait_p50_s": round(percentile(waits, 50), 2),
         "wait_p95_s": round(percentile(waits, 95), 2),
@@ -139,6 +150,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for one pair before giving up")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "labeling_pace.jsonl")
+    p.add_argument("--pace-memory", type=Path, default=None,
+                   help="the file where the app remembers the measured pace; give the same one to two runs "
+                        "to measure a second session (default: a fresh one per condition, a first session)")
     args = p.parse_args(argv)
 
     from dpo_engine._compat import quiet_transformers
@@ -153,12 +167,13 @@ def main(argv=None) -> int:
 
         torch.set_num_threads(args.threads)
     for think in args.think:
-        row = run_condition(app, args.mode, args.k, think, args.verdicts, args.prefetch, args.seed, args.timeout)
+        row = run_condition(app, args.mode, args.k, think, args.verdicts, args.prefetch, args.seed, args.timeout,
+                            args.pace_memory)
         row.update(label=args.label, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    cpus=os.cpu_count(), torch_threads=_torch_threads())
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"{row['label'] or '-'} {row['mode']} think {think:g}s: wait p50 {row['wait_p50_s']} s, "
+        print(f"{row['label'] or '-'} ({row['session']} session) {row['mode']} think {think:g}s: wait p50 {row['wait_p50_s']} s, "
               f"p95 {row['wait_p95_s']} s, {row['verdicts_per_min']} verdicts/min "
               f"(first pair {row['first_pair_s']} s, load {row['load_1min']}); after the first verdict: "
               f"p50 {row['steady_wait_p50_s']} s, p95 {row['steady_wait_p95_s']} s, "

@@ -27,3 +27,12 @@ def tiny_loaded(tiny_model_dir):
     from dpo_engine.models import load_model
 
     return load_model(str(tiny_model_dir), pick_device("cpu"))
+
+
+@pytest.fixture(autouse=True)
+def _pace_memory_in_tmp(tmp_path, monkeypatch):
+    """The Label page remembers the labeling pace in the user cache: tests keep theirs apart
+    (a remembered slow pace would change the queue of the next test's window)."""
+    from app.controllers import pace
+
+    monkeypatch.setattr(pace, "memory_file", lambda: tmp_path / "labeling-pace.json")

@@ -554,6 +554,50 @@ def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, 
     assert controller.pace.batch_s == 25.0 and controller._ahead() == 16
 
 
+def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypatch, tmp_path):
+    """The second session on a slow CPU samples half the grown queue at once, the shown pair
+    among them, instead of growing it from 8 again (two long waits on the AVX2 CPU)."""
+    import app.controllers.label_controller as lc
+
+    clock = [1000.0]
+    monkeypatch.setattr(lc.time, "monotonic", lambda: clock[0])
+    calls = []
+    answers = [[f"answer {i} {side}" for i in range(40) for side in ("left", "right")]] * 8
+    monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
+    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
+    for i in range(90):
+        fresh_db.add_prompt(f"Prompt {i}", "import")
+    memory = tmp_path / "labeling-pace.json"
+    host = make_host(fresh_db)
+    first = lc.LabelController(host, seed=0, pace_memory=memory)
+    first.start()
+    host.jobs.pop(0).run()  # nothing known: the first pair alone, then a batch of 8
+    clock[0] += 3.0
+    assert first.judge("left")
+    clock[0] += 43.0
+    host.jobs.pop(0).run()  # 46 s for the batch: the queue grows to 32 (as in the test above)
+    assert first._ahead() == 32 and memory.exists()
+
+    again = make_host(fresh_db)  # the app opened again
+    second = lc.LabelController(again, seed=1, pace_memory=memory)
+    second.start()
+    assert second.pace.batch_s == 46.0 and second.pace.verdict_s == 3.0 and second._ahead() == 32
+    # one job: the shown pair and 15 more, one batch of 32 answers; the other half waits for it
+    assert len(again.jobs) == 1 and second.current is not None and len(second.queue) == 15
+    assert not second.current.done
+    clock[0] += 60.0
+    first_half = [second.current, *second.queue]
+    again.jobs.pop(0).run()
+    assert len(calls[-1][1]) == 32 and all(p.done for p in first_half)
+    # written: the batch is measured (60 s; 1.25 * 60 / 3 -> still the cap), and the other
+    # half, 17 with the pair on screen, is sampled now while the person reads the first
+    assert second.pace.batch_s == 60.0 and second._ahead() == 32
+    assert len(again.jobs) == 1 and len(second.queue) == 32
+    assert [p.done for p in second.queue] == [True] * 15 + [False] * 17
+    shown = [second.current, *second.queue]
+    assert len({p.prompt_id for p in shown}) == len(shown)  # no prompt twice
+
+
 def test_a_fixed_prefetch_still_wins_over_the_pace(label):
     host, controller, *_ = label  # prefetch=1: tests and screenshots keep their queue
     controller.pace.batch_written(100.0)

@@ -21,6 +21,7 @@ import random
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
@@ -78,13 +79,15 @@ class LabelController(QObject):
     progressChanged = Signal(dict)
     message = Signal(str)
 
-    def __init__(self, ctx: RoundHost, prefetch: int | None = None, seed: int | None = None):
+    def __init__(self, ctx: RoundHost, prefetch: int | None = None, seed: int | None = None,
+                 pace_memory: Path | None = None):
         super().__init__()
         self.ctx = ctx
         # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers); None: as
-        # many as the measured pace of sampling and of the person calls for (`pace.Pace`)
+        # many as the measured pace of sampling and of the person calls for (`pace.Pace`),
+        # remembered between sessions in `pace_memory` (the page passes `pace.memory_file()`)
         self.prefetch = prefetch
-        self.pace = Pace()
+        self.pace = Pace(pace_memory)
         self._batch: tuple[float, list[PendingPair]] | None = None  # the top-up being written: (start, pairs)
         self._ready_at: float | None = None  # when the current prompt's answers were complete on screen
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
@@ -117,18 +120,24 @@ class LabelController(QObject):
     def fill(self) -> None:
         """Keep one current pair and `prefetch` more queued or being sampled.
 
-        A pair needed now (nothing to show) is sampled alone. The queue is topped up in one
-        batch, once the pairs queued before are written, and only when at least half of it
-        is free or fewer than half are ready: each verdict frees one place, and a batch
-        costs about the same whatever its size, so places filled one or two at a time
-        would leave the sampler behind the person."""
+        A pair needed now (nothing to show) is sampled alone, or, once the pace is known
+        (an earlier session measured it), with the first half of the queue in one batch. The
+        queue is topped up in one batch, once the pairs queued before are written, and only
+        when at least half of it is free or fewer than half are ready: each verdict frees
+        one place, and a batch costs about the same whatever its size, so places filled one
+        or two at a time would leave the sampler behind the person."""
+        self.pace.use(self._sampler(), self._task())
         if self.current is None and not self.queue:
-            pair = self._new_pair()
-            if pair is None:
+            answers = 2 if self.mode == "pairwise" else self.k
+            first = self._draw(self.pace.first_batch(answers) if self.prefetch is None else 1)
+            if not first:
                 self.message.emit("No prompts left: import prompts or type one above.")
                 return
-            self._sample(pair)
-            self._show(pair)
+            self.queue.extend(first[1:])
+            if len(first) > 1:
+                self._batch = (time.monotonic(), first)
+            self._sample(*first)
+            self._show(first[0])
         if any(not p.done and not p.error for p in self.queue):
             return  # a batch is being written: top up when it is
         if self._batch is not None:  # the last batch is written: how long it took sizes the queue
@@ -141,19 +150,36 @@ class LabelController(QObject):
         half = (ahead + 1) // 2
         if free < half and len(self.queue) >= half:
             return  # enough ready to read meanwhile: wait for a bigger batch
-        batch = []
-        # starter prompts are stored as they are drawn: a batch's in one commit, on the GUI
-        # thread, where one commit per prompt stalled the window ~1 s for a batch of 22
-        with self.ctx.project.transaction():
-            for _ in range(free):
-                pair = self._new_pair()
-                if pair is None:
-                    break
-                batch.append(pair)
+        batch = self._draw(free)
         self.queue.extend(batch)
         if batch:
             self._batch = (time.monotonic(), batch)
             self._sample(*batch)
+
+    def _draw(self, n: int) -> list[PendingPair]:
+        """Up to `n` new pairs (fewer when the prompts run out)."""
+        batch = []
+        # starter prompts are stored as they are drawn: a batch's in one commit, on the GUI
+        # thread, where one commit per prompt stalled the window ~1 s for a batch of 22
+        with self.ctx.project.transaction():
+            for _ in range(n):
+                pair = self._new_pair()
+                if pair is None:
+                    break
+                batch.append(pair)
+        return batch
+
+    def _sampler(self) -> str:
+        """What a batch's time depends on, the key of its remembered pace."""
+        device = getattr(self.ctx, "device", None)
+        where = device.describe() if hasattr(device, "describe") else "default device"
+        models = self.ctx.model_ref if self.mode == "ranking" or not self.second_model else \
+            f"{self.ctx.model_ref} + {self.second_model}"
+        return f"{models} on {where}, {self.settings.max_new_tokens} new tokens"
+
+    def _task(self) -> str:
+        """What a verdict's time depends on, the key of the person's remembered pace."""
+        return "pairwise" if self.mode == "pairwise" else f"ranking of {self.k}"
 
     def _ahead(self) -> int:
         """Prompts to keep queued: `prefetch` pairs' worth of answers (a ranking of k writes k),

@@ -16,33 +16,113 @@ machine and person by an order of magnitude, so both are measured, not assumed:
 Decoding reads the weights once per token step whatever the batch, so a bigger batch costs
 a little more time for many more answers: the queue this sizes converges (on the AVX2 CPU,
 queue 2b with b = 1.25 (27 + 2.2 b) / 4.5 gives b ~ 19 pairs; capped below).
+
+What was measured is remembered (a small JSON file in the user cache, `memory_file()`): the
+batch time per sampler (model, device and precision, answer length) and the person's seconds
+per verdict per task (pairwise, ranking of k). A new session then starts with the queue the
+last one ended with, and samples its first half in one batch with the pair shown first
+(`first_batch`): on the AVX2 CPU the first session's start-up cost the person two long waits
+(45 s after the first verdict, 66 s at the ninth) while the queue grew from 8 to 32 pairs.
+A file that is missing, unreadable or unwritable costs only that memory, never an error.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
+
+from dpo_engine.paths import cache_dir
 
 MARGIN = 1.25  # the half-queue should outlast the batch by this much (batch times vary ~20%)
 START_ROWS = 16  # answers sampled ahead before anything is measured (8 pairs: the old fixed queue)
 MAX_ROWS = 64  # answers sampled ahead at most: their keys/values cost ~0.5 GB for the default model
 FIRST_GUESS_S = 4.0  # a person's seconds per verdict until one is measured (issue 15's scripted person)
 EMA = 0.3  # weight of the newest verdict time: follows a person who speeds up, forgets one long pause
+MEMORY_VERSION = 1
+
+
+def memory_file() -> Path:
+    """Where the measured pace is remembered between sessions (tests point it elsewhere)."""
+    return cache_dir() / "labeling-pace.json"
 
 
 class Pace:
-    """The measured pace of sampling and of the person, and the queue length they call for."""
+    """The measured pace of sampling and of the person, and the queue length they call for.
 
-    def __init__(self) -> None:
+    `memory`: the JSON file that keeps them between sessions (None: this session only).
+    `use(sampler, task)` says what is being measured; it recalls what an earlier session
+    measured for that sampler and that task, if anything."""
+
+    def __init__(self, memory: Path | None = None) -> None:
         self.batch_s: float | None = None  # seconds the last full batch took to write
         self.verdict_s: float | None = None  # the person's seconds per prompt (a verdict or a ranking)
+        self.memory = memory
+        self.sampler = self.task = ""
+        self._record = self._read()
 
+    # ------------------------------------------------------------------ memory
+    def _read(self) -> dict:
+        empty = {"version": MEMORY_VERSION, "samplers": {}, "tasks": {}}
+        if self.memory is None:
+            return empty
+        try:
+            record = json.loads(self.memory.read_text())
+        except (OSError, ValueError):
+            return empty
+        if not isinstance(record, dict) or record.get("version") != MEMORY_VERSION:
+            return empty
+        for part in ("samplers", "tasks"):
+            if not isinstance(record.get(part), dict):
+                record[part] = {}
+        return record
+
+    def _write(self) -> None:
+        if self.memory is None:
+            return
+        try:
+            self.memory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.memory.with_name(f".{self.memory.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(self._record, indent=1, sort_keys=True))
+            os.replace(tmp, self.memory)  # another window writing at once: one of them wins, whole
+        except OSError:
+            pass  # a read-only cache: this session's pace is still used, only not remembered
+
+    @staticmethod
+    def _recall(part: dict, key: str) -> float | None:
+        value = part.get(key)
+        return float(value) if isinstance(value, (int, float)) and 0 < value < 3600 else None
+
+    def use(self, sampler: str, task: str) -> None:
+        """Measure for `sampler` (what writes the answers and how long they are) and `task`
+        (pairwise or ranking of k): a new one starts from what was remembered for it."""
+        if sampler != self.sampler:
+            self.sampler = sampler
+            self.batch_s = self._recall(self._record["samplers"], sampler)
+        if task != self.task:
+            self.task = task
+            self.verdict_s = self._recall(self._record["tasks"], task)
+
+    @property
+    def remembered(self) -> bool:
+        """Whether the batch time is known before this session sampled anything."""
+        return self.batch_s is not None
+
+    # ------------------------------------------------------------------ measuring
     def batch_written(self, seconds: float) -> None:
         self.batch_s = seconds
+        if self.sampler:
+            self._record["samplers"][self.sampler] = round(seconds, 2)
+            self._write()
 
     def judged(self, seconds: float) -> None:
         """A verdict `seconds` after its prompt's answers were complete on screen."""
         seconds = min(max(seconds, 0.5), 60.0)  # a pause for coffee is not the person's pace
         self.verdict_s = seconds if self.verdict_s is None else EMA * seconds + (1 - EMA) * self.verdict_s
+        if self.task:
+            self._record["tasks"][self.task] = round(self.verdict_s, 2)
+            self._write()
 
     def ahead(self, answers_per_prompt: int) -> int:
         """Prompts to keep queued or being sampled (each writes `answers_per_prompt` answers)."""
@@ -51,3 +131,13 @@ class Pace:
             return low
         per_verdict = self.verdict_s or FIRST_GUESS_S
         return max(low, min(high, 2 * math.ceil(MARGIN * self.batch_s / per_verdict)))
+
+    def first_batch(self, answers_per_prompt: int) -> int:
+        """Prompts to sample in one batch when nothing is on screen, the one shown first among
+        them (its answers stream while the batch is written). Unmeasured: 1, the quickest first
+        pair; the queue follows in a batch of its own. Measured: half the queue, which the
+        person reads while the other half is written, so the queue is full from the start
+        without a wait after the first verdicts."""
+        if self.batch_s is None:
+            return 1
+        return max(1, (self.ahead(answers_per_prompt) + 1) // 2)

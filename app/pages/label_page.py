@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
 
 from app.plumbing.context import AppContext
 from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, PendingPair
+from app.controllers import pace
 from app.widgets.rank_order import RankOrderList
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.generate import GenerationSettings
@@ -57,7 +58,7 @@ class LabelPage(QWidget):
         super().__init__(parent)
         self.setObjectName("page_label")
         self.ctx = ctx
-        self.controller = LabelController(ctx)
+        self.controller = LabelController(ctx, pace_memory=pace.memory_file())  # the pace of earlier sessions
         self._build()
         self._connect()
         self._started = False
