@@ -516,19 +516,26 @@ def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp
     assert len(shown) == 5 and len({p.prompt_id for p in shown}) == 5
 
 
-def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, monkeypatch):
-    """The default queue follows the measured pace: a slow batch and quick verdicts make it
-    longer (a fixed 8 left the person waiting on a 2-core AVX2 CPU, bench/README.md)."""
+def paced_label(fresh_db, monkeypatch, prompts: int, batches: int):
+    """The Label controller's module with a settable clock and scripted batches of 40 pairs:
+    (module, clock, calls) for the tests of the paced queue."""
     import app.controllers.label_controller as lc
 
     clock = [1000.0]
     monkeypatch.setattr(lc.time, "monotonic", lambda: clock[0])
     calls = []
-    answers = [[f"answer {i} {side}" for i in range(40) for side in ("left", "right")]] * 5
+    answers = [[f"answer {i} {side}" for i in range(40) for side in ("left", "right")]] * batches
     monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
     monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
-    for i in range(60):
+    for i in range(prompts):
         fresh_db.add_prompt(f"Prompt {i}", "import")
+    return lc, clock, calls
+
+
+def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, monkeypatch):
+    """The default queue follows the measured pace: a slow batch and quick verdicts make it
+    longer (a fixed 8 left the person waiting on a 2-core AVX2 CPU, bench/README.md)."""
+    lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=5)
     host = make_host(fresh_db)
     controller = lc.LabelController(host, seed=0)
     assert controller.prefetch is None  # the default: sized by the pace
@@ -557,16 +564,7 @@ def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, 
 def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypatch, tmp_path):
     """The second session on a slow CPU samples half the grown queue at once, the shown pair
     among them, instead of growing it from 8 again (two long waits on the AVX2 CPU)."""
-    import app.controllers.label_controller as lc
-
-    clock = [1000.0]
-    monkeypatch.setattr(lc.time, "monotonic", lambda: clock[0])
-    calls = []
-    answers = [[f"answer {i} {side}" for i in range(40) for side in ("left", "right")]] * 8
-    monkeypatch.setattr(rounds, "stream_generate", scripted([[f"now {i}", f"now {i}!"] for i in range(5)]))
-    monkeypatch.setattr(rounds, "stream_generate_batch", scripted_batch(answers, calls))
-    for i in range(90):
-        fresh_db.add_prompt(f"Prompt {i}", "import")
+    lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=90, batches=8)
     memory = tmp_path / "labeling-pace.json"
     host = make_host(fresh_db)
     first = lc.LabelController(host, seed=0, pace_memory=memory)
