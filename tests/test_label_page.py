@@ -186,3 +186,22 @@ def test_sampling_failure_shows_message_and_labeling_goes_on(qtbot, label_window
     monkeypatch.undo()
     page.controller.regenerate()
     wait_ready(qtbot, page)
+
+
+def test_leaving_the_page_leaves_the_worker_to_the_other_pages(qtbot, label_window, monkeypatch):
+    """A new active model (a run just finished) refills the queue only once the person is back
+    on the Label page: on the Compare page its rounds would wait behind the refill."""
+    ctx, win, page = label_window
+    monkeypatch.setattr(lc, "stream_generate_batch", scripted_batch_stream())
+    c = page.controller
+    wait_ready(qtbot, page)
+    qtbot.waitUntil(lambda: c.queue and all(p.done for p in c.queue), timeout=30_000)
+    win.show_page("Compare")
+    assert not page.isVisible() and c.paused
+    batches = []
+    monkeypatch.setattr(c, "_sample", lambda *pairs: batches.append(pairs))
+    ctx.activeModelChanged.emit(ctx.model_ref)  # what following a finished run does
+    assert not c.queue and not batches  # the queue from the old model is dropped, nothing sampled
+    win.show_page("Label")
+    assert page.isVisible() and not c.paused
+    assert len(batches) == 1 and len(c.queue) == len(batches[0]) > 0  # refilled now, in one batch

@@ -88,6 +88,7 @@ class LabelController(QObject):
         # remembered between sessions in `pace_memory` (the page passes `pace.memory_file()`)
         self.prefetch = prefetch
         self.pace = Pace(pace_memory)
+        self.paused = False  # the page is not in use: no new sampling until `resume`
         self._batch: tuple[float, list[PendingPair]] | None = None  # the top-up being written: (start, pairs)
         self._ready_at: float | None = None  # when the current prompt's answers were complete on screen
         self.settings = GenerationSettings(max_new_tokens=128, temperature=0.9, top_p=0.95)
@@ -116,6 +117,18 @@ class LabelController(QObject):
         self.fill()
         self._emit_progress()
 
+    def pause(self) -> None:
+        """The person left the Label page: start no new sampling (a batch being written
+        finishes). The worker is then free for the page they went to: after a run the new
+        model refilled a grown queue (64 answers) here, and the Compare page's rounds waited
+        behind it (bench/README.md, "Before and after issue 15")."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Back on the Label page: sample what is missing."""
+        self.paused = False
+        self.fill()
+
     @saves
     def fill(self) -> None:
         """Keep one current pair and `prefetch` more queued or being sampled.
@@ -126,6 +139,8 @@ class LabelController(QObject):
         when at least half of it is free or fewer than half are ready: each verdict frees
         one place, and a batch costs about the same whatever its size, so places filled one
         or two at a time would leave the sampler behind the person."""
+        if self.paused:
+            return  # `resume` fills
         self.pace.use(self._sampler(), self._task())
         if self.current is None and not self.queue:
             answers = 2 if self.mode == "pairwise" else self.k

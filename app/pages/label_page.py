@@ -263,7 +263,14 @@ class LabelPage(QWidget):
         if not self._started:  # sample only once the page is first seen
             self._started = True
             self.controller.start()
+        elif self.controller.paused:
+            self.controller.resume()
         self.setFocus()
+
+    def hideEvent(self, event) -> None:
+        super().hideEvent(event)
+        if not event.spontaneous():  # another page was chosen (not the window minimized): the
+            self.controller.pause()  # worker serves that page until this one shows again
 
     # ------------------------------------------------------------------ keys
     def _on_ctx_modelStateChanged(self, state: str, _detail: str) -> None:
