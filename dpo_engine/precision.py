@@ -20,7 +20,6 @@ error.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from dataclasses import dataclass
@@ -29,6 +28,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from dpo_engine.paths import write_cache_json
 
 RECORD_VERSION = 1  # bump when the measurement changes, so old records are measured again
 NATIVE_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 AMX, x86 AVX-512, Arm v8.6 (Graviton 3, Apple M2+)
@@ -146,18 +147,6 @@ def read_record(path: Path, key: dict) -> dict | None:
     return None
 
 
-def write_record(path: Path, record: dict) -> None:
-    """Write atomically; a cache that cannot be written is skipped (measured again next time)."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)  # readers never see half a file
-    except OSError:
-        pass
-
-
 def cpu_precision(path: Path, measure_fn: Callable[[], dict] | None = None,
                   flags_fn: Callable[[], list[str]] | None = None) -> CpuPrecision:
     """bf16 autocast when the CPU runs bf16 natively and the cached (or a fresh) measurement shows
@@ -175,7 +164,7 @@ def cpu_precision(path: Path, measure_fn: Callable[[], dict] | None = None,
     record = read_record(path, key)
     if record is None:
         record = {"version": RECORD_VERSION, "key": key, **(measure_fn or measure)()}
-        write_record(path, record)
+        write_cache_json(path, record)
     speedup, day = float(record["speedup"]), str(record["measured"])[:10]
     if speedup >= MIN_SPEEDUP:
         return CpuPrecision("bfloat16", f"bf16: CPU has {flags[0]}, matmul {speedup:.1f}x fp32 (measured {day})")

@@ -30,10 +30,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
-from dpo_engine.paths import cache_dir
+from dpo_engine.paths import cache_dir, write_cache_json
 
 MARGIN = 1.25  # the half-queue should outlast the batch by this much (batch times vary ~20%)
 START_ROWS = 16  # answers sampled ahead before anything is measured (8 pairs: the old fixed queue)
@@ -78,17 +77,6 @@ class Pace:
                 record[part] = {}
         return record
 
-    def _write(self) -> None:
-        if self.memory is None:
-            return
-        try:
-            self.memory.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.memory.with_name(f".{self.memory.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(self._record, indent=1, sort_keys=True))
-            os.replace(tmp, self.memory)  # another window writing at once: one of them wins, whole
-        except OSError:
-            pass  # a read-only cache: this session's pace is still used, only not remembered
-
     @staticmethod
     def _recall(part: dict, key: str) -> float | None:
         value = part.get(key)
@@ -104,17 +92,16 @@ class Pace:
             self.task = task
             self.verdict_s = self._recall(self._record["tasks"], task)
 
-    @property
-    def remembered(self) -> bool:
-        """Whether the batch time is known before this session sampled anything."""
-        return self.batch_s is not None
+    def _save(self) -> None:
+        if self.memory is not None:  # a read-only cache: this session's pace is used, only not remembered
+            write_cache_json(self.memory, self._record)
 
     # ------------------------------------------------------------------ measuring
     def batch_written(self, seconds: float) -> None:
         self.batch_s = seconds
         if self.sampler:
             self._record["samplers"][self.sampler] = round(seconds, 2)
-            self._write()
+            self._save()
 
     def judged(self, seconds: float) -> None:
         """A verdict `seconds` after its prompt's answers were complete on screen."""
@@ -122,7 +109,7 @@ class Pace:
         self.verdict_s = seconds if self.verdict_s is None else EMA * seconds + (1 - EMA) * self.verdict_s
         if self.task:
             self._record["tasks"][self.task] = round(self.verdict_s, 2)
-            self._write()
+            self._save()
 
     def ahead(self, answers_per_prompt: int) -> int:
         """Prompts to keep queued or being sampled (each writes `answers_per_prompt` answers)."""
