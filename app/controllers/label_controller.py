@@ -11,8 +11,9 @@ Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch wo
 the next ones are already being sampled, all their answers in one batch (on a CPU, decoding
 4 pairs costs about what 1 does), so a verdict shows the next prompt at once when it is
 ready. How many are queued follows the measured time of a batch and of the person's
-verdicts (`pace.Pace`): a slow CPU or a quick person gets a longer queue. Every verdict or ranking is committed to the project file before the
-next prompt shows.
+verdicts (`pace.Pace`): a slow CPU or a quick person gets a longer queue. Every verdict
+or ranking is committed to the project file before the next prompt shows. The ranking
+actions (places, ties, a dragged order, saving) are in `label_ranking.RankingActions`.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 
 from app.controllers.pace import Pace
+from app.controllers.label_ranking import RankingActions
 from app.controllers.ranking_draft import RankingDraft
 from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_rounds
 from app.plumbing.context import saves
@@ -60,7 +62,7 @@ class Verdict:
     verdict: str  # "ranking" for a ranking
 
 
-class LabelController(QObject):
+class LabelController(QObject, RankingActions):
     """Signals:
         pairShown(PendingPair): a new current pair (texts may still be streaming).
         textUpdated(side, text, tokens): streamed text of the current pair's side 0/1.
@@ -378,67 +380,6 @@ class LabelController(QObject):
         self.modeChanged.emit(mode, k)
         self.fill()
         self._emit_progress()
-
-    # the page reads the draft through these
-    order = property(lambda self: list(self.draft.order))
-    ties = property(lambda self: list(self.draft.ties))
-    tie_next = property(lambda self: self.draft.tie_next)
-
-    def _ranking_changed(self) -> None:
-        self.rankingChanged.emit(self.order, self.ties)
-
-    def _clear_places(self) -> None:
-        self.draft.clear()
-        self._ranking_changed()
-
-    def _ready_to_rank(self) -> PendingPair | None:
-        pair = self.current
-        if pair is None or not pair.ranking:
-            return None
-        if not pair.done:
-            self.message.emit("The answers are still being written; rank them when they are complete.")
-            return None
-        return pair
-
-    def place(self, index: int, tied: bool | None = None) -> bool:
-        """Give answer `index` (0-based, shown order) the next place, or the previous one's
-        place when tied (default: the pending "tie with previous" toggle). Placing the last
-        answer saves the ranking."""
-        pair = self._ready_to_rank()
-        if pair is None or not self.draft.place(index, pair.n, tied):
-            return False
-        self._ranking_changed()
-        return self.save_ranking() if len(self.draft.order) == pair.n else True
-
-    def toggle_tie(self) -> None:
-        """The next answer placed shares the previous answer's place."""
-        if self.draft.toggle_tie():
-            self._ranking_changed()
-
-    def unplace(self) -> None:
-        """Take back the last place given (before the ranking is saved)."""
-        self.draft.unplace()
-        self._ranking_changed()
-
-    def set_order(self, order: list[int]) -> bool:
-        """Take a whole new order (a drag on the page): every answer placed, best first, no
-        ties. Not saved until `save_ranking` (Enter), so the person can keep rearranging."""
-        pair = self._ready_to_rank()
-        if pair is None or not self.draft.set_order(order, pair.n):
-            return False
-        self._ranking_changed()
-        return True
-
-    def save_ranking(self) -> bool:
-        """Store the ranking (unplaced answers tie for last) as one group, committed before
-        the next prompt shows."""
-        pair = self.current
-        if pair is None or not pair.ranking or not pair.done or not self.draft.order:
-            return False
-        order, ties = self.draft.complete(pair.n)
-        ok, group = self.ctx.try_save(lambda: self.ctx.project.record_ranking(
-            pair.prompt_id, [pair.response_ids[i] for i in order], ties))
-        return ok and self._recorded(group, pair, "ranking")
 
     # ------------------------------------------------------------------ progress
     def progress(self) -> dict:
