@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 export QT_QPA_PLATFORM_TEST = offscreen
 
-.PHONY: run test setup model bench screenshots clean
+.PHONY: run test test-other-isa setup model bench screenshots clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,16 @@ run: model
 test: model
 	QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	$(BIN)/lint-imports
+
+# The numerical tests (marker `numerical`) once more with torch's CPU kernels capped below any
+# current CPU's: ATen's scalar `default` kernels (matmul, sums, exp, log-softmax all round
+# differently from the AVX2/AVX-512 ones), oneDNN (bf16 matmuls) at SSE4.1, MKL at SSE4.2.
+# So every CI run sees a second CPU's rounding; conftest.py fails the run if the cap did not
+# take. Which tests are numerical and how they stay portable: docs/architecture.md, "Tests".
+OTHER_ISA := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 MKL_ENABLE_INSTRUCTIONS=SSE4_2 \
+	DPO_STUDIO_EXPECT_CPU_CAPABILITY=DEFAULT
+test-other-isa: model
+	$(OTHER_ISA) QT_QPA_PLATFORM=offscreen $(BIN)/python -m pytest -q -m numerical $(PYTEST_ARGS)
 
 # Benchmarks (minutes; run on an idle machine): eval and training throughput against TRL.
 bench: model

@@ -14,6 +14,20 @@ quiet_transformers()
 from tests.tiny_model import build_tiny_model
 
 
+def pytest_configure(config):
+    """`make test-other-isa` caps torch's CPU kernels by environment variable; a cap that did not
+    take (a renamed variable, a torch that ignores it) would rerun the same kernels and prove
+    nothing, so the run stops at once instead."""
+    expected = os.environ.get("DPO_STUDIO_EXPECT_CPU_CAPABILITY")
+    if expected:
+        import torch
+
+        running = torch.backends.cpu.get_cpu_capability()
+        if running.upper() != expected.upper():
+            raise pytest.UsageError(f"ATen runs {running} kernels, not the capped {expected}: "
+                                    "the other-ISA pass would test nothing new.")
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A tiny random Llama + byte tokenizer saved as a local model folder (nothing downloaded)."""

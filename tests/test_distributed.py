@@ -21,6 +21,9 @@ from dpo_engine.cli.main import main
 from dpo_engine.train.distributed import LOCAL, current
 from tests.test_trainer import make_pairs
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 STEPS = 6  # 2 steps per epoch: three epochs, each ending on the short micro-batch
 FLAGS = ["--max-steps", str(STEPS), "--grad-accum", "2", "--lr", "1e-3", "--eval-fraction", "0.2",
          "--eval-every", "2", "--warmup-ratio", "0", "--seed", "5"]

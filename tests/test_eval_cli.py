@@ -16,6 +16,9 @@ from dpo_engine.models import load_model
 from dpo_engine.pairs import parse_preference_record
 from tests.perturb import perturbed_copy
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 RECORDS = [
     {"prompt": [{"role": "user", "content": "Hi"}], "chosen": [{"role": "assistant", "content": "Hello there!"}],
      "rejected": [{"role": "assistant", "content": "Go away."}]},

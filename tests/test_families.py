@@ -18,6 +18,9 @@ from dpo_engine.generate import GenerationSettings, encode_prompt, generate
 from dpo_engine.pairs import PreferencePair
 from tests.tiny_families import FAMILIES, build_family_model, build_family_tokenizer
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 NAMES = sorted(FAMILIES)
 RENDERED = {  # the generation prompt for [system "Be brief.",] user "Hi", as each family documents it
     ("llama3", False): "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>"

@@ -22,6 +22,9 @@ from dpo_engine.train.groups import answer_groups, grouped_logps, prompt_groups,
 from dpo_engine.train.step import StepContext, run_step, score_pairs
 from dpo_engine.train.loop import load_run_config, run_training, train
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 WORDS = ["yes", "no", "maybe", "sure", "never", "always", "perhaps", "fine"]
 
 
@@ -282,8 +285,14 @@ def test_a_grouped_run_has_the_pairwise_losses(tiny_model_dir, tmp_path, monkeyp
                           evals[1])
     assert len(grouped) == len(pairwise) == 4
     for a, b in zip(grouped, pairwise):
-        for name in ("loss", "rewards_accuracies", "rewards_margins", "logps_chosen", "logps_rejected", "grad_norm"):
+        # Step 1 scores the policy before its first update, when it equals its reference: every
+        # margin is rounding noise around 0 and the share of margins > 0 flips with the CPU's
+        # matmul kernels (0.0 vs 0.125 on an AMX Xeon). The margins themselves are compared at
+        # every step; their sign only once the policy has moved (margins ~1e-2, noise ~1e-6).
+        names = ("loss", "rewards_margins", "logps_chosen", "logps_rejected", "grad_norm")
+        for name in names + (("rewards_accuracies",) if a.step > 1 else ()):
             assert getattr(a, name) == pytest.approx(getattr(b, name), rel=1e-4, abs=1e-5), (a.step, name)
+    assert abs(grouped[0].rewards_margins) < 1e-4 < min(abs(s.rewards_margins) for s in grouped[1:])
     assert len({round(s.loss, 6) for s in grouped}) == 4  # the steps moved the policy
     assert [e.step for e in evals[0]] == [e.step for e in evals[1]] == [2, 4]
     for a, b in zip(*evals):  # the held-out pass (grouped scoring) too

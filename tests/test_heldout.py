@@ -12,6 +12,9 @@ from dpo_engine.pairs import PreferencePair
 from tests.tiny_model import build_tiny_model
 from dpo_engine.iters import drain
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 PAIRS = [
     PreferencePair((("user", "Say hi."),), "Hi there!", "No."),
     PreferencePair((("user", "Count to three."),), "1, 2, 3", "one two three four five six"),

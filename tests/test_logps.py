@@ -10,6 +10,8 @@ from dpo_engine.logps import batch_logps, sequence_logps
 from dpo_engine.losses import LossParams, sigmoid
 from dpo_engine.pairs import PreferencePair, conversation
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
 PAIRS = [
     conversation("Hi", "Hello there, friend.", "Go away"),
     conversation("What is 2+2? Answer briefly.", "4", "It is five, I think, or maybe six."),

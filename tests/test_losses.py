@@ -23,6 +23,9 @@ import torch
 from dpo_engine.errors import ConfigError
 from dpo_engine.losses import LOSSES, LossOutput, LossParams, compute_metrics, get_loss, sigmoid
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 PARAMS = LossParams(beta=0.1, label_smoothing=0.1, rpo_alpha=1.0)
 HAND = {
     "sigmoid": 0.5981389,

@@ -15,6 +15,9 @@ from dpo_engine.precision import MIN_SPEEDUP, cpu_precision, measure
 from tests.test_trainer import make_pairs
 
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 class FakeCpu:
     """A CPU with the given native bf16 flags whose bf16 matmul runs `speedup` x fp32."""
 

@@ -22,6 +22,9 @@ from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
 from dpo_engine.train.loop import load_run_config, run_training, train
 
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 def make_pairs(n: int, seed: int = 0):
     """A learnable preference: the chosen answer says 'yes', the rejected one 'no'."""
     rng = random.Random(seed)

@@ -19,6 +19,9 @@ from tests.perturb import perturbed_copy
 
 pytest.importorskip("trl")
 
+pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+
+
 MAX_LENGTH = 96  # the long pair below is truncated, the very long prompt is dropped
 BETA = 0.2
 SMOOTHING = 0.2
