@@ -306,7 +306,9 @@ def test_on_pairs_of_distinct_prompts_the_switch_changes_nothing(tiny_model_dir,
     on = _steps(_config(tiny_model_dir, tmp_path / "on", eval_fraction=0.2), pairs)
     monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache-2"))
     off = _steps(_config(tiny_model_dir, tmp_path / "off", eval_fraction=0.2, group_answers=False), pairs)
-    assert [s.loss for s in on] == pytest.approx([s.loss for s in off], rel=1e-6)
+    # the same batches, scored by two code paths (grouped and shared-prompt): equal up to the
+    # rounding of different row layouts; a change of batching or split moves a loss by ~1e-2
+    assert [s.loss for s in on] == pytest.approx([s.loss for s in off], rel=1e-5)
 
 
 def test_a_grouped_run_resumes_exactly(tiny_model_dir, tmp_path, monkeypatch):
