@@ -6,13 +6,19 @@ natively and a short measurement here shows it faster (`dpo_engine.precision`, c
 machine); fp32 otherwise. DPO_STUDIO_DTYPE sets what "auto" means on a machine; an explicit
 dtype always wins, with a warning where this hardware runs it poorly.
 
-The dtype is the compute precision: inference loads the weights in it; training keeps fp32
+The dtype is the compute precision: sampling loads the weights in it; training keeps fp32
 weights and optimizer state and runs the forward under autocast to it (train/model.py).
+
+Scores a person reads (`dpo-engine eval`, the Compare page's implicit rewards and held-out
+summary) are a different matter: bf16 moves summed log-probs by up to 5.8e-3 relative under
+autocast and 7.7e-3 with bf16 weights on SmolLM2 (bench/README.md, "Scoring precision"), so
+`scoring_device` keeps them in fp32 unless a precision was asked for by name.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,7 @@ class DeviceChoice:
     reason: str  # why this device, shown to the user
     precision_reason: str = ""  # why this precision, e.g. "bf16: CPU has avx512_bf16, matmul 2.7x fp32 (...)"
     warning: str = ""  # set when a requested precision runs poorly here: say it to the person
+    requested: bool = False  # the dtype was named (flag, setting or DPO_STUDIO_DTYPE), not picked by "auto"
 
     @property
     def torch_device(self) -> torch.device:
@@ -86,7 +93,28 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> DeviceCh
     if dtype == "auto":
         dtype, why = _auto_precision(device)
         return DeviceChoice(device, dtype, reason, why)
-    return DeviceChoice(device, dtype, reason, f"{_SHORT[dtype]}: {source}", _warning(device, dtype))
+    return DeviceChoice(device, dtype, reason, f"{_SHORT[dtype]}: {source}", _warning(device, dtype), True)
+
+
+# bench/scoring_precision.py, SmolLM2-135M and Gemma 3 270M on a CPU with avx512_bf16: the
+# largest relative error of a summed log-prob against fp32. Only fp32 meets SCORING_GOAL.
+SCORING_GOAL = 1e-3
+SCORING_NOTE = ("fp32: scores stay within 1e-3 of fp32 only in fp32 (bf16 moves summed log-probs by up to "
+                "~6e-3; bench/README.md, Scoring precision)")
+
+
+def scoring_device(choice: DeviceChoice, fits_fp32: bool = True, detail: str = "") -> DeviceChoice:
+    """The precision for log-probs a person reads: fp32 on `choice`'s device, unless the person
+    named a precision (kept) or fp32 weights do not fit (`fits_fp32` False: the loaded precision
+    is kept and the reason says so, with `detail`, e.g. the sizes)."""
+    if choice.dtype == "float32" or choice.requested:
+        return choice
+    if not fits_fp32:
+        short = _SHORT[choice.dtype]
+        return dataclasses.replace(choice, precision_reason=(
+            f"{short}: fp32 weights do not fit{' (' + detail + ')' if detail else ''}; scores may differ "
+            f"from fp32 by up to ~1e-2 relative"))
+    return dataclasses.replace(choice, dtype="float32", precision_reason=SCORING_NOTE, warning="")
 
 
 _SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}

@@ -63,7 +63,8 @@ def run_json(*args):
 
 def test_json_contract_order_and_skipped_lines(data, tiny_model_dir):
     report = run_json("--data", data, "--policy", tiny_model_dir, "--max-length", 100)
-    assert set(report) == {"pairs", "metrics", "skipped"}
+    assert set(report) == {"pairs", "metrics", "skipped", "precision"}
+    assert report["precision"]["device"] == "cpu" and report["precision"]["dtype"] == "float32"
     assert len(report["pairs"]) == 3 and all(set(p) == PAIR_KEYS for p in report["pairs"])
     assert set(report["metrics"]) == METRIC_KEYS
     assert [s["line"] for s in report["skipped"]] == [2, 5]

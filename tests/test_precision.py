@@ -280,3 +280,33 @@ def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
     result = cli("train", "--project", str(db), "--model", str(tiny_model_dir), "--output", str(tmp_path / "r2"),
                  "--max-steps", "1", "--device", "cpu", "--dtype", "float16")
     assert result.exit_code == 1 and "loss scaling" in result.output
+
+
+# --------------------------------------------------------------------------- scores a person reads
+
+
+def test_scores_are_fp32_where_auto_trains_in_bf16(cpu):
+    from dpo_engine.devices import scoring_device
+
+    auto = pick_device("cpu")
+    assert auto.dtype == "bfloat16"  # what sampling and training run in on this (faked) CPU
+    scoring = scoring_device(auto)
+    assert (scoring.device, scoring.dtype) == ("cpu", "float32") and "1e-3" in scoring.precision_reason
+    named = pick_device("cpu", "bfloat16")
+    assert scoring_device(named) == named  # a precision asked for by name is kept
+    tight = scoring_device(auto, fits_fp32=False, detail="needs 12.0 GiB, 9.5 GiB free")
+    assert tight.dtype == "bfloat16" and "do not fit (needs 12.0 GiB, 9.5 GiB free)" in tight.precision_reason
+
+
+def test_eval_scores_in_fp32_and_says_so(cpu, tiny_model_dir, tmp_path):
+    data = tmp_path / "pairs.jsonl"
+    data.write_text(json.dumps({"prompt": "Hi", "chosen": " hello", "rejected": " go"}) + "\n")
+    result = cli("eval", "--data", str(data), "--policy", str(tiny_model_dir), "--device", "cpu", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["precision"]["dtype"] == "float32"
+    result = cli("eval", "--data", str(data), "--policy", str(tiny_model_dir), "--device", "cpu", "--dtype",
+                 "bfloat16", "--json")
+    precision = json.loads(result.stdout)["precision"]
+    assert precision["dtype"] == "bfloat16" and precision["reason"] == "bf16: requested"
+    text = cli("eval", "--data", str(data), "--policy", str(tiny_model_dir), "--device", "cpu").stdout
+    assert "scored on cpu in float32 (fp32: scores stay within 1e-3 of fp32 only in fp32" in text

@@ -9,6 +9,9 @@ The reference defaults to the one the policy was trained against: a DPO Studio c
 folder carries `dpo_studio_run.json` with {"reference": REF, "base_model": REF}; without
 it, the policy itself (every reward is then 0 and the DPO loss ln 2).
 
+Precision: fp32 unless `--dtype` names another (`devices.scoring_device`): bf16 would move the
+summed log-probs by several 1e-3 relative, and the report names the precision it scored in.
+
 Public API (no click needed):
     read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
     default_reference(policy_ref) -> str
@@ -27,6 +30,7 @@ import click
 
 from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friendly_errors, progress_printer
 from dpo_engine.encoding import EncodedPair, collate, encode_pair
+from dpo_engine.devices import pick_device, scoring_device
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.iters import drain
 from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
@@ -140,6 +144,7 @@ def evaluate(data, policy_ref: str, reference_ref: str | None, settings: EvalSet
         raise DataError(f"{data} holds no preference pair." + (f" First problem: line {skipped[0][0]}: "
                                                                  f"{skipped[0][1]}" if skipped else ""))
     reference_ref = reference_ref or default_reference(policy_ref)
+    device = scoring_device(device if device is not None else pick_device())
     policy, encoded, rejected = _score_policy(policy_ref, pairs, settings, device, on_progress)
     if reference_ref == policy_ref:
         reference = policy  # same weights: one pass serves both
@@ -161,11 +166,14 @@ def evaluate(data, policy_ref: str, reference_ref: str | None, settings: EvalSet
         "lines": [ln for ln, _ in encoded],  # not printed with --json; the summary names pairs by line
         "policy": policy_ref,
         "reference": reference_ref,
+        "precision": {"device": device.device, "dtype": device.dtype, "reason": device.precision_reason},
     }
 
 
 def _print_summary(report: dict, settings: EvalSettings) -> None:
     click.echo(f"policy {report['policy']}  reference {report['reference']}")
+    click.echo(f"scored on {report['precision']['device']} in {report['precision']['dtype']} "
+               f"({report['precision']['reason']})")
     click.echo(f"loss {settings.loss}, beta {settings.beta}: {len(report['pairs'])} pairs scored, "
                f"{len(report['skipped'])} skipped")
     click.echo(f"{'line':>6} {'tokens c/r':>11} {'reward c':>10} {'reward r':>10} {'margin':>9} {'loss':>9}")
@@ -200,7 +208,7 @@ def eval_cmd(data, policy_ref, reference_ref, beta, loss_name, label_smoothing, 
     settings = EvalSettings(loss_name, beta, label_smoothing, max_length, batch_size)
     report = evaluate(data, policy_ref, reference_ref, settings, choose_device(device, dtype), progress_printer)
     if as_json:
-        payload = {k: report[k] for k in ("pairs", "metrics", "skipped")}
+        payload = {k: report[k] for k in ("pairs", "metrics", "skipped", "precision")}
         click.echo(json.dumps(payload))
     else:
         _print_summary(report, settings)
