@@ -31,6 +31,7 @@ Public API:
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -74,6 +75,7 @@ class HeldoutSummary:
     reward_margin: float  # mean r_w − r_l (TRL's rewards/margins); the base's is 0 by definition
     base_logp_margin: float  # mean log π_ref(y_w) − log π_ref(y_l)
     trained_logp_margin: float  # mean log π_θ(y_w) − log π_θ(y_l)
+    precision: str = "float32"  # the weights' dtype the scores were computed in
 
 
 @torch.no_grad()
@@ -153,4 +155,6 @@ def heldout_events(policy, reference, tokenizer, pairs: Sequence[PreferencePair]
         return (*_logps(policy, batch, pad), *_logps(reference, batch, pad))
 
     pc, pr, rc, rr = yield from mapped(score_pairs(both, encoded, batch_size), lambda done: HeldoutProgress(done, n))
-    return summarize_logps(pc, pr, rc, rr, beta, skipped=len(skipped))
+    dtypes = {str(next(m.parameters()).dtype).removeprefix("torch.") for m in (policy, reference)}
+    return dataclasses.replace(summarize_logps(pc, pr, rc, rr, beta, skipped=len(skipped)),
+                               precision=" / ".join(sorted(dtypes)))

@@ -77,6 +77,28 @@ def test_model_cache_reloads_a_rewritten_checkpoint(tmp_path, tiny_model_dir):
     assert cache.get(str(folder)) is not first  # rewritten in place: loaded again
 
 
+def test_scores_use_fp32_copies_where_they_fit_and_say_when_not(tiny_model_dir, monkeypatch):
+    import torch
+
+    import app.plumbing.context as context
+    from app.plumbing.context import ModelCache
+    from dpo_engine.devices import DeviceChoice
+
+    auto_bf16 = DeviceChoice("cpu", "bfloat16", "no GPU found", "bf16: CPU has avx512_bf16 (faked)")
+    cache = ModelCache(auto_bf16)
+    ref = str(tiny_model_dir)
+    sampling = cache.get(ref)
+    scoring = cache.scoring(ref)
+    assert next(sampling.model.parameters()).dtype == torch.bfloat16
+    assert next(scoring.model.parameters()).dtype == torch.float32 and cache.scoring_choice.dtype == "float32"
+    assert cache.get(ref) is sampling and cache.scoring(ref) is scoring  # both kept: no reload per round
+    cache.drop(ref)
+    monkeypatch.setattr(context, "memory_budget", lambda device: (1000, "cpu"))  # fp32 cannot fit now
+    tight = cache.scoring(ref)
+    assert next(tight.model.parameters()).dtype == torch.bfloat16
+    assert "fp32 weights do not fit" in cache.scoring_choice.precision_reason
+
+
 def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, monkeypatch):
     """Preparing the default model reports each stage in the status bar."""
     import app.plumbing.context as context

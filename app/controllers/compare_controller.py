@@ -215,8 +215,8 @@ class CompareController(QObject):
         yield from ()  # a generator, so the worker can cancel it before it starts
         if len(texts) < 2:
             return None  # a generation failed or was cancelled
-        after = self.ctx.models.get(rnd.refs[rnd.after_side])
-        before = self.ctx.models.get(rnd.refs[rnd.before_side])
+        after = self.ctx.models.scoring(rnd.refs[rnd.after_side])
+        before = self.ctx.models.scoring(rnd.refs[rnd.before_side])
         scores = implicit_rewards(after.model, before.model, after.tokenizer, rnd.prompt,
                                   (texts[0], texts[1]), rnd.beta)
         return scores.rewards
@@ -334,7 +334,7 @@ class CompareController(QObject):
         before, after, beta = self.before_ref, self.after_ref, checkpoint_beta(self.after_ref)
 
         def factory():
-            trained, base = self.ctx.models.get(after), self.ctx.models.get(before)
+            trained, base = self.ctx.models.scoring(after), self.ctx.models.scoring(before)
             return (yield from heldout_events(trained.model, base.model, trained.tokenizer, pairs, beta))
 
         job = self.ctx.submit("compare-heldout", factory)
@@ -342,6 +342,10 @@ class CompareController(QObject):
         job.returned.connect(lambda summary: self._on_heldout_returned((before, after), summary))
         job.failed.connect(lambda msg: self.message.emit(f"Held-out scoring failed: {msg.splitlines()[0]}"))
         return True
+
+    def scoring_reason(self) -> str:
+        """Why the last scores were computed in their precision (fp32 unless it did not fit)."""
+        return self.ctx.models.scoring_choice.precision_reason
 
     def _on_heldout_returned(self, models: tuple[str, str], summary: HeldoutSummary) -> None:
         if models != (self.before_ref, self.after_ref):

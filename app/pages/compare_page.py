@@ -352,8 +352,10 @@ class ComparePage(QWidget):
             f"Prefers the chosen answer: before {_pct(h.base_accuracy)} → after {_pct(h.trained_accuracy)}\n"
             f"Reward accuracy (after): {_pct(h.reward_accuracy)}\n"
             f"Mean reward margin: before 0 (by definition) → after {h.reward_margin:+.3f}\n"
-            f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}")
+            f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}\n"
+            f"Scored in {h.precision}")
         self.heldout_label.setToolTip(
             "'Prefers the chosen answer': the model gives the chosen answer a higher log-probability than the "
             "rejected one. Reward accuracy: the after model moved towards the chosen answer relative to the "
-            "before model (r_chosen > r_rejected). The base's implicit rewards are 0 by definition.")
+            "before model (r_chosen > r_rejected). The base's implicit rewards are 0 by definition.\n"
+            f"Precision: {self.controller.scoring_reason()}")

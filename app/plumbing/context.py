@@ -10,7 +10,8 @@ from typing import Any, Callable, Iterator
 from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
-from dpo_engine.devices import DeviceChoice
+from dpo_engine.catalog.fit import memory_budget
+from dpo_engine.devices import DeviceChoice, scoring_device
 from dpo_engine.errors import StoreError
 from dpo_engine.store.project import open_project
 from dpo_engine.models import (
@@ -40,17 +41,21 @@ def saves(method):
 
 
 class ModelCache:
-    """Loaded models by reference. Touched only from the torch worker thread.
+    """Loaded models by reference and precision. Touched only from the torch worker thread.
 
-    `on_state(state, ref, detail)` is called (on the worker thread) when a model starts
-    loading, is ready, or fails, whichever job asked for it."""
+    Sampling uses the window's precision (`get`); scores a person reads (implicit rewards, the
+    held-out summary) use `scoring`, which is fp32 wherever fp32 weights fit
+    (`devices.scoring_device`): two copies of a model then live side by side, `keep` of each
+    precision. `on_state(state, ref, detail)` is called (on the worker thread) when a model
+    starts loading, is ready, or fails, whichever job asked for it."""
 
     def __init__(self, device: DeviceChoice, on_state=None, keep: int = 2):
         self.device = device
         self.keep = keep  # base + one checkpoint fit even a small machine; more are reloaded (~1 s)
         self.on_state = on_state or (lambda state, ref, detail: None)
-        self._models: dict[str, LoadedModel] = {}
-        self._stamps: dict[str, float] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._stamps: dict[tuple[str, str], float] = {}
+        self.scoring_choice = device  # the precision the last `scoring` call used, and why
 
     @staticmethod
     def _stamp(ref: str) -> float:
@@ -61,25 +66,43 @@ class ModelCache:
             return 0.0
         return max((f.stat().st_mtime_ns for f in folder.glob("*.safetensors")), default=0)
 
-    def get(self, ref: str, on_progress=None) -> LoadedModel:
+    def get(self, ref: str, on_progress=None, device: DeviceChoice | None = None) -> LoadedModel:
+        device = device or self.device
+        key = (ref, device.dtype)
         stamp = self._stamp(ref)
-        if ref in self._models and self._stamps.get(ref) != stamp:
-            del self._models[ref]
-        if ref not in self._models:
-            while len(self._models) >= self.keep:
-                self._models.pop(next(iter(self._models)))
+        if key in self._models and self._stamps.get(key) != stamp:
+            del self._models[key]
+        if key not in self._models:
+            same = [k for k in self._models if k[1] == device.dtype]
+            for old in same[: max(0, len(same) - self.keep + 1)]:
+                del self._models[old]
             self.on_state("loading", ref, f"Loading {ref}…")
             try:
-                self._models[ref] = load_model(ref, self.device, on_progress=on_progress)
+                self._models[key] = load_model(ref, device, on_progress=on_progress)
             except Exception as exc:
                 self.on_state("error", ref, str(exc))
                 raise
-            self._stamps[ref] = stamp
-            self.on_state("ready", ref, self._models[ref].name)
-        return self._models[ref]
+            self._stamps[key] = stamp
+            self.on_state("ready", ref, self._models[key].name)
+        return self._models[key]
+
+    def scoring(self, ref: str) -> LoadedModel:
+        """`ref` in the precision for scores a person reads: fp32 if its fp32 weights fit in the
+        memory free now (with a fifth to spare), else the window's precision. `scoring_choice`
+        then names the precision used and why."""
+        choice = scoring_device(self.device)
+        if choice.dtype != self.device.dtype and (ref, choice.dtype) not in self._models:
+            params = sum(p.numel() for p in self.get(ref).model.parameters())
+            free, _ = memory_budget(self.device.device)
+            if 4 * params * 1.2 > free:
+                choice = scoring_device(self.device, False, f"{4 * params / 2**30:.1f} GiB needed, "
+                                                            f"{free / 2**30:.1f} GiB free")
+        self.scoring_choice = choice
+        return self.get(ref, device=choice)
 
     def drop(self, ref: str) -> None:
-        self._models.pop(ref, None)
+        for key in [k for k in self._models if k[0] == ref]:
+            del self._models[key]
 
 
 class AppContext(QObject):
