@@ -151,6 +151,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64, help="answer length when sampling the model's own pairs")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--train-pairs", type=int, default=32, help="how many of the trainer bench's 64 pairs")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to skip")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring_precision.jsonl")
     args = parser.parse_args()
@@ -181,7 +182,7 @@ def main() -> None:
             loaded = load_model(ref, cpu)
             rows += compare(name, loaded, own_answers(loaded, prompts, args.tokens), args, "own answers")
             if name == "SmolLM2-135M":
-                rows += compare(name, loaded, make_pairs(loaded.tokenizer), args, "train bench")
+                rows += compare(name, loaded, make_pairs(loaded.tokenizer)[: args.train_pairs], args, "train bench")
             del loaded
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("a") as f:
