@@ -5,6 +5,7 @@ policy-vs-reference log-ratio. pyqtgraph style: each curve is created once and t
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,15 @@ PLOTS = [
                                                 ("logratio/rejected", "rejected", "#d62728", False)]),
 ]
 SMOOTH_ALPHA = 0.3  # EMA weight of the newest point: steadies the noisy per-step DPO metrics
+LN2 = math.log(2)
+# The first step scores the policy while it equals its reference: its loss is ln 2 in exact
+# arithmetic, and off by rounding where the reference pass batched the pairs differently.
+# bench/first_loss.py (the trainer's own batching, default model, 8 seeds): up to 1e-6 in fp32;
+# in bf16 autocast up to FIRST_LOSS_BF16 on a CPU with avx512_bf16 (bench/README.md, "First loss").
+FIRST_LOSS_BF16 = 0.02
+START_HINT = (f"ln 2 ≈ 0.693: the loss where the policy still equals its reference. The first point sits "
+              f"on it within rounding: exactly in fp32, within ±{FIRST_LOSS_BF16:g} in bf16, where the "
+              "reference pass and the first step batch the pairs differently.")
 
 
 def ema(values: list[float], alpha: float = SMOOTH_ALPHA) -> list[float]:
@@ -77,6 +87,11 @@ class MetricPlots(QWidget):
             plot.setDownsampling(mode="peak")
             plot.setClipToView(True)
             self.plots[title] = plot
+        start = pg.InfiniteLine(LN2, angle=0, pen=pg.mkPen("#888888", width=1, style=pg.QtCore.Qt.PenStyle.DotLine),
+                                label="ln 2", labelOpts={"position": 0.95, "color": "#666666"})
+        start.setToolTip(START_HINT)
+        self.plots["Loss"].addItem(start)
+        self.plots["Loss"].setToolTip(START_HINT)
         self.series: dict[str, Series] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
         self.smooth = False
