@@ -35,6 +35,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per micro-batch (the trainer's default)")
     parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--pairs", type=int, default=32, help="the first N of the throughput bench's 64 pairs")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "first_loss.jsonl")
     args = parser.parse_args()
 
@@ -51,7 +52,7 @@ def main() -> None:
     quiet_transformers()
     loaded = load_model("default", pick_device("cpu", "float32"))
     model = loaded.model
-    pairs = [encode_pair(loaded.tokenizer, p, MAX_LENGTH) for p in make_pairs(loaded.tokenizer)]
+    pairs = [encode_pair(loaded.tokenizer, p, MAX_LENGTH) for p in make_pairs(loaded.tokenizer)][: args.pairs]
     lengths = [p.length for p in pairs]
     params = LossParams(beta=0.1)
     rows = []

@@ -97,21 +97,25 @@ def score(model, pairs, pad_id: int, variant: str, batch_size: int) -> tuple[tor
 
 
 def own_answers(loaded, prompts: list[str], tokens: int, seed: int = 0):
-    """Two sampled answers per prompt from the fp32 model: the pairs a person would label."""
+    """Two sampled answers per prompt from the fp32 model, all prompts in one batch: the pairs a
+    person would label."""
     from dpo_engine.pairs import conversation
 
     tok, model = loaded.tokenizer, loaded.model
     torch.manual_seed(seed)
-    pairs = []
-    for prompt in prompts:
-        ids = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                      return_tensors="pt", return_dict=True)
-        with torch.no_grad():
-            out = model.generate(**ids, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=tokens,
-                                 num_return_sequences=2, pad_token_id=tok.pad_token_id or tok.eos_token_id)
-        a, b = (tok.decode(o[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() or "..." for o in out)
-        pairs.append(conversation(prompt, a, b))
-    return pairs
+    texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
+             for p in prompts]
+    side, tok.padding_side = tok.padding_side, "left"
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    try:
+        ids = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    with torch.no_grad():
+        out = model.generate(**ids, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=tokens,
+                             num_return_sequences=2, pad_token_id=pad)
+    answers = [tok.decode(o[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() or "..." for o in out]
+    return [conversation(p, answers[2 * i], answers[2 * i + 1]) for i, p in enumerate(prompts)]
 
 
 def compare(name: str, loaded, pairs, args, data: str) -> list[dict]:
