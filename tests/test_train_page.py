@@ -130,3 +130,17 @@ def test_closing_the_window_mid_run_saves_a_resumable_checkpoint(qtbot, train_wi
         run = project.runs()[-1]
     assert run["status"] == "stopped" and run["checkpoint"]
     assert load_model(run["checkpoint"]).resolved.kind == "folder"
+
+
+def test_the_loss_plot_marks_ln2_and_says_how_far_the_first_point_may_sit(qtbot):
+    import math
+
+    import pyqtgraph as pg
+
+    from app.widgets.metric_plots import FIRST_LOSS_BF16, MetricPlots
+
+    plots = MetricPlots()
+    qtbot.addWidget(plots)
+    lines = [item for item in plots.plots["Loss"].items if isinstance(item, pg.InfiniteLine)]
+    assert len(lines) == 1 and lines[0].value() == pytest.approx(math.log(2))
+    assert f"±{FIRST_LOSS_BF16:g} in bf16" in lines[0].toolTip() and "exactly in fp32" in lines[0].toolTip()
