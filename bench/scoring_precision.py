@@ -99,23 +99,25 @@ def score(model, pairs, pad_id: int, variant: str, batch_size: int) -> tuple[tor
 def own_answers(loaded, prompts: list[str], tokens: int, seed: int = 0):
     """Two sampled answers per prompt from the fp32 model, all prompts in one batch: the pairs a
     person would label."""
-    from dpo_engine.pairs import conversation
+    from dpo_engine.pairs import PreferencePair, conversation
 
     tok, model = loaded.tokenizer, loaded.model
     torch.manual_seed(seed)
+    chat = bool(tok.chat_template)  # a base model (Gemma 3 270M's GGUF) has none: plain text, as the app does
     texts = [tok.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True, tokenize=False)
-             for p in prompts]
+             if chat else p for p in prompts]
     side, tok.padding_side = tok.padding_side, "left"
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     try:
-        ids = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        ids = tok(texts, return_tensors="pt", padding=True, add_special_tokens=not chat)
     finally:
         tok.padding_side = side
     with torch.no_grad():
         out = model.generate(**ids, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=tokens,
                              num_return_sequences=2, pad_token_id=pad)
     answers = [tok.decode(o[ids["input_ids"].shape[1]:], skip_special_tokens=True).strip() or "..." for o in out]
-    return [conversation(p, answers[2 * i], answers[2 * i + 1]) for i, p in enumerate(prompts)]
+    make = conversation if chat else PreferencePair
+    return [make(p, answers[2 * i], answers[2 * i + 1]) for i, p in enumerate(prompts)]
 
 
 def compare(name: str, loaded, pairs, args, data: str) -> list[dict]:
@@ -142,6 +144,9 @@ def compare(name: str, loaded, pairs, args, data: str) -> list[dict]:
                "sign_flips": int(((m > 0) != (m32 > 0)).sum()),
                "seconds": min(x[2] for x in runs[v]), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
         rows.append(row)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:  # each row as it lands: a later model's failure loses nothing
+            f.write(json.dumps(row) + "\n")
         print(f"| {name} | {data} | {v} | {row['logp_rel_max']:.1e} | {row['logp_rel_median']:.1e} | "
               f"{row['sign_flips']}/{len(enc)} | {row['seconds']:.2f} |", flush=True)
     del bf16
@@ -188,10 +193,6 @@ def main() -> None:
             if name == "SmolLM2-135M":
                 rows += compare(name, loaded, make_pairs(loaded.tokenizer)[: args.train_pairs], args, "train bench")
             del loaded
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with args.out.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
     worst = {v: max(r["logp_rel_max"] for r in rows if r["variant"] == v) for v in VARIANTS}
     print("worst relative error per precision:", {v: f"{e:.1e}" for v, e in worst.items()})
     print("median seconds relative to fp32:",
