@@ -92,8 +92,9 @@ class TrainConfig:
                                            label="Gradient checkpointing")
     device: str = setting("auto", "auto: CUDA, then MPS, then CPU (dpo_engine.devices).")
     dtype: str = setting("auto", "Compute precision: bf16 autocast where measured faster (CUDA with bf16; a CPU "
-                                 "with native bf16: 2.3x per step here), else fp32; weights and optimizer state "
-                                 "stay fp32 (dpo_engine.devices).")
+                                 "with native bf16: 2.3x per step here), else fp32; trained weights and optimizer "
+                                 "state stay fp32, a LoRA run's frozen base is kept in this precision "
+                                 "(dpo_engine.devices, train/model.py).")
     share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")
     group_answers: bool = setting(True, "Pairs sharing a prompt (a ranking's) are batched together, and each "
                                         "distinct prompt and answer runs once, not once per pair: the same numbers, "
