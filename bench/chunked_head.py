@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 SHAPES = {"default": None, "vocab128k": 128_256, "vocab256k": 262_144}
 PAIRS, PROMPT, ANSWER = 4, 40, 150
-TIMED = 2  # timed steps after the warm-up (memory is the same every step; time is the median)
+TIMED = 1  # timed steps after the warm-up: memory is the same every step (a loaded machine made more too slow)
 
 
 def rss_bytes(field: str) -> int:

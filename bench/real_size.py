@@ -70,9 +70,13 @@ CONFIGS = {
         model_type="qwen2", vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
         num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
         rope_theta=1000000.0, tie_word_embeddings=True, sliding_window=None, use_sliding_window=False),
+    "smoke": dict(  # not a published model: a 4-layer Llama to check this script in a minute
+        model_type="llama", vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
 }
 DEFAULT_MODELS = ("llama-3.2-1b", "qwen2.5-1.5b", "gemma-3-1b")
-PAIRS, STEPS, BATCH, PROMPT_WORDS, ANSWER_BYTES, MAX_LENGTH = 16, 4, 4, 8, 150, 512
+STEPS, BATCH, PROMPT_BYTES, ANSWER_BYTES, MAX_LENGTH = 4, 4, 40, 150, 512
+ROW_TOKENS = 220  # prompt (40 bytes + ChatML turns ~ 60 tokens) + answer (150 +- 10 bytes + end of turn)
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}"
           "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -140,7 +144,7 @@ def make_pairs(n: int):
             out += rng.choice(words) + " "
         return out[:n_bytes]
 
-    return [conversation(text(PROMPT_WORDS * 5), text(ANSWER_BYTES + rng.randrange(-10, 11)),
+    return [conversation(text(PROMPT_BYTES), text(ANSWER_BYTES + rng.randrange(-10, 11)),
                          text(ANSWER_BYTES + rng.randrange(-10, 11))) for _ in range(n)]
 
 
@@ -152,12 +156,21 @@ def peak_bytes(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def fit_for(folder: Path, budget: int, device: str, four_bit: bool):
+def plan(folder: Path, args) -> tuple[bool, object, str]:
+    """What the fit verdict picks for a LoRA run of this bench's batch at --budget-gib:
+    (gradient checkpointing, MemoryEstimate of that mode, compute precision)."""
     from dpo_engine.catalog import inspect_path
-    from dpo_engine.catalog.fit import fit_verdict
+    from dpo_engine.catalog.fit import HEADROOM, compute_precision, training_memory
 
     shape = inspect_path(str(folder)).shape
-    return shape, fit_verdict(shape, budget, device, batch_pairs=BATCH, max_length=MAX_LENGTH)
+    precision = compute_precision("cuda" if args.device.startswith("cuda") else "cpu")
+    value_bytes = 2 if precision == "bfloat16" else 4
+    base = "nf4" if args.four_bit else None
+    row = ROW_TOKENS  # the longest row of a pair here (prompt + answer), not the 512 the picker plans for
+    plain = training_memory(shape, True, BATCH, row, value_bytes, False, base)
+    if plain.total <= args.budget_gib * 2**30 * HEADROOM:
+        return False, plain, precision
+    return True, training_memory(shape, True, BATCH, row, value_bytes, True, base), precision
 
 
 def child_train(name: str, args) -> dict:
@@ -166,16 +179,15 @@ def child_train(name: str, args) -> dict:
     from dpo_engine.train.loop import train
 
     folder = model_dir(name)
-    _, verdict = fit_for(folder, int(args.budget_gib * 2**30), args.device, args.four_bit)
-    mode = verdict.lora_mode(four_bit=args.four_bit)
+    checkpointing, memory, _ = plan(folder, args)
     with tempfile.TemporaryDirectory(prefix="real-size-") as out:
         config = TrainConfig(output_dir=out, model=str(folder), lora=LoraSettings(), batch_size=BATCH, grad_accum=1,
-                             max_steps=STEPS, max_length=MAX_LENGTH, warmup_ratio=0.0, eval_fraction=0.0,
-                             save_every=0, device=args.device, seed=0,
-                             gradient_checkpointing=mode.checkpointing, base_bits=4 if args.four_bit else None)
+                             max_steps=args.steps, max_length=MAX_LENGTH, warmup_ratio=0.0, eval_fraction=0.0,
+                             save_every=0, device=args.device, seed=0, lr=1e-4,
+                             gradient_checkpointing=checkpointing, base_bits=4 if args.four_bit else None)
         steps, precision, summary = [], None, None
         start = time.perf_counter()
-        for event in train(config, make_pairs(PAIRS)):
+        for event in train(config, make_pairs(BATCH * args.steps)):
             if isinstance(event, StepEvent):
                 steps.append(event)
             elif isinstance(event, PrecisionChosen):
@@ -188,11 +200,12 @@ def child_train(name: str, args) -> dict:
     peak = peak_bytes(args.device)
     later = [s.tokens_per_s for s in steps[1:]] or [steps[0].tokens_per_s]
     return {"model": name, "task": "train", "device": args.device, "precision": precision,
-            "base": "nf4" if args.four_bit else precision, "gradient_checkpointing": mode.checkpointing,
-            "mode": mode.name, "peak_gb": round(peak / 1e9, 2), "estimate_gb": round(mode.memory.total / 1e9, 2),
-            "estimate_over_peak": round(mode.memory.total / peak, 3), "tokens_per_s": round(sum(later) / len(later), 1),
-            "step_s": [round(b.elapsed - a.elapsed, 1) for a, b in zip([None] + steps, steps) if a] or None,
-            "wall_s": round(wall, 1), "parameters": verdict.shape_parameters}
+            "base": "nf4" if args.four_bit else ("bf16" if precision == "bfloat16" else "fp32"),
+            "gradient_checkpointing": checkpointing, "steps": len(steps), "peak_gb": round(peak / 1e9, 2),
+            "estimate_gb": round(memory.total / 1e9, 2), "estimate_over_peak": round(memory.total / peak, 3),
+            "tokens_per_s": round(sum(later) / len(later), 1),
+            "step_s": [round(b.elapsed - a, 1) for a, b in zip([0.0] + [s.elapsed for s in steps], steps)],
+            "wall_s": round(wall, 1)}
 
 
 def child_sample(name: str, args) -> dict:
@@ -203,7 +216,10 @@ def child_sample(name: str, args) -> dict:
     folder = model_dir(name)
     device = pick_device(args.device)
     loaded = load_model(str(folder), device)
-    prompts = [p.prompt for p in make_pairs(4) for _ in range(2)]  # 4 prompts x 2 answers, one batch
+    rng = random.Random(1)
+    words = "the a of to and light water plant leaf sun green food air root make grow".split()
+    texts = [" ".join(rng.choice(words) for _ in range(8)) for _ in range(4)]
+    prompts = [t for t in texts for _ in range(2)]  # 4 prompts x 2 answers, one batch
     settings = GenerationSettings(max_new_tokens=32, temperature=0.8, seed=0)
     start = time.perf_counter()
     stream = stream_generate_batch(loaded.model, loaded.tokenizer, prompts, settings)
@@ -215,7 +231,7 @@ def child_sample(name: str, args) -> dict:
 
 
 def run_child(name: str, task: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, task, "--device", args.device,
+    cmd = [sys.executable, __file__, "--child", name, task, "--device", args.device, "--steps", str(args.steps),
            "--budget-gib", str(args.budget_gib)] + (["--four-bit"] if args.four_bit else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode != 0:
@@ -236,6 +252,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help=f"any of {', '.join(CONFIGS)}")
     ap.add_argument("--tasks", default="train,sample")
+    ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps of the training run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--four-bit", action="store_true", help="NF4 frozen base through bitsandbytes")
     ap.add_argument("--budget-gib", type=float, default=16.0, help="memory the fit verdict plans for (a 16 GB laptop)")
@@ -250,8 +267,7 @@ def main() -> None:
     where = machine() if args.device == "cpu" else args.device
     for name in args.models.split(","):
         folder = model_dir(name)  # built here once, not inside a measured child
-        _, verdict = fit_for(folder, int(args.budget_gib * 2**30), args.device, args.four_bit)
-        estimate = verdict.lora_mode(four_bit=args.four_bit).memory.total
+        estimate = plan(folder, args)[1].total
         for task in args.tasks.split(","):
             if task == "train" and estimate > args.max_gib * 2**30:
                 row = {"model": name, "task": task, "skipped": f"fit estimate {estimate / 2**30:.1f} GiB > "

@@ -6,7 +6,8 @@ natively and measurably faster: `dpo_engine.devices`) the forward runs under bf1
 for the policy and the reference alike, and the log-softmax, sums and loss stay fp32
 (logps.py). A LoRA run's frozen base is kept in the compute precision: in bf16 under bf16
 autocast (every matmul casts its weight to bf16 anyway, so the base costs half the memory
-for the same products), fp32 otherwise; its adapter stays fp32.
+for the same products), fp32 otherwise, or in 4-bit NF4 where asked and bitsandbytes runs
+(`dpo_engine.quant`); its adapter stays fp32.
 """
 
 from __future__ import annotations
@@ -98,7 +99,8 @@ def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | N
     if config.lora is None:
         loaded = load_model(str(resume_from) if resume_from else base_ref, device, tokenizer=tokenizer)
     else:
-        loaded = load_model(base_ref, device, tokenizer=None if resume_from else tokenizer)
+        loaded = load_model(base_ref, device, tokenizer=None if resume_from else tokenizer,
+                            quantization=_four_bit(config, device))
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         adapter = adapter_folder(resume_from) if resume_from else None
@@ -112,6 +114,20 @@ def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | N
     model.config.use_cache = False
     model.train()
     return loaded
+
+
+def _four_bit(config: TrainConfig, device: DeviceChoice):
+    """The NF4 load settings of a 4-bit base (the rest of the model in `device.dtype`), or None;
+    a ConfigError saying why where bitsandbytes cannot run 4-bit on this device."""
+    if config.base_bits != 4:
+        return None
+    from dpo_engine import quant
+
+    reason = quant.unavailable(device.device)
+    if reason:
+        raise ConfigError(f"A 4-bit base cannot be used here: {reason}. Train LoRA over the base in "
+                          f"{device.dtype} instead (unset base_bits).")
+    return quant.quantization_config(device.torch_dtype)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
