@@ -209,7 +209,9 @@ def test_shape_and_estimate_from_gguf_keys(tmp_path):
 def test_training_memory_by_hand():
     """1,000 parameters, 2 layers of width 10 (ffn 20), vocab 50, one pair of 4 tokens (8 tokens):
     weights 4,000 B, gradients 4,000, AdamW 8,000; activations 8 tokens x 2 layers x
-    (16 x 10 + 4 x 20) values x 4 B = 15,360, head 4 scored tokens x 50 x 4 B x 3 = 2,400."""
+    (16 x 10 + 4 x 20) values x 4 B = 15,360, head 4 scored tokens x 50 x 4 B x 3 = 2,400 (under
+    one chunk). LoRA adds 8 tokens x 2 layers x (18 x 10 + 3 x 20) B = 3,840 (dropout masks and
+    bf16 input copies of its adapters) and keeps its base in the compute precision."""
     shape = ModelShape(1000, hidden=10, layers=2, ffn=20, vocab=50, kv_dim=10)
     full = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4)
     assert (full.weights, full.gradients, full.optimizer, full.activations) == (4000, 4000, 8000, 17760)
@@ -218,7 +220,9 @@ def test_training_memory_by_hand():
     adapter = 2 * 16 * ((10 + 10) * 2 + (10 + 10) * 2 + (10 + 20) * 3)  # rank 16 on q, o, k, v, gate, up, down
     assert fit_mod.lora_parameters(shape) == adapter == 5440
     assert (lora.weights, lora.gradients, lora.optimizer) == (4000 + 4 * adapter, 4 * adapter, 8 * adapter)
-    assert lora.activations == full.activations
+    assert lora.activations == full.activations + 3840 == 21600
+    bf16_lora = fit_mod.training_memory(shape, lora=True, batch_pairs=1, max_length=4, autocast_bytes=2)
+    assert bf16_lora.weights == 2 * 1000 + 4 * adapter  # a bf16 frozen base, an fp32 adapter
     bf16 = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4, autocast_bytes=2)
     assert bf16.activations == 15360 // 2 + 2400  # the head stays fp32
 
