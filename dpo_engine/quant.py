@@ -23,6 +23,7 @@ import importlib.util
 INSTALL_HINT = "install the optional extra: pip install 'dpo-studio[gpu]' (it brings bitsandbytes)"
 
 
+@functools.lru_cache(maxsize=1)
 def installed() -> bool:
     return importlib.util.find_spec("bitsandbytes") is not None
 

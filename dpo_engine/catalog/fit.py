@@ -30,6 +30,7 @@ Public API:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
@@ -263,7 +264,13 @@ def compute_precision(device: str) -> str:
 
         return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
     if device == "cpu":
-        from dpo_engine.precision import native_bf16_flags
-
-        return "bfloat16" if native_bf16_flags() else "float32"
+        return "bfloat16" if _cpu_has_native_bf16() else "float32"
     return "float32"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    """Once per process: the catalog asks for every model it lists."""
+    from dpo_engine.precision import native_bf16_flags
+
+    return bool(native_bf16_flags())
