@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/chunked_head.py                  # default model + 128k and 256k vocabularies
     .venv/bin/python bench/chunked_head.py --dtype float32  # without bf16 autocast
+    .venv/bin/python bench/chunked_head.py --interleaved 3  # step time, plain and chunked alternating
 
 One step = the shared-prompt log-probs of 4 pairs (prompt ~40 tokens, answers ~150) with
 gradients, a DPO sigmoid loss against fixed reference log-probs, and the backward, on a
@@ -114,13 +115,61 @@ def child(shape: str, variant: str, dtype: str) -> dict:
             "step_peak_mb": round(max(peaks) / 2**20), "torch_threads": torch.get_num_threads()}
 
 
+def child_interleaved(shape: str, dtype: str, rounds: int) -> dict:
+    """Step time only: plain and chunked steps alternate in one process, so both see the same
+    machine (on a shared machine separate processes met different loads)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from dpo_engine import logps
+    from dpo_engine.encoding import EncodedPair
+    from dpo_engine.losses import LossParams, sigmoid
+    from dpo_engine.shared_prompt import shared_prompt_logps
+
+    model = build(shape)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).train()
+    vocab = model.config.vocab_size
+    rng = random.Random(0)
+    pairs = [EncodedPair(tuple(rng.randrange(vocab) for _ in range(PROMPT)),
+                         tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))),
+                         tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))))
+             for _ in range(PAIRS)]
+    ref = torch.full((PAIRS,), -1500.0)
+    default_budget = logps.HEAD_CHUNK_BYTES
+    times = {"plain": [], "chunked": []}
+    for i in range(2 * rounds + 2):
+        variant = ("plain", "chunked")[i % 2]
+        logps.HEAD_CHUNK_BYTES = 1 << 60 if variant == "plain" else default_budget
+        start = time.perf_counter()
+        with (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)):
+            lp = shared_prompt_logps(model, pairs, 0)
+        sigmoid(lp.chosen_logps, lp.rejected_logps, ref, ref, params=LossParams(beta=0.1)).losses.mean().backward()
+        model.zero_grad(set_to_none=True)
+        if i >= 2:  # the first of each is a warm-up
+            times[variant].append(time.perf_counter() - start)
+    plain, chunked = statistics.median(times["plain"]), statistics.median(times["chunked"])
+    return {"shape": shape, "dtype": dtype, "interleaved_rounds": rounds, "plain_step_s": round(plain, 2),
+            "chunked_step_s": round(chunked, 2), "chunked_over_plain": round(chunked / plain, 3)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--child", nargs=2, metavar=("SHAPE", "VARIANT"), help=argparse.SUPPRESS)
+    ap.add_argument("--interleaved", type=int, default=0, metavar="ROUNDS",
+                    help="time only: plain and chunked steps alternating in one process, ROUNDS each")
     args = ap.parse_args()
+    if args.interleaved:
+        for shape in args.shapes.split(","):
+            row = child_interleaved(shape, args.dtype, args.interleaved)
+            row["cpu"] = platform.processor() or platform.machine()
+            print(json.dumps(row), flush=True)
+        return
     if args.child:
         print(json.dumps(child(*args.child, args.dtype)))
         return
