@@ -13,8 +13,8 @@ under `--dtype` autocast). Shapes:
     vocab128k the SmolLM2 block (hidden 576, ffn 1536) x 4 layers, vocab 128,256 (Llama 3's)
     vocab256k the same, vocab 262,144 (Gemma 3's)
 
-"plain" runs the head on all scored tokens at once (a chunk budget larger than any batch),
-"chunked" at `logps.HEAD_CHUNK_BYTES`. Each (shape, variant) runs in its own subprocess,
+"plain" runs the head on all scored tokens at once, "chunked" always in chunks of
+`logps.HEAD_CHUNK_BYTES` (the shipped rule keeps up to `HEAD_WHOLE_BYTES` of logits whole). Each (shape, variant) runs in its own subprocess,
 plain and chunked interleaved, `--repeats` times; memory is the step's peak RSS above the
 RSS before it (Linux: /proc/self/clear_refs resets the peak), time the median of TIMED
 steps after a warm-up step. Prints one JSON line per run.
@@ -74,8 +74,9 @@ def child(shape: str, variant: str, dtype: str) -> dict:
     from dpo_engine.losses import LossParams, sigmoid
     from dpo_engine.shared_prompt import shared_prompt_logps
 
-    if variant == "plain":
-        logps.HEAD_CHUNK_BYTES = 1 << 60  # one chunk: every logit at once, as before chunking
+    # plain: every logit at once, as before chunking; chunked: always in HEAD_CHUNK_BYTES chunks (the shipped
+    # rule keeps up to HEAD_WHOLE_BYTES of logits whole, which would make the default model's step plain)
+    logps.HEAD_WHOLE_BYTES = 1 << 60 if variant == "plain" else 0
     model = build(shape)
     for p in model.parameters():
         p.requires_grad_(False)
@@ -138,11 +139,10 @@ def child_interleaved(shape: str, dtype: str, rounds: int) -> dict:
                          tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))))
              for _ in range(PAIRS)]
     ref = torch.full((PAIRS,), -1500.0)
-    default_budget = logps.HEAD_CHUNK_BYTES
     times = {"plain": [], "chunked": []}
     for i in range(2 * rounds + 2):
         variant = ("plain", "chunked")[i % 2]
-        logps.HEAD_CHUNK_BYTES = 1 << 60 if variant == "plain" else default_budget
+        logps.HEAD_WHOLE_BYTES = 1 << 60 if variant == "plain" else 0
         start = time.perf_counter()
         with (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else torch.autocast("cpu", enabled=False)):
             lp = shared_prompt_logps(model, pairs, 0)

@@ -31,8 +31,10 @@ from torch.utils.checkpoint import checkpoint
 from dpo_engine.encoding import Batch, EncodedPair, length_batches
 
 
-HEAD_CHUNK_BYTES = 64 * 2**20  # fp32 logits per chunk of the LM head (label_logps): see bench/README.md,
-# "Log-probs without the full logits" for the memory and time it was picked by
+HEAD_WHOLE_BYTES = 256 * 2**20  # up to this many bytes of fp32 logits the head runs at once, no recompute: the
+# default model's Train page batch (4 pairs, answers <= ~170 tokens) stays as fast as before; chunking costs
+# a third matmul of the head (1.58x a head-bound step, bench/README.md "Log-probs without the full logits")
+HEAD_CHUNK_BYTES = 64 * 2**20  # above it, fp32 logits per chunk: chunk size changes no FLOPs, only memory
 
 
 class BatchLogps(NamedTuple):
@@ -95,8 +97,8 @@ def label_logps(lm, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: i
 
         out[i] = log softmax(cap·tanh(scale·h_i Wᵀ / cap))[targets[i]]   (scale, cap where the config has them)
 
-    The tokens run through the LM head `chunk_tokens` at a time (by default ~HEAD_CHUNK_BYTES
-    of fp32 logits a chunk); with gradients on, each chunk is a non-reentrant
+    The tokens run through the LM head `chunk_tokens` at a time (by default all at once up to
+    HEAD_WHOLE_BYTES of fp32 logits, else ~HEAD_CHUNK_BYTES a chunk); with gradients on, each chunk is a non-reentrant
     `torch.utils.checkpoint`: only its hidden states are kept, and the backward recomputes the
     chunk's logits instead of storing [tokens x vocab] fp32 logits and their softmax (the
     idea of Cut Cross-Entropy, torchtune's chunked output loss and Liger's fused linear
@@ -115,7 +117,8 @@ def label_logps(lm, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: i
     """
     assert hidden.dim() == 2 and targets.shape == hidden.shape[:1], (hidden.shape, targets.shape)
     vocab = lm.get_output_embeddings().weight.shape[0]
-    step = chunk_tokens or head_chunk_tokens(vocab)
+    whole = hidden.shape[0] * vocab * 4 <= HEAD_WHOLE_BYTES
+    step = chunk_tokens or (hidden.shape[0] if whole else head_chunk_tokens(vocab))
     if hidden.shape[0] <= step:
         return _chunk_logps(lm, hidden, targets)  # one chunk: storing it costs no more than recomputing
     grad = torch.is_grad_enabled() and (hidden.requires_grad or any(

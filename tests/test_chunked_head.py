@@ -64,7 +64,8 @@ def scores_and_grads(model, tok, path: str):
 def test_chunked_equals_plain_values_and_gradients(family_model, path, monkeypatch):
     model, tok = family_model
     vocab = _causal_lm(model).config.vocab_size
-    plain_values, plain_grads = scores_and_grads(model, tok, path)  # the default budget: one chunk here
+    plain_values, plain_grads = scores_and_grads(model, tok, path)  # the default budgets: all at once here
+    monkeypatch.setattr(logps, "HEAD_WHOLE_BYTES", CHUNK * 4 * vocab)  # more logits than this: chunks
     monkeypatch.setattr(logps, "HEAD_CHUNK_BYTES", CHUNK * 4 * vocab)
     calls = []
     hook = _causal_lm(model).get_output_embeddings().register_forward_hook(

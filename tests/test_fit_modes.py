@@ -86,7 +86,7 @@ def test_nf4_base_bytes_by_hand():
 
 
 def test_the_head_estimate_is_one_chunk_not_every_logit(tmp_path):
-    assert fit_mod.HEAD_CHUNK_BYTES == logps.HEAD_CHUNK_BYTES
+    assert (fit_mod.HEAD_CHUNK_BYTES, fit_mod.HEAD_WHOLE_BYTES) == (logps.HEAD_CHUNK_BYTES, logps.HEAD_WHOLE_BYTES)
     shape = shape_of(GEMMA_2_2B, tmp_path)
     small = fit_mod.activation_bytes(shape, 8, 2)
     big = fit_mod.activation_bytes(shape, 8000, 2)

@@ -15,7 +15,8 @@ ffn-wide values for the backward (norm inputs, q/k/v, attention output, gate/up/
 4 bytes in fp32 and 2 under bf16 autocast; SDPA keeps no T x T attention matrix. LoRA adds
 LORA_ACT_HIDDEN / LORA_ACT_FFN bytes per token, layer and width (each adapter's dropout mask
 and the bf16 copy of its input). The LM head runs only on response tokens and in chunks
-(dpo_engine.logps.label_logps): at most one chunk's fp32 logits, their softmax and gradient.
+(dpo_engine.logps.label_logps): all its fp32 logits, their softmax and gradient up to
+HEAD_WHOLE_BYTES, else one chunk's.
 The step holds 2 x batch sequences (chosen and rejected) of up to max_length tokens.
 
 The constants come from measured peaks (the comment at each names the benchmark);
@@ -50,8 +51,9 @@ ACT_FFN = 4  # bench/catalog_memory.py, SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 t
 LORA_ACT_HIDDEN = 18  # bytes per token and layer that LoRA adds per hidden width: q, k, v, o, gate, up each keep
 LORA_ACT_FFN = 3  # a dropout mask (1 B) and a bf16 copy of its input (2 B); down the same at ffn width
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
-HEAD_CHUNK_BYTES = 64 * 2**20  # dpo_engine.logps.HEAD_CHUNK_BYTES (tests/test_catalog.py keeps them equal)
-HEAD_COPIES = 3  # fp32 logits, their softmax and its gradient, for one chunk at a time
+HEAD_WHOLE_BYTES = 256 * 2**20  # dpo_engine.logps: up to this the head's logits exist at once, above it
+HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps them equal)
+HEAD_COPIES = 3  # fp32 logits, their softmax and its gradient
 LORA_RANK = 16  # LoraSettings.rank's default; adapters on every linear of each block
 NF4_BYTES = 0.5 + 4 / 64  # bitsandbytes NF4: 4 bits a weight plus one fp32 scale per block of 64
 RUNTIME_BYTES = 600 * 2**20  # torch, transformers and the tokenizer before any tensor (measured ~0.5 GB)
@@ -158,7 +160,8 @@ def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpoin
         per_token_layer += LORA_ACT_HIDDEN * hidden + LORA_ACT_FFN * ffn
     per_layer = tokens * per_token_layer
     body = tokens * layers * hidden * value_bytes + per_layer if checkpointed else layers * per_layer
-    head = min(int(tokens * RESPONSE_FRACTION) * shape.vocab * 4, HEAD_CHUNK_BYTES) * HEAD_COPIES
+    logits = int(tokens * RESPONSE_FRACTION) * shape.vocab * 4
+    head = (logits if logits <= HEAD_WHOLE_BYTES else HEAD_CHUNK_BYTES) * HEAD_COPIES
     return body + head
 
 
