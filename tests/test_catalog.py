@@ -315,6 +315,7 @@ def test_models_command_json(stores, tmp_path, monkeypatch):
     assert "not prepared yet" in models["SmolLM2-135M-Instruct (default)"]["notes"][0]
     for name, n in params.items():
         assert models[name]["parameters"] == n and models[name]["verdict"] == FULL_FITS
+        assert models[name]["fit"]["mode"] == "full" and models[name]["fit"]["base"] == "fp32"
         assert models[name]["fit"]["full"]["total"] > models[name]["fit"]["full"]["weights"] > 0
     assert "not a GGUF file" in models["random.gguf"]["error"] and models["random.gguf"]["verdict"] is None
     text = CliRunner().invoke(main, ["models", "--device", "cpu", "--folder", str(root / "ggufs")])
@@ -345,11 +346,11 @@ def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, m
 
 
 def test_gradient_checkpointing_is_asked_for_only_where_activations_decide():
-    """Checkpointing keeps one hidden-wide value per token and layer plus one layer's activations:
-    8 tokens x (2 layers x 10 + (16 x 10 + 4 x 20)) x 4 B = 8,320, plus the head's 2,400."""
+    """Checkpointing keeps one hidden-wide value per token and layer plus CKPT_LAYERS (3.5) layers'
+    activations: 8 tokens x (2 layers x 10 + 3.5 x (16 x 10 + 4 x 20)) x 4 B = 27,520, plus the head's 2,400."""
     shape = ModelShape(1000, hidden=10, layers=2, ffn=20, vocab=50, kv_dim=10)
     ckpt = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4, checkpointed=True)
-    assert ckpt.activations == 8 * (2 * 10 + 240) * 4 + 2400 == 10720
+    assert ckpt.activations == 8 * (2 * 10 + 3.5 * 240) * 4 + 2400 == 29920
     big = ModelShape(500_000_000, hidden=1024, layers=24, ffn=4096, vocab=32_000, kv_dim=256)
     full = fit_mod.training_memory(big, lora=False)
     full_ckpt = fit_mod.training_memory(big, lora=False, checkpointed=True)

@@ -43,7 +43,8 @@ def test_3b_class_models_train_with_lora_on_a_16gb_bf16_cpu(config, billions, tm
     assert shape.parameters == pytest.approx(billions * 1e9, rel=0.05)
     v = fit_verdict(shape, 16 * GiB, "cpu", precision="bfloat16", four_bit="bitsandbytes not installed")
     assert (v.verdict, v.mode, v.base) == (LORA_ONLY, "LoRA bf16", "bf16")
-    assert v.needed <= 12 * GB  # beside the OS and the window on a 16 GB laptop
+    # bench/real_size.py's batch (4 pairs, rows of ~220 tokens): within 12 GB, beside the OS and the window
+    assert fit_verdict(shape, 16 * GiB, "cpu", precision="bfloat16", max_length=220, four_bit="no").needed <= 12 * GB
     assert v.explain().startswith("LoRA bf16 fits")
     # the same machine without native bf16 runs fp32: the base alone is 4 bytes a weight
     fp32 = fit_verdict(shape, 16 * GiB, "cpu", precision="float32", four_bit="bitsandbytes not installed")
@@ -61,7 +62,8 @@ def test_the_modes_in_order_as_memory_shrinks(tmp_path):
         return v.mode, v.verdict, v.gradient_checkpointing
 
     def need(lora, ckpt, base=None):
-        return fit_mod.training_memory(shape, lora, autocast_bytes=2, checkpointed=ckpt, base=base).total / GiB
+        return fit_mod.training_memory(shape, lora, autocast_bytes=fit_mod.BF16_VALUE_BYTES, checkpointed=ckpt,
+                                       base=base).total / GiB
 
     full, full_ckpt = need(False, False), need(False, True)
     lora, lora_ckpt, nf4_ckpt = need(True, False), need(True, True), need(True, True, "nf4")
@@ -98,11 +100,13 @@ def test_the_head_estimate_is_one_chunk_not_every_logit(tmp_path):
 
 
 def test_8b_on_a_24gb_gpu_needs_a_4bit_base(tmp_path):
+    """Llama-3.1-8B at the picker's batch (4 pairs x 512 tokens): 16 GB of bf16 weights leave too
+    little of 24 GB for the activations; a 4-bit base fits, and without bitsandbytes nothing does."""
     shape = shape_of(LLAMA_3_1_8B, tmp_path)
-    with_bnb = fit_verdict(shape, 24 * GiB, "cuda:0", precision="bfloat16", four_bit=None)
-    assert with_bnb.mode == "LoRA bf16"  # 16 GB of bf16 weights still fit 24 GB
-    v = fit_verdict(shape, 16 * GiB, "cuda:0", precision="bfloat16", four_bit=None)
-    assert (v.mode, v.base) == ("LoRA 4-bit", "nf4")
+    v = fit_verdict(shape, 24 * GiB, "cuda:0", precision="bfloat16", four_bit=None)
+    assert (v.mode, v.base, v.gradient_checkpointing) == ("LoRA 4-bit", "nf4", True)
+    assert v.lora.weights > 2 * shape.parameters  # the bf16 base alone
+    assert fit_verdict(shape, 24 * GiB, "cuda:0", precision="bfloat16", four_bit="no bitsandbytes").mode == "too large"
 
 
 # --------------------------------------------------------------------------- 4-bit availability

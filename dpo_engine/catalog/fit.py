@@ -12,7 +12,7 @@ computed once before training (full fine-tune) or by the policy with its adapter
 
 Activations: every token of every layer keeps about ACT_HIDDEN hidden-wide and ACT_FFN
 ffn-wide values for the backward (norm inputs, q/k/v, attention output, gate/up/act), at
-4 bytes in fp32 and 2 under bf16 autocast; SDPA keeps no T x T attention matrix. LoRA adds
+4 bytes in fp32 and BF16_VALUE_BYTES (measured) under bf16 autocast; SDPA keeps no T x T attention matrix. LoRA adds
 LORA_ACT_HIDDEN / LORA_ACT_FFN bytes per token, layer and width (each adapter's dropout mask
 and the bf16 copy of its input). The LM head runs only on response tokens and in chunks
 (dpo_engine.logps.label_logps): all its fp32 logits, their softmax and gradient up to
@@ -49,7 +49,14 @@ ACT_HIDDEN = 16  # hidden-wide values kept per token and layer, and ACT_FFN ffn-
 ACT_FFN = 4  # bench/catalog_memory.py, SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 tokens peaked at 4.17 GB
 # RSS (estimate 4.97), 8x512 at 10.21 GB (estimate 11.54): ~2 MB a token, so activations dominate past ~1,000
 LORA_ACT_HIDDEN = 18  # bytes per token and layer that LoRA adds per hidden width: q, k, v, o, gate, up each keep
-LORA_ACT_FFN = 3  # a dropout mask (1 B) and a bf16 copy of its input (2 B); down the same at ffn width
+LORA_ACT_FFN = 3  # a dropout mask (1 B) and a bf16 copy of its input (2 B); down the same at ffn width. With
+# ACT_* at 2 B this gives 192 KB a token and layer for Llama-3.2-1B's shape; the tensors autograd saved there
+# (counted with saved_tensors_hooks, LoRA r16 dropout 0.05, bf16 base under autocast) were 187.6 KB
+BF16_VALUE_BYTES = 3  # bytes an activation costs under bf16 autocast, in RSS: not 2, since the norms, softmax and
+# LoRA's inputs run in fp32 beside it and the allocator keeps freed blocks. bench/real_size.py, Llama-3.2-1B LoRA
+# bf16 (4 pairs, ~1,450 tokens): 10.18 GB peak RSS; at 2 B the estimate was 8.90 GB, at 3 B it is 10.7
+CKPT_LAYERS = 3.5  # layers' activations alive at once under gradient checkpointing (the recomputed one, its
+# gradients, blocks the allocator holds): the same run checkpointed peaked 5.06 GB (estimate with 1: 3.94 GB)
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
 HEAD_WHOLE_BYTES = 256 * 2**20  # dpo_engine.logps: up to this the head's logits exist at once, above it
 HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps them equal)
@@ -149,7 +156,7 @@ def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpoin
     """Activations kept for the backward over `tokens` tokens (see the module docstring).
 
     Gradient checkpointing keeps only each layer's input (one hidden-wide value per token and
-    layer) and recomputes one layer at a time. Without a known shape, hidden is taken as
+    layer) and recomputes one layer at a time (CKPT_LAYERS layers' worth alive, measured). Without a known shape, hidden is taken as
     sqrt(parameters / (12 x 24 layers)).
     """
     layers = shape.layers or 24
@@ -159,7 +166,7 @@ def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpoin
     if lora:
         per_token_layer += LORA_ACT_HIDDEN * hidden + LORA_ACT_FFN * ffn
     per_layer = tokens * per_token_layer
-    body = tokens * layers * hidden * value_bytes + per_layer if checkpointed else layers * per_layer
+    body = tokens * layers * hidden * value_bytes + int(CKPT_LAYERS * per_layer) if checkpointed else layers * per_layer
     logits = int(tokens * RESPONSE_FRACTION) * shape.vocab * 4
     head = (logits if logits <= HEAD_WHOLE_BYTES else HEAD_CHUNK_BYTES) * HEAD_COPIES
     return body + head
@@ -169,11 +176,11 @@ def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BA
                     max_length: int = DEFAULT_MAX_LENGTH, autocast_bytes: int = 4,
                     checkpointed: bool = False, base: str | None = None) -> MemoryEstimate:
     """Peak bytes of one DPO step: fp32 master weights (full) or a frozen `base` ("fp32", "bf16",
-    "nf4"; by default the compute precision: bf16 when `autocast_bytes` is 2) plus an fp32 adapter."""
+    "nf4"; by default the compute precision: bf16 when `autocast_bytes` < 4) plus an fp32 adapter."""
     p = shape.parameters
     trainable = lora_parameters(shape) if lora else p
     acts = activation_bytes(shape, 2 * batch_pairs * max_length, autocast_bytes, checkpointed, lora)
-    base = base or ("bf16" if autocast_bytes == 2 else "fp32")
+    base = base or ("bf16" if autocast_bytes < 4 else "fp32")
     weights = base_bytes(shape, base) + 4 * trainable if lora else 4 * p
     return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
                           activations=acts, runtime=RUNTIME_BYTES)
@@ -195,8 +202,8 @@ def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_p
             (`dpo_engine.quant.four_bit_unavailable`).
     """
     precision = precision or ("bfloat16" if device.startswith("cuda") else "float32")
-    value_bytes = 2 if precision == "bfloat16" else 4
-    lora_base = "bf16" if value_bytes == 2 else "fp32"
+    value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
+    lora_base = "bf16" if precision == "bfloat16" else "fp32"
     budget = int(free_bytes * HEADROOM)
 
     def est(lora, ckpt, base=None):
