@@ -12,12 +12,12 @@ computed once before training (full fine-tune) or by the policy with its adapter
 
 Activations: every token of every layer keeps about ACT_HIDDEN hidden-wide and ACT_FFN
 ffn-wide values for the backward (norm inputs, q/k/v, attention output, gate/up/act), at
-4 bytes in fp32 and BF16_VALUE_BYTES (measured) under bf16 autocast; SDPA keeps no T x T attention matrix. LoRA adds
-LORA_ACT_HIDDEN / LORA_ACT_FFN bytes per token, layer and width (each adapter's dropout mask
-and the bf16 copy of its input). The LM head runs only on response tokens and in chunks
-(dpo_engine.logps.label_logps): all its fp32 logits, their softmax and gradient up to
-HEAD_WHOLE_BYTES, else one chunk's.
-The step holds 2 x batch sequences (chosen and rejected) of up to max_length tokens.
+4 bytes in fp32 and BF16_VALUE_BYTES (measured) under bf16 autocast; SDPA keeps no T x T
+attention matrix. LoRA adds LORA_ACT_HIDDEN / LORA_ACT_FFN bytes per token, layer and width
+(each adapter's dropout mask and the bf16 copy of its input). The LM head runs only on
+response tokens (dpo_engine.logps.label_logps): all its fp32 logits, their softmax and
+gradient up to HEAD_WHOLE_BYTES, else one chunk's. The step holds 2 x batch sequences
+(chosen and rejected) of up to max_length tokens.
 
 The constants come from measured peaks (the comment at each names the benchmark);
 bench/README.md, "Real model shapes", holds the table.
@@ -59,7 +59,7 @@ CKPT_LAYERS = 3.5  # layers' activations alive at once under gradient checkpoint
 # gradients, blocks the allocator holds): the same run checkpointed peaked 5.06 GB (estimate with 1: 3.94 GB)
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
 HEAD_WHOLE_BYTES = 256 * 2**20  # dpo_engine.logps: up to this the head's logits exist at once, above it
-HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps them equal)
+HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps both equal to logps')
 HEAD_COPIES = 3  # fp32 logits, their softmax and its gradient
 LORA_RANK = 16  # LoraSettings.rank's default; adapters on every linear of each block
 NF4_BYTES = 0.5 + 4 / 64  # bitsandbytes NF4: 4 bits a weight plus one fp32 scale per block of 64
