@@ -4,13 +4,16 @@
 
 The backbone runs once over the 2B rows of a `Batch`; then only the hidden states whose
 *next* token is a response token are gathered, and the LM head and the log-softmax run
-on those alone; the log-softmax and the sums in fp32 even under bf16 autocast (only the
-head's matmul runs in bf16 there: it is most of the head's cost). No full-vocabulary logits exist for prompt or padding positions
-(on SmolLM2 the vocabulary is 49,152 wide, so this is most of the head's cost on long
-prompts). The result keeps the autograd graph, so the trainer calls the same function
-with gradients on; wrap it in `torch.no_grad()` for the reference or for eval.
+on those alone (on SmolLM2 the vocabulary is 49,152 wide, so skipping prompt and padding
+positions is most of the head's cost on long prompts). Even those run in chunks
+(`label_logps`): at most one chunk's [tokens x vocab] logits exist at a time, and the
+backward recomputes them. The log-softmax and the sums are fp32 even under bf16 autocast
+(only the head's matmul runs in bf16 there: it is most of the head's cost). The result
+keeps the autograd graph, so the trainer calls the same function with gradients on; wrap
+it in `torch.no_grad()` for the reference or for eval.
 
 Public API:
+    label_logps(lm, hidden, targets) -> (N,)   the LM head + fp32 log-softmax + gather, chunked
     batch_logps(model, batch) -> BatchLogps(chosen_logps, rejected_logps, chosen_tokens, rejected_tokens)
     sequence_logps(model, input_ids, attention_mask, response_mask) -> (logps, tokens)   all rows
     score_pairs(forward, pairs, batch_size, batches=None) -> generator: pairs done; returns the tensors in input order
@@ -23,8 +26,15 @@ from __future__ import annotations
 from typing import Callable, Generator, NamedTuple, Sequence
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from dpo_engine.encoding import Batch, EncodedPair, length_batches
+
+
+HEAD_WHOLE_BYTES = 256 * 2**20  # up to this many bytes of fp32 logits the head runs at once, no recompute: the
+# default model's Train page batch (4 pairs, answers <= ~170 tokens) stays as fast as before; chunking costs
+# a third matmul of the head (1.58x a head-bound step, bench/README.md "Log-probs without the full logits")
+HEAD_CHUNK_BYTES = 64 * 2**20  # above it, fp32 logits per chunk: chunk size changes no FLOPs, only memory
 
 
 class BatchLogps(NamedTuple):
@@ -72,6 +82,54 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return logits.gather(1, targets[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
 
+def _chunk_logps(lm, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return token_logps(_head_logits(lm, hidden), targets)
+
+
+def head_chunk_tokens(vocab: int, budget: int | None = None) -> int:
+    """Tokens per chunk of the head so that one chunk's fp32 logits take about `budget` bytes
+    (HEAD_CHUNK_BYTES when None)."""
+    return max(1, (budget or HEAD_CHUNK_BYTES) // (4 * max(1, vocab)))
+
+
+def label_logps(lm, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: int | None = None) -> torch.Tensor:
+    """log softmax(head(h))[label] per token, never holding more than one chunk's logits.
+
+        out[i] = log softmax(cap·tanh(scale·h_i Wᵀ / cap))[targets[i]]   (scale, cap where the config has them)
+
+    The tokens run through the LM head `chunk_tokens` at a time (by default all at once up to
+    HEAD_WHOLE_BYTES of fp32 logits, else ~HEAD_CHUNK_BYTES a chunk); with gradients on, each chunk is a non-reentrant
+    `torch.utils.checkpoint`: only its hidden states are kept, and the backward recomputes the
+    chunk's logits instead of storing [tokens x vocab] fp32 logits and their softmax (the
+    idea of Cut Cross-Entropy, torchtune's chunked output loss and Liger's fused linear
+    losses; at a 128k vocabulary 1,200 answer tokens would otherwise hold ~1.9 GB). Whatever
+    the head is (tied to the embedding or not, with a LoRA layer or a bias) the gradients
+    reach it through autograd, and the recomputation runs under the autocast state of the
+    forward. The log-softmax is fp32 (`token_logps`).
+
+    Args:
+        lm: the causal LM (`_causal_lm(model)`), for its output embeddings and config.
+        hidden: (N, H) hidden states whose next tokens are scored.
+        targets: (N,) long, those next tokens.
+
+    Returns:
+        (N,) fp32.
+    """
+    assert hidden.dim() == 2 and targets.shape == hidden.shape[:1], (hidden.shape, targets.shape)
+    vocab = lm.get_output_embeddings().weight.shape[0]
+    whole = hidden.shape[0] * vocab * 4 <= HEAD_WHOLE_BYTES
+    step = chunk_tokens or (hidden.shape[0] if whole else head_chunk_tokens(vocab))
+    if hidden.shape[0] <= step:
+        return _chunk_logps(lm, hidden, targets)  # one chunk: storing it costs no more than recomputing
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or any(
+        p.requires_grad for p in lm.get_output_embeddings().parameters()))
+    parts = []
+    for start in range(0, hidden.shape[0], step):
+        h, t = hidden[start:start + step], targets[start:start + step]
+        parts.append(checkpoint(_chunk_logps, lm, h, t, use_reentrant=False) if grad else _chunk_logps(lm, h, t))
+    return torch.cat(parts)
+
+
 def sequence_logps(
     model, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -97,9 +155,8 @@ def sequence_logps(
     # Position t predicts token t+1: score position t where token t+1 is a response token.
     scored = response_mask[:, 1:]  # (R, T-1)
     rows = scored.nonzero(as_tuple=True)[0]  # (N,) which row each scored token belongs to
-    logits = _head_logits(lm, hidden[:, :-1][scored])  # (N, V) fp32
     targets = input_ids[:, 1:][scored]  # (N,)
-    scores = token_logps(logits, targets)  # (N,) fp32
+    scores = label_logps(lm, hidden[:, :-1][scored], targets)  # (N,) fp32
     logps = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=scores.device)
     logps = logps.index_add(0, rows, scores)
     return logps, response_mask.sum(dim=1)

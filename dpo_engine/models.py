@@ -340,11 +340,15 @@ def load_model(
     device: DeviceChoice | None = None,
     on_progress: Callable[[PrepareProgress], None] | None = None,
     tokenizer=None,
+    quantization=None,
 ) -> LoadedModel:
-    """Load a model and its tokenizer onto a device (safetensors only, no remote code).
+    """Load a model and its tokenizer onto a device (safetensors only, no remote code), its
+    weights in `device.dtype` (read straight into it: a bf16 load never holds an fp32 copy).
 
     `tokenizer`: one the caller already loaded from the same `ref`, in the same thread (a
-    tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop")."""
+    tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop").
+    `quantization`: a transformers quantization config (`dpo_engine.quant`): the linears are
+    quantised as they load, placed on the device by the loader."""
     from transformers import AutoModelForCausalLM
 
     device = device or pick_device()
@@ -352,7 +356,10 @@ def load_model(
     start = time.perf_counter()
     try:
         tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved)
-        model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True)
+        placement = {} if quantization is None else {"quantization_config": quantization,
+                                                     "device_map": {"": device.device}}
+        model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True,
+                                 **placement)
     except (ValueError, KeyError) as exc:  # e.g. a config.json with a model_type transformers does not know
         raise ModelError(f"Could not load the model at {resolved.path}: {_first_line(exc)}. DPO Studio loads "
                          "architectures that transformers supports without remote code; update transformers, "
@@ -365,6 +372,7 @@ def load_model(
                 "Use 'default', a local folder or a .gguf file."
             ) from exc
         raise ModelError(f"Could not load the model at {resolved.path}: {exc}") from exc
-    model.to(device.torch_device)
+    if quantization is None:  # a quantised model is placed by its loader and refuses .to()
+        model.to(device.torch_device)
     model.eval()
     return LoadedModel(model, tokenizer, resolved, device, time.perf_counter() - start)

@@ -28,7 +28,7 @@ import torch
 
 from dpo_engine._compat import forward_with_cache
 from dpo_engine.encoding import EncodedPair
-from dpo_engine.logps import BatchLogps, _causal_lm, _head_logits, token_logps
+from dpo_engine.logps import BatchLogps, _causal_lm, label_logps
 
 
 def _right_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,7 +94,6 @@ def answer_logps(model, prompts: Sequence[Sequence[int]], owners: Sequence[int],
     hidden = torch.cat([first, answer_hidden[:, :-1][scored]])  # (A + N, H)
     targets = torch.cat([answer_ids[:, 0], answer_ids[:, 1:][scored]])
     rows = torch.cat([torch.arange(len(answers), device=device), scored.nonzero(as_tuple=True)[0]])
-    logits = _head_logits(lm, hidden)  # (A + N, V) fp32
-    logps = torch.zeros(len(answers), dtype=torch.float32, device=device).index_add(0, rows,
-                                                                                   token_logps(logits, targets))
+    scores = label_logps(lm, hidden, targets)  # (A + N,) fp32, the head in chunks
+    logps = torch.zeros(len(answers), dtype=torch.float32, device=device).index_add(0, rows, scores)
     return logps, answer_mask.sum(dim=1)

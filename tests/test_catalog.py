@@ -209,7 +209,9 @@ def test_shape_and_estimate_from_gguf_keys(tmp_path):
 def test_training_memory_by_hand():
     """1,000 parameters, 2 layers of width 10 (ffn 20), vocab 50, one pair of 4 tokens (8 tokens):
     weights 4,000 B, gradients 4,000, AdamW 8,000; activations 8 tokens x 2 layers x
-    (16 x 10 + 4 x 20) values x 4 B = 15,360, head 4 scored tokens x 50 x 4 B x 3 = 2,400."""
+    (16 x 10 + 4 x 20) values x 4 B = 15,360, head 4 scored tokens x 50 x 4 B x 3 = 2,400 (under
+    one chunk). LoRA adds 8 tokens x 2 layers x (18 x 10 + 3 x 20) B = 3,840 (dropout masks and
+    bf16 input copies of its adapters) and keeps its base in the compute precision."""
     shape = ModelShape(1000, hidden=10, layers=2, ffn=20, vocab=50, kv_dim=10)
     full = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4)
     assert (full.weights, full.gradients, full.optimizer, full.activations) == (4000, 4000, 8000, 17760)
@@ -218,7 +220,9 @@ def test_training_memory_by_hand():
     adapter = 2 * 16 * ((10 + 10) * 2 + (10 + 10) * 2 + (10 + 20) * 3)  # rank 16 on q, o, k, v, gate, up, down
     assert fit_mod.lora_parameters(shape) == adapter == 5440
     assert (lora.weights, lora.gradients, lora.optimizer) == (4000 + 4 * adapter, 4 * adapter, 8 * adapter)
-    assert lora.activations == full.activations
+    assert lora.activations == full.activations + 3840 == 21600
+    bf16_lora = fit_mod.training_memory(shape, lora=True, batch_pairs=1, max_length=4, autocast_bytes=2)
+    assert bf16_lora.weights == 2 * 1000 + 4 * adapter  # a bf16 frozen base, an fp32 adapter
     bf16 = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4, autocast_bytes=2)
     assert bf16.activations == 15360 // 2 + 2400  # the head stays fp32
 
@@ -311,6 +315,7 @@ def test_models_command_json(stores, tmp_path, monkeypatch):
     assert "not prepared yet" in models["SmolLM2-135M-Instruct (default)"]["notes"][0]
     for name, n in params.items():
         assert models[name]["parameters"] == n and models[name]["verdict"] == FULL_FITS
+        assert models[name]["fit"]["mode"] == "full" and models[name]["fit"]["base"] == "fp32"
         assert models[name]["fit"]["full"]["total"] > models[name]["fit"]["full"]["weights"] > 0
     assert "not a GGUF file" in models["random.gguf"]["error"] and models["random.gguf"]["verdict"] is None
     text = CliRunner().invoke(main, ["models", "--device", "cpu", "--folder", str(root / "ggufs")])
@@ -341,11 +346,11 @@ def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, m
 
 
 def test_gradient_checkpointing_is_asked_for_only_where_activations_decide():
-    """Checkpointing keeps one hidden-wide value per token and layer plus one layer's activations:
-    8 tokens x (2 layers x 10 + (16 x 10 + 4 x 20)) x 4 B = 8,320, plus the head's 2,400."""
+    """Checkpointing keeps one hidden-wide value per token and layer plus CKPT_LAYERS (3.5) layers'
+    activations: 8 tokens x (2 layers x 10 + 3.5 x (16 x 10 + 4 x 20)) x 4 B = 27,520, plus the head's 2,400."""
     shape = ModelShape(1000, hidden=10, layers=2, ffn=20, vocab=50, kv_dim=10)
     ckpt = fit_mod.training_memory(shape, lora=False, batch_pairs=1, max_length=4, checkpointed=True)
-    assert ckpt.activations == 8 * (2 * 10 + 240) * 4 + 2400 == 10720
+    assert ckpt.activations == 8 * (2 * 10 + 3.5 * 240) * 4 + 2400 == 29920
     big = ModelShape(500_000_000, hidden=1024, layers=24, ffn=4096, vocab=32_000, kv_dim=256)
     full = fit_mod.training_memory(big, lora=False)
     full_ckpt = fit_mod.training_memory(big, lora=False, checkpointed=True)

@@ -98,7 +98,9 @@ def test_broken_rows_cannot_be_selected(qtbot, stores):
 
 def test_lora_only_and_too_large_are_announced(qtbot, stores, tmp_path):
     """With free memory between the LoRA and the full estimate of a model, picking it says LoRA goes on."""
-    path = write_gguf(tmp_path / "mid.gguf", vocab=100, hidden=256, layers=4, ffn=1024)
+    # a 64k vocabulary and 8 layers: LoRA (4 B a frozen weight) must undercut full fine-tuning (16 B), which a
+    # model of a few million weights does not, since its adapters keep more activations than its weights cost
+    path = write_gguf(tmp_path / "mid.gguf", vocab=64_000, hidden=256, layers=8, ffn=1024)
     probe = list_models(paths=[path], locations=Locations(), free_bytes=GiB, device="cpu", include_default=False)
     shape = probe.entries[0].shape
     lora = fit_mod.training_memory(shape, lora=True, checkpointed=True).total

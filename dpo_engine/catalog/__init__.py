@@ -21,7 +21,7 @@ from typing import Callable, Sequence
 
 from dpo_engine.catalog.entry import CatalogEntry, broken
 from dpo_engine.catalog.fit import (FULL_FITS, LORA_ONLY, TOO_LARGE, FitVerdict, MemoryEstimate, ModelShape,
-                                    fit_verdict, memory_budget)
+                                    compute_precision, fit_verdict, memory_budget)
 from dpo_engine.catalog.sources import (Locations, checkpoint_entries, default_entries, folder_entries,
                                         hf_cache_entries, inspect_path, ollama_entries)
 
@@ -53,7 +53,10 @@ def with_fit(entry: CatalogEntry, free_bytes: int, device: str) -> CatalogEntry:
     """The entry with its verdict for `device` (none for a broken entry or an unknown size)."""
     if not entry.usable or entry.shape is None or not entry.shape.parameters:
         return entry
-    return entry.with_fit(fit_verdict(entry.shape, free_bytes, device))
+    from dpo_engine import quant
+
+    return entry.with_fit(fit_verdict(entry.shape, free_bytes, device, precision=compute_precision(device),
+                                      four_bit=quant.catalog_reason(device)))
 
 
 def _dedupe(entries: list[CatalogEntry]) -> list[CatalogEntry]:

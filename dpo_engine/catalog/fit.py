@@ -1,22 +1,29 @@
-"""Will a model train here? Memory of a DPO step, estimated from the model's shape alone.
+"""Will a model train here, and how? Memory of a DPO step, estimated from the model's shape.
 
-    full = weights + gradients + AdamW state + activations + runtime
-    LoRA = weights + adapter (weights, gradients, AdamW) + activations + runtime
+    full = weights + gradients + AdamW state + activations + runtime   (fp32 master weights)
+    LoRA = frozen base + adapter (weights, gradients, AdamW) + activations + runtime
 
-Weights train in fp32 (dpo_engine.train.model: AdamW on bf16 weights loses small updates),
-whatever precision or quantisation the file holds, so a Q4 GGUF costs as much as its
-dequantised fp32 model. The reference model costs nothing: its log-probs are computed
-once before training (full fine-tune) or by the policy with its adapter off (LoRA).
+A full fine-tune keeps fp32 master weights whatever the file holds (AdamW on bf16 weights
+loses small updates: dpo_engine.train.model). A LoRA run keeps its frozen base in the
+compute precision (bf16 where the device runs bf16, else fp32) or, where bitsandbytes runs,
+in 4-bit NF4 (block linears at 4 bits plus a scale per 64; the embedding stays bf16); the
+adapter and its AdamW state are fp32. The reference model costs nothing: its log-probs are
+computed once before training (full fine-tune) or by the policy with its adapter off (LoRA).
 
 Activations: every token of every layer keeps about ACT_HIDDEN hidden-wide and ACT_FFN
-ffn-wide values for the backward (norm inputs, q/k/v, attention output, gate/up/act),
-in fp32 on a CPU and roughly half that under bf16 autocast on a GPU; SDPA keeps no
-T x T attention matrix. The LM head runs only on response tokens (dpo_engine.logps),
-fp32 logits, their softmax and its gradient. The step holds 2 x batch sequences
+ffn-wide values for the backward (norm inputs, q/k/v, attention output, gate/up/act), at
+4 bytes in fp32 and BF16_VALUE_BYTES (measured) under bf16 autocast; SDPA keeps no T x T
+attention matrix. LoRA adds LORA_ACT_HIDDEN / LORA_ACT_FFN bytes per token, layer and width
+(each adapter's dropout mask and the bf16 copy of its input). The LM head runs only on
+response tokens (dpo_engine.logps.label_logps): all its fp32 logits, their softmax and
+gradient up to HEAD_WHOLE_BYTES, else one chunk's. The step holds 2 x batch sequences
 (chosen and rejected) of up to max_length tokens.
 
+The constants come from measured peaks (the comment at each names the benchmark);
+bench/README.md, "Real model shapes", holds the table.
+
 Public API:
-    ModelShape, MemoryEstimate, FitVerdict
+    ModelShape, MemoryEstimate, FitVerdict, MODES
     training_memory(shape, lora=..., ...) -> MemoryEstimate       (pure)
     fit_verdict(shape, budget_bytes, device, ...) -> FitVerdict   (pure)
     memory_budget(device) -> (bytes free, device name)
@@ -24,22 +31,38 @@ Public API:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import asdict, dataclass
 
 from dpo_engine.defaults import SmallDataDefaults
 
-FULL_FITS = "full fine-tune fits"
+FULL_FITS = "full fine-tune fits"  # the coarse verdict (what the window's picker keys on) ...
 LORA_ONLY = "LoRA only"
 TOO_LARGE = "too large"
+FULL, FULL_CKPT, LORA_4BIT, NONE = "full", "full+checkpointing", "LoRA 4-bit", "too large"  # ... and the mode:
+MODES = (FULL, FULL_CKPT, "LoRA bf16", "LoRA fp32", LORA_4BIT, NONE)  # LoRA <base precision>, checkpointed or not
 
 DEFAULT_BATCH_PAIRS = SmallDataDefaults().batch_size  # the Train page's default micro-batch, in pairs
 DEFAULT_MAX_LENGTH = 512  # TrainConfig.max_length's default (tests/test_catalog.py keeps them equal)
 ACT_HIDDEN = 16  # hidden-wide values kept per token and layer, and ACT_FFN ffn-wide (gate, up, product),
 ACT_FFN = 4  # bench/catalog_memory.py, SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 tokens peaked at 4.17 GB
 # RSS (estimate 4.97), 8x512 at 10.21 GB (estimate 11.54): ~2 MB a token, so activations dominate past ~1,000
+LORA_ACT_HIDDEN = 18  # bytes per token and layer that LoRA adds per hidden width: q, k, v, o, gate, up each keep
+LORA_ACT_FFN = 3  # a dropout mask (1 B) and a bf16 copy of its input (2 B); down the same at ffn width. With
+# ACT_* at 2 B this gives 192 KB a token and layer for Llama-3.2-1B's shape; the tensors autograd saved there
+# (counted with saved_tensors_hooks, LoRA r16 dropout 0.05, bf16 base under autocast) were 187.6 KB
+BF16_VALUE_BYTES = 3  # bytes an activation costs under bf16 autocast, in RSS: not 2, since the norms, softmax and
+# LoRA's inputs run in fp32 beside it and the allocator keeps freed blocks. bench/real_size.py, Llama-3.2-1B LoRA
+# bf16 (4 pairs, ~1,450 tokens): 10.18 GB peak RSS; at 2 B the estimate was 8.90 GB, at 3 B it is 10.7
+CKPT_LAYERS = 3.5  # layers' activations alive at once under gradient checkpointing (the recomputed one, its
+# gradients, blocks the allocator holds): the same run checkpointed peaked 5.06 GB (estimate with 1: 3.94 GB)
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
+HEAD_WHOLE_BYTES = 256 * 2**20  # dpo_engine.logps: up to this the head's logits exist at once, above it
+HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps both equal to logps')
+HEAD_COPIES = 3  # fp32 logits, their softmax and its gradient
 LORA_RANK = 16  # LoraSettings.rank's default; adapters on every linear of each block
+NF4_BYTES = 0.5 + 4 / 64  # bitsandbytes NF4: 4 bits a weight plus one fp32 scale per block of 64
 RUNTIME_BYTES = 600 * 2**20  # torch, transformers and the tokenizer before any tensor (measured ~0.5 GB)
 HEADROOM = 0.9  # use at most 90% of what is free: the OS, the GUI and allocator slack need the rest
 
@@ -77,11 +100,16 @@ class FitVerdict:
     device: str  # the device the estimate is for ("cpu", "cuda:0 (NVIDIA H200)")
     budget: int  # bytes the step may use there (free memory x HEADROOM)
     full: MemoryEstimate
-    lora: MemoryEstimate
+    lora: MemoryEstimate  # LoRA over a base in the compute precision, without checkpointing
     batch_pairs: int
     max_length: int
     gradient_checkpointing: bool = False  # the verdict holds only with gradient checkpointing on
     checkpointed_activations: int = 0  # activations with gradient checkpointing (either mode)
+    mode: str = ""  # one of MODES: how it trains here
+    base: str = ""  # the stored weights of that mode: "fp32" (full; an fp32 LoRA base), "bf16", "nf4"
+    precision: str = "float32"  # the compute precision the estimate assumed
+    needed: int = 0  # bytes the chosen mode needs (0: none fits)
+    four_bit: str = ""  # why 4-bit is not offered here ("" where it is)
 
     def explain(self) -> str:
         """One line for a person: the verdict and the numbers behind it."""
@@ -89,7 +117,8 @@ class FitVerdict:
         if self.gradient_checkpointing:
             how = " with gradient checkpointing"
             acts = f" (activations ~{gib(self.full.activations)}, checkpointed ~{gib(self.checkpointed_activations)})"
-        return (f"{self.verdict}{how}: full fine-tune needs ~{gib(self.full.total)}, LoRA ~{gib(self.lora.total)}"
+        what = self.verdict if self.mode in (FULL, FULL_CKPT, NONE, "") else f"{self.mode} fits"
+        return (f"{what}{how}: full fine-tune needs ~{gib(self.full.total)}, LoRA ~{gib(self.lora.total)}"
                 f"{acts}; {gib(self.budget)} usable on {self.device} (batch {self.batch_pairs} pairs x "
                 f"{self.max_length} tokens)")
 
@@ -113,50 +142,83 @@ def lora_parameters(shape: ModelShape, rank: int = LORA_RANK) -> int:
     return shape.layers * per_layer if shape.layers and h else int(shape.parameters * 0.01)
 
 
-def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpointed: bool = False) -> int:
+def base_bytes(shape: ModelShape, base: str) -> int:
+    """The frozen base's bytes stored as `base` ("fp32", "bf16", "nf4": the embedding stays bf16)."""
+    p = shape.parameters
+    if base == "nf4":
+        embedding = min(p, shape.vocab * shape.hidden)
+        return int((p - embedding) * NF4_BYTES) + 2 * embedding
+    return p * (2 if base == "bf16" else 4)
+
+
+def activation_bytes(shape: ModelShape, tokens: int, value_bytes: int, checkpointed: bool = False,
+                     lora: bool = False) -> int:
     """Activations kept for the backward over `tokens` tokens (see the module docstring).
 
     Gradient checkpointing keeps only each layer's input (one hidden-wide value per token and
-    layer) and recomputes one layer at a time. Without a known shape, hidden is taken as
+    layer) and recomputes one layer at a time (CKPT_LAYERS layers' worth alive, measured). Without a known shape, hidden is taken as
     sqrt(parameters / (12 x 24 layers)).
     """
     layers = shape.layers or 24
     hidden = shape.hidden or int(math.sqrt(shape.parameters / (12 * layers)))
     ffn = shape.ffn or 4 * hidden
-    per_layer = tokens * (ACT_HIDDEN * hidden + ACT_FFN * ffn) * value_bytes
-    body = tokens * layers * hidden * value_bytes + per_layer if checkpointed else layers * per_layer
-    head = int(tokens * RESPONSE_FRACTION) * shape.vocab * 4 * 3  # fp32 logits, softmax, their gradient
+    per_token_layer = (ACT_HIDDEN * hidden + ACT_FFN * ffn) * value_bytes
+    if lora:
+        per_token_layer += LORA_ACT_HIDDEN * hidden + LORA_ACT_FFN * ffn
+    per_layer = tokens * per_token_layer
+    body = tokens * layers * hidden * value_bytes + int(CKPT_LAYERS * per_layer) if checkpointed else layers * per_layer
+    logits = int(tokens * RESPONSE_FRACTION) * shape.vocab * 4
+    head = (logits if logits <= HEAD_WHOLE_BYTES else HEAD_CHUNK_BYTES) * HEAD_COPIES
     return body + head
 
 
 def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BATCH_PAIRS,
                     max_length: int = DEFAULT_MAX_LENGTH, autocast_bytes: int = 4,
-                    checkpointed: bool = False) -> MemoryEstimate:
-    """Peak bytes of one DPO step (fp32 master weights; `autocast_bytes` 2 under bf16 autocast)."""
+                    checkpointed: bool = False, base: str | None = None) -> MemoryEstimate:
+    """Peak bytes of one DPO step: fp32 master weights (full) or a frozen `base` ("fp32", "bf16",
+    "nf4"; by default the compute precision: bf16 when `autocast_bytes` < 4) plus an fp32 adapter."""
     p = shape.parameters
     trainable = lora_parameters(shape) if lora else p
-    acts = activation_bytes(shape, 2 * batch_pairs * max_length, autocast_bytes, checkpointed)
-    weights = 4 * p + (4 * trainable if lora else 0)
+    acts = activation_bytes(shape, 2 * batch_pairs * max_length, autocast_bytes, checkpointed, lora)
+    base = base or ("bf16" if autocast_bytes < 4 else "fp32")
+    weights = base_bytes(shape, base) + 4 * trainable if lora else 4 * p
     return MemoryEstimate(weights=weights, gradients=4 * trainable, optimizer=8 * trainable,
                           activations=acts, runtime=RUNTIME_BYTES)
 
 
 def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_pairs: int = DEFAULT_BATCH_PAIRS,
-                max_length: int = DEFAULT_MAX_LENGTH) -> FitVerdict:
+                max_length: int = DEFAULT_MAX_LENGTH, precision: str | None = None,
+                four_bit: str | None = "bitsandbytes was not checked") -> FitVerdict:
     """The cheapest way that fits in HEADROOM of `free_bytes`, in this order: full fine-tune,
-    full with gradient checkpointing, LoRA, LoRA with checkpointing; else too large.
-    (Checkpointing costs ~30% speed, so it is only asked for where activations make the difference.)
+    full with gradient checkpointing, LoRA over a base in the compute precision, the same with
+    checkpointing, LoRA over a 4-bit base (without, then with checkpointing); else too large.
+    (Checkpointing costs ~30% speed, so it is only asked for where activations make the
+    difference; 4-bit dequantises every weight at every use, so it comes last.)
 
-    On CUDA the forward runs under bf16 autocast, so activations cost 2 bytes a value.
+    Args:
+        precision: the compute precision ("bfloat16" halves activations and a LoRA base); None:
+            bf16 on CUDA, fp32 elsewhere.
+        four_bit: why a 4-bit base cannot be used here, or None where it can
+            (`dpo_engine.quant.four_bit_unavailable`).
     """
-    value_bytes = 2 if device.startswith("cuda") else 4
+    precision = precision or ("bfloat16" if device.startswith("cuda") else "float32")
+    value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
+    lora_base = "bf16" if precision == "bfloat16" else "fp32"
     budget = int(free_bytes * HEADROOM)
-    options = [(mode, ckpt, training_memory(shape, mode == LORA_ONLY, batch_pairs, max_length, value_bytes, ckpt))
-               for mode in (FULL_FITS, LORA_ONLY) for ckpt in (False, True)]
-    verdict, ckpt = next(((mode, c) for mode, c, m in options if m.total <= budget), (TOO_LARGE, False))
-    full, lora = options[0][2], options[2][2]
-    return FitVerdict(verdict, device, budget, full, lora, batch_pairs, max_length, ckpt,
-                      options[1][2].activations)
+
+    def est(lora, ckpt, base=None):
+        return training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt, base)
+
+    options = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
+               (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
+    if four_bit is None:
+        options += [(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")]
+    sized = [(mode, lora, ckpt, base, est(lora, ckpt, base if lora else None)) for mode, lora, ckpt, base in options]
+    mode, lora, ckpt, base, memory = next((o for o in sized if o[4].total <= budget), (NONE, False, False, "", None))
+    verdict = TOO_LARGE if mode == NONE else LORA_ONLY if lora else FULL_FITS
+    return FitVerdict(verdict, device, budget, sized[0][4], sized[2][4], batch_pairs, max_length, ckpt,
+                      sized[1][4].activations, mode=mode, base=base, precision=precision,
+                      needed=memory.total if memory else 0, four_bit=four_bit or "")
 
 
 # --------------------------------------------------------------------------- the machine
@@ -196,3 +258,29 @@ def memory_budget(device: str = "auto") -> tuple[int, str]:
         free, _total = torch.cuda.mem_get_info(choice.torch_device)
         return int(free), choice.describe().rsplit(",", 1)[0]
     return free_ram(), choice.device
+
+
+def compute_precision(device: str) -> str:
+    """The precision a run on `device` would pick, without measuring: bf16 on CUDA with bf16 and
+    on a CPU with native bf16 (where "auto" measures, it has always found bf16 faster:
+    dpo_engine.precision), fp32 elsewhere; DPO_STUDIO_DTYPE, when set, decides."""
+    import os
+
+    pinned = os.environ.get("DPO_STUDIO_DTYPE", "").lower()
+    if pinned in ("float32", "bfloat16"):
+        return pinned
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
+    if device == "cpu":
+        return "bfloat16" if _cpu_has_native_bf16() else "float32"
+    return "float32"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_has_native_bf16() -> bool:
+    """Once per process: the catalog asks for every model it lists."""
+    from dpo_engine.precision import native_bf16_flags
+
+    return bool(native_bf16_flags())

@@ -92,8 +92,12 @@ class TrainConfig:
                                            label="Gradient checkpointing")
     device: str = setting("auto", "auto: CUDA, then MPS, then CPU (dpo_engine.devices).")
     dtype: str = setting("auto", "Compute precision: bf16 autocast where measured faster (CUDA with bf16; a CPU "
-                                 "with native bf16: 2.3x per step here), else fp32; weights and optimizer state "
-                                 "stay fp32 (dpo_engine.devices).")
+                                 "with native bf16: 2.3x per step here), else fp32; trained weights and optimizer "
+                                 "state stay fp32, a LoRA run's frozen base is kept in this precision "
+                                 "(dpo_engine.devices, train/model.py).")
+    base_bits: int | None = setting(None, "None: a LoRA run's frozen base in the compute precision; 4: in 4-bit NF4 "
+                                          "through bitsandbytes (QLoRA: a quarter of bf16's memory, slower steps; "
+                                          "needs the [gpu] extra and LoRA; dpo_engine.quant).")
     share_prompt: bool = setting(True, "Run each pair's prompt once and reuse its keys/values for both answers.")
     group_answers: bool = setting(True, "Pairs sharing a prompt (a ranking's) are batched together, and each "
                                         "distinct prompt and answer runs once, not once per pair: the same numbers, "
@@ -154,6 +158,9 @@ def _validate(c: TrainConfig) -> None:
                             + (" (float16 training needs loss scaling, which the trainer does not do)."
                                if c.dtype == "float16" else ".")),
         (not c.merge_lora or c.lora is not None, "merge_lora needs LoRA: turn LoRA on (--lora) or drop merge_lora."),
+        (c.base_bits in (None, 4), f"base_bits must be 4 (a 4-bit NF4 base) or unset (got {c.base_bits})."),
+        (c.base_bits is None or c.lora is not None, "A 4-bit base trains only adapters: turn LoRA on (--lora) or "
+                                                    "unset base_bits."),
     ]
     for ok, message in checks:
         if not ok:

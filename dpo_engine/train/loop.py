@@ -179,18 +179,23 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     for index, why in data.skipped[:20]:
         yield LogLine(f"Skipped pair #{index}: {why}", "warning")
     ran = (read_run_file(resume).get("precision") or {}).get("dtype") if resume is not None else None
-    device, compute = training_device(config, dist.device_name, ran)  # fp32 weights; the forward's precision
+    device, compute = training_device(config, dist.device_name, ran)  # the weights' dtype; the forward's precision
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
                       compute.autocast, group_answers=config.group_answers)
     precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
-    how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
+    base = "a 4-bit frozen base" if config.base_bits == 4 else (
+        "a bf16 frozen base" if device.dtype == "bfloat16" else "fp32 weights")
+    how = f"bf16 autocast over {base}" if precision.autocast else compute.dtype + (
+        " over a 4-bit frozen base" if config.base_bits == 4 else "")
     yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
     if compute.warning:
         yield LogLine(compute.warning, "warning")
     yield precision
-    key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ
+    key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ,
+    key += "-bf16-base" if device.dtype == "bfloat16" else ""  # and so do scores over bf16 weights
+    key += "-nf4" if config.base_bits == 4 else ""  # or 4-bit ones
     ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
                                         tokenizer)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)

@@ -1,9 +1,13 @@
 """The models of a run: device and precision, loading the policy (full or LoRA), saving it.
 
-Weights and optimizer state train in fp32 (AdamW on bf16 weights loses small updates); where
-the run's precision is bf16 (CUDA that supports it; a CPU that runs bf16 natively and
-measurably faster: `dpo_engine.devices`) the forward runs under bf16 autocast instead, for
-the policy and the reference alike, and the log-softmax, sums and loss stay fp32 (logps.py).
+Trained weights and their optimizer state are fp32 (AdamW on bf16 weights loses small
+updates); where the run's precision is bf16 (CUDA that supports it; a CPU that runs bf16
+natively and measurably faster: `dpo_engine.devices`) the forward runs under bf16 autocast,
+for the policy and the reference alike, and the log-softmax, sums and loss stay fp32
+(logps.py). A LoRA run's frozen base is kept in the compute precision: in bf16 under bf16
+autocast (every matmul casts its weight to bf16 anyway, so the base costs half the memory
+for the same products), fp32 otherwise, or in 4-bit NF4 where asked and bitsandbytes runs
+(`dpo_engine.quant`); its adapter stays fp32.
 """
 
 from __future__ import annotations
@@ -25,9 +29,16 @@ from dpo_engine.train.config import LoraSettings, TrainConfig
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 
 
+def base_dtype(config: TrainConfig, compute: DeviceChoice) -> str:
+    """The dtype the model's weights load in: the compute precision for a LoRA run's frozen
+    base, fp32 for a full fine-tune (its master weights)."""
+    return compute.dtype if config.lora is not None else "float32"
+
+
 def training_device(config: TrainConfig, assigned: str | None = None,
                     resumed: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
-    """(where the fp32 weights load, the compute precision the forward autocasts to).
+    """(where and in which dtype the weights load: `base_dtype`, the compute precision the
+    forward autocasts to).
 
     Args:
         assigned: the launcher's device for this rank.
@@ -43,7 +54,7 @@ def training_device(config: TrainConfig, assigned: str | None = None,
     if compute.dtype == "float16":  # "auto" never picks it; DPO_STUDIO_DTYPE or a flag can
         raise ConfigError("float16 training needs loss scaling, which the trainer does not do: "
                           "use bfloat16 or float32 (or auto).")
-    return dataclasses.replace(compute, dtype="float32"), compute
+    return dataclasses.replace(compute, dtype=base_dtype(config, compute)), compute
 
 
 def is_peft(model) -> bool:
@@ -88,11 +99,14 @@ def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | N
     if config.lora is None:
         loaded = load_model(str(resume_from) if resume_from else base_ref, device, tokenizer=tokenizer)
     else:
-        loaded = load_model(base_ref, device, tokenizer=None if resume_from else tokenizer)
+        loaded = load_model(base_ref, device, tokenizer=None if resume_from else tokenizer,
+                            quantization=_four_bit(config, device))
         for p in loaded.model.parameters():
             p.requires_grad_(False)
         adapter = adapter_folder(resume_from) if resume_from else None
         loaded.model = wrap_lora(loaded.model, config.lora, adapter).to(device.torch_device)
+        for p in trainable_parameters(loaded.model):  # peft upcasts adapters over a bf16 base; make sure
+            p.data = p.data.float()
     model = loaded.model
     disable_dropout(model)
     if config.gradient_checkpointing:
@@ -100,6 +114,20 @@ def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | N
     model.config.use_cache = False
     model.train()
     return loaded
+
+
+def _four_bit(config: TrainConfig, device: DeviceChoice):
+    """The NF4 load settings of a 4-bit base (the rest of the model in `device.dtype`), or None;
+    a ConfigError saying why where bitsandbytes cannot run 4-bit on this device."""
+    if config.base_bits != 4:
+        return None
+    from dpo_engine import quant
+
+    reason = quant.unavailable(device.device)
+    if reason:
+        raise ConfigError(f"A 4-bit base cannot be used here: {reason}. Train LoRA over the base in "
+                          f"{device.dtype} instead (unset base_bits).")
+    return quant.quantization_config(device.torch_dtype)
 
 
 def trainable_parameters(model) -> list[torch.nn.Parameter]:
