@@ -97,6 +97,35 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- variants
 
 
+def bare_forward_backward(model, pairs, pad_id: int, autocast) -> None:
+    """The ceiling of a step: the bare forward+backward of the model over a step's tokens.
+
+    The same tokens as the trainer's step (`train.step.pair_tokens`: prompt once, both answers)
+    as one row per pair, prompt + chosen + rejected, right-padded; the LM head and a plain
+    cross-entropy on the positions whose next token is an answer token (as many as the trainer
+    scores), then backward. No optimizer, no clipping, no metrics, no DPO: the work any
+    trainer of these tokens must do, in a few lines of torch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows = [list(p.prompt_ids) + list(p.chosen_ids) + list(p.rejected_ids) for p in pairs]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    scored = torch.zeros_like(ids, dtype=torch.bool)  # position t is scored when token t+1 is an answer token
+    for i, (p, row) in enumerate(zip(pairs, rows)):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+        scored[i, len(p.prompt_ids) - 1:len(row) - 1] = True
+    with autocast():
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.lm_head(hidden[scored])
+    targets = ids[:, 1:][scored[:, :-1]]
+    F.cross_entropy(logits.float(), targets).backward()
+    model.zero_grad(set_to_none=True)
+
+
 def run_ours(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     import dpo_engine.train.reference as reference
     from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref

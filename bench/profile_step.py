@@ -1,0 +1,178 @@
+"""Where a training step's time goes: the trainer's step and the bare forward+backward, fp32 and
+bf16, on the default model, with torch.profiler.
+
+    .venv/bin/python bench/profile_step.py --rounds 6 --profile 3
+
+One model (SmolLM2-135M-Instruct, fp32 weights, train mode, dropout off) and one fused AdamW.
+The batches are the throughput bench's pairs (`bench/train_throughput.py`), 2 pairs per step,
+length-sorted. Each round runs the same batch four times, the order rotating round by round so
+that a machine shared with other jobs slows all alike:
+
+    step-fp32 / step-bf16   `train.step.run_step` (the trainer's step: forward with the prompt
+                            once, loss, backward, clip, fused AdamW) in fp32 / bf16 autocast
+    bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row per
+                            pair, model(..., labels).loss.backward(), nothing else
+
+Then `--profile` more steps of each step kind under torch.profiler; every op's own (self) time
+is put in one bucket by the op and the autograd node or scope it runs under (`bucket`), and
+the step's wall time not inside any op is "Python / other".
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.machine import machine_row  # noqa: E402
+from bench.train_throughput import BATCH, MAX_LENGTH, bare_forward_backward, make_pairs  # noqa: E402
+
+BUCKETS = ("matmul", "casts / copies", "attention", "loss / log-softmax", "optimizer", "grad clip / zero",
+           "other ops (norms, activations, embedding, ...)")
+# Substrings of the op's own name or of a scope above it (innermost first), checked in this order.
+RULES = (
+    ("optimizer", ("optimizer.step", "adamw")),
+    ("grad clip / zero", ("clip_grad", "_foreach_norm", "zero_grad")),
+    ("loss / log-softmax", ("logsumexp", "log_softmax", "logsoftmax", "gather", "index_add", "logsigmoid",
+                            "cross_entropy", "nll_loss")),
+    ("attention", ("scaled_dot_product", "scaleddotproduct", "flash_attention")),
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul", "aten::linear", "mkldnn_matmul")),
+    ("casts / copies", ("aten::_to_copy", "aten::copy_", "aten::to", "aten::clone", "aten::contiguous",
+                        "tocopybackward")),
+)
+OWN_SCOPE = ("optimizer", "grad clip / zero", "loss / log-softmax", "attention")  # these match on any ancestor
+
+
+def bucket(chain: list[str]) -> str:
+    """The bucket of an op, given its name and the names above it (innermost first)."""
+    names = [n.lower() for n in chain]
+    for name, keys in RULES:
+        scope = names if name in OWN_SCOPE else names[:1]
+        if any(any(k in n for k in keys) for n in scope):
+            return name
+    return BUCKETS[-1]
+
+
+def profile_table(prof, wall: float, steps: int) -> dict[str, float]:
+    """Seconds per step in each bucket, and "Python / other" (wall time outside every op)."""
+    totals: dict[str, float] = defaultdict(float)
+    for ev in prof.events():
+        if ev.self_cpu_time_total <= 0 or ev.device_type.name != "CPU":
+            continue
+        chain, node = [], ev
+        while node is not None:
+            chain.append(node.name)
+            node = node.cpu_parent
+        if any(n.startswith("ProfilerStep") for n in chain[:1]):
+            continue
+        totals[bucket(chain)] += ev.self_cpu_time_total / 1e6
+    per_step = {k: v / steps for k, v in totals.items()}
+    per_step["Python / other"] = max(0.0, wall / steps - sum(per_step.values()))
+    return per_step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds (each: all four kinds)")
+    parser.add_argument("--profile", type=int, default=3, help="profiled steps per precision")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's; 1 where other jobs share the cores)")
+    args = parser.parse_args()
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from torch.profiler import ProfilerActivity, profile
+
+    from dpo_engine._compat import quiet_transformers
+    from dpo_engine.devices import pick_device
+    from dpo_engine.encoding import encode_pair
+    from dpo_engine.losses import LossParams
+    from dpo_engine.models import load_model
+    from dpo_engine.train.model import disable_dropout
+    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
+
+    quiet_transformers()
+    torch.manual_seed(0)
+    before = machine_row()
+    loaded = load_model("default", pick_device("cpu", "float32"))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    disable_dropout(model)
+    model.config.use_cache = False
+    model.train()
+    encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
+    batches = [encoded[i:i + BATCH] for i in range(0, len(encoded), BATCH)]
+    choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
+    contexts = {name: StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), True,
+                                  c.autocast) for name, c in choices.items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
+
+    def refs(pairs, name):
+        with torch.no_grad():  # policy == reference: the loss is ln 2, as at step 1
+            lp = pair_logps(model, pairs, contexts[name])
+        return lp.chosen_logps, lp.rejected_logps
+
+    def step(pairs, name, ref):
+        run_step(model, optimizer, [list(range(len(pairs)))], pairs, ref, contexts[name], 1.0, 1,
+                 list(range(len(pairs))))
+
+    def bare(pairs, name, ref):
+        bare_forward_backward(model, pairs, tokenizer.pad_token_id, choices[name].autocast)
+
+    kinds = {f"{kind}-{n}": (fn, n) for kind, fn in (("step", step), ("bare", bare)) for n in choices}
+    for name, (fn, n) in kinds.items():  # warm up every kind (oneDNN primitives, the allocator)
+        fn(batches[0], n, refs(batches[0], n))
+    seconds: dict[str, list[float]] = defaultdict(list)
+    tokens = 0
+    order = list(kinds)
+    for k, pairs in enumerate(batches[1:args.rounds + 1]):
+        tokens += pair_tokens(pairs)
+        for name in order[k % len(order):] + order[:k % len(order)]:
+            fn, n = kinds[name]
+            ref = refs(pairs, n)  # not timed: the trainer scores the reference once before training
+            start = time.perf_counter()
+            fn(pairs, n, ref)
+            seconds[name].append(time.perf_counter() - start)
+        print(f"round {k + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f} s" for n in order), file=sys.stderr)
+
+    profiles = {}
+    for n in choices:
+        chosen = batches[args.rounds + 1: args.rounds + 1 + args.profile] or batches[1:1 + args.profile]
+        ref_list = [refs(pairs, n) for pairs in chosen]
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            for pairs, ref in zip(chosen, ref_list):
+                step(pairs, n, ref)
+            wall = time.perf_counter() - start
+        profiles[f"step-{n}"] = profile_table(prof, wall, len(chosen))
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
+    print(_report(seconds, tokens, profiles, before, args))
+
+
+def _report(seconds, tokens, profiles, before, args) -> str:
+    rows = ["| kind | median (s) | fastest (s) | tok/s (all rounds) |", "|---|---:|---:|---:|"]
+    for name, s in seconds.items():
+        rows.append(f"| {name} | {statistics.median(s):.2f} | {min(s):.2f} | {tokens / sum(s):.0f} |")
+    rate = {name: tokens / sum(s) for name, s in seconds.items()}
+    ratios = (f"step-bf16 / bare-bf16 {rate['step-bf16'] / rate['bare-bf16']:.2f}, step-fp32 / bare-fp32 "
+              f"{rate['step-fp32'] / rate['bare-fp32']:.2f}, step-bf16 / step-fp32 "
+              f"{rate['step-bf16'] / rate['step-fp32']:.2f}, bare-bf16 / bare-fp32 "
+              f"{rate['bare-bf16'] / rate['bare-fp32']:.2f}")
+    prof = ["| where (s per step) | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]
+    for b in (*BUCKETS, "Python / other"):
+        prof.append(f"| {b} | " + " | ".join(f"{p.get(b, 0.0):.3f}" for p in profiles.values()) + " |")
+    prof.append("| **total** | " + " | ".join(f"**{sum(p.values()):.3f}**" for p in profiles.values()) + " |")
+    return "\n".join([f"`bench/profile_step.py --rounds {args.rounds} --profile {args.profile}`", "",
+                      f"Machine before: {before}", "", f"Machine after: {machine_row()}", "", *rows, "",
+                      f"Ratios of tokens/s: {ratios}", "", *prof])
+
+
+if __name__ == "__main__":
+    main()
