@@ -21,6 +21,7 @@ the step's wall time not inside any op is "Python / other".
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import sys
 import time
@@ -46,6 +47,8 @@ RULES = (
     ("casts / copies", ("aten::_to_copy", "aten::copy_", "aten::to", "aten::clone", "aten::contiguous",
                         "tocopybackward")),
 )
+KINDS = ("step-fp32", "step-bf16", "bare-fp32", "bare-bf16", "step-bf16-recast", "step-bf16-noshare",
+         "step-fp32-noshare")
 OWN_SCOPE = ("optimizer", "grad clip / zero", "loss / log-softmax", "attention")  # these match on any ancestor
 
 
@@ -79,8 +82,12 @@ def profile_table(prof, wall: float, steps: int) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=6, help="timed rounds (each: all four kinds)")
-    parser.add_argument("--profile", type=int, default=3, help="profiled steps per precision")
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds (each: every kind once)")
+    parser.add_argument("--profile", type=int, default=3, help="profiled steps per profiled kind")
+    parser.add_argument("--accum", type=int, default=1, help="micro-batches (of 2 pairs) per step")
+    parser.add_argument("--kinds", default="step-fp32,step-bf16,bare-fp32,bare-bf16",
+                        help=f"timed kinds, of: {', '.join(KINDS)}")
+    parser.add_argument("--profiled", default="step-fp32,step-bf16", help="kinds run under the profiler")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's; 1 where other jobs share the cores)")
     args = parser.parse_args()
@@ -96,6 +103,7 @@ def main() -> None:
     from dpo_engine.encoding import encode_pair
     from dpo_engine.losses import LossParams
     from dpo_engine.models import load_model
+    from dpo_engine.train import step as step_module
     from dpo_engine.train.model import disable_dropout
     from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
@@ -108,50 +116,72 @@ def main() -> None:
     model.config.use_cache = False
     model.train()
     encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
-    batches = [encoded[i:i + BATCH] for i in range(0, len(encoded), BATCH)]
+    size = BATCH * args.accum
+    steps = [encoded[i:i + size] for i in range(0, len(encoded) - size + 1, size)]
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
-    contexts = {name: StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), True,
-                                  c.autocast) for name, c in choices.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
 
-    def refs(pairs, name):
+    def context(precision: str, share: bool = True):
+        return StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), share,
+                           choices[precision].autocast)
+
+    def refs(pairs, precision):
         with torch.no_grad():  # policy == reference: the loss is ln 2, as at step 1
-            lp = pair_logps(model, pairs, contexts[name])
+            lp = pair_logps(model, pairs, context(precision))
         return lp.chosen_logps, lp.rejected_logps
 
-    def step(pairs, name, ref):
-        run_step(model, optimizer, [list(range(len(pairs)))], pairs, ref, contexts[name], 1.0, 1,
-                 list(range(len(pairs))))
+    def micro(pairs):
+        return [list(range(i, min(i + BATCH, len(pairs)))) for i in range(0, len(pairs), BATCH)]
 
-    def bare(pairs, name, ref):
-        bare_forward_backward(model, pairs, tokenizer.pad_token_id, choices[name].autocast)
+    def trainer(precision, share=True, recast=False):
+        def run(pairs, ref):
+            kept = step_module.casts_kept
+            if recast:  # the step before: autocast's casts made again for every micro-batch
+                step_module.casts_kept = lambda _ctx: contextlib.nullcontext()
+            try:
+                run_step(model, optimizer, micro(pairs), pairs, ref, context(precision, share), 1.0, 1,
+                         list(range(len(pairs))))
+            finally:
+                step_module.casts_kept = kept
+        return run
 
-    kinds = {f"{kind}-{n}": (fn, n) for kind, fn in (("step", step), ("bare", bare)) for n in choices}
-    for name, (fn, n) in kinds.items():  # warm up every kind (oneDNN primitives, the allocator)
-        fn(batches[0], n, refs(batches[0], n))
+    def bare(precision):
+        def run(pairs, ref):
+            for mb in micro(pairs):
+                bare_forward_backward(model, [pairs[i] for i in mb], tokenizer.pad_token_id,
+                                      choices[precision].autocast)
+        return run
+
+    all_kinds = {"step-fp32": trainer("fp32"), "step-bf16": trainer("bf16"), "bare-fp32": bare("fp32"),
+                 "bare-bf16": bare("bf16"), "step-bf16-recast": trainer("bf16", recast=True),
+                 "step-bf16-noshare": trainer("bf16", share=False), "step-fp32-noshare": trainer("fp32", share=False)}
+    assert set(all_kinds) == set(KINDS)
+    kinds = {name: all_kinds[name] for name in args.kinds.split(",")}
+    precision_of = lambda name: "bf16" if "bf16" in name else "fp32"  # noqa: E731
+    for name, run in kinds.items():  # warm up every kind (oneDNN primitives, the allocator)
+        run(steps[0], refs(steps[0], precision_of(name)))
     seconds: dict[str, list[float]] = defaultdict(list)
     tokens = 0
     order = list(kinds)
-    for k, pairs in enumerate(batches[1:args.rounds + 1]):
+    for k, pairs in enumerate(steps[1:args.rounds + 1]):
         tokens += pair_tokens(pairs)
         for name in order[k % len(order):] + order[:k % len(order)]:
-            fn, n = kinds[name]
-            ref = refs(pairs, n)  # not timed: the trainer scores the reference once before training
+            ref = refs(pairs, precision_of(name))  # not timed: the trainer scores the reference before training
             start = time.perf_counter()
-            fn(pairs, n, ref)
+            kinds[name](pairs, ref)
             seconds[name].append(time.perf_counter() - start)
         print(f"round {k + 1}: " + ", ".join(f"{n} {seconds[n][-1]:.2f} s" for n in order), file=sys.stderr)
 
     profiles = {}
-    for n in choices:
-        chosen = batches[args.rounds + 1: args.rounds + 1 + args.profile] or batches[1:1 + args.profile]
-        ref_list = [refs(pairs, n) for pairs in chosen]
+    for name in args.profiled.split(",") if args.profiled else []:
+        chosen = steps[args.rounds + 1: args.rounds + 1 + args.profile] or steps[1:1 + args.profile]
+        ref_list = [refs(pairs, precision_of(name)) for pairs in chosen]
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             start = time.perf_counter()
             for pairs, ref in zip(chosen, ref_list):
-                step(pairs, n, ref)
+                all_kinds[name](pairs, ref)
             wall = time.perf_counter() - start
-        profiles[f"step-{n}"] = profile_table(prof, wall, len(chosen))
+        profiles[name] = profile_table(prof, wall, len(chosen))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
     print(_report(seconds, tokens, profiles, before, args))
 
@@ -161,15 +191,16 @@ def _report(seconds, tokens, profiles, before, args) -> str:
     for name, s in seconds.items():
         rows.append(f"| {name} | {statistics.median(s):.2f} | {min(s):.2f} | {tokens / sum(s):.0f} |")
     rate = {name: tokens / sum(s) for name, s in seconds.items()}
-    ratios = (f"step-bf16 / bare-bf16 {rate['step-bf16'] / rate['bare-bf16']:.2f}, step-fp32 / bare-fp32 "
-              f"{rate['step-fp32'] / rate['bare-fp32']:.2f}, step-bf16 / step-fp32 "
-              f"{rate['step-bf16'] / rate['step-fp32']:.2f}, bare-bf16 / bare-fp32 "
-              f"{rate['bare-bf16'] / rate['bare-fp32']:.2f}")
+    pairs = [("step-bf16", "bare-bf16"), ("step-fp32", "bare-fp32"), ("step-bf16", "step-fp32"),
+             ("bare-bf16", "bare-fp32"), ("step-bf16", "step-bf16-recast"), ("step-bf16", "step-bf16-noshare"),
+             ("step-fp32", "step-fp32-noshare")]
+    ratios = ", ".join(f"{a} / {b} {rate[a] / rate[b]:.2f}" for a, b in pairs if a in rate and b in rate)
     prof = ["| where (s per step) | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]
     for b in (*BUCKETS, "Python / other"):
         prof.append(f"| {b} | " + " | ".join(f"{p.get(b, 0.0):.3f}" for p in profiles.values()) + " |")
     prof.append("| **total** | " + " | ".join(f"**{sum(p.values()):.3f}**" for p in profiles.values()) + " |")
-    return "\n".join([f"`bench/profile_step.py --rounds {args.rounds} --profile {args.profile}`", "",
+    return "\n".join([f"`bench/profile_step.py --rounds {args.rounds} --profile {args.profile} --accum {args.accum} "
+                      f"--kinds {args.kinds} --profiled {args.profiled}`", "",
                       f"Machine before: {before}", "", f"Machine after: {machine_row()}", "", *rows, "",
                       f"Ratios of tokens/s: {ratios}", "", *prof])
 

@@ -5,6 +5,7 @@ Pure of events and files: the loop in trainer.py times it, checks it and reports
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -71,6 +72,23 @@ def describe_pairs(indices: Sequence[int]) -> str:
     return ", ".join(f"#{i}" for i in indices)
 
 
+def casts_kept(ctx: StepContext):
+    """A scope over a whole step in which autocast's casts of the trainable fp32 weights are
+    made once and reused by every micro-batch's forward.
+
+    autocast caches the low-precision copy of each weight that requires grad, but empties
+    the cache whenever its outermost context exits: with one autocast per forward, every
+    micro-batch of a step cast all the weights again (the weights only change at the
+    optimizer step, after all of them). An outer autocast context that is itself disabled
+    keeps the cache alive until the step's end; inside it, the forwards' own contexts cast
+    and the backward passes run without autocast, as before. Under fp32 (no autocast) it
+    changes nothing. Measured in bench/README.md, "Where a training step's time goes".
+    """
+    if not torch.amp.is_autocast_available(ctx.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(ctx.device.type, enabled=False)
+
+
 def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[EncodedPair],
              ref: tuple[torch.Tensor, torch.Tensor], ctx: StepContext, max_grad_norm: float,
              step: int, names: Sequence[int], dist=None, weights: torch.Tensor | None = None) -> tuple[dict, float]:
@@ -96,20 +114,21 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     totals: dict[str, float] = {}
     bad = None  # under accelerate a rank must not leave the collectives alone: raise after them
     optimizer.zero_grad(set_to_none=True)
-    for k, global_mb in enumerate(micro_batches):
-        mb, weight = dist.share(global_mb)
-        with dist.sync(model, last=k == len(micro_batches) - 1):
-            out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
-            losses = out.losses if weights is None else out.losses * weights[mb].to(out.losses)
-            loss = losses.sum() / n_pairs  # pair-weighted mean over the whole step
-            if weight != 1:
-                loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
-            if not torch.isfinite(loss):
-                bad = bad or (loss.item(), mb)
-                if dist.world == 1:
-                    break
-            dist.backward(loss)
-        _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb) * (weight > 0))
+    with casts_kept(ctx):
+        for k, global_mb in enumerate(micro_batches):
+            mb, weight = dist.share(global_mb)
+            with dist.sync(model, last=k == len(micro_batches) - 1):
+                out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
+                losses = out.losses if weights is None else out.losses * weights[mb].to(out.losses)
+                loss = losses.sum() / n_pairs  # pair-weighted mean over the whole step
+                if weight != 1:
+                    loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
+                if not torch.isfinite(loss):
+                    bad = bad or (loss.item(), mb)
+                    if dist.world == 1:
+                        break
+                dist.backward(loss)
+            _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb) * (weight > 0))
     if dist.agree(bad is not None):
         value, mb = bad or (math.nan, [])
         raise TrainingError(f"Step {step}: the loss is not finite ({value}) on pairs "
