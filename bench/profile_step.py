@@ -48,7 +48,7 @@ RULES = (
                         "tocopybackward")),
 )
 KINDS = ("step-fp32", "step-bf16", "bare-fp32", "bare-bf16", "step-bf16-recast", "step-bf16-noshare",
-         "step-fp32-noshare")
+         "step-fp32-noshare", "bare-bf16-compiled", "step-bf16-attn32", "bare-bf16-attn32")
 OWN_SCOPE = ("optimizer", "grad clip / zero", "loss / log-softmax", "attention")  # these match on any ancestor
 
 
@@ -152,14 +152,56 @@ def main() -> None:
                                       choices[precision].autocast)
         return run
 
+    def compiled_bare(precision):
+        """The bare forward+backward through torch.compile (inductor, dynamic shapes): the
+        first call's compile time is reported apart (`compile_s`)."""
+        import types
+
+        backbone = torch.compile(model.model, dynamic=True)
+        shim = types.SimpleNamespace(model=backbone, lm_head=model.lm_head, zero_grad=model.zero_grad)
+
+        def run(pairs, ref):
+            for mb in micro(pairs):
+                bare_forward_backward(shim, [pairs[i] for i in mb], tokenizer.pad_token_id,
+                                      choices[precision].autocast)
+        return run
+
+    def fp32_attention(run):
+        """`run` with transformers' SDPA attention computed in fp32 inside the bf16 autocast (q, k,
+        v cast up, the output left fp32 for the next linear's autocast): on a CPU without AMX the
+        bf16 flash-attention backward is the slowest kernel of a bf16 step."""
+        from transformers.modeling_utils import AttentionInterface
+
+        sdpa = AttentionInterface._global_mapping["sdpa"]
+
+        def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
+            with torch.autocast(query.device.type, enabled=False):
+                return sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+        def wrapped(pairs, ref):
+            AttentionInterface._global_mapping["sdpa"] = sdpa_fp32
+            try:
+                run(pairs, ref)
+            finally:
+                AttentionInterface._global_mapping["sdpa"] = sdpa
+        return wrapped
+
     all_kinds = {"step-fp32": trainer("fp32"), "step-bf16": trainer("bf16"), "bare-fp32": bare("fp32"),
                  "bare-bf16": bare("bf16"), "step-bf16-recast": trainer("bf16", recast=True),
-                 "step-bf16-noshare": trainer("bf16", share=False), "step-fp32-noshare": trainer("fp32", share=False)}
+                 "step-bf16-noshare": trainer("bf16", share=False), "step-fp32-noshare": trainer("fp32", share=False),
+                 "bare-bf16-compiled": compiled_bare("bf16"), "step-bf16-attn32": fp32_attention(trainer("bf16")),
+                 "bare-bf16-attn32": fp32_attention(bare("bf16"))}
     assert set(all_kinds) == set(KINDS)
     kinds = {name: all_kinds[name] for name in args.kinds.split(",")}
     precision_of = lambda name: "bf16" if "bf16" in name else "fp32"  # noqa: E731
-    for name, run in kinds.items():  # warm up every kind (oneDNN primitives, the allocator)
-        run(steps[0], refs(steps[0], precision_of(name)))
+    warmup: dict[str, float] = {}
+    for name, run in kinds.items():  # warm up every kind (oneDNN primitives, the allocator; compiling)
+        ref = refs(steps[0], precision_of(name))
+        start = time.perf_counter()
+        run(steps[0], ref)
+        warmup[name] = time.perf_counter() - start
+    print("first step (warm-up, compile): " + ", ".join(f"{n} {s:.1f} s" for n, s in warmup.items()),
+          file=sys.stderr)
     seconds: dict[str, list[float]] = defaultdict(list)
     tokens = 0
     order = list(kinds)
@@ -183,17 +225,19 @@ def main() -> None:
             wall = time.perf_counter() - start
         profiles[name] = profile_table(prof, wall, len(chosen))
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30), file=sys.stderr)
-    print(_report(seconds, tokens, profiles, before, args))
+    print(_report(seconds, tokens, profiles, before, args, warmup))
 
 
-def _report(seconds, tokens, profiles, before, args) -> str:
-    rows = ["| kind | median (s) | fastest (s) | tok/s (all rounds) |", "|---|---:|---:|---:|"]
+def _report(seconds, tokens, profiles, before, args, warmup) -> str:
+    rows = ["| kind | first step (s) | median (s) | fastest (s) | tok/s (all rounds) |", "|---|---:|---:|---:|---:|"]
     for name, s in seconds.items():
-        rows.append(f"| {name} | {statistics.median(s):.2f} | {min(s):.2f} | {tokens / sum(s):.0f} |")
+        rows.append(f"| {name} | {warmup[name]:.1f} | {statistics.median(s):.2f} | {min(s):.2f} "
+                    f"| {tokens / sum(s):.0f} |")
     rate = {name: tokens / sum(s) for name, s in seconds.items()}
     pairs = [("step-bf16", "bare-bf16"), ("step-fp32", "bare-fp32"), ("step-bf16", "step-fp32"),
              ("bare-bf16", "bare-fp32"), ("step-bf16", "step-bf16-recast"), ("step-bf16", "step-bf16-noshare"),
-             ("step-fp32", "step-fp32-noshare")]
+             ("step-fp32", "step-fp32-noshare"), ("bare-bf16-compiled", "bare-bf16"),
+             ("step-bf16-attn32", "step-bf16"), ("bare-bf16-attn32", "bare-bf16"), ("step-bf16-attn32", "step-fp32")]
     ratios = ", ".join(f"{a} / {b} {rate[a] / rate[b]:.2f}" for a, b in pairs if a in rate and b in rate)
     prof = ["| where (s per step) | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]
     for b in (*BUCKETS, "Python / other"):
