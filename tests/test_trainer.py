@@ -252,3 +252,45 @@ def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches(tiny_model
     # gradients (lookup and head) add up in another order (7e-9 apart, one fp32 rounding)
     assert all(torch.allclose(after[n], before[n], rtol=0, atol=1e-7) for n in after)
     assert sum(not torch.equal(after[n], before[n]) for n in after) <= 1
+
+
+@pytest.mark.parametrize("flags, fp32_attention", [(["avx512_bf16"], True), (["amx_bf16", "avx512_bf16"], False)])
+def test_a_bf16_cpu_forward_runs_attention_in_fp32_unless_the_cpu_has_amx(tiny_loaded, monkeypatch, flags,
+                                                                          fp32_attention):
+    """`step.forward_precision`: bf16 autocast everywhere, but SDPA in fp32 on a CPU whose bf16
+    attention kernels are slow (no AMX); the attention function is restored afterwards."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from dpo_engine import precision
+    from dpo_engine.devices import pick_device
+    from dpo_engine.train.step import forward_precision
+
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: flags)
+    original = AttentionInterface()["sdpa"]
+    seen = []  # (dtype of q, k, v, of the output) as the stock SDPA function receives them
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        out = original(module, query, key, value, attention_mask, **kwargs)
+        seen.append((query.dtype, key.dtype, value.dtype, out[0].dtype, torch.is_autocast_enabled("cpu")))
+        return out
+
+    AttentionInterface.register("sdpa", spy)
+    try:
+        factory = forward_precision(pick_device("cpu", "bfloat16"))
+        linear_out = []
+        hook = tiny_loaded.model.model.layers[0].mlp.down_proj.register_forward_hook(
+            lambda m, a, out: linear_out.append(out.dtype))
+        with torch.no_grad(), factory():
+            tiny_loaded.model(torch.tensor([[1, 2, 3, 4, 5]]))
+        hook.remove()
+        assert AttentionInterface()["sdpa"] is spy  # restored on exit
+    finally:
+        AttentionInterface.register("sdpa", original)
+    assert seen and linear_out == [torch.bfloat16]  # the linears ran in bf16 either way
+    if fp32_attention:
+        assert all(s == (torch.float32,) * 4 + (False,) for s in seen)
+    else:
+        # autocast on: v comes bf16 from its linear and SDPA casts q and k down itself
+        assert all(s[-1] and s[2] == torch.bfloat16 and s[3] == torch.bfloat16 for s in seen)
+    fp32 = pick_device("cpu", "float32")
+    assert forward_precision(fp32) == fp32.autocast  # fp32: nothing to change

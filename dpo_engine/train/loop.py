@@ -38,7 +38,7 @@ from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, Refere
                                      metric_fields)
 from dpo_engine.train.groups import prompt_groups
 from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_device, write_model_files
-from dpo_engine.train.step import StepContext, evaluate, pair_logps, pair_tokens, run_step
+from dpo_engine.train.step import StepContext, evaluate, forward_precision, pair_logps, pair_tokens, run_step
 
 TrainEvent = Union[LogLine, PrecisionChosen, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
 StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
@@ -182,7 +182,7 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     device, compute = training_device(config, dist.device_name, ran)  # fp32 weights; the forward's precision
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
-                      compute.autocast, group_answers=config.group_answers)
+                      forward_precision(compute), group_answers=config.group_answers)
     precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
     how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
     yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"

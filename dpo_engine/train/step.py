@@ -72,6 +72,53 @@ def describe_pairs(indices: Sequence[int]) -> str:
     return ", ".join(f"#{i}" for i in indices)
 
 
+@contextlib.contextmanager
+def attention_in_fp32():
+    """transformers' SDPA attention computed in fp32 while the rest of the forward autocasts to
+    bf16: q, k and v cast up (q and k arrive fp32 already, from the rotary embedding's fp32
+    product), the output left fp32 for the next linear's own autocast.
+
+    On a CPU with avx512_bf16 but no AMX, torch's bf16 flash-attention kernels are the slowest
+    of a bf16 step: the backward took 18 ms in bf16 against 5 ms in fp32 at the trainer's answer
+    pass shape (4 rows x 9 heads x 100 tokens over 145), and a whole bf16 step ran 1.4-1.8x
+    faster with attention in fp32 (bench/README.md, "Where a training step's time goes").
+    Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
+    on one thread at a time (the app's single torch worker; one process per rank).
+    """
+    from transformers.modeling_utils import AttentionInterface
+
+    sdpa = AttentionInterface()["sdpa"]
+
+    def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
+        with torch.autocast(query.device.type, enabled=False):
+            return sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+    AttentionInterface.register("sdpa", sdpa_fp32)
+    try:
+        yield
+    finally:
+        AttentionInterface.register("sdpa", sdpa)
+
+
+def forward_precision(compute) -> Callable[[], object]:
+    """The training forward's context factory (`StepContext.autocast`) for a DeviceChoice:
+    its autocast, and on a bf16 CPU without AMX attention in fp32 (`attention_in_fp32`). With
+    AMX, bf16 attention has its own matrix units and was not measured: left in bf16."""
+    if compute.dtype != "bfloat16" or compute.torch_device.type != "cpu":
+        return compute.autocast
+    from dpo_engine.precision import native_bf16_flags
+
+    if "amx_bf16" in native_bf16_flags():
+        return compute.autocast
+
+    @contextlib.contextmanager
+    def autocast_with_fp32_attention():
+        with compute.autocast(), attention_in_fp32():
+            yield
+
+    return autocast_with_fp32_attention
+
+
 def casts_kept(ctx: StepContext):
     """A scope over a whole step in which autocast's casts of the trainable fp32 weights are
     made once and reused by every micro-batch's forward.
