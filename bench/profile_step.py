@@ -1,17 +1,25 @@
 """Where a training step's time goes: the trainer's step and the bare forward+backward, fp32 and
 bf16, on the default model, with torch.profiler.
 
-    .venv/bin/python bench/profile_step.py --rounds 6 --profile 3
+    .venv/bin/python bench/profile_step.py --rounds 6 --profile 3 --accum 2
+    .venv/bin/python bench/profile_step.py --rounds 4 --accum 2 --kinds step-bf16,step-bf16-attn16,bare-bf16 --profiled ""
 
 One model (SmolLM2-135M-Instruct, fp32 weights, train mode, dropout off) and one fused AdamW.
-The batches are the throughput bench's pairs (`bench/train_throughput.py`), 2 pairs per step,
-length-sorted. Each round runs the same batch four times, the order rotating round by round so
-that a machine shared with other jobs slows all alike:
+The batches are the throughput bench's pairs (`bench/train_throughput.py`), `--accum`
+micro-batches of 2 pairs per step, length-sorted. Each round runs the same step once per kind
+(`--kinds`), the order rotating round by round so that a machine shared with other jobs slows
+all alike:
 
     step-fp32 / step-bf16   `train.step.run_step` (the trainer's step: forward with the prompt
-                            once, loss, backward, clip, fused AdamW) in fp32 / bf16 autocast
-    bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row per
-                            pair, model(..., labels).loss.backward(), nothing else
+                            once, loss, backward, clip, fused AdamW) in fp32 / the trainer's bf16
+                            (`step.forward_precision`: bf16 autocast, attention in fp32 on a
+                            CPU without AMX); step-bf16-attn16: attention in bf16 as well;
+                            -recast: autocast's weight casts made per micro-batch (before
+                            `step.casts_kept`); -noshare: the prompt run twice, one forward
+    bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row
+                            per pair, the model, the LM head on the scored positions, a plain
+                            cross-entropy, backward; nothing else; in the trainer's precision
+                            (bare-bf16-attn16: attention in bf16 too; -compiled: torch.compile)
 
 Then `--profile` more steps of each step kind under torch.profiler; every op's own (self) time
 is put in one bucket by the op and the autograd node or scope it runs under (`bucket`), and
@@ -48,7 +56,7 @@ RULES = (
                         "tocopybackward")),
 )
 KINDS = ("step-fp32", "step-bf16", "bare-fp32", "bare-bf16", "step-bf16-recast", "step-bf16-noshare",
-         "step-fp32-noshare", "bare-bf16-compiled", "step-bf16-attn32", "bare-bf16-attn32")
+         "step-fp32-noshare", "bare-bf16-compiled", "step-bf16-attn16", "step-bf16-attn16-recast", "bare-bf16-attn16")
 OWN_SCOPE = ("optimizer", "grad clip / zero", "loss / log-softmax", "attention")  # these match on any ancestor
 
 
@@ -105,7 +113,7 @@ def main() -> None:
     from dpo_engine.models import load_model
     from dpo_engine.train import step as step_module
     from dpo_engine.train.model import disable_dropout
-    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
+    from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
@@ -121,9 +129,12 @@ def main() -> None:
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
 
-    def context(precision: str, share: bool = True):
+    def context(precision: str, share: bool = True, attention_bf16: bool = False):
+        """The trainer's StepContext; `attention_bf16`: plain autocast, attention in bf16 too
+        (the trainer before `step.forward_precision`)."""
+        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
         return StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), share,
-                           choices[precision].autocast)
+                           autocast)
 
     def refs(pairs, precision):
         with torch.no_grad():  # policy == reference: the loss is ln 2, as at step 1
@@ -133,23 +144,24 @@ def main() -> None:
     def micro(pairs):
         return [list(range(i, min(i + BATCH, len(pairs)))) for i in range(0, len(pairs), BATCH)]
 
-    def trainer(precision, share=True, recast=False):
+    def trainer(precision, share=True, recast=False, attention_bf16=False):
         def run(pairs, ref):
             kept = step_module.casts_kept
             if recast:  # the step before: autocast's casts made again for every micro-batch
                 step_module.casts_kept = lambda _ctx: contextlib.nullcontext()
             try:
-                run_step(model, optimizer, micro(pairs), pairs, ref, context(precision, share), 1.0, 1,
+                run_step(model, optimizer, micro(pairs), pairs, ref, context(precision, share, attention_bf16), 1.0, 1,
                          list(range(len(pairs))))
             finally:
                 step_module.casts_kept = kept
         return run
 
-    def bare(precision):
+    def bare(precision, attention_bf16=False):
+        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
+
         def run(pairs, ref):
             for mb in micro(pairs):
-                bare_forward_backward(model, [pairs[i] for i in mb], tokenizer.pad_token_id,
-                                      choices[precision].autocast)
+                bare_forward_backward(model, [pairs[i] for i in mb], tokenizer.pad_token_id, autocast)
         return run
 
     def compiled_bare(precision):
@@ -163,34 +175,16 @@ def main() -> None:
         def run(pairs, ref):
             for mb in micro(pairs):
                 bare_forward_backward(shim, [pairs[i] for i in mb], tokenizer.pad_token_id,
-                                      choices[precision].autocast)
+                                      forward_precision(choices[precision]))
         return run
-
-    def fp32_attention(run):
-        """`run` with transformers' SDPA attention computed in fp32 inside the bf16 autocast (q, k,
-        v cast up, the output left fp32 for the next linear's autocast): on a CPU without AMX the
-        bf16 flash-attention backward is the slowest kernel of a bf16 step."""
-        from transformers.modeling_utils import AttentionInterface
-
-        sdpa = AttentionInterface._global_mapping["sdpa"]
-
-        def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
-            with torch.autocast(query.device.type, enabled=False):
-                return sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
-
-        def wrapped(pairs, ref):
-            AttentionInterface._global_mapping["sdpa"] = sdpa_fp32
-            try:
-                run(pairs, ref)
-            finally:
-                AttentionInterface._global_mapping["sdpa"] = sdpa
-        return wrapped
 
     all_kinds = {"step-fp32": trainer("fp32"), "step-bf16": trainer("bf16"), "bare-fp32": bare("fp32"),
                  "bare-bf16": bare("bf16"), "step-bf16-recast": trainer("bf16", recast=True),
                  "step-bf16-noshare": trainer("bf16", share=False), "step-fp32-noshare": trainer("fp32", share=False),
-                 "bare-bf16-compiled": compiled_bare("bf16"), "step-bf16-attn32": fp32_attention(trainer("bf16")),
-                 "bare-bf16-attn32": fp32_attention(bare("bf16"))}
+                 "bare-bf16-compiled": compiled_bare("bf16"),
+                 "step-bf16-attn16": trainer("bf16", attention_bf16=True),
+                 "step-bf16-attn16-recast": trainer("bf16", recast=True, attention_bf16=True),
+                 "bare-bf16-attn16": bare("bf16", attention_bf16=True)}
     assert set(all_kinds) == set(KINDS)
     kinds = {name: all_kinds[name] for name in args.kinds.split(",")}
     precision_of = lambda name: "bf16" if "bf16" in name else "fp32"  # noqa: E731
@@ -237,7 +231,8 @@ def _report(seconds, tokens, profiles, before, args, warmup) -> str:
     pairs = [("step-bf16", "bare-bf16"), ("step-fp32", "bare-fp32"), ("step-bf16", "step-fp32"),
              ("bare-bf16", "bare-fp32"), ("step-bf16", "step-bf16-recast"), ("step-bf16", "step-bf16-noshare"),
              ("step-fp32", "step-fp32-noshare"), ("bare-bf16-compiled", "bare-bf16"),
-             ("step-bf16-attn32", "step-bf16"), ("bare-bf16-attn32", "bare-bf16"), ("step-bf16-attn32", "step-fp32")]
+             ("step-bf16", "step-bf16-attn16"), ("step-bf16-attn16", "step-bf16-attn16-recast"),
+             ("bare-bf16", "bare-bf16-attn16"), ("step-bf16-attn16", "bare-bf16-attn16")]
     ratios = ", ".join(f"{a} / {b} {rate[a] / rate[b]:.2f}" for a, b in pairs if a in rate and b in rate)
     prof = ["| where (s per step) | " + " | ".join(profiles) + " |", "|---|" + "---:|" * len(profiles)]
     for b in (*BUCKETS, "Python / other"):

@@ -154,10 +154,11 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     from dpo_engine.train.data import prepare_data, step_batches, steps_per_epoch
     from dpo_engine.train.groups import prompt_groups
     from dpo_engine.train.model import disable_dropout, training_device
-    from dpo_engine.train.step import pair_tokens
+    from dpo_engine.train.step import forward_precision, pair_tokens
 
     config = _config(steps, workdir, dtype)
     _, compute = training_device(config)
+    autocast = forward_precision(compute)  # the trainer's forward precision (attention fp32 on a CPU without AMX)
     loaded = load_model(config.model, pick_device("cpu", "float32"))  # fp32 weights, as the trainer's
     model, tokenizer = loaded.model, loaded.tokenizer
     disable_dropout(model)
@@ -172,7 +173,7 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
         batches = step_batches(lengths, config, step // per_epoch, step % per_epoch, 1, groups)
         start = time.perf_counter()
         for mb in batches:
-            bare_forward_backward(model, [data.train[i] for i in mb], tokenizer.pad_token_id, compute.autocast)
+            bare_forward_backward(model, [data.train[i] for i in mb], tokenizer.pad_token_id, autocast)
         seconds += time.perf_counter() - start
         tokens += pair_tokens([data.train[i] for mb in batches for i in mb])
     torch.set_grad_enabled(True)
