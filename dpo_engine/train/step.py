@@ -80,8 +80,9 @@ def attention_in_fp32():
 
     On a CPU with avx512_bf16 but no AMX, torch's bf16 flash-attention kernels are the slowest
     of a bf16 step: the backward took 18 ms in bf16 against 5 ms in fp32 at the trainer's answer
-    pass shape (4 rows x 9 heads x 100 tokens over 145), and a whole bf16 step ran 1.4-1.8x
-    faster with attention in fp32 (bench/README.md, "Where a training step's time goes").
+    pass shape (4 rows x 9 heads x 100 tokens over 145), and the trainer's bf16 step ran 1.09x
+    faster over all rounds with attention in fp32 (1.26x by the median step; 2-core EPYC,
+    bench/README.md, "Where a training step's time goes").
     Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
     on one thread at a time (the app's single torch worker; one process per rank).
     """
