@@ -130,7 +130,8 @@ def casts_kept(ctx: StepContext):
     optimizer step, after all of them). An outer autocast context that is itself disabled
     keeps the cache alive until the step's end; inside it, the forwards' own contexts cast
     and the backward passes run without autocast, as before. Under fp32 (no autocast) it
-    changes nothing. Measured in bench/README.md, "Where a training step's time goes".
+    changes nothing. Not under FSDP/DeepSpeed, whose parameters are gathered and released
+    around each forward. Measured in bench/README.md, "Where a training step's time goes".
     """
     if not torch.amp.is_autocast_available(ctx.device.type):
         return contextlib.nullcontext()
@@ -162,7 +163,7 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     totals: dict[str, float] = {}
     bad = None  # under accelerate a rank must not leave the collectives alone: raise after them
     optimizer.zero_grad(set_to_none=True)
-    with casts_kept(ctx):
+    with casts_kept(ctx) if not dist.sharded else contextlib.nullcontext():  # FSDP/DeepSpeed re-gather per forward
         for k, global_mb in enumerate(micro_batches):
             mb, weight = dist.share(global_mb)
             with dist.sync(model, last=k == len(micro_batches) - 1):
