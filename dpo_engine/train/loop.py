@@ -187,10 +187,14 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     how = "bf16 autocast over fp32 weights" if precision.autocast else compute.dtype
     yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
+    if ctx.autocast != compute.autocast:
+        yield LogLine("Attention runs in fp32: this CPU's bf16 attention kernels are slower (no AMX)")
     if compute.warning:
         yield LogLine(compute.warning, "warning")
     yield precision
     key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ
+    if ctx.autocast != compute.autocast:
+        key += "-fp32-attention"  # `step.forward_precision`: scores differ from all-bf16 ones
     ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
                                         tokenizer)
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
