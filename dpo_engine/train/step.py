@@ -80,9 +80,10 @@ def attention_in_fp32():
 
     On a CPU with avx512_bf16 but no AMX, torch's bf16 flash-attention kernels are the slowest
     of a bf16 step: the backward took 18 ms in bf16 against 5 ms in fp32 at the trainer's answer
-    pass shape (4 rows x 9 heads x 100 tokens over 145), and the trainer's bf16 step ran 1.09x
-    faster over all rounds with attention in fp32 (1.26x by the median step; 2-core EPYC,
-    bench/README.md, "Where a training step's time goes").
+    pass shape (4 rows x 9 heads x 100 tokens over 145); the profiled bf16 step spent 2.2 s in
+    attention against fp32's 1.0 s, and whole steps ran 5-10% faster with attention in fp32 (two
+    runs on a shared 2-core EPYC, within its noise: bench/README.md, "Where a bf16 training
+    step's time goes").
     Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
     on one thread at a time (the app's single torch worker; one process per rank).
     """
