@@ -20,7 +20,7 @@ same figures are also given without it ("steady").
 To measure another version of the app (e.g. main before the batched queue), run this file
 with that checkout first on PYTHONPATH: it uses only `create_window`, the Label page's
 controller (`current`, `pairReady`, `prefetch`) and keys. One JSON line per condition is
-appended to --out.
+appended to --out, naming the machine (`bench/machine.py`) and the sampling precision.
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 if not os.environ.get("PYTHONPATH"):  # run from a checkout: import that checkout's app
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, whichever app is measured
+
+from machine import machine_info, machine_row  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -170,15 +173,24 @@ def main(argv=None) -> int:
         row = run_condition(app, args.mode, args.k, think, args.verdicts, args.prefetch, args.seed, args.timeout,
                             args.pace_memory)
         row.update(label=args.label, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                   cpus=os.cpu_count(), torch_threads=_torch_threads())
+                   cpus=os.cpu_count(), torch_threads=_torch_threads(), machine=machine_info(),
+                   sampling_dtype=_sampling_dtype())
         with args.out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         print(f"{row['label'] or '-'} ({row['session']} session) {row['mode']} think {think:g}s: wait p50 {row['wait_p50_s']} s, "
               f"p95 {row['wait_p95_s']} s, {row['verdicts_per_min']} verdicts/min "
               f"(first pair {row['first_pair_s']} s, load {row['load_1min']}); after the first verdict: "
               f"p50 {row['steady_wait_p50_s']} s, p95 {row['steady_wait_p95_s']} s, "
-              f"{row['steady_verdicts_per_min']} verdicts/min", flush=True)
+              f"{row['steady_verdicts_per_min']} verdicts/min; {machine_row(row['machine'])}, sampling in "
+              f"{row['sampling_dtype']}", flush=True)
     return 0
+
+
+def _sampling_dtype() -> str:
+    """The precision the app samples in on this machine (its models load in it)."""
+    from dpo_engine.devices import pick_device
+
+    return pick_device("cpu").dtype
 
 
 def _torch_threads() -> int:

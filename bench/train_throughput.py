@@ -4,12 +4,17 @@
     .venv/bin/python bench/train_throughput.py --steps 12 --readme # and record it in bench/README.md
 
     .venv/bin/python bench/train_throughput.py --steps 6 --variants ours-fp32,ours   # precision side by side
+    .venv/bin/python bench/train_throughput.py --steps 6 --accum 2 --variants ceiling,ours,ceiling-fp32,ours-fp32
 
 Every variant trains the default model (SmolLM2-135M-Instruct, fp32 weights, CPU) on the same 64
 synthetic conversational pairs (prompt ~40 tokens, responses 40-120), 2 pairs per step,
 max length 256, lr 5e-6, beta 0.1, linear schedule without warmup, for N steps, each in
 its own subprocess (so peak RSS is its own):
 
+    ceiling         the bare forward+backward over ours' micro-batches, same tokens, same precision
+                    (`bare_forward_backward`: the model, the LM head on the scored positions, a plain
+                    cross-entropy; no DPO, no optimizer): ours' "share of its ceiling" is measured
+                    against it; ceiling-fp32 the same in fp32, for ours-fp32
     ours            dpo_engine.train.loop.train: reference once, prompt once + KV reused,
                     LM head only on response positions, length-bucketed batches; precision
                     "auto" (bf16 autocast where this CPU runs bf16 natively and faster)
@@ -23,7 +28,9 @@ its own subprocess (so peak RSS is its own):
     textbook        the seed's loop, bugs fixed: policy + reference copies, separate chosen
                     and rejected forwards, full logits, masked shifted gather
 
-Trained tokens = non-padding prompt + chosen + rejected tokens of the pairs stepped on.
+Trained tokens = non-padding prompt + chosen + rejected tokens of the pairs stepped on. Every
+result row names its machine (`bench/machine.py`: CPU, the flags that decide bf16's speed,
+threads): figures from different machines are not comparable.
 "step tok/s" counts optimizer-step time only; "end-to-end tok/s" adds the one-off
 reference pass of the precomputing variants (over all 64 pairs).
 """
@@ -32,8 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import resource
 import subprocess
@@ -45,8 +50,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.machine import machine_info, machine_row  # noqa: E402
+
 N_PAIRS, BATCH, MAX_LENGTH, LR, BETA, SEED = 64, 2, 256, 5e-6, 0.1, 0
-VARIANTS = ("ours", "ours-fp32", "trl", "trl-precompute", "trl-fast", "textbook")
+ACCUM = 1  # micro-batches per optimizer step (--accum; ours, the ceiling and TRL; the textbook loop has none)
+VARIANTS = ("ceiling", "ours", "ceiling-fp32", "ours-fp32", "trl", "trl-precompute", "trl-fast", "textbook")
 # TRL configurations beyond its defaults (DPOConfig fields). "trl" is TRL as it ships: bf16 autocast
 # (DPOConfig.bf16 defaults to True, on the CPU too), gradient checkpointing on, a reference forward per
 # step. The others were tried here to find TRL's fastest configuration on this CPU (bench/README.md).
@@ -97,18 +105,91 @@ def _peak_rss_mb() -> float:
 # --------------------------------------------------------------------------- variants
 
 
+def bare_forward_backward(model, pairs, pad_id: int, autocast) -> None:
+    """The ceiling of a step: the bare forward+backward of the model over a step's tokens.
+
+    The same tokens as the trainer's step (`train.step.pair_tokens`: prompt once, both answers)
+    as one row per pair, prompt + chosen + rejected, right-padded; the LM head and a plain
+    cross-entropy on the positions whose next token is an answer token (as many as the trainer
+    scores), then backward. No optimizer, no clipping, no metrics, no DPO: the work any
+    trainer of these tokens must do, in a few lines of torch.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    rows = [list(p.prompt_ids) + list(p.chosen_ids) + list(p.rejected_ids) for p in pairs]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    scored = torch.zeros_like(ids, dtype=torch.bool)  # position t is scored when token t+1 is an answer token
+    for i, (p, row) in enumerate(zip(pairs, rows)):
+        ids[i, :len(row)] = torch.tensor(row)
+        mask[i, :len(row)] = 1
+        scored[i, len(p.prompt_ids) - 1:len(row) - 1] = True
+    with autocast():
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        logits = model.lm_head(hidden[scored])
+    targets = ids[:, 1:][scored[:, :-1]]
+    F.cross_entropy(logits.float(), targets).backward()
+    model.zero_grad(set_to_none=True)
+
+
+def _config(steps: int, workdir: Path, dtype: str):
+    """The TrainConfig of ours (and of the ceiling, which steps on the same batches)."""
+    from dpo_engine.models import default_model_dir
+    from dpo_engine.train.config import TrainConfig
+
+    return TrainConfig(output_dir=str(workdir / "out"), model=str(default_model_dir()), lr=LR, beta=BETA,
+                       max_steps=steps, batch_size=BATCH, grad_accum=ACCUM, max_length=MAX_LENGTH, warmup_ratio=0.0,
+                       eval_fraction=0.0, save_every=0, device="cpu", seed=SEED, dtype=dtype)
+
+
+def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
+    """The bare forward+backward (`bare_forward_backward`) over the micro-batches ours steps on,
+    in the precision ours runs: what the trainer's tokens/s would be with nothing but the model."""
+    import torch
+
+    from dpo_engine.devices import pick_device
+    from dpo_engine.models import load_model
+    from dpo_engine.train.data import prepare_data, step_batches, steps_per_epoch
+    from dpo_engine.train.groups import prompt_groups
+    from dpo_engine.train.model import disable_dropout, training_device
+    from dpo_engine.train.step import forward_precision, pair_tokens
+
+    config = _config(steps, workdir, dtype)
+    _, compute = training_device(config)
+    autocast = forward_precision(compute)  # the trainer's forward precision (attention fp32 on a CPU without AMX)
+    loaded = load_model(config.model, pick_device("cpu", "float32"))  # fp32 weights, as the trainer's
+    model, tokenizer = loaded.model, loaded.tokenizer
+    disable_dropout(model)
+    model.config.use_cache = False
+    model.train()
+    data = prepare_data(tokenizer, make_pairs(tokenizer), None, config)
+    lengths = [p.length for p in data.train]
+    groups = prompt_groups(data.train) if config.group_answers else None
+    per_epoch = steps_per_epoch(len(data.train), config.batch_size, config.grad_accum)
+    tokens, seconds = 0, 0.0
+    for step in range(steps):
+        batches = step_batches(lengths, config, step // per_epoch, step % per_epoch, 1, groups)
+        start = time.perf_counter()
+        for mb in batches:
+            bare_forward_backward(model, [data.train[i] for i in mb], tokenizer.pad_token_id, autocast)
+        seconds += time.perf_counter() - start
+        tokens += pair_tokens([data.train[i] for mb in batches for i in mb])
+    torch.set_grad_enabled(True)
+    return {"losses": [], "step_tok_s": tokens / seconds, "ref_seconds": 0.0,
+            "precision": f"{compute.dtype}: {compute.precision_reason}"}
+
+
 def run_ours(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     import dpo_engine.train.reference as reference
-    from dpo_engine.models import default_model_dir, load_tokenizer, resolve_model_ref
-    from dpo_engine.train.config import TrainConfig
+    from dpo_engine.models import load_tokenizer, resolve_model_ref
     from dpo_engine.train.events import PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary
     from dpo_engine.train.loop import train
 
     reference.cache_path = lambda fp: workdir / "ref" / f"{fp}.safetensors"  # a cold cache: measure the pass
     pairs = make_pairs(load_tokenizer(resolve_model_ref("default")))
-    config = TrainConfig(output_dir=str(workdir / "out"), model=str(default_model_dir()), lr=LR, beta=BETA,
-                         max_steps=steps, batch_size=BATCH, grad_accum=1, max_length=MAX_LENGTH, warmup_ratio=0.0,
-                         eval_fraction=0.0, save_every=0, device="cpu", seed=SEED, dtype=dtype)
+    config = _config(steps, workdir, dtype)
     losses, ref_start, ref_end, summary, precision = [], None, None, None, ""
     for event in train(config, pairs):
         if isinstance(event, PrecisionChosen):
@@ -135,7 +216,7 @@ def _trl_trainer(steps: int, workdir: Path, options: dict):
     tokenizer = load_tokenizer(resolve_model_ref("default"))
     data = Dataset.from_list([p.to_trl() for p in make_pairs(tokenizer)])
     model = AutoModelForCausalLM.from_pretrained(default_model_dir(), dtype="float32")
-    args = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+    args = DPOConfig(output_dir=str(workdir / "trl"), per_device_train_batch_size=BATCH, gradient_accumulation_steps=ACCUM,
                      learning_rate=LR, beta=BETA, max_length=MAX_LENGTH, max_steps=steps, warmup_steps=0,
                      lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
                      seed=SEED, dataloader_num_workers=0, **options)
@@ -228,19 +309,23 @@ def run_textbook(steps: int, workdir: Path) -> dict:
 def child(variant: str, steps: int, out: Path) -> None:
     import torch
 
+
     from dpo_engine._compat import quiet_transformers
 
     quiet_transformers()
     torch.manual_seed(SEED)
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as work:
         work = Path(work)
-        if variant in ("ours", "ours-fp32"):
+        if variant in ("ceiling", "ceiling-fp32"):
+            result = run_ceiling(steps, work, "float32" if variant == "ceiling-fp32" else "auto")
+        elif variant in ("ours", "ours-fp32"):
             result = run_ours(steps, work, "float32" if variant == "ours-fp32" else "auto")
         elif variant == "textbook":
             result = run_textbook(steps, work)
         else:
             result = _trl_trainer(steps, work, TRL_CONFIGS[variant])
-    result.update(variant=variant, steps=steps, peak_rss_mb=_peak_rss_mb(), threads=torch.get_num_threads())
+    result.update(variant=variant, steps=steps, accum=ACCUM, peak_rss_mb=_peak_rss_mb(),
+                  threads=torch.get_num_threads(), machine=machine_info())
     out.write_text(json.dumps(result))
 
 
@@ -251,12 +336,16 @@ def table(results: list[dict], steps: int) -> str:
     base = next((r for r in results if r["variant"] == "trl"), None)
     pre = next((r for r in results if r["variant"] in ("trl-precompute", "trl-precompute-fp32")), None)
     fast = next((r for r in results if r["variant"] == "trl-fast"), None)
-    lines = ["| variant | step tok/s | vs TRL as shipped | vs TRL precompute | vs fastest TRL | ref pass (s) "
-             "| peak RSS (MB) | wall (s) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    ceilings = {"ours": "ceiling", "ours-fp32": "ceiling-fp32"}  # the bare forward+backward in the same precision
+    lines = ["| variant | step tok/s | share of its ceiling | vs TRL as shipped | vs TRL precompute | vs fastest TRL "
+             "| ref pass (s) | peak RSS (MB) | wall (s) | machine |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         vs = lambda other: f"{r['step_tok_s'] / other['step_tok_s']:.2f}x" if other else "-"  # noqa: E731
-        lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {vs(base)} | {vs(pre)} | {vs(fast)} "
-                     f"| {r['ref_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} |")
+        ceiling = next((c for c in results if c["variant"] == ceilings.get(r["variant"])), None)
+        share = f"{r['step_tok_s'] / ceiling['step_tok_s']:.0%}" if ceiling else "-"
+        lines.append(f"| {r['variant']} | {r['step_tok_s']:.0f} | {share} | {vs(base)} | {vs(pre)} | {vs(fast)} "
+                     f"| {r['ref_seconds']:.1f} | {r['peak_rss_mb']:.0f} | {r['wall_s']:.0f} "
+                     f"| {machine_row(r['machine']) if r.get('machine') else '-'} |")
     fp32 = next((r for r in results if r["variant"] == "ours-fp32"), None)
     lines += [f"\nPrecision / configuration of {r['variant']}: {r['precision']}" + (
         f"; {r['step_tok_s'] / fp32['step_tok_s']:.2f}x ours-fp32's tokens/s" if fp32 and r is not fp32 else "")
@@ -270,15 +359,8 @@ def table(results: list[dict], steps: int) -> str:
 
 
 def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads); uptime: {up}"
+    return f"{machine_row()}; uptime: {up}"
 
 
 def write_readme(text: str) -> None:
@@ -296,13 +378,16 @@ def write_readme(text: str) -> None:
 
 
 def main() -> None:
+    global ACCUM
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--readme", action="store_true", help="record the results in bench/README.md")
+    parser.add_argument("--accum", type=int, default=ACCUM, help="micro-batches per optimizer step")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    ACCUM = args.accum
     if args.child:
         return child(args.child, args.steps, Path(args.out))
     before = machine()
@@ -312,8 +397,8 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = Path(f.name)
         t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps), "--out", str(out)],
-                       check=True)
+        subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
+                        "--accum", str(args.accum), "--out", str(out)], check=True)
         result = json.loads(out.read_text())
         result["wall_s"] = time.perf_counter() - t
         out.unlink()
@@ -322,7 +407,7 @@ def main() -> None:
             f.write(json.dumps({**result, "run_started": started, "machine": before}) + "\n")
         print(f"{variant}: {result['step_tok_s']:.0f} tok/s, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
     text = (f"## Training throughput\n\n`bench/train_throughput.py --steps {args.steps}`: {N_PAIRS} pairs, "
-            f"batch {BATCH} pairs, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, CPU, fp32 weights "
+            f"batch {BATCH} pairs x {args.accum} micro-batches per step, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, CPU, fp32 weights "
             "(the precision of each variant of ours is listed below the table).\n\n"
             f"Machine before: {before}\n\nMachine after: {machine()}\n\n{table(results, args.steps)}\n")
     print(text)

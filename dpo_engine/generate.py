@@ -135,7 +135,9 @@ def stream_generate_batch(
     its keys/values are copied to the rows that share it. Rows are left-padded: the
     attention mask hides the padding and the position ids count each row's own tokens,
     so a row's answer is the one it gets alone (up to float rounding). A row that ends
-    (end-of-turn, token cap, or its own context end) stops streaming; the others go on.
+    (end-of-turn, token cap, or its own context end) stops streaming and leaves the batch
+    (its keys/values are dropped, so the later steps compute only the rows still writing);
+    the others go on.
     Returns the GenerationResult of all rows as the generator's value.
     """
     settings = settings or GenerationSettings()
@@ -147,9 +149,10 @@ def stream_generate_batch(
 
     rows = _Rows(model, tokenizer, prompts, settings)
     logits, attention, positions, past = _prefill(model, tokenizer, rows, device)
+    active = list(range(len(prompts)))  # the rows still being written, in the batch's order
     while True:  # every step a row does not end adds a token to it: max(budget) steps at most
         next_ids = _sample(logits, settings, gen)
-        for i, tok in enumerate(next_ids.tolist()):
+        for i, tok in zip(active, next_ids.tolist()):
             ev, ended = rows.take(i, tok)
             if ev is not None:
                 yield ev
@@ -157,6 +160,12 @@ def stream_generate_batch(
                 yield RowEnded(i, rows.final(i), len(rows.out[i]), rows.finished[i])
         if all(rows.done):
             break
+        keep = [j for j, i in enumerate(active) if not rows.done[i]]
+        if len(keep) < len(active):  # finished rows leave the batch: the next steps compute the others only
+            index = torch.tensor(keep, device=device)
+            past.reorder_cache(index)
+            next_ids, attention, positions = (t.index_select(0, index) for t in (next_ids, attention, positions))
+            active = [active[j] for j in keep]
         step_ids = next_ids.unsqueeze(-1)
         attention = torch.cat([attention, torch.ones_like(step_ids)], dim=-1)
         positions = positions + 1

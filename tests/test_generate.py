@@ -187,6 +187,26 @@ def test_a_row_that_ends_early_stops_streaming_and_does_not_change_the_others(li
     assert any(isinstance(ev, TokenEvent) and ev.index != 0 for ev in events[end0:])  # the others went on
 
 
+def test_a_row_that_ended_leaves_the_batch(lively, monkeypatch):
+    """After prompt 0's row ends at its second token, the decoding forwards run on the other
+    two rows only (the prefill runs the three distinct prompts; then 3 rows until it ends)."""
+    from dpo_engine.generate import stream_generate_batch
+
+    m, t = lively.model, lively.tokenizer
+    stop = greedy_ids(lively, PROMPTS[0])[2]
+    monkeypatch.setattr(m.generation_config, "eos_token_id", [t.eos_token_id, stop])
+    rows = []
+    hook = m.register_forward_pre_hook(lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    try:
+        result = drain(stream_generate_batch(m, t, PROMPTS, GREEDY))
+    finally:
+        hook.remove()
+    assert result.token_counts == [2, 12, 12]
+    # prefill, then steps for tokens 2..12: tokens 2 and 3 with all 3 rows (row 0 samples its
+    # end token at its third), tokens 4..12 with 2
+    assert rows == [3, 3, 3] + [2] * 9
+
+
 def test_rows_stop_at_their_own_context_end(lively, monkeypatch):
     """A long prompt is cut off where its context ends, a short one goes on to the cap."""
     from dpo_engine.generate import encode_prompt, stream_generate_batch

@@ -88,7 +88,8 @@ def test_the_memory_is_per_sampler_and_per_task(tmp_path):
     other_model = Pace(memory)
     other_model.use("a 1B model on cpu, float32, 128 new tokens", "pairwise")
     assert other_model.batch_s is None and other_model.verdict_s is not None  # the person is the same
-    assert other_model.first_batch(2) == 1  # an unmeasured sampler: the first pair alone, at once
+    # an unmeasured sampler: half the starting queue (8 pairs; 4 rankings of 4), the shown one among them
+    assert other_model.first_batch(2) == 4 and other_model.first_batch(4) == 2
     ranking = Pace(memory)
     ranking.use(SLOW, "ranking of 4")
     assert ranking.batch_s == 46.0 and ranking.verdict_s is None  # reading 4 answers is another pace
@@ -113,7 +114,7 @@ def test_a_damaged_memory_is_ignored_and_replaced(tmp_path, content):
     memory.write_text(content)
     pace = Pace(memory)
     pace.use(SLOW, "pairwise")
-    assert pace.batch_s is None and pace.verdict_s is None and pace.first_batch(2) == 1
+    assert pace.batch_s is None and pace.verdict_s is None and pace.first_batch(2) == 4
     pace.batch_written(30.0)
     again = Pace(memory)
     again.use(SLOW, "pairwise")

@@ -532,33 +532,56 @@ def paced_label(fresh_db, monkeypatch, prompts: int, batches: int):
     return lc, clock, calls
 
 
-def test_label_queue_grows_when_a_batch_outlasts_half_the_queue(qapp, fresh_db, monkeypatch):
-    """The default queue follows the measured pace: a slow batch and quick verdicts make it
-    longer (a fixed 8 left the person waiting on a 2-core AVX2 CPU, bench/README.md)."""
-    lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=5)
+def test_a_first_session_samples_half_the_starting_queue_with_the_first_pair(qapp, fresh_db, monkeypatch):
+    """Nothing remembered: the shown pair and three more are one batch, so that the first
+    verdicts have pairs ready (sampling the shown pair alone, then the queue behind it, made
+    the first verdict wait for the whole queue: bench/README.md, "Labeling pace")."""
+    lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=3)
     host = make_host(fresh_db)
     controller = lc.LabelController(host, seed=0)
     assert controller.prefetch is None  # the default: sized by the pace
+    ready = []
+    controller.pairReady.connect(lambda: ready.append(controller.current))
     controller.start()
-    assert len(controller.queue) == 8  # nothing measured yet: the old fixed queue
-    host.jobs.pop(0).run()  # the first pair, alone; the batch of 8 starts now
-    clock[0] += 3.0
-    assert controller.judge("left")  # the person judges it in 3 s; the next one is not written yet
-    assert controller.pace.verdict_s == 3.0 and controller._ahead() == 8  # no batch measured yet
-    clock[0] += 43.0  # the batch of 8 pairs took 46 s (the AVX2 CPU in fp32)
+    assert len(host.jobs) == 1 and len(controller.queue) == 3  # one job: 4 prompts, 8 answers
+    assert controller.current is not None and not controller.current.done
+    clock[0] += 9.0
     host.jobs.pop(0).run()
-    # half a queue must outlast a batch: 1.25 * 46 s / 3 s = 19.2 -> 20 prompts, x 2 = 40,
-    # capped at 64 answers: 32 queued, the 25 more sampled at once, in one batch
-    assert controller.pace.batch_s == 46.0 and controller._ahead() == 32
-    assert len(controller.queue) == 32 and len(host.jobs) == 1
+    assert [len(prompts) for _, prompts, _ in calls][0] == 8
+    assert ready == [controller.current] and all(p.done for p in list(controller.queue)[:3])
+    for _ in range(3):  # three verdicts, each shows a pair that is ready at once
+        clock[0] += 4.0
+        assert controller.judge("left") and ready[-1] is controller.current and controller.current.done
+
+
+def test_label_queue_grows_from_the_first_batch_measured(qapp, fresh_db, monkeypatch):
+    """The default queue follows the measured pace, from the first batch on: a slow batch
+    and quick verdicts make it longer (a fixed 8 left the person waiting on a 2-core AVX2
+    CPU, bench/README.md), sized before the person has read the first batch's pairs."""
+    lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=5)
+    host = make_host(fresh_db)
+    controller = lc.LabelController(host, seed=0)
+    controller.start()
+    assert len(controller.queue) == 3 and controller._ahead() == 8  # nothing measured yet: the old fixed queue
+    clock[0] += 37.0  # the first batch, 4 pairs, took 37 s (the AVX2 CPU in fp32)
+    host.jobs.pop(0).run()
+    # measured at once: half a queue must outlast a batch, 1.25 * 37 s / 4 s (the first guess
+    # of the person's pace) = 11.6 -> 12 prompts, x 2 = 24; the 21 more in one batch, now
+    assert controller.pace.batch_s == 37.0 and controller._ahead() == 24
+    assert len(controller.queue) == 24 and len(host.jobs) == 1
+    clock[0] += 3.0
+    assert controller.judge("left")  # a quicker person: 1.25 * 37 / 3 = 15.4 -> 16 x 2 = 32, the cap
+    assert controller.pace.verdict_s == 3.0 and controller._ahead() == 32
+    assert len(host.jobs) == 1  # a batch is being written: the next one waits for it
     for _ in range(3):
         clock[0] += 5.0  # a slower person than the first verdict said
         assert controller.judge("left")
     assert 4.0 < controller.pace.verdict_s < 5.0
-    clock[0] += 10.0  # that batch took 25 s in all: the queue shrinks (1.25 * 25 / 4.3 = 7.3 -> 8, x 2)
+    clock[0] += 10.0  # that batch took 28 s in all: 1.25 * 28 / 4.31 = 8.1 -> 9 prompts, x 2
     host.jobs.pop(0).run()
-    assert [len(prompts) // 2 for _, prompts, _ in calls] == [8, 25]
-    assert controller.pace.batch_s == 25.0 and controller._ahead() == 16
+    assert [len(prompts) // 2 for _, prompts, _ in calls] == [4, 21]
+    assert controller.pace.batch_s == 28.0 and controller._ahead() == 18
+    assert len(controller.queue) == 20 and not host.jobs  # 20 ready, more than the queue needs: no batch
 
 
 def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypatch, tmp_path):
@@ -569,11 +592,10 @@ def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypa
     host = make_host(fresh_db)
     first = lc.LabelController(host, seed=0, pace_memory=memory)
     first.start()
-    host.jobs.pop(0).run()  # nothing known: the first pair alone, then a batch of 8
+    clock[0] += 46.0
+    host.jobs.pop(0).run()  # nothing known: half the starting queue, 4 pairs, in 46 s
     clock[0] += 3.0
-    assert first.judge("left")
-    clock[0] += 43.0
-    host.jobs.pop(0).run()  # 46 s for the batch: the queue grows to 32 (as in the test above)
+    assert first.judge("left")  # 1.25 * 46 / 3 = 19.2 -> 20 x 2 = 40, capped at 32
     assert first._ahead() == 32 and memory.exists()
 
     again = make_host(fresh_db)  # the app opened again

@@ -199,3 +199,101 @@ def test_refuses_to_overwrite_a_finished_run(tiny_model_dir, tmp_path):
     with pytest.raises(ConfigError, match="--resume"):
         list(train(cfg, make_pairs(8)))
     assert find_checkpoint(tmp_path / "run") is not None
+
+
+def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches(tiny_model_dir):
+    """Two micro-batches under bf16 autocast: every weight is cast to bf16 once per step
+    (`step.casts_kept`), and the step trains exactly as one cast per micro-batch did."""
+    from contextlib import nullcontext
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dpo_engine.devices import pick_device
+    from dpo_engine.losses import LossParams
+    from dpo_engine.models import load_model
+    from dpo_engine.train import step
+    from dpo_engine.train.step import StepContext, pair_logps, run_step
+
+    class WeightCasts(TorchDispatchMode):
+        def __init__(self, weights):
+            super().__init__()
+            self.ptrs, self.count = {w.data_ptr() for w in weights}, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.ops.aten._to_copy.default and args[0].data_ptr() in self.ptrs \
+                    and kwargs.get("dtype") == torch.bfloat16:
+                self.count += 1
+            return func(*args, **kwargs)
+
+    def trained(keep_casts: bool):
+        loaded = load_model(str(tiny_model_dir), pick_device("cpu", "float32"))
+        model = loaded.model.train()
+        ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
+                          pick_device("cpu", "bfloat16").autocast)
+        pairs = [encode_pair(loaded.tokenizer, p) for p in make_pairs(4)]
+        with torch.no_grad():
+            ref = pair_logps(model, pairs, ctx)
+        ref = (ref.chosen_logps + 0.1, ref.rejected_logps - 0.1)  # not ln 2 exactly: a gradient of some size
+        weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        original = step.casts_kept
+        if not keep_casts:
+            step.casts_kept = lambda _ctx: nullcontext()  # the step before: one autocast scope per forward
+        try:
+            with WeightCasts(weights) as casts:
+                run_step(model, optimizer, [[0, 1], [2, 3]], pairs, ref, ctx, 0.0, 1, range(4))
+        finally:
+            step.casts_kept = original
+        return casts.count, len(weights), {n: p.detach() for n, p in model.named_parameters()}
+
+    once, n_weights, after = trained(keep_casts=True)
+    per_forward, _, before = trained(keep_casts=False)
+    assert n_weights > 0 and once == n_weights  # each weight once for the whole step
+    assert per_forward == 2 * n_weights  # was: once per micro-batch
+    # the same bf16 copies, the same step: equal but for the tied embedding / LM head, whose two
+    # gradients (lookup and head) add up in another order (7e-9 apart, one fp32 rounding)
+    assert all(torch.allclose(after[n], before[n], rtol=0, atol=1e-7) for n in after)
+    assert sum(not torch.equal(after[n], before[n]) for n in after) <= 1
+
+
+@pytest.mark.parametrize("flags, fp32_attention", [(["avx512_bf16"], True), (["amx_bf16", "avx512_bf16"], False)])
+def test_a_bf16_cpu_forward_runs_attention_in_fp32_unless_the_cpu_has_amx(tiny_loaded, monkeypatch, flags,
+                                                                          fp32_attention):
+    """`step.forward_precision`: bf16 autocast everywhere, but SDPA in fp32 on a CPU whose bf16
+    attention kernels are slow (no AMX); the attention function is restored afterwards."""
+    from transformers.modeling_utils import AttentionInterface
+
+    from dpo_engine import precision
+    from dpo_engine.devices import pick_device
+    from dpo_engine.train.step import forward_precision
+
+    monkeypatch.setattr(precision, "native_bf16_flags", lambda: flags)
+    original = AttentionInterface()["sdpa"]
+    seen = []  # (dtype of q, k, v, of the output) as the stock SDPA function receives them
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        out = original(module, query, key, value, attention_mask, **kwargs)
+        seen.append((query.dtype, key.dtype, value.dtype, out[0].dtype, torch.is_autocast_enabled("cpu")))
+        return out
+
+    AttentionInterface.register("sdpa", spy)
+    try:
+        factory = forward_precision(pick_device("cpu", "bfloat16"))
+        linear_out = []
+        hook = tiny_loaded.model.model.layers[0].mlp.down_proj.register_forward_hook(
+            lambda m, a, out: linear_out.append(out.dtype))
+        with torch.no_grad(), factory():
+            tiny_loaded.model(torch.tensor([[1, 2, 3, 4, 5]]))
+        hook.remove()
+        assert AttentionInterface()["sdpa"] is spy  # restored on exit
+    finally:
+        AttentionInterface.register("sdpa", original)
+    assert seen and linear_out == [torch.bfloat16]  # the linears ran in bf16 either way
+    if fp32_attention:
+        assert all(s == (torch.float32,) * 4 + (False,) for s in seen)
+    else:
+        # autocast on: v comes bf16 from its linear and SDPA casts q and k down itself
+        assert all(s[-1] and s[2] == torch.bfloat16 and s[3] == torch.bfloat16 for s in seen)
+    fp32 = pick_device("cpu", "float32")
+    assert forward_precision(fp32) == fp32.autocast  # fp32: nothing to change

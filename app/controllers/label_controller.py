@@ -135,8 +135,8 @@ class LabelController(QObject, RankingActions):
     def fill(self) -> None:
         """Keep one current pair and `prefetch` more queued or being sampled.
 
-        A pair needed now (nothing to show) is sampled alone, or, once the pace is known
-        (an earlier session measured it), with the first half of the queue in one batch. The
+        A pair needed now (nothing to show) is sampled with the first half of the queue in one
+        batch (`Pace.first_batch`; alone under a fixed `prefetch`). The
         queue is topped up in one batch, once the pairs queued before are written, and only
         when at least half of it is free or fewer than half are ready: each verdict frees
         one place, and a batch costs about the same whatever its size, so places filled one

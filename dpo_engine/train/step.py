@@ -5,6 +5,7 @@ Pure of events and files: the loop in trainer.py times it, checks it and reports
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -71,6 +72,73 @@ def describe_pairs(indices: Sequence[int]) -> str:
     return ", ".join(f"#{i}" for i in indices)
 
 
+@contextlib.contextmanager
+def attention_in_fp32():
+    """transformers' SDPA attention computed in fp32 while the rest of the forward autocasts to
+    bf16: q, k and v cast up (q and k arrive fp32 already, from the rotary embedding's fp32
+    product), the output left fp32 for the next linear's own autocast.
+
+    On a CPU with avx512_bf16 but no AMX, torch's bf16 flash-attention kernels are the slowest
+    of a bf16 step: the backward took 18 ms in bf16 against 5 ms in fp32 at the trainer's answer
+    pass shape (4 rows x 9 heads x 100 tokens over 145); the profiled bf16 step spent 2.2 s in
+    attention against fp32's 1.0 s, and whole steps ran 5-10% faster with attention in fp32 (two
+    runs on a shared 2-core EPYC, within its noise: bench/README.md, "Where a bf16 training
+    step's time goes").
+    Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
+    on one thread at a time (the app's single torch worker; one process per rank).
+    """
+    from transformers.modeling_utils import AttentionInterface
+
+    sdpa = AttentionInterface()["sdpa"]
+
+    def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
+        with torch.autocast(query.device.type, enabled=False):
+            return sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+
+    AttentionInterface.register("sdpa", sdpa_fp32)
+    try:
+        yield
+    finally:
+        AttentionInterface.register("sdpa", sdpa)
+
+
+def forward_precision(compute) -> Callable[[], object]:
+    """The training forward's context factory (`StepContext.autocast`) for a DeviceChoice:
+    its autocast, and on a bf16 CPU without AMX attention in fp32 (`attention_in_fp32`). With
+    AMX, bf16 attention has its own matrix units and was not measured: left in bf16."""
+    if compute.dtype != "bfloat16" or compute.torch_device.type != "cpu":
+        return compute.autocast
+    from dpo_engine.precision import native_bf16_flags
+
+    if "amx_bf16" in native_bf16_flags():
+        return compute.autocast
+
+    @contextlib.contextmanager
+    def autocast_with_fp32_attention():
+        with compute.autocast(), attention_in_fp32():
+            yield
+
+    return autocast_with_fp32_attention
+
+
+def casts_kept(ctx: StepContext):
+    """A scope over a whole step in which autocast's casts of the trainable fp32 weights are
+    made once and reused by every micro-batch's forward.
+
+    autocast caches the low-precision copy of each weight that requires grad, but empties
+    the cache whenever its outermost context exits: with one autocast per forward, every
+    micro-batch of a step cast all the weights again (the weights only change at the
+    optimizer step, after all of them). An outer autocast context that is itself disabled
+    keeps the cache alive until the step's end; inside it, the forwards' own contexts cast
+    and the backward passes run without autocast, as before. Under fp32 (no autocast) it
+    changes nothing. Not under FSDP/DeepSpeed, whose parameters are gathered and released
+    around each forward. Measured in bench/README.md, "Where a training step's time goes".
+    """
+    if not torch.amp.is_autocast_available(ctx.device.type):
+        return contextlib.nullcontext()
+    return torch.autocast(ctx.device.type, enabled=False)
+
+
 def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[EncodedPair],
              ref: tuple[torch.Tensor, torch.Tensor], ctx: StepContext, max_grad_norm: float,
              step: int, names: Sequence[int], dist=None, weights: torch.Tensor | None = None) -> tuple[dict, float]:
@@ -96,20 +164,21 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     totals: dict[str, float] = {}
     bad = None  # under accelerate a rank must not leave the collectives alone: raise after them
     optimizer.zero_grad(set_to_none=True)
-    for k, global_mb in enumerate(micro_batches):
-        mb, weight = dist.share(global_mb)
-        with dist.sync(model, last=k == len(micro_batches) - 1):
-            out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
-            losses = out.losses if weights is None else out.losses * weights[mb].to(out.losses)
-            loss = losses.sum() / n_pairs  # pair-weighted mean over the whole step
-            if weight != 1:
-                loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
-            if not torch.isfinite(loss):
-                bad = bad or (loss.item(), mb)
-                if dist.world == 1:
-                    break
-            dist.backward(loss)
-        _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb) * (weight > 0))
+    with casts_kept(ctx) if not dist.sharded else contextlib.nullcontext():  # FSDP/DeepSpeed re-gather per forward
+        for k, global_mb in enumerate(micro_batches):
+            mb, weight = dist.share(global_mb)
+            with dist.sync(model, last=k == len(micro_batches) - 1):
+                out, lp = _loss_output(model, [train[i] for i in mb], ref[0][mb], ref[1][mb], ctx)
+                losses = out.losses if weights is None else out.losses * weights[mb].to(out.losses)
+                loss = losses.sum() / n_pairs  # pair-weighted mean over the whole step
+                if weight != 1:
+                    loss = loss * weight  # DDP averages over ranks: x ranks gives the global sum
+                if not torch.isfinite(loss):
+                    bad = bad or (loss.item(), mb)
+                    if dist.world == 1:
+                        break
+                dist.backward(loss)
+            _accumulate(totals, compute_metrics(out, lp.chosen_logps, lp.rejected_logps), len(mb) * (weight > 0))
     if dist.agree(bad is not None):
         value, mb = bad or (math.nan, [])
         raise TrainingError(f"Step {step}: the loss is not finite ({value}) on pairs "
