@@ -328,19 +328,26 @@ def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
 
 
 def test_gguf_refuses_what_it_cannot_convert(tiny_model_dir, bpe_model_dir, tmp_path):
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
     out = tmp_path / "x.gguf"
     with pytest.raises(ModelError, match="pre-tokenizer"):  # byte tokenizer without GPT-2's split
         export_model(str(tiny_model_dir), "gguf", out)
     _nothing_left(out)
-    mistral = tmp_path / "mistral"
+    mistral = tmp_path / "mistral"  # Mistral v0.1: a 4096-token window llama.cpp's llama does not have
     MistralForCausalLM(MistralConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(mistral)
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=4096,
+                                     max_position_embeddings=32768)).save_pretrained(mistral)
     _tokenizer(bpe_model_dir).save_pretrained(mistral)
-    with pytest.raises(ModelError, match="supports LlamaForCausalLM"):
+    with pytest.raises(ModelError, match="sliding window of 4096 tokens"):
         export_model(str(mistral), "ollama", tmp_path / "q")
     _nothing_left(tmp_path / "q")
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=4)).save_pretrained(gpt2)
+    _tokenizer(bpe_model_dir).save_pretrained(gpt2)
+    with pytest.raises(ModelError, match="supports LlamaForCausalLM.*this model is GPT2LMHeadModel"):
+        export_model(str(gpt2), "gguf", out)
+    _nothing_left(out)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
@@ -450,7 +457,7 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
     import dpo_engine.export.gguf_file as gguf_file
 
     written = []
-    real = gguf_file._tensor_data
+    real = gguf_file.tensor_data
 
     def failing_tensor_data(*args):
         if len(written) == 3:
@@ -462,7 +469,7 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
         (folder / "config.json").write_text("{}")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(gguf_file, "_tensor_data", failing_tensor_data)
+    monkeypatch.setattr(gguf_file, "tensor_data", failing_tensor_data)
     monkeypatch.setattr(export, "write_hf_folder", failing_hf)
     out = tmp_path / name
     with pytest.raises(DataError, match="No space left"):

@@ -31,7 +31,8 @@ from dpo_engine.export.facts import ProjectFacts, project_facts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import create_command, modelfile, ollama_name
-from dpo_engine.export.source import ExportSource, find_source, load_merged_model, load_tokenizer_for_export
+from dpo_engine.export.source import (ExportSource, find_source, load_merged_model, load_tokenizer_for_export,
+                                      tensor_source)
 
 FORMATS = ("hf", "peft", "gguf", "ollama")
 FOLDER_FORMATS = ("hf", "peft", "ollama")  # these write a folder; gguf writes one file
@@ -119,12 +120,15 @@ def _peft_writer(source: ExportSource, output: Path, facts: ProjectFacts | None)
 
 def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, report,
                   facts: ProjectFacts | None) -> Callable[[Path], None]:
-    """Load (and merge) the model first, so a model that cannot be exported fails before staging."""
-    report("load", 0.05, f"Loading {source.name}" + (" and merging its LoRA adapter" if not source.has_weights else ""))
-    model = load_merged_model(source)
+    """Prepare what the format needs (for GGUF: the tensors, read lazily, and the config; for hf: the
+    merged model), so a model that cannot be exported fails before staging."""
+    gguf_like = fmt in ("gguf", "ollama")
+    report("load", 0.05, f"Reading {source.name}" + (" and its LoRA adapter" if not source.has_weights else ""))
+    model = None if gguf_like else load_merged_model(source)
+    tensors, config = tensor_source(source) if gguf_like else (None, model.config)
     tokenizer = load_tokenizer_for_export(source)
-    if fmt in ("gguf", "ollama"):
-        check_supported(model.config)
+    if gguf_like:
+        check_supported(config)
         check_tokenizer(tokenizer)
     if fmt == "ollama":
         modelfile("x.gguf", tokenizer)  # refuses an untranslatable chat template now, not after the GGUF
@@ -139,10 +143,10 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
             write_hf_folder(model, tokenizer, tmp)
             write_card(tmp, source, "hf", output.name, facts=facts)
         elif fmt == "gguf":
-            write_gguf(model, tokenizer, tmp, quant, name=output.stem, on_tensor=on_tensor)
+            write_gguf(tensors, config, tokenizer, tmp, quant, name=output.stem, on_tensor=on_tensor)
         else:
             gguf_name = _gguf_name(output)
-            write_gguf(model, tokenizer, tmp / gguf_name, quant, name=output.name, on_tensor=on_tensor)
+            write_gguf(tensors, config, tokenizer, tmp / gguf_name, quant, name=output.name, on_tensor=on_tensor)
             (tmp / "Modelfile").write_text(modelfile(gguf_name, tokenizer))
             write_card(tmp, source, "ollama", ollama_name(output), gguf_name, facts)
 

@@ -127,3 +127,26 @@ def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgre
     model = peft_model.merge_and_unload()
     model.eval()
     return model
+
+
+def _local_folder(ref: str | None) -> Path | None:
+    """The safetensors folder a local reference names (a .gguf is converted once, in the cache); None
+    for a hub id, whose files are not on this disk."""
+    resolved = resolve_model_ref(ref)
+    return None if resolved.kind == "hub" else Path(resolved.path)
+
+
+def tensor_source(source: ExportSource):
+    """(tensors, config) for a streaming writer: the safetensors files read one tensor at a time (a LoRA
+    adapter merged into each weight as it is read), or the loaded model where the files are not local."""
+    from transformers import AutoConfig
+
+    from dpo_engine.export.tensors import FolderTensors, ModelTensors
+
+    folder = source.folder if source.has_weights else _local_folder(source.base_ref)
+    if folder is None:
+        model = load_merged_model(source)
+        return ModelTensors(model), model.config
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    adapter = None if source.has_weights else source.adapter
+    return FolderTensors(folder, adapter), config
