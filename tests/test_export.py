@@ -16,41 +16,14 @@ from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError, DataError, ModelError
 from dpo_engine.export import export_model
 from dpo_engine.export.ollama import CHATML_TEMPLATE, chatml_default_system
-from tests.tiny_model import CHAT_TEMPLATE, SPECIALS
+from tests.tiny_model import CHAT_TEMPLATE, SPECIALS, build_bpe_tokenizer
 
 PROMPTS = ["Give me a tip for staying focused while studying.", "Write a short poem about the sea!",
            "What is 12 + 30? The answer is 42."]
-CORPUS = ["The quick brown fox jumps over the lazy dog.", "Give me a tip for staying focused while studying.",
-          "Write a short poem about the sea.", "What is the capital of France? Paris is the capital.",
-          "Numbers like 12, 30 and 2024 appear in text too."] * 4
 PADDED = 3  # embeddings past the tokenizer's vocabulary: the GGUF must carry them as unused tokens
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def build_bpe_tokenizer(split: str | None = None):
-    """A real byte-level BPE (learned merges) with the ChatML specials, trained offline on a few
-    sentences: unlike the byte tokenizer of tests/tiny_model.py, one a GGUF can carry. Text is split
-    by GPT-2's regex, or by `split` (a regex, as Qwen2 and Llama 3 do) before the bytes."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE(unk_token=None))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if split is not None:
-        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                                      pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                               use_regex=False)])
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                  additional_special_tokens=SPECIALS)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
 
 
 @pytest.fixture(scope="module")
