@@ -162,7 +162,7 @@ def check_supported(config) -> ArchSpec:
 # --------------------------------------------------------------------------- tensors
 
 
-def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
+def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
     """transformers' Q/K rows (per head: all real halves, then all imaginary halves) to llama.cpp's
     interleaved (real, imaginary) pairs; `n_head` is the number of heads these rows hold."""
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
@@ -230,9 +230,9 @@ def tensor_data(plan: TensorPlan, source, config) -> np.ndarray:
     spec = arch_spec(config)
     data = source.get(plan.source).numpy()
     if spec.permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
-        data = _permute_qk(data, config.num_attention_heads)
+        data = permute_qk(data, config.num_attention_heads)
     elif spec.permute_qk and plan.source.endswith(("k_proj.weight", "k_proj.bias")):
-        data = _permute_qk(data, config.num_key_value_heads)
+        data = permute_qk(data, config.num_key_value_heads)
     elif spec.norm_plus_one and plan.source.endswith("norm.weight"):
         data = data + 1.0
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), plan.qtype)

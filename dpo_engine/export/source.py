@@ -136,6 +136,15 @@ def _local_folder(ref: str | None) -> Path | None:
     return None if resolved.kind == "hub" else Path(resolved.path)
 
 
+def base_folder(source: ExportSource) -> Path:
+    """The local safetensors folder of a LoRA run's base (a .gguf base: its converted copy)."""
+    folder = _local_folder(source.base_ref)
+    if folder is None:
+        raise ModelError(f"The base model {source.base_ref} is not on this disk; the GGUF adapter export reads its "
+                         "config from there.")
+    return folder
+
+
 def tensor_source(source: ExportSource):
     """(tensors, config) for a streaming writer: the safetensors files read one tensor at a time (a LoRA
     adapter merged into each weight as it is read), or the loaded model where the files are not local."""

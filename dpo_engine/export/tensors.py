@@ -56,7 +56,7 @@ class FolderTensors:
             raise ModelError(f"{folder} has no .safetensors weights to export.")
         self._handles = [safe_open(str(p), framework="pt") for p in files]
         self._where = {name: h for h in self._handles for name in h.keys()}
-        self._lora = _read_adapter(adapter) if adapter is not None else {}
+        self._lora = read_adapter(adapter) if adapter is not None else {}
         missing = sorted({w for w in self._lora if w not in self._where})
         if missing:
             raise ModelError(f"The LoRA adapter in {adapter} changes weights its base does not have "
@@ -76,7 +76,7 @@ class FolderTensors:
         return tensor
 
 
-def _read_adapter(adapter: Path) -> dict[str, tuple]:
+def read_adapter(adapter: Path) -> dict[str, tuple]:
     """{base weight name: (lora_A, lora_B, alpha / r)} from a PEFT LoRA adapter folder.
 
     Per-module ranks and alphas (rank_pattern / alpha_pattern) and rsLoRA's alpha / sqrt(r) are
