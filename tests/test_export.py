@@ -292,6 +292,40 @@ def test_gguf_q8_0_is_smaller_and_close(bpe_model_dir, tmp_path):
     assert torch.allclose(_logits(loaded, ids), _logits(source, ids), atol=0.05)  # measured 0.007
 
 
+@pytest.mark.parametrize("quant", ["q4_0", "q4_1"])
+def test_gguf_4_bit_reads_back_within_its_rounding(bpe_model_dir, tmp_path, quant):
+    """Every 32-value block of a row, as transformers' loader dequantises it, is within the type's rounding
+    of the source. Q4_0 stores d = m / -8 (m the block's value of largest magnitude) and q in 0..15 for
+    round(x / d) + 8: the value -m lands on q = 16, clipped to 15, so the error is at most |d| = max|x| / 8.
+    Q4_1 stores d = (max - min) / 15 and the min: rounding to the nearest step errs by at most d / 2.
+    Both scales are f16, which adds at most 2^-11 of each stored number per step (the 1.01 and |min| terms)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    out = tmp_path / f"{quant}.gguf"
+    export_model(str(bpe_model_dir), "gguf", out, quant=quant)
+    kinds = {t.name: t.tensor_type for t in GGUFReader(str(out)).tensors}
+    assert kinds["blk.0.attn_q.weight"] == GGMLQuantizationType[quant.upper()]
+    assert kinds["token_embd.weight"] == GGMLQuantizationType.Q8_0  # kept at 8 bits, as llama.cpp keeps its output
+    assert kinds["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+    assert out.stat().st_size < 0.45 * export_model(str(bpe_model_dir), "gguf", tmp_path / "f16.gguf").size_bytes
+    source, loaded = _load(bpe_model_dir).state_dict(), _load(tmp_path, gguf_file=out.name).state_dict()
+    checked = 0
+    for name, weight in source.items():
+        if weight.ndim < 2 or "embed" in name or name == "lm_head.weight":  # the tied embedding: Q8_0
+            continue
+        blocks, got = weight.reshape(-1, 32), loaded[name].reshape(-1, 32)
+        err = (got - blocks).abs().amax(dim=1)
+        if quant == "q4_0":
+            bound = blocks.abs().amax(dim=1) / 8 * 1.01
+        else:
+            low, high = blocks.amin(dim=1), blocks.amax(dim=1)
+            bound = (high - low) / 30 * 1.01 + low.abs() * 2 ** -10
+        assert bool((err <= bound).all()), name
+        assert float(err.max()) > 0  # 4 bits do round: this compares the quantised file, not a copy
+        checked += 1
+    assert checked == 2 * 7  # q, k, v, o, gate, up, down in both layers
+
+
 def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
     export_model(str(lora_run_dir), "hf", tmp_path / "merged")
     export_model(str(lora_run_dir), "gguf", tmp_path / "lora.gguf")
