@@ -185,3 +185,15 @@ def test_ollama_export_over_an_ollama_base_is_the_adapter_and_a_modelfile(base_d
     cli = CliRunner().invoke(main, ["export-model", str(run), "--format", "ollama", "--output", str(tmp_path / "c")])
     assert cli.exit_code == 0, cli.output
     assert " MB) in " in cli.stdout and "dequantised" in cli.stdout
+
+
+def test_export_options_of_a_lora_run_before_writing(lora_run, base_dir, tmp_path):
+    """Sizes from headers only, each within 10% of what the export then writes; nothing refused."""
+    from dpo_engine.export.options import export_options
+
+    options = {(o.format, o.quant): o for o in export_options(str(lora_run))}
+    assert all(o.allowed for o in options.values())
+    for fmt, quant, out in (("gguf-lora", None, "a.gguf"), ("gguf", "q8_0", "m.gguf"), ("hf", None, "hf")):
+        written = export_model(str(lora_run), fmt, tmp_path / out, quant=quant or "f16").size_bytes
+        estimate = options[(fmt, quant)].size_bytes
+        assert 0.9 * estimate < written < 1.1 * estimate, (fmt, written, estimate)
