@@ -8,7 +8,8 @@ Llama 3's split for Llama 3.x; Qwen2/3: tests/test_export.py), read back by code
 - transformers' GGUF loader: the tokenizer it rebuilds gives the same ids, the model it rebuilds (its
   tensors dequantised, un-permuted and un-shifted by transformers) gives the logits of the source
   rounded to f16 and the same greedy tokens. Its config reader lacks what these families add (rope
-  scaling for Llama, Gemma's attention scalar, soft-capping and local rope base, Phi-3's pad id), so
+  scaling for Llama and Phi-3.5, Gemma's attention scalar, soft-capping and local rope base, Phi-3's
+  pad id), so
   the model is rebuilt with the source's config and the GGUF's tensors; the metadata that carries
   those settings to llama.cpp is checked with GGUFReader instead.
 """
@@ -41,6 +42,11 @@ CASES = {
     "gemma3": ("Gemma3ForCausalLM", "gemma", "gemma2", "gemma3",
                dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, num_hidden_layers=6)),
     "phi3": ("Phi3ForCausalLM", "phi3", "phi3", "phi3", dict(pad_token_id=0, sliding_window=128)),
+    "phi3.5": ("Phi3ForCausalLM", "phi3", "phi3", "phi3",  # the 128k / Phi-3.5 long-context rope, in small
+               dict(pad_token_id=0, sliding_window=None, max_position_embeddings=256,
+                    original_max_position_embeddings=64,
+                    rope_scaling={"rope_type": "longrope", "long_factor": [1.0 + i / 2 for i in range(8)],
+                                  "short_factor": [1.0 + i / 10 for i in range(8)]})),
 }
 
 
@@ -116,8 +122,15 @@ def test_gguf_reader_sees_the_architecture_its_metadata_and_every_tensor(exporte
         assert torch.allclose(norm, model.model.layers[0].input_layernorm.weight + 1)  # llama.cpp reads x * w
     if arch == "gemma2":
         assert _field(reader, "gemma2.final_logit_softcapping") == 30.0
-    if arch == "phi3":
+    if name == "phi3":
         assert "blk.0.attn_qkv.weight" in tensors and _field(reader, "phi3.attention.sliding_window") == 128
+        assert "rope_factors_long.weight" not in tensors
+    if name == "phi3.5":  # context 256 over the original 64: attention factor sqrt(1 + ln 4 / ln 64) = sqrt(4/3)
+        assert _field(reader, "phi3.attention.sliding_window") == 0  # none
+        assert _field(reader, "phi3.rope.scaling.original_context_length") == 64
+        assert _field(reader, "phi3.rope.scaling.attn_factor") == pytest.approx(math.sqrt(4 / 3), rel=1e-6)
+        assert tensors["rope_factors_long.weight"].data.tolist() == [1.0 + i / 2 for i in range(8)]
+        assert tensors["rope_factors_short.weight"].data.tolist() == pytest.approx([1.0 + i / 10 for i in range(8)])
     if name == "llama2":
         assert _field(reader, "tokenizer.ggml.add_space_prefix") is True
         byte_a = tok.convert_tokens_to_ids("<0x41>")

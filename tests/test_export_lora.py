@@ -182,6 +182,7 @@ def test_ollama_export_over_an_ollama_base_is_the_adapter_and_a_modelfile(base_d
     card = (out / "README.md").read_text()
     assert "| base model | tiny:latest |" in card and "LoRA adapter alone (rank 4)" in card
     assert "ollama create tuned -f Modelfile" in card and "--lora tuned-adapter.gguf" in card
+    assert "trained on exactly that model's weights" in card
     cli = CliRunner().invoke(main, ["export-model", str(run), "--format", "ollama", "--output", str(tmp_path / "c")])
     assert cli.exit_code == 0, cli.output
     assert " MB) in " in cli.stdout and "dequantised" in cli.stdout

@@ -53,7 +53,9 @@ def _how_to_load(fmt: str, name: str, gguf_name: str | None, base: str | None,
     if fmt == "ollama" and ollama_base:
         return ["```sh", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",
                 f"The Modelfile takes {ollama_base} from Ollama's store and adds `{gguf_name}` over it "
-                "(`ADAPTER`): the base is not copied. llama.cpp applies the same adapter to the base's GGUF file:",
+                "(`ADAPTER`): the base is not copied. The adapter was trained on exactly that model's weights "
+                "(its GGUF, dequantised), so over it the adapter adds what it learned and nothing else. "
+                "llama.cpp applies the same adapter to the base's GGUF file:",
                 "", "```sh", f"llama-cli -m <{ollama_base} GGUF file> --lora {gguf_name} -cnv", "```"]
     if fmt == "ollama":
         return ["```sh", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```",

@@ -14,7 +14,8 @@ following what llama.cpp's `convert_hf_to_gguf.py` does for each family we train
                                       layer a sliding window
     Gemma3ForCausalLM      gemma3     as Gemma 2 plus q/k norms, one global layer in six, a local
                                       rope base, linear rope scaling
-    Phi3ForCausalLM        phi3       fused qkv and gate_up matrices; a sliding window
+    Phi3ForCausalLM        phi3       fused qkv and gate_up matrices; a sliding window; Phi-3.5's
+                                      long-context rope as rope_factors_long/short tensors
 
 1-D tensors (norms, biases) are written in f32, matrices in f16, Q8_0, Q4_0 or Q4_1 (a row that is
 not a multiple of the 32-wide block stays f16); a tied `lm_head` is not written (a file without
@@ -68,7 +69,7 @@ ARCHITECTURES = {
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),  # Qwen3 dense (q/k norms)
     "Gemma2ForCausalLM": ArchSpec("GEMMA2", False, True, 2),
     "Gemma3ForCausalLM": ArchSpec("GEMMA3", False, True, 6),  # text-only Gemma 3 (1B, and 4B+ as text)
-    "Phi3ForCausalLM": ArchSpec("PHI3", False),  # Phi-3 / Phi-3.5 mini (4k context)
+    "Phi3ForCausalLM": ArchSpec("PHI3", False),  # Phi-3 mini 4k, and the 128k / Phi-3.5 mini (longrope)
 }
 
 
@@ -112,11 +113,11 @@ def _head_dim(config) -> int:
 
 def _check_rope(config, spec: ArchSpec) -> None:
     kind = _rope(config)["rope_type"]
-    allowed = {"default", "linear"} | ({"llama3"} if spec.gguf_arch == "LLAMA" else set())
+    allowed = {"default", "linear"} | {"LLAMA": {"llama3"}, "PHI3": {"longrope"}}.get(spec.gguf_arch, set())
     if kind not in allowed:
         raise ModelError(f"GGUF export writes rope scaling {', '.join(sorted(allowed))} for this family; this model "
-                         f"uses {kind!r} (llama.cpp's converter has it for other families only, or not at all). "
-                         "Export with --format hf.")
+                         f"uses {kind!r}, which this writer does not carry over (llama.cpp's converter writes it "
+                         "for other families only, or not at all). Export with --format hf.")
     if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0) or \
             _rope(config).get("partial_rotary_factor", 1.0) != 1.0:
         raise ModelError("GGUF export does not write partial rotary embeddings; export with --format hf.")
@@ -182,6 +183,17 @@ def llama3_rope_factors(config) -> np.ndarray:
     return (default / scaled.float()).numpy().astype(np.float32)
 
 
+def _longrope_factors(config) -> dict[str, np.ndarray]:
+    rope = _rope(config)
+    return {"rope_factors_long.weight": np.asarray(rope["long_factor"], np.float32),
+            "rope_factors_short.weight": np.asarray(rope["short_factor"], np.float32)}
+
+
+def _original_context(config) -> int:
+    return int(_rope(config).get("original_max_position_embeddings")
+               or getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
+
+
 def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
     import gguf
 
@@ -206,6 +218,12 @@ def plan_tensors(source, config, quant: str) -> list[TensorPlan]:
     plans = []
     if _rope(config)["rope_type"] == "llama3":
         plans.append(TensorPlan("rope_freqs.weight", "", (_head_dim(config) // 2,), gguf.GGMLQuantizationType.F32))
+    if _rope(config)["rope_type"] == "longrope":
+        for name, factors in _longrope_factors(config).items():
+            if factors.shape != (_head_dim(config) // 2,):
+                raise ModelError(f"This model's rope has {len(factors)} long/short factors, not one per pair of "
+                                 f"its {_head_dim(config)} head dimensions; export with --format hf.")
+            plans.append(TensorPlan(name, "", factors.shape, gguf.GGMLQuantizationType.F32))
     tied = getattr(config, "tie_word_embeddings", False)
     for name in source.names():
         if name.endswith("rotary_emb.inv_freq"):
@@ -227,6 +245,8 @@ def tensor_data(plan: TensorPlan, source, config) -> np.ndarray:
 
     if plan.name == "rope_freqs.weight":
         return llama3_rope_factors(config)
+    if plan.name.startswith("rope_factors_"):
+        return _longrope_factors(config)[plan.name]
     spec = arch_spec(config)
     data = source.get(plan.source).numpy()
     if spec.permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
@@ -264,16 +284,33 @@ def _write_hparams(writer, config, quant: str, name: str) -> None:
     if rope["rope_type"] == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(float(rope["factor"]))
+    if spec.gguf_arch == "PHI3":
+        _write_phi3_rope(writer, config)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     window = getattr(config, "sliding_window", None)
-    if spec.swa_every or (spec.gguf_arch == "PHI3" and window is not None):
-        writer.add_sliding_window(int(window))
+    if spec.swa_every or spec.gguf_arch == "PHI3":
+        writer.add_sliding_window(int(window or 0))  # Phi-3: 0 is no window (llama.cpp reads it so for Phi-4)
     if spec.gguf_arch == "GEMMA3":
         writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention").get("rope_theta", 10000.0)))
     for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):
         if getattr(config, key, None) is not None:
             add(float(getattr(config, key)))
+
+
+def _write_phi3_rope(writer, config) -> None:
+    """Phi-3's original context, and for longrope llama.cpp's attention factor: sqrt(1 + ln(s) / ln(n0)),
+    s the context's growth over the original n0 (what transformers' longrope scales attention by)."""
+    import math
+
+    original = _original_context(config)
+    writer.add_rope_scaling_orig_ctx_len(original)
+    if _rope(config)["rope_type"] == "longrope":
+        scale = config.max_position_embeddings / original
+        factor = _rope(config).get("attention_factor")
+        if factor is None:
+            factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+        writer.add_rope_scaling_attn_factors(float(factor))
 
 
 # --------------------------------------------------------------------------- the file
