@@ -326,6 +326,31 @@ def test_gguf_4_bit_reads_back_within_its_rounding(bpe_model_dir, tmp_path, quan
     assert checked == 2 * 7  # q, k, v, o, gate, up, down in both layers
 
 
+def test_gguf_reads_the_weights_transformers_reads(bpe_model_dir, tmp_path):
+    """Mistral's repositories carry consolidated.safetensors (its own layout) beside the transformers
+    shards: the export takes the shards the index names, as from_pretrained does."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(bpe_model_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    save_file({"layers.0.attention.wq.weight": torch.zeros(4, 4)}, str(folder / "consolidated.safetensors"))
+    from gguf import GGUFReader
+
+    export_model(str(folder), "gguf", tmp_path / "a.gguf")
+    export_model(str(bpe_model_dir), "gguf", tmp_path / "b.gguf")
+    a, b = ({t.name: t.data.tobytes() for t in GGUFReader(str(tmp_path / n)).tensors} for n in ("a.gguf", "b.gguf"))
+    assert a == b
+
+
 def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
     export_model(str(lora_run_dir), "hf", tmp_path / "merged")
     export_model(str(lora_run_dir), "gguf", tmp_path / "lora.gguf")

@@ -45,13 +45,25 @@ class ModelTensors:
         return self.state[name].detach().to("cpu").float()
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The model's safetensors files as transformers picks them: the index's shards, else
+    model.safetensors; other .safetensors beside them (Mistral's consolidated.safetensors, an
+    adapter) are not the model's transformers weights."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_model", "consolidated")))
+
+
 class FolderTensors:
     """The safetensors files of a model folder, read lazily, with an optional LoRA adapter merged in."""
 
     def __init__(self, folder: Path, adapter: Path | None = None):
         from safetensors import safe_open
 
-        files = sorted(p for p in Path(folder).glob("*.safetensors") if not p.name.startswith("adapter_model"))
+        files = weight_files(Path(folder))
         if not files:
             raise ModelError(f"{folder} has no .safetensors weights to export.")
         self._handles = [safe_open(str(p), framework="pt") for p in files]
