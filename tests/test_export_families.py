@@ -8,7 +8,7 @@ Llama 3's split for Llama 3.x; Qwen2/3: tests/test_export.py), read back by code
 - transformers' GGUF loader: the tokenizer it rebuilds gives the same ids, the model it rebuilds (its
   tensors dequantised, un-permuted and un-shifted by transformers) gives the logits of the source
   rounded to f16 and the same greedy tokens. Its config reader lacks what these families add (rope
-  scaling for Llama and Phi-3.5, Gemma's attention scalar, soft-capping and local rope base, Phi-3's
+  scaling for Llama, Qwen and Phi-3.5, Gemma's attention scalar, soft-capping and local rope base, Phi-3's
   pad id), so
   the model is rebuilt with the source's config and the GGUF's tensors; the metadata that carries
   those settings to llama.cpp is checked with GGUFReader instead.
@@ -36,6 +36,9 @@ CASES = {
                       rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                     "high_freq_factor": 4.0, "original_max_position_embeddings": 512})),
     "mistral": ("MistralForCausalLM", "llama", "mistral", "llama", dict(sliding_window=None)),
+    "qwen2.5-yarn": ("Qwen2ForCausalLM", "bpe-qwen", "qwen2", "qwen2",  # Qwen2.5's long-context setting
+                     dict(max_position_embeddings=1024, rope_scaling={"rope_type": "yarn", "factor": 4.0,
+                                                                      "original_max_position_embeddings": 256})),
     "gemma2": ("Gemma2ForCausalLM", "gemma", "gemma2", "gemma2",
                dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, final_logit_softcapping=30.0,
                     attn_logit_softcapping=50.0)),
@@ -51,19 +54,22 @@ CASES = {
 
 
 def _tokenizer(kind: str, family):
-    if kind == "bpe":
-        tok = build_bpe_tokenizer(split=LLAMA3_SPLIT)
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    if kind.startswith("bpe"):
+        tok = build_bpe_tokenizer(split=PRETOKENIZE_REGEX if kind == "bpe-qwen" else LLAMA3_SPLIT)
     else:
         tok = build_spm_tokenizer(kind, tuple(s for s in family.specials if s not in ("<unk>", "<s>", "</s>",
                                                                                      "<pad>", "<eos>", "<bos>")))
-    tok.chat_template = family.template.replace("<bos>", "") if kind == "bpe" else family.template
+    tok.chat_template = family.template
     return tok
 
 
 def _config(arch: str, tok, extra: dict):
     from transformers import AutoConfig
 
-    model_type = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Gemma2ForCausalLM": "gemma2",
+    model_type = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
+                  "Gemma2ForCausalLM": "gemma2",
                   "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3"}[arch]
     shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
@@ -108,7 +114,7 @@ def test_gguf_reader_sees_the_architecture_its_metadata_and_every_tensor(exporte
     assert _field(reader, "general.architecture") == arch
     assert _field(reader, f"{arch}.block_count") == config.num_hidden_layers
     assert _field(reader, f"{arch}.attention.head_count_kv") == config.num_key_value_heads
-    assert _field(reader, "tokenizer.ggml.model") == ("gpt2" if CASES[name][1] == "bpe" else "llama")
+    assert _field(reader, "tokenizer.ggml.model") == ("gpt2" if CASES[name][1].startswith("bpe") else "llama")
     assert _field(reader, "tokenizer.chat_template") == tok.chat_template
     tensors = {t.name: t for t in reader.tensors}
     n_matrices = sum(1 for k, v in model.state_dict().items() if v.ndim == 2 and not
@@ -131,6 +137,12 @@ def test_gguf_reader_sees_the_architecture_its_metadata_and_every_tensor(exporte
         assert _field(reader, "phi3.rope.scaling.attn_factor") == pytest.approx(math.sqrt(4 / 3), rel=1e-6)
         assert tensors["rope_factors_long.weight"].data.tolist() == [1.0 + i / 2 for i in range(8)]
         assert tensors["rope_factors_short.weight"].data.tolist() == pytest.approx([1.0 + i / 10 for i in range(8)])
+    if name == "qwen2.5-yarn":
+        assert _field(reader, "qwen2.rope.scaling.type") == "yarn"
+        assert _field(reader, "qwen2.rope.scaling.factor") == 4.0
+        assert _field(reader, "qwen2.rope.scaling.original_context_length") == 256
+    if name == "phi3.5":
+        assert _field(reader, "phi3.rope.scaling.type") == "longrope"
     if name == "llama2":
         assert _field(reader, "tokenizer.ggml.add_space_prefix") is True
         byte_a = tok.convert_tokens_to_ids("<0x41>")

@@ -8,7 +8,8 @@ following what llama.cpp's `convert_hf_to_gguf.py` does for each family we train
     LlamaForCausalLM       llama      Q/K rows permuted to llama.cpp's interleaved rope pairs;
                                       Llama 3.1/3.2 rope scaling as a rope_freqs tensor
     MistralForCausalLM     llama      as Llama (no sliding window: llama.cpp's llama has none)
-    Qwen2ForCausalLM       qwen2      q/k/v biases; rope reads halves, no permutation
+    Qwen2ForCausalLM       qwen2      q/k/v biases; rope reads halves, no permutation; YaRN
+                                      (as for every family: rope.scaling.* keys)
     Qwen3ForCausalLM       qwen3      q/k norms
     Gemma2ForCausalLM      gemma2     norms stored as 1 + w; logit soft-capping; every other
                                       layer a sliding window
@@ -113,14 +114,14 @@ def _head_dim(config) -> int:
 
 def _check_rope(config, spec: ArchSpec) -> None:
     kind = _rope(config)["rope_type"]
-    allowed = {"default", "linear"} | {"LLAMA": {"llama3"}, "PHI3": {"longrope"}}.get(spec.gguf_arch, set())
+    allowed = {"default", "linear", "yarn"} | {"LLAMA": {"llama3"}, "PHI3": {"longrope"}}.get(spec.gguf_arch, set())
     if kind not in allowed:
-        raise ModelError(f"GGUF export writes rope scaling {', '.join(sorted(allowed))} for this family; this model "
-                         f"uses {kind!r}, which this writer does not carry over (llama.cpp's converter writes it "
-                         "for other families only, or not at all). Export with --format hf.")
+        raise ModelError(f"This model scales its rope as {kind!r}; llama.cpp's {spec.gguf_arch.lower()} reads "
+                         f"{', '.join(sorted(allowed))} only. Export with --format hf.")
     if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0) or \
             _rope(config).get("partial_rotary_factor", 1.0) != 1.0:
-        raise ModelError("GGUF export does not write partial rotary embeddings; export with --format hf.")
+        raise ModelError("GGUF export does not write partial rotary embeddings (llama.cpp's converter writes them "
+                         "for other families); export with --format hf.")
 
 
 def _check_window(config, spec: ArchSpec) -> None:
@@ -281,9 +282,7 @@ def _write_hparams(writer, config, quant: str, name: str) -> None:
     writer.add_rope_dimension_count(_head_dim(config))
     rope = _rope(config)
     writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
-    if rope["rope_type"] == "linear":
-        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-        writer.add_rope_scaling_factor(float(rope["factor"]))
+    _write_rope_scaling(writer, config)
     if spec.gguf_arch == "PHI3":
         _write_phi3_rope(writer, config)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
@@ -296,6 +295,30 @@ def _write_hparams(writer, config, quant: str, name: str) -> None:
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):
         if getattr(config, key, None) is not None:
             add(float(getattr(config, key)))
+
+
+def _write_rope_scaling(writer, config) -> None:
+    """rope.scaling.* as llama.cpp's converter writes them for every family (llama3's factors and
+    longrope's are tensors: plan_tensors)."""
+    import gguf
+
+    rope = _rope(config)
+    kind = rope["rope_type"]
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(_original_context(config))
+        for key, add in (("extrapolation_factor", writer.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", writer.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", writer.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", writer.add_rope_scaling_yarn_beta_slow)):
+            if rope.get(key) is not None:
+                add(float(rope[key]))
+    elif kind == "longrope":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
 
 
 def _write_phi3_rope(writer, config) -> None:
