@@ -27,7 +27,8 @@ from tests.tiny_model import build_bpe_tokenizer, build_spm_tokenizer
 
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
-PROMPTS = ["Give me a tip for staying focused while studying.", "What is 12 + 30? The quick brown fox!"]
+PROMPTS = ["Give me a tip for staying focused while studying.", "What is 12 + 30? The quick brown fox!",
+           "Two  spaces,   three, and    four."]
 # name: (transformers class, tokenizer kind, chat family of tests/tiny_families.py, GGUF arch, extra config)
 CASES = {
     "llama2": ("LlamaForCausalLM", "llama", "mistral", "llama", {}),
@@ -124,6 +125,9 @@ def test_gguf_reader_sees_the_architecture_its_metadata_and_every_tensor(exporte
     assert list(embd.shape) == [config.hidden_size, config.vocab_size]  # GGUF lists dimensions innermost first
     if arch.startswith("gemma"):
         assert _field(reader, f"{arch}.attention.sliding_window") == config.sliding_window
+        runs = {t: kind for t, kind in zip(_field(reader, "tokenizer.ggml.tokens"),
+                                             _field(reader, "tokenizer.ggml.token_type")) if t in ("  ", "   ")}
+        assert runs == {"  ": 4, "   ": 4}  # user-defined, spelled with spaces, as Gemma's own GGUF files have them
         norm = torch.from_numpy(tensors["blk.0.attn_norm.weight"].data.copy())
         assert torch.allclose(norm, model.model.layers[0].input_layernorm.weight + 1)  # llama.cpp reads x * w
     if arch == "gemma2":

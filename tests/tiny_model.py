@@ -116,7 +116,10 @@ def build_spm_tokenizer(kind: str = "llama", specials: tuple[str, ...] = ()):
     for tok in sorted(learned["vocab"], key=learned["vocab"].get):
         vocab.setdefault(tok, len(vocab))
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in learned["merges"]]
-    if kind == "gemma":
+    if kind == "gemma":  # Gemma has pieces for runs of spaces (its GGUF files spell them with real spaces)
+        for run in ("\u2581\u2581", "\u2581\u2581\u2581"):
+            vocab.setdefault(run, len(vocab))
+        merges = [("\u2581", "\u2581"), ("\u2581\u2581", "\u2581")] + merges
         tok = GemmaTokenizer(vocab=vocab, merges=merges)
     else:
         tok = LlamaTokenizer(vocab=vocab, merges=merges)

@@ -378,7 +378,7 @@ def write_gguf(source, config, tokenizer, path: Path, quant: str = "f16", name: 
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.gguf_arch]])
     try:
         _write_hparams(writer, config, quant, name)
-        write_tokenizer(writer, tokenizer, config.vocab_size)
+        write_tokenizer(writer, tokenizer, config.vocab_size, gemma=spec.norm_plus_one)
         for plan in plans:  # announce every tensor first: the header lists them all
             _announce(writer, plan)
         writer.write_header_to_file()
