@@ -27,11 +27,13 @@ FORMAT_LABELS = {
     "peft": "LoRA adapter (PEFT), LoRA runs only",
     "gguf-lora": "LoRA adapter as GGUF (llama.cpp --lora, Ollama ADAPTER), LoRA runs only",
 }
+# mean |change in log p| per answer token, measured on the default model with its weights off the 4-bit
+# grid, as a trained model's are (bench/README.md, "What each GGUF type costs")
 QUANT_LABELS = {
-    "f16": "f16 (exact to f16 rounding)",
-    "q8_0": "q8_0 (about half the size)",
-    "q4_1": "q4_1 (about a third; 4-bit)",
-    "q4_0": "q4_0 (smallest; 4-bit)",
+    "f16": "f16 (as trained, rounded to half precision: 0.001 per token in log p)",
+    "q8_0": "q8_0 (about half the size: 0.03 per token in log p)",
+    "q4_1": "q4_1 (about a third: 0.07 per token in log p)",
+    "q4_0": "q4_0 (smallest: 0.49 per token in log p, a quarter of next tokens differ)",
 }
 
 

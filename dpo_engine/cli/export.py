@@ -21,7 +21,8 @@ from dpo_engine.cli.base import friendly_errors, progress_printer
               help="The folder to write (hf, peft, ollama) or the .gguf file (gguf, gguf-lora).")
 @click.option("--quant", default="f16", show_default=True, type=click.Choice(["f16", "q8_0", "q4_1", "q4_0"]),
               help="GGUF weights: f16 (as trained, rounded to half precision), q8_0 (about half the size), q4_1 / "
-                   "q4_0 (about a third; the embedding and output matrices stay q8_0).")
+                   "q4_0 (about a third; the embedding and output matrices stay q8_0). Measured mean change of log p "
+                   "per token: 0.001, 0.03, 0.07, 0.49 (bench/README.md).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing export at --output.")
 @click.option("--project", "project_path", type=click.Path(dir_okay=False, path_type=Path),
               help="The project the model was trained in (read only): its data, the run's held-out results, "
