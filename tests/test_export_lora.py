@@ -198,3 +198,20 @@ def test_export_options_of_a_lora_run_before_writing(lora_run, base_dir, tmp_pat
         written = export_model(str(lora_run), fmt, tmp_path / out, quant=quant or "f16").size_bytes
         estimate = options[(fmt, quant)].size_bytes
         assert 0.9 * estimate < written < 1.1 * estimate, (fmt, written, estimate)
+
+
+def test_a_merged_lora_run_still_exports_its_adapter_alone(lora_run, base_dir, tmp_path):
+    """A run saved merged (full weights at the top, the adapter in adapter/): gguf-lora writes the same
+    adapter file as from the unmerged run."""
+    import shutil
+
+    from gguf import GGUFReader
+
+    merged = tmp_path / "merged"
+    shutil.copytree(base_dir, merged)  # stands in for the merged weights: only their config is read
+    shutil.copytree(lora_run, merged / "adapter")
+    shutil.copy2(lora_run / "dpo_studio_run.json", merged / "dpo_studio_run.json")
+    export_model(str(merged), "gguf-lora", tmp_path / "a.gguf")
+    export_model(str(lora_run), "gguf-lora", tmp_path / "b.gguf")
+    a, b = ({t.name: t.data.tobytes() for t in GGUFReader(str(tmp_path / n)).tensors} for n in ("a.gguf", "b.gguf"))
+    assert a == b and len(a) == 4 * len(TARGETS)

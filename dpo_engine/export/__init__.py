@@ -32,8 +32,9 @@ from dpo_engine.atomic import staged
 from dpo_engine.export.atomic import check_export_target
 from dpo_engine.export.card import write_card
 from dpo_engine.export.facts import ProjectFacts, project_facts
-from dpo_engine.export.gguf_file import QUANTS, check_supported, check_tokenizer, write_gguf
+from dpo_engine.export.gguf_file import QUANTS, check_supported, write_gguf
 from dpo_engine.export.gguf_lora import write_gguf_lora
+from dpo_engine.export.gguf_vocab import check_tokenizer
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfile, ollama_model_of, ollama_name
 from dpo_engine.export.source import (ExportSource, find_source, load_merged_model, load_tokenizer_for_export,
@@ -79,12 +80,12 @@ def _size(path: Path) -> int:
 
 def _ollama_base(source: ExportSource) -> str | None:
     """The Ollama model a LoRA run's base is (its blob in Ollama's store), or None."""
-    return ollama_model_of(source.base_ref) if source.adapter is not None and not source.has_weights else None
+    return ollama_model_of(source.base_ref) if source.adapter is not None else None
 
 
 def adapter_note(source: ExportSource) -> str | None:
     """What a person should know about running a LoRA run's adapter alone over its base."""
-    if source.adapter is None or source.has_weights:
+    if source.adapter is None:
         return None
     base = ollama_model_of(source.base_ref) or source.base_ref
     if str(source.base_ref).endswith(".gguf") or ollama_model_of(source.base_ref):
@@ -154,13 +155,10 @@ def _adapter_writer(source: ExportSource, fmt: str, output: Path, ollama_base: s
     """The adapter alone as a GGUF LoRA file (and, over an Ollama base, a Modelfile that names it)."""
     from transformers import AutoConfig
 
-    from dpo_engine.export.source import base_folder
+    from dpo_engine.export.source import adapter_config_folder
 
     check_adapter(source)
-    if source.has_weights:
-        raise ConfigError(f"{source.ref} holds a merged model; its adapter is in {source.adapter}: export that "
-                          "folder with --format gguf-lora.")
-    config = AutoConfig.from_pretrained(str(base_folder(source)), trust_remote_code=False)
+    config = AutoConfig.from_pretrained(str(adapter_config_folder(source)), trust_remote_code=False)
     check_supported(config)
 
     def write(tmp: Path) -> None:

@@ -44,7 +44,7 @@ from typing import Callable
 import numpy as np
 
 from dpo_engine.errors import ConfigError, ModelError
-from dpo_engine.export.gguf_vocab import check_tokenizer, write_tokenizer
+from dpo_engine.export.gguf_vocab import write_tokenizer
 
 # the weight types a person picks; the smallest are what llama.cpp's Python quantisers write exactly
 QUANTS = ("f16", "q8_0", "q4_1", "q4_0")
@@ -394,4 +394,4 @@ def write_gguf(source, config, tokenizer, path: Path, quant: str = "f16", name: 
     return Path(path).stat().st_size
 
 
-__all__ = ["ARCHITECTURES", "QUANTS", "check_supported", "check_tokenizer", "gguf_size", "write_gguf"]
+__all__ = ["ARCHITECTURES", "QUANTS", "check_supported", "gguf_size", "write_gguf"]

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.export.gguf_file import QUANTS, check_supported, gguf_size
-from dpo_engine.export.source import ExportSource, base_folder, find_source, load_tokenizer_for_export
+from dpo_engine.export.gguf_vocab import check_tokenizer
+from dpo_engine.export.ollama import modelfile, ollama_model_of
+from dpo_engine.export.source import (ExportSource, adapter_config_folder, find_source, load_tokenizer_for_export,
+                                      local_folder, tensor_source)
 
 # what the tokenizer, the metadata and the header add to a GGUF's tensors is at most the size of
 # tokenizer.json (the same token and merge strings, less JSON's quoting): 1.79 MB in the GGUF for the
@@ -39,12 +42,6 @@ def _adapter_bytes(source: ExportSource) -> int:
 
 
 def _gguf_options(source: ExportSource, ollama_base: str | None) -> list[ExportOption]:
-    from dpo_engine.export.gguf_file import check_tokenizer
-    from dpo_engine.export.source import tensor_source
-
-    from dpo_engine.export.ollama import modelfile
-    from dpo_engine.export.source import local_folder
-
     try:
         tensors, config = tensor_source(source, lazy_only=True)
         check_supported(config)
@@ -70,15 +67,14 @@ def _gguf_options(source: ExportSource, ollama_base: str | None) -> list[ExportO
 
 
 def _adapter_options(source: ExportSource) -> list[ExportOption]:
-    if source.adapter is None or source.has_weights:
-        why = ("this model was trained as a full fine-tune (or is a plain model): it has no LoRA adapter"
-               if source.adapter is None else f"this folder holds the merged model; its adapter is in {source.adapter}")
+    if source.adapter is None:
+        why = "this model was trained as a full fine-tune (or is a plain model): it has no LoRA adapter"
         return [ExportOption("peft", None, None, why), ExportOption("gguf-lora", None, None, why)]
     size = _adapter_bytes(source)
     try:
         from transformers import AutoConfig
 
-        check_supported(AutoConfig.from_pretrained(str(base_folder(source)), trust_remote_code=False))
+        check_supported(AutoConfig.from_pretrained(str(adapter_config_folder(source)), trust_remote_code=False))
         lora = ExportOption("gguf-lora", None, size)
     except DPOStudioError as exc:
         lora = ExportOption("gguf-lora", None, None, str(exc))
@@ -87,11 +83,8 @@ def _adapter_options(source: ExportSource) -> list[ExportOption]:
 
 def export_options(model_ref: str | None) -> list[ExportOption]:
     """Every format (and GGUF weight type) with its size, or the reason the model does not allow it."""
-    from dpo_engine.export.ollama import ollama_model_of
-    from dpo_engine.export.source import local_folder
-
     source = find_source(model_ref)
-    ollama_base = ollama_model_of(source.base_ref) if source.adapter is not None and not source.has_weights else None
+    ollama_base = ollama_model_of(source.base_ref) if source.adapter is not None else None
     folder = source.folder if source.has_weights else local_folder(source.base_ref)
     hf_size = None
     if folder is not None:

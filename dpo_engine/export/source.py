@@ -136,8 +136,12 @@ def local_folder(ref: str | None) -> Path | None:
     return None if resolved.kind == "hub" else Path(resolved.path)
 
 
-def base_folder(source: ExportSource) -> Path:
-    """The local safetensors folder of a LoRA run's base (a .gguf base: its converted copy)."""
+def adapter_config_folder(source: ExportSource) -> Path:
+    """Where the config of the model a LoRA adapter applies to is: the run's own folder for a merged run
+    (the same architecture and shapes), else the base's local safetensors folder (a .gguf base: its
+    converted copy)."""
+    if source.has_weights and source.folder is not None:
+        return source.folder
     folder = local_folder(source.base_ref)
     if folder is None:
         raise ModelError(f"The base model {source.base_ref} is not on this disk; the GGUF adapter export reads its "
