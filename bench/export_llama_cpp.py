@@ -12,6 +12,8 @@ compares with the source model in transformers, on the same chat-templated promp
 
     pip install llama-cpp-python==0.3.36        # into any venv; about 5 minutes of compiling
     .venv/bin/python bench/export_llama_cpp.py [--model default] [--tokens 32] [--json out.json]
+    .venv/bin/python bench/export_llama_cpp.py --family gemma3   # a tiny random model of a family
+                                                                 # (tests/test_export_families.py CASES)
 """
 
 from __future__ import annotations
@@ -73,9 +75,26 @@ def llama_side(gguf: Path, ref: list[dict], n: int) -> list[dict]:
     return rows
 
 
+def build_family(name: str, folder: Path) -> str:
+    """The tiny random model of family `name` the unit tests export, saved with its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.test_export_families import CASES, _config, _tokenizer
+    from tests.tiny_families import FAMILIES
+
+    arch, kind, chat, _, extra = CASES[name]
+    tok = _tokenizer(kind, FAMILIES[chat])
+    torch.manual_seed(3)
+    AutoModelForCausalLM.from_config(_config(arch, tok, extra)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
+    parser.add_argument("--family", default=None, help="build and check the tiny random model of this family "
+                        "(llama2, llama3.2, mistral, qwen2.5-yarn, gemma2, gemma3, phi3, phi3.5) instead of --model")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -83,6 +102,8 @@ def main() -> None:
     from dpo_engine.export import export_model
     from dpo_engine.export.source import find_source
 
+    if args.family:
+        args.model = build_family(args.family, Path(tempfile.mkdtemp(prefix="dpo-studio-family-")))
     source = find_source(args.model)
     ref = hf_side(str(source.folder), PROMPTS, args.tokens)
     results = {}

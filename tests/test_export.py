@@ -16,41 +16,14 @@ from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError, DataError, ModelError
 from dpo_engine.export import export_model
 from dpo_engine.export.ollama import CHATML_TEMPLATE, chatml_default_system
-from tests.tiny_model import CHAT_TEMPLATE, SPECIALS
+from tests.tiny_model import CHAT_TEMPLATE, SPECIALS, build_bpe_tokenizer
 
 PROMPTS = ["Give me a tip for staying focused while studying.", "Write a short poem about the sea!",
            "What is 12 + 30? The answer is 42."]
-CORPUS = ["The quick brown fox jumps over the lazy dog.", "Give me a tip for staying focused while studying.",
-          "Write a short poem about the sea.", "What is the capital of France? Paris is the capital.",
-          "Numbers like 12, 30 and 2024 appear in text too."] * 4
 PADDED = 3  # embeddings past the tokenizer's vocabulary: the GGUF must carry them as unused tokens
 
 
 # --------------------------------------------------------------------------- fixtures
-
-
-def build_bpe_tokenizer(split: str | None = None):
-    """A real byte-level BPE (learned merges) with the ChatML specials, trained offline on a few
-    sentences: unlike the byte tokenizer of tests/tiny_model.py, one a GGUF can carry. Text is split
-    by GPT-2's regex, or by `split` (a regex, as Qwen2 and Llama 3 do) before the bytes."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    core = Tokenizer(models.BPE(unk_token=None))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    if split is not None:
-        core.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(split), behavior="isolated"),
-                                                      pre_tokenizers.ByteLevel(add_prefix_space=False,
-                                                                               use_regex=False)])
-    core.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=SPECIALS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    core.train_from_iterator(CORPUS, trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                  pad_token="<|endoftext|>", unk_token="<|endoftext|>",
-                                  additional_special_tokens=SPECIALS)
-    tok.chat_template = CHAT_TEMPLATE
-    return tok
 
 
 @pytest.fixture(scope="module")
@@ -319,6 +292,65 @@ def test_gguf_q8_0_is_smaller_and_close(bpe_model_dir, tmp_path):
     assert torch.allclose(_logits(loaded, ids), _logits(source, ids), atol=0.05)  # measured 0.007
 
 
+@pytest.mark.parametrize("quant", ["q4_0", "q4_1"])
+def test_gguf_4_bit_reads_back_within_its_rounding(bpe_model_dir, tmp_path, quant):
+    """Every 32-value block of a row, as transformers' loader dequantises it, is within the type's rounding
+    of the source. Q4_0 stores d = m / -8 (m the block's value of largest magnitude) and q in 0..15 for
+    round(x / d) + 8: the value -m lands on q = 16, clipped to 15, so the error is at most |d| = max|x| / 8.
+    Q4_1 stores d = (max - min) / 15 and the min: rounding to the nearest step errs by at most d / 2.
+    Both scales are f16, which adds at most 2^-11 of each stored number per step (the 1.01 and |min| terms)."""
+    from gguf import GGMLQuantizationType, GGUFReader
+
+    out = tmp_path / f"{quant}.gguf"
+    export_model(str(bpe_model_dir), "gguf", out, quant=quant)
+    kinds = {t.name: t.tensor_type for t in GGUFReader(str(out)).tensors}
+    assert kinds["blk.0.attn_q.weight"] == GGMLQuantizationType[quant.upper()]
+    assert kinds["token_embd.weight"] == GGMLQuantizationType.Q8_0  # kept at 8 bits, as llama.cpp keeps its output
+    assert kinds["blk.0.attn_norm.weight"] == GGMLQuantizationType.F32
+    assert out.stat().st_size < 0.45 * export_model(str(bpe_model_dir), "gguf", tmp_path / "f16.gguf").size_bytes
+    source, loaded = _load(bpe_model_dir).state_dict(), _load(tmp_path, gguf_file=out.name).state_dict()
+    checked = 0
+    for name, weight in source.items():
+        if weight.ndim < 2 or "embed" in name or name == "lm_head.weight":  # the tied embedding: Q8_0
+            continue
+        blocks, got = weight.reshape(-1, 32), loaded[name].reshape(-1, 32)
+        err = (got - blocks).abs().amax(dim=1)
+        if quant == "q4_0":
+            bound = blocks.abs().amax(dim=1) / 8 * 1.01
+        else:
+            low, high = blocks.amin(dim=1), blocks.amax(dim=1)
+            bound = (high - low) / 30 * 1.01 + low.abs() * 2 ** -10
+        assert bool((err <= bound).all()), name
+        assert float(err.max()) > 0  # 4 bits do round: this compares the quantised file, not a copy
+        checked += 1
+    assert checked == 2 * 7  # q, k, v, o, gate, up, down in both layers
+
+
+def test_gguf_reads_the_weights_transformers_reads(bpe_model_dir, tmp_path):
+    """Mistral's repositories carry consolidated.safetensors (its own layout) beside the transformers
+    shards: the export takes the shards the index names, as from_pretrained does."""
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "sharded"
+    shutil.copytree(bpe_model_dir, folder)
+    state = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    names = sorted(state)
+    half = len(names) // 2
+    shards = {"model-00001-of-00002.safetensors": names[:half], "model-00002-of-00002.safetensors": names[half:]}
+    for shard, keys in shards.items():
+        save_file({k: state[k] for k in keys}, str(folder / shard), metadata={"format": "pt"})
+    (folder / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: shard for shard, keys in shards.items() for k in keys}}))
+    save_file({"layers.0.attention.wq.weight": torch.zeros(4, 4)}, str(folder / "consolidated.safetensors"))
+    from gguf import GGUFReader
+
+    export_model(str(folder), "gguf", tmp_path / "a.gguf")
+    export_model(str(bpe_model_dir), "gguf", tmp_path / "b.gguf")
+    a, b = ({t.name: t.data.tobytes() for t in GGUFReader(str(tmp_path / n)).tensors} for n in ("a.gguf", "b.gguf"))
+    assert a == b
+
+
 def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
     export_model(str(lora_run_dir), "hf", tmp_path / "merged")
     export_model(str(lora_run_dir), "gguf", tmp_path / "lora.gguf")
@@ -328,19 +360,26 @@ def test_gguf_of_a_lora_run_holds_the_merged_model(lora_run_dir, tmp_path):
 
 
 def test_gguf_refuses_what_it_cannot_convert(tiny_model_dir, bpe_model_dir, tmp_path):
-    from transformers import MistralConfig, MistralForCausalLM
+    from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
     out = tmp_path / "x.gguf"
     with pytest.raises(ModelError, match="pre-tokenizer"):  # byte tokenizer without GPT-2's split
         export_model(str(tiny_model_dir), "gguf", out)
     _nothing_left(out)
-    mistral = tmp_path / "mistral"
+    mistral = tmp_path / "mistral"  # Mistral v0.1: a 4096-token window llama.cpp's llama does not have
     MistralForCausalLM(MistralConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=4, num_key_value_heads=2)).save_pretrained(mistral)
+                                     num_attention_heads=4, num_key_value_heads=2, sliding_window=4096,
+                                     max_position_embeddings=32768)).save_pretrained(mistral)
     _tokenizer(bpe_model_dir).save_pretrained(mistral)
-    with pytest.raises(ModelError, match="supports LlamaForCausalLM"):
+    with pytest.raises(ModelError, match="sliding window of 4096 tokens"):
         export_model(str(mistral), "ollama", tmp_path / "q")
     _nothing_left(tmp_path / "q")
+    gpt2 = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(vocab_size=400, n_embd=32, n_layer=1, n_head=4)).save_pretrained(gpt2)
+    _tokenizer(bpe_model_dir).save_pretrained(gpt2)
+    with pytest.raises(ModelError, match="supports LlamaForCausalLM.*this model is GPT2LMHeadModel"):
+        export_model(str(gpt2), "gguf", out)
+    _nothing_left(out)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "qwen3"])
@@ -450,7 +489,7 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
     import dpo_engine.export.gguf_file as gguf_file
 
     written = []
-    real = gguf_file._tensor_data
+    real = gguf_file.tensor_data
 
     def failing_tensor_data(*args):
         if len(written) == 3:
@@ -462,7 +501,7 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
         (folder / "config.json").write_text("{}")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(gguf_file, "_tensor_data", failing_tensor_data)
+    monkeypatch.setattr(gguf_file, "tensor_data", failing_tensor_data)
     monkeypatch.setattr(export, "write_hf_folder", failing_hf)
     out = tmp_path / name
     with pytest.raises(DataError, match="No space left"):

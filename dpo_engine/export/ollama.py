@@ -100,3 +100,23 @@ def ollama_name(folder: Path) -> str:
 
 def create_command(name: str, modelfile_path: Path) -> str:
     return f"ollama create {shlex.quote(name)} -f {shlex.quote(str(modelfile_path))}"
+
+
+def ollama_model_of(path: str | Path | None) -> str | None:
+    """The name Ollama knows a model by ("llama3.2:3b"), where `path` is a model blob in an Ollama store
+    (models/blobs/sha256-...), as the model picker gives it; None for any other path."""
+    from dpo_engine.catalog.sources import ollama_entries
+
+    if not path:
+        return None
+    blob = Path(path).expanduser()
+    if blob.parent.name != "blobs" or not blob.name.startswith("sha256-") or not blob.is_file():
+        return None
+    names = [e.name for e in ollama_entries(blob.parent.parent) if e.usable and Path(e.path) == blob]
+    return names[0] if names else None
+
+
+def adapter_modelfile(base_name: str, adapter_name: str) -> str:
+    """A Modelfile that runs `adapter_name` (a GGUF LoRA beside it) over the Ollama model `base_name`:
+    the base's template, system prompt and stop tokens are inherited, and nothing of it is copied."""
+    return f"FROM {base_name}\nADAPTER ./{adapter_name}\n"

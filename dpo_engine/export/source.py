@@ -127,3 +127,42 @@ def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgre
     model = peft_model.merge_and_unload()
     model.eval()
     return model
+
+
+def local_folder(ref: str | None) -> Path | None:
+    """The safetensors folder a local reference names (a .gguf is converted once, in the cache); None
+    for a hub id, whose files are not on this disk."""
+    resolved = resolve_model_ref(ref)
+    return None if resolved.kind == "hub" else Path(resolved.path)
+
+
+def adapter_config_folder(source: ExportSource) -> Path:
+    """Where the config of the model a LoRA adapter applies to is: the run's own folder for a merged run
+    (the same architecture and shapes), else the base's local safetensors folder (a .gguf base: its
+    converted copy)."""
+    if source.has_weights and source.folder is not None:
+        return source.folder
+    folder = local_folder(source.base_ref)
+    if folder is None:
+        raise ModelError(f"The base model {source.base_ref} is not on this disk; the GGUF adapter export reads its "
+                         "config from there.")
+    return folder
+
+
+def tensor_source(source: ExportSource, lazy_only: bool = False):
+    """(tensors, config) for a streaming writer: the safetensors files read one tensor at a time (a LoRA
+    adapter merged into each weight as it is read), or the loaded model where the files are not local
+    (`lazy_only`: refuse instead of loading)."""
+    from transformers import AutoConfig
+
+    from dpo_engine.export.tensors import FolderTensors, ModelTensors
+
+    folder = source.folder if source.has_weights else local_folder(source.base_ref)
+    if folder is None:
+        if lazy_only:
+            raise ModelError(f"{source.base_ref or source.ref} is not on this disk: its size is known once it is.")
+        model = load_merged_model(source)
+        return ModelTensors(model), model.config
+    config = AutoConfig.from_pretrained(str(folder), trust_remote_code=False)
+    adapter = None if source.has_weights else source.adapter
+    return FolderTensors(folder, adapter), config

@@ -1,0 +1,119 @@
+"""A model's tensors one at a time, for writers that stream (GGUF): never the whole model in memory.
+
+    ModelTensors    a loaded model's state dict (a base that only loads whole, e.g. from a .gguf)
+    FolderTensors   the *.safetensors of a model folder, opened lazily (safetensors maps the file
+                    and reads one tensor when asked); with a LoRA adapter, each targeted weight is
+                    merged as it is read: W + (alpha / r) * B @ A, as PEFT's merge_and_unload does
+
+Every tensor comes out as an fp32 CPU tensor; only the one being written is held (a 7B export
+needs about one tensor's worth of extra memory, not the 28 GB of the model in fp32).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Protocol
+
+from dpo_engine.errors import ModelError
+
+
+class TensorSource(Protocol):
+    def names(self) -> list[str]:
+        """Every tensor's transformers name, in the file's order."""
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        ...
+
+    def get(self, name: str):
+        """The tensor as fp32 on the CPU."""
+
+
+class ModelTensors:
+    """A model already in memory (its state dict)."""
+
+    def __init__(self, model):
+        self.state = model.state_dict()
+
+    def names(self) -> list[str]:
+        return list(self.state)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.state[name].shape)
+
+    def get(self, name: str):
+        return self.state[name].detach().to("cpu").float()
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The model's safetensors files as transformers picks them: the index's shards, else
+    model.safetensors; other .safetensors beside them (Mistral's consolidated.safetensors, an
+    adapter) are not the model's transformers weights."""
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+    if (folder / "model.safetensors").is_file():
+        return [folder / "model.safetensors"]
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_model", "consolidated")))
+
+
+class FolderTensors:
+    """The safetensors files of a model folder, read lazily, with an optional LoRA adapter merged in."""
+
+    def __init__(self, folder: Path, adapter: Path | None = None):
+        from safetensors import safe_open
+
+        files = weight_files(Path(folder))
+        if not files:
+            raise ModelError(f"{folder} has no .safetensors weights to export.")
+        self._handles = [safe_open(str(p), framework="pt") for p in files]
+        self._where = {name: h for h in self._handles for name in h.keys()}
+        self._lora = read_adapter(adapter) if adapter is not None else {}
+        missing = sorted({w for w in self._lora if w not in self._where})
+        if missing:
+            raise ModelError(f"The LoRA adapter in {adapter} changes weights its base does not have "
+                             f"({', '.join(missing[:3])}): it belongs to another model.")
+
+    def names(self) -> list[str]:
+        return list(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._where[name].get_slice(name).get_shape())
+
+    def get(self, name: str):
+        tensor = self._where[name].get_tensor(name).float()
+        if name in self._lora:
+            a, b, scale = self._lora[name]
+            tensor = tensor + scale * (b.float() @ a.float())
+        return tensor
+
+
+def read_adapter(adapter: Path) -> dict[str, tuple]:
+    """{base weight name: (lora_A, lora_B, alpha / r)} from a PEFT LoRA adapter folder.
+
+    Per-module ranks and alphas (rank_pattern / alpha_pattern) and rsLoRA's alpha / sqrt(r) are
+    honoured as PEFT does; what a plain merge would get wrong (DoRA, whole saved modules) is refused."""
+    from safetensors.torch import load_file
+
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if config.get("peft_type", "LORA") != "LORA" or config.get("use_dora"):
+        raise ModelError(f"The adapter in {adapter} is not a plain LoRA (DoRA or another PEFT type); export "
+                         "it with --format hf, which lets PEFT merge it.")
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    others = [k for k in weights if ".lora_A." not in k and ".lora_B." not in k]
+    if others:
+        raise ModelError(f"The adapter in {adapter} also carries whole weights ({others[0]}, ...); export it with "
+                         "--format hf, which lets PEFT merge it.")
+    out = {}
+    for key, a in weights.items():
+        if ".lora_A." not in key:
+            continue
+        module = key.split(".lora_A.")[0]
+        b = weights[key.replace(".lora_A.", ".lora_B.")]
+        base = module.removeprefix("base_model.model.") + ".weight"
+        short = module.split(".")[-1]
+        rank = config.get("rank_pattern", {}).get(short, config["r"])
+        alpha = config.get("alpha_pattern", {}).get(short, config["lora_alpha"])
+        scale = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
+        out[base] = (a, b, scale)
+    return out
