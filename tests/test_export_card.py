@@ -283,3 +283,15 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     assert f"Run {run['id']} of the project (finished)" in card
     assert "| usable pairs | 10 (train 8, held out 2) |" in card
     assert _png_size(out / "training_loss.png") == SIZE and _png_size(out / "preference_accuracy.png") == SIZE
+    # the precision the held-out numbers were scored in (the run's, fp32 here: tests pin it)
+    assert "| precision | float32 (fp32: set by DPO_STUDIO_DTYPE) |" in card
+    assert "scored during training, in the run's precision: float32 (fp32: set by DPO_STUDIO_DTYPE)" in card
+
+
+def test_a_bf16_run_says_its_held_out_numbers_were_scored_in_bf16():
+    from dpo_engine.export.card import _precision_words
+
+    words = _precision_words({"dtype": "bfloat16", "autocast": True, "device": "cpu",
+                              "reason": "bf16: CPU has avx512_bf16, matmul 1.9x fp32"})
+    assert words == "bfloat16 autocast over fp32 weights (bf16: CPU has avx512_bf16, matmul 1.9x fp32)"
+    assert _precision_words(None) == "" and _precision_words({}) == ""

@@ -39,6 +39,8 @@ def _settings(run: dict) -> list[str]:
     if lora:
         rows.append(f"| LoRA | rank {lora.get('rank')}, alpha {lora.get('alpha')}, "
                     f"on {', '.join(lora.get('target_modules', []))} |")
+    if _precision_words(run.get("precision")):
+        rows.append(f"| precision | {_precision_words(run.get('precision'))} |")
     if run.get("step") is not None:
         rows.append(f"| steps done | {run['step']} of {run.get('total_steps', '?')} ({run.get('status', '?')}) |")
     return ["| setting | value |", "|---|---|", *rows] if rows else []
@@ -155,7 +157,15 @@ def _matchup_table(facts: ProjectFacts) -> list[str]:
             "\"both bad\" count as half a win, skips are not votes; the interval is Wilson's score interval.", ""]
 
 
-def results_section(facts: ProjectFacts, plots: list[str]) -> list[str]:
+def _precision_words(precision: dict | None) -> str:
+    """The run record's precision ({"dtype", "autocast", "reason"}) in words, "" if unrecorded."""
+    if not precision or not precision.get("dtype"):
+        return ""
+    how = f"{precision['dtype']} autocast over fp32 weights" if precision.get("autocast") else precision["dtype"]
+    return how + (f" ({precision['reason']})" if precision.get("reason") else "")
+
+
+def results_section(facts: ProjectFacts, plots: list[str], precision: dict | None = None) -> list[str]:
     if facts.run is None:
         lines = ["## Results", "", "No run of the project wrote this model's folder, so its training is not "
                  "described here.", ""]
@@ -166,7 +176,12 @@ def results_section(facts: ProjectFacts, plots: list[str]) -> list[str]:
     if train_loss:
         (s0, v0), (s1, v1) = train_loss
         lines[-1] += f" Training loss {v0:.4f} at step {s0}, {v1:.4f} at step {s1}."
-    lines += ["", *_eval_table(facts), *_matchup_table(facts)]
+    lines += ["", *_eval_table(facts)]
+    if _precision_words(precision) and facts.first_last("eval/loss"):
+        lines += [f"The held-out numbers were scored during training, in the run's precision: "
+                  f"{_precision_words(precision)}. In bf16 a summed log-prob can differ from fp32 by ~1e-2 "
+                  "relative; `dpo-engine eval` scores in fp32.", ""]
+    lines += _matchup_table(facts)
     titles = {LOSS_PNG: "Loss", ACCURACY_PNG: "Preference accuracy"}
     lines += [f"![{titles[p]}]({p})" for p in plots]
     return lines + ([""] if plots else [])
@@ -219,7 +234,7 @@ def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None 
     else:
         lines += [f"Exported by DPO Studio from {base or display_name(source.ref)}.", ""]
     if facts is not None:
-        lines += results_section(facts, list(plots))
+        lines += results_section(facts, list(plots), source.run.get("precision"))
         if facts.run is not None:
             lines += data_section(facts)
     settings = _settings(source.run or ({"config": facts.run["config"]} if facts and facts.run else {}))
