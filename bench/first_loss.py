@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench.scoring_precision import machine  # noqa: E402
+from bench.machine import machine_info  # noqa: E402
 from bench.train_throughput import MAX_LENGTH, make_pairs  # noqa: E402
 
 
@@ -79,7 +79,7 @@ def main() -> None:
                "loss_offset_max": max(map(abs, offsets)),
                "loss_offset_median": sorted(map(abs, offsets))[len(offsets) // 2],
                "offsets": offsets, "reward_margin_abs_max": max(margins),
-               "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+               "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M")}
         rows.append(row)
         print(f"| {dtype} | {args.seeds} | {row['loss_offset_max']:.2e} | {row['loss_offset_median']:.2e} | "
               f"{row['reward_margin_abs_max']:.2e} |", flush=True)

@@ -43,6 +43,7 @@ def machine_info() -> dict:
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "aten_capability": torch.backends.cpu.get_cpu_capability(),  # which kernels ran: their rounding differs
         "load_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 

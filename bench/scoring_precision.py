@@ -42,15 +42,9 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.machine import machine_info, machine_row  # noqa: E402
+
 VARIANTS = ("fp32", "autocast", "autocast+head32", "bf16", "bf16+head32")
-
-
-def machine() -> dict:
-    from dpo_engine.precision import native_bf16_flags
-
-    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return {"cpu": str(caps.get("cpu_name", "")) or "unknown", "aten": torch.backends.cpu.get_cpu_capability(),
-            "bf16_native": native_bf16_flags(), "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 @contextlib.contextmanager
@@ -142,7 +136,7 @@ def compare(name: str, loaded, pairs, args, data: str) -> list[dict]:
                "logp_rel_max": rel.max().item(), "logp_rel_median": rel.median().item(),
                "margin_abs_max": (m - m32).abs().max().item(), "margin_abs_mean_fp32": m32.abs().mean().item(),
                "sign_flips": int(((m > 0) != (m32 > 0)).sum()),
-               "seconds": min(x[2] for x in runs[v]), "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+               "seconds": min(x[2] for x in runs[v]), "machine": machine_info(), "date": time.strftime("%Y-%m-%d %H:%M")}
         rows.append(row)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         with args.out.open("a") as f:  # each row as it lands: a later model's failure loses nothing
@@ -175,7 +169,7 @@ def main() -> None:
     quiet_transformers()
     cpu = pick_device("cpu", "float32")
     prompts = starter_prompts()[: args.prompts]
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_row()}")
     print("| model | pairs | precision | log-prob rel. err. max | median | margin sign flips | seconds |")
     print("|---|---|---|---:|---:|---:|---:|")
     rows = []
