@@ -4,7 +4,7 @@ Both score the same fixed synthetic pairs with the default model (SmolLM2-135M-I
 as the reference and a weight-perturbed copy as the policy, on the same device, in fp32,
 with the same batch size:
 
-  ours  encode_pairs + score_pairs(policy) + score_pairs(reference) + the loss
+  ours  encode_pairs + model_logps(policy) + model_logps(reference) + the loss
         (what `dpo-engine eval` does after loading the models)
   trl   DPOTrainer(..., bf16=False).evaluate(): policy and reference forward per batch
         (its tokenization runs in __init__ and is not timed: in TRL's favour)
@@ -62,7 +62,7 @@ def load_pair_of_models():
 
 
 def run_ours(policy, ref, records, batch_size: int) -> float:
-    from dpo_engine.cli.eval import score_pairs
+    from dpo_engine.cli.eval import model_logps
     from dpo_engine.encoding import encode_pairs
     from dpo_engine.losses import LossParams, sigmoid
     from dpo_engine.pairs import parse_preference_record
@@ -71,8 +71,8 @@ def run_ours(policy, ref, records, batch_size: int) -> float:
     kept, _ = encode_pairs(policy.tokenizer, pairs, 1024)
     encoded = [e for _, e in kept]
     pad = policy.tokenizer.pad_token_id
-    p = score_pairs(policy.model, encoded, pad, batch_size)
-    r = score_pairs(ref.model, encoded, pad, batch_size)
+    p = model_logps(policy.model, encoded, pad, batch_size)
+    r = model_logps(ref.model, encoded, pad, batch_size)
     out = sigmoid(p.chosen_logps, p.rejected_logps, r.chosen_logps, r.rejected_logps, params=LossParams(beta=0.1))
     return out.losses.mean().item()
 

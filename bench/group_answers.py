@@ -78,7 +78,7 @@ def main() -> None:
     from dpo_engine.train.data import epoch_batches
     from dpo_engine.train.groups import answer_groups, prompt_groups
     from dpo_engine.train.model import disable_dropout
-    from dpo_engine.train.step import StepContext, run_step, score_pairs
+    from dpo_engine.train.step import StepContext, run_step, policy_scores
 
     quiet_transformers()
     torch.manual_seed(0)
@@ -106,7 +106,7 @@ def main() -> None:
         ref_s, ref = {}, {}
         for name in (("pairwise", "grouped") if case % 2 == 0 else ("grouped", "pairwise")):
             start = time.perf_counter()
-            ref[name] = drain(score_pairs(model, enc, ctx(name == "grouped"), REF_BATCH))
+            ref[name] = drain(policy_scores(model, enc, ctx(name == "grouped"), REF_BATCH))
             ref_s[name] = time.perf_counter() - start
             print(f"k={k} reference {name}: {ref_s[name]:.1f} s", file=sys.stderr)
         diff = max((a - b).abs().max().item() for a, b in zip(ref["pairwise"], ref["grouped"]))

@@ -42,7 +42,7 @@ def main() -> None:
     from dpo_engine.iters import drain
     from dpo_engine.losses import LossParams
     from dpo_engine.models import load_model
-    from dpo_engine.train.step import StepContext, score_pairs
+    from dpo_engine.train.step import StepContext, policy_scores
 
     quiet_transformers()
     loaded = load_model("default", pick_device("cpu", "float32"))
@@ -54,7 +54,7 @@ def main() -> None:
                           choice.autocast)
         start = time.perf_counter()
         with torch.no_grad():
-            result[dtype] = drain(score_pairs(loaded.model, pairs, ctx, args.batch_size))
+            result[dtype] = drain(policy_scores(loaded.model, pairs, ctx, args.batch_size))
         seconds[dtype] = time.perf_counter() - start
     (c32, r32), (c16, r16) = result["float32"], result["bfloat16"]
     rel = torch.cat([(c16 - c32).abs() / c32.abs(), (r16 - r32).abs() / r32.abs()])

@@ -19,7 +19,7 @@ from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.data import epoch_batches, pair_groups, prepare_data, split_eval
 from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
 from dpo_engine.train.groups import answer_groups, grouped_logps, prompt_groups, scoring_batches
-from dpo_engine.train.step import StepContext, run_step, score_pairs
+from dpo_engine.train.step import StepContext, run_step, policy_scores
 from dpo_engine.train.loop import load_run_config, run_training, train
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
@@ -155,8 +155,8 @@ def test_reference_logps_are_the_pairwise_ones(tiny_loaded, encoded):
     was_training = model.training
     model.eval()
     try:
-        pairwise = drain(score_pairs(model, enc, _ctx(tiny_loaded, False), 2))
-        gen = score_pairs(model, enc, _ctx(tiny_loaded, True), 2)
+        pairwise = drain(policy_scores(model, enc, _ctx(tiny_loaded, False), 2))
+        gen = policy_scores(model, enc, _ctx(tiny_loaded, True), 2)
         progress = []
         try:
             while True:

@@ -53,7 +53,7 @@ class CompareRound(Round):
         return 1 - self.after_side
 
 
-def display_name(ref: str) -> str:
+def model_label(ref: str) -> str:
     if ref in ("", DEFAULT_MODEL_REF):
         return f"{DEFAULT_MODEL_NAME} (default)"
     return Path(ref).name or ref

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.controllers.compare_controller import CompareController, CompareRound, display_name
+from app.controllers.compare_controller import CompareController, CompareRound, model_label
 from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
@@ -315,7 +315,7 @@ class ComparePage(QWidget):
         for side, (pane, reward) in enumerate(zip(self.panes, self.rewards)):
             where = "Left" if side == 0 else "Right"
             role = "After" if side == rnd.after_side else "Before"
-            pane.title.setText(f"{where} answer" if hidden else f"{where} — {role}: {display_name(rnd.refs[side])}")
+            pane.title.setText(f"{where} answer" if hidden else f"{where} — {role}: {model_label(rnd.refs[side])}")
             if hidden:
                 reward.setText("Implicit reward: shown after your vote")
             elif rnd.rewards is None:

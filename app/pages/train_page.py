@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from app.plumbing.context import AppContext
 from app.controllers.train_controller import TrainController
-from app.widgets.metric_plots import MetricPlots, Series, with_logratios
+from app.widgets.metric_plots import MetricPlots, RunSeries, with_logratios
 from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from dpo_engine.train.config import field_kind, form_fields
@@ -403,7 +403,7 @@ class TrainPage(QWidget):
         self.plots.clear()
         for run_id in (ids if self.overlay_box.isChecked() else ids[:1]):
             beta = runs[run_id]["config"].get("beta")
-            series = Series(f"run {run_id}")
+            series = RunSeries(f"run {run_id}")
             for name, points in self.controller.run_metrics(run_id).items():
                 for step, value in points:
                     series.add(step, with_logratios({name: value}, beta))

@@ -48,7 +48,7 @@ def ema(values: list[float], alpha: float = SMOOTH_ALPHA) -> list[float]:
 
 
 @dataclass
-class Series:
+class RunSeries:
     """One run's metrics: name -> (steps, values)."""
 
     label: str
@@ -93,7 +93,7 @@ class MetricPlots(QWidget):
         start.setToolTip(START_HINT)
         self.plots["Loss"].addItem(start)
         self.plots["Loss"].setToolTip(START_HINT)
-        self.series: dict[str, Series] = {}
+        self.series: dict[str, RunSeries] = {}
         self.curves: dict[tuple[str, str], pg.PlotDataItem] = {}
         self.smooth = False
         self._dirty = False
@@ -115,14 +115,14 @@ class MetricPlots(QWidget):
         self.series.clear()
         self._dirty = True
 
-    def set_series(self, key: str, series: Series) -> None:
+    def set_series(self, key: str, series: RunSeries) -> None:
         self.series[key] = series
         self._ensure_curves(key)
         self._dirty = True
 
     def add_point(self, key: str, step: float, metrics: dict[str, float], beta: float | None = None) -> None:
         """Append one step's metrics to series `key` (created on first use)."""
-        series = self.series.setdefault(key, Series(key))
+        series = self.series.setdefault(key, RunSeries(key))
         series.add(step, with_logratios(metrics, beta))
         self._ensure_curves(key)
         self._dirty = True

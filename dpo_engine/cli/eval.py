@@ -15,8 +15,8 @@ summed log-probs by several 1e-3 relative, and the report names the precision it
 Public API (no click needed):
     read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
     default_reference(policy_ref) -> str
-    score_pairs(model, encoded, pad_id, batch_size) -> BatchLogps     in input order
-    evaluate(data, policy_ref, reference_ref, settings, device) -> dict  the --json report
+    model_logps(model, encoded, pad_id, batch_size) -> BatchLogps     in input order
+    eval_report(data, policy_ref, reference_ref, settings, device) -> dict  the --json report
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from dpo_engine.encoding import EncodedPair, collate, encode_pair
 from dpo_engine.devices import pick_device, scoring_device
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.iters import drain
-from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
+from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
 from dpo_engine.losses import LOSSES, LossParams, compute_metrics, get_loss
 from dpo_engine.pairs import PreferencePair, parse_preference_record
 
@@ -94,10 +94,10 @@ def default_reference(policy_ref: str) -> str:
     return str(relative) if not Path(base).is_absolute() and relative.exists() else base
 
 
-def score_pairs(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
+def model_logps(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
     """Sequence log-probs of every pair, batched by length, returned in input order."""
     device = next(model.parameters()).device
-    return BatchLogps(*drain(score_all(lambda batch: batch_logps(model, collate(batch, pad_id).to(device)),
+    return BatchLogps(*drain(score_pairs(lambda batch: batch_logps(model, collate(batch, pad_id).to(device)),
                                        encoded, batch_size)))
 
 
@@ -119,7 +119,7 @@ def _score_policy(ref: str, pairs, settings, device, on_progress):
     encoded, rejected = _encode(loaded.tokenizer, pairs, settings.max_length)
     if not encoded:
         raise DataError("No pair left to score: " + "; ".join(f"line {ln}: {r}" for ln, r in rejected))
-    logps = score_pairs(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+    logps = model_logps(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
     return logps, encoded, rejected
 
 
@@ -133,10 +133,10 @@ def _score_reference(ref: str, pairs, encoded, settings, device, on_progress) ->
     if encode_pair(loaded.tokenizer, pair, settings.max_length) != first:
         raise ConfigError(f"The reference {ref} tokenizes the pairs differently from the policy; "
                           "DPO compares log-probs of the same tokens, so both need one tokenizer.")
-    return score_pairs(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+    return model_logps(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
 
 
-def evaluate(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings, device=None,
+def eval_report(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings, device=None,
              on_progress: Callable | None = None) -> dict:
     """Score every pair of a JSONL file; the report `dpo-engine eval --json` prints."""
     pairs, skipped = read_pairs_jsonl(data)
@@ -206,7 +206,7 @@ def eval_cmd(data, policy_ref, reference_ref, beta, loss_name, label_smoothing, 
              dtype, as_json):
     """Score preference pairs: per-pair log-probs, rewards and loss, and TRL's metrics."""
     settings = EvalSettings(loss_name, beta, label_smoothing, max_length, batch_size)
-    report = evaluate(data, policy_ref, reference_ref, settings, choose_device(device, dtype), progress_printer)
+    report = eval_report(data, policy_ref, reference_ref, settings, choose_device(device, dtype), progress_printer)
     if as_json:
         payload = {k: report[k] for k in ("pairs", "metrics", "skipped", "precision")}
         click.echo(json.dumps(payload))

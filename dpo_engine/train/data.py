@@ -71,16 +71,11 @@ def split_eval(n: int, fraction: float, seed: int,
     return [i for i in range(n) if i not in held_set], sorted(held)
 
 
-def prompt_key(pair: PreferencePair):
-    """What makes pairs one group: the same prompt (text, or the conversation's turns)."""
-    return pair.prompt
-
-
 def pair_groups(pairs: Sequence[PreferencePair]) -> list[list[int]]:
     """Pair indices grouped by identical prompt, in first-appearance order."""
     groups: dict = {}
     for i, p in enumerate(pairs):
-        groups.setdefault(prompt_key(p), []).append(i)
+        groups.setdefault(p.prompt, []).append(i)
     return list(groups.values())
 
 

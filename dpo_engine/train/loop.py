@@ -38,7 +38,7 @@ from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, Refere
                                      metric_fields)
 from dpo_engine.train.groups import prompt_groups
 from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_device, write_model_files
-from dpo_engine.train.step import StepContext, evaluate, forward_precision, pair_logps, pair_tokens, run_step
+from dpo_engine.train.step import StepContext, forward_precision, heldout_metrics, pair_logps, pair_tokens, run_step
 
 TrainEvent = Union[LogLine, PrecisionChosen, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
 StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
@@ -279,7 +279,7 @@ def _one_step(run: _Run) -> StepEvent:
 def _eval_event(run: _Run) -> EvalEvent:
     n = len(run.data.train)
     ref = (run.ref[0][n:], run.ref[1][n:])
-    metrics = evaluate(run.loaded.model, run.data.eval, ref, run.ctx, max(2, 2 * run.config.batch_size))
+    metrics = heldout_metrics(run.loaded.model, run.data.eval, ref, run.ctx, max(2, 2 * run.config.batch_size))
     return EvalEvent(step=run.step, num_pairs=len(run.data.eval), **metric_fields(metrics))
 
 

@@ -22,7 +22,7 @@ from dpo_engine.iters import mapped
 from dpo_engine.models import ResolvedModel, cache_dir
 from dpo_engine.train.events import ReferenceProgress
 from dpo_engine.train.model import is_peft
-from dpo_engine.train.step import StepContext, score_pairs
+from dpo_engine.train.step import StepContext, policy_scores
 
 CACHE_VERSION = "1"  # bump when the log-prob computation changes, so old caches are not reused
 
@@ -80,7 +80,7 @@ def compute_reference(model, pairs: Sequence[EncodedPair], ctx: StepContext,
     model.eval()
     try:
         with adapter_off:
-            result = yield from mapped(score_pairs(model, pairs, ctx, batch_size),
+            result = yield from mapped(policy_scores(model, pairs, ctx, batch_size),
                                        lambda done: ReferenceProgress(done, len(pairs), cached=False))
     finally:
         model.train(was_training)

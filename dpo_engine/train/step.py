@@ -15,7 +15,7 @@ import torch
 from dpo_engine.encoding import EncodedPair, collate
 from dpo_engine.errors import TrainingError
 from dpo_engine.iters import drain
-from dpo_engine.logps import BatchLogps, batch_logps, score_pairs as score_all
+from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
 from dpo_engine.losses import LossParams, compute_metrics, get_loss
 from dpo_engine.shared_prompt import shared_prompt_logps
 from dpo_engine.train.distributed import LOCAL
@@ -196,21 +196,21 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     return {k: v / n_pairs for k, v in totals.items()}, grad_norm
 
 
-def score_pairs(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
+def policy_scores(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
     """Policy log-probs of many pairs without gradients (the reference pass, eval): yields pairs
     done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`)."""
     batches = scoring_batches(pairs, batch_size) if ctx.group_answers else None
-    result = yield from score_all(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size, batches)
+    result = yield from score_pairs(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size, batches)
     return result[0], result[1]
 
 
-def evaluate(model, pairs: Sequence[EncodedPair], ref: tuple[torch.Tensor, torch.Tensor],
+def heldout_metrics(model, pairs: Sequence[EncodedPair], ref: tuple[torch.Tensor, torch.Tensor],
              ctx: StepContext, batch_size: int) -> dict:
     """Mean metrics (TRL names, unprefixed) of the policy on held-out pairs."""
     was_training = model.training
     model.eval()
     try:
-        chosen, rejected = drain(score_pairs(model, pairs, ctx, batch_size))
+        chosen, rejected = drain(policy_scores(model, pairs, ctx, batch_size))
     finally:
         model.train(was_training)
     tokens = torch.tensor([len(p.chosen_ids) for p in pairs]), torch.tensor([len(p.rejected_ids) for p in pairs])
