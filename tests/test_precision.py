@@ -12,7 +12,7 @@ import torch
 from dpo_engine import precision
 from dpo_engine.devices import pick_device, precision_cache_file
 from dpo_engine.precision import MIN_SPEEDUP, cpu_precision, measure
-from tests.test_trainer import make_pairs
+from tests.test_trainer import bf16_step_setup, make_pairs
 
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
@@ -139,18 +139,9 @@ def test_explicit_bf16_on_a_cpu_without_it_warns_and_runs(cpu):
 
 
 def test_a_bf16_step_autocasts_over_fp32_master_weights(tiny_model_dir):
-    from dpo_engine.encoding import encode_pair
-    from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
-    from dpo_engine.train.step import StepContext, pair_logps, run_step
+    from dpo_engine.train.step import run_step
 
-    loaded = load_model(str(tiny_model_dir), pick_device("cpu", "float32"))  # a private copy: it trains
-    model = loaded.model.train()
-    ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
-                      pick_device("cpu", "bfloat16").autocast)
-    pairs = [encode_pair(loaded.tokenizer, p) for p in make_pairs(4)]
-    with torch.no_grad():
-        ref = pair_logps(model, pairs, ctx)
+    model, ctx, pairs, ref = bf16_step_setup(tiny_model_dir)
     linear = next(m for m in model.modules() if isinstance(m, torch.nn.Linear))
     seen = []
     hook = linear.register_forward_hook(lambda module, args, out: seen.append(out.dtype))

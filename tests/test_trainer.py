@@ -37,6 +37,24 @@ def private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
+def bf16_step_setup(tiny_model_dir):
+    """A private fp32 copy of the tiny model in train mode, a bf16-autocast StepContext, 4 encoded
+    pairs and their log-probs under that context (the step-1 reference): (model, ctx, pairs, ref)."""
+    from dpo_engine.devices import pick_device
+    from dpo_engine.losses import LossParams
+    from dpo_engine.models import load_model
+    from dpo_engine.train.step import StepContext, pair_logps
+
+    loaded = load_model(str(tiny_model_dir), pick_device("cpu", "float32"))  # a private copy: it trains
+    model = loaded.model.train()
+    ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
+                      pick_device("cpu", "bfloat16").autocast)
+    pairs = [encode_pair(loaded.tokenizer, p) for p in make_pairs(4)]
+    with torch.no_grad():
+        ref = pair_logps(model, pairs, ctx)
+    return model, ctx, pairs, ref
+
+
 def config(tiny_model_dir, out, **kw) -> TrainConfig:
     base = dict(output_dir=str(out), model=str(tiny_model_dir), lr=1e-3, batch_size=4, grad_accum=1,
                 warmup_ratio=0.0, eval_fraction=0.0, device="cpu", seed=3)
@@ -208,11 +226,8 @@ def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches(tiny_model
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    from dpo_engine.devices import pick_device
-    from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
     from dpo_engine.train import step
-    from dpo_engine.train.step import StepContext, pair_logps, run_step
+    from dpo_engine.train.step import run_step
 
     class WeightCasts(TorchDispatchMode):
         def __init__(self, weights):
@@ -227,13 +242,7 @@ def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches(tiny_model
             return func(*args, **kwargs)
 
     def trained(keep_casts: bool):
-        loaded = load_model(str(tiny_model_dir), pick_device("cpu", "float32"))
-        model = loaded.model.train()
-        ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
-                          pick_device("cpu", "bfloat16").autocast)
-        pairs = [encode_pair(loaded.tokenizer, p) for p in make_pairs(4)]
-        with torch.no_grad():
-            ref = pair_logps(model, pairs, ctx)
+        model, ctx, pairs, ref = bf16_step_setup(tiny_model_dir)
         ref = (ref.chosen_logps + 0.1, ref.rejected_logps - 0.1)  # not ln 2 exactly: a gradient of some size
         weights = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
