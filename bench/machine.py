@@ -12,6 +12,7 @@ import os
 import platform
 from pathlib import Path
 
+CAP_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")  # the ones bench results depend on
 
 
@@ -41,6 +42,10 @@ def machine_info() -> dict:
         "cpu": name or platform.processor() or platform.machine(),
         "cpu_flags": [f for f in FLAGS if f in flags],
         "cores": os.cpu_count(),
+        # the CPUs this process may run on (taskset / a container's cpuset): what its threads share
+        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        # kernel caps set by environment (an AMX CPU capped to AVX2 stands in for a CPU without native bf16)
+        "isa_caps": {k: os.environ[k] for k in CAP_VARIABLES if k in os.environ},
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "aten_capability": torch.backends.cpu.get_cpu_capability(),  # which kernels ran: their rounding differs
@@ -52,5 +57,10 @@ def machine_row(info: dict | None = None) -> str:
     """One line for a report: 'AMD EPYC (avx2 avx512f avx512_bf16), 2 cores, torch 2.13.0 (2 threads), load 1.0'."""
     m = info or machine_info()
     flags = " ".join(m["cpu_flags"]) or "no avx2"
-    return (f"{m['cpu']} ({flags}), {m['cores']} cores, torch {m['torch']} ({m['torch_threads']} threads), "
+    cores = f"{m['cores']} cores"
+    if m.get("cpus_allowed") not in (None, m["cores"]):
+        cores += f" ({m['cpus_allowed']} allowed)"
+    caps = m.get("isa_caps") or {}
+    capped = f", capped: {' '.join(f'{k}={v}' for k, v in caps.items())}" if caps else ""
+    return (f"{m['cpu']} ({flags}{capped}), {cores}, torch {m['torch']} ({m['torch_threads']} threads), "
             f"load {m['load_1min']}")
