@@ -248,7 +248,7 @@ def sample_round(host: RoundHost, rnd: Round, on_token: Callable[[Round, int], A
     holder: dict[int, str] = {}
     for ref, sides in _batches(rnd.refs):
         def fn(loaded, sides=sides):
-            return (yield from _write(loaded, rnd.prompt, settings, sides, holder))
+            return (yield from _stream_sides(loaded, rnd.prompt, settings, sides, holder))
 
         job = host.submit_with_model(name, ref, fn)
         job.yielded.connect(lambda ev, j=job: _live(rnd, j) and _apply_token(rnd, ev, on_token))
@@ -265,7 +265,7 @@ def _batches(refs: tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
     return [(ref, (side,)) for side, ref in enumerate(refs)]
 
 
-def _write(loaded, prompt, settings: GenerationSettings, sides: tuple[int, ...], holder: dict):
+def _stream_sides(loaded, prompt, settings: GenerationSettings, sides: tuple[int, ...], holder: dict):
     """On the worker: the engine's stream, each event relabelled by the side it fills."""
     res: GenerationResult = yield from relabeled(
         stream_generate(loaded.model, loaded.tokenizer, prompt, len(sides), settings), sides)
@@ -298,7 +298,7 @@ def sample_rounds(host: RoundHost, rnds: list[Round], on_token: Callable[[Round,
             by_ref.setdefault(ref, []).append((k, side))
     for ref, rows in by_ref.items():
         def fn(loaded, rows=rows):
-            return (yield from _write_rows(loaded, [rnds[k].prompt for k, _ in rows], settings, rows))
+            return (yield from _stream_rows(loaded, [rnds[k].prompt for k, _ in rows], settings, rows))
 
         job = host.submit_with_model(name, ref, fn)
         group: list[_Share] = []
@@ -338,7 +338,7 @@ class _Share:
             self.job.cancel()
 
 
-def _write_rows(loaded, prompts: list, settings: GenerationSettings, rows: list[tuple[int, int]]):
+def _stream_rows(loaded, prompts: list, settings: GenerationSettings, rows: list[tuple[int, int]]):
     """On the worker: one batched call for the rows [(round, side)]; each event labelled by
     its round and side, and a round reported complete when its last row here ends."""
     left = Counter(k for k, _ in rows)  # rows still being written, per round

@@ -51,7 +51,7 @@ def _plain_label(name: str, accessible: str = "") -> QLabel:
     return label
 
 
-def _pct(x: float) -> str:
+def _as_percent(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
@@ -331,7 +331,7 @@ class ComparePage(QWidget):
         if s["rate"] is None:
             self.winrate_label.setText("No blind votes yet")
         else:
-            self.winrate_label.setText(f"After wins {_pct(s['rate'])}\n95% CI {_pct(s['low'])} – {_pct(s['high'])}")
+            self.winrate_label.setText(f"After wins {_as_percent(s['rate'])}\n95% CI {_as_percent(s['low'])} – {_as_percent(s['high'])}")
         votes = f"{_n(s['votes'], 'blind vote')}: {s['wins']} after, {s['losses']} before, {_n(s['ties'], 'tie')}"
         votes += " (a tie counts half)" if s["ties"] else ""
         if s["unblinded"]:
@@ -349,8 +349,8 @@ class ComparePage(QWidget):
         skipped = f", {h.skipped} skipped" if h.skipped else ""
         self.heldout_label.setText(
             f"{h.pairs} held-out pairs{skipped}, β {h.beta:g}\n"
-            f"Prefers the chosen answer: before {_pct(h.base_accuracy)} → after {_pct(h.trained_accuracy)}\n"
-            f"Reward accuracy (after): {_pct(h.reward_accuracy)}\n"
+            f"Prefers the chosen answer: before {_as_percent(h.base_accuracy)} → after {_as_percent(h.trained_accuracy)}\n"
+            f"Reward accuracy (after): {_as_percent(h.reward_accuracy)}\n"
             f"Mean reward margin: before 0 (by definition) → after {h.reward_margin:+.3f}\n"
             f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}\n"
             f"Scored in {h.precision}")
