@@ -369,11 +369,11 @@ def test_vote_tally_counts_blind_votes_only_from_the_after_models_side():
     tally.add_lengths(30, 40)
     s = tally.stats()
     # after wins: ("left", 0), ("right", 1); loses: ("right", 0), ("left", 1); ties: tie, both_bad
-    assert (s["wins"], s["losses"], s["ties"], s["votes"], s["unblinded"]) == (2, 2, 2, 6, 1)
-    assert (s["rate"], s["low"], s["high"]) == win_rate(2, 2, 2) and s["rate"] == 0.5
-    assert (s["after_tokens"], s["before_tokens"], s["rounds"]) == (20, 30, 2)
+    assert (s.wins, s.losses, s.ties, s.votes, s.unblinded) == (2, 2, 2, 6, 1)
+    assert (s.rate, s.low, s.high) == win_rate(2, 2, 2) and s.rate == 0.5
+    assert (s.after_tokens, s.before_tokens, s.rounds) == (20, 30, 2)
     empty = VoteTally().stats()
-    assert empty["rate"] is None and empty["after_tokens"] is None and empty["votes"] == 0
+    assert empty.rate is None and empty.after_tokens is None and empty.votes == 0
 
 
 # ---------------------------------------------------------------------------- the controllers
@@ -484,7 +484,7 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
         "JOIN responses r ON r.id = c.right_id").fetchone()
     assert row == ("left", "compare", *rnd.refs)
     s = controller.stats()
-    assert (s["wins"], s["losses"], s["votes"], s["rounds"]) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
+    assert (s.wins, s.losses, s.votes, s.rounds) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
 
 
 def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp, fresh_db, monkeypatch):

@@ -413,17 +413,30 @@ class VoteTally:
         self.lengths["after"].append(after_tokens)
         self.lengths["before"].append(before_tokens)
 
-    def stats(self) -> dict:
+    def stats(self) -> VoteStats:
         """Win rate of the after model with its 95% interval (ties and "both bad" count
         half: neither model was preferred), vote counts and mean answer lengths."""
         picks = [(v == "left") == (side == 0) for v, side in self.votes if v in ("left", "right")]
         wins, losses = sum(picks), len(picks) - sum(picks)
         ties = sum(v in ("tie", "both_bad") for v, _ in self.votes)
-        out = {"wins": wins, "losses": losses, "ties": ties, "votes": wins + losses + ties,
-               "unblinded": self.unblinded, "rate": None, "low": None, "high": None}
-        if out["votes"]:
-            out["rate"], out["low"], out["high"] = win_rate(wins, losses, ties)
-        for key, values in self.lengths.items():
-            out[f"{key}_tokens"] = sum(values) / len(values) if values else None
-        out["rounds"] = len(self.lengths["after"])
-        return out
+        rate, low, high = win_rate(wins, losses, ties) if wins + losses + ties else (None, None, None)
+        mean = {key: sum(values) / len(values) if values else None for key, values in self.lengths.items()}
+        return VoteStats(wins, losses, ties, wins + losses + ties, self.unblinded, rate, low, high,
+                         mean["after"], mean["before"], len(self.lengths["after"]))
+
+
+@dataclass(frozen=True)
+class VoteStats:
+    """Compare's tally of one pair of models, as the page shows it."""
+
+    wins: int  # blind votes for the after model
+    losses: int  # blind votes for the before model
+    ties: int  # blind ties and "both bad"
+    votes: int  # all blind votes
+    unblinded: int  # votes cast with names shown: stored, not counted
+    rate: float | None  # the after model's win rate (None before the first blind vote)
+    low: float | None  # its 95% interval
+    high: float | None
+    after_tokens: float | None  # mean answer length in tokens (None before the first answer)
+    before_tokens: float | None
+    rounds: int  # prompts both models answered

@@ -1,5 +1,7 @@
 """Compare page: the model before and after training answer the same prompt side by side;
-the person votes blind, sees which was which, and watches the win rate."""
+the person votes blind, sees which was which, and watches the win rate. A view:
+`app.controllers.compare_controller.CompareController` holds the rounds, the votes and what
+may be shown; this page lays out widgets, shows what it hands over and forwards input."""
 
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.controllers.compare_controller import CompareController, CompareRound, model_label
+from app.controllers.compare_controller import CompareController, CompareRound
+from app.controllers.rounds import VoteStats
 from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
@@ -60,11 +63,11 @@ def _n(count: int, word: str) -> str:
 
 
 class ComparePage(QWidget):
-    def __init__(self, ctx: AppContext, parent=None):
+    def __init__(self, ctx: AppContext, controller: CompareController, parent=None):
         super().__init__(parent)
         self.setObjectName("page_compare")
         self.ctx = ctx
-        self.controller = CompareController(ctx)
+        self.controller = controller
         self._build()
         self._connect()
         self._on_controller_modelsChanged()
@@ -238,10 +241,11 @@ class ComparePage(QWidget):
             self._on_models_edited()
 
     def _on_export_clicked(self) -> ExportDialog | None:
-        if not self.controller.after_ref:
+        export = self.controller.export_controller()
+        if export is None:
             self.notice.setText("Choose the 'after' model first: it is the one exported.")
             return None
-        dialog = ExportDialog(self.ctx, self.controller.after_ref, self)
+        dialog = ExportDialog(export, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
@@ -296,51 +300,36 @@ class ComparePage(QWidget):
         self.notice.setText("Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip.")
 
     def _on_controller_revealed(self) -> None:
-        rnd = self.controller.current
         self._set_voting_enabled(False, skip=False)  # voted: only Next moves on
         self._show_names_and_rewards()
-        if rnd is not None:
-            picked = {"left": 0, "right": 1}.get(rnd.verdict)
-            who = ("the trained model (after)" if picked == rnd.after_side else "the base model (before)"
-                   ) if picked is not None else "neither"
-            self.notice.setText(f"You preferred {who}. Press N for the next prompt.")
+        if self.controller.current is not None:
+            self.notice.setText(self.controller.preference_text())
 
     def _show_names_and_rewards(self) -> None:
-        """Blind: no names, and no rewards either (the trained model's own answer tends to
-        score higher, which would give it away). Both show once voted or unblinded."""
-        rnd = self.controller.current
-        if rnd is None:
-            return
-        hidden = rnd.blind and rnd.verdict is None
-        for side, (pane, reward) in enumerate(zip(self.panes, self.rewards)):
-            where = "Left" if side == 0 else "Right"
-            role = "After" if side == rnd.after_side else "Before"
-            pane.title.setText(f"{where} answer" if hidden else f"{where} — {role}: {model_label(rnd.refs[side])}")
-            if hidden:
-                reward.setText("Implicit reward: shown after your vote")
-            elif rnd.rewards is None:
-                reward.setText("Implicit reward: scoring…" if not rnd.error else "Implicit reward: unavailable")
-            else:
-                reward.setText(f"Implicit reward β·log(π_after/π_before) = {rnd.rewards[side]:+.3f}  (β {rnd.beta:g})")
+        views = self.controller.side_views()
+        for view, pane, reward in zip(views or (), self.panes, self.rewards):
+            pane.title.setText(view.title)
+            reward.setText(view.reward)
 
     def _set_voting_enabled(self, on: bool, skip: bool = True) -> None:
         for verdict, b in self.buttons.items():
             b.setEnabled(on or (skip and verdict == "skip"))
 
-    def _on_controller_statsChanged(self, s: dict) -> None:
-        if s["rate"] is None:
+    def _on_controller_statsChanged(self, s: VoteStats) -> None:
+        if s.rate is None:
             self.winrate_label.setText("No blind votes yet")
         else:
-            self.winrate_label.setText(f"After wins {_as_percent(s['rate'])}\n95% CI {_as_percent(s['low'])} – {_as_percent(s['high'])}")
-        votes = f"{_n(s['votes'], 'blind vote')}: {s['wins']} after, {s['losses']} before, {_n(s['ties'], 'tie')}"
-        votes += " (a tie counts half)" if s["ties"] else ""
-        if s["unblinded"]:
-            votes += f"\n{_n(s['unblinded'], 'unblinded vote')} stored, not counted"
+            self.winrate_label.setText(f"After wins {_as_percent(s.rate)}\n"
+                                       f"95% CI {_as_percent(s.low)} – {_as_percent(s.high)}")
+        votes = f"{_n(s.votes, 'blind vote')}: {s.wins} after, {s.losses} before, {_n(s.ties, 'tie')}"
+        votes += " (a tie counts half)" if s.ties else ""
+        if s.unblinded:
+            votes += f"\n{_n(s.unblinded, 'unblinded vote')} stored, not counted"
         self.votes_label.setText(votes)
-        if s["rounds"]:
-            before, after = s["before_tokens"], s["after_tokens"]
+        if s.rounds:
+            before, after = s.before_tokens, s.after_tokens
             drift = f" ({100 * (after - before) / before:+.0f}%)" if before else ""
-            self.length_label.setText(f"Mean answer length over {_n(s['rounds'], 'prompt')}: before {before:.0f} → "
+            self.length_label.setText(f"Mean answer length over {_n(s.rounds, 'prompt')}: before {before:.0f} → "
                                       f"after {after:.0f} tokens{drift}")
         else:
             self.length_label.setText("Mean answer length: no answers yet")
