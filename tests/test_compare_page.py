@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 
 import app.controllers.rounds as cc  # the sampler (stream_generate) moved here
 from app.plumbing.context import AppContext
+from app.controllers.compare_controller import CompareController
 from app.pages.compare_page import ComparePage
 from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import pick_device
@@ -38,7 +39,7 @@ def make_page(qtbot, tmp_path, base_dir, after_dir=None):
     ctx = AppContext(tmp_path / "p.sqlite", str(base_dir), pick_device("cpu"))
     if after_dir is not None:
         ctx.project.add_model(str(after_dir), "checkpoint", parent=str(base_dir))
-    page = ComparePage(ctx)
+    page = ComparePage(ctx, CompareController(ctx))
     qtbot.addWidget(page)
     page.max_tokens.setValue(8)  # short answers keep the tiny models fast
     return ctx, page
