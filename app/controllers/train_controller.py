@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
@@ -85,21 +86,33 @@ def runs_dir(project_path: Path) -> Path:
     return project_path.parent / f"{project_path.stem}.runs"
 
 
-def default_settings(device: str, n_pairs: int = 0) -> dict:
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the person set on the Train page: TrainConfig's own form fields, and the page's."""
+
+    form: dict[str, Any] = field(default_factory=dict)  # by TrainConfig field name (`form_fields()`)
+    lora: bool = False  # full fine-tuning unless the model fits only with LoRA
+    lora_rank: int = 16  # alpha is twice the rank
+    dtype: str = "auto"  # the device's measured precision (`dpo_engine.precision`)
+    device: str = "auto"
+    reference: str = ""  # "": the base model the person started from
+    start_from: str = "active"  # round 2+: continue from the active model (the last run's), on all data
+    follow: bool = True  # after a run, label with its model (on-policy pairs for the next round)
+
+
+def default_settings(device: str, n_pairs: int = 0) -> TrainSettings:
     """The one-button defaults: the engine's measured small-data settings for `n_pairs`
     (`dpo_engine.defaults`, shared with `dpo-engine train`), plus the page's own fields."""
     base = TrainConfig(output_dir="-")
     small = small_data_defaults(n_pairs)
-    return {
+    form = {
         **{f.name: getattr(base, f.name) for f in form_fields()},  # the Advanced form: TrainConfig's own
         "max_steps": 0,  # 0: by epochs
         **small.to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
         "weight_rankings": small.weight_rankings,  # each ranking counts as one verdict
-        "lora": False, "lora_rank": 16, "dtype": "auto", "device": device, "reference": "",
         "eval_every": 5,  # frequent enough to draw an eval curve on small data
-        "start_from": "active",  # round 2+: continue from the active model (the last run's), on all data
-        "follow": True,  # after a run, label with its model (on-policy pairs for the next round)
     }
+    return TrainSettings(form, device=device)
 
 
 class TrainController(QObject):
@@ -132,6 +145,10 @@ class TrainController(QObject):
         self.last_step = 0  # the current run's last optimizer step
         ctx.closing.connect(self._on_ctx_closing)
 
+    def set_start_from(self, start_from: str) -> None:
+        """"active" (continue from the model labeling samples from) or "base" (a fresh start)."""
+        self.settings = replace(self.settings, start_from=start_from)
+
     # ------------------------------------------------------------------ readiness
     def pair_counts(self) -> tuple[int, int]:
         counts = self.ctx.project.counts()
@@ -158,7 +175,7 @@ class TrainController(QObject):
 
     def start_model(self) -> str:
         """The model a new run starts from: the active one (round 2+) or the base."""
-        return self.ctx.model_ref if self.settings.get("start_from", "active") == "active" else self.ctx.base_model_ref
+        return self.ctx.model_ref if self.settings.start_from == "active" else self.ctx.base_model_ref
 
     def round_number(self) -> int:
         """1 for a run from the base; 1 + the number of runs behind the starting checkpoint otherwise."""
@@ -196,14 +213,14 @@ class TrainController(QObject):
 
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
-        reference = s["reference"].strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
-        form = {f.name: s[f.name] for f in form_fields() if f.name in s}
+        reference = s.reference.strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
+        form = {f.name: s.form[f.name] for f in form_fields() if f.name in s.form}
         if not form.get("max_steps"):
             form["max_steps"] = None  # 0 on the form: by epochs
         return TrainConfig(
             output_dir=str(output_dir), model=model, reference=reference, **form,
-            lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
-            merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
+            lora=LoraSettings(rank=s.lora_rank, alpha=2 * s.lora_rank) if s.lora else None,
+            merge_lora=s.lora, device=s.device, dtype=s.dtype,
         )
 
     def start(self) -> bool:
@@ -258,7 +275,7 @@ class TrainController(QObject):
         """The window closes mid-run: stop like the Stop button, so the run ends `stopped` with a
         checkpoint that Resume continues after the next start."""
         if self.job is not None:
-            self.settings = {**self.settings, "follow": False}  # no model switch while closing
+            self.settings = replace(self.settings, follow=False)  # no model switch while closing
             self.stop()
 
     # ------------------------------------------------------------------ events
@@ -280,7 +297,7 @@ class TrainController(QObject):
         elif isinstance(event, TrainSummary):
             self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
             self.finished.emit(event)
-            if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
+            if event.status == "finished" and event.checkpoint and self.settings.follow:
                 # after the page has shown the result: switching models refills the Label queue
                 QTimer.singleShot(0, lambda ckpt=event.checkpoint: self._follow(ckpt))
 

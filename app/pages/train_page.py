@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.controllers.train_controller import RUN_COLUMNS, TrainController
+from app.controllers.train_controller import RUN_COLUMNS, TrainController, TrainSettings
 from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import ModelChoice, choose_model
 from app.plumbing.context import AppContext
@@ -172,17 +172,17 @@ class TrainPage(QWidget):
             form.addRow(label, widget)
 
         for f in form_fields():  # TrainConfig's own settings: label, help and limits from the dataclass
-            widget = _setting_widget(f, s[f.name])
+            widget = _setting_widget(f, s.form[f.name])
             widget.setToolTip(f.metadata["help"])
             add(f.name, f.metadata["label"], widget)
         add("lora", "LoRA", QCheckBox())
-        add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s["lora_rank"]))
+        add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s.lora_rank))
         dtype = QComboBox()
         dtype.addItems(["auto", "float32", "bfloat16"])
         add("dtype", "Precision", dtype)
         device = QComboBox(editable=True)
         device.addItems(["auto", "cpu", "cuda", "mps"])
-        device.setCurrentText(s["device"])
+        device.setCurrentText(s.device)
         device.lineEdit().setObjectName("adv_device_edit")
         device.lineEdit().setAccessibleName("Device name")
         add("device", "Device", device)
@@ -204,10 +204,10 @@ class TrainPage(QWidget):
         start.addItem("Base model", "base")
         start.setToolTip("Active model: the next round continues from the model you label with (the last "
                          "run's). Base model: a fresh start.")
-        start.setCurrentIndex(start.findData(s["start_from"]))
+        start.setCurrentIndex(start.findData(s.start_from))
         add("start_from", "Start from", start)
         follow = QCheckBox()
-        follow.setChecked(s["follow"])
+        follow.setChecked(s.follow)
         follow.setToolTip("After a run, the Label page samples from the trained model (on-policy pairs); "
                           "the base stays the reference.")
         add("follow", "Label with the new model", follow)
@@ -243,18 +243,21 @@ class TrainPage(QWidget):
         super().showEvent(event)
         self._refresh_ready()
 
-    def read_settings(self) -> dict:
-        out = {}
+    def read_settings(self) -> TrainSettings:
+        """The settings as the form shows them now."""
+        values = {}
         for key, w in self.fields.items():
             if isinstance(w, QComboBox):
-                out[key] = w.currentData() if w.currentData() is not None else w.currentText()
+                values[key] = w.currentData() if w.currentData() is not None else w.currentText()
             elif isinstance(w, QCheckBox):
-                out[key] = w.isChecked()
+                values[key] = w.isChecked()
             elif isinstance(w, QLineEdit):
-                out[key] = w.text()
+                values[key] = w.text()
             else:
-                out[key] = w.value()
-        return out
+                values[key] = w.value()
+        names = {f.name for f in form_fields()}
+        return TrainSettings({k: v for k, v in values.items() if k in names},
+                             **{k: v for k, v in values.items() if k not in names})
 
     # ------------------------------------------------------------------ models
     def _on_reference_pick_clicked(self) -> None:
@@ -326,7 +329,7 @@ class TrainPage(QWidget):
         self.log.appendPlainText(line)
 
     def _on_start_from_changed(self, *_) -> None:
-        self.controller.settings["start_from"] = self.fields["start_from"].currentData()
+        self.controller.set_start_from(self.fields["start_from"].currentData())
         self._refresh_ready()
 
     def _on_controller_runsChanged(self) -> None:
