@@ -61,7 +61,8 @@ def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(contr
     assert [r.run_id for r in rows] == [second, first]
     started = dt.datetime.fromtimestamp(project.runs()[0]["started"]).strftime("%Y-%m-%d %H:%M")
     assert rows[1].cells == (str(first), "stopped", started, "2", "0.6000", "1.00", "/runs/run-1")  # eval accuracy
-    assert rows[0].cells[1:] == ("failed", rows[0].cells[2], "0", "", "", "") and rows[0].error == "No model at /nowhere"
+    assert rows[0].cells[1:] == ("failed", rows[0].cells[2], "0", "", "", "")
+    assert rows[0].error == "No model at /nowhere"
     assert controller.run_actions([first]) == RunActions(resume=True, use=True, export=True)  # stopped, with a checkpoint
     assert controller.run_actions([second]) == RunActions(False, False, False)
     assert controller.run_actions([first, second]) == RunActions(False, False, False)  # one at a time

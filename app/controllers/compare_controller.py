@@ -30,7 +30,7 @@ from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
 from dpo_engine.store.schema import VERDICTS
 from dpo_engine.train.checkpoints import read_run_file
 
-SOURCES = ComparePrompts.MODES  # where prompts come from
+PROMPT_SOURCES = ComparePrompts.MODES  # where prompts come from
 
 
 @dataclass(kw_only=True)
@@ -153,11 +153,11 @@ class CompareController(QObject):
     # ------------------------------------------------------------------ prompts
     @property
     def source(self) -> str:
-        """Where prompts come from after the typed ones: one of SOURCES."""
+        """Where prompts come from after the typed ones: one of PROMPT_SOURCES."""
         return self.prompts.mode
 
     def set_source(self, source: str) -> None:
-        if source not in SOURCES:
+        if source not in PROMPT_SOURCES:
             raise ValueError(source)
         if source != self.source:
             self.prompts.mode = source

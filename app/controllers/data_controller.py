@@ -79,8 +79,8 @@ def import_files(project, paths: list[Path], strict: bool = False) -> Iterator[I
 def import_outcome(reports: list[ImportReport], n_files: int) -> ImportOutcome:
     added = sum(r.added for r in reports)
     rejected = sum(len(r.errors) for r in reports)
-    return ImportOutcome(tuple(reports), f"Imported {added} new items from {n_files} file(s); {rejected} rows rejected.",
-                         report_text(reports))
+    headline = f"Imported {added} new items from {n_files} file(s); {rejected} rows rejected."
+    return ImportOutcome(tuple(reports), headline, report_text(reports))
 
 
 class DataController(QObject):

@@ -34,14 +34,14 @@ from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import HeldoutSummary
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
-BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
+VOTE_BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
     ("compareLeft", "← Left is better  [1]", "left", ("1", "Left")),
     ("compareTie", "Tie  [3]", "tie", ("3",)),
     ("compareBothBad", "Both bad  [4]", "both_bad", ("4",)),
     ("compareRight", "Right is better  [2] →", "right", ("2", "Right")),
     ("compareSkip", "Skip  [S]", "skip", ("S",)),
 ]
-SOURCES = [("Held-out prompts", "heldout"), ("Starter prompts", "starter"), ("Only prompts I type", "typed")]
+SOURCE_CHOICES = [("Held-out prompts", "heldout"), ("Starter prompts", "starter"), ("Only prompts I type", "typed")]
 
 
 def _plain_label(name: str, accessible: str = "") -> QLabel:
@@ -85,7 +85,7 @@ class ComparePage(QWidget):
         self.blind_box.setToolTip("Hide which model wrote which answer until you vote.")
         self.source = QComboBox(objectName="promptSource")
         self.source.setAccessibleName("Prompts")
-        for text, key in SOURCES:
+        for text, key in SOURCE_CHOICES:
             self.source.addItem(text, key)
         top = QHBoxLayout()
         for label, w in (("Before", self.before_model), ("After", self.after_model)):
@@ -115,7 +115,7 @@ class ComparePage(QWidget):
 
         self.buttons: dict[str, QPushButton] = {}
         row = QHBoxLayout()
-        for name, label, verdict, _keys in BUTTONS:
+        for name, label, verdict, _keys in VOTE_BUTTONS:
             self.buttons[verdict] = self._button(name, label)
             row.addWidget(self.buttons[verdict])
         self.next_button = self._button("compareNext", "Next prompt  [N]")
@@ -191,7 +191,7 @@ class ComparePage(QWidget):
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
         c = self.controller
-        for _name, _label, verdict, keys in BUTTONS:
+        for _name, _label, verdict, keys in VOTE_BUTTONS:
             self.buttons[verdict].clicked.connect(lambda _=False, v=verdict: c.vote(v))
             for key in keys:
                 QShortcut(QKeySequence(key), self, lambda v=verdict: c.vote(v),
@@ -338,7 +338,8 @@ class ComparePage(QWidget):
         skipped = f", {h.skipped} skipped" if h.skipped else ""
         self.heldout_label.setText(
             f"{h.pairs} held-out pairs{skipped}, β {h.beta:g}\n"
-            f"Prefers the chosen answer: before {_as_percent(h.base_accuracy)} → after {_as_percent(h.trained_accuracy)}\n"
+            f"Prefers the chosen answer: before {_as_percent(h.base_accuracy)} → "
+            f"after {_as_percent(h.trained_accuracy)}\n"
             f"Reward accuracy (after): {_as_percent(h.reward_accuracy)}\n"
             f"Mean reward margin: before 0 (by definition) → after {h.reward_margin:+.3f}\n"
             f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}\n"
