@@ -55,6 +55,16 @@ class CompareRound(Round):
 
 
 @dataclass(frozen=True)
+class ModelOptions:
+    """What the before/after model boxes offer and show."""
+
+    before: tuple[str, ...]  # the base, then the project's checkpoints, newest first
+    after: tuple[str, ...]  # the checkpoints, newest first
+    before_ref: str
+    after_ref: str  # "" while none is chosen
+
+
+@dataclass(frozen=True)
 class SideView:
     """One side of the current round as the page shows it: blind, no name and no reward (the
     trained model's own answer tends to score higher, which would give it away)."""
@@ -120,6 +130,16 @@ class CompareController(QObject):
         """Checkpoint refs of this project, newest first."""
         rows = [r for r in self.ctx.project.models() if r["kind"] == "checkpoint"]
         return [r["ref"] for r in reversed(rows)]
+
+    def model_options(self) -> ModelOptions:
+        checkpoints = self.checkpoints()
+        before = tuple(dict.fromkeys([self.ctx.base_model_ref, *checkpoints]))
+        return ModelOptions(before, tuple(dict.fromkeys(checkpoints)), self.before_ref, self.after_ref or "")
+
+    def set_generation(self, max_new_tokens: int, temperature: float) -> None:
+        """The settings both models sample with from the next round on (top-p stays; each round
+        then draws its own seed)."""
+        self.settings = GenerationSettings(max_new_tokens, temperature, self.settings.top_p)
 
     def refresh_models(self) -> None:
         """Take the newest checkpoint as the after model when none is chosen yet."""

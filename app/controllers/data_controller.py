@@ -28,6 +28,11 @@ class UndoStep:
     kind: str  # "delete" (restore the ids) or "verdict" (set the old verdicts back)
     items: tuple  # ids for delete; (id, old verdict) pairs for verdict
 
+    @property
+    def first_id(self) -> int:
+        """The comparison to select once this step is undone."""
+        return self.items[0] if self.kind == "delete" else self.items[0][0]
+
 
 @dataclass(frozen=True)
 class DataActions:

@@ -30,7 +30,6 @@ from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
-from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import HeldoutSummary
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
@@ -255,8 +254,7 @@ class ComparePage(QWidget):
         self._show_names_and_rewards()
 
     def _on_settings_changed(self, *_) -> None:
-        self.controller.settings = GenerationSettings(self.max_tokens.value(), self.temperature.value(),
-                                                      self.controller.settings.top_p)
+        self.controller.set_generation(self.max_tokens.value(), self.temperature.value())
 
     def _on_prompt_input_returnPressed(self) -> None:
         self.controller.add_typed_prompt(self.prompt_input.text())
@@ -269,12 +267,12 @@ class ComparePage(QWidget):
 
     def _on_controller_modelsChanged(self) -> None:
         c = self.controller
-        checkpoints = c.checkpoints()
-        for combo, items, current in ((self.before_model, [self.ctx.base_model_ref] + checkpoints, c.before_ref),
-                                      (self.after_model, checkpoints, c.after_ref or "")):
+        options = c.model_options()
+        for combo, items, current in ((self.before_model, options.before, options.before_ref),
+                                      (self.after_model, options.after, options.after_ref)):
             combo.blockSignals(True)
             combo.clear()
-            combo.addItems(list(dict.fromkeys(items)))
+            combo.addItems(list(items))
             combo.setEditText(current)
             combo.blockSignals(False)
         if c.no_model_reason():

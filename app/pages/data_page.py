@@ -256,7 +256,7 @@ class DataPage(QWidget):
         if self.controller.writable and self.controller.undo_stack:
             step = self.controller.undo_stack[-1]
             self._with_errors(self.controller.undo)
-            self.select_id(step.items[0] if step.kind == "delete" else step.items[0][0])
+            self.select_id(step.first_id)
 
     def _on_import_clicked(self) -> None:
         paths = self._ask_import_paths()
