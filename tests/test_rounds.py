@@ -487,6 +487,35 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
     assert (s.wins, s.losses, s.votes, s.rounds) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
 
 
+def test_compare_hides_names_and_rewards_until_the_blind_vote(qapp, fresh_db, monkeypatch, tmp_path):
+    from app.controllers.compare_controller import CompareController, ModelOptions, SideView
+
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["mine"], ["theirs"]] * 4))
+    after = str(tmp_path / "ckpt")
+    fresh_db.add_model(after, "checkpoint", parent="base")
+    host = make_host(fresh_db, model_ref="base")
+    controller = CompareController(host, seed=1)
+    assert controller.model_options() == ModelOptions(("base", after), (after,), "base", after)
+    controller.set_generation(16, 0.2)
+    assert (controller.settings.max_new_tokens, controller.settings.temperature, controller.settings.top_p) == \
+        (16, 0.2, 0.95)
+    controller.add_typed_prompt("Compare on this")
+    rnd = controller.current
+    host.jobs[0].run(), host.jobs[1].run()
+    hidden = SideView("Left answer", "Implicit reward: shown after your vote")
+    assert controller.side_views() == (hidden, SideView("Right answer", hidden.reward))
+    rnd.rewards = (0.5, -0.25)
+    assert controller.side_views()[0] == hidden  # scored, but still blind
+    controller.vote("left")
+    names = {0: "After: ckpt", 1: "Before: base"} if rnd.after_side == 0 else {0: "Before: base", 1: "After: ckpt"}
+    assert controller.side_views() == (
+        SideView(f"Left — {names[0]}", "Implicit reward β·log(π_after/π_before) = +0.500  (β 0.1)"),
+        SideView(f"Right — {names[1]}", "Implicit reward β·log(π_after/π_before) = -0.250  (β 0.1)"))
+    who = "the trained model (after)" if rnd.after_side == 0 else "the base model (before)"
+    assert controller.preference_text() == f"You preferred {who}. Press N for the next prompt."
+    assert controller.export_controller().model_ref == after
+
+
 def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp, fresh_db, monkeypatch):
     from app.controllers.label_controller import LabelController
 
