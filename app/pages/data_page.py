@@ -27,7 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.widgets.comparison_table import ROW_ROLE, VERDICT_TEXT
+from app.widgets.comparison_table import VERDICT_TEXT
 from app.plumbing.context import AppContext
 from app.controllers.data_controller import DataController, ImportOutcome, ImportProgress
 from app.pages.report_dialog import ReportDialog
