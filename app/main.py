@@ -43,6 +43,20 @@ def create_window(project: Path, model_ref: str, device: str | None = None, dtyp
     return ctx, window
 
 
+# import name -> the package that provides it, where the two differ (pyproject.toml's dependencies)
+PACKAGE_OF = {"PySide6": "PySide6-Essentials", "PIL": "pillow", "sqlite_utils": "sqlite-utils"}
+
+
+def missing_module_message(exc: ModuleNotFoundError) -> str:
+    """What to tell a person whose install lacks a module the window imports."""
+    name = (exc.name or str(exc)).split(".")[0]
+    package = PACKAGE_OF.get(name, name)
+    return (f"DPO Studio cannot start: the Python module '{name}' is missing ({exc}).\n"
+            f"Install it into the environment that runs DPO Studio:\n"
+            f"  python -m pip install '{package}'\n"
+            f"or reinstall the app with its dependencies (from its folder): make setup")
+
+
 def startup_error_box(message: str):
     """The dialog for a project or model that cannot be opened. Plain text: a file name such as
     `<b>x<img src=y>.sqlite` is shown as written, never rendered as HTML."""
@@ -70,6 +84,11 @@ def main(argv=None) -> int:
         ctx, window = create_window(args.project or default_project_path(), args.model, args.device, args.dtype)
     except DPOStudioError as exc:
         startup_error_box(str(exc)).exec()
+        return 1
+    except ModuleNotFoundError as exc:  # an install without a page's dependency: say which, never a blank page
+        message = missing_module_message(exc)
+        print(message, file=sys.stderr)
+        startup_error_box(message).exec()
         return 1
     ctx.load_active_model()  # queued first, so the status bar tracks it before pages sample
     window.show()

@@ -1,5 +1,6 @@
 """The main window: a page list on the left, the pages, and a status bar with the model,
-the device and what the app is doing."""
+the device and what the app is doing. It builds each page's controller and hands it to
+the page (`Page(ctx, controller)`): pages present and forward, controllers decide."""
 
 from __future__ import annotations
 
@@ -16,32 +17,28 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.controllers.compare_controller import CompareController
+from app.controllers.data_controller import DataController
+from app.controllers.train_controller import TrainController
+from app.pages.compare_page import ComparePage
+from app.pages.data_page import DataPage
+from app.pages.label_page import LabelPage
+from app.pages.model_choice import choose_model
+from app.pages.train_page import TrainPage
 from app.plumbing.context import AppContext
-
 
 ASK_AFTER_MS = 1500  # a job still running this long after a close request has no pause point: ask
 
 
 def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:
-    """(name, widget) for each page, in sidebar order. Pages that are not built yet are
-    placeholders."""
-    from app.pages.placeholder import PlaceholderPage
-
-    pages = []
-    for name, factory_path, text in [
-        ("Label", "app.pages.label_page:LabelPage", "Compare two answers and pick the better one."),
-        ("Data", "app.pages.data_page:DataPage", "Browse, import and export preference pairs."),
-        ("Train", "app.pages.train_page:TrainPage", "Train the model on your choices with DPO."),
-        ("Compare", "app.pages.compare_page:ComparePage", "Compare the model before and after training."),
-    ]:
-        module, _, cls = factory_path.partition(":")
-        try:
-            page_cls = getattr(__import__(module, fromlist=[cls]), cls)
-        except ModuleNotFoundError:
-            pages.append((name, PlaceholderPage(name, text)))
-        else:
-            pages.append((name, page_cls(ctx)))
-    return pages
+    """(name, page) for each page, in sidebar order, each with its controller."""
+    return [
+        ("Label", LabelPage(ctx)),
+        ("Data", DataPage(ctx, DataController(ctx.project_path, on_changed=ctx.comparisonsChanged.emit,
+                                              submit=ctx.submit))),
+        ("Train", TrainPage(ctx, TrainController(ctx))),
+        ("Compare", ComparePage(ctx, CompareController(ctx))),
+    ]
 
 
 class MainWindow(QMainWindow):
@@ -127,8 +124,6 @@ class MainWindow(QMainWindow):
         self.state_label.setToolTip(detail)
 
     def _on_choose_model_clicked(self) -> None:
-        from app.pages.model_choice import choose_model
-
         choice = choose_model(self, self.ctx, "Choose the model to teach", self.ctx.model_ref)
         if choice is not None:
             self.use_model(choice)
@@ -138,8 +133,7 @@ class MainWindow(QMainWindow):
         model the Label page samples from; LoRA / checkpointing turn on when only they fit."""
         self.ctx.base_model_ref = choice.path
         self.ctx.set_active_model(choice.path)
-        train = self.pages.get("Train")
-        note = train.adapt_to_model(choice) if hasattr(train, "adapt_to_model") else ""
+        note = self.pages["Train"].adapt_to_model(choice)
         if note:
             self.state_label.setText(note)
 

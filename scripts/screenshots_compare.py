@@ -42,6 +42,7 @@ def shoot_compare_page(path: str | Path) -> Path:
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
     from PySide6.QtWidgets import QApplication
 
+    from app.controllers.compare_controller import CompareController
     from app.plumbing.context import AppContext
     from app.pages.compare_page import ComparePage
     from dpo_engine._compat import quiet_transformers
@@ -58,7 +59,7 @@ def shoot_compare_page(path: str | Path) -> Path:
         fill_project(project_path)
         _train_checkpoint(project_path, Path(tmp) / "checkpoint-run1")
         ctx = AppContext(project_path, "default", pick_device("cpu"))
-        page = ComparePage(ctx)
+        page = ComparePage(ctx, CompareController(ctx))
         c = page.controller
         page.max_tokens.setValue(70)
         page.source.setCurrentIndex(2)  # only typed prompts: one round, nothing generated ahead

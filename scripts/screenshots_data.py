@@ -52,6 +52,7 @@ def shoot_data_page(path: str | Path) -> Path:
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
     from PySide6.QtWidgets import QApplication
 
+    from app.controllers.data_controller import DataController
     from app.plumbing.context import AppContext
     from app.pages.data_page import DataPage
     from dpo_engine.devices import pick_device
@@ -63,7 +64,7 @@ def shoot_data_page(path: str | Path) -> Path:
         project_path = Path(tmp) / "screenshot.dpo.sqlite"
         fill_project(project_path)
         ctx = AppContext(project_path, "default", pick_device("cpu"))
-        page = DataPage(ctx)
+        page = DataPage(ctx, DataController(project_path, on_changed=ctx.comparisonsChanged.emit, submit=ctx.submit))
         page.resize(1280, 760)
         page.show()
         page.select_id(page.controller.model.row_at(5).id)  # the Australia question, with a note

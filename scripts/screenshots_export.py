@@ -13,6 +13,7 @@ sys.path.insert(0, str(ROOT))
 
 def shoot_export_dialog(app, path: Path) -> None:
     from app.main import create_window
+    from app.controllers.export_controller import ExportController
     from app.pages.export_dialog import ExportDialog
     from dpo_engine.models import default_model_dir, prepare_default_model
     from scripts.screenshots import wait_until
@@ -20,12 +21,12 @@ def shoot_export_dialog(app, path: Path) -> None:
     prepare_default_model()
     with tempfile.TemporaryDirectory() as tmp:
         ctx, win = create_window(Path(tmp) / "shots.sqlite", "default", device="cpu")
-        dialog = ExportDialog(ctx, str(default_model_dir()), win)
+        dialog = ExportDialog(ExportController(ctx, str(default_model_dir())), win)
         dialog.format.setCurrentIndex(dialog.format.findData("ollama"))
         dialog.path.setText(str(Path(tmp) / "exports" / "smollm2-mine"))
         dialog.show()
         dialog.start()
-        wait_until(app, lambda: dialog.job is None, 600, "the export to finish")
+        wait_until(app, lambda: dialog.controller.job is None, 600, "the export to finish")
         for _ in range(5):
             app.processEvents()
         dialog.grab().save(str(path))

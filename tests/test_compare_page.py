@@ -10,6 +10,7 @@ from PySide6.QtCore import Qt
 
 import app.controllers.rounds as cc  # the sampler (stream_generate) moved here
 from app.plumbing.context import AppContext
+from app.controllers.compare_controller import CompareController
 from app.pages.compare_page import ComparePage
 from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import pick_device
@@ -38,7 +39,7 @@ def make_page(qtbot, tmp_path, base_dir, after_dir=None):
     ctx = AppContext(tmp_path / "p.sqlite", str(base_dir), pick_device("cpu"))
     if after_dir is not None:
         ctx.project.add_model(str(after_dir), "checkpoint", parent=str(base_dir))
-    page = ComparePage(ctx)
+    page = ComparePage(ctx, CompareController(ctx))
     qtbot.addWidget(page)
     page.max_tokens.setValue(8)  # short answers keep the tiny models fast
     return ctx, page
@@ -80,8 +81,8 @@ def test_both_models_stream_into_both_panes_with_the_same_seed(qtbot, tmp_path, 
         assert rnd.rewards == (0.0, 0.0)  # identical policy and reference: log-ratio 0
         assert "+0.000" in page.rewards[0].text()
         s = page.controller.stats()
-        assert s["rounds"] >= 1 and s["before_tokens"] == s["after_tokens"]  # same model, same lengths
-        mean = s["after_tokens"]
+        assert s.rounds >= 1 and s.before_tokens == s.after_tokens  # same model, same lengths
+        mean = s.after_tokens
         assert f"before {mean:.0f} → after {mean:.0f} tokens (+0%)" in page.length_label.text()
     finally:
         ctx.shutdown()
@@ -109,7 +110,7 @@ def test_blind_vote_hides_names_then_stores_sides_and_reveals(qtbot, compare, ti
     expected = rnd.rewards[0]
     assert f"{expected:+.3f}" in page.rewards[0].text() and "β 0.25" in page.rewards[0].text()
     # a left vote when the trained model was left is a win
-    assert page.controller.stats()["wins"] == (1 if rnd.after_side == 0 else 0)
+    assert page.controller.stats().wins == (1 if rnd.after_side == 0 else 0)
     # the vote is a training pair where it decided something, so a next round can use it
     assert any(sp.comparison_id == rnd.comparison_id for sp in ctx.project.training_pairs(split=None)), (
         rnd.texts, ctx.project.training_pairs(split=None))
@@ -125,9 +126,9 @@ def test_win_rate_counts_blind_votes_ties_half(qtbot, compare):
         assert rnd.verdict == verdict
         qtbot.keyClick(page, Qt.Key.Key_N)
     s = page.controller.stats()
-    assert (s["wins"], s["losses"], s["ties"], s["votes"]) == (2, 1, 1, 4)
+    assert (s.wins, s.losses, s.ties, s.votes) == (2, 1, 1, 4)
     rate, low, high = win_rate(2, 1, 1)
-    assert s["rate"] == rate == 0.625
+    assert s.rate == rate == 0.625
     text = page.winrate_label.text()
     assert f"{100 * rate:.0f}%" in text and f"{100 * low:.0f}%" in text and f"{100 * high:.0f}%" in text
     assert "4 blind votes" in page.votes_label.text()
@@ -136,7 +137,7 @@ def test_win_rate_counts_blind_votes_ties_half(qtbot, compare):
     wait_scored(qtbot, page)
     qtbot.keyClick(page, Qt.Key.Key_2)
     s = page.controller.stats()
-    assert s["votes"] == 4 and s["unblinded"] == 1
+    assert s.votes == 4 and s.unblinded == 1
     rows = ctx.project.list_comparisons()
     assert len(rows) == 5 and {r.source for r in rows} == {"compare"}
 

@@ -4,13 +4,14 @@ with undo, import report, export, lazy paging."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QElapsedTimer, QTimer, Qt
 
 from app.widgets.comparison_table import PAGE_SIZE
 from app.plumbing.context import AppContext
-from app.controllers.data_controller import DataController
+from app.controllers.data_controller import DataController, ImportProgress, report_text
 from app.pages.data_page import DataPage
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
@@ -32,7 +33,7 @@ def filled(project_file):
 @pytest.fixture
 def page(qtbot, filled):
     ctx = AppContext(filled[0], "default", pick_device("cpu"))
-    page = DataPage(ctx)
+    page = DataPage(ctx, DataController(ctx.project_path, on_changed=ctx.comparisonsChanged.emit, submit=ctx.submit))
     qtbot.addWidget(page)
     page.resize(1100, 700)
     page.show()
@@ -120,6 +121,7 @@ def test_import_shows_row_level_report(qtbot, page, tmp_path, monkeypatch):
     path.write_text(json.dumps({"prompt": "New", "chosen": "x", "rejected": "y"}) + "\n{broken\n", encoding="utf-8")
     monkeypatch.setattr(page, "_ask_import_paths", lambda: [path])
     qtbot.mouseClick(page.import_button, Qt.MouseButton.LeftButton)
+    qtbot.waitUntil(lambda: page.report_dialog is not None, timeout=10_000)  # imported on the worker
     dialog = page.report_dialog
     assert dialog.isVisible()
     assert "1 new pairs" in dialog.body.toPlainText()
@@ -201,3 +203,84 @@ def test_every_interactive_widget_is_named(page):
                and not w.objectName().startswith("qt_")]
     assert len(widgets) >= 12
     assert [w for w in widgets if not (w.objectName() and w.accessibleName())] == []
+
+
+def test_import_runs_on_the_worker_with_progress_and_the_window_stays_responsive(qtbot, page, filled, tmp_path,
+                                                                                 monkeypatch):
+    """Two files, each import held up 0.5 s: the GUI thread keeps ticking a 10 ms timer, the progress
+    bar shows each file, and the project ends as a synchronous import leaves a copy of it."""
+    import shutil
+    import threading
+
+    import app.controllers.data_controller as dc
+
+    files = [tmp_path / "a.jsonl", tmp_path / "b.csv"]
+    files[0].write_text(json.dumps({"prompt": "New", "chosen": "x", "rejected": "y"}) + "\n{broken\n", encoding="utf-8")
+    files[1].write_text("prompt,chosen,rejected\nAlso new,p,q\nNew,x,y\n", encoding="utf-8")
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(filled[0], copy)  # the same project, imported the old way (on the calling thread)
+    in_place = DataController(copy)
+    expected = in_place.import_files(files)
+
+    threads, real_import = [], dc.import_file
+
+    def slow_import(project, path, strict=False):
+        threads.append(threading.current_thread())
+        time.sleep(0.5)
+        return real_import(project, path, strict=strict)
+
+    monkeypatch.setattr(dc, "import_file", slow_import)
+    monkeypatch.setattr(page, "_ask_import_paths", lambda: files)
+    clock, gaps, seen = QElapsedTimer(), [], []
+    timer = QTimer()
+    timer.setInterval(10)
+    timer.timeout.connect(lambda: (gaps.append(clock.restart()),
+                                   seen.append((page.import_progress.isVisible(), page.import_progress.value()))))
+    page.controller.importProgress.connect(lambda p: seen.append(p.text))
+    clock.start()
+    timer.start()
+    qtbot.mouseClick(page.import_button, Qt.MouseButton.LeftButton)
+    assert not page.import_button.isEnabled()  # no second import meanwhile
+    qtbot.waitUntil(lambda: page.report_dialog is not None, timeout=20_000)
+    timer.stop()
+    assert len(threads) == 2 and threading.main_thread() not in threads
+    assert max(gaps[1:]) < 250, f"the event loop stalled {max(gaps[1:])} ms"  # each import sleeps 500 ms
+    assert "Importing a.jsonl (1 of 2)…" in seen and "Importing b.csv (2 of 2)…" in seen
+    assert (True, 1) in seen  # the bar showed the second file while it was imported
+    assert not page.import_progress.isVisible() and page.import_button.isEnabled()
+    dialog = page.report_dialog
+    assert dialog.headline.text() == "Imported 2 new items from 2 file(s); 1 rows rejected."
+    assert dialog.body.toPlainText() == report_text(expected)
+    assert [(r.added, r.duplicates, len(r.errors)) for r in expected] == [(1, 0, 1), (1, 1, 0)]
+
+    def contents(project):
+        return sorted((r.prompt if isinstance(r.prompt, str) else str(r.prompt), r.left, r.right, r.verdict)
+                      for r in project.list_comparisons())
+
+    assert contents(page.controller.project) == contents(in_place.project)
+    assert page.table.model().rowCount() == 10
+    in_place.close()
+    dialog.reject()
+
+
+def test_the_data_controller_imports_on_the_worker_for_a_mocked_page(qtbot, filled, tmp_path):
+    """The controller alone: progress then the outcome reach the listening (mocked) page."""
+    from unittest.mock import MagicMock
+
+    ctx = AppContext(filled[0], "default", pick_device("cpu"))
+    controller = DataController(filled[0], on_changed=ctx.comparisonsChanged.emit, submit=ctx.submit)
+    view = MagicMock()
+    controller.importProgress.connect(view.show_progress)
+    controller.importFinished.connect(view.show_outcome)
+    ctx.comparisonsChanged.connect(view.comparisons_changed)
+    path = tmp_path / "one.jsonl"
+    path.write_text(json.dumps({"prompt": "Q", "chosen": "a", "rejected": "b"}) + "\n", encoding="utf-8")
+    assert controller.start_import([path])
+    assert not controller.start_import([path])  # one import at a time
+    qtbot.waitUntil(lambda: view.show_outcome.called, timeout=10_000)
+    view.show_progress.assert_called_once_with(ImportProgress(0, 1, str(path)))
+    outcome = view.show_outcome.call_args.args[0]
+    assert outcome.headline == "Imported 1 new items from 1 file(s); 0 rows rejected."
+    assert view.comparisons_changed.call_count == 1 and controller.model.total == 9
+    controller.close()
+    ctx.shutdown()

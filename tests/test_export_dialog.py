@@ -8,6 +8,7 @@ import pytest
 from PySide6.QtCore import Qt
 
 from app.main import create_window
+from app.controllers.export_controller import ExportController
 from app.pages.export_dialog import ExportDialog
 from tests.test_export import bpe_model_dir, full_run_dir  # noqa: F401  (fixtures)
 
@@ -24,12 +25,12 @@ def run_export(qtbot, dialog, fmt: str, out) -> None:
     dialog.format.setCurrentIndex(dialog.format.findData(fmt))
     dialog.path.setText(str(out))
     dialog.start()
-    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
+    qtbot.waitUntil(lambda: dialog.controller.job is None, timeout=120_000)
 
 
 def test_exports_an_ollama_folder_on_the_worker_and_shows_the_command(qtbot, window, full_run_dir, tmp_path):
     ctx, win = window
-    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    dialog = ExportDialog(ExportController(ctx, str(full_run_dir)), win)
     qtbot.addWidget(dialog)
     progress = []
     dialog.progress.valueChanged.connect(progress.append)
@@ -44,7 +45,7 @@ def test_exports_an_ollama_folder_on_the_worker_and_shows_the_command(qtbot, win
 
 def test_a_refused_export_is_a_message(qtbot, window, full_run_dir, tmp_path):
     ctx, win = window
-    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    dialog = ExportDialog(ExportController(ctx, str(full_run_dir)), win)
     qtbot.addWidget(dialog)
     run_export(qtbot, dialog, "peft", tmp_path / "adapter")  # a full run has no adapter
     assert dialog.status.text().startswith("Export failed:") and not (tmp_path / "adapter").exists()
@@ -64,14 +65,14 @@ def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path
 
     monkeypatch.setattr(Job, "report", report_then_cancel)
     ctx, win = window
-    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    dialog = ExportDialog(ExportController(ctx, str(full_run_dir)), win)
     qtbot.addWidget(dialog)
     dialog.format.setCurrentIndex(dialog.format.findData("gguf"))
     out = tmp_path / "exports" / "m.gguf"
     dialog.path.setText(str(out))
     dialog.start()
-    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
-    assert dialog.result is None and "cancelled" in dialog.status.text().lower()
+    qtbot.waitUntil(lambda: dialog.controller.job is None, timeout=120_000)
+    assert dialog.controller.result is None and "cancelled" in dialog.status.text().lower()
     assert list(out.parent.iterdir()) == []  # no file, no temporary sibling
 
 
@@ -88,9 +89,9 @@ def test_the_dialog_lists_what_the_model_allows_with_sizes(qtbot, window, full_r
     """A full run: the adapter formats are greyed out with the reason; each GGUF type shows its size before
     writing, and the file written is within 10% of it (the tokenizer is estimated from tokenizer.json)."""
     ctx, win = window
-    dialog = ExportDialog(ctx, str(full_run_dir), win)
+    dialog = ExportDialog(ExportController(ctx, str(full_run_dir)), win)
     qtbot.addWidget(dialog)
-    qtbot.waitUntil(lambda: bool(dialog.options), timeout=60_000)
+    qtbot.waitUntil(lambda: bool(dialog.controller.options), timeout=60_000)
     items = {dialog.format.itemData(i): dialog.format.model().item(i) for i in range(dialog.format.count())}
     assert not items["peft"].isEnabled() and "full fine-tune" in items["peft"].toolTip()
     assert not items["gguf-lora"].isEnabled() and items["gguf"].isEnabled() and "MB" in items["gguf"].text()
@@ -99,7 +100,7 @@ def test_the_dialog_lists_what_the_model_allows_with_sizes(qtbot, window, full_r
     for quant in ("f16", "q8_0", "q4_0"):
         dialog.quant.setCurrentIndex(dialog.quant.findData(quant))
         assert dialog.size.text().startswith("About ")
-        sizes[quant] = dialog.options[("gguf", quant)].size_bytes
+        sizes[quant] = dialog.controller.options[("gguf", quant)].size_bytes
     assert sizes["f16"] > sizes["q8_0"] > sizes["q4_0"]
     dialog.format.setCurrentIndex(dialog.format.findData("peft"))
     assert dialog.size.text().startswith("Not for this model:")
@@ -107,7 +108,7 @@ def test_the_dialog_lists_what_the_model_allows_with_sizes(qtbot, window, full_r
     dialog.quant.setCurrentIndex(dialog.quant.findData("f16"))
     dialog.path.setText(str(tmp_path / "m.gguf"))
     dialog.start()
-    qtbot.waitUntil(lambda: dialog.job is None, timeout=120_000)
+    qtbot.waitUntil(lambda: dialog.controller.job is None, timeout=120_000)
     written = (tmp_path / "m.gguf").stat().st_size
     assert 0.9 * sizes["f16"] < written <= sizes["f16"]
     assert "MB)" in dialog.status.text()

@@ -166,3 +166,35 @@ def test_keep_working_cancels_the_close(qtbot, window):
     qtbot.waitUntil(lambda: not ctx.runner.busy(), timeout=15_000)
     qtbot.wait(300)
     assert win.isVisible() and "Kept open" in win.state_label.text()
+
+
+def test_a_missing_page_dependency_stops_start_up_with_the_install_command(qtbot, tmp_path, tiny_model_dir,
+                                                                           monkeypatch, capsys):
+    """The pages are imported with the window: without pyqtgraph (the Train page's plots) the app
+    names the module and how to install it, and exits non-zero, instead of showing a blank page."""
+    import sys
+
+    import app.main as main_module
+
+    for name in [m for m in sys.modules if m == "app.main_window" or m.startswith(("app.pages.", "app.widgets."))]:
+        monkeypatch.delitem(sys.modules, name)  # imported afresh, against the missing package
+    monkeypatch.setitem(sys.modules, "pyqtgraph", None)  # as if not installed
+    shown = []
+    monkeypatch.setattr(main_module, "startup_error_box",
+                        lambda message: type("Box", (), {"exec": lambda self: shown.append(message)})())
+    code = main_module.main(["--project", str(tmp_path / "p.sqlite"), "--model", str(tiny_model_dir),
+                             "--device", "cpu"])
+    assert code == 1
+    assert len(shown) == 1 and "'pyqtgraph' is missing" in shown[0] and "pip install 'pyqtgraph'" in shown[0]
+    assert shown[0] in capsys.readouterr().err
+
+
+def test_pages_get_their_controllers_from_the_window(window):
+    from app.controllers.compare_controller import CompareController
+    from app.controllers.data_controller import DataController
+    from app.controllers.train_controller import TrainController
+
+    ctx, win = window
+    kinds = {"Data": DataController, "Train": TrainController, "Compare": CompareController}
+    assert {name: type(win.pages[name].controller) for name in kinds} == kinds
+    assert all(win.pages[name].controller.ctx is ctx for name in ("Train", "Compare"))

@@ -7,7 +7,7 @@ import gc
 import pytest
 from PySide6.QtCore import QCoreApplication, QEvent, Qt
 
-from app.widgets.model_picker import COLUMNS, ENTRY_ROLE, ModelPickerDialog
+from app.widgets.model_picker import MODEL_COLUMNS, ENTRY_ROLE, ModelPickerDialog
 from dpo_engine.catalog import FULL_FITS, LORA_ONLY, TOO_LARGE, Locations, list_models
 from dpo_engine.catalog import fit as fit_mod
 from tests.model_stores import build_gguf_folder, build_hf_cache, build_ollama_store, write_gguf
@@ -49,7 +49,8 @@ def open_picker(qtbot, root, folders=(), free=64 * GiB):
 
 def rows(dialog):
     m = dialog.model
-    return {m.data(m.index(r, 0)): [m.data(m.index(r, c)) for c in range(len(COLUMNS))] for r in range(m.rowCount())}
+    return {m.data(m.index(r, 0)): [m.data(m.index(r, c)) for c in range(len(MODEL_COLUMNS))]
+            for r in range(m.rowCount())}
 
 
 def row_of(dialog, name):
@@ -61,15 +62,15 @@ def test_lists_the_stores_with_verdicts_and_greys_broken_ones(qtbot, stores):
     table = rows(dialog)
     for name in ("tiny-org/tiny-qwen2-chat", "tiny-org/tiny-gemma2-base", "tiny-org/tiny-GGUF/tiny-q8.gguf",
                  "tiny:latest", "someone/tiny-base:q8", "good.gguf", "nested/deeper.gguf"):
-        assert table[name][COLUMNS.index("Fit")] == FULL_FITS, name
-    assert table["tiny:latest"][COLUMNS.index("Source")] == "ollama"
-    assert table["tiny-org/tiny-gemma2-base"][COLUMNS.index("Chat")] == "no (plain text)"
-    assert "gated:" in table["tiny-org/tiny-gemma2-base"][COLUMNS.index("Notes")]
+        assert table[name][MODEL_COLUMNS.index("Fit")] == FULL_FITS, name
+    assert table["tiny:latest"][MODEL_COLUMNS.index("Source")] == "ollama"
+    assert table["tiny-org/tiny-gemma2-base"][MODEL_COLUMNS.index("Chat")] == "no (plain text)"
+    assert "gated:" in table["tiny-org/tiny-gemma2-base"][MODEL_COLUMNS.index("Notes")]
     for name, reason in (("random.gguf", "not a GGUF file"), ("cut.gguf", "cut off"),
                          ("gone:latest", "blob is missing"), ("tiny-org/damaged", "missing commit")):
         row = row_of(dialog, name)
-        assert reason in table[name][COLUMNS.index("Notes")]
-        assert table[name][COLUMNS.index("Fit")] == "unusable"
+        assert reason in table[name][MODEL_COLUMNS.index("Notes")]
+        assert table[name][MODEL_COLUMNS.index("Fit")] == "unusable"
         flags = dialog.model.flags(dialog.model.index(row, 0))
         assert not flags & Qt.ItemFlag.ItemIsEnabled and not flags & Qt.ItemFlag.ItemIsSelectable
         assert dialog.model.data(dialog.model.index(row, 0), Qt.ItemDataRole.ForegroundRole) is not None
@@ -130,7 +131,7 @@ def test_added_folder_and_hand_picked_file_join_the_list(qtbot, stores, tmp_path
     from dpo_engine.catalog import inspect_path
 
     dialog.add_entry(inspect_path(tmp_path / "notes.txt"))
-    assert dialog.model.data(dialog.model.index(0, COLUMNS.index("Notes"))).startswith("not a model")
+    assert dialog.model.data(dialog.model.index(0, MODEL_COLUMNS.index("Notes"))).startswith("not a model")
     assert "not a model" in dialog.detail.toPlainText()
     dialog.add_entry(inspect_path(stores / "ggufs" / "nested" / "deeper.gguf"))
     assert dialog.selected().path == str(stores / "ggufs" / "nested" / "deeper.gguf")

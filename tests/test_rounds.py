@@ -369,11 +369,11 @@ def test_vote_tally_counts_blind_votes_only_from_the_after_models_side():
     tally.add_lengths(30, 40)
     s = tally.stats()
     # after wins: ("left", 0), ("right", 1); loses: ("right", 0), ("left", 1); ties: tie, both_bad
-    assert (s["wins"], s["losses"], s["ties"], s["votes"], s["unblinded"]) == (2, 2, 2, 6, 1)
-    assert (s["rate"], s["low"], s["high"]) == win_rate(2, 2, 2) and s["rate"] == 0.5
-    assert (s["after_tokens"], s["before_tokens"], s["rounds"]) == (20, 30, 2)
+    assert (s.wins, s.losses, s.ties, s.votes, s.unblinded) == (2, 2, 2, 6, 1)
+    assert (s.rate, s.low, s.high) == win_rate(2, 2, 2) and s.rate == 0.5
+    assert (s.after_tokens, s.before_tokens, s.rounds) == (20, 30, 2)
     empty = VoteTally().stats()
-    assert empty["rate"] is None and empty["after_tokens"] is None and empty["votes"] == 0
+    assert empty.rate is None and empty.after_tokens is None and empty.votes == 0
 
 
 # ---------------------------------------------------------------------------- the controllers
@@ -484,7 +484,36 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
         "JOIN responses r ON r.id = c.right_id").fetchone()
     assert row == ("left", "compare", *rnd.refs)
     s = controller.stats()
-    assert (s["wins"], s["losses"], s["votes"], s["rounds"]) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
+    assert (s.wins, s.losses, s.votes, s.rounds) == (int(rnd.after_side == 0), int(rnd.after_side == 1), 1, 1)
+
+
+def test_compare_hides_names_and_rewards_until_the_blind_vote(qapp, fresh_db, monkeypatch, tmp_path):
+    from app.controllers.compare_controller import CompareController, ModelOptions, SideView
+
+    monkeypatch.setattr(rounds, "stream_generate", scripted([["mine"], ["theirs"]] * 4))
+    after = str(tmp_path / "ckpt")
+    fresh_db.add_model(after, "checkpoint", parent="base")
+    host = make_host(fresh_db, model_ref="base")
+    controller = CompareController(host, seed=1)
+    assert controller.model_options() == ModelOptions(("base", after), (after,), "base", after)
+    controller.set_generation(16, 0.2)
+    assert (controller.settings.max_new_tokens, controller.settings.temperature, controller.settings.top_p) == \
+        (16, 0.2, 0.95)
+    controller.add_typed_prompt("Compare on this")
+    rnd = controller.current
+    host.jobs[0].run(), host.jobs[1].run()
+    hidden = SideView("Left answer", "Implicit reward: shown after your vote")
+    assert controller.side_views() == (hidden, SideView("Right answer", hidden.reward))
+    rnd.rewards = (0.5, -0.25)
+    assert controller.side_views()[0] == hidden  # scored, but still blind
+    controller.vote("left")
+    names = {0: "After: ckpt", 1: "Before: base"} if rnd.after_side == 0 else {0: "Before: base", 1: "After: ckpt"}
+    assert controller.side_views() == (
+        SideView(f"Left — {names[0]}", "Implicit reward β·log(π_after/π_before) = +0.500  (β 0.1)"),
+        SideView(f"Right — {names[1]}", "Implicit reward β·log(π_after/π_before) = -0.250  (β 0.1)"))
+    who = "the trained model (after)" if rnd.after_side == 0 else "the base model (before)"
+    assert controller.preference_text() == f"You preferred {who}. Press N for the next prompt."
+    assert controller.export_controller().model_ref == after
 
 
 def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp, fresh_db, monkeypatch):

@@ -30,17 +30,17 @@ def test_train_page_uses_the_engine_defaults(qtbot, train_window):
     n = sum(page.controller.pair_counts())
     expected = small_data_defaults(n).to_settings()
     shown = page.read_settings()
-    assert {k: shown[k] for k in expected} == pytest.approx(expected)
+    assert {k: shown.form[k] for k in expected} == pytest.approx(expected)
     config = page.controller.build_config(ctx.project_path.parent / "out")
     assert (config.lr, config.beta, config.epochs, config.warmup_ratio, config.batch_size, config.grad_accum) == \
         pytest.approx((expected["lr"], expected["beta"], expected["epochs"], expected["warmup_ratio"],
                        expected["batch_size"], expected["grad_accum"]))
     assert page.estimate_label.text() == data_estimate(n).message
-    assert shown["weight_rankings"] == small_data_defaults(n).weight_rankings == config.weight_rankings
-    page.fields["weight_rankings"].setChecked(not shown["weight_rankings"])
+    assert shown.form["weight_rankings"] == small_data_defaults(n).weight_rankings == config.weight_rankings
+    page.fields["weight_rankings"].setChecked(not shown.form["weight_rankings"])
     page.controller.settings = page.read_settings()
     config = page.controller.build_config(ctx.project_path.parent / "out")
-    assert config.weight_rankings is not shown["weight_rankings"]  # recorded: a resume loads pairs alike
+    assert config.weight_rankings is not shown.form["weight_rankings"]  # recorded: a resume loads pairs alike
 
 
 def test_after_a_run_labeling_follows_the_new_model_and_round_2_keeps_the_base_reference(qtbot, train_window):

@@ -110,13 +110,13 @@ def test_event_loop_never_stalls_during_training(qtbot, train_window):
     # The goal is 50 ms for the longest gap. Measured here on the tiny model: 47-77 ms (the worker
     # thread's Python-bound steps hold the GIL in bursts). The typical (median) tick must stay near
     # the 10 ms interval; the longest gap gets a bound that catches a real freeze (a blocking call on the GUI
-    # thread) without failing on those bursts. See the Train page issue's notes.
+    # thread) without failing on those bursts.
     assert median <= 25, f"the event loop is sluggish: median gap {median} ms (load {load:.1f})"
     assert worst <= 300, f"event loop froze {worst} ms (load {load:.1f})"
 
 
 def test_closing_the_window_mid_run_saves_a_resumable_checkpoint(qtbot, train_window, tmp_path):
-    """Issue 18 item 2: closing at step 3 used to leave the run `running` with no checkpoint
+    """Closing at step 3 used to leave the run `running` with no checkpoint
     (and Resume disabled); now the window waits, showing it, for the run to stop and save."""
     ctx, win, page = train_window
     page.fields["epochs"].setValue(100)

@@ -22,14 +22,15 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.controllers.rounds import ComparePrompts, Round, RoundHost, VoteTally, sample_round
+from app.controllers.export_controller import ExportController
+from app.controllers.rounds import ComparePrompts, Round, RoundHost, VoteStats, VoteTally, sample_round
 from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import DEFAULT_BETA, HeldoutSummary, heldout_events, implicit_rewards
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
 from dpo_engine.store.schema import VERDICTS
 from dpo_engine.train.checkpoints import read_run_file
 
-SOURCES = ComparePrompts.MODES  # where prompts come from
+PROMPT_SOURCES = ComparePrompts.MODES  # where prompts come from
 
 
 @dataclass(kw_only=True)
@@ -53,6 +54,25 @@ class CompareRound(Round):
         return 1 - self.after_side
 
 
+@dataclass(frozen=True)
+class ModelOptions:
+    """What the before/after model boxes offer and show."""
+
+    before: tuple[str, ...]  # the base, then the project's checkpoints, newest first
+    after: tuple[str, ...]  # the checkpoints, newest first
+    before_ref: str
+    after_ref: str  # "" while none is chosen
+
+
+@dataclass(frozen=True)
+class SideView:
+    """One side of the current round as the page shows it: blind, no name and no reward (the
+    trained model's own answer tends to score higher, which would give it away)."""
+
+    title: str
+    reward: str
+
+
 def model_label(ref: str) -> str:
     if ref in ("", DEFAULT_MODEL_REF):
         return f"{DEFAULT_MODEL_NAME} (default)"
@@ -73,7 +93,7 @@ class CompareController(QObject):
         roundReady(): both answers of the current round are complete: it can be judged.
         scoresReady(): the current round's implicit rewards are known.
         revealed(): the current round was voted on; names and rewards may show.
-        statsChanged(dict): win rate, vote counts and mean lengths.
+        statsChanged(VoteStats): win rate, vote counts and mean lengths.
         heldoutProgress(done, total) / heldoutReady(HeldoutSummary): the held-out summary.
         message(str): a notice for the person (errors included).
     """
@@ -84,7 +104,7 @@ class CompareController(QObject):
     roundReady = Signal()
     scoresReady = Signal()
     revealed = Signal()
-    statsChanged = Signal(dict)
+    statsChanged = Signal(object)
     heldoutProgress = Signal(int, int)
     heldoutReady = Signal(object)
     message = Signal(str)
@@ -110,6 +130,16 @@ class CompareController(QObject):
         """Checkpoint refs of this project, newest first."""
         rows = [r for r in self.ctx.project.models() if r["kind"] == "checkpoint"]
         return [r["ref"] for r in reversed(rows)]
+
+    def model_options(self) -> ModelOptions:
+        checkpoints = self.checkpoints()
+        before = tuple(dict.fromkeys([self.ctx.base_model_ref, *checkpoints]))
+        return ModelOptions(before, tuple(dict.fromkeys(checkpoints)), self.before_ref, self.after_ref or "")
+
+    def set_generation(self, max_new_tokens: int, temperature: float) -> None:
+        """The settings both models sample with from the next round on (top-p stays; each round
+        then draws its own seed)."""
+        self.settings = GenerationSettings(max_new_tokens, temperature, self.settings.top_p)
 
     def refresh_models(self) -> None:
         """Take the newest checkpoint as the after model when none is chosen yet."""
@@ -143,11 +173,11 @@ class CompareController(QObject):
     # ------------------------------------------------------------------ prompts
     @property
     def source(self) -> str:
-        """Where prompts come from after the typed ones: one of SOURCES."""
+        """Where prompts come from after the typed ones: one of PROMPT_SOURCES."""
         return self.prompts.mode
 
     def set_source(self, source: str) -> None:
-        if source not in SOURCES:
+        if source not in PROMPT_SOURCES:
             raise ValueError(source)
         if source != self.source:
             self.prompts.mode = source
@@ -313,13 +343,45 @@ class CompareController(QObject):
         self._emit_stats()
         return True
 
-    def stats(self) -> dict:
+    def stats(self) -> VoteStats:
         """Win rate of the after model over the before model from the blind votes, vote
         counts and mean answer lengths (`VoteTally.stats`)."""
         return self.tally.stats()
 
     def _emit_stats(self) -> None:
         self.statsChanged.emit(self.stats())
+
+    def side_views(self) -> tuple[SideView, SideView] | None:
+        """Names and implicit rewards of the current round's sides: hidden while blind and not
+        yet voted; both show once voted or unblinded."""
+        rnd = self.current
+        if rnd is None:
+            return None
+        hidden = rnd.blind and rnd.verdict is None
+        views = []
+        for side, where in enumerate(("Left", "Right")):
+            role = "After" if side == rnd.after_side else "Before"
+            title = f"{where} answer" if hidden else f"{where} — {role}: {model_label(rnd.refs[side])}"
+            if hidden:
+                reward = "Implicit reward: shown after your vote"
+            elif rnd.rewards is None:
+                reward = "Implicit reward: scoring…" if not rnd.error else "Implicit reward: unavailable"
+            else:
+                reward = f"Implicit reward β·log(π_after/π_before) = {rnd.rewards[side]:+.3f}  (β {rnd.beta:g})"
+            views.append(SideView(title, reward))
+        return views[0], views[1]
+
+    def preference_text(self) -> str:
+        """After a vote: which model the person preferred."""
+        rnd = self.current
+        picked = {"left": 0, "right": 1}.get(rnd.verdict) if rnd else None
+        who = "neither" if picked is None else (
+            "the trained model (after)" if picked == rnd.after_side else "the base model (before)")
+        return f"You preferred {who}. Press N for the next prompt."
+
+    def export_controller(self) -> ExportController | None:
+        """The export of the after model (None while there is none)."""
+        return ExportController(self.ctx, self.after_ref) if self.after_ref else None
 
     # ------------------------------------------------------------------ held-out summary
     def compute_heldout(self) -> bool:

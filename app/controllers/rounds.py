@@ -248,7 +248,7 @@ def sample_round(host: RoundHost, rnd: Round, on_token: Callable[[Round, int], A
     holder: dict[int, str] = {}
     for ref, sides in _batches(rnd.refs):
         def fn(loaded, sides=sides):
-            return (yield from _write(loaded, rnd.prompt, settings, sides, holder))
+            return (yield from _stream_sides(loaded, rnd.prompt, settings, sides, holder))
 
         job = host.submit_with_model(name, ref, fn)
         job.yielded.connect(lambda ev, j=job: _live(rnd, j) and _apply_token(rnd, ev, on_token))
@@ -265,7 +265,7 @@ def _batches(refs: tuple[str, ...]) -> list[tuple[str, tuple[int, ...]]]:
     return [(ref, (side,)) for side, ref in enumerate(refs)]
 
 
-def _write(loaded, prompt, settings: GenerationSettings, sides: tuple[int, ...], holder: dict):
+def _stream_sides(loaded, prompt, settings: GenerationSettings, sides: tuple[int, ...], holder: dict):
     """On the worker: the engine's stream, each event relabelled by the side it fills."""
     res: GenerationResult = yield from relabeled(
         stream_generate(loaded.model, loaded.tokenizer, prompt, len(sides), settings), sides)
@@ -298,7 +298,7 @@ def sample_rounds(host: RoundHost, rnds: list[Round], on_token: Callable[[Round,
             by_ref.setdefault(ref, []).append((k, side))
     for ref, rows in by_ref.items():
         def fn(loaded, rows=rows):
-            return (yield from _write_rows(loaded, [rnds[k].prompt for k, _ in rows], settings, rows))
+            return (yield from _stream_rows(loaded, [rnds[k].prompt for k, _ in rows], settings, rows))
 
         job = host.submit_with_model(name, ref, fn)
         group: list[_Share] = []
@@ -338,7 +338,7 @@ class _Share:
             self.job.cancel()
 
 
-def _write_rows(loaded, prompts: list, settings: GenerationSettings, rows: list[tuple[int, int]]):
+def _stream_rows(loaded, prompts: list, settings: GenerationSettings, rows: list[tuple[int, int]]):
     """On the worker: one batched call for the rows [(round, side)]; each event labelled by
     its round and side, and a round reported complete when its last row here ends."""
     left = Counter(k for k, _ in rows)  # rows still being written, per round
@@ -413,17 +413,30 @@ class VoteTally:
         self.lengths["after"].append(after_tokens)
         self.lengths["before"].append(before_tokens)
 
-    def stats(self) -> dict:
+    def stats(self) -> VoteStats:
         """Win rate of the after model with its 95% interval (ties and "both bad" count
         half: neither model was preferred), vote counts and mean answer lengths."""
         picks = [(v == "left") == (side == 0) for v, side in self.votes if v in ("left", "right")]
         wins, losses = sum(picks), len(picks) - sum(picks)
         ties = sum(v in ("tie", "both_bad") for v, _ in self.votes)
-        out = {"wins": wins, "losses": losses, "ties": ties, "votes": wins + losses + ties,
-               "unblinded": self.unblinded, "rate": None, "low": None, "high": None}
-        if out["votes"]:
-            out["rate"], out["low"], out["high"] = win_rate(wins, losses, ties)
-        for key, values in self.lengths.items():
-            out[f"{key}_tokens"] = sum(values) / len(values) if values else None
-        out["rounds"] = len(self.lengths["after"])
-        return out
+        rate, low, high = win_rate(wins, losses, ties) if wins + losses + ties else (None, None, None)
+        mean = {key: sum(values) / len(values) if values else None for key, values in self.lengths.items()}
+        return VoteStats(wins, losses, ties, wins + losses + ties, self.unblinded, rate, low, high,
+                         mean["after"], mean["before"], len(self.lengths["after"]))
+
+
+@dataclass(frozen=True)
+class VoteStats:
+    """Compare's tally of one pair of models, as the page shows it."""
+
+    wins: int  # blind votes for the after model
+    losses: int  # blind votes for the before model
+    ties: int  # blind ties and "both bad"
+    votes: int  # all blind votes
+    unblinded: int  # votes cast with names shown: stored, not counted
+    rate: float | None  # the after model's win rate (None before the first blind vote)
+    low: float | None  # its 95% interval
+    high: float | None
+    after_tokens: float | None  # mean answer length in tokens (None before the first answer)
+    before_tokens: float | None
+    rounds: int  # prompts both models answered

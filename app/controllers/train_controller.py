@@ -5,12 +5,17 @@ list past runs. The driver records the run and its metrics in the project file."
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from PySide6.QtCore import QObject, QTimer, Signal
 
+from app.controllers.export_controller import ExportController
 from app.plumbing.context import AppContext
+from app.widgets.metric_plots import RunSeries, with_logratios
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.train.config import TrainConfig, form_fields
@@ -18,6 +23,62 @@ from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepE
 from dpo_engine.train.runs import RunStarted
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
+RUN_COLUMNS = ("Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint")
+STATUS_TEXT = {"finished": "Finished", "stopped": "Stopped", "failed": "Failed"}
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """Whether a run can start, and what the page says about it."""
+
+    reason: str  # why the Train button is disabled ("" when a run can start)
+    button_text: str  # "Train", or "Train round N" from round 2 on
+    tooltip: str  # the Train button's
+    estimate: str  # whether the labeled pairs are likely enough to change the model
+    text: str  # the status line while no run is in progress
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One row of the run history table."""
+
+    run_id: int
+    cells: tuple[str, ...]  # in RUN_COLUMNS order
+    error: str  # why the run failed ("" otherwise): the status cell's tooltip
+
+
+@dataclass(frozen=True)
+class RunActions:
+    """What the selected runs allow."""
+
+    resume: bool  # exactly one, stopped, with no run in progress
+    use: bool  # exactly one, with a checkpoint
+    export: bool  # exactly one, with a checkpoint
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What the page shows of one optimizer step."""
+
+    step: int
+    total_steps: int
+    speed: str  # ETA, tokens/s, device
+    status: str  # run, step, epoch, loss, accuracy
+
+
+@dataclass(frozen=True)
+class ModelAdaptation:
+    """Settings a chosen model needs to fit in memory (`app.pages.model_choice.ModelChoice`)."""
+
+    lora: bool  # turn LoRA on: a full fine-tune does not fit
+    gradient_checkpointing: bool  # turn it on: it fits only with it
+    note: str  # what was changed, for the person ("" when nothing)
+
+
+def clock_text(seconds: float) -> str:
+    """m:ss, or h:mm:ss from an hour on."""
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def runs_dir(project_path: Path) -> Path:
@@ -25,21 +86,33 @@ def runs_dir(project_path: Path) -> Path:
     return project_path.parent / f"{project_path.stem}.runs"
 
 
-def default_settings(device: str, n_pairs: int = 0) -> dict:
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the person set on the Train page: TrainConfig's own form fields, and the page's."""
+
+    form: dict[str, Any] = field(default_factory=dict)  # by TrainConfig field name (`form_fields()`)
+    lora: bool = False  # full fine-tuning unless the model fits only with LoRA
+    lora_rank: int = 16  # alpha is twice the rank
+    dtype: str = "auto"  # the device's measured precision (`dpo_engine.precision`)
+    device: str = "auto"
+    reference: str = ""  # "": the base model the person started from
+    start_from: str = "active"  # round 2+: continue from the active model (the last run's), on all data
+    follow: bool = True  # after a run, label with its model (on-policy pairs for the next round)
+
+
+def default_settings(device: str, n_pairs: int = 0) -> TrainSettings:
     """The one-button defaults: the engine's measured small-data settings for `n_pairs`
     (`dpo_engine.defaults`, shared with `dpo-engine train`), plus the page's own fields."""
     base = TrainConfig(output_dir="-")
     small = small_data_defaults(n_pairs)
-    return {
+    form = {
         **{f.name: getattr(base, f.name) for f in form_fields()},  # the Advanced form: TrainConfig's own
         "max_steps": 0,  # 0: by epochs
         **small.to_settings(),  # beta, lr, epochs, warmup_ratio, batch_size, grad_accum
         "weight_rankings": small.weight_rankings,  # each ranking counts as one verdict
-        "lora": False, "lora_rank": 16, "dtype": "auto", "device": device, "reference": "",
         "eval_every": 5,  # frequent enough to draw an eval curve on small data
-        "start_from": "active",  # round 2+: continue from the active model (the last run's), on all data
-        "follow": True,  # after a run, label with its model (on-policy pairs for the next round)
     }
+    return TrainSettings(form, device=device)
 
 
 class TrainController(QObject):
@@ -72,6 +145,10 @@ class TrainController(QObject):
         self.last_step = 0  # the current run's last optimizer step
         ctx.closing.connect(self._on_ctx_closing)
 
+    def set_start_from(self, start_from: str) -> None:
+        """"active" (continue from the model labeling samples from) or "base" (a fresh start)."""
+        self.settings = replace(self.settings, start_from=start_from)
+
     # ------------------------------------------------------------------ readiness
     def pair_counts(self) -> tuple[int, int]:
         counts = self.ctx.project.counts()
@@ -98,7 +175,7 @@ class TrainController(QObject):
 
     def start_model(self) -> str:
         """The model a new run starts from: the active one (round 2+) or the base."""
-        return self.ctx.model_ref if self.settings.get("start_from", "active") == "active" else self.ctx.base_model_ref
+        return self.ctx.model_ref if self.settings.start_from == "active" else self.ctx.base_model_ref
 
     def round_number(self) -> int:
         """1 for a run from the base; 1 + the number of runs behind the starting checkpoint otherwise."""
@@ -108,6 +185,27 @@ class TrainController(QObject):
             ref, depth = parents[ref], depth + 1
         return depth
 
+    def readiness(self) -> Readiness:
+        reason = self.why_not_ready()
+        n_round = self.round_number()
+        train, ev = self.pair_counts()
+        text = reason or f"Ready: {train} training pairs and {ev} held-out pairs."
+        if not reason and n_round > 1:
+            text += (f" Round {n_round}: starts from {self.start_model()} on all pairs; "
+                     f"the reference stays {self.ctx.base_model_ref}.")
+        return Readiness(reason, "Train" if n_round == 1 else f"Train round {n_round}",
+                         reason or "Train on all usable pairs in the project", self.estimate().message, text)
+
+    def adaptation(self, choice, lora_on: bool, checkpointing_on: bool) -> ModelAdaptation:
+        """A model chosen in the picker that fits only with LoRA (or gradient checkpointing) turns
+        those on; `lora_on` / `checkpointing_on`: whether the form has them on already."""
+        lora = choice.needs_lora and not lora_on
+        checkpointing = choice.needs_checkpointing and not checkpointing_on
+        notes = (["LoRA is on: a full fine-tune of this model does not fit in memory here"] if lora else []) + \
+                (["gradient checkpointing is on: it fits only with it"] if checkpointing else [])
+        text = "; ".join(notes) + "." if notes else ""
+        return ModelAdaptation(lora, checkpointing, text[:1].upper() + text[1:])
+
     # ------------------------------------------------------------------ runs
     def build_config(self, output_dir: Path) -> TrainConfig:
         s = self.settings
@@ -115,14 +213,14 @@ class TrainController(QObject):
 
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
-        reference = s["reference"].strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
-        form = {f.name: s[f.name] for f in form_fields() if f.name in s}
+        reference = s.reference.strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
+        form = {f.name: s.form[f.name] for f in form_fields() if f.name in s.form}
         if not form.get("max_steps"):
             form["max_steps"] = None  # 0 on the form: by epochs
         return TrainConfig(
             output_dir=str(output_dir), model=model, reference=reference, **form,
-            lora=LoraSettings(rank=s["lora_rank"], alpha=2 * s["lora_rank"]) if s["lora"] else None,
-            merge_lora=bool(s["lora"]), device=s["device"], dtype=s["dtype"],
+            lora=LoraSettings(rank=s.lora_rank, alpha=2 * s.lora_rank) if s.lora else None,
+            merge_lora=s.lora, device=s.device, dtype=s.dtype,
         )
 
     def start(self) -> bool:
@@ -177,7 +275,7 @@ class TrainController(QObject):
         """The window closes mid-run: stop like the Stop button, so the run ends `stopped` with a
         checkpoint that Resume continues after the next start."""
         if self.job is not None:
-            self.settings = {**self.settings, "follow": False}  # no model switch while closing
+            self.settings = replace(self.settings, follow=False)  # no model switch while closing
             self.stop()
 
     # ------------------------------------------------------------------ events
@@ -199,9 +297,27 @@ class TrainController(QObject):
         elif isinstance(event, TrainSummary):
             self.logLine.emit(f"Run {self.run_id} {event.status}" + (f": {event.reason}" if event.reason else ""))
             self.finished.emit(event)
-            if event.status == "finished" and event.checkpoint and self.settings.get("follow", True):
+            if event.status == "finished" and event.checkpoint and self.settings.follow:
                 # after the page has shown the result: switching models refills the Label queue
                 QTimer.singleShot(0, lambda ckpt=event.checkpoint: self._follow(ckpt))
+
+    def step_view(self, ev: StepEvent) -> StepView:
+        return StepView(ev.step, ev.total_steps,
+                        f"ETA {clock_text(ev.eta)} · {ev.tokens_per_s:,.0f} tokens/s · {self.ctx.device.describe()}",
+                        f"Run {self.run_id}: step {ev.step} of {ev.total_steps}, epoch {ev.epoch:.2f}, "
+                        f"loss {ev.loss:.4f}, accuracy {ev.rewards_accuracies:.2f}")
+
+    def started_text(self, run_id: int) -> str:
+        return f"Run {run_id} on {self.ctx.device.describe()}: computing reference log-probs…"
+
+    @staticmethod
+    def finished_text(summary: TrainSummary) -> str:
+        text = f"{STATUS_TEXT[summary.status]} after {summary.step} steps"
+        if summary.reason:
+            text += f": {summary.reason}"
+        if summary.checkpoint:
+            text += f". Model saved to {summary.checkpoint}"
+        return text
 
     def _follow(self, checkpoint: str) -> None:
         """Label with the new model (on-policy pairs for the next round); the base stays the reference."""
@@ -225,10 +341,60 @@ class TrainController(QObject):
     def run_metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
         return self.ctx.project.run_metrics(run_id)
 
+    def _run(self, run_id: int) -> dict | None:
+        return next((r for r in self.runs() if r["id"] == run_id), None)
+
+    def run_rows(self) -> list[RunRow]:
+        """The run history, newest first."""
+        rows = []
+        for run in reversed(self.runs()):
+            metrics = self.run_metrics(run["id"])
+            last = lambda name: metrics[name][-1][1] if metrics.get(name) else None  # noqa: E731
+            steps = metrics["loss"][-1][0] if metrics.get("loss") else 0
+            started = dt.datetime.fromtimestamp(run["started"]).strftime("%Y-%m-%d %H:%M")
+            acc = last("eval/rewards/accuracies") if last("eval/rewards/accuracies") is not None \
+                else last("rewards/accuracies")
+            cells = (str(run["id"]), run["status"], started, str(steps),
+                     f"{last('loss'):.4f}" if last("loss") is not None else "",
+                     f"{acc:.2f}" if acc is not None else "", run["checkpoint"] or "")
+            rows.append(RunRow(run["id"], cells, run["error"] or ""))
+        return rows
+
+    def run_actions(self, run_ids: list[int]) -> RunActions:
+        one = self._run(run_ids[0]) if len(run_ids) == 1 else None
+        return RunActions(bool(one and one["status"] == "stopped" and not self.running),
+                          bool(one and one["checkpoint"]), bool(one and one["checkpoint"]))
+
+    def live_series(self, run_id: int) -> RunSeries:
+        """A run's recorded metrics (a resumed run's history), as the live curves."""
+        return self._series(run_id, "live", self.config.beta if self.config else None)
+
+    def history_series(self, run_ids: list[int], overlay: bool) -> list[tuple[str, RunSeries]]:
+        """(plot key, curves) of the selected runs: the first as "live", the others overlaid;
+        none while a run trains (its live curves stay)."""
+        if self.running or not run_ids:
+            return []
+        runs = {r["id"]: r for r in self.runs()}
+        return [("live" if run_id == run_ids[0] else f"run-{run_id}",
+                 self._series(run_id, f"run {run_id}", runs[run_id]["config"].get("beta")))
+                for run_id in (run_ids if overlay else run_ids[:1])]
+
+    def _series(self, run_id: int, name: str, beta) -> RunSeries:
+        series = RunSeries(name)
+        for metric, points in self.run_metrics(run_id).items():
+            for step, value in points:
+                series.add(step, with_logratios({metric: value}, beta))
+        return series
+
+    def export_controller(self, run_id: int) -> ExportController | None:
+        """The export of a run's checkpoint (None when it has none)."""
+        run = self._run(run_id)
+        return ExportController(self.ctx, run["checkpoint"]) if run and run["checkpoint"] else None
+
     def use_checkpoint(self, run_id: int) -> str | None:
         """Make a run's checkpoint the active model for labeling and comparing (the
         reference for later runs stays the original base)."""
-        run = next((r for r in self.runs() if r["id"] == run_id), None)
+        run = self._run(run_id)
         if not run or not run["checkpoint"]:
             return None
         self.ctx.set_active_model(run["checkpoint"])

@@ -1,5 +1,7 @@
 """Compare page: the model before and after training answer the same prompt side by side;
-the person votes blind, sees which was which, and watches the win rate."""
+the person votes blind, sees which was which, and watches the win rate. A view:
+`app.controllers.compare_controller.CompareController` holds the rounds, the votes and what
+may be shown; this page lays out widgets, shows what it hands over and forwards input."""
 
 from __future__ import annotations
 
@@ -22,23 +24,23 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.controllers.compare_controller import CompareController, CompareRound, model_label
+from app.controllers.compare_controller import CompareController, CompareRound
+from app.controllers.rounds import VoteStats
 from app.pages.export_dialog import ExportDialog
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
-from dpo_engine.generate import GenerationSettings
 from dpo_engine.heldout import HeldoutSummary
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
-BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
+VOTE_BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
     ("compareLeft", "← Left is better  [1]", "left", ("1", "Left")),
     ("compareTie", "Tie  [3]", "tie", ("3",)),
     ("compareBothBad", "Both bad  [4]", "both_bad", ("4",)),
     ("compareRight", "Right is better  [2] →", "right", ("2", "Right")),
     ("compareSkip", "Skip  [S]", "skip", ("S",)),
 ]
-SOURCES = [("Held-out prompts", "heldout"), ("Starter prompts", "starter"), ("Only prompts I type", "typed")]
+SOURCE_CHOICES = [("Held-out prompts", "heldout"), ("Starter prompts", "starter"), ("Only prompts I type", "typed")]
 
 
 def _plain_label(name: str, accessible: str = "") -> QLabel:
@@ -51,7 +53,7 @@ def _plain_label(name: str, accessible: str = "") -> QLabel:
     return label
 
 
-def _pct(x: float) -> str:
+def _as_percent(x: float) -> str:
     return f"{100 * x:.0f}%"
 
 
@@ -60,11 +62,11 @@ def _n(count: int, word: str) -> str:
 
 
 class ComparePage(QWidget):
-    def __init__(self, ctx: AppContext, parent=None):
+    def __init__(self, ctx: AppContext, controller: CompareController, parent=None):
         super().__init__(parent)
         self.setObjectName("page_compare")
         self.ctx = ctx
-        self.controller = CompareController(ctx)
+        self.controller = controller
         self._build()
         self._connect()
         self._on_controller_modelsChanged()
@@ -82,7 +84,7 @@ class ComparePage(QWidget):
         self.blind_box.setToolTip("Hide which model wrote which answer until you vote.")
         self.source = QComboBox(objectName="promptSource")
         self.source.setAccessibleName("Prompts")
-        for text, key in SOURCES:
+        for text, key in SOURCE_CHOICES:
             self.source.addItem(text, key)
         top = QHBoxLayout()
         for label, w in (("Before", self.before_model), ("After", self.after_model)):
@@ -112,7 +114,7 @@ class ComparePage(QWidget):
 
         self.buttons: dict[str, QPushButton] = {}
         row = QHBoxLayout()
-        for name, label, verdict, _keys in BUTTONS:
+        for name, label, verdict, _keys in VOTE_BUTTONS:
             self.buttons[verdict] = self._button(name, label)
             row.addWidget(self.buttons[verdict])
         self.next_button = self._button("compareNext", "Next prompt  [N]")
@@ -188,7 +190,7 @@ class ComparePage(QWidget):
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
         c = self.controller
-        for _name, _label, verdict, keys in BUTTONS:
+        for _name, _label, verdict, keys in VOTE_BUTTONS:
             self.buttons[verdict].clicked.connect(lambda _=False, v=verdict: c.vote(v))
             for key in keys:
                 QShortcut(QKeySequence(key), self, lambda v=verdict: c.vote(v),
@@ -238,10 +240,11 @@ class ComparePage(QWidget):
             self._on_models_edited()
 
     def _on_export_clicked(self) -> ExportDialog | None:
-        if not self.controller.after_ref:
+        export = self.controller.export_controller()
+        if export is None:
             self.notice.setText("Choose the 'after' model first: it is the one exported.")
             return None
-        dialog = ExportDialog(self.ctx, self.controller.after_ref, self)
+        dialog = ExportDialog(export, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
@@ -251,8 +254,7 @@ class ComparePage(QWidget):
         self._show_names_and_rewards()
 
     def _on_settings_changed(self, *_) -> None:
-        self.controller.settings = GenerationSettings(self.max_tokens.value(), self.temperature.value(),
-                                                      self.controller.settings.top_p)
+        self.controller.set_generation(self.max_tokens.value(), self.temperature.value())
 
     def _on_prompt_input_returnPressed(self) -> None:
         self.controller.add_typed_prompt(self.prompt_input.text())
@@ -265,12 +267,12 @@ class ComparePage(QWidget):
 
     def _on_controller_modelsChanged(self) -> None:
         c = self.controller
-        checkpoints = c.checkpoints()
-        for combo, items, current in ((self.before_model, [self.ctx.base_model_ref] + checkpoints, c.before_ref),
-                                      (self.after_model, checkpoints, c.after_ref or "")):
+        options = c.model_options()
+        for combo, items, current in ((self.before_model, options.before, options.before_ref),
+                                      (self.after_model, options.after, options.after_ref)):
             combo.blockSignals(True)
             combo.clear()
-            combo.addItems(list(dict.fromkeys(items)))
+            combo.addItems(list(items))
             combo.setEditText(current)
             combo.blockSignals(False)
         if c.no_model_reason():
@@ -296,51 +298,36 @@ class ComparePage(QWidget):
         self.notice.setText("Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip.")
 
     def _on_controller_revealed(self) -> None:
-        rnd = self.controller.current
         self._set_voting_enabled(False, skip=False)  # voted: only Next moves on
         self._show_names_and_rewards()
-        if rnd is not None:
-            picked = {"left": 0, "right": 1}.get(rnd.verdict)
-            who = ("the trained model (after)" if picked == rnd.after_side else "the base model (before)"
-                   ) if picked is not None else "neither"
-            self.notice.setText(f"You preferred {who}. Press N for the next prompt.")
+        if self.controller.current is not None:
+            self.notice.setText(self.controller.preference_text())
 
     def _show_names_and_rewards(self) -> None:
-        """Blind: no names, and no rewards either (the trained model's own answer tends to
-        score higher, which would give it away). Both show once voted or unblinded."""
-        rnd = self.controller.current
-        if rnd is None:
-            return
-        hidden = rnd.blind and rnd.verdict is None
-        for side, (pane, reward) in enumerate(zip(self.panes, self.rewards)):
-            where = "Left" if side == 0 else "Right"
-            role = "After" if side == rnd.after_side else "Before"
-            pane.title.setText(f"{where} answer" if hidden else f"{where} — {role}: {model_label(rnd.refs[side])}")
-            if hidden:
-                reward.setText("Implicit reward: shown after your vote")
-            elif rnd.rewards is None:
-                reward.setText("Implicit reward: scoring…" if not rnd.error else "Implicit reward: unavailable")
-            else:
-                reward.setText(f"Implicit reward β·log(π_after/π_before) = {rnd.rewards[side]:+.3f}  (β {rnd.beta:g})")
+        views = self.controller.side_views()
+        for view, pane, reward in zip(views or (), self.panes, self.rewards):
+            pane.title.setText(view.title)
+            reward.setText(view.reward)
 
     def _set_voting_enabled(self, on: bool, skip: bool = True) -> None:
         for verdict, b in self.buttons.items():
             b.setEnabled(on or (skip and verdict == "skip"))
 
-    def _on_controller_statsChanged(self, s: dict) -> None:
-        if s["rate"] is None:
+    def _on_controller_statsChanged(self, s: VoteStats) -> None:
+        if s.rate is None:
             self.winrate_label.setText("No blind votes yet")
         else:
-            self.winrate_label.setText(f"After wins {_pct(s['rate'])}\n95% CI {_pct(s['low'])} – {_pct(s['high'])}")
-        votes = f"{_n(s['votes'], 'blind vote')}: {s['wins']} after, {s['losses']} before, {_n(s['ties'], 'tie')}"
-        votes += " (a tie counts half)" if s["ties"] else ""
-        if s["unblinded"]:
-            votes += f"\n{_n(s['unblinded'], 'unblinded vote')} stored, not counted"
+            self.winrate_label.setText(f"After wins {_as_percent(s.rate)}\n"
+                                       f"95% CI {_as_percent(s.low)} – {_as_percent(s.high)}")
+        votes = f"{_n(s.votes, 'blind vote')}: {s.wins} after, {s.losses} before, {_n(s.ties, 'tie')}"
+        votes += " (a tie counts half)" if s.ties else ""
+        if s.unblinded:
+            votes += f"\n{_n(s.unblinded, 'unblinded vote')} stored, not counted"
         self.votes_label.setText(votes)
-        if s["rounds"]:
-            before, after = s["before_tokens"], s["after_tokens"]
+        if s.rounds:
+            before, after = s.before_tokens, s.after_tokens
             drift = f" ({100 * (after - before) / before:+.0f}%)" if before else ""
-            self.length_label.setText(f"Mean answer length over {_n(s['rounds'], 'prompt')}: before {before:.0f} → "
+            self.length_label.setText(f"Mean answer length over {_n(s.rounds, 'prompt')}: before {before:.0f} → "
                                       f"after {after:.0f} tokens{drift}")
         else:
             self.length_label.setText("Mean answer length: no answers yet")
@@ -349,8 +336,9 @@ class ComparePage(QWidget):
         skipped = f", {h.skipped} skipped" if h.skipped else ""
         self.heldout_label.setText(
             f"{h.pairs} held-out pairs{skipped}, β {h.beta:g}\n"
-            f"Prefers the chosen answer: before {_pct(h.base_accuracy)} → after {_pct(h.trained_accuracy)}\n"
-            f"Reward accuracy (after): {_pct(h.reward_accuracy)}\n"
+            f"Prefers the chosen answer: before {_as_percent(h.base_accuracy)} → "
+            f"after {_as_percent(h.trained_accuracy)}\n"
+            f"Reward accuracy (after): {_as_percent(h.reward_accuracy)}\n"
             f"Mean reward margin: before 0 (by definition) → after {h.reward_margin:+.3f}\n"
             f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}\n"
             f"Scored in {h.precision}")

@@ -1,6 +1,7 @@
 """Data page: browse, search and filter comparisons; view one in full; flip a verdict;
-delete with undo; import and export files. Logic lives in `DataController`; this view
-only lays out widgets and forwards their signals. Model output is shown as plain text."""
+delete with undo; import and export files. Logic lives in `DataController` (importing runs
+on the torch worker, with its progress here); this view only lays out widgets and forwards
+their signals. Model output is shown as plain text."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPlainTextEdit,
+    QProgressBar,
     QPushButton,
     QSplitter,
     QTableView,
@@ -25,9 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.widgets.comparison_table import ROW_ROLE, VERDICT_TEXT
+from app.widgets.comparison_table import VERDICT_TEXT
 from app.plumbing.context import AppContext
-from app.controllers.data_controller import DataController, report_text
+from app.controllers.data_controller import DataController, ImportOutcome, ImportProgress
 from app.pages.report_dialog import ReportDialog
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.store.read import ComparisonRow
@@ -58,13 +60,12 @@ def _prompt_as_text(row: ComparisonRow) -> str:
 
 
 class DataPage(QWidget):
-    def __init__(self, ctx: AppContext, parent=None):
+    def __init__(self, ctx: AppContext, controller: DataController, parent=None):
         super().__init__(parent)
         self.setObjectName("page_data")
         self.ctx = ctx
-        self._emitting = False  # our own comparisonsChanged: the model is already fresh
         self.report_dialog: ReportDialog | None = None
-        self.controller = DataController(ctx.project_path, on_changed=self._notify)
+        self.controller = controller
         self._build()
         self._connect()
         self._on_model_reset()
@@ -155,10 +156,14 @@ class DataPage(QWidget):
         self.summary.setObjectName("dataSummary")
         self.summary.setTextFormat(Qt.TextFormat.PlainText)  # holds file paths and error text
         self.summary.setWordWrap(True)
+        self.import_progress = _named(QProgressBar(), "importProgress", "Import progress")
+        self.import_progress.setMaximumWidth(160)
+        self.import_progress.setVisible(False)
         row = QHBoxLayout()
         for w in (self.flip_button, self.delete_button, self.undo_button):
             row.addWidget(w)
         row.addWidget(self.summary, 1)
+        row.addWidget(self.import_progress)
         return row
 
     # ------------------------------------------------------------------ wiring
@@ -180,15 +185,11 @@ class DataPage(QWidget):
             shortcut = QShortcut(QKeySequence(keys), self)
             shortcut.setContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)  # not while on the Label page
             shortcut.activated.connect(slot)
+        self.controller.importProgress.connect(self._on_controller_importProgress)
+        self.controller.importFinished.connect(self._on_controller_importFinished)
+        self.controller.importFailed.connect(self._on_controller_importFailed)
         self.ctx.comparisonsChanged.connect(self._on_ctx_comparisonsChanged)
         self.ctx.projectChanged.connect(self._on_ctx_projectChanged)
-
-    def _notify(self) -> None:
-        self._emitting = True
-        try:
-            self.ctx.comparisonsChanged.emit()
-        finally:
-            self._emitting = False
 
     # ------------------------------------------------------------------ helpers
     def selected_rows(self) -> list[ComparisonRow]:
@@ -232,14 +233,13 @@ class DataPage(QWidget):
         rows = self.selected_rows()
         ids = [r.id for r in rows]
         self._show_row(rows[0] if len(rows) == 1 else None)
-        writable = self.controller.writable
-        self.flip_button.setEnabled(writable and bool(ids))
-        self.delete_button.setEnabled(writable and bool(ids))
-        self.undo_button.setEnabled(writable and bool(self.controller.undo_stack))
-        self.undo_button.setToolTip(f"Undo {self.controller.undo_stack[-1].description}"
-                                    if self.controller.undo_stack else "Nothing to undo")
-        self.import_button.setEnabled(writable)
-        self.export_button.setEnabled(self.controller.project is not None)
+        actions = self.controller.actions(len(ids))
+        self.flip_button.setEnabled(actions.flip)
+        self.delete_button.setEnabled(actions.delete)
+        self.undo_button.setEnabled(actions.undo)
+        self.undo_button.setToolTip(actions.undo_tip)
+        self.import_button.setEnabled(actions.import_)
+        self.export_button.setEnabled(actions.export)
 
     def _on_flip_clicked(self) -> None:
         ids = self.selected_ids()
@@ -256,18 +256,30 @@ class DataPage(QWidget):
         if self.controller.writable and self.controller.undo_stack:
             step = self.controller.undo_stack[-1]
             self._with_errors(self.controller.undo)
-            self.select_id(step.items[0] if step.kind == "delete" else step.items[0][0])
+            self.select_id(step.first_id)
 
     def _on_import_clicked(self) -> None:
         paths = self._ask_import_paths()
-        if paths:
-            reports = self.controller.import_files(paths, strict=self.strict_box.isChecked())
-            added = sum(r.added for r in reports)
-            rejected = sum(len(r.errors) for r in reports)
-            headline = f"Imported {added} new items from {len(paths)} file(s); {rejected} rows rejected."
-            self.report_dialog = ReportDialog("Import report", headline, report_text(reports), self)
-            self.report_dialog.open()  # window-modal, does not block the event loop
-            self._on_model_reset()
+        if paths and self.controller.start_import(paths, strict=self.strict_box.isChecked()):
+            self.import_progress.setRange(0, 0)  # busy until the first file's progress
+            self.import_progress.setVisible(True)
+            self._on_selection_changed()  # no second import meanwhile
+
+    def _on_controller_importProgress(self, progress: ImportProgress) -> None:
+        self.import_progress.setRange(0, progress.total)
+        self.import_progress.setValue(progress.done)
+        self.summary.setText(progress.text)
+
+    def _on_controller_importFinished(self, outcome: ImportOutcome) -> None:
+        self.import_progress.setVisible(False)
+        self.report_dialog = ReportDialog("Import report", outcome.headline, outcome.text, self)
+        self.report_dialog.open()  # window-modal, does not block the event loop
+        self._on_model_reset()
+
+    def _on_controller_importFailed(self, message: str) -> None:
+        self.import_progress.setVisible(False)
+        self._on_model_reset()
+        self.summary.setText(message)
 
     def _on_export_clicked(self) -> None:
         target = self._ask_export_target()
@@ -293,7 +305,7 @@ class DataPage(QWidget):
         return (path if path.suffix else path.with_suffix(suffix)), fmt
 
     def _on_ctx_comparisonsChanged(self) -> None:
-        if not self._emitting:
+        if not self.controller.notifying:  # our own change: the table is fresh already
             selected = self.selected_ids()
             self.controller.refresh()
             if selected:

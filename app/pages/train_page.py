@@ -1,8 +1,9 @@
-"""Train page: one button, live plots, progress, stop/resume, the run history."""
+"""Train page: one button, live plots, progress, stop/resume, the run history. A view:
+`app.controllers.train_controller.TrainController` decides what can run and what each
+line says; this page lays out widgets, shows what the controller hands it and forwards
+clicks."""
 
 from __future__ import annotations
-
-import datetime as dt
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -27,19 +28,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.plumbing.context import AppContext
-from app.controllers.train_controller import TrainController
-from app.widgets.metric_plots import MetricPlots, RunSeries, with_logratios
+from app.controllers.train_controller import RUN_COLUMNS, TrainController, TrainSettings
 from app.pages.export_dialog import ExportDialog
-from app.pages.model_choice import choose_model
+from app.pages.model_choice import ModelChoice, choose_model
+from app.plumbing.context import AppContext
+from app.widgets.metric_plots import MetricPlots
 from dpo_engine.train.config import field_kind, form_fields
-
-RUN_COLUMNS = ["Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint"]
-
-
-def _fmt_seconds(s: float) -> str:
-    s = int(max(s, 0))
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _setting_widget(f, value) -> QWidget:
@@ -65,11 +59,11 @@ def _setting_widget(f, value) -> QWidget:
 
 
 class TrainPage(QWidget):
-    def __init__(self, ctx: AppContext, parent=None):
+    def __init__(self, ctx: AppContext, controller: TrainController, parent=None):
         super().__init__(parent)
         self.setObjectName("page_train")
         self.ctx = ctx
-        self.controller = TrainController(ctx)
+        self.controller = controller
         self._build()
         self._connect()
         self._refresh_ready()
@@ -109,7 +103,7 @@ class TrainPage(QWidget):
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(2000)
         self.runs_table = self._named(QTableWidget(0, len(RUN_COLUMNS)), "runsTable", "Run history")
-        self.runs_table.setHorizontalHeaderLabels(RUN_COLUMNS)
+        self.runs_table.setHorizontalHeaderLabels(list(RUN_COLUMNS))
         self.runs_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.runs_table.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.runs_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
@@ -178,17 +172,17 @@ class TrainPage(QWidget):
             form.addRow(label, widget)
 
         for f in form_fields():  # TrainConfig's own settings: label, help and limits from the dataclass
-            widget = _setting_widget(f, s[f.name])
+            widget = _setting_widget(f, s.form[f.name])
             widget.setToolTip(f.metadata["help"])
             add(f.name, f.metadata["label"], widget)
         add("lora", "LoRA", QCheckBox())
-        add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s["lora_rank"]))
+        add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s.lora_rank))
         dtype = QComboBox()
         dtype.addItems(["auto", "float32", "bfloat16"])
         add("dtype", "Precision", dtype)
         device = QComboBox(editable=True)
         device.addItems(["auto", "cpu", "cuda", "mps"])
-        device.setCurrentText(s["device"])
+        device.setCurrentText(s.device)
         device.lineEdit().setObjectName("adv_device_edit")
         device.lineEdit().setAccessibleName("Device name")
         add("device", "Device", device)
@@ -210,10 +204,10 @@ class TrainPage(QWidget):
         start.addItem("Base model", "base")
         start.setToolTip("Active model: the next round continues from the model you label with (the last "
                          "run's). Base model: a fresh start.")
-        start.setCurrentIndex(start.findData(s["start_from"]))
+        start.setCurrentIndex(start.findData(s.start_from))
         add("start_from", "Start from", start)
         follow = QCheckBox()
-        follow.setChecked(s["follow"])
+        follow.setChecked(s.follow)
         follow.setToolTip("After a run, the Label page samples from the trained model (on-policy pairs); "
                           "the base stays the reference.")
         add("follow", "Label with the new model", follow)
@@ -249,18 +243,21 @@ class TrainPage(QWidget):
         super().showEvent(event)
         self._refresh_ready()
 
-    def read_settings(self) -> dict:
-        out = {}
+    def read_settings(self) -> TrainSettings:
+        """The settings as the form shows them now."""
+        values = {}
         for key, w in self.fields.items():
             if isinstance(w, QComboBox):
-                out[key] = w.currentData() if w.currentData() is not None else w.currentText()
+                values[key] = w.currentData() if w.currentData() is not None else w.currentText()
             elif isinstance(w, QCheckBox):
-                out[key] = w.isChecked()
+                values[key] = w.isChecked()
             elif isinstance(w, QLineEdit):
-                out[key] = w.text()
+                values[key] = w.text()
             else:
-                out[key] = w.value()
-        return out
+                values[key] = w.value()
+        names = {f.name for f in form_fields()}
+        return TrainSettings({k: v for k, v in values.items() if k in names},
+                             **{k: v for k, v in values.items() if k not in names})
 
     # ------------------------------------------------------------------ models
     def _on_reference_pick_clicked(self) -> None:
@@ -268,21 +265,18 @@ class TrainPage(QWidget):
         if choice is not None:
             self.fields["reference"].setText(choice.path)
 
-    def adapt_to_model(self, choice) -> str:
-        """A model chosen in the picker that fits only with LoRA (or gradient checkpointing)
-        turns those on here; returns what was changed, for the person ("" when nothing)."""
-        notes = []
-        if choice.needs_lora and not self.fields["lora"].isChecked():
+    def adapt_to_model(self, choice: ModelChoice) -> str:
+        """Turn on what the chosen model needs to fit (the controller decides); returns what was
+        changed, for the person ("" when nothing)."""
+        change = self.controller.adaptation(choice, self.fields["lora"].isChecked(),
+                                            self.fields["gradient_checkpointing"].isChecked())
+        if change.lora:
             self.fields["lora"].setChecked(True)
-            notes.append("LoRA is on: a full fine-tune of this model does not fit in memory here")
-        if choice.needs_checkpointing and not self.fields["gradient_checkpointing"].isChecked():
+        if change.gradient_checkpointing:
             self.fields["gradient_checkpointing"].setChecked(True)
-            notes.append("gradient checkpointing is on: it fits only with it")
-        if notes:
-            text = "; ".join(notes) + "."
-            self._append_log(text[0].upper() + text[1:])
-            return text[0].upper() + text[1:]
-        return ""
+        if change.note:
+            self._append_log(change.note)
+        return change.note
 
     # ------------------------------------------------------------------ slots
     def _on_train_clicked(self) -> None:
@@ -298,12 +292,10 @@ class TrainPage(QWidget):
 
     def _on_controller_started(self, run_id: int, _total: int) -> None:
         self.plots.clear()
-        for name, points in self.controller.run_metrics(run_id).items():  # a resumed run's history
-            for step, value in points:
-                self.plots.add_point("live", step, {name: value}, self.controller.config.beta)
+        self.plots.set_series("live", self.controller.live_series(run_id))  # a resumed run's history
         self.train_button.setEnabled(False)
         self.stop_button.setEnabled(True)
-        self.ready_label.setText(f"Run {run_id} on {self.ctx.device.describe()}: computing reference log-probs…")
+        self.ready_label.setText(self.controller.started_text(run_id))
 
     def _on_controller_referenceProgress(self, done: int, total: int) -> None:
         self.progress.setFormat("reference %v / %m pairs")
@@ -311,13 +303,12 @@ class TrainPage(QWidget):
         self.progress.setValue(done)
 
     def _on_controller_stepArrived(self, ev) -> None:
+        shown = self.controller.step_view(ev)
         self.progress.setFormat("%v / %m steps")
-        self.progress.setRange(0, ev.total_steps)
-        self.progress.setValue(ev.step)
-        self.speed_label.setText(f"ETA {_fmt_seconds(ev.eta)} · {ev.tokens_per_s:,.0f} tokens/s · "
-                                 f"{self.ctx.device.describe()}")
-        self.ready_label.setText(f"Run {self.controller.run_id}: step {ev.step} of {ev.total_steps}, "
-                                 f"epoch {ev.epoch:.2f}, loss {ev.loss:.4f}, accuracy {ev.rewards_accuracies:.2f}")
+        self.progress.setRange(0, shown.total_steps)
+        self.progress.setValue(shown.step)
+        self.speed_label.setText(shown.speed)
+        self.ready_label.setText(shown.status)
         self.plots.add_point("live", ev.step, ev.metrics, self.controller.config.beta)
 
     def _on_controller_evalArrived(self, ev) -> None:
@@ -326,13 +317,7 @@ class TrainPage(QWidget):
     def _on_controller_finished(self, summary) -> None:
         self.stop_button.setEnabled(False)
         self.progress.setValue(summary.step)
-        text = {"finished": "Finished", "stopped": "Stopped", "failed": "Failed"}[summary.status]
-        msg = f"{text} after {summary.step} steps"
-        if summary.reason:
-            msg += f": {summary.reason}"
-        if summary.checkpoint:
-            msg += f". Model saved to {summary.checkpoint}"
-        self.ready_label.setText(msg)
+        self.ready_label.setText(self.controller.finished_text(summary))
         self._refresh_ready()
 
     def _on_controller_failed(self, reason: str) -> None:
@@ -344,46 +329,31 @@ class TrainPage(QWidget):
         self.log.appendPlainText(line)
 
     def _on_start_from_changed(self, *_) -> None:
-        self.controller.settings["start_from"] = self.fields["start_from"].currentData()
+        self.controller.set_start_from(self.fields["start_from"].currentData())
         self._refresh_ready()
 
     def _on_controller_runsChanged(self) -> None:
         self._refresh_ready(keep_text=True)
 
     def _refresh_ready(self, *_, keep_text: bool = False) -> None:
-        reason = self.controller.why_not_ready()
-        self.train_button.setEnabled(not reason)
-        self.train_button.setToolTip(reason or "Train on all usable pairs in the project")
-        n_round = self.controller.round_number()
-        self.train_button.setText("Train" if n_round == 1 else f"Train round {n_round}")
-        self.estimate_label.setText(self.controller.estimate().message)
+        ready = self.controller.readiness()
+        self.train_button.setEnabled(not ready.reason)
+        self.train_button.setToolTip(ready.tooltip)
+        self.train_button.setText(ready.button_text)
+        self.estimate_label.setText(ready.estimate)
         if not keep_text and not self.controller.running:
-            train, ev = self.controller.pair_counts()
-            text = reason or f"Ready: {train} training pairs and {ev} held-out pairs."
-            if not reason and n_round > 1:
-                text += (f" Round {n_round}: starts from {self.controller.start_model()} on all pairs; "
-                         f"the reference stays {self.ctx.base_model_ref}.")
-            self.ready_label.setText(text)
+            self.ready_label.setText(ready.text)
 
     # ------------------------------------------------------------------ history
     def _refresh_runs(self) -> None:
-        runs = self.controller.runs()
-        self.runs_table.setRowCount(len(runs))
-        for row, run in enumerate(reversed(runs)):
-            metrics = self.controller.run_metrics(run["id"])
-            last = lambda name: metrics[name][-1][1] if metrics.get(name) else None  # noqa: E731
-            steps = metrics["loss"][-1][0] if metrics.get("loss") else 0
-            started = dt.datetime.fromtimestamp(run["started"]).strftime("%Y-%m-%d %H:%M")
-            acc = last("eval/rewards/accuracies") if last("eval/rewards/accuracies") is not None \
-                else last("rewards/accuracies")
-            values = [str(run["id"]), run["status"], started, str(steps),
-                      f"{last('loss'):.4f}" if last("loss") is not None else "",
-                      f"{acc:.2f}" if acc is not None else "", run["checkpoint"] or ""]
-            for col, value in enumerate(values):
+        rows = self.controller.run_rows()
+        self.runs_table.setRowCount(len(rows))
+        for row, run in enumerate(rows):
+            for col, value in enumerate(run.cells):
                 item = QTableWidgetItem(value)
-                item.setData(Qt.ItemDataRole.UserRole, run["id"])
-                if col == 1 and run["error"]:
-                    item.setToolTip(run["error"])
+                item.setData(Qt.ItemDataRole.UserRole, run.run_id)
+                if col == 1 and run.error:
+                    item.setToolTip(run.error)
                 self.runs_table.setItem(row, col, item)
         self._on_runs_selectionChanged()
 
@@ -393,21 +363,15 @@ class TrainPage(QWidget):
 
     def _on_runs_selectionChanged(self, *_) -> None:
         ids = self.selected_run_ids()
-        runs = {r["id"]: r for r in self.controller.runs()}
-        one = runs.get(ids[0]) if len(ids) == 1 else None
-        self.resume_button.setEnabled(bool(one and one["status"] == "stopped" and not self.controller.running))
-        self.use_button.setEnabled(bool(one and one["checkpoint"]))
-        self.export_button.setEnabled(bool(one and one["checkpoint"]))
-        if self.controller.running or not ids:
-            return
-        self.plots.clear()
-        for run_id in (ids if self.overlay_box.isChecked() else ids[:1]):
-            beta = runs[run_id]["config"].get("beta")
-            series = RunSeries(f"run {run_id}")
-            for name, points in self.controller.run_metrics(run_id).items():
-                for step, value in points:
-                    series.add(step, with_logratios({name: value}, beta))
-            self.plots.set_series("live" if run_id == ids[0] else f"run-{run_id}", series)
+        actions = self.controller.run_actions(ids)
+        self.resume_button.setEnabled(actions.resume)
+        self.use_button.setEnabled(actions.use)
+        self.export_button.setEnabled(actions.export)
+        shown = self.controller.history_series(ids, self.overlay_box.isChecked())
+        if shown:
+            self.plots.clear()
+            for key, series in shown:
+                self.plots.set_series(key, series)
 
     def _on_resume_clicked(self) -> None:
         ids = self.selected_run_ids()
@@ -421,10 +385,10 @@ class TrainPage(QWidget):
 
     def _on_export_clicked(self) -> ExportDialog | None:
         ids = self.selected_run_ids()
-        run = next((r for r in self.controller.runs() if len(ids) == 1 and r["id"] == ids[0]), None)
-        if run is None or not run["checkpoint"]:
+        export = self.controller.export_controller(ids[0]) if len(ids) == 1 else None
+        if export is None:
             return None
-        dialog = ExportDialog(self.ctx, run["checkpoint"], self)
+        dialog = ExportDialog(export, self)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog

@@ -12,7 +12,7 @@ from dpo_engine.store.read import ComparisonFilter, ComparisonRow
 
 PAGE_SIZE = 200  # one query per page; small enough to stay instant on the GUI thread
 PREVIEW_CHARS = 160  # a cell shows the start of a text; the detail pane shows all of it
-COLUMNS = ("ID", "Verdict", "Source", "Split", "Prompt", "Left answer", "Right answer", "Created")
+COMPARISON_COLUMNS = ("ID", "Verdict", "Source", "Split", "Prompt", "Left answer", "Right answer", "Created")
 VERDICT_TEXT = {"left": "Left better", "right": "Right better", "tie": "Tie", "both_bad": "Both bad",
                 "skip": "Skipped"}
 CHOSEN_TINT = QColor(46, 160, 67, 60)  # translucent green: readable in light and dark themes
@@ -91,11 +91,11 @@ class ComparisonTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self._rows)
 
     def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(COLUMNS)
+        return 0 if parent.isValid() else len(COMPARISON_COLUMNS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
+            return COMPARISON_COLUMNS[section]
         return None
 
     def data(self, index: QModelIndex, role=Qt.ItemDataRole.DisplayRole):

@@ -25,7 +25,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFi
 from dpo_engine.catalog import LORA_ONLY, TOO_LARGE, Catalog, CatalogEntry, inspect_path, with_fit
 from dpo_engine.catalog.entry import format_parameters, format_size
 
-COLUMNS = ("Name", "Source", "Family", "Parameters", "Precision", "Size", "Chat", "Fit", "Notes")
+MODEL_COLUMNS = ("Name", "Source", "Family", "Parameters", "Precision", "Size", "Chat", "Fit", "Notes")
 ENTRY_ROLE = Qt.ItemDataRole.UserRole  # data(index, ENTRY_ROLE) -> the CatalogEntry
 
 
@@ -34,7 +34,7 @@ def _one_line(text: str) -> str:
 
 
 def cells(e: CatalogEntry) -> tuple[str, ...]:
-    """The row's texts, in COLUMNS order."""
+    """The row's texts, in MODEL_COLUMNS order."""
     chat = {True: "yes", False: "no (plain text)", None: "?"}[e.chat_template]
     fit = e.fit.verdict if e.fit else ("unusable" if e.error else "unknown")
     if e.fit and e.fit.gradient_checkpointing:
@@ -83,11 +83,11 @@ class ModelTableModel(QAbstractTableModel):
         return 0 if parent.isValid() else len(self._entries)
 
     def columnCount(self, parent=QModelIndex()) -> int:
-        return 0 if parent.isValid() else len(COLUMNS)
+        return 0 if parent.isValid() else len(MODEL_COLUMNS)
 
     def headerData(self, section, orientation, role=Qt.ItemDataRole.DisplayRole):
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
-            return COLUMNS[section]
+            return MODEL_COLUMNS[section]
         return None
 
     def flags(self, index):

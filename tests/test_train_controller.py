@@ -1,0 +1,94 @@
+"""The Train page's decisions, without a screen: readiness, the run history's rows and
+actions, what a model that fits only with LoRA turns on, and the end-of-run line."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from app.controllers.train_controller import (MIN_PAIRS, RunActions, TrainController, TrainSettings,
+                                              default_settings)
+from app.pages.model_choice import ModelChoice
+from app.plumbing.context import AppContext
+from dpo_engine.devices import pick_device
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.store.project import open_project
+from dpo_engine.train.events import TrainSummary
+
+
+@pytest.fixture
+def controller(qapp, tmp_path):
+    path = tmp_path / "p.sqlite"
+    with open_project(path) as project:
+        project.import_pairs([PreferencePair(f"question {i}", "good", "bad") for i in range(MIN_PAIRS - 1)])
+    ctx = AppContext(path, "base/model", pick_device("cpu"))
+    yield TrainController(ctx)
+    ctx.shutdown()
+
+
+def test_readiness_names_what_is_missing_then_the_pairs(controller):
+    ready = controller.readiness()
+    assert ready.reason.startswith(f"Label at least {MIN_PAIRS} usable pairs first (you have {MIN_PAIRS - 1})")
+    assert (ready.button_text, ready.tooltip, ready.text) == ("Train", ready.reason, ready.reason)
+    controller.ctx.project.import_pairs([PreferencePair("one more", "good", "bad")])
+    train, held_out = controller.pair_counts()
+    ready = controller.readiness()
+    assert ready.reason == "" and ready.text == f"Ready: {train} training pairs and {held_out} held-out pairs."
+    assert ready.tooltip == "Train on all usable pairs in the project" and train + held_out == MIN_PAIRS
+
+
+def test_a_model_that_needs_lora_turns_on_only_what_is_off(controller):
+    both = ModelChoice("big/model", needs_lora=True, needs_checkpointing=True)
+    change = controller.adaptation(both, lora_on=False, checkpointing_on=False)
+    assert (change.lora, change.gradient_checkpointing) == (True, True)
+    assert change.note == ("LoRA is on: a full fine-tune of this model does not fit in memory here; "
+                           "gradient checkpointing is on: it fits only with it.")
+    change = controller.adaptation(both, lora_on=True, checkpointing_on=False)
+    assert (change.lora, change.note) == (False, "Gradient checkpointing is on: it fits only with it.")
+    assert controller.adaptation(ModelChoice("small", False, False), False, False).note == ""
+
+
+def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(controller):
+    project = controller.ctx.project
+    first = project.create_run({"beta": 0.1})
+    project.log_metrics(first, 1, {"loss": 0.69, "rewards/accuracies": 0.5})
+    project.log_metrics(first, 2, {"loss": 0.6, "rewards/accuracies": 0.75, "eval/rewards/accuracies": 1.0})
+    project.finish_run(first, "stopped", checkpoint="/runs/run-1")
+    second = project.create_run({"beta": 0.2})
+    project.finish_run(second, "failed", error="No model at /nowhere")
+    rows = controller.run_rows()
+    assert [r.run_id for r in rows] == [second, first]
+    started = dt.datetime.fromtimestamp(project.runs()[0]["started"]).strftime("%Y-%m-%d %H:%M")
+    assert rows[1].cells == (str(first), "stopped", started, "2", "0.6000", "1.00", "/runs/run-1")  # eval accuracy
+    assert rows[0].cells[1:] == ("failed", rows[0].cells[2], "0", "", "", "")
+    assert rows[0].error == "No model at /nowhere"
+    assert controller.run_actions([first]) == RunActions(resume=True, use=True, export=True)  # stopped, with a checkpoint
+    assert controller.run_actions([second]) == RunActions(False, False, False)
+    assert controller.run_actions([first, second]) == RunActions(False, False, False)  # one at a time
+    (key, series), = controller.history_series([first], overlay=False)
+    assert key == "live" and series.data["loss"] == ([1, 2], [0.69, 0.6])
+    assert "logratio/chosen" not in series.data  # no rewards logged, so no log-ratio either
+    overlaid = controller.history_series([first, second], overlay=True)
+    assert [k for k, _ in overlaid] == ["live", f"run-{second}"]
+    assert controller.export_controller(second) is None
+    assert controller.export_controller(first).model_ref == "/runs/run-1"
+
+
+def test_the_end_of_a_run_in_one_line(controller):
+    assert controller.finished_text(TrainSummary("stopped", 7, 10, 12.0, "/runs/run-3")) == \
+        "Stopped after 7 steps. Model saved to /runs/run-3"
+    assert controller.finished_text(TrainSummary("failed", 0, 10, 1.0, None, reason="out of memory")) == \
+        "Failed after 0 steps: out of memory"
+
+
+def test_settings_are_a_frozen_record_the_config_is_built_from(controller):
+    settings = default_settings("cpu", 40)
+    assert isinstance(settings, TrainSettings) and settings.device == "cpu" and settings.form["max_steps"] == 0
+    with pytest.raises(AttributeError):
+        settings.lora = True  # frozen: the page hands over a new one
+    controller.settings = TrainSettings({**settings.form, "max_steps": 3}, lora=True, lora_rank=8, device="cpu")
+    controller.set_start_from("base")
+    config = controller.build_config(controller.ctx.project_path.parent / "out")
+    assert (config.max_steps, config.lora.rank, config.lora.alpha, config.model) == (3, 8, 16, "base/model")
+    assert controller.settings.start_from == "base" and controller.settings.lora_rank == 8
