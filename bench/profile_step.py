@@ -13,7 +13,7 @@ all alike:
     step-fp32 / step-bf16   `train.step.run_step` (the trainer's step: forward with the prompt
                             once, loss, backward, clip, fused AdamW) in fp32 / the trainer's bf16
                             (`step.forward_precision`: bf16 autocast, attention in fp32 on a
-                            CPU without AMX); step-bf16-attn16: attention in bf16 as well;
+                            CPU); step-bf16-attn16: attention in bf16 as well;
                             -recast: autocast's weight casts made per micro-batch (before
                             `step.casts_kept`); -noshare: the prompt run twice, one forward
     bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row

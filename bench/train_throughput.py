@@ -158,7 +158,7 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
 
     config = _config(steps, workdir, dtype)
     _, compute = training_device(config)
-    autocast = forward_precision(compute)  # the trainer's forward precision (attention fp32 on a CPU without AMX)
+    autocast = forward_precision(compute)  # the trainer's forward precision (attention in fp32 on a CPU)
     loaded = load_model(config.model, pick_device("cpu", "float32"))  # fp32 weights, as the trainer's
     model, tokenizer = loaded.model, loaded.tokenizer
     disable_dropout(model)

@@ -266,11 +266,10 @@ def test_a_bf16_step_casts_each_weight_once_for_all_its_micro_batches(tiny_model
     assert sum(not torch.equal(after[n], before[n]) for n in after) <= 1
 
 
-@pytest.mark.parametrize("flags, fp32_attention", [(["avx512_bf16"], True), (["amx_bf16", "avx512_bf16"], False)])
-def test_a_bf16_cpu_forward_runs_attention_in_fp32_unless_the_cpu_has_amx(tiny_loaded, monkeypatch, flags,
-                                                                          fp32_attention):
-    """`step.forward_precision`: bf16 autocast everywhere, but SDPA in fp32 on a CPU whose bf16
-    attention kernels are slow (no AMX); the attention function is restored afterwards."""
+@pytest.mark.parametrize("flags", [["avx512_bf16"], ["amx_bf16", "avx512_bf16"]])
+def test_a_bf16_cpu_forward_runs_attention_in_fp32(tiny_loaded, monkeypatch, flags):
+    """`step.forward_precision`: bf16 autocast for the linears, but SDPA in fp32 on a CPU (its
+    bf16 attention kernels are slower, AMX or not); the attention function is restored afterwards."""
     from transformers.modeling_utils import AttentionInterface
 
     from dpo_engine import precision
@@ -299,10 +298,6 @@ def test_a_bf16_cpu_forward_runs_attention_in_fp32_unless_the_cpu_has_amx(tiny_l
     finally:
         AttentionInterface.register("sdpa", original)
     assert seen and linear_out == [torch.bfloat16]  # the linears ran in bf16 either way
-    if fp32_attention:
-        assert all(s == (torch.float32,) * 4 + (False,) for s in seen)
-    else:
-        # autocast on: v comes bf16 from its linear and SDPA casts q and k down itself
-        assert all(s[-1] and s[2] == torch.bfloat16 and s[3] == torch.bfloat16 for s in seen)
+    assert all(s == (torch.float32,) * 4 + (False,) for s in seen)
     fp32 = pick_device("cpu", "float32")
     assert forward_precision(fp32) == fp32.autocast  # fp32: nothing to change

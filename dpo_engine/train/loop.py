@@ -191,7 +191,7 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
                   + (f", {dist.world} processes" if dist.world > 1 else ""))
     if ctx.autocast != compute.autocast:
-        yield LogLine("Attention runs in fp32: this CPU's bf16 attention kernels are slower (no AMX)")
+        yield LogLine("Attention runs in fp32: the CPU's bf16 attention kernels are slower")
     if compute.warning:
         yield LogLine(compute.warning, "warning")
     yield precision

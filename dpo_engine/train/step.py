@@ -78,12 +78,13 @@ def attention_in_fp32():
     bf16: q, k and v cast up (q and k arrive fp32 already, from the rotary embedding's fp32
     product), the output left fp32 for the next linear's own autocast.
 
-    On a CPU with avx512_bf16 but no AMX, torch's bf16 flash-attention kernels are the slowest
-    of a bf16 step: the backward took 18 ms in bf16 against 5 ms in fp32 at the trainer's answer
-    pass shape (4 rows x 9 heads x 100 tokens over 145); the profiled bf16 step spent 2.2 s in
-    attention against fp32's 1.0 s, and whole steps ran 5-10% faster with attention in fp32 (two
-    runs on a shared 2-core EPYC, within its noise: bench/README.md, "Where a bf16 training
-    step's time goes").
+    torch's bf16 attention kernels on the CPU are slower than its fp32 ones, with or without AMX.
+    On a 2-core EPYC with avx512_bf16 (no AMX) the backward took 18 ms in bf16 against 5 ms in
+    fp32 at the trainer's answer pass shape (4 rows x 9 heads x 100 tokens over 145), the
+    profiled bf16 step spent 2.2 s in attention against fp32's 1.0 s, and whole steps ran 5-10%
+    faster with attention in fp32. On 2 cores of an AMX Xeon (Emerald Rapids) the profiled bf16
+    step spent 0.85 s in bf16 attention against 0.41 s in the fp32 step (bench/README.md,
+    "Where a bf16 training step's time goes").
     Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
     on one thread at a time (the app's single torch worker; one process per rank).
     """
@@ -104,13 +105,9 @@ def attention_in_fp32():
 
 def forward_precision(compute) -> Callable[[], object]:
     """The training forward's context factory (`StepContext.autocast`) for a DeviceChoice:
-    its autocast, and on a bf16 CPU without AMX attention in fp32 (`attention_in_fp32`). With
-    AMX, bf16 attention has its own matrix units and was not measured: left in bf16."""
+    its autocast, and on a CPU in bf16 attention in fp32 (`attention_in_fp32`: faster there,
+    AMX or not). CUDA keeps bf16 attention (its flash kernels are bf16-native)."""
     if compute.dtype != "bfloat16" or compute.torch_device.type != "cpu":
-        return compute.autocast
-    from dpo_engine.precision import native_bf16_flags
-
-    if "amx_bf16" in native_bf16_flags():
         return compute.autocast
 
     @contextlib.contextmanager
