@@ -334,8 +334,8 @@ def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, m
     shutil.copytree(tiny_model_dir, tmp_path / "run1")
     with open_project(tmp_path / "p.dpo") as project:
         for folder in ("run1", "gone"):
-            run = project.create_run({"model": "default"})
-            project.finish_run(run, "finished", checkpoint=str(tmp_path / folder))
+            run = project.runs.create({"model": "default"})
+            project.runs.finish(run, "finished", checkpoint=str(tmp_path / folder))
     result = CliRunner().invoke(main, ["models", "--json", "--device", "cpu", "--project", str(tmp_path / "p.dpo")])
     assert result.exit_code == 0, result.output
     runs = [m for m in json.loads(result.output)["models"] if m["source"] == "checkpoint"]

@@ -30,7 +30,7 @@ from app.plumbing.context import AppContext
 from app.controllers.data_controller import DataController, report_text
 from app.pages.report_dialog import ReportDialog
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.store.read import ComparisonRow
+from dpo_engine.store.project import ComparisonRow
 from dpo_engine.store.schema import SOURCES
 
 EXPORT_FILTERS = {  # file dialog filter -> (format, suffix)

@@ -75,7 +75,7 @@ def checkpoint_entries(project_path: str | Path) -> list[CatalogEntry]:
     from dpo_engine.train.checkpoints import RUN_FILE
 
     with open_project(project_path, read_only=True) as project:
-        runs = [r for r in project.runs() if r.get("checkpoint")]
+        runs = [r for r in project.runs.all() if r.get("checkpoint")]
     out = []
     for run in runs:
         folder = Path(run["checkpoint"])

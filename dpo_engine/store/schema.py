@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from dpo_engine.errors import ConfigError
 from dpo_engine.pairs import PreferencePair
 
 APPLICATION_ID = 0x44504F53  # "DPOS": identifies our files among all SQLite files
@@ -19,6 +20,12 @@ VERDICTS = ("left", "right", "tie", "both_bad", "skip")
 SOURCES = ("label", "import", "compare")
 RUN_STATUSES = ("running", "finished", "stopped", "failed")
 MODEL_KINDS = ("base", "checkpoint")
+
+
+def check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a value outside one of the tuples above before SQLite's CHECK would."""
+    if value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
 def _in(values: tuple[str, ...]) -> str:
