@@ -4,7 +4,9 @@ The schema version lives in `PRAGMA user_version`; `PRAGMA application_id` marks
 as a DPO Studio project so that another program's SQLite file is refused, not altered.
 Each migration is a function from version N to N+1, run inside the caller's transaction;
 version 1 is the first schema ever shipped and stays frozen here so that old projects can
-always be brought forward.
+always be brought forward. Migrations and PRAGMAs are plain SQL on the connection: a
+migration is frozen history that must run the same in every later version, and sqlite-utils
+has no API for PRAGMAs (its `transform()` would copy a table where ALTER adds a column).
 """
 
 from __future__ import annotations
