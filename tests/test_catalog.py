@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.catalog import FULL_FITS, LORA_ONLY, TOO_LARGE, Locations, ModelShape, fit_verdict, list_models
+from dpo_engine.catalog import list_models
+from dpo_engine.catalog.fit import FULL_FITS, LORA_ONLY, TOO_LARGE, ModelShape, fit_verdict
+from dpo_engine.catalog.sources import Locations
 from dpo_engine.catalog import fit as fit_mod
 from dpo_engine.catalog.gguf_header import read_gguf
 from dpo_engine.catalog.readers import read_folder, read_gguf_file, safetensors_header
@@ -381,7 +383,7 @@ def test_an_ollama_blob_resolves_as_a_gguf_under_a_gguf_name(stores, tmp_path, m
         seen.append((gguf.name, gguf.read_bytes() == open(blob, "rb").read(), source))
         dest.mkdir(parents=True)
         (dest / "config.json").write_text("{}")
-        (dest / models.MANIFEST).write_text("{}")
+        (dest / models.CONVERSION_RECORD).write_text("{}")
         yield from ()
 
     monkeypatch.setattr(models, "_convert_gguf", fake_convert)

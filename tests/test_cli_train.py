@@ -8,7 +8,8 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.train.checkpoints import read_manifest, read_run_file
+from dpo_engine.atomic import read_manifest
+from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.cli.main import main
 from dpo_engine.cli.train import make_interrupt_handler
 from tests.test_trainer import make_pairs

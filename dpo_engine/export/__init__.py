@@ -29,7 +29,7 @@ from typing import Callable
 
 from dpo_engine.errors import ConfigError, DataError, storage_problem
 from dpo_engine.atomic import staged
-from dpo_engine.export.atomic import check_export_target
+from dpo_engine.export.targets import check_export_target
 from dpo_engine.export.card import write_card
 from dpo_engine.export.facts import ProjectFacts, project_facts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, write_gguf
@@ -209,4 +209,4 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
     return write
 
 
-__all__ = ["FORMATS", "QUANTS", "ExportProgress", "ExportResult", "export_model"]
+__all__ = ["FORMATS", "ExportProgress", "ExportResult", "export_model"]

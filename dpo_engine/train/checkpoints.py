@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dpo_engine.atomic import MANIFEST, find_checkpoint, prev_folder, read_manifest, write_checkpoint  # noqa: F401
+from dpo_engine.atomic import find_checkpoint, prev_folder
 from dpo_engine.errors import ConfigError, TrainingError
 
 RUN_FILE = "dpo_studio_run.json"  # base / reference refs and the run config, for people and for resume
