@@ -3,7 +3,7 @@
 A checkpoint folder holds config.json + *.safetensors + tokenizer + dpo_studio_run.json +
 trainer_state/ + checkpoint.json (the manifest). It is written and swapped into place by
 `dpo_engine.atomic.write_checkpoint` (temporary sibling, manifest last, two renames), and
-found by `find_checkpoint`, which recovers one a kill left in `.<out>.prev`.
+found by `dpo_engine.atomic.find_checkpoint`, which recovers one a kill left in `.<out>.prev`.
 
 Optimizer and scheduler state are torch.save files (pickle), so they are only ever read
 with `torch.load(..., weights_only=True)`; a file that needs more than that is refused with
