@@ -37,8 +37,8 @@ from dpo_engine.store.lock import ProcessLock, check_single_name
 from dpo_engine.store.run_records import RunRecords
 from dpo_engine.store.schema import (
     APPLICATION_ID,
+    COMPARISON_SOURCES,
     CURRENT_VERSION,
-    SOURCES,
     VERDICTS,
     check_choice,
     migrate,
@@ -405,7 +405,7 @@ class Project:
                           group: int | None = None, source: str = "label") -> int:
         """Store one verdict; durable (committed and synced) when this returns."""
         check_choice("verdict", verdict, VERDICTS)
-        check_choice("source", source, SOURCES)
+        check_choice("source", source, COMPARISON_SOURCES)
         with self._tx():
             digest = self._hash_for(prompt_id, left_id, right_id, verdict)
             return self.db["comparisons"].insert({
@@ -421,7 +421,7 @@ class Project:
         shown), so position-bias statistics keep their meaning. Returns the group id."""
         from dpo_engine.ranking import ranking_pairs
 
-        check_choice("source", source, SOURCES)
+        check_choice("source", source, COMPARISON_SOURCES)
         pairs = ranking_pairs(ranked_ids, ties)
         with self._tx():
             now = time.time()
@@ -483,7 +483,7 @@ class Project:
                      model: str = "import") -> tuple[int, int]:
         """Store pairs as prompt + two responses + a 'left' comparison, in one transaction,
         skipping any whose content hash is already present. Returns (added, duplicates)."""
-        check_choice("source", source, SOURCES)
+        check_choice("source", source, COMPARISON_SOURCES)
         with self._tx():
             fresh = self._new_pairs(pairs)
             prompt_ids = self._prompt_ids([p.prompt for _, p in fresh], source)

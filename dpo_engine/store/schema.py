@@ -19,7 +19,7 @@ from dpo_engine.pairs import PreferencePair
 
 APPLICATION_ID = 0x44504F53  # "DPOS": identifies our files among all SQLite files
 VERDICTS = ("left", "right", "tie", "both_bad", "skip")
-SOURCES = ("label", "import", "compare")
+COMPARISON_SOURCES = ("label", "import", "compare")
 RUN_STATUSES = ("running", "finished", "stopped", "failed")
 MODEL_KINDS = ("base", "checkpoint")
 
@@ -62,7 +62,7 @@ CREATE TABLE comparisons (
     verdict TEXT NOT NULL CHECK (verdict IN {_in(VERDICTS)}),
     strength REAL,
     note TEXT,
-    source TEXT NOT NULL CHECK (source IN {_in(SOURCES)}),
+    source TEXT NOT NULL CHECK (source IN {_in(COMPARISON_SOURCES)}),
     created REAL NOT NULL
 );
 CREATE INDEX comparisons_prompt ON comparisons(prompt_id);
