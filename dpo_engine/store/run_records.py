@@ -9,6 +9,7 @@ import time
 from typing import Callable, ContextManager
 
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 from dpo_engine.atomic import find_checkpoint, read_manifest
 from dpo_engine.errors import ConfigError
@@ -32,7 +33,7 @@ class RunRecords:
     def set_config(self, run_id: int, config: dict) -> None:
         """Replace a run's stored config (its output folder is named after its id)."""
         with self._tx():
-            self.db["runs"].update(run_id, {"config": json.dumps(config, default=str)})
+            self._update(run_id, {"config": json.dumps(config, default=str)})
 
     def annotate(self, run_id: int, **fields) -> None:
         """Add what the run learned once it started (e.g. `precision`, the dtype that ran and
@@ -42,7 +43,7 @@ class RunRecords:
             if row is None:
                 raise ConfigError(f"No run {run_id} in this project.")
             config = {**json.loads(row["config"] or "{}"), **fields}
-            self.db["runs"].update(run_id, {"config": json.dumps(config, default=str)})
+            self._update(run_id, {"config": json.dumps(config, default=str)})
 
     def log_metrics(self, run_id: int, step: int, values: dict[str, float]) -> None:
         """Store one step's metrics (names as TRL logs them) in one transaction."""
@@ -55,8 +56,13 @@ class RunRecords:
         and checkpoint."""
         check_choice("status", status, RUN_STATUSES)
         with self._tx():
-            self.db["runs"].update(run_id, {"status": status, "ended": time.time(), "error": error,
-                                            "checkpoint": checkpoint})
+            self._update(run_id, {"status": status, "ended": time.time(), "error": error, "checkpoint": checkpoint})
+
+    def _update(self, run_id: int, values: dict) -> None:
+        try:
+            self.db["runs"].update(run_id, values)
+        except NotFoundError:
+            raise ConfigError(f"No run {run_id} in this project.") from None
 
     def reconcile_interrupted(self) -> list[int]:
         """Close the runs a dead process left `running` (called by `open_project` when this
