@@ -10,7 +10,8 @@ kill -9), or can open the file read-only. A file that is not a project is refuse
 `Project` holds the labeling data (prompts, answers, verdicts: written and read here) and,
 as `project.runs`, the training runs with their metrics and models (`store.run_records`).
 The schema and its migrations are in `store.schema`. SQL goes through sqlite-utils' table
-API; the statements left as SQL are joins, aggregates, transaction control and PRAGMAs,
+API; the statements left as SQL are joins, aggregates, one many-row UPDATE, transaction
+control and PRAGMAs,
 which that API does not express (each says so).
 """
 
