@@ -11,8 +11,7 @@ kill -9), or can open the file read-only. A file that is not a project is refuse
 as `project.runs`, the training runs with their metrics and models (`store.run_records`).
 The schema and its migrations are in `store.schema`. SQL goes through sqlite-utils' table
 API; the statements left as SQL are joins, aggregates, one many-row UPDATE, transaction
-control and PRAGMAs,
-which that API does not express (each says so).
+control and PRAGMAs, which that API does not express (each says so).
 """
 
 from __future__ import annotations
