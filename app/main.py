@@ -69,7 +69,7 @@ def startup_error_box(message: str):
     return box
 
 
-def main(argv=None) -> int:
+def run_app(argv=None) -> int:
     args = parse_args(argv)
     import PySide6  # noqa: F401  (before pyqtgraph, which otherwise tries PyQt6 first)
     from PySide6.QtWidgets import QApplication
@@ -96,4 +96,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_app())

@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=8, help="sequences: 2 x pairs")
     args = ap.parse_args()
 
-    from dpo_engine.catalog import inspect_path
+    from dpo_engine.catalog.sources import inspect_path
     from dpo_engine.catalog.fit import training_memory
     from dpo_engine.logps import sequence_logps
     from dpo_engine.models import load_model, resolve_model_ref

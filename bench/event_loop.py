@@ -1,4 +1,4 @@
-"""The window never stutters while training (issue 15, item 7): event-loop gaps during a
+"""The window never stutters while training: event-loop gaps during a
 default-model training run on the Train page, measured with a 10 ms QTimer heartbeat.
 
 Drives the real window offscreen (app.main.create_window, a temporary project filled with

@@ -1,4 +1,4 @@
-"""Per-pair log-probs in bf16 autocast vs fp32 on the default model (issue 15, item 4).
+"""Per-pair log-probs in bf16 autocast vs fp32 on the default model (results: bench/README.md).
 
     .venv/bin/python bench/logps_precision.py            # table to stdout, rows to --out
 

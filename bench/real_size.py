@@ -159,7 +159,7 @@ def peak_bytes(device: str) -> int:
 def plan(folder: Path, args) -> tuple[bool, object, str]:
     """What the fit verdict picks for a LoRA run of this bench's batch at --budget-gib:
     (gradient checkpointing, MemoryEstimate of that mode, compute precision)."""
-    from dpo_engine.catalog import inspect_path
+    from dpo_engine.catalog.sources import inspect_path
     from dpo_engine.catalog.fit import BF16_VALUE_BYTES, HEADROOM, compute_precision, training_memory
 
     shape = inspect_path(str(folder)).shape

@@ -1,4 +1,4 @@
-"""Sampling in bf16 vs fp32 (issue 15, item 3): speed and whether the answers stay the same.
+"""Sampling in bf16 vs fp32: speed and whether the answers stay the same.
 
 Precision auto samples in bf16 on a CPU that runs it natively, so the Label and Compare
 pages write their answers with bf16 weights. This measures, side by side in one process on

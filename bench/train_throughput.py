@@ -25,7 +25,7 @@ its own subprocess (so peak RSS is its own):
     trl-fast        TRL's fastest configuration found on this CPU (TRL_CONFIGS: precompute, gradient
                     checkpointing off, fp32 where the CPU has no native bf16); trl-nockpt and
                     trl-fast-padfree are the other configurations tried
-    textbook        the seed's loop, bugs fixed: policy + reference copies, separate chosen
+    textbook        the project's first DPO loop, bugs fixed: policy + reference copies, separate chosen
                     and rejected forwards, full logits, masked shifted gather
 
 Trained tokens = non-padding prompt + chosen + rejected tokens of the pairs stepped on. Every
@@ -252,7 +252,7 @@ def _trl_trainer(steps: int, workdir: Path, options: dict):
 
 
 def run_textbook(steps: int, workdir: Path) -> dict:
-    """The seed's loop with its bugs fixed: labels aligned with the shifted logits, prompt and
+    """A textbook DPO loop (the project's first one, with its bugs fixed): labels aligned with the shifted logits, prompt and
     padding masked, separate chosen/rejected forwards, reference model forward every step."""
     import torch
     import torch.nn.functional as F

@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 from dpo_engine.errors import WriteError, storage_problem
 
-MANIFEST = "checkpoint.json"  # written last: a folder without it is not complete
+CHECKPOINT_MANIFEST = "checkpoint.json"  # written last: a folder without it is not complete
 FORMAT = 1
 
 
@@ -46,7 +46,7 @@ def _tmp(out: Path) -> Path:
 def read_manifest(folder: str | Path) -> dict | None:
     """The manifest if `folder` is complete (every listed file there, right size), else None."""
     try:
-        manifest = json.loads((Path(folder) / MANIFEST).read_text())
+        manifest = json.loads((Path(folder) / CHECKPOINT_MANIFEST).read_text())
         files = manifest["files"]
         items = files.items()
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
@@ -84,12 +84,12 @@ def _fsync_tree(folder: Path) -> dict[str, int]:
 
 def _write_manifest(folder: Path, info: dict) -> None:
     files = _fsync_tree(folder)
-    tmp = folder / (MANIFEST + ".part")
+    tmp = folder / (CHECKPOINT_MANIFEST + ".part")
     with open(tmp, "w") as fh:
         json.dump({"format": FORMAT, "written": time.time(), **info, "files": files}, fh, indent=1)
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, folder / MANIFEST)
+    os.replace(tmp, folder / CHECKPOINT_MANIFEST)
 
 
 def _remove_stale(out: Path) -> None:

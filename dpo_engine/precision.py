@@ -1,8 +1,8 @@
 """Whether bf16 pays on this CPU: the capability, a sub-second measurement, and its cache.
 
 On a CPU with native bf16 dot products (AVX512_BF16, AMX, Arm's BF16) a bf16 matmul reads
-half the bytes and runs 2-3x the fp32 rate (issue 15: 2.6-3.1x on this project's EPYC, a
-SmolLM2 forward+backward 2.3x). Without them torch emulates bf16 and it is slower than fp32.
+half the bytes and runs 2-3x the fp32 rate (measured 2.6-3.1x on a 2-core AMD EPYC with
+avx512_bf16, a SmolLM2 forward+backward 2.3x; bench/README.md, "Precision"). Without them torch emulates bf16 and it is slower than fp32.
 So "auto" asks twice: does the CPU execute bf16 natively, and is a training-shaped matmul
 clearly faster in bf16 *here*? The measurement runs once per machine (and torch build) and
 is kept as JSON in the user cache, beside the converted models:

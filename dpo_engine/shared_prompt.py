@@ -1,20 +1,22 @@
-"""Response log-probs with each pair's prompt run once, its keys/values reused by both answers.
+"""Response log-probs with each prompt run once, its keys/values reused by all its answers.
 
 Chosen and rejected share their prompt, so the concatenated forward of `logps.batch_logps`
-computes the prompt twice. `answer_logps` is the general pass: P prompts, each with any
-number of answers (a ranking's k answers run over one prompt pass); the pairwise pass is
-its case of two answers per prompt. Here the prompt rows (B, P) run once with a KV cache; the
-cache is repeated to 2B rows (a differentiable `repeat_interleave`, so gradients of both
-answers flow back into the one prompt pass); then the 2B answers run on top of it:
+computes the prompt twice. `answer_logps` is the general pass: P prompts and A answers,
+answer a continuing prompt owners[a] (a ranking's k answers run over one prompt pass);
+`shared_prompt_logps`, the pairwise pass, is its case of two answers per prompt (A = 2P,
+chosen and rejected interleaved). The P prompt rows run once with a KV cache; its rows are
+gathered per answer (`batch_select_indices` by owner, a differentiable index, so every
+answer's gradient flows back into its one prompt pass); then the A answers run on top of it:
 
-    prompt pass      (B, P)   ->  hidden h_p, cache K/V          (once per pair)
-    answer pass      (2B, L)  over cache(2B)  ->  hidden h_a     rows 2i = chosen_i, 2i+1 = rejected_i
-    log π(y|x) = log softmax(head(h_p[p-1]))[y_0] + Σ_{j≥1} log softmax(head(h_a[j-1]))[y_j]
+    prompt pass      (P, T)   ->  hidden h_p, cache K/V          once per prompt
+    answer pass      (A, L)   over cache rows owners  ->  h_a    pairwise: rows 2i = chosen_i, 2i+1 = rejected_i
+    log π(y|x) = log softmax(head(h_p[t-1]))[y_0] + Σ_{j≥1} log softmax(head(h_a[j-1]))[y_j]   (t: real prompt length)
 
 Prompts are right-padded, so the padding sits between a prompt and its answer: the
 attention mask hides it and the answers' position ids continue from the real prompt
 length, so every real token sees exactly the context and positions it has unpadded.
-As in `logps`, the LM head and log-softmax run only where the next token is scored.
+As in `logps`, the LM head and log-softmax run only where the next token is scored
+(`logps.label_logps`, chunked past HEAD_WHOLE_BYTES).
 
 Not usable with gradient checkpointing (transformers turns the KV cache off under it);
 the trainer then falls back to `logps.batch_logps`.

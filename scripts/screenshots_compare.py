@@ -33,7 +33,7 @@ def _train_checkpoint(project_path: Path, out: Path) -> str:
         config = TrainConfig(output_dir=str(out), lr=5e-5, max_steps=4, batch_size=2, grad_accum=1,
                              eval_fraction=0.0, device="cpu", warmup_steps=0)
         summary = run_training(config, pairs)
-        project.add_model(summary.checkpoint, "checkpoint", parent="default")
+        project.runs.add_model(summary.checkpoint, "checkpoint", parent="default")
     return summary.checkpoint
 
 

@@ -137,7 +137,7 @@ def sparse_gguf(path: Path, spec, cut: bool = False) -> None:
 
 
 def build(root: Path):
-    from dpo_engine.catalog import Locations
+    from dpo_engine.catalog.sources import Locations
 
     for spec in HF_MODELS:
         hf_repo(root / "hf", spec)

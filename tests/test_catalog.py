@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.catalog import FULL_FITS, LORA_ONLY, TOO_LARGE, Locations, ModelShape, fit_verdict, list_models
+from dpo_engine.catalog import list_models
+from dpo_engine.catalog.fit import FULL_FITS, LORA_ONLY, TOO_LARGE, ModelShape, fit_verdict
+from dpo_engine.catalog.sources import Locations
 from dpo_engine.catalog import fit as fit_mod
 from dpo_engine.catalog.gguf_header import read_gguf
 from dpo_engine.catalog.readers import read_folder, read_gguf_file, safetensors_header
@@ -334,8 +336,8 @@ def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, m
     shutil.copytree(tiny_model_dir, tmp_path / "run1")
     with open_project(tmp_path / "p.dpo") as project:
         for folder in ("run1", "gone"):
-            run = project.create_run({"model": "default"})
-            project.finish_run(run, "finished", checkpoint=str(tmp_path / folder))
+            run = project.runs.create({"model": "default"})
+            project.runs.finish(run, "finished", checkpoint=str(tmp_path / folder))
     result = CliRunner().invoke(main, ["models", "--json", "--device", "cpu", "--project", str(tmp_path / "p.dpo")])
     assert result.exit_code == 0, result.output
     runs = [m for m in json.loads(result.output)["models"] if m["source"] == "checkpoint"]
@@ -381,7 +383,7 @@ def test_an_ollama_blob_resolves_as_a_gguf_under_a_gguf_name(stores, tmp_path, m
         seen.append((gguf.name, gguf.read_bytes() == open(blob, "rb").read(), source))
         dest.mkdir(parents=True)
         (dest / "config.json").write_text("{}")
-        (dest / models.MANIFEST).write_text("{}")
+        (dest / models.CONVERSION_RECORD).write_text("{}")
         yield from ()
 
     monkeypatch.setattr(models, "_convert_gguf", fake_convert)

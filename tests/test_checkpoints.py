@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpo_engine.train.checkpoints import (MANIFEST, find_checkpoint, load_trainer_state, read_manifest,
-                                    save_trainer_state, write_checkpoint)
+from dpo_engine.atomic import CHECKPOINT_MANIFEST, find_checkpoint, read_manifest, write_checkpoint
+from dpo_engine.train.checkpoints import load_trainer_state, save_trainer_state
 
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
@@ -55,14 +55,14 @@ def test_a_folder_whose_files_do_not_match_the_manifest_is_not_a_checkpoint(tmp_
     (out / "model.safetensors").write_bytes(b"short")
     assert read_manifest(out) is None and find_checkpoint(out) is None
     (out / "model.safetensors").unlink()
-    (out / MANIFEST).unlink()
+    (out / CHECKPOINT_MANIFEST).unlink()
     assert find_checkpoint(tmp_path / "nothing-here") is None
 
 
 CHILD = """
 import sys, time
 from pathlib import Path
-from dpo_engine.train.checkpoints import write_checkpoint
+from dpo_engine.atomic import write_checkpoint
 out = Path(sys.argv[1])
 def first(folder):
     (folder / "model.safetensors").write_bytes(b"1" * 4096)

@@ -8,7 +8,8 @@ import threading
 import pytest
 from click.testing import CliRunner
 
-from dpo_engine.train.checkpoints import read_manifest, read_run_file
+from dpo_engine.atomic import read_manifest
+from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.cli.main import main
 from dpo_engine.cli.train import make_interrupt_handler
 from tests.test_trainer import make_pairs
@@ -55,10 +56,10 @@ def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
                   "--batch-size", "2", "--grad-accum", "1"])
     assert result.exit_code == 0, result.output
     with open_project(db, read_only=True) as project:
-        (r,) = project.runs()
+        (r,) = project.runs.all()
         assert r["status"] == "finished" and r["checkpoint"] == str(out.absolute())
-        assert [s for s, _ in project.run_metrics(r["id"])["loss"]] == [1, 2]
-        assert any(m["ref"] == str(out.absolute()) and m["kind"] == "checkpoint" for m in project.models())
+        assert [s for s, _ in project.runs.metrics(r["id"])["loss"]] == [1, 2]
+        assert any(m["ref"] == str(out.absolute()) and m["kind"] == "checkpoint" for m in project.runs.models())
 
 
 def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
@@ -96,7 +97,7 @@ def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_p
     result = run(["--project", str(db), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and "Error: Only" in result.output and "Traceback" not in result.output
     with open_project(db, read_only=True) as project:
-        assert [r["status"] for r in project.runs()] == ["failed"]
+        assert [r["status"] for r in project.runs.all()] == ["failed"]
 
 
 def test_flags_are_checked(tiny_model_dir, tmp_path):

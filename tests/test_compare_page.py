@@ -38,7 +38,7 @@ def trained_dir(tmp_path_factory, tiny_model_dir):
 def make_page(qtbot, tmp_path, base_dir, after_dir=None):
     ctx = AppContext(tmp_path / "p.sqlite", str(base_dir), pick_device("cpu"))
     if after_dir is not None:
-        ctx.project.add_model(str(after_dir), "checkpoint", parent=str(base_dir))
+        ctx.project.runs.add_model(str(after_dir), "checkpoint", parent=str(base_dir))
     page = ComparePage(ctx, CompareController(ctx))
     qtbot.addWidget(page)
     page.max_tokens.setValue(8)  # short answers keep the tiny models fast

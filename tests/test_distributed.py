@@ -16,7 +16,7 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from dpo_engine.train.checkpoints import read_manifest
+from dpo_engine.atomic import read_manifest
 from dpo_engine.cli.main import main
 from dpo_engine.train.distributed import LOCAL, current
 from tests.test_trainer import make_pairs

@@ -78,16 +78,16 @@ def project_path(tmp_path, full_run_dir):  # noqa: F811
         p.delete_comparison(deleted)  # an undone vote does not count
         x = p.add_response(cid, "other", "some/other-model")
         p.record_comparison(cid, b, x, "left", source="compare")  # two other models: not this one's vote
-        other = p.create_run({"loss": "sigmoid"})
-        p.log_metrics(other, 1, {"eval/rewards/accuracies": 0.0, "loss": 9.0})
-        p.finish_run(other, "finished", checkpoint=str(full_run_dir.parent / "elsewhere"))
-        run = p.create_run({"loss": "sigmoid", "beta": 0.1})
+        other = p.runs.create({"loss": "sigmoid"})
+        p.runs.log_metrics(other, 1, {"eval/rewards/accuracies": 0.0, "loss": 9.0})
+        p.runs.finish(other, "finished", checkpoint=str(full_run_dir.parent / "elsewhere"))
+        run = p.runs.create({"loss": "sigmoid", "beta": 0.1})
         for step, (loss, acc) in enumerate(zip(TRAIN_LOSS, TRAIN_ACC), start=1):
-            p.log_metrics(run, step, {"loss": loss, "rewards/accuracies": acc})
+            p.runs.log_metrics(run, step, {"loss": loss, "rewards/accuracies": acc})
             if step in EVALS:
-                p.log_metrics(run, step, {"eval/loss": EVALS[step][0], "eval/rewards/accuracies": EVALS[step][1]})
+                p.runs.log_metrics(run, step, {"eval/loss": EVALS[step][0], "eval/rewards/accuracies": EVALS[step][1]})
         # stored as the trainer may name it: not normalised, same folder
-        p.finish_run(run, "finished", checkpoint=str(full_run_dir.parent / "." / full_run_dir.name))
+        p.runs.finish(run, "finished", checkpoint=str(full_run_dir.parent / "." / full_run_dir.name))
     return path
 
 
@@ -180,9 +180,9 @@ def test_a_model_no_run_wrote_gets_no_training_facts(project_path, bpe_model_dir
 def test_one_eval_is_one_column_and_the_base_is_named_not_located(lora_run_dir, bpe_model_dir, tmp_path):  # noqa: F811
     path = tmp_path / "p.dpo.sqlite"
     with open_project(path) as p:
-        run = p.create_run({"loss": "sigmoid"})
-        p.log_metrics(run, 3, {"loss": 0.5, "eval/loss": 0.61, "eval/rewards/accuracies": 0.25})
-        p.finish_run(run, "stopped", checkpoint=str(lora_run_dir))
+        run = p.runs.create({"loss": "sigmoid"})
+        p.runs.log_metrics(run, 3, {"loss": 0.5, "eval/loss": 0.61, "eval/rewards/accuracies": 0.25})
+        p.runs.finish(run, "stopped", checkpoint=str(lora_run_dir))
     export_model(str(lora_run_dir), "peft", tmp_path / "adapter", project=path)
     card = (tmp_path / "adapter" / "README.md").read_text()
     assert ("| held-out pairs | at the end (step 3) |\n|---|---|\n| preference accuracy | 25.0% |\n"
@@ -258,7 +258,7 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     """drive() records a real (tiny) run in the project; the card finds it by the checkpoint the
     trainer wrote and shows the eval metrics under the names the trainer stores."""
     from dpo_engine.train.config import TrainConfig
-    from dpo_engine.train.runs import drive
+    from dpo_engine.train.driver import drive
 
     monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
     path = tmp_path / "real.dpo.sqlite"
@@ -274,8 +274,8 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     export_model(checkpoint, "hf", out, project=path)
     card = (out / "README.md").read_text()
     with open_project(path, read_only=True) as p:
-        [run] = p.runs()
-        metrics = p.run_metrics(run["id"])
+        [run] = p.runs.all()
+        metrics = p.runs.metrics(run["id"])
     acc, loss = metrics["eval/rewards/accuracies"], metrics["eval/loss"]
     assert [s for s, _ in acc] == [2, 4]  # eval every 2 steps and at the end
     assert f"| preference accuracy | {acc[0][1]:.1%} | {acc[-1][1]:.1%} |" in card

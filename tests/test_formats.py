@@ -8,7 +8,7 @@ import time
 import pytest
 
 from dpo_engine.errors import DataError
-from dpo_engine.store.formats import FORMATS, RowError, export_pairs, import_file, read_rows
+from dpo_engine.store.formats import PAIR_FILE_FORMATS, RowError, export_pairs, import_file, read_rows
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import open_project
 from tests.store_helpers import fresh_db, sample_pairs  # noqa: F401
@@ -128,7 +128,7 @@ def _as_chat(pair: PreferencePair) -> PreferencePair:
     return PreferencePair(tuple((m["role"], m["content"]) for m in pair.messages), pair.chosen, pair.rejected)
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", PAIR_FILE_FORMATS)
 def test_export_then_import_round_trips(fresh_db, tmp_path, fmt):
     pairs = sample_pairs()
     fresh_db.import_pairs(pairs)

@@ -182,7 +182,7 @@ def test_a_missing_page_dependency_stops_start_up_with_the_install_command(qtbot
     shown = []
     monkeypatch.setattr(main_module, "startup_error_box",
                         lambda message: type("Box", (), {"exec": lambda self: shown.append(message)})())
-    code = main_module.main(["--project", str(tmp_path / "p.sqlite"), "--model", str(tiny_model_dir),
+    code = main_module.run_app(["--project", str(tmp_path / "p.sqlite"), "--model", str(tiny_model_dir),
                              "--device", "cpu"])
     assert code == 1
     assert len(shown) == 1 and "'pyqtgraph' is missing" in shown[0] and "pip install 'pyqtgraph'" in shown[0]

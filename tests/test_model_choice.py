@@ -10,7 +10,8 @@ from PySide6.QtWidgets import QDialog, QPushButton
 import app.pages.model_choice as mc
 from app.main import create_window
 from app.widgets.model_picker import ModelPickerDialog
-from dpo_engine.catalog import Locations, list_models
+from dpo_engine.catalog import list_models
+from dpo_engine.catalog.sources import Locations
 
 GiB = 2**30
 

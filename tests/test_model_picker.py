@@ -8,7 +8,9 @@ import pytest
 from PySide6.QtCore import QCoreApplication, QEvent, Qt
 
 from app.widgets.model_picker import MODEL_COLUMNS, ENTRY_ROLE, ModelPickerDialog
-from dpo_engine.catalog import FULL_FITS, LORA_ONLY, TOO_LARGE, Locations, list_models
+from dpo_engine.catalog import list_models
+from dpo_engine.catalog.fit import FULL_FITS, LORA_ONLY, TOO_LARGE
+from dpo_engine.catalog.sources import Locations
 from dpo_engine.catalog import fit as fit_mod
 from tests.model_stores import build_gguf_folder, build_hf_cache, build_ollama_store, write_gguf
 
@@ -128,7 +130,7 @@ def test_added_folder_and_hand_picked_file_join_the_list(qtbot, stores, tmp_path
     dialog.add_folders([str(stores / "ggufs")])
     assert "good.gguf" in rows(dialog) and dialog.folders == [str(stores / "ggufs")]
     (tmp_path / "notes.txt").write_text("not a model")
-    from dpo_engine.catalog import inspect_path
+    from dpo_engine.catalog.sources import inspect_path
 
     dialog.add_entry(inspect_path(tmp_path / "notes.txt"))
     assert dialog.model.data(dialog.model.index(0, MODEL_COLUMNS.index("Notes"))).startswith("not a model")

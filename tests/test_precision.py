@@ -263,7 +263,7 @@ def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
     assert result.exit_code == 0, result.output
     assert "Training on cpu in bf16 autocast over fp32 weights (bf16: CPU has avx512_bf16" in result.output
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs()
+        (run,) = project.runs.all()
     assert run["config"]["dtype"] == "auto"  # what was asked ...
     assert run["config"]["precision"]["dtype"] == "bfloat16" and run["config"]["precision"]["autocast"]  # ... what ran
     (line,) = [json.loads(x) for x in metrics.read_text().splitlines() if '"precision"' in x]

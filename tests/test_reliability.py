@@ -135,7 +135,7 @@ def test_train_output_on_a_full_disk_fails_with_a_message_and_records_it(disk, t
     assert result.exit_code == 1 and "full" in result.output
     assert not any(p.name.startswith((".out", "out")) for p in disk.where.iterdir())  # no half checkpoint
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs()
+        (run,) = project.runs.all()
         assert run["status"] == "failed" and "full" in run["error"]
 
 
@@ -231,19 +231,19 @@ def _config(out: Path, model: str = "m") -> dict:
 def test_a_run_left_running_by_a_crash_is_reconciled_with_its_checkpoint(tmp_path):
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
-        with_ckpt = project.create_run(_config(tmp_path / "a"))
-        in_prev = project.create_run(_config(tmp_path / "b"))
-        nothing = project.create_run(_config(tmp_path / "c"))
-        final = project.create_run(_config(tmp_path / "d"))
+        with_ckpt = project.runs.create(_config(tmp_path / "a"))
+        in_prev = project.runs.create(_config(tmp_path / "b"))
+        nothing = project.runs.create(_config(tmp_path / "c"))
+        final = project.runs.create(_config(tmp_path / "d"))
         _checkpoint(tmp_path / "a", 3)
         _checkpoint(tmp_path / "b", 5)
         os.replace(tmp_path / "b", prev_folder(tmp_path / "b"))
         _checkpoint(tmp_path / "d", 9, "finished")
         with open_project(db) as second:  # the same process again (another thread): nothing is reconciled
-            assert {r["status"] for r in second.runs()} == {"running"}
+            assert {r["status"] for r in second.runs.all()} == {"running"}
     with open_project(db) as project:  # a new process after the crash
-        runs = {r["id"]: r for r in project.runs()}
-        models = {m["ref"] for m in project.models()}
+        runs = {r["id"]: r for r in project.runs.all()}
+        models = {m["ref"] for m in project.runs.models()}
     assert runs[with_ckpt]["status"] == "stopped" and runs[with_ckpt]["checkpoint"] == str(tmp_path / "a")
     assert "step 3" in runs[with_ckpt]["error"]
     assert runs[in_prev]["status"] == "stopped" and find_checkpoint(tmp_path / "b") == tmp_path / "b"
@@ -280,7 +280,7 @@ def test_kill_9_of_train_project_leaves_a_resumable_run(tiny_model_dir, tmp_path
     child.send_signal(signal.SIGKILL)
     child.wait()
     with open_project(db) as project:
-        (run,) = project.runs()
+        (run,) = project.runs.all()
     assert run["status"] == "stopped" and run["checkpoint"] == str(out.absolute())
     assert read_manifest(out)["step"] >= 2
 
@@ -302,7 +302,7 @@ def test_sigterm_of_train_stops_at_the_next_step_and_saves(tiny_model_dir, tmp_p
     assert child.returncode == 0, rest
     assert "Stopped at step" in rest and "Traceback" not in rest
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs()
+        (run,) = project.runs.all()
     assert run["status"] == "stopped" and read_manifest(out)["status"] == "stopped"
 
 

@@ -469,7 +469,7 @@ def test_compare_counts_only_blind_votes_and_stores_both_answers(qapp, fresh_db,
     from app.controllers.compare_controller import CompareController
 
     monkeypatch.setattr(rounds, "stream_generate", scripted([["mine"], ["theirs"]] * 4))
-    fresh_db.add_model(str(tmp_path / "ckpt"), "checkpoint", parent="base")
+    fresh_db.runs.add_model(str(tmp_path / "ckpt"), "checkpoint", parent="base")
     host = make_host(fresh_db, model_ref="base")
     controller = CompareController(host, seed=1)
     assert controller.after_ref == str(tmp_path / "ckpt")
@@ -492,7 +492,7 @@ def test_compare_hides_names_and_rewards_until_the_blind_vote(qapp, fresh_db, mo
 
     monkeypatch.setattr(rounds, "stream_generate", scripted([["mine"], ["theirs"]] * 4))
     after = str(tmp_path / "ckpt")
-    fresh_db.add_model(after, "checkpoint", parent="base")
+    fresh_db.runs.add_model(after, "checkpoint", parent="base")
     host = make_host(fresh_db, model_ref="base")
     controller = CompareController(host, seed=1)
     assert controller.model_options() == ModelOptions(("base", after), (after,), "base", after)

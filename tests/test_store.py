@@ -93,6 +93,8 @@ def test_delete_restore_and_flip(fresh_db):
     assert (stored.pair.chosen, stored.pair.rejected, stored.comparison_id) == ("R", "L", cid)
     with pytest.raises(StoreError, match="does not exist"):
         fresh_db.delete_comparison(cid + 100)
+    with pytest.raises(StoreError, match="does not exist"):
+        fresh_db.set_verdict(cid + 100, "left")
 
 
 def test_record_comparison_validates(fresh_db):
@@ -132,21 +134,34 @@ def test_stats_position_and_length_bias(fresh_db):
 
 
 def test_runs_metrics_and_models(fresh_db):
-    run = fresh_db.create_run({"beta": 0.1, "lr": 5e-7})
-    fresh_db.log_metrics(run, 1, {"loss": 0.69, "rewards/chosen": 0.0})
-    fresh_db.log_metrics(run, 2, {"loss": 0.5, "rewards/chosen": 0.2})
-    fresh_db.finish_run(run, "finished", checkpoint="/ckpt/1")
-    [r] = fresh_db.runs()
+    run = fresh_db.runs.create({"beta": 0.1, "lr": 5e-7})
+    fresh_db.runs.log_metrics(run, 1, {"loss": 0.69, "rewards/chosen": 0.0})
+    fresh_db.runs.log_metrics(run, 2, {"loss": 0.5, "rewards/chosen": 0.2})
+    fresh_db.runs.finish(run, "finished", checkpoint="/ckpt/1")
+    [r] = fresh_db.runs.all()
     assert (r["status"], r["config"]["beta"], r["checkpoint"]) == ("finished", 0.1, "/ckpt/1")
     assert r["ended"] >= r["started"]
-    assert fresh_db.run_metrics(run) == {"loss": [(1, 0.69), (2, 0.5)], "rewards/chosen": [(1, 0.0), (2, 0.2)]}
-    base = fresh_db.add_model("default", "base")
-    ckpt = fresh_db.add_model("/ckpt/1", "checkpoint", parent="default", run_id=run)
-    assert fresh_db.add_model("default", "base") == base
-    assert [(m["id"], m["kind"], m["parent"], m["run_id"]) for m in fresh_db.models()] == \
+    assert fresh_db.runs.metrics(run) == {"loss": [(1, 0.69), (2, 0.5)], "rewards/chosen": [(1, 0.0), (2, 0.2)]}
+    base = fresh_db.runs.add_model("default", "base")
+    ckpt = fresh_db.runs.add_model("/ckpt/1", "checkpoint", parent="default", run_id=run)
+    assert fresh_db.runs.add_model("default", "base") == base
+    assert [(m["id"], m["kind"], m["parent"], m["run_id"]) for m in fresh_db.runs.models()] == \
         [(base, "base", None, None), (ckpt, "checkpoint", "default", run)]
     with pytest.raises(ConfigError):
-        fresh_db.finish_run(run, "exploded")
+        fresh_db.runs.finish(run, "exploded")
+
+
+def test_run_config_updates_and_a_missing_run(fresh_db):
+    run = fresh_db.runs.create({"beta": 0.1})
+    fresh_db.runs.set_config(run, {"beta": 0.2, "output_dir": "/out/run-1"})
+    fresh_db.runs.annotate(run, precision={"dtype": "float32"})
+    [r] = fresh_db.runs.all()
+    assert r["config"] == {"beta": 0.2, "output_dir": "/out/run-1", "precision": {"dtype": "float32"}}
+    for change in (lambda: fresh_db.runs.finish(run + 1, "failed"), lambda: fresh_db.runs.set_config(run + 1, {}),
+                   lambda: fresh_db.runs.annotate(run + 1, x=1)):
+        with pytest.raises(ConfigError, match=f"No run {run + 1} in this project"):
+            change()
+    assert [r["status"] for r in fresh_db.runs.all()] == ["running"]  # nothing else changed
 
 
 def test_file_settings_and_durability(project_file):

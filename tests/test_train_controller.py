@@ -51,15 +51,15 @@ def test_a_model_that_needs_lora_turns_on_only_what_is_off(controller):
 
 def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(controller):
     project = controller.ctx.project
-    first = project.create_run({"beta": 0.1})
-    project.log_metrics(first, 1, {"loss": 0.69, "rewards/accuracies": 0.5})
-    project.log_metrics(first, 2, {"loss": 0.6, "rewards/accuracies": 0.75, "eval/rewards/accuracies": 1.0})
-    project.finish_run(first, "stopped", checkpoint="/runs/run-1")
-    second = project.create_run({"beta": 0.2})
-    project.finish_run(second, "failed", error="No model at /nowhere")
+    first = project.runs.create({"beta": 0.1})
+    project.runs.log_metrics(first, 1, {"loss": 0.69, "rewards/accuracies": 0.5})
+    project.runs.log_metrics(first, 2, {"loss": 0.6, "rewards/accuracies": 0.75, "eval/rewards/accuracies": 1.0})
+    project.runs.finish(first, "stopped", checkpoint="/runs/run-1")
+    second = project.runs.create({"beta": 0.2})
+    project.runs.finish(second, "failed", error="No model at /nowhere")
     rows = controller.run_rows()
     assert [r.run_id for r in rows] == [second, first]
-    started = dt.datetime.fromtimestamp(project.runs()[0]["started"]).strftime("%Y-%m-%d %H:%M")
+    started = dt.datetime.fromtimestamp(project.runs.all()[0]["started"]).strftime("%Y-%m-%d %H:%M")
     assert rows[1].cells == (str(first), "stopped", started, "2", "0.6000", "1.00", "/runs/run-1")  # eval accuracy
     assert rows[0].cells[1:] == ("failed", rows[0].cells[2], "0", "", "", "")
     assert rows[0].error == "No model at /nowhere"

@@ -48,11 +48,11 @@ def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
         page.stop_button.click()
     summary = blocker.args[0]
     assert summary.status == "stopped"
-    run = ctx.project.runs()[-1]
+    run = ctx.project.runs.all()[-1]
     assert run["status"] == "stopped" and run["checkpoint"] == summary.checkpoint
     loaded = load_model(run["checkpoint"])  # a loadable model folder
     assert loaded.resolved.kind == "folder"
-    assert ctx.project.run_metrics(run["id"])["loss"]
+    assert ctx.project.runs.metrics(run["id"])["loss"]
     # resume continues the same run from its step
     qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
     page.runs_table.selectRow(0)
@@ -63,7 +63,7 @@ def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
     with qtbot.waitSignal(page.controller.finished, timeout=120_000) as blocker:
         page.stop_button.click()
     assert blocker.args[0].step > stopped_at
-    steps = [s for s, _ in ctx.project.run_metrics(run["id"])["loss"]]
+    steps = [s for s, _ in ctx.project.runs.metrics(run["id"])["loss"]]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one loss per step, no gap re-run
 
 
@@ -84,7 +84,7 @@ def test_failure_shows_reason_and_app_keeps_running(qtbot, train_window, tmp_pat
     with qtbot.waitSignal(page.controller.failed, timeout=60_000):
         page.train_button.click()
     assert "No model at" in page.ready_label.text()
-    assert ctx.project.runs()[-1]["status"] == "failed"
+    assert ctx.project.runs.all()[-1]["status"] == "failed"
     qtbot.waitUntil(lambda: page.train_button.isEnabled(), timeout=10_000)  # can try again
 
 
@@ -127,7 +127,7 @@ def test_closing_the_window_mid_run_saves_a_resumable_checkpoint(qtbot, train_wi
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=120_000)
     assert not ctx.runner._thread.isRunning()  # the worker ended before the window closed
     with open_project(tmp_path / "p.sqlite", read_only=True) as project:
-        run = project.runs()[-1]
+        run = project.runs.all()[-1]
     assert run["status"] == "stopped" and run["checkpoint"]
     assert load_model(run["checkpoint"]).resolved.kind == "folder"
 

@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from dpo_engine import losses
-from dpo_engine.train.checkpoints import find_checkpoint, read_manifest, read_run_file
+from dpo_engine.atomic import find_checkpoint, read_manifest
+from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.pairs import conversation
 from dpo_engine.shared_prompt import shared_prompt_logps

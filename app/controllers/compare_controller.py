@@ -128,7 +128,7 @@ class CompareController(QObject):
     # ------------------------------------------------------------------ models
     def checkpoints(self) -> list[str]:
         """Checkpoint refs of this project, newest first."""
-        rows = [r for r in self.ctx.project.models() if r["kind"] == "checkpoint"]
+        rows = [r for r in self.ctx.project.runs.models() if r["kind"] == "checkpoint"]
         return [r["ref"] for r in reversed(rows)]
 
     def model_options(self) -> ModelOptions:

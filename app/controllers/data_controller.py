@@ -17,7 +17,7 @@ from app.widgets.comparison_table import ComparisonTableModel
 from dpo_engine.errors import DPOStudioError, ProjectLockedError
 from dpo_engine.store.formats import ImportReport, export_pairs, import_file
 from dpo_engine.store.project import open_project
-from dpo_engine.store.read import ComparisonFilter
+from dpo_engine.store.project import ComparisonFilter
 
 FLIPPED = {"left": "right", "right": "left"}
 

@@ -1,5 +1,5 @@
 """The Train page's logic, without widgets: build a run's config from the project and the
-person's settings, run the engine's run driver (`dpo_engine.train.runs.drive`, the same as
+person's settings, run the engine's run driver (`dpo_engine.train.driver.drive`, the same as
 `dpo-engine train --project`) on the torch worker, present its events, stop, resume, and
 list past runs. The driver records the run and its metrics in the project file."""
 
@@ -20,7 +20,7 @@ from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.train.config import TrainConfig, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
-from dpo_engine.train.runs import RunStarted
+from dpo_engine.train.driver import RunStarted
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 RUN_COLUMNS = ("Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint")
@@ -179,7 +179,7 @@ class TrainController(QObject):
 
     def round_number(self) -> int:
         """1 for a run from the base; 1 + the number of runs behind the starting checkpoint otherwise."""
-        parents = {m["ref"]: m["parent"] for m in self.ctx.project.models()}
+        parents = {m["ref"]: m["parent"] for m in self.ctx.project.runs.models()}
         ref, depth = self.start_model(), 1
         while ref != self.ctx.base_model_ref and ref in parents and depth < 100:
             ref, depth = parents[ref], depth + 1
@@ -241,7 +241,7 @@ class TrainController(QObject):
         """Continue a stopped run from its checkpoint, exactly where it stopped."""
         from dpo_engine.train.loop import load_run_config
 
-        run = next((r for r in self.ctx.project.runs() if r["id"] == run_id), None)
+        run = next((r for r in self.ctx.project.runs.all() if r["id"] == run_id), None)
         if run is None or run["status"] != "stopped" or not run["checkpoint"] or self.job is not None:
             self.failed.emit("Only a stopped run with a checkpoint can be resumed, when no run is in progress.")
             return False
@@ -254,7 +254,7 @@ class TrainController(QObject):
         return True
 
     def _launch(self, resume_from) -> None:
-        from dpo_engine.train.runs import drive
+        from dpo_engine.train.driver import drive
 
         self._stop = threading.Event()
         self.last_step = 0
@@ -336,10 +336,10 @@ class TrainController(QObject):
 
     # ------------------------------------------------------------------ history
     def runs(self) -> list[dict]:
-        return self.ctx.project.runs()
+        return self.ctx.project.runs.all()
 
     def run_metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
-        return self.ctx.project.run_metrics(run_id)
+        return self.ctx.project.runs.metrics(run_id)
 
     def _run(self, run_id: int) -> dict | None:
         return next((r for r in self.runs() if r["id"] == run_id), None)

@@ -32,8 +32,8 @@ from app.plumbing.context import AppContext
 from app.controllers.data_controller import DataController, ImportOutcome, ImportProgress
 from app.pages.report_dialog import ReportDialog
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.store.read import ComparisonRow
-from dpo_engine.store.schema import SOURCES
+from dpo_engine.store.project import ComparisonRow
+from dpo_engine.store.schema import COMPARISON_SOURCES
 
 EXPORT_FILTERS = {  # file dialog filter -> (format, suffix)
     "TRL conversational JSONL (*.jsonl)": ("trl", ".jsonl"),
@@ -95,7 +95,7 @@ class DataPage(QWidget):
         self.search.setClearButtonEnabled(True)
         self.verdict_filter = self._combo("verdictFilter", "Filter by verdict", "All verdicts", VERDICT_TEXT)
         self.source_filter = self._combo("sourceFilter", "Filter by source", "All sources",
-                                         {s: s.capitalize() for s in SOURCES})
+                                         {s: s.capitalize() for s in COMPARISON_SOURCES})
         self.split_filter = self._combo("splitFilter", "Filter by split", "Train and eval",
                                         {"train": "Train", "eval": "Eval"})
         self.strict_box = _named(QCheckBox("Strict"), "strictImport", "Strict import")

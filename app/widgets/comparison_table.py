@@ -8,7 +8,7 @@ import time
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
-from dpo_engine.store.read import ComparisonFilter, ComparisonRow
+from dpo_engine.store.project import ComparisonFilter, ComparisonRow
 
 PAGE_SIZE = 200  # one query per page; small enough to stay instant on the GUI thread
 PREVIEW_CHARS = 160  # a cell shows the start of a text; the detail pane shows all of it

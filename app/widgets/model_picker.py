@@ -22,7 +22,10 @@ from PySide6.QtGui import QBrush, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QPlainTextEdit, QPushButton, QTableView, QVBoxLayout)
 
-from dpo_engine.catalog import LORA_ONLY, TOO_LARGE, Catalog, CatalogEntry, inspect_path, with_fit
+from dpo_engine.catalog import Catalog, with_fit
+from dpo_engine.catalog.entry import CatalogEntry
+from dpo_engine.catalog.fit import LORA_ONLY, TOO_LARGE
+from dpo_engine.catalog.sources import inspect_path
 from dpo_engine.catalog.entry import format_parameters, format_size
 
 MODEL_COLUMNS = ("Name", "Source", "Family", "Parameters", "Precision", "Size", "Chat", "Fit", "Notes")

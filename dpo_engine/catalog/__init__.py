@@ -5,8 +5,9 @@ so it takes well under a second for dozens of models, and a broken model is an e
 with `error` set (shown greyed with the reason), never an exception.
 
     list_models(project=None, folders=(), device="auto") -> Catalog
-    inspect_path(path) -> CatalogEntry           a file or folder chosen by hand
-    fit_verdict(shape, free_bytes, device)       the pure memory estimate (catalog.fit)
+    inspect_with_fit(path) -> CatalogEntry       a file or folder chosen by hand, with its verdict
+    sources.inspect_path(path) -> CatalogEntry   the same without the verdict
+    fit.fit_verdict(shape, free_bytes, device)   the pure memory estimate
 
 Sources, in listing order: the default model, the project's checkpoints, the Hugging Face
 cache, Ollama's store, LM Studio's folders, then the folders given (catalog.sources).
@@ -20,13 +21,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dpo_engine.catalog.entry import CatalogEntry, broken
-from dpo_engine.catalog.fit import (FULL_FITS, LORA_ONLY, TOO_LARGE, FitVerdict, MemoryEstimate, ModelShape,
-                                    compute_precision, fit_verdict, memory_budget)
+from dpo_engine.catalog.fit import compute_precision, fit_verdict, memory_budget
 from dpo_engine.catalog.sources import (Locations, checkpoint_entries, default_entries, folder_entries,
                                         hf_cache_entries, inspect_path, ollama_entries)
-
-__all__ = ["Catalog", "CatalogEntry", "FitVerdict", "Locations", "MemoryEstimate", "ModelShape", "FULL_FITS",
-           "LORA_ONLY", "TOO_LARGE", "fit_verdict", "inspect_path", "inspect_with_fit", "list_models", "with_fit"]
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,13 @@ from dataclasses import asdict, dataclass, field, replace
 
 from dpo_engine.catalog.fit import FitVerdict, ModelShape
 
-SOURCES = ("default", "checkpoint", "hf-cache", "ollama", "lm-studio", "folder", "path")
+CATALOG_SOURCES = ("default", "checkpoint", "hf-cache", "ollama", "lm-studio", "folder", "path")
 
 
 @dataclass(frozen=True)
 class CatalogEntry:
     name: str  # what a person calls it: "Qwen/Qwen2.5-0.5B-Instruct", "llama3.2:1b", a file name
-    source: str  # one of SOURCES
+    source: str  # one of CATALOG_SOURCES
     path: str  # what to give load_model / --model: "default", a folder or a GGUF file
     format: str = ""  # "safetensors" | "gguf" | "adapter" | "" (unreadable)
     family: str | None = None  # model_type (config.json) or general.architecture (GGUF)

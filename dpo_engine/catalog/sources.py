@@ -75,7 +75,7 @@ def checkpoint_entries(project_path: str | Path) -> list[CatalogEntry]:
     from dpo_engine.train.checkpoints import RUN_FILE
 
     with open_project(project_path, read_only=True) as project:
-        runs = [r for r in project.runs() if r.get("checkpoint")]
+        runs = [r for r in project.runs.all() if r.get("checkpoint")]
     out = []
     for run in runs:
         folder = Path(run["checkpoint"])
@@ -177,12 +177,12 @@ def ollama_entries(root: Path) -> list[CatalogEntry]:
         entry = read_gguf_file(blob, name, "ollama")
         license_layer = next((layer for layer in layers if layer.get("mediaType") == LICENSE_LAYER), None)
         if license_layer and not entry.license:
-            entry = replace(entry, license=_first_line(_blob(root, license_layer.get("digest", ""))))
+            entry = replace(entry, license=_first_nonblank_line(_blob(root, license_layer.get("digest", ""))))
         out.append(entry)
     return out
 
 
-def _first_line(path: Path) -> str | None:
+def _first_nonblank_line(path: Path) -> str | None:
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             return next((line.strip() for line in fh if line.strip()), None)

@@ -69,7 +69,7 @@ def export_cmd(project_path: Path, out: Path, fmt: str, split: str):
     click.echo(f"Wrote {n} pairs to {out} ({fmt}).")
 
 
-def _pct(x: float | None) -> str:
+def _pct_whole(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0%}"
 
 
@@ -84,11 +84,11 @@ def format_stats(s: dict) -> str:
     return "\n".join([
         f"Prompts:      {s['prompts']} (train {s['prompts_by_split']['train']}, "
         f"eval {s['prompts_by_split']['eval']}); "
-        f"{s['labeled_prompts']} labeled ({_pct(s['labeled_fraction'])})",
+        f"{s['labeled_prompts']} labeled ({_pct_whole(s['labeled_fraction'])})",
         f"Comparisons:  {s['comparisons']} ({verdicts})",
         f"Usable pairs: {s['pairs']} (train {s['pairs_by_split']['train']}, eval {s['pairs_by_split']['eval']})",
         f"Labeling:     {_num(s['labels_per_hour'])} labels per hour of labeling",
-        f"Position:     left won {bias['left_wins']} of {bias['decided']} labeled decisions ({_pct(bias['left_rate'])})",
+        f"Position:     left won {bias['left_wins']} of {bias['decided']} labeled decisions ({_pct_whole(bias['left_rate'])})",
         f"Length:       chosen {_num(s['length']['chosen_mean'])} vs rejected "
         f"{_num(s['length']['rejected_mean'])} characters on average",
     ])

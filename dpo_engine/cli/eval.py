@@ -36,8 +36,7 @@ from dpo_engine.iters import drain
 from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
 from dpo_engine.losses import LOSSES, LossParams, compute_metrics, get_loss
 from dpo_engine.pairs import PreferencePair, parse_preference_record
-
-RUN_MANIFEST = "dpo_studio_run.json"  # in a checkpoint folder: {"base_model": REF, ...}
+from dpo_engine.train.checkpoints import RUN_FILE
 
 
 @dataclass(frozen=True)
@@ -77,20 +76,20 @@ def read_pairs_jsonl(path) -> tuple[list[tuple[int, PreferencePair]], list[tuple
 
 
 def default_reference(policy_ref: str) -> str:
-    """The reference the policy was trained against, as its run manifest names it
+    """The reference the policy was trained against, as its run file (RUN_FILE) names it
     ("reference": in round 2 the original base, not the round-1 checkpoint it started
     from), else its "base_model", else the policy itself."""
-    manifest = Path(policy_ref).expanduser() / RUN_MANIFEST
-    if not manifest.is_file():
+    run_file = Path(policy_ref).expanduser() / RUN_FILE
+    if not run_file.is_file():
         return policy_ref
     try:
-        info = json.loads(manifest.read_text(encoding="utf-8"))
+        info = json.loads(run_file.read_text(encoding="utf-8"))
         base = info.get("reference") or info.get("base_model")
     except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"{manifest} is unreadable ({exc}); pass --reference explicitly.") from exc
+        raise DataError(f"{run_file} is unreadable ({exc}); pass --reference explicitly.") from exc
     if not base:
         return policy_ref
-    relative = manifest.parent / base
+    relative = run_file.parent / base
     return str(relative) if not Path(base).is_absolute() and relative.exists() else base
 
 

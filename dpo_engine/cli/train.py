@@ -129,7 +129,7 @@ def config_options(fn):
 
 class MetricsFile:
     """--metrics-out: every step, eval and the summary as JSON lines (the run itself is recorded
-    in the project by `dpo_engine.train.runs.drive`)."""
+    in the project by `dpo_engine.train.driver.drive`)."""
 
     def __init__(self, path: str | None):
         self.file = open(path, "w", encoding="utf-8") if path else None
@@ -235,7 +235,7 @@ def _is_main() -> bool:
 
 
 def _run(config: TrainConfig | None, opts: dict, project) -> None:
-    from dpo_engine.train.runs import drive
+    from dpo_engine.train.driver import drive
 
     if config is not None:  # a resume loads the pairs as its run did
         weight = config.weight_rankings

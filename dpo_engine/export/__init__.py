@@ -29,7 +29,7 @@ from typing import Callable
 
 from dpo_engine.errors import ConfigError, DataError, storage_problem
 from dpo_engine.atomic import staged
-from dpo_engine.export.atomic import check_export_target
+from dpo_engine.export.targets import check_export_target
 from dpo_engine.export.card import write_card
 from dpo_engine.export.facts import ProjectFacts, project_facts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, write_gguf
@@ -40,7 +40,7 @@ from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfil
 from dpo_engine.export.source import (ExportSource, find_source, load_merged_model, load_tokenizer_for_export,
                                       tensor_source)
 
-FORMATS = ("hf", "peft", "gguf", "gguf-lora", "ollama")
+EXPORT_FORMATS = ("hf", "peft", "gguf", "gguf-lora", "ollama")
 FOLDER_FORMATS = ("hf", "peft", "ollama")  # these write a folder; gguf and gguf-lora write one file
 
 
@@ -101,8 +101,8 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
 
     `project`: the project file the model was trained in, read (read-only) for the model card;
     unused for the single-file gguf format, which carries no card."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"Unknown export format {fmt!r}: use one of {', '.join(FORMATS)}.")
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"Unknown export format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}.")
     if quant not in QUANTS:
         raise ConfigError(f"Unknown GGUF quantisation {quant!r}: use one of {', '.join(QUANTS)}.")
     start = time.perf_counter()
@@ -209,4 +209,4 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
     return write
 
 
-__all__ = ["FORMATS", "QUANTS", "ExportProgress", "ExportResult", "export_model"]
+__all__ = ["EXPORT_FORMATS", "ExportProgress", "ExportResult", "export_model"]

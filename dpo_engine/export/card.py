@@ -89,7 +89,7 @@ def files_section(source: ExportSource, fmt: str, base: str | None, quant: str |
     return ["## What this is", "", "| | |", "|---|---|", *rows, ""]
 
 
-def _pct(x: float | None) -> str:
+def _pct_tenths(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.1%}"
 
 
@@ -114,7 +114,7 @@ def data_section(facts: ProjectFacts) -> list[str]:
         f"{s['prompts_by_split']['eval']}); {s['labeled_prompts']} labeled |",
         f"| ranking groups | {facts.ranking_groups} |",
         f"| position bias | the left answer won {bias['left_wins']} of {bias['decided']} labeled decisions "
-        f"({_pct(bias['left_rate'])}) |",
+        f"({_pct_tenths(bias['left_rate'])}) |",
         f"| length bias | chosen answers {_chars(length['chosen_mean'])} characters on average, rejected "
         f"{_chars(length['rejected_mean'])} |",
         "",
@@ -139,7 +139,7 @@ def _eval_table(facts: ProjectFacts) -> list[str]:
         return f"| {name} | " + " | ".join(fmt(values[i][1]) if values else "n/a" for i in columns) + " |"
 
     return [f"| held-out pairs | {' | '.join(head)} |", "|---" * (len(head) + 1) + "|",
-            row("preference accuracy", acc, _pct), row("loss", loss, "{:.4f}".format), "",
+            row("preference accuracy", acc, _pct_tenths), row("loss", loss, "{:.4f}".format), "",
             "Preference accuracy: the share of held-out pairs where the model gives the chosen answer a higher "
             "implicit reward than the rejected one (strictly: before the first step the two are equal, so 0%).", ""]
 
@@ -147,8 +147,8 @@ def _eval_table(facts: ProjectFacts) -> list[str]:
 def _matchup_table(facts: ProjectFacts) -> list[str]:
     if not facts.matchups:
         return []
-    rows = [f"| {m.opponent} | {m.votes} | {m.wins} | {m.losses} | {m.ties} | {_pct(m.rate)} | "
-            f"{_pct(m.low)} – {_pct(m.high)} |" for m in facts.matchups]
+    rows = [f"| {m.opponent} | {m.votes} | {m.wins} | {m.losses} | {m.ties} | {_pct_tenths(m.rate)} | "
+            f"{_pct_tenths(m.low)} – {_pct_tenths(m.high)} |" for m in facts.matchups]
     return ["### Compare votes", "",
             "| against | votes | wins | losses | ties | win rate | 95% interval |", "|---|---|---|---|---|---|---|",
             *rows, "",

@@ -116,11 +116,11 @@ def project_facts(project_path: str | Path, model_ref: str, folder: Path | None,
         StoreError: the project cannot be opened (missing, not a project, a newer schema).
     """
     with open_project(project_path, read_only=True) as project:
-        run = _find_run(project.runs(), folder)
+        run = _find_run(project.runs.all(), folder)
         return ProjectFacts(
             stats=project.stats(),
             ranking_groups=project.ranking_groups(),
             run=run,
-            metrics=project.run_metrics(run["id"]) if run else {},
+            metrics=project.runs.metrics(run["id"]) if run else {},
             matchups=_matchups(project.compare_votes(), model_ref, folder, base_ref),
         )

@@ -1,3 +1,3 @@
-"""The project file: schema and migrations (schema), the lock (lock), reads (read), the
-Project with its writes (project), and import/export formats (formats). Below train and cli;
-imports only the core."""
+"""The project file: schema and migrations (schema), the lock (lock), the Project with its
+labeling data (project) and its training runs (run_records), and import/export formats
+(formats). Below train and cli; imports only the core."""

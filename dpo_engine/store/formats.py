@@ -28,7 +28,7 @@ from dpo_engine.outputs import check_output_path
 from dpo_engine.pairs import PreferencePair, parse_preference_record
 from dpo_engine.store.project import Project, normalize_prompt
 
-FORMATS = ("trl", "openai", "csv", "parquet")
+PAIR_FILE_FORMATS = ("trl", "openai", "csv", "parquet")
 PAIR_KEYS = ("chosen", "rejected", "preferred_output", "non_preferred_output", "input")
 BOM = b"\xef\xbb\xbf"
 
@@ -279,8 +279,8 @@ def _write_parquet(pairs: list[PreferencePair], path: Path) -> None:
 
 def export_pairs(project: Project, out: str | Path, fmt: str = "trl", split: str | None = None) -> int:
     """Write the project's usable pairs to `out` (replaced atomically); returns how many."""
-    if fmt not in FORMATS:
-        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt not in PAIR_FILE_FORMATS:
+        raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(PAIR_FILE_FORMATS)}")
     out = check_output_path(out, inputs=[] if project.path == ":memory:" else [project.path])
     pairs = [s.pair for s in project.training_pairs(split)]
     try:

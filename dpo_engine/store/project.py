@@ -7,7 +7,11 @@ are not shared across threads). A second *process* on the same file gets
 kill -9), or can open the file read-only. A file that is not a project is refused with
 `NotAProjectError` before anything is written to it.
 
-Reads (training pairs, stats, browsing) live in `store.read`; the schema in `store.schema`.
+`Project` holds the labeling data (prompts, answers, verdicts: written and read here) and,
+as `project.runs`, the training runs with their metrics and models (`store.run_records`).
+The schema and its migrations are in `store.schema`. SQL goes through sqlite-utils' table
+API; the statements left as SQL are joins, aggregates, one many-row UPDATE, transaction
+control and PRAGMAs, which that API does not express (each says so).
 """
 
 from __future__ import annotations
@@ -18,27 +22,32 @@ import json
 import os
 import sqlite3
 import time
+from collections import Counter
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
 from sqlite_utils import Database
+from sqlite_utils.db import NotFoundError
 
 from dpo_engine.errors import ConfigError, NotAProjectError, StoreError, storage_problem
+from dpo_engine.outputs import SQLITE_MAGIC
 from dpo_engine.pairs import PreferencePair, conversation
 from dpo_engine.store.lock import ProcessLock, check_single_name
-from dpo_engine.store.read import ProjectReads, StoredPair  # noqa: F401  (re-exported)
-from dpo_engine.store.runs import ProjectRuns, check_choice as _check_choice
+from dpo_engine.store.run_records import RunRecords
 from dpo_engine.store.schema import (
     APPLICATION_ID,
+    COMPARISON_SOURCES,
     CURRENT_VERSION,
-    SOURCES,
     VERDICTS,
+    check_choice,
     migrate,
     pair_hash,
+    prompt_value,
 )
 
 EVAL_PERCENT = 10  # share of prompts held out for eval; by prompt hash, so it never moves
-SQLITE_MAGIC = b"SQLite format 3\x00"
+SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not labeling time
 BUSY_TIMEOUT_S = 10.0  # another thread's write transaction is short; wait rather than fail
 
 PromptValue = str | tuple[tuple[str, str], ...]
@@ -71,7 +80,7 @@ def _check_file(path: Path) -> None:
     existed = [s.exists() for s in sidecars]
     try:
         conn = sqlite3.connect(_read_uri(path), uri=True)
-        try:
+        try:  # PRAGMAs and the catalog, read before the file is trusted: plain sqlite3, no table API
             app_id, version = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version"))
             tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
             check = conn.execute("PRAGMA quick_check").fetchone()[0]
@@ -110,6 +119,7 @@ def _decode_text(raw: bytes) -> str:
 
 
 def _connect(path: str | Path, read_only: bool) -> sqlite3.Connection:
+    """A connection set up for the store (PRAGMAs, which sqlite-utils has no API for)."""
     if path == ":memory:":
         conn = sqlite3.connect(":memory:", isolation_level=None)
     elif read_only:
@@ -167,7 +177,7 @@ def open_project(path: str | Path, read_only: bool = False) -> "Project":
         conn = _connect(path, read_only)
         project = Project(conn, str(path), lock, read_only)
         if lock is not None and lock.first:
-            project.reconcile_interrupted_runs()  # this process is the only writer: no run of it is live
+            project.runs.reconcile_interrupted()  # this process is the only writer: no run of it is live
         return project
     except sqlite3.Error as exc:
         if lock:
@@ -196,11 +206,12 @@ def normalize_prompt(prompt: str | list[dict]) -> PromptValue:
     return conversation(prompt, "-", "+").prompt  # the answers are placeholders
 
 
-def _prompt_row(value: PromptValue, source: str, now: float) -> tuple:
+def _prompt_row(value: PromptValue, source: str, now: float) -> dict:
     key = prompt_key(value)
     text = value if isinstance(value, str) else PreferencePair(value, "", "").prompt_text
     messages = None if isinstance(value, str) else json.dumps([list(m) for m in value], ensure_ascii=False)
-    return key, text, messages, source, split_of(key), now
+    return {"key": key, "text": text, "messages": messages, "source": source, "split": split_of(key),
+            "created": now}
 
 
 def _chunks(items: list, size: int = 500) -> Iterable[list]:
@@ -208,19 +219,91 @@ def _chunks(items: list, size: int = 500) -> Iterable[list]:
         yield items[i:i + size]
 
 
+# ----------------------------------------------------------------------------- reading
+_PAIR_SQL = """
+SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash,
+       l.finished, r.finished, c.group_id
+FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
+WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
+"""
+
+# how many live comparisons a prompt has: labeling takes the least-labeled prompts first
+_LABEL_COUNT = "(SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id AND c.deleted IS NULL)"
+
+_BROWSE_FROM = """
+FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
+"""
+
+
+@dataclass(frozen=True)
+class StoredPair:
+    pair: PreferencePair  # chosen = the side the verdict picked
+    comparison_id: int
+    prompt_id: int
+    split: str  # "train" or "eval", fixed by the prompt's hash
+    group: int | None = None  # the ranking it came from (None: a pairwise verdict or an import)
+
+
+@dataclass(frozen=True)
+class ComparisonFilter:
+    text: str = ""  # substring of prompt, either answer or note (case-insensitive for ASCII)
+    verdict: str | None = None  # one of VERDICTS, or None for all
+    source: str | None = None  # label / import / compare, or None for all
+    split: str | None = None  # train / eval, or None for both
+
+
+@dataclass(frozen=True)
+class ComparisonRow:
+    id: int
+    prompt_id: int
+    verdict: str
+    source: str
+    split: str
+    prompt: str | tuple[tuple[str, str], ...]
+    left: str
+    right: str
+    created: float  # unix time
+    strength: float | None
+    note: str | None
+    group: int | None
+
+    @property
+    def prompt_text(self) -> str:
+        return PreferencePair(self.prompt, "", "").prompt_text
+
+
+def _where(f: ComparisonFilter) -> tuple[str, list]:
+    clauses, args = ["c.deleted IS NULL"], []
+    for column, value in (("c.verdict", f.verdict), ("c.source", f.source), ("p.split", f.split)):
+        if value:
+            clauses.append(f"{column} = ?")
+            args.append(value)
+    if f.text:
+        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
+                                         ("p.text", "p.messages", "l.text", "r.text", "c.note")) + ")")
+        args += [like] * 5
+    return " WHERE " + " AND ".join(clauses), args
+
+
+
 # ----------------------------------------------------------------------------- project
-class Project(ProjectReads, ProjectRuns):
-    """One open project (one connection: use it from the thread that opened it)."""
+class Project:
+    """One open project (one connection: use it from the thread that opened it): the labeling
+    data, and its training runs as `runs`."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, lock: ProcessLock | None, read_only: bool):
         self.db = Database(conn)
         self.path = path
         self.read_only = read_only
         self._lock = lock
+        self.runs = RunRecords(self.db, self._tx)
         if not read_only:
             with self._tx():
                 migrate(conn)
-        elif conn.execute("PRAGMA user_version").fetchone()[0] != CURRENT_VERSION:
+        elif conn.execute("PRAGMA user_version").fetchone()[0] != CURRENT_VERSION:  # a PRAGMA: no table API
             raise StoreError(f"{path} has an older schema; open it read-write once to upgrade it.")
 
     # -- lifecycle
@@ -250,7 +333,7 @@ class Project(ProjectReads, ProjectRuns):
                 yield
             return
         try:
-            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")  # transaction control: sqlite-utils' atomic() only issues BEGIN
             try:
                 with self.db.atomic():
                     yield
@@ -273,14 +356,13 @@ class Project(ProjectReads, ProjectRuns):
     def _prompt_ids(self, values: list[PromptValue], source: str) -> list[int]:
         now = time.time()
         rows = [_prompt_row(v, source, now) for v in values]
-        self.db.conn.executemany(
-            "INSERT OR IGNORE INTO prompts (key, text, messages, source, split, created) "
-            "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        self.db["prompts"].insert_all(rows, ignore=True)  # a prompt stored before keeps its row and id
         ids: dict[str, int] = {}
-        for chunk in _chunks(list({r[0] for r in rows})):
+        for chunk in _chunks(list({r["key"] for r in rows})):
             marks = ",".join("?" * len(chunk))
-            ids.update(self.db.conn.execute(f"SELECT key, id FROM prompts WHERE key IN ({marks})", chunk))
-        return [ids[r[0]] for r in rows]
+            ids.update((r["key"], r["id"]) for r in self.db["prompts"].rows_where(
+                f"key IN ({marks})", chunk, select="key, id"))
+        return [ids[r["key"]] for r in rows]
 
     def add_prompt(self, prompt: str | list[dict], source: str) -> int:
         """Store a labeling prompt (text or chat messages) once; returns its id."""
@@ -300,16 +382,15 @@ class Project(ProjectReads, ProjectRuns):
         if not isinstance(text, str):
             raise ConfigError(f"response text must be a string, not {type(text).__name__}")
         with self._tx():
-            cur = self.db.conn.execute(
-                "INSERT INTO responses (prompt_id, text, model, settings, created, finished) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (prompt_id, text, model, json.dumps(settings) if settings is not None else None, time.time(),
-                 None if finished is None else int(bool(finished))))
-            return cur.lastrowid
+            return self.db["responses"].insert({
+                "prompt_id": prompt_id, "text": text, "model": model,
+                "settings": json.dumps(settings) if settings is not None else None, "created": time.time(),
+                "finished": None if finished is None else int(bool(finished))}).last_rowid
 
     # -- comparisons
     def _hash_for(self, prompt_id: int, left_id: int, right_id: int, verdict: str) -> str | None:
-        row = self.db.conn.execute(
+        # One row from three tables: the table API reads one table at a time, so this stays SQL.
+        row = self.db.execute(
             "SELECT p.text, p.messages, l.text, r.text, l.prompt_id, r.prompt_id FROM prompts p, "
             "responses l, responses r WHERE p.id = ? AND l.id = ? AND r.id = ?",
             (prompt_id, left_id, right_id)).fetchone()
@@ -323,15 +404,14 @@ class Project(ProjectReads, ProjectRuns):
                           strength: float | None = None, note: str | None = None,
                           group: int | None = None, source: str = "label") -> int:
         """Store one verdict; durable (committed and synced) when this returns."""
-        _check_choice("verdict", verdict, VERDICTS)
-        _check_choice("source", source, SOURCES)
+        check_choice("verdict", verdict, VERDICTS)
+        check_choice("source", source, COMPARISON_SOURCES)
         with self._tx():
             digest = self._hash_for(prompt_id, left_id, right_id, verdict)
-            cur = self.db.conn.execute(
-                "INSERT INTO comparisons (prompt_id, left_id, right_id, verdict, strength, note, source, "
-                "created, group_id, pair_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (prompt_id, left_id, right_id, verdict, strength, note, source, time.time(), group, digest))
-            return cur.lastrowid
+            return self.db["comparisons"].insert({
+                "prompt_id": prompt_id, "left_id": left_id, "right_id": right_id, "verdict": verdict,
+                "strength": strength, "note": note, "source": source, "created": time.time(),
+                "group_id": group, "pair_hash": digest}).last_rowid
 
     def record_ranking(self, prompt_id: int, ranked_ids: list[int], ties: list[bool] | None = None, *,
                        source: str = "label") -> int:
@@ -341,20 +421,21 @@ class Project(ProjectReads, ProjectRuns):
         shown), so position-bias statistics keep their meaning. Returns the group id."""
         from dpo_engine.ranking import ranking_pairs
 
-        _check_choice("source", source, SOURCES)
+        check_choice("source", source, COMPARISON_SOURCES)
         pairs = ranking_pairs(ranked_ids, ties)
         with self._tx():
-            conn, now = self.db.conn, time.time()
-            # Safe under BEGIN IMMEDIATE: no other writer can take the same id meanwhile.
-            group = conn.execute("SELECT coalesce(max(group_id), 0) + 1 FROM comparisons").fetchone()[0]
+            now = time.time()
+            # An aggregate (no table API for max). Safe under BEGIN IMMEDIATE: no other writer
+            # can take the same id meanwhile.
+            group = self.db.execute("SELECT coalesce(max(group_id), 0) + 1 FROM comparisons").fetchone()[0]
             rows = []
             for p in pairs:
                 left, right = sorted((p.better, p.worse))
                 verdict = "tie" if p.tied else ("left" if p.better == left else "right")
-                rows.append((prompt_id, left, right, verdict, source, now, group,
-                             self._hash_for(prompt_id, left, right, verdict)))
-            conn.executemany("INSERT INTO comparisons (prompt_id, left_id, right_id, verdict, source, created, "
-                             "group_id, pair_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                rows.append({"prompt_id": prompt_id, "left_id": left, "right_id": right, "verdict": verdict,
+                             "source": source, "created": now, "group_id": group,
+                             "pair_hash": self._hash_for(prompt_id, left, right, verdict)})
+            self.db["comparisons"].insert_all(rows)
             return group
 
     def delete_group(self, group: int) -> int:
@@ -366,16 +447,18 @@ class Project(ProjectReads, ProjectRuns):
 
     def _set_group_deleted(self, group: int, deleted: float | None) -> int:
         with self._tx():
-            cur = self.db.conn.execute("UPDATE comparisons SET deleted = ? WHERE group_id = ?", (deleted, group))
+            # Many rows by a column other than the key: the table API updates one row by its key.
+            cur = self.db.execute("UPDATE comparisons SET deleted = ? WHERE group_id = ?", (deleted, group))
             if cur.rowcount == 0:
                 raise StoreError(f"ranking group {group} does not exist.")
             return cur.rowcount
 
     def _set_deleted(self, cid: int, deleted: float | None) -> None:
         with self._tx():
-            cur = self.db.conn.execute("UPDATE comparisons SET deleted = ? WHERE id = ?", (deleted, cid))
-            if cur.rowcount != 1:
-                raise StoreError(f"comparison {cid} does not exist.")
+            try:
+                self.db["comparisons"].update(cid, {"deleted": deleted})
+            except NotFoundError:
+                raise StoreError(f"comparison {cid} does not exist.") from None
 
     def delete_comparison(self, cid: int) -> None:
         """Hide a comparison from pairs and stats (kept, so `restore_comparison` can undo)."""
@@ -386,20 +469,21 @@ class Project(ProjectReads, ProjectRuns):
 
     def set_verdict(self, cid: int, verdict: str) -> None:
         """Change a comparison's verdict (e.g. flip left <-> right)."""
-        _check_choice("verdict", verdict, VERDICTS)
+        check_choice("verdict", verdict, VERDICTS)
         with self._tx():
-            row = self.db.conn.execute(
-                "SELECT prompt_id, left_id, right_id FROM comparisons WHERE id = ?", (cid,)).fetchone()
-            if row is None:
-                raise StoreError(f"comparison {cid} does not exist.")
-            self.db.conn.execute("UPDATE comparisons SET verdict = ?, pair_hash = ? WHERE id = ?",
-                                 (verdict, self._hash_for(*row, verdict), cid))
+            comparisons = self.db["comparisons"]
+            try:
+                row = comparisons.get(cid)
+            except NotFoundError:
+                raise StoreError(f"comparison {cid} does not exist.") from None
+            digest = self._hash_for(row["prompt_id"], row["left_id"], row["right_id"], verdict)
+            comparisons.update(cid, {"verdict": verdict, "pair_hash": digest})
 
     def import_pairs(self, pairs: list[PreferencePair], source: str = "import",
                      model: str = "import") -> tuple[int, int]:
         """Store pairs as prompt + two responses + a 'left' comparison, in one transaction,
         skipping any whose content hash is already present. Returns (added, duplicates)."""
-        _check_choice("source", source, SOURCES)
+        check_choice("source", source, COMPARISON_SOURCES)
         with self._tx():
             fresh = self._new_pairs(pairs)
             prompt_ids = self._prompt_ids([p.prompt for _, p in fresh], source)
@@ -413,20 +497,169 @@ class Project(ProjectReads, ProjectRuns):
         seen: set[str] = set()
         for chunk in _chunks(list(hashed)):
             marks = ",".join("?" * len(chunk))
-            seen.update(h for (h,) in self.db.conn.execute(
-                f"SELECT pair_hash FROM comparisons WHERE deleted IS NULL AND pair_hash IN ({marks})", chunk))
+            seen.update(r["pair_hash"] for r in self.db["comparisons"].rows_where(
+                f"deleted IS NULL AND pair_hash IN ({marks})", chunk, select="pair_hash"))
         return [(h, p) for h, p in hashed.items() if h not in seen]
 
     def _insert_pairs(self, fresh, prompt_ids, source, model) -> None:
-        # Ids assigned here: safe because BEGIN IMMEDIATE holds the only write lock.
-        conn, now = self.db.conn, time.time()
-        next_response = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM responses").fetchone()[0]
+        # Ids assigned here: safe because BEGIN IMMEDIATE holds the only write lock. An
+        # aggregate (no table API for max).
+        now = time.time()
+        next_response = self.db.execute("SELECT coalesce(max(id), 0) + 1 FROM responses").fetchone()[0]
         responses, comparisons = [], []
         for i, ((digest, pair), pid) in enumerate(zip(fresh, prompt_ids)):
             left, right = next_response + 2 * i, next_response + 2 * i + 1
-            responses += [(left, pid, pair.chosen, model, now), (right, pid, pair.rejected, model, now)]
-            comparisons.append((pid, left, right, "left", source, now, digest))
-        conn.executemany("INSERT INTO responses (id, prompt_id, text, model, created) VALUES (?, ?, ?, ?, ?)",
-                         responses)
-        conn.executemany("INSERT INTO comparisons (prompt_id, left_id, right_id, verdict, source, created, "
-                         "pair_hash) VALUES (?, ?, ?, ?, ?, ?, ?)", comparisons)
+            responses += [{"id": left, "prompt_id": pid, "text": pair.chosen, "model": model, "created": now},
+                          {"id": right, "prompt_id": pid, "text": pair.rejected, "model": model, "created": now}]
+            comparisons.append({"prompt_id": pid, "left_id": left, "right_id": right, "verdict": "left",
+                                "source": source, "created": now, "pair_hash": digest})
+        self.db["responses"].insert_all(responses)
+        self.db["comparisons"].insert_all(comparisons)
+
+    def _all(self, sql: str, args=()) -> list[tuple]:
+        """Rows of a join or an aggregate (COUNT DISTINCT, GROUP BY, a correlated count), which
+        sqlite-utils' table API (one table's rows) does not express: kept as SQL."""
+        return self.db.execute(sql, args).fetchall()
+
+    # -- pairs and prompts
+    def training_pairs(self, split: str | None = "train", weight_rankings: bool = False) -> list[StoredPair]:
+        """DPO pairs from left/right verdicts (ties, both_bad, skips and two identical
+        answers are not pairs); a pair stored twice is returned once.
+
+        weight_rankings: give each pair of a ranking the weight 1 / (pairs that ranking gave),
+        so a ranking counts as much as one pairwise verdict however many pairs it yields
+        (InstructGPT's treatment of its K-answer rankings); otherwise every pair weighs 1."""
+        sql, args = _PAIR_SQL, []
+        if split:
+            sql += " AND p.split = ?"
+            args.append(split)
+        out, seen = [], set()
+        for cid, pid, sp, verdict, text, messages, left, right, digest, lend, rend, group in self._all(
+                sql + " ORDER BY c.id", args):
+            if digest in seen:
+                continue
+            seen.add(digest)
+            # finished: 1 ended, 0 cut off at the token cap, NULL unknown (counted as ended)
+            won, lost = ((left, lend), (right, rend)) if verdict == "left" else ((right, rend), (left, lend))
+            pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], won[1] != 0, lost[1] != 0)
+            out.append(StoredPair(pair, cid, pid, sp, group))
+        if weight_rankings:
+            sizes = Counter(sp.group for sp in out if sp.group is not None)
+            out = [replace(sp, pair=replace(sp.pair, weight=1 / sizes[sp.group])) if sp.group is not None else sp
+                   for sp in out]
+        return out
+
+    def run_pairs(self, weight_rankings: bool = False) -> tuple[list[PreferencePair], list[PreferencePair]]:
+        """(train pairs, held-out pairs) for a training run, in one query (see `training_pairs`)."""
+        both = self.training_pairs(None, weight_rankings)
+        return [sp.pair for sp in both if sp.split == "train"], [sp.pair for sp in both if sp.split == "eval"]
+
+    def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:
+        """(id, prompt) for labeling; prompt is text or ((role, content), ...) like
+        PreferencePair.prompt. Prompts with fewest comparisons first when asked."""
+        sql = f"SELECT p.id, p.text, p.messages, {_LABEL_COUNT} AS n FROM prompts p"
+        args = []
+        if split:
+            sql += " WHERE p.split = ?"
+            args.append(split)
+        sql += " ORDER BY n, p.id" if unlabeled_first else " ORDER BY p.id"
+        return [(pid, prompt_value(text, messages)) for pid, text, messages, _ in self._all(sql, args)]
+
+    def next_prompt(self, exclude: Iterable[int] = ()) -> tuple[int, object] | None:
+        """The prompt to label next, (id, prompt) as in `prompts`, or None: fewest comparisons
+        first, oldest first among equals, skipping the ids in `exclude` (those already shown
+        this session). One row, so the Label page stays fast on a 10,000-prompt import."""
+        skip = sorted(set(exclude))
+        sql = ("SELECT p.id, p.text, p.messages FROM prompts p"
+               + (f" WHERE p.id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
+               + f" ORDER BY {_LABEL_COUNT}, p.id LIMIT 1")
+        row = self.db.execute(sql, skip).fetchone()  # ordered by a correlated count: SQL
+        return None if row is None else (row[0], prompt_value(row[1], row[2]))
+
+    # -- browsing (the Data page pages through these)
+    def count_comparisons(self, f: ComparisonFilter = ComparisonFilter()) -> int:
+        where, args = _where(f)
+        return self._all("SELECT count(*) " + _BROWSE_FROM + where, args)[0][0]
+
+    def list_comparisons(self, f: ComparisonFilter = ComparisonFilter(), offset: int = 0,
+                         limit: int = 200) -> list[ComparisonRow]:
+        """One page of comparisons, newest first."""
+        where, args = _where(f)
+        rows = self._all(
+            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
+            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + where +
+            " ORDER BY c.id DESC LIMIT ? OFFSET ?", args + [limit, offset])
+        return [ComparisonRow(r[0], r[1], r[2], r[3], r[4], prompt_value(r[5], r[6]), *r[7:]) for r in rows]
+
+    def comparison(self, cid: int) -> ComparisonRow | None:
+        """One comparison by id (deleted ones too), or None."""
+        rows = self._all(
+            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
+            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + " WHERE c.id = ?", (cid,))
+        return ComparisonRow(*rows[0][:5], prompt_value(rows[0][5], rows[0][6]), *rows[0][7:]) if rows else None
+
+    # -- statistics
+    def counts(self) -> dict[str, int]:
+        """Cheap totals for a status line: prompts, comparisons, train and eval pairs."""
+        pairs = _split_counts(self._all(
+            "SELECT p.split, count(DISTINCT c.pair_hash) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
+            "WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL GROUP BY 1"))
+        return {"prompts": self.db["prompts"].count,
+                "comparisons": self.db["comparisons"].count_where("deleted IS NULL"),
+                "train_pairs": pairs["train"], "eval_pairs": pairs["eval"]}
+
+    def stats(self) -> dict:
+        """Counts and biases of the labeled data (see `dpo-engine stats`)."""
+        by_verdict = dict.fromkeys(VERDICTS, 0)
+        by_verdict.update(self._all("SELECT verdict, count(*) FROM comparisons WHERE deleted IS NULL GROUP BY 1"))
+        pairs = self.training_pairs(split=None)
+        decided = [r["verdict"] for r in self.db["comparisons"].rows_where(
+            "deleted IS NULL AND source = 'label' AND verdict IN ('left', 'right')", select="verdict")]
+        prompts = self.db["prompts"].count
+        labeled = self._all("SELECT count(DISTINCT prompt_id) FROM comparisons WHERE deleted IS NULL")[0][0]
+        return {
+            "prompts": prompts,
+            "prompts_by_split": _split_counts(self._all("SELECT split, count(*) FROM prompts GROUP BY 1")),
+            "labeled_prompts": labeled,
+            "labeled_fraction": labeled / prompts if prompts else 0.0,
+            "comparisons": sum(by_verdict.values()),
+            "by_verdict": by_verdict,
+            "by_source": dict(self._all("SELECT source, count(*) FROM comparisons WHERE deleted IS NULL "
+                                        "GROUP BY 1 ORDER BY 1")),
+            "pairs": len(pairs),
+            "pairs_by_split": _split_counts([(s, sum(p.split == s for p in pairs)) for s in ("train", "eval")]),
+            "labels_per_hour": self._labels_per_hour(),
+            "position_bias": {"left_wins": decided.count("left"), "decided": len(decided),
+                              "left_rate": decided.count("left") / len(decided) if decided else None},
+            "length": {"chosen_mean": _mean([len(p.pair.chosen) for p in pairs]),
+                       "rejected_mean": _mean([len(p.pair.rejected) for p in pairs])},
+            "runs": self.db["runs"].count,
+        }
+
+    def ranking_groups(self) -> int:
+        """How many rankings (k answers ranked at once, stored as one group of comparisons) are live."""
+        return self._all("SELECT count(DISTINCT group_id) FROM comparisons WHERE deleted IS NULL "
+                         "AND group_id IS NOT NULL")[0][0]
+
+    def compare_votes(self) -> list[tuple[str, str, str]]:
+        """(model that wrote the left answer, model of the right one, verdict) of every live Compare
+        vote, oldest first (skips included: the caller decides what counts)."""
+        return self._all("SELECT l.model, r.model, c.verdict FROM comparisons c "
+                         "JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id "
+                         "WHERE c.deleted IS NULL AND c.source = 'compare' ORDER BY c.id")
+
+    def _labels_per_hour(self) -> float | None:
+        times = [r["created"] for r in self.db["comparisons"].rows_where("source = 'label'", select="created",
+                                                                          order_by="created")]
+        active = sum(min(b - a, SESSION_GAP_S) for a, b in zip(times, times[1:]))
+        return len(times) / (active / 3600) if active > 0 else None
+
+
+def _split_counts(rows) -> dict[str, int]:
+    out = {"train": 0, "eval": 0}
+    out.update(rows)
+    return out
+
+
+def _mean(values: list[int]) -> float | None:
+    return sum(values) / len(values) if values else None

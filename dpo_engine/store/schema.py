@@ -4,7 +4,9 @@ The schema version lives in `PRAGMA user_version`; `PRAGMA application_id` marks
 as a DPO Studio project so that another program's SQLite file is refused, not altered.
 Each migration is a function from version N to N+1, run inside the caller's transaction;
 version 1 is the first schema ever shipped and stays frozen here so that old projects can
-always be brought forward.
+always be brought forward. Migrations and PRAGMAs are plain SQL on the connection: a
+migration is frozen history that must run the same in every later version, and sqlite-utils
+has no API for PRAGMAs (its `transform()` would copy a table where ALTER adds a column).
 """
 
 from __future__ import annotations
@@ -12,13 +14,20 @@ from __future__ import annotations
 import json
 import sqlite3
 
+from dpo_engine.errors import ConfigError
 from dpo_engine.pairs import PreferencePair
 
 APPLICATION_ID = 0x44504F53  # "DPOS": identifies our files among all SQLite files
 VERDICTS = ("left", "right", "tie", "both_bad", "skip")
-SOURCES = ("label", "import", "compare")
+COMPARISON_SOURCES = ("label", "import", "compare")
 RUN_STATUSES = ("running", "finished", "stopped", "failed")
 MODEL_KINDS = ("base", "checkpoint")
+
+
+def check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:
+    """Refuse a value outside one of the tuples above before SQLite's CHECK would."""
+    if value not in allowed:
+        raise ConfigError(f"{what} must be one of {', '.join(allowed)}; got {value!r}.")
 
 
 def _in(values: tuple[str, ...]) -> str:
@@ -53,7 +62,7 @@ CREATE TABLE comparisons (
     verdict TEXT NOT NULL CHECK (verdict IN {_in(VERDICTS)}),
     strength REAL,
     note TEXT,
-    source TEXT NOT NULL CHECK (source IN {_in(SOURCES)}),
+    source TEXT NOT NULL CHECK (source IN {_in(COMPARISON_SOURCES)}),
     created REAL NOT NULL
 );
 CREATE INDEX comparisons_prompt ON comparisons(prompt_id);

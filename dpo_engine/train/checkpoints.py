@@ -3,7 +3,7 @@
 A checkpoint folder holds config.json + *.safetensors + tokenizer + dpo_studio_run.json +
 trainer_state/ + checkpoint.json (the manifest). It is written and swapped into place by
 `dpo_engine.atomic.write_checkpoint` (temporary sibling, manifest last, two renames), and
-found by `find_checkpoint`, which recovers one a kill left in `.<out>.prev`.
+found by `dpo_engine.atomic.find_checkpoint`, which recovers one a kill left in `.<out>.prev`.
 
 Optimizer and scheduler state are torch.save files (pickle), so they are only ever read
 with `torch.load(..., weights_only=True)`; a file that needs more than that is refused with
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from dpo_engine.atomic import MANIFEST, find_checkpoint, prev_folder, read_manifest, write_checkpoint  # noqa: F401
+from dpo_engine.atomic import find_checkpoint, prev_folder
 from dpo_engine.errors import ConfigError, TrainingError
 
 RUN_FILE = "dpo_studio_run.json"  # base / reference refs and the run config, for people and for resume

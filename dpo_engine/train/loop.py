@@ -25,9 +25,9 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
+from dpo_engine.atomic import find_checkpoint, write_checkpoint
 from dpo_engine.train import distributed
-from dpo_engine.train.checkpoints import (check_output_dir, find_checkpoint, load_trainer_state, read_run_file,
-                                    save_trainer_state, write_checkpoint)
+from dpo_engine.train.checkpoints import check_output_dir, load_trainer_state, read_run_file, save_trainer_state
 from dpo_engine.errors import TrainingError
 from dpo_engine.models import load_model, load_tokenizer, resolve_model_ref
 from dpo_engine.pairs import PreferencePair
@@ -230,13 +230,13 @@ def _restore(run: _Run, folder: Path) -> None:
 def _save(run: _Run, status: str) -> str:
     """Write a checkpoint on the main process (the others wait); return its folder."""
     state = run.dist.full_state_dict(run.scorer)  # gathers sharded weights: every rank takes part
-    run.checkpoint = _write(run, status, state) if run.dist.is_main else None
+    run.checkpoint = _save_checkpoint(run, status, state) if run.dist.is_main else None
     run.dist.barrier()
     run.checkpoint = str(Path(run.config.output_dir).absolute())  # where the main process wrote it
     return run.checkpoint
 
 
-def _write(run: _Run, status: str, state: dict | None) -> str:
+def _save_checkpoint(run: _Run, status: str, state: dict | None) -> str:
     model, tokenizer = run.loaded.model, run.loaded.tokenizer
     # Sharded moments are not gathered; a finished run is never resumed, so its moments (twice
     # the model's size with AdamW: ~1 GB for SmolLM2-135M) are not kept either.

@@ -19,7 +19,8 @@ import torch
 
 from dpo_engine.encoding import EncodedPair
 from dpo_engine.iters import mapped
-from dpo_engine.models import ResolvedModel, cache_dir
+from dpo_engine.models import ResolvedModel
+from dpo_engine.paths import cache_dir
 from dpo_engine.train.events import ReferenceProgress
 from dpo_engine.train.model import is_peft
 from dpo_engine.train.step import StepContext, policy_scores

@@ -1,6 +1,8 @@
 """One optimizer step and one eval pass: log-probs -> loss -> backward -> clip -> step.
 
-Pure of events and files: the loop in trainer.py times it, checks it and reports it.
+Pure of events and files: the loop (`train.loop`) times it, checks it and reports it. Also
+the precision helpers a step runs under (autocast, attention kept in fp32, the casts kept
+across a step's forwards).
 """
 
 from __future__ import annotations
@@ -129,7 +131,7 @@ def casts_kept(ctx: StepContext):
     keeps the cache alive until the step's end; inside it, the forwards' own contexts cast
     and the backward passes run without autocast, as before. Under fp32 (no autocast) it
     changes nothing. Not under FSDP/DeepSpeed, whose parameters are gathered and released
-    around each forward. Measured in bench/README.md, "Where a training step's time goes".
+    around each forward. Measured in bench/README.md, "Where a bf16 training step's time goes".
     """
     if not torch.amp.is_autocast_available(ctx.device.type):
         return contextlib.nullcontext()

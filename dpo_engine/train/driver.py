@@ -12,7 +12,7 @@ thread): the window's torch worker or the CLI's main thread.
 
 A run that ends by an expected error (`DPOStudioError`) or is interrupted (a second Ctrl-C,
 a crash in the trainer) is recorded `failed` with the reason before the error propagates;
-a kill -9 leaves it `running`, and `Project.reconcile_interrupted_runs` settles it on the
+a kill -9 leaves it `running`, and `RunRecords.reconcile_interrupted` settles it on the
 next open from the checkpoint on disk.
 """
 
@@ -53,27 +53,27 @@ def _open_run(db: Project, config: TrainConfig, resume_from, output_for_run) -> 
     """The run's row: the stopped run whose checkpoint is resumed (continued, same id), or a new one."""
     if resume_from is not None:
         where = str(Path(resume_from).absolute())
-        run = next((r for r in reversed(db.runs()) if r["checkpoint"] and
+        run = next((r for r in reversed(db.runs.all()) if r["checkpoint"] and
                     str(Path(r["checkpoint"]).absolute()) == where), None)
         if run is not None:
-            db.finish_run(run["id"], "running", checkpoint=run["checkpoint"])
+            db.runs.finish(run["id"], "running", checkpoint=run["checkpoint"])
             return run["id"], config
-    run_id = db.create_run(config.to_dict())
+    run_id = db.runs.create(config.to_dict())
     if output_for_run is not None:
         config = replace(config, output_dir=str(output_for_run(run_id)))
-        db.set_run_config(run_id, config.to_dict())
+        db.runs.set_config(run_id, config.to_dict())
     return run_id, config
 
 
 def _record(db: Project, run_id: int, config: TrainConfig, event) -> None:
     if isinstance(event, (StepEvent, EvalEvent)):
-        db.log_metrics(run_id, event.step, event.metrics)
+        db.runs.log_metrics(run_id, event.step, event.metrics)
     elif isinstance(event, PrecisionChosen):
-        db.annotate_run(run_id, precision=event.record)  # the run record names the dtype that ran, and why
+        db.runs.annotate(run_id, precision=event.record)  # the run record names the dtype that ran, and why
     elif isinstance(event, TrainSummary):
-        db.finish_run(run_id, event.status, event.reason or None, event.checkpoint)
+        db.runs.finish(run_id, event.status, event.reason or None, event.checkpoint)
         if event.checkpoint:
-            db.add_model(event.checkpoint, "checkpoint", parent=config.model, run_id=run_id)
+            db.runs.add_model(event.checkpoint, "checkpoint", parent=config.model, run_id=run_id)
 
 
 def drive(config: TrainConfig, *, project: str | Path | None = None,
@@ -108,11 +108,11 @@ def drive(config: TrainConfig, *, project: str | Path | None = None,
                 yield event
         except GeneratorExit:
             if db is not None:
-                db.finish_run(run_id, "failed", "cancelled before it finished")
+                db.runs.finish(run_id, "failed", "cancelled before it finished")
             raise
         except BaseException as exc:  # an expected error, a second Ctrl-C, or a bug: recorded, then raised
             if db is not None:
-                db.finish_run(run_id, "failed", _reason(exc))
+                db.runs.finish(run_id, "failed", _reason(exc))
             raise
 
 
