@@ -16,6 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.controllers import pace
+from app.controllers.label_controller import LabelController
 from app.plumbing.context import AppContext
 
 
@@ -40,7 +42,8 @@ def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:
         except ModuleNotFoundError:
             pages.append((name, PlaceholderPage(name, text)))
         else:
-            pages.append((name, page_cls(ctx)))
+            pages.append((name, page_cls(ctx, LabelController(ctx, pace_memory=pace.memory_file()))
+                          if name == "Label" else page_cls(ctx)))
     return pages
 
 

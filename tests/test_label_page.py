@@ -2,6 +2,7 @@
 exact texts)."""
 
 import time
+from dataclasses import replace
 
 import pytest
 from PySide6.QtCore import Qt
@@ -87,7 +88,7 @@ def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, 
         pairs = p.training_pairs(split=None)
     expected = {(l, r) if v == "left" else (r, l) for v, l, r in seen if v in ("left", "right")}
     assert {(sp.pair.chosen, sp.pair.rejected) for sp in pairs} == expected
-    assert page.controller.progress()["session"] == 6
+    assert page.controller.progress().session == 6
 
 
 def test_undo_removes_exactly_the_last_verdict(qtbot, label_window):
@@ -115,8 +116,7 @@ def test_html_and_angle_brackets_show_literally(qtbot, label_window, monkeypatch
     assert page.left.text.toPlainText() == evil[0]
     assert page.right.text.toPlainText() == evil[1]
     assert page.left.text.document().toHtml().count("<img") == 0  # shown as text, not an image
-    page.controller.current.prompt_text = "<script>alert(1)</script>"
-    page._on_controller_pairShown(page.controller.current)
+    page._on_controller_pairShown(replace(page.controller.shown(), prompt="<script>alert(1)</script>"))
     assert page.prompt_view.toPlainText() == "<script>alert(1)</script>"
 
 
@@ -127,9 +127,9 @@ def test_streamed_text_appears_before_generation_ends(qtbot, label_window, monke
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([long] * 10, delay=0.01))
     partial = []
 
-    def on_text(side, text, tokens):
-        if side == 0 and not page.controller.current.done:
-            partial.append((text, page.left.text.toPlainText(), page.left.length.text(),
+    def on_text(answer):
+        if answer.side == 0 and answer.writing:
+            partial.append((answer.text, page.left.text.toPlainText(), page.left.length.text(),
                             page.buttons["left"].isEnabled()))
 
     page.controller.textUpdated.connect(on_text)

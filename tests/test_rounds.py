@@ -412,7 +412,7 @@ def comparisons(project):
 def test_label_judges_only_complete_pairs_then_shows_the_prefetched_one(label):
     host, controller, shown, ready, messages = label
     controller.start()
-    assert len(host.jobs) == 2 and controller.current is shown[0] and len(controller.queue) == 1
+    assert len(host.jobs) == 2 and shown[0].prompt_id == controller.current.prompt_id and len(controller.queue) == 1
     assert not controller.judge("left") and "still being written" in messages[-1]
     first, second = controller.current, controller.queue[0]
     run_all(host)
@@ -433,11 +433,11 @@ def test_label_undo_removes_the_last_verdict_and_shows_its_pair_again(label):
     controller.start()
     run_all(host)
     first = controller.current
-    assert controller.judge("right") and controller.progress()["session"] == 1
+    assert controller.judge("right") and controller.progress().session == 1
     second = controller.current
     assert controller.undo()
-    assert comparisons(host.project) == [] and controller.progress()["session"] == 0
-    assert controller.current is first and shown[-1] is first and controller.queue[0] is second
+    assert comparisons(host.project) == [] and controller.progress().session == 0
+    assert controller.current is first and shown[-1].prompt_id == first.prompt_id and controller.queue[0] is second
     assert host.comparisonsChanged.emit.call_count == 2
     assert not controller.undo()  # nothing left to undo
 
