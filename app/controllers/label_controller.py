@@ -339,7 +339,8 @@ class LabelController(QObject):
     def _show(self, pair: PendingPair | None) -> None:
         self.current = pair
         self._ready_at = time.monotonic() if pair is not None and pair.done else None
-        self.ranking.show(pair)
+        if self.ranking.pair is not None or (pair is not None and pair.ranking):
+            self.ranking.show(pair)  # new places for a ranking; between pairs there are none to clear
         if pair is not None:
             self.pairShown.emit(self.shown())
             if pair.done:
