@@ -205,3 +205,32 @@ def test_leaving_the_page_leaves_the_worker_to_the_other_pages(qtbot, label_wind
     win.show_page("Label")
     assert page.isVisible() and not c.paused
     assert len(batches) == 1 and len(c.queue) == len(batches[0]) > 0  # refilled now, in one batch
+
+
+def test_buttons_and_help_lines_are_written_from_the_key_map(qtbot, label_window):
+    """The texts a person reads, spelled out: the key map must reproduce them exactly."""
+    from app.controllers import keys
+    from app.pages.label_page import QT_PAGE_KEYS
+
+    ctx, win, page = label_window
+    assert [b.text() for b in page.buttons.values()] == [
+        "← Left is better  [1]", "Tie  [3]", "Both bad  [4]", "Right is better  [2] →", "Skip  [S]"]
+    assert page.buttons["left"].accessibleName() == "Left is better"
+    assert [b.text() for b in (page.regen_button, page.edit_button, page.undo_button)] == [
+        "Regenerate both  [R]", "Write a better answer  [E]", "Undo last  [Ctrl+Z]"]
+    assert page.place_buttons[2].text() == "3" and page.place_buttons[2].toolTip() == \
+        "Answer 3 takes the next place  [3]"
+    assert keys.verdict_help() == "Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip."
+    assert keys.ranking_hint(4) == "Rank the 4 answers: the number of the best first. = ties, Enter saves."
+    assert page.rank_help.text() == (
+        "Rank: press the number of the best answer, then the next best, and so on. "
+        "= before a number ties it with the previous one. Backspace takes back the last place. "
+        "Enter saves (answers not placed tie for last); placing the last answer saves too. "
+        "Or drag the answers in the row above into order, then press Enter. "
+        "A ranking of 4 gives up to 6 training pairs.")
+    assert set(QT_PAGE_KEYS.values()) == set(keys.PAGE_KEYS)  # the keys the page reads itself
+    for bindings in (keys.PAIRWISE, keys.RANKING, keys.COMPARE):  # one action per key in a map
+        every = [k for b in bindings for k in b.keys]
+        assert len(every) == len(set(every))
+    wait_ready(qtbot, page)
+    assert page.notice.text() == keys.verdict_help()
