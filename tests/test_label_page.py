@@ -234,3 +234,31 @@ def test_buttons_and_help_lines_are_written_from_the_key_map(qtbot, label_window
         assert len(every) == len(set(every))
     wait_ready(qtbot, page)
     assert page.notice.text() == keys.verdict_help()
+
+
+def test_e_opens_the_editor_and_its_answer_is_stored(qtbot, label_window, monkeypatch):
+    from PySide6.QtWidgets import QDialog
+
+    from app.pages.write_better_dialog import WriteBetterDialog
+
+    ctx, win, page = label_window
+    opened = []
+
+    def accept(dialog):  # the person writes an answer that beats the right one
+        opened.append(dialog.editor.toPlainText())
+        dialog.editor.setPlainText("Mine.")
+        dialog.worse.setCurrentIndex(1)
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(WriteBetterDialog, "exec", accept)
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([["The left one.", "The right one."]]))
+    page.controller._drop_queued()  # the tiny model's random bytes may hold a "\r" the editor shows as "\n"
+    page.controller.regenerate()
+    wait_ready(qtbot, page)
+    pair = page.controller.current
+    assert pair.texts == ["The left one.", "The right one."]
+    qtbot.keyClick(page, Qt.Key.Key_E)
+    assert opened == [pair.texts[0]]  # it starts from the left answer
+    with open_project(ctx.project_path) as p:
+        pairs = p.training_pairs(split=None)
+    assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("Mine.", "The right one.")]

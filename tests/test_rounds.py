@@ -453,12 +453,16 @@ def test_label_keys_act_by_the_map_of_the_mode_and_the_view_gets_snapshots(label
     controller.start()
     assert not shown[-1].ready and shown[-1].notice == "Writing both answers…"
     assert [(a.text, a.writing) for a in shown[-1].answers] == [("", True), ("", True)]
+    asked = []
+    controller.writeBetterAsked.connect(asked.append)
+    assert not controller.ask_write_better() and not controller.press("E")  # nothing to edit yet
     run_all(host)
     first = controller.current
     assert completed == [controller.shown()] and completed[0].ready and completed[0].notice == keys.verdict_help()
     assert [a.text for a in completed[0].answers] == first.texts == ["answer 0 left", "answer 0 right"]
     with pytest.raises(FrozenInstanceError):  # a snapshot: the view cannot change the controller's pair
         completed[0].prompt = "changed"
+    assert controller.press("E") and asked == [completed[0]]  # the page opens its editor on these answers
     assert not controller.press("5") and not controller.press("=") and not controller.press("Backspace")
     assert comparisons(host.project) == [] and controller.current is first  # keys of no action here
     assert controller.press("Right")  # the arrow and 2 are one binding
