@@ -455,7 +455,7 @@ def test_label_keys_act_by_the_map_of_the_mode_and_the_view_gets_snapshots(label
     assert [(a.text, a.writing) for a in shown[-1].answers] == [("", True), ("", True)]
     asked = []
     controller.writeBetterAsked.connect(asked.append)
-    assert not controller.ask_write_better() and not controller.press("E")  # nothing to edit yet
+    assert not controller.ask_write_better() and controller.press("E") and asked == []  # nothing to edit yet
     run_all(host)
     first = controller.current
     assert completed == [controller.shown()] and completed[0].ready and completed[0].notice == keys.verdict_help()
