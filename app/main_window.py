@@ -17,8 +17,10 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.controllers import pace
 from app.controllers.compare_controller import CompareController
 from app.controllers.data_controller import DataController
+from app.controllers.label_controller import LabelController
 from app.controllers.train_controller import TrainController
 from app.pages.compare_page import ComparePage
 from app.pages.data_page import DataPage
@@ -33,7 +35,7 @@ ASK_AFTER_MS = 1500  # a job still running this long after a close request has n
 def build_pages(ctx: AppContext) -> list[tuple[str, QWidget]]:
     """(name, page) for each page, in sidebar order, each with its controller."""
     return [
-        ("Label", LabelPage(ctx)),
+        ("Label", LabelPage(ctx, LabelController(ctx, pace_memory=pace.memory_file()))),
         ("Data", DataPage(ctx, DataController(ctx.project_path, on_changed=ctx.comparisonsChanged.emit,
                                               submit=ctx.submit))),
         ("Train", TrainPage(ctx, TrainController(ctx))),

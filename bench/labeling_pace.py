@@ -116,7 +116,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         readies.append(ready)
         waits.append(max(0.0, ready - pressed))
     loads.append(os.getloadavg()[0])
-    labeled = c.progress()["session"]
+    labeled = c.progress().session
     ctx.shutdown()
     win.close()
     return {

@@ -2,6 +2,7 @@
 exact texts)."""
 
 import time
+from dataclasses import replace
 
 import pytest
 from PySide6.QtCore import Qt
@@ -87,7 +88,7 @@ def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, 
         pairs = p.training_pairs(split=None)
     expected = {(l, r) if v == "left" else (r, l) for v, l, r in seen if v in ("left", "right")}
     assert {(sp.pair.chosen, sp.pair.rejected) for sp in pairs} == expected
-    assert page.controller.progress()["session"] == 6
+    assert page.controller.progress().session == 6
 
 
 def test_undo_removes_exactly_the_last_verdict(qtbot, label_window):
@@ -115,8 +116,7 @@ def test_html_and_angle_brackets_show_literally(qtbot, label_window, monkeypatch
     assert page.left.text.toPlainText() == evil[0]
     assert page.right.text.toPlainText() == evil[1]
     assert page.left.text.document().toHtml().count("<img") == 0  # shown as text, not an image
-    page.controller.current.prompt_text = "<script>alert(1)</script>"
-    page._on_controller_pairShown(page.controller.current)
+    page._on_controller_pairShown(replace(page.controller.shown(), prompt="<script>alert(1)</script>"))
     assert page.prompt_view.toPlainText() == "<script>alert(1)</script>"
 
 
@@ -127,9 +127,9 @@ def test_streamed_text_appears_before_generation_ends(qtbot, label_window, monke
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([long] * 10, delay=0.01))
     partial = []
 
-    def on_text(side, text, tokens):
-        if side == 0 and not page.controller.current.done:
-            partial.append((text, page.left.text.toPlainText(), page.left.length.text(),
+    def on_text(answer):
+        if answer.side == 0 and answer.writing:
+            partial.append((answer.text, page.left.text.toPlainText(), page.left.length.text(),
                             page.buttons["left"].isEnabled()))
 
     page.controller.textUpdated.connect(on_text)
@@ -205,3 +205,60 @@ def test_leaving_the_page_leaves_the_worker_to_the_other_pages(qtbot, label_wind
     win.show_page("Label")
     assert page.isVisible() and not c.paused
     assert len(batches) == 1 and len(c.queue) == len(batches[0]) > 0  # refilled now, in one batch
+
+
+def test_buttons_and_help_lines_are_written_from_the_key_map(qtbot, label_window):
+    """The texts a person reads, spelled out: the key map must reproduce them exactly."""
+    from app.controllers import keys
+    from app.pages.label_page import QT_PAGE_KEYS
+
+    ctx, win, page = label_window
+    assert [b.text() for b in page.buttons.values()] == [
+        "← Left is better  [1]", "Tie  [3]", "Both bad  [4]", "Right is better  [2] →", "Skip  [S]"]
+    assert page.buttons["left"].accessibleName() == "Left is better"
+    assert [b.text() for b in (page.regen_button, page.edit_button, page.undo_button)] == [
+        "Regenerate both  [R]", "Write a better answer  [E]", "Undo last  [Ctrl+Z]"]
+    assert page.place_buttons[2].text() == "3" and page.place_buttons[2].toolTip() == \
+        "Answer 3 takes the next place  [3]"
+    assert keys.verdict_help() == "Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip."
+    assert keys.ranking_hint(4) == "Rank the 4 answers: the number of the best first. = ties, Enter saves."
+    assert page.rank_help.text() == (
+        "Rank: press the number of the best answer, then the next best, and so on. "
+        "= before a number ties it with the previous one. Backspace takes back the last place. "
+        "Enter saves (answers not placed tie for last); placing the last answer saves too. "
+        "Or drag the answers in the row above into order, then press Enter. "
+        "A ranking of 4 gives up to 6 training pairs.")
+    assert set(QT_PAGE_KEYS.values()) == set(keys.PAGE_KEYS)  # the keys the page reads itself
+    for bindings in (keys.PAIRWISE, keys.RANKING, keys.COMPARE):  # one action per key in a map
+        every = [k for b in bindings for k in b.keys]
+        assert len(every) == len(set(every))
+    wait_ready(qtbot, page)
+    assert page.notice.text() == keys.verdict_help()
+
+
+def test_e_opens_the_editor_and_its_answer_is_stored(qtbot, label_window, monkeypatch):
+    from PySide6.QtWidgets import QDialog
+
+    from app.pages.write_better_dialog import WriteBetterDialog
+
+    ctx, win, page = label_window
+    opened = []
+
+    def accept(dialog):  # the person writes an answer that beats the right one
+        opened.append(dialog.editor.toPlainText())
+        dialog.editor.setPlainText("Mine.")
+        dialog.worse.setCurrentIndex(1)
+        return QDialog.DialogCode.Accepted
+
+    monkeypatch.setattr(WriteBetterDialog, "exec", accept)
+    monkeypatch.setattr(lc, "stream_generate", scripted_stream([["The left one.", "The right one."]]))
+    page.controller._drop_queued()  # the tiny model's random bytes may hold a "\r" the editor shows as "\n"
+    page.controller.regenerate()
+    wait_ready(qtbot, page)
+    pair = page.controller.current
+    assert pair.texts == ["The left one.", "The right one."]
+    qtbot.keyClick(page, Qt.Key.Key_E)
+    assert opened == [pair.texts[0]]  # it starts from the left answer
+    with open_project(ctx.project_path) as p:
+        pairs = p.training_pairs(split=None)
+    assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("Mine.", "The right one.")]

@@ -75,14 +75,14 @@ def test_backspace_takes_back_and_undo_removes_the_whole_ranking(qtbot, ranking_
     qtbot.keyClick(page, Qt.Key.Key_2)
     qtbot.keyClick(page, Qt.Key.Key_4)
     qtbot.keyClick(page, Qt.Key.Key_Backspace)
-    assert page.controller.order == [1]
+    assert page.controller.ranking.order == [1]
     for key in (Qt.Key.Key_1, Qt.Key.Key_3, Qt.Key.Key_4):  # placing the last answer saves
         qtbot.keyClick(page, key)
     assert len(rows(ctx)) == 6
     assert [r[2] for r in rows(ctx)].count("tie") == 0
     qtbot.keyClick(page, Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier)
     assert rows(ctx) == []
-    assert page.controller.current is first and page.controller.order == []
+    assert page.controller.current is first and page.controller.ranking.order == []
 
 
 def test_switching_back_to_pairwise_samples_two_answers(qtbot, ranking_window):
@@ -125,7 +125,7 @@ def test_dragging_the_order_row_ranks_and_enter_saves(qtbot, ranking_window):
     assert row.current_order() == [1, 0, 2, 3] and row.item(0).text() == "Answer 2"
     # the drop of a drag: answer 4 moved to the front (QListWidget moves the row in its model)
     assert row.model().moveRow(QModelIndex(), 3, QModelIndex(), 0)
-    qtbot.waitUntil(lambda: page.controller.order == [3, 1, 0, 2], timeout=2_000)
+    qtbot.waitUntil(lambda: page.controller.ranking.order == [3, 1, 0, 2], timeout=2_000)
     assert page.ranking_label.text() == "Your ranking: 4 > 2 > 1 > 3"
     assert rows(ctx) == []  # a drag does not save: the person may keep rearranging
     qtbot.keyClick(page, Qt.Key.Key_Return)

@@ -1,6 +1,7 @@
-"""The Label page's ranking in progress: places, ties, take-backs and a dragged order."""
+"""The Label page's ranking in progress: places, ties, take-backs and a dragged order; what
+the page shows of it."""
 
-from app.controllers.ranking_draft import RankingDraft
+from app.controllers.label_ranking import RankingDraft, RankingState
 
 
 def test_places_ties_and_take_backs():
@@ -27,3 +28,12 @@ def test_a_dragged_order_replaces_the_places_without_ties():
     assert (d.order, d.ties, d.tie_next) == ([2, 0, 1], [False] * 3, False)
     d.clear()
     assert (d.order, d.ties, d.tie_next) == ([], [], False)
+
+
+def test_the_state_the_page_shows():
+    # placed 3 = 1 > 4, the next place pending a tie; answer 2 unplaced (n = 4)
+    state = RankingState(4, (2, 0, 3), (False, True, False), tie_next=True)
+    assert state.summary() == "3 = 1 > 4 = …"
+    assert [state.place_of(i) for i in range(4)] == [(0, True), None, (0, True), (1, False)]
+    assert RankingState(4, (), (), tie_next=False).summary() == ""
+    assert RankingState(3, (1,), (False,), tie_next=False).summary() == "2"

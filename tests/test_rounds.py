@@ -412,7 +412,7 @@ def comparisons(project):
 def test_label_judges_only_complete_pairs_then_shows_the_prefetched_one(label):
     host, controller, shown, ready, messages = label
     controller.start()
-    assert len(host.jobs) == 2 and controller.current is shown[0] and len(controller.queue) == 1
+    assert len(host.jobs) == 2 and shown[0].prompt_id == controller.current.prompt_id and len(controller.queue) == 1
     assert not controller.judge("left") and "still being written" in messages[-1]
     first, second = controller.current, controller.queue[0]
     run_all(host)
@@ -433,13 +433,44 @@ def test_label_undo_removes_the_last_verdict_and_shows_its_pair_again(label):
     controller.start()
     run_all(host)
     first = controller.current
-    assert controller.judge("right") and controller.progress()["session"] == 1
+    assert controller.judge("right") and controller.progress().session == 1
     second = controller.current
     assert controller.undo()
-    assert comparisons(host.project) == [] and controller.progress()["session"] == 0
-    assert controller.current is first and shown[-1] is first and controller.queue[0] is second
+    assert comparisons(host.project) == [] and controller.progress().session == 0
+    assert controller.current is first and shown[-1].prompt_id == first.prompt_id and controller.queue[0] is second
     assert host.comparisonsChanged.emit.call_count == 2
     assert not controller.undo()  # nothing left to undo
+
+
+def test_label_keys_act_by_the_map_of_the_mode_and_the_view_gets_snapshots(label):
+    from dataclasses import FrozenInstanceError
+
+    from app.controllers import keys
+
+    host, controller, shown, ready, messages = label
+    completed = []
+    controller.pairReady.connect(completed.append)
+    controller.start()
+    assert not shown[-1].ready and shown[-1].notice == "Writing both answers…"
+    assert [(a.text, a.writing) for a in shown[-1].answers] == [("", True), ("", True)]
+    asked = []
+    controller.writeBetterAsked.connect(asked.append)
+    assert not controller.ask_write_better() and controller.press("E") and asked == []  # nothing to edit yet
+    run_all(host)
+    first = controller.current
+    assert completed == [controller.shown()] and completed[0].ready and completed[0].notice == keys.verdict_help()
+    assert [a.text for a in completed[0].answers] == first.texts == ["answer 0 left", "answer 0 right"]
+    with pytest.raises(FrozenInstanceError):  # a snapshot: the view cannot change the controller's pair
+        completed[0].prompt = "changed"
+    assert controller.press("E") and asked == [completed[0]]  # the page opens its editor on these answers
+    assert not controller.press("5") and not controller.press("=") and not controller.press("Backspace")
+    assert comparisons(host.project) == [] and controller.current is first  # keys of no action here
+    assert controller.press("Right")  # the arrow and 2 are one binding
+    assert comparisons(host.project) == [("right", "answer 0 left", "answer 0 right")]
+    assert controller.progress().session == 1
+    controller.set_mode("ranking", 3)
+    assert controller.bindings() == keys.RANKING
+    assert not controller.press("Left") and messages[-1].startswith("Rank the answers")
 
 
 def test_label_a_verdict_that_cannot_be_saved_keeps_the_pair(label):

@@ -4,7 +4,8 @@ sampled answers, verdicts and rankings, undo and progress. The view only shows w
 Two modes. Pairwise: two answers to one prompt, one verdict. Ranking: k answers (3-6) to
 one prompt, ordered best first by the person (ties allowed); a ranking of k stores up to
 k(k-1)/2 pairs as one group (`Project.record_ranking`), so one prompt's reading time
-yields several pairs (issue 10: 40 pairs teach a small model nothing measurable).
+yields several pairs (40 pairs teach a small model nothing measurable: bench/README.md,
+"Simulated user").
 
 Prompts come from `rounds.LabelPrompts`; the answers are sampled on the torch worker by
 `rounds.sample_rounds`, streamed token by token. While the person reads the current prompt
@@ -12,8 +13,13 @@ the next ones are already being sampled, all their answers in one batch (on a CP
 4 pairs costs about what 1 does), so a verdict shows the next prompt at once when it is
 ready. How many are queued follows the measured time of a batch and of the person's
 verdicts (`pace.Pace`): a slow CPU or a quick person gets a longer queue. Every verdict
-or ranking is committed to the project file before the next prompt shows. The ranking
-actions (places, ties, a dragged order, saving) are in `label_ranking.RankingActions`.
+or ranking is committed to the project file before the next prompt shows.
+
+The ranking of the prompt on screen (places, ties, a dragged order, saving the group) is a
+collaborator, `self.ranking` (`label_ranking.LabelRanking`). What a key does is looked up in
+`keys` (one map per mode), so the page forwards keys and clicks and decides nothing. The view
+receives frozen snapshots (`ShownPair`, `ShownAnswer`, `RankingState`, `Progress`), never
+this controller's working state.
 """
 
 from __future__ import annotations
@@ -26,9 +32,10 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app.controllers import keys
+from app.controllers.keys import KeyBinding
+from app.controllers.label_ranking import LabelRanking
 from app.controllers.pace import Pace
-from app.controllers.label_ranking import RankingActions
-from app.controllers.ranking_draft import RankingDraft
 from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_rounds
 from app.plumbing.context import saves
 from dpo_engine.defaults import ENOUGH_PAIRS, data_estimate
@@ -36,7 +43,7 @@ from dpo_engine.generate import GenerationSettings
 from dpo_engine.store.schema import VERDICTS
 
 MODES = ("pairwise", "ranking")
-K_RANGE = (3, 6)  # below 3 a ranking is a pair; above 6 answers no longer fit on a screen to read
+K_RANGE = (3, keys.MAX_PLACES)  # below 3 a ranking is a pair; one place key per answer up to the most shown
 DEFAULT_K = 4  # a 2x2 grid a person reads at once; up to 6 pairs per prompt instead of 1
 MAX_RESAMPLES = 3  # two identical samples are sampled again, at most this often
 
@@ -62,23 +69,64 @@ class Verdict:
     verdict: str  # "ranking" for a ranking
 
 
-class LabelController(QObject, RankingActions):
+@dataclass(frozen=True)
+class ShownAnswer:
+    """One answer as the page shows it."""
+
+    side: int  # 0 left, 1 right; in a ranking the answer's index in shown order
+    text: str  # untrusted model output: shown as plain text
+    tokens: int
+    writing: bool  # still being sampled
+    cut_off: bool  # complete, but stopped at the token cap rather than ended by the model
+
+
+@dataclass(frozen=True)
+class ShownPair:
+    """The prompt on screen and its answers (two, or k to rank)."""
+
+    prompt_id: int
+    prompt: str
+    answers: tuple[ShownAnswer, ...]
+    ready: bool  # every answer complete: it can be judged
+    notice: str  # the line under the answers: "Writing…", or the keys that judge it
+
+    @property
+    def ranking(self) -> bool:
+        return len(self.answers) > 2
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Counters for the progress panel."""
+
+    session: int  # verdicts this session
+    total: int  # verdicts in the project
+    usable: int  # training pairs they make (train and held out)
+    per_minute: float  # this session's verdicts per minute
+    enough: bool  # usable >= needed
+    needed: int  # pairs for a measurable change (`defaults.ENOUGH_PAIRS`)
+    estimate: str  # what to expect from training on them
+    mode: str  # "pairwise" or "ranking"
+
+
+class LabelController(QObject):
     """Signals:
-        pairShown(PendingPair): a new current pair (texts may still be streaming).
-        textUpdated(side, text, tokens): streamed text of the current pair's side 0/1.
-        pairReady(): the current pair is complete and can be judged.
-        rankingChanged(order, ties): the places given so far to the current answers (ranking mode).
+        pairShown(ShownPair): a new current pair (texts may still be streaming).
+        textUpdated(ShownAnswer): streamed text of one answer of the current pair.
+        pairReady(ShownPair): the current pair is complete and can be judged.
         modeChanged(mode, k): pairwise or ranking of k answers.
-        progressChanged(dict): counters for the progress panel.
+        progressChanged(Progress): counters for the progress panel.
+        writeBetterAsked(ShownPair): the person asked to write a better answer to it.
         message(str): a notice for the person (errors included); labeling goes on.
+    The ranking's places: `self.ranking.changed(RankingState)`.
     """
 
     pairShown = Signal(object)
-    textUpdated = Signal(int, str, int)
-    pairReady = Signal()
-    rankingChanged = Signal(list, list)
+    textUpdated = Signal(object)
+    pairReady = Signal(object)
     modeChanged = Signal(str, int)
-    progressChanged = Signal(dict)
+    progressChanged = Signal(object)
+    writeBetterAsked = Signal(object)
     message = Signal(str)
 
     def __init__(self, ctx: RoundHost, prefetch: int | None = None, seed: int | None = None,
@@ -87,7 +135,7 @@ class LabelController(QObject, RankingActions):
         self.ctx = ctx
         # pairs sampled ahead (a ranking of k counts as k/2 pairs: as many answers); None: as
         # many as the measured pace of sampling and of the person calls for (`pace.Pace`),
-        # remembered between sessions in `pace_memory` (the page passes `pace.memory_file()`)
+        # remembered between sessions in `pace_memory` (the window passes `pace.memory_file()`)
         self.prefetch = prefetch
         self.pace = Pace(pace_memory)
         self.paused = False  # the page is not in use: no new sampling until `resume`
@@ -97,7 +145,10 @@ class LabelController(QObject, RankingActions):
         self.second_model: str | None = None  # when set, one answer from each of two models (pairwise)
         self.mode = "pairwise"
         self.k = DEFAULT_K  # answers per prompt in ranking mode
-        self.draft = RankingDraft()  # ranking mode: the places given so far
+        self.ranking = LabelRanking(ctx)  # ranking mode: the places given to the current answers
+        self.ranking.message.connect(self.message)
+        self.ranking.saved.connect(lambda group, pair: self._recorded(group, pair, "ranking"))
+        self._started = False  # sampling begins when the page is first shown
         self.rng = random.Random(seed)
         self.prompts = LabelPrompts(ctx.project, self.rng)
         self.current: PendingPair | None = None
@@ -114,8 +165,16 @@ class LabelController(QObject, RankingActions):
             self._drop_queued()
             self.fill()
 
+    def set_generation(self, max_new_tokens: int, temperature: float, top_p: float,
+                       second_model: str = "") -> None:
+        """The sampling settings of the prompts drawn from now on; `second_model` (empty:
+        none) writes one answer of each pair in pairwise mode."""
+        self.settings = GenerationSettings(max_new_tokens, temperature, top_p)
+        self.second_model = second_model.strip() or None
+
     # ------------------------------------------------------------------ sampling
     def start(self) -> None:
+        self._started = True
         self.fill()
         self._emit_progress()
 
@@ -123,13 +182,16 @@ class LabelController(QObject, RankingActions):
         """The person left the Label page: start no new sampling (a batch being written
         finishes). The worker is then free for the page they went to: after a run the new
         model refilled a grown queue (64 answers) here, and the Compare page's rounds waited
-        behind it (bench/README.md, "Before and after issue 15")."""
+        behind it (bench/README.md, "the whole \"60 rankings → Train → Compare\" run by hand")."""
         self.paused = True
 
     def resume(self) -> None:
-        """Back on the Label page: sample what is missing."""
+        """The Label page is shown: the first time, start; after `pause`, sample what is missing."""
         self.paused = False
-        self.fill()
+        if not self._started:
+            self.start()
+        else:
+            self.fill()
 
     @saves
     def fill(self) -> None:
@@ -230,7 +292,7 @@ class LabelController(QObject, RankingActions):
 
     def _on_round_token(self, pair: PendingPair, side: int) -> None:
         if pair is self.current:
-            self.textUpdated.emit(side, pair.texts[side], pair.tokens[side])
+            self.textUpdated.emit(_answer(pair, side))
 
     @saves
     def _on_round_done(self, pair: PendingPair, _sides: tuple[int, ...]) -> None:
@@ -242,7 +304,7 @@ class LabelController(QObject, RankingActions):
             pair.resamples += 1  # identical or empty answers teach nothing: sample again
             self._sample(pair)
             if pair is self.current:
-                self.pairShown.emit(pair)
+                self.pairShown.emit(self.shown())
             return
         project = self.ctx.project
         with project.transaction():  # a pair's (or ranking's) answers: one commit, one sync to disk
@@ -254,24 +316,35 @@ class LabelController(QObject, RankingActions):
         pair.done = True
         if pair is self.current:
             self._ready_at = time.monotonic()
-            for s in range(pair.n):
-                self.textUpdated.emit(s, pair.texts[s], pair.tokens[s])
-            self.pairReady.emit()
+            self.pairReady.emit(self.shown())  # every answer in its final state
         self.fill()  # the last pair of a batch written: the next batch starts
 
     def _on_round_failed(self, _pair: PendingPair, msg: str) -> None:
-        self.message.emit(f"Sampling failed: {msg.splitlines()[0]} — press R to try again.")
+        self.message.emit(f"Sampling failed: {msg.splitlines()[0]} — press {keys.REGENERATE.key} to try again.")
         self.fill()
 
     # ------------------------------------------------------------------ showing
+    def shown(self) -> ShownPair | None:
+        """The current pair as the page shows it (None: nothing on screen)."""
+        pair = self.current
+        if pair is None:
+            return None
+        if not pair.done:
+            notice = f"Writing {f'all {pair.n} answers' if pair.ranking else 'both answers'}…"
+        else:
+            notice = keys.ranking_hint(pair.n) if pair.ranking else keys.verdict_help()
+        return ShownPair(pair.prompt_id, pair.prompt_text, tuple(_answer(pair, s) for s in range(pair.n)),
+                         pair.done, notice)
+
     def _show(self, pair: PendingPair | None) -> None:
         self.current = pair
         self._ready_at = time.monotonic() if pair is not None and pair.done else None
-        self._clear_places()
+        if self.ranking.pair is not None or (pair is not None and pair.ranking):
+            self.ranking.show(pair)  # new places for a ranking; between pairs there are none to clear
         if pair is not None:
-            self.pairShown.emit(pair)
+            self.pairShown.emit(self.shown())
             if pair.done:
-                self.pairReady.emit()
+                self.pairReady.emit(self.shown())
 
     def _advance(self) -> None:
         self._show(self.queue.popleft() if self.queue else None)
@@ -284,13 +357,49 @@ class LabelController(QObject, RankingActions):
         self.queue.clear()
 
     # ------------------------------------------------------------------ actions
+    def bindings(self) -> tuple[KeyBinding, ...]:
+        """What each key does in the current mode."""
+        return keys.PAIRWISE if self.mode == "pairwise" else keys.RANKING
+
+    def press(self, key: str) -> bool:
+        """A key pressed on the page (QKeySequence text): its action in the current mode.
+        False when the key does nothing here (the page then lets the key go on)."""
+        binding = keys.binding_for(key, self.bindings())
+        if binding is None:
+            if self.mode == "ranking" and keys.binding_for(key, keys.PAIRWISE) is not None:
+                self.message.emit(_RANK_FIRST)  # a pairwise verdict key on a ranking
+            return False
+        self.act(binding)
+        return True
+
+    def act(self, binding: KeyBinding) -> bool:
+        """Do what a key or a button asks; True if it was done."""
+        match binding.action:
+            case "left" | "right" | "tie" | "both_bad" | "skip":
+                return self.judge(binding.action)
+            case "place":
+                return self.ranking.place(binding.index)
+            case "tie_next":
+                return self.ranking.toggle_tie()
+            case "unplace":
+                return self.ranking.unplace()
+            case "save_ranking":
+                return self.ranking.save()
+            case "regenerate":
+                return self.regenerate()
+            case "write_better":
+                return self.ask_write_better()
+            case "undo":
+                return self.undo()
+        raise ValueError(f"no Label action {binding.action!r}")
+
     def judge(self, verdict: str) -> bool:
         """Record a verdict on the current pair (committed before the next pair shows)."""
         if verdict not in VERDICTS:
             raise ValueError(verdict)
         pair = self.current
         if pair is not None and pair.ranking and verdict != "skip":
-            self.message.emit("Rank the answers: press the number of the best, then the next (Enter saves).")
+            self.message.emit(_RANK_FIRST)
             return False
         if pair is None or not pair.done:
             if verdict == "skip" and pair is not None:
@@ -302,6 +411,14 @@ class LabelController(QObject, RankingActions):
         ok, cid = self.ctx.try_save(lambda: self.ctx.project.record_comparison(
             pair.prompt_id, pair.response_ids[0], pair.response_ids[1], verdict))
         return ok and self._recorded(cid, pair, verdict)
+
+    def ask_write_better(self) -> bool:
+        """Open the page's editor on the current answers, once they are complete."""
+        shown = self.shown()
+        if shown is None or not shown.ready:
+            return False
+        self.writeBetterAsked.emit(shown)
+        return True
 
     def write_better(self, text: str, worse_side: int) -> bool:
         """The person's own answer becomes the chosen side against the worse sample."""
@@ -348,13 +465,15 @@ class LabelController(QObject, RankingActions):
         self._emit_progress()
         return True
 
-    def regenerate(self) -> None:
+    def regenerate(self) -> bool:
+        """Sample the current prompt's answers again."""
         pair = self.current
         if pair is None:
-            return
+            return False
         pair.resamples = 0  # sampling again cancels the pair's jobs
         self._sample(pair)
-        self.pairShown.emit(pair)
+        self.pairShown.emit(self.shown())
+        return True
 
     def _on_ctx_activeModelChanged(self, _ref: str) -> None:
         self._drop_queued()  # queued pairs came from the old model
@@ -376,29 +495,38 @@ class LabelController(QObject, RankingActions):
         if self.current is not None:
             self.current.cancel()
             self.prompts.release(self.current.prompt_id)
-            self.current = None
+            self._show(None)
         self.modeChanged.emit(mode, k)
         self.fill()
         self._emit_progress()
 
     # ------------------------------------------------------------------ progress
-    def progress(self) -> dict:
+    def progress(self) -> Progress:
         counts = self.ctx.project.counts()
         minutes = max((time.monotonic() - self.session_start) / 60, 1e-9)
         usable = counts["train_pairs"] + counts["eval_pairs"]
-        return {
-            "session": self.session_count,
-            "total": counts["comparisons"],
-            "usable": usable,
-            "per_minute": self.session_count / minutes if self.session_count else 0.0,
-            "enough": usable >= ENOUGH_PAIRS,
-            "needed": ENOUGH_PAIRS,
-            "estimate": data_estimate(usable).message,
-            "mode": self.mode,
-        }
+        return Progress(
+            session=self.session_count,
+            total=counts["comparisons"],
+            usable=usable,
+            per_minute=self.session_count / minutes if self.session_count else 0.0,
+            enough=usable >= ENOUGH_PAIRS,
+            needed=ENOUGH_PAIRS,
+            estimate=data_estimate(usable).message,
+            mode=self.mode,
+        )
 
     def _emit_progress(self) -> None:
         self.progressChanged.emit(self.progress())
+
+
+_RANK_FIRST = (f"Rank the answers: press the number of the best, then the next "
+               f"({keys.SAVE_RANKING.key} {keys.SAVE_RANKING.help}).")
+
+
+def _answer(pair: PendingPair, side: int) -> ShownAnswer:
+    return ShownAnswer(side, pair.texts[side], pair.tokens[side], writing=not pair.done,
+                       cut_off=pair.done and not pair.ended[side])
 
 
 def _needs_resample(texts: list[str]) -> bool:

@@ -39,7 +39,9 @@ from dpo_engine.paths import cache_dir, write_cache_json
 MARGIN = 1.25  # the half-queue should outlast the batch by this much (batch times vary ~20%)
 START_ROWS = 16  # answers sampled ahead before anything is measured (8 pairs: the old fixed queue)
 MAX_ROWS = 64  # answers sampled ahead at most: their keys/values cost ~0.5 GB for the default model
-FIRST_GUESS_S = 4.0  # a person's seconds per verdict until one is measured (issue 15's scripted person)
+# a person's seconds per verdict until one is measured: the middle think time of the scripted
+# person in bench/labeling_pace.py
+FIRST_GUESS_S = 4.0
 EMA = 0.3  # weight of the newest verdict time: follows a person who speeds up, forgets one long pause
 MEMORY_VERSION = 1
 

@@ -1,5 +1,8 @@
 """Label page: a prompt and two answers side by side (verdicts by key or click), or k
-answers in a grid to rank by key (ranking mode, switched in the side panel)."""
+answers in a grid to rank by key (ranking mode, switched in the side panel).
+
+A view: it shows what its `LabelController` emits and forwards keys, clicks and settings to
+it. Keys, button labels and help lines come from `controllers.keys`."""
 
 from __future__ import annotations
 
@@ -7,7 +10,6 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QDialog,
-    QDialogButtonBox,
     QComboBox,
     QDoubleSpinBox,
     QFormLayout,
@@ -25,43 +27,39 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.controllers import keys
+from app.controllers.keys import KeyBinding
+from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, Progress, ShownAnswer, ShownPair
+from app.controllers.label_ranking import RankingState
 from app.plumbing.context import AppContext
-from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, PendingPair
-from app.controllers import pace
 from app.widgets.rank_order import RankOrderList
+from app.pages.write_better_dialog import WriteBetterDialog
 from app.widgets.response_pane import ResponsePane
-from dpo_engine.generate import GenerationSettings
-from dpo_engine.ranking import rank_levels
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
 PLAIN_TEXT_NOTICE = ("This model has no chat template (a base model): it continues your prompt as plain text, "
                      "and it is trained the same way.")
 
-BUTTONS = [  # (objectName, label, verdict, keys); digits are routed by mode in _on_key_digit
-    ("verdictLeft", "← Left is better  [1]", "left", ("Left",)),
-    ("verdictTie", "Tie  [3]", "tie", ()),
-    ("verdictBothBad", "Both bad  [4]", "both_bad", ()),
-    ("verdictRight", "Right is better  [2] →", "right", ("Right",)),
-    ("verdictSkip", "Skip  [S]", "skip", ("S",)),
+VERDICT_BUTTONS = [  # (objectName, binding)
+    ("verdictLeft", keys.LEFT),
+    ("verdictTie", keys.TIE),
+    ("verdictBothBad", keys.BOTH_BAD),
+    ("verdictRight", keys.RIGHT),
+    ("verdictSkip", keys.SKIP),
 ]
-PAIR_DIGITS = {1: "left", 2: "right", 3: "tie", 4: "both_bad"}
 MODE_ITEMS = [("pairwise", "Pairwise (2)"), ("ranking", "Ranking (k)")]
-RANK_HELP = ("Rank: press the number of the best answer, then the next best, and so on. "
-             "= before a number ties it with the previous one. Backspace takes back the last place. "
-             "Enter saves (answers not placed tie for last); placing the last answer saves too. "
-             "Or drag the answers in the row above into order, then press Enter. "
-             "A ranking of 4 gives up to 6 training pairs.")
+QT_PAGE_KEYS = {Qt.Key.Key_Backspace: "Backspace", Qt.Key.Key_Return: "Enter", Qt.Key.Key_Enter: "Enter"}
 
 
 class LabelPage(QWidget):
-    def __init__(self, ctx: AppContext, parent=None):
+    def __init__(self, ctx: AppContext, controller: LabelController, parent=None):
         super().__init__(parent)
         self.setObjectName("page_label")
         self.ctx = ctx
-        self.controller = LabelController(ctx, pace_memory=pace.memory_file())  # the pace of earlier sessions
+        self.controller = controller
+        self._shown: ShownPair | None = None  # the pair on screen, as last shown
         self._build()
         self._connect()
-        self._started = False
 
     # ------------------------------------------------------------------ layout
     def _build(self) -> None:
@@ -83,9 +81,9 @@ class LabelPage(QWidget):
 
         self.buttons: dict[str, QPushButton] = {}
         row = QHBoxLayout()
-        for name, label, verdict, _keys in BUTTONS:
-            self.buttons[verdict] = self._button(name, label)
-            row.addWidget(self.buttons[verdict])
+        for name, binding in VERDICT_BUTTONS:
+            self.buttons[binding.action] = self._button(name, binding)
+            row.addWidget(self.buttons[binding.action])
         pairwise = QWidget()
         pw = QVBoxLayout(pairwise)
         pw.setContentsMargins(0, 0, 0, 0)
@@ -97,9 +95,9 @@ class LabelPage(QWidget):
         self.mode_stack.addWidget(self._ranking_view())
 
         tools = QHBoxLayout()
-        self.regen_button = self._button("regenerateButton", "Regenerate  [R]")
-        self.edit_button = self._button("writeBetterButton", "Write a better answer  [E]")
-        self.undo_button = self._button("undoButton", "Undo last  [Ctrl+Z]")
+        self.regen_button = self._button("regenerateButton", keys.REGENERATE)
+        self.edit_button = self._button("writeBetterButton", keys.WRITE_BETTER)
+        self.undo_button = self._button("undoButton", keys.UNDO)
         for b in (self.regen_button, self.edit_button, self.undo_button):
             tools.addWidget(b)
         tools.addStretch(1)
@@ -123,16 +121,19 @@ class LabelPage(QWidget):
         """Up to K_RANGE[1] panes in a grid (only k shown), place buttons, and the key help."""
         view = QWidget()
         self.rank_grid = grid = QGridLayout()
-        self.rank_panes = [ResponsePane(f"rankPane{i + 1}", f"Answer {i + 1}  [{i + 1}]") for i in range(K_RANGE[1])]
-        self.place_buttons = [self._button(f"placeAnswer{i + 1}", f"{i + 1}") for i in range(K_RANGE[1])]
-        for i, b in enumerate(self.place_buttons):
+        self.rank_panes = [ResponsePane(f"rankPane{i + 1}", _answer_title(i)) for i in range(K_RANGE[1])]
+        self.place_buttons = []
+        for i, binding in enumerate(keys.PLACES[:K_RANGE[1]]):
+            b = self._button(f"placeAnswer{i + 1}", binding)
+            b.setText(binding.key)  # a row of numbers; the words are in the tooltip
             b.setAccessibleName(f"Place answer {i + 1} next")
-            b.setToolTip(f"Answer {i + 1} takes the next place  [{i + 1}]")
-        self.tie_button = self._button("tieWithPrevious", "Tie with previous  [=]")
+            b.setToolTip(binding.button_text())
+            self.place_buttons.append(b)
+        self.tie_button = self._button("tieWithPrevious", keys.TIE_NEXT)
         self.tie_button.setCheckable(True)
-        self.unplace_button = self._button("unplaceButton", "Take back  [Backspace]")
-        self.save_ranking_button = self._button("saveRankingButton", "Save ranking  [Enter]")
-        self.rank_skip_button = self._button("rankSkipButton", "Skip  [S]")
+        self.unplace_button = self._button("unplaceButton", keys.UNPLACE)
+        self.save_ranking_button = self._button("saveRankingButton", keys.SAVE_RANKING)
+        self.rank_skip_button = self._button("rankSkipButton", keys.SKIP)
         row = QHBoxLayout()
         row.addWidget(QLabel("Next place:"))
         for b in self.place_buttons:
@@ -144,7 +145,9 @@ class LabelPage(QWidget):
         self.ranking_label.setObjectName("rankingLabel")
         self.ranking_label.setTextFormat(Qt.TextFormat.PlainText)
         self.rank_order = RankOrderList("rankOrder")
-        self.rank_help = QLabel(RANK_HELP)
+        self.rank_order.setToolTip("Drag an answer left or right to change its place (best on the left); "
+                                   f"{keys.SAVE_RANKING.help_text()}. Ties are set with the {keys.TIE_NEXT.key} key.")
+        self.rank_help = QLabel(keys.ranking_help())
         self.rank_help.setObjectName("rankHelp")
         self.rank_help.setWordWrap(True)
         layout = QVBoxLayout(view)
@@ -160,11 +163,14 @@ class LabelPage(QWidget):
         self._show_k(DEFAULT_K)
         return view
 
-    def _button(self, name: str, label: str) -> QPushButton:
-        b = QPushButton(label)
+    def _button(self, name: str, binding: KeyBinding | None = None, text: str = "") -> QPushButton:
+        """A button that does `binding`'s action, labelled with its key (or a plain `text`)."""
+        b = QPushButton(binding.button_text() if binding is not None else text)
         b.setObjectName(name)
-        b.setAccessibleName(label.split("  [")[0].strip("← →"))
+        b.setAccessibleName(binding.label if binding is not None else text)
         b.setFocusPolicy(Qt.FocusPolicy.NoFocus)  # keys go to the page shortcuts, not a focused button
+        if binding is not None:
+            b.clicked.connect(lambda _=False: self.controller.act(binding))
         return b
 
     def _side_panel(self) -> QWidget:
@@ -223,29 +229,14 @@ class LabelPage(QWidget):
     def _connect(self) -> None:
         c = self.controller
         here = Qt.ShortcutContext.WidgetWithChildrenShortcut
-        for _name, _label, verdict, keys in BUTTONS:
-            self.buttons[verdict].clicked.connect(lambda _=False, v=verdict: c.judge(v))
-            for key in keys:
-                QShortcut(QKeySequence(key), self, lambda v=verdict: c.judge(v), context=here)
-        for digit in range(1, K_RANGE[1] + 1):
-            QShortcut(QKeySequence(str(digit)), self, lambda d=digit: self._on_key_digit(d), context=here)
-        for key, slot in (("R", c.regenerate), ("E", self._on_edit_clicked), ("Ctrl+Z", c.undo),
-                          ("=", self._on_tie_key)):
-            QShortcut(QKeySequence(key), self, slot, context=here)
-        for i, b in enumerate(self.place_buttons):
-            b.clicked.connect(lambda _=False, i=i: c.place(i))
-        self.tie_button.clicked.connect(lambda _=False: c.toggle_tie())
-        self.unplace_button.clicked.connect(c.unplace)
-        self.save_ranking_button.clicked.connect(c.save_ranking)
-        self.rank_skip_button.clicked.connect(lambda: c.judge("skip"))
-        self.rank_order.orderDragged.connect(c.set_order)
+        for key in keys.all_keys(keys.PAIRWISE, keys.RANKING):
+            if key not in keys.PAGE_KEYS:  # those come through keyPressEvent
+                QShortcut(QKeySequence(key), self, lambda k=key: c.press(k), context=here)
+        self.rank_order.orderDragged.connect(c.ranking.set_order)
         self.mode_box.currentIndexChanged.connect(self._on_mode_changed)
         self.k_box.valueChanged.connect(self._on_mode_changed)
-        c.rankingChanged.connect(self._on_controller_rankingChanged)
+        c.ranking.changed.connect(self._on_ranking_changed)
         c.modeChanged.connect(self._on_controller_modeChanged)
-        self.regen_button.clicked.connect(c.regenerate)
-        self.edit_button.clicked.connect(self._on_edit_clicked)
-        self.undo_button.clicked.connect(c.undo)
         self.prompt_input.returnPressed.connect(self._on_prompt_input_returnPressed)
         self.train_button.clicked.connect(lambda: self.ctx.navigateRequested.emit("Train"))
         for w in (self.max_tokens, self.temperature, self.top_p):
@@ -253,18 +244,15 @@ class LabelPage(QWidget):
         self.second_model.currentTextChanged.connect(self._on_settings_changed)
         c.pairShown.connect(self._on_controller_pairShown)
         c.textUpdated.connect(self._on_controller_textUpdated)
-        c.pairReady.connect(self._on_controller_pairReady)
+        c.pairReady.connect(self._on_controller_pairShown)  # the same pair, every answer complete
         c.progressChanged.connect(self._on_controller_progressChanged)
+        c.writeBetterAsked.connect(self._on_controller_writeBetterAsked)
         c.message.connect(self.notice.setText)
         self.ctx.modelStateChanged.connect(self._on_ctx_modelStateChanged)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
-        if not self._started:  # sample only once the page is first seen
-            self._started = True
-            self.controller.start()
-        elif self.controller.paused:
-            self.controller.resume()
+        self.controller.resume()  # the first time: start sampling
         self.setFocus()
 
     def hideEvent(self, event) -> None:
@@ -272,33 +260,18 @@ class LabelPage(QWidget):
         if not event.spontaneous():  # another page was chosen (not the window minimized): the
             self.controller.pause()  # worker serves that page until this one shows again
 
-    # ------------------------------------------------------------------ keys
+    def keyPressEvent(self, event) -> None:
+        # Backspace and Enter reach the page only when no text field wants them (the prompt
+        # line edit keeps its own editing and Enter), so they are keys, not shortcuts.
+        key = QT_PAGE_KEYS.get(event.key())
+        if key is None or not self.controller.press(key):
+            super().keyPressEvent(event)
+
+    # ------------------------------------------------------------------ slots
     def _on_ctx_modelStateChanged(self, state: str, _detail: str) -> None:
         if state == "ready" and self.ctx.plain_text:
             self.notice.setText(PLAIN_TEXT_NOTICE)
 
-    def _on_key_digit(self, digit: int) -> None:
-        """A number key: a verdict in pairwise mode, the next place in ranking mode."""
-        if self.controller.mode == "ranking":
-            self.controller.place(digit - 1)
-        elif digit in PAIR_DIGITS:
-            self.controller.judge(PAIR_DIGITS[digit])
-
-    def _on_tie_key(self) -> None:
-        if self.controller.mode == "ranking":
-            self.controller.toggle_tie()
-
-    def keyPressEvent(self, event) -> None:
-        # Backspace and Enter reach the page only when no text field wants them (the prompt
-        # line edit keeps its own editing and Enter), so they are keys, not shortcuts.
-        if self.controller.mode == "ranking" and event.key() == Qt.Key.Key_Backspace:
-            self.controller.unplace()
-        elif self.controller.mode == "ranking" and event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
-            self.controller.save_ranking()
-        else:
-            super().keyPressEvent(event)
-
-    # ------------------------------------------------------------------ slots
     def _on_mode_changed(self, *_) -> None:
         self.controller.set_mode(self.mode_box.currentData(), self.k_box.value())
         self.setFocus()
@@ -306,7 +279,7 @@ class LabelPage(QWidget):
     def _on_controller_modeChanged(self, mode: str, k: int) -> None:
         self.mode_stack.setCurrentIndex(0 if mode == "pairwise" else 1)
         self._show_k(k)
-        self.regen_button.setText("Regenerate all  [R]" if mode == "ranking" else "Regenerate both  [R]")
+        self.regen_button.setText((keys.REGENERATE if mode == "pairwise" else keys.REGENERATE_ALL).button_text())
         self.second_model.setEnabled(mode == "pairwise")
 
     def _show_k(self, k: int) -> None:
@@ -318,71 +291,49 @@ class LabelPage(QWidget):
             pane.setVisible(i < k)
             button.setVisible(i < k)
 
-    def _panes_for(self, pair: PendingPair) -> list[ResponsePane]:
-        return self.rank_panes[:pair.n] if pair.ranking else [self.left, self.right]
+    def _panes_for(self, shown: ShownPair) -> list[ResponsePane]:
+        return self.rank_panes[:len(shown.answers)] if shown.ranking else [self.left, self.right]
 
-    def _on_controller_rankingChanged(self, order: list, ties: list) -> None:
-        pair = self.controller.current
-        self.rank_order.show_order(order, ties, pair.n if pair is not None and pair.ranking else 0)
-        places = dict(zip(order, rank_levels(ties))) if order else {}
+    def _on_ranking_changed(self, state: RankingState) -> None:
+        self.rank_order.show_order(list(state.order), list(state.ties), state.n)
         for i, pane in enumerate(self.rank_panes):
-            place = places.get(i)
-            shared = place is not None and list(places.values()).count(place) > 1
-            pane.title.setText(f"Answer {i + 1}  [{i + 1}]" + (
-                "" if place is None else f"  — place {place + 1}{' (tie)' if shared else ''}"))
+            place = state.place_of(i)
+            pane.title.setText(_answer_title(i) + (
+                "" if place is None else f"  — place {place[0] + 1}{' (tie)' if place[1] else ''}"))
             pane.set_highlight(place is not None)
-        self.tie_button.setChecked(self.controller.tie_next)
-        if order:
-            text = ""
-            for i, (index, tied) in enumerate(zip(order, ties)):
-                text += ("" if i == 0 else (" = " if tied else " > ")) + str(index + 1)
-            if self.controller.tie_next:
-                text += " = …"
-            self.ranking_label.setText(f"Your ranking: {text}")
-        else:
-            self.ranking_label.setText("")
+        self.tie_button.setChecked(state.tie_next)
+        summary = state.summary()
+        self.ranking_label.setText(f"Your ranking: {summary}" if summary else "")
 
     def _on_settings_changed(self, *_):
-        self.controller.settings = GenerationSettings(self.max_tokens.value(), self.temperature.value(),
-                                                      self.top_p.value())
-        self.controller.second_model = self.second_model.currentText().strip() or None
+        self.controller.set_generation(self.max_tokens.value(), self.temperature.value(), self.top_p.value(),
+                                       self.second_model.currentText())
 
     def _on_prompt_input_returnPressed(self) -> None:
         self.controller.add_typed_prompt(self.prompt_input.text())
         self.prompt_input.clear()
         self.setFocus()
 
-    def _on_controller_pairShown(self, pair: PendingPair) -> None:
-        self.prompt_view.setPlainText(pair.prompt_text)
-        for side, pane in enumerate(self._panes_for(pair)):
-            pane.set_text(pair.texts[side], pair.tokens[side], streaming=not pair.done,
-                          cut_off=pair.done and not pair.ended[side])
-        self._set_judging_enabled(pair.done)
-        what = f"all {pair.n} answers" if pair.ranking else "both answers"
-        self.notice.setText("" if pair.done else f"Writing {what}…")
+    def _on_controller_pairShown(self, shown: ShownPair) -> None:
+        self._shown = shown
+        if self.prompt_view.toPlainText() != shown.prompt:
+            self.prompt_view.setPlainText(shown.prompt)
+        for answer, pane in zip(shown.answers, self._panes_for(shown)):
+            _show_answer(pane, answer)
+        self._set_judging_enabled(shown.ready)
+        self.notice.setText(shown.notice)
 
-    def _on_controller_textUpdated(self, side: int, text: str, tokens: int) -> None:
-        pair = self.controller.current
-        if pair is None or side >= pair.n:
-            return
-        self._panes_for(pair)[side].set_text(text, tokens, streaming=not pair.done,
-                                             cut_off=pair.done and not pair.ended[side])
+    def _on_controller_textUpdated(self, answer: ShownAnswer) -> None:
+        if self._shown is not None and answer.side < len(self._shown.answers):
+            _show_answer(self._panes_for(self._shown)[answer.side], answer)
 
-    def _on_controller_pairReady(self) -> None:
-        self._set_judging_enabled(True)
-        pair = self.controller.current
-        if pair is not None and pair.ranking:
-            self.notice.setText(f"Rank the {pair.n} answers: the number of the best first. = ties, Enter saves.")
-        else:
-            self.notice.setText("Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip.")
-
-    def _on_controller_progressChanged(self, p: dict) -> None:
+    def _on_controller_progressChanged(self, p: Progress) -> None:
         self.progress_label.setText(
-            f"This session: {p['session']} verdicts\nIn the project: {p['total']} verdicts\n"
-            f"Usable training pairs: {p['usable']}\nPace: {p['per_minute']:.1f} per minute"
+            f"This session: {p.session} verdicts\nIn the project: {p.total} verdicts\n"
+            f"Usable training pairs: {p.usable}\nPace: {p.per_minute:.1f} per minute"
         )
-        self.hint.setText(p["estimate"])
-        self.train_button.setEnabled(p["usable"] > 0)
+        self.hint.setText(p.estimate)
+        self.train_button.setEnabled(p.usable > 0)
 
     def _set_judging_enabled(self, on: bool) -> None:
         for verdict, b in self.buttons.items():
@@ -391,50 +342,15 @@ class LabelPage(QWidget):
             b.setEnabled(on)
         self.edit_button.setEnabled(on)
 
-    def _on_edit_clicked(self) -> None:
-        pair = self.controller.current
-        if pair is None or not pair.done:
-            return
-        dialog = WriteBetterDialog(pair, self)
+    def _on_controller_writeBetterAsked(self, shown: ShownPair) -> None:
+        dialog = WriteBetterDialog(shown, self)
         if dialog.exec() == QDialog.DialogCode.Accepted:
             self.controller.write_better(dialog.text(), dialog.worse_side())
 
 
-class WriteBetterDialog(QDialog):
-    """Rewrite an answer or write the ideal one; it is stored as chosen against the worse sample."""
+def _answer_title(index: int) -> str:
+    return f"Answer {index + 1}  [{keys.PLACES[index].key}]"
 
-    def __init__(self, pair: PendingPair, parent=None):
-        super().__init__(parent)
-        self.setObjectName("writeBetterDialog")
-        self.setWindowTitle("Write a better answer")
-        self.pair = pair
-        names = [f"Answer {i + 1}" for i in range(pair.n)] if pair.ranking else ["Left answer", "Right answer"]
-        self.start_from = QComboBox(objectName="startFrom")
-        self.start_from.addItems(names + ["Empty"])
-        self.start_from.setAccessibleName("Start from")
-        self.worse = QComboBox(objectName="worseSide")
-        self.worse.addItems(names)
-        self.worse.setAccessibleName("Worse answer")
-        self.editor = QPlainTextEdit(objectName="betterText")
-        self.editor.setAccessibleName("Your answer")
-        self.editor.setPlainText(pair.texts[0])
-        self.start_from.currentIndexChanged.connect(
-            lambda i: self.editor.setPlainText(pair.texts[i] if i < pair.n else ""))
-        form = QFormLayout()
-        form.addRow("Start from", self.start_from)
-        form.addRow("It beats", self.worse)
-        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
-        buttons.setObjectName("writeBetterButtons")
-        buttons.accepted.connect(self.accept)
-        buttons.rejected.connect(self.reject)
-        layout = QVBoxLayout(self)
-        layout.addLayout(form)
-        layout.addWidget(self.editor, 1)
-        layout.addWidget(buttons)
-        self.resize(640, 420)
 
-    def text(self) -> str:
-        return self.editor.toPlainText()
-
-    def worse_side(self) -> int:
-        return self.worse.currentIndex()
+def _show_answer(pane: ResponsePane, answer: ShownAnswer) -> None:
+    pane.set_text(answer.text, answer.tokens, streaming=answer.writing, cut_off=answer.cut_off)

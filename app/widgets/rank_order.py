@@ -16,8 +16,6 @@ class RankOrderList(QListWidget):
         super().__init__(parent)
         self.setObjectName(name)
         self.setAccessibleName("Ranking order: drag answers to reorder, best on the left")
-        self.setToolTip("Drag an answer left or right to change its place (best on the left); "
-                        "Enter saves. Ties are set with the = key.")
         self.setFlow(QListView.Flow.LeftToRight)
         self.setWrapping(False)
         self.setDragDropMode(QAbstractItemView.DragDropMode.InternalMove)
