@@ -17,7 +17,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.controllers import pace
+from app.controllers import keys, pace
 from app.controllers.compare_controller import CompareController
 from app.controllers.data_controller import DataController
 from app.controllers.label_controller import LabelController
@@ -197,7 +197,8 @@ class MainWindow(QMainWindow):
         self._finishing = False
         self._close_poll.stop()
         self.progress.setVisible(False)
-        self.state_label.setText("Kept open: press R on the Label page if a pair stopped sampling.")
+        self.state_label.setText(
+            f"Kept open: press {keys.REGENERATE.key} on the Label page if a pair stopped sampling.")
 
     def _on_close_poll_timeout(self) -> None:
         if not self._finishing:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
+from app.controllers import keys
 from app.controllers.export_controller import ExportController
 from app.controllers.rounds import ComparePrompts, Round, RoundHost, VoteStats, VoteTally, sample_round
 from dpo_engine.generate import GenerationSettings
@@ -313,7 +314,7 @@ class CompareController(QObject):
         if rnd is None:
             return False
         if rnd.verdict is not None:
-            self.message.emit("Already voted on this prompt: press N for the next one.")
+            self.message.emit(f"Already voted on this prompt: press {keys.NEXT_ROUND.key} for the next one.")
             return False
         if not rnd.done:
             if verdict == "skip":
@@ -377,7 +378,7 @@ class CompareController(QObject):
         picked = {"left": 0, "right": 1}.get(rnd.verdict) if rnd else None
         who = "neither" if picked is None else (
             "the trained model (after)" if picked == rnd.after_side else "the base model (before)")
-        return f"You preferred {who}. Press N for the next prompt."
+        return f"You preferred {who}. Press {keys.NEXT_ROUND.key} for the next prompt."
 
     def export_controller(self) -> ExportController | None:
         """The export of the after model (None while there is none)."""

@@ -18,7 +18,7 @@ or ranking is committed to the project file before the next prompt shows.
 The ranking of the prompt on screen (places, ties, a dragged order, saving the group) is a
 collaborator, `self.ranking` (`label_ranking.LabelRanking`). What a key does is looked up in
 `keys` (one map per mode), so the page forwards keys and clicks and decides nothing. The view
-receives frozen snapshots (`ShownPair`, `ShownAnswer`, `RankingState`, `Progress`), never
+receives frozen snapshots (`ShownPair`, `ShownAnswer`, `RankingState`, `LabelProgress`), never
 this controller's working state.
 """
 
@@ -96,7 +96,7 @@ class ShownPair:
 
 
 @dataclass(frozen=True)
-class Progress:
+class LabelProgress:
     """Counters for the progress panel."""
 
     session: int  # verdicts this session
@@ -115,7 +115,7 @@ class LabelController(QObject):
         textUpdated(ShownAnswer): streamed text of one answer of the current pair.
         pairReady(ShownPair): the current pair is complete and can be judged.
         modeChanged(mode, k): pairwise or ranking of k answers.
-        progressChanged(Progress): counters for the progress panel.
+        progressChanged(LabelProgress): counters for the progress panel.
         writeBetterAsked(ShownPair): the person asked to write a better answer to it.
         message(str): a notice for the person (errors included); labeling goes on.
     The ranking's places: `self.ranking.changed(RankingState)`.
@@ -501,11 +501,11 @@ class LabelController(QObject):
         self._emit_progress()
 
     # ------------------------------------------------------------------ progress
-    def progress(self) -> Progress:
+    def progress(self) -> LabelProgress:
         counts = self.ctx.project.counts()
         minutes = max((time.monotonic() - self.session_start) / 60, 1e-9)
         usable = counts["train_pairs"] + counts["eval_pairs"]
-        return Progress(
+        return LabelProgress(
             session=self.session_count,
             total=counts["comparisons"],
             usable=usable,

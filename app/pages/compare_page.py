@@ -27,18 +27,19 @@ from PySide6.QtWidgets import (
 from app.controllers.compare_controller import CompareController, CompareRound
 from app.controllers.rounds import VoteStats
 from app.pages.export_dialog import ExportDialog
+from app.controllers import keys
 from app.pages.model_choice import choose_model
 from app.plumbing.context import AppContext
 from app.widgets.response_pane import ResponsePane
 from dpo_engine.heldout import HeldoutSummary
 from dpo_engine.pairs import MAX_FIELD_CHARS
 
-VOTE_BUTTONS = [  # (objectName, label, verdict, keys): the Label page's keys
-    ("compareLeft", "← Left is better  [1]", "left", ("1", "Left")),
-    ("compareTie", "Tie  [3]", "tie", ("3",)),
-    ("compareBothBad", "Both bad  [4]", "both_bad", ("4",)),
-    ("compareRight", "Right is better  [2] →", "right", ("2", "Right")),
-    ("compareSkip", "Skip  [S]", "skip", ("S",)),
+VOTE_BUTTONS = [  # (objectName, binding): the Label page's verdict keys (`keys`), in the buttons' order
+    ("compareLeft", keys.LEFT),
+    ("compareTie", keys.TIE),
+    ("compareBothBad", keys.BOTH_BAD),
+    ("compareRight", keys.RIGHT),
+    ("compareSkip", keys.SKIP),
 ]
 SOURCE_CHOICES = [("Held-out prompts", "heldout"), ("Starter prompts", "starter"), ("Only prompts I type", "typed")]
 
@@ -114,10 +115,11 @@ class ComparePage(QWidget):
 
         self.buttons: dict[str, QPushButton] = {}
         row = QHBoxLayout()
-        for name, label, verdict, _keys in VOTE_BUTTONS:
-            self.buttons[verdict] = self._button(name, label)
-            row.addWidget(self.buttons[verdict])
-        self.next_button = self._button("compareNext", "Next prompt  [N]")
+        for name, binding in VOTE_BUTTONS:
+            self.buttons[binding.action] = self._button(name, binding.button_text())
+            self.buttons[binding.action].setAccessibleName(binding.label)
+            row.addWidget(self.buttons[binding.action])
+        self.next_button = self._button("compareNext", keys.NEXT_ROUND.button_text())
         row.addWidget(self.next_button)
         self.notice = _plain_label("compareNotice", "Notice")
 
@@ -190,12 +192,12 @@ class ComparePage(QWidget):
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
         c = self.controller
-        for _name, _label, verdict, keys in VOTE_BUTTONS:
-            self.buttons[verdict].clicked.connect(lambda _=False, v=verdict: c.vote(v))
-            for key in keys:
-                QShortcut(QKeySequence(key), self, lambda v=verdict: c.vote(v),
-                          context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
-        QShortcut(QKeySequence("N"), self, c.next_round, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        for _name, binding in VOTE_BUTTONS:
+            self.buttons[binding.action].clicked.connect(lambda _=False, v=binding.action: c.vote(v))
+        for binding in keys.COMPARE:
+            act = c.next_round if binding is keys.NEXT_ROUND else (lambda v=binding.action: c.vote(v))
+            for key in binding.keys:
+                QShortcut(QKeySequence(key), self, act, context=Qt.ShortcutContext.WidgetWithChildrenShortcut)
         self.next_button.clicked.connect(c.next_round)
         self.before_model.activated.connect(self._on_models_edited)
         self.after_model.activated.connect(self._on_models_edited)
@@ -295,7 +297,7 @@ class ComparePage(QWidget):
 
     def _on_controller_roundReady(self) -> None:
         self._set_voting_enabled(True)
-        self.notice.setText("Which answer is better? 1 / ← left, 2 / → right, 3 tie, 4 both bad, S skip.")
+        self.notice.setText(keys.verdict_help())
 
     def _on_controller_revealed(self) -> None:
         self._set_voting_enabled(False, skip=False)  # voted: only Next moves on

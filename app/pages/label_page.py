@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 
 from app.controllers import keys
 from app.controllers.keys import KeyBinding
-from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, Progress, ShownAnswer, ShownPair
+from app.controllers.label_controller import DEFAULT_K, K_RANGE, LabelController, LabelProgress, ShownAnswer, ShownPair
 from app.controllers.label_ranking import RankingState
 from app.plumbing.context import AppContext
 from app.widgets.rank_order import RankOrderList
@@ -327,7 +327,7 @@ class LabelPage(QWidget):
         if self._shown is not None and answer.side < len(self._shown.answers):
             _show_answer(self._panes_for(self._shown)[answer.side], answer)
 
-    def _on_controller_progressChanged(self, p: Progress) -> None:
+    def _on_controller_progressChanged(self, p: LabelProgress) -> None:
         self.progress_label.setText(
             f"This session: {p.session} verdicts\nIn the project: {p.total} verdicts\n"
             f"Usable training pairs: {p.usable}\nPace: {p.per_minute:.1f} per minute"
