@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from dpo_engine.train.checkpoints import read_manifest, read_run_file
 from dpo_engine.cli.main import main
 from dpo_engine.cli.train import make_interrupt_handler
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 
 @pytest.fixture(autouse=True)

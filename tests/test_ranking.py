@@ -10,7 +10,6 @@ import pytest
 from dpo_engine.errors import ConfigError
 from dpo_engine.store.formats import export_pairs, read_rows
 from dpo_engine.ranking import complete_ranking, count_pairs, rank_levels, ranking_pairs
-from tests.store_helpers import fresh_db  # noqa: F401
 
 
 def as_tuples(pairs):

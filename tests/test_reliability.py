@@ -26,7 +26,7 @@ from dpo_engine.cli.main import main
 from dpo_engine.errors import ModelError, NotAProjectError, StoreError, TrainingError
 from dpo_engine.store.project import open_project
 from tests.store_helpers import label, sample_pairs
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,7 @@ from dpo_engine.store.project import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.runs import RunStarted, drive
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from dpo_engine.errors import ConfigError, NotAProjectError, ProjectLockedError,
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import open_project
 from dpo_engine.store.schema import CURRENT_VERSION, create_v1
-from tests.store_helpers import fresh_db, label, project_file, sample_pairs  # noqa: F401
+from tests.store_helpers import label, sample_pairs
 
 
 def test_verdicts_map_to_chosen_and_rejected(fresh_db):
