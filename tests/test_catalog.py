@@ -194,7 +194,7 @@ def test_header_reader_agrees_with_the_gguf_package(tmp_path, quantised):
         (tmp_path / "cut.gguf").write_bytes(whole[:cut])
         with pytest.raises(ValueError, match="cut off"):
             read_gguf(tmp_path / "cut.gguf")
-        with pytest.raises(Exception):
+        with pytest.raises(ValueError):  # the gguf package: numpy cannot view the cut-off bytes
             GGUFReader(str(tmp_path / "cut.gguf"))
 
 
