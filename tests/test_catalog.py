@@ -378,7 +378,7 @@ def test_an_ollama_blob_resolves_as_a_gguf_under_a_gguf_name(stores, tmp_path, m
     seen = []
 
     def fake_convert(gguf, dest, source):
-        seen.append((gguf.name, gguf.read_bytes() == open(blob, "rb").read(), source))
+        seen.append((gguf.name, gguf.read_bytes() == Path(blob).read_bytes(), source))
         dest.mkdir(parents=True)
         (dest / "config.json").write_text("{}")
         (dest / models.MANIFEST).write_text("{}")

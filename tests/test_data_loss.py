@@ -113,3 +113,4 @@ def test_another_process_through_a_symlink_is_locked_out(labeled, tmp_path):
     finally:
         child.stdin.close()
         child.wait(timeout=30)
+        child.stdout.close()

@@ -278,7 +278,7 @@ def test_kill_9_of_train_project_leaves_a_resumable_run(tiny_model_dir, tmp_path
     child = _start_training(db, tiny_model_dir, out, "--save-every", "2")
     _wait_for(child, lambda: read_manifest(out) is not None, "checkpoint")
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.communicate()  # reaps it and closes its stderr pipe
     with open_project(db) as project:
         (run,) = project.runs()
     assert run["status"] == "stopped" and run["checkpoint"] == str(out.absolute())
@@ -369,7 +369,7 @@ def test_a_malicious_optimizer_file_is_refused_with_a_message(tmp_path, monkeypa
     state.mkdir(parents=True)
     (state / "state.json").write_text("{}")
     with open(state / "optimizer.pt", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(), f, protocol=2)  # torch.save's protocol (torch.load warns about others)
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([param])
     with pytest.raises(TrainingError, match="optimizer.pt.*asks to run code"):
