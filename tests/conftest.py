@@ -53,6 +53,14 @@ def _pace_memory_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(pace, "memory_file", lambda: tmp_path / "labeling-pace.json")
 
 
+@pytest.fixture
+def private_cache(tmp_path_factory, monkeypatch):
+    """A user cache of the test's own (DPO_STUDIO_CACHE): training keeps the reference model's
+    log-probs there by fingerprint (dpo_engine/train/reference.py), so a test that trains must
+    not find another test's."""
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 # --------------------------------------------------------------------------- the CPU's precision
 
 

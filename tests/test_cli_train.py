@@ -14,9 +14,7 @@ from dpo_engine.cli.train import make_interrupt_handler
 from tests.train_helpers import make_pairs
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = pytest.mark.usefixtures("private_cache")  # training caches reference log-probs there
 
 
 def write_jsonl(path, pairs):

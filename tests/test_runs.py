@@ -16,9 +16,7 @@ from dpo_engine.train.runs import RunStarted, drive
 from tests.train_helpers import make_pairs
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = pytest.mark.usefixtures("private_cache")  # training caches reference log-probs there
 
 
 @pytest.fixture

@@ -22,12 +22,8 @@ from dpo_engine.train.loop import load_run_config, run_training, train
 from tests.train_helpers import bf16_step_setup, make_pairs
 
 
-pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = [pytest.mark.numerical,  # floating-point results: also run under other CPU kernels
+              pytest.mark.usefixtures("private_cache")]  # training caches reference log-probs there
 
 
 def config(tiny_model_dir, out, **kw) -> TrainConfig:
