@@ -11,7 +11,6 @@ from dpo_engine._compat import quiet_transformers
 
 quiet_transformers()
 
-from tests.fake_cpu import FakeCpu
 from tests.tiny_model import build_bpe_model, build_tiny_model
 
 
@@ -68,6 +67,7 @@ def private_cache(tmp_path_factory, monkeypatch):
 def cpu(monkeypatch, tmp_path):
     """pick_device's view of the CPU, faked; "auto" unpinned (the top of this file pins fp32); a private cache."""
     from dpo_engine import precision
+    from tests.fake_cpu import FakeCpu
 
     fake = FakeCpu()
     monkeypatch.delenv("DPO_STUDIO_DTYPE", raising=False)
