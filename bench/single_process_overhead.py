@@ -33,7 +33,7 @@ torch.set_num_threads(1)  # one thread: CPU time then barely depends on the mach
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.loop import train
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 model, out, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 cfg = TrainConfig(output_dir=out, model=model, lr=1e-3, batch_size=4, grad_accum=2, warmup_ratio=0.0,
                   eval_fraction=0.0, device="cpu", seed=3, max_steps=steps, save_every=0)

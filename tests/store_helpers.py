@@ -1,25 +1,9 @@
-"""Shared fixtures and sample data for the store, formats, CLI and Data page tests."""
+"""Sample data for the store, formats, CLI, Data page and reliability tests (their `fresh_db`
+and `project_file` fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
-
-
-@pytest.fixture
-def fresh_db():
-    """An empty in-memory project (fast; no file, no lock)."""
-    project = open_project(":memory:")
-    yield project
-    project.close()
-
-
-@pytest.fixture
-def project_file(tmp_path):
-    """Path of a project file that does not exist yet."""
-    return tmp_path / "project.dpo.sqlite"
 
 
 def sample_pairs() -> list[PreferencePair]:

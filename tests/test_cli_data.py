@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from dpo_engine.cli.main import main
 from dpo_engine.store.project import open_project
-from tests.store_helpers import label, project_file, sample_pairs  # noqa: F401
+from tests.store_helpers import label, sample_pairs
 
 
 @pytest.fixture

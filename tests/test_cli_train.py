@@ -12,12 +12,10 @@ from dpo_engine.atomic import read_manifest
 from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.cli.main import main
 from dpo_engine.cli.train import make_interrupt_handler
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = pytest.mark.usefixtures("private_cache")  # training caches reference log-probs there
 
 
 def write_jsonl(path, pairs):

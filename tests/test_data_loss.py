@@ -18,7 +18,7 @@ from dpo_engine.outputs import check_output_path
 from dpo_engine.store.formats import export_pairs
 from dpo_engine.store.lock import ProcessLock
 from dpo_engine.store.project import open_project
-from tests.store_helpers import label, project_file  # noqa: F401
+from tests.store_helpers import label
 
 
 @pytest.fixture
@@ -113,3 +113,4 @@ def test_another_process_through_a_symlink_is_locked_out(labeled, tmp_path):
     finally:
         child.stdin.close()
         child.wait(timeout=30)
+        child.stdout.close()

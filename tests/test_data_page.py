@@ -16,7 +16,7 @@ from app.pages.data_page import DataPage
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
-from tests.store_helpers import label, project_file, sample_pairs  # noqa: F401
+from tests.store_helpers import label, sample_pairs
 
 
 @pytest.fixture

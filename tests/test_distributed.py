@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from dpo_engine.atomic import read_manifest
 from dpo_engine.cli.main import main
 from dpo_engine.train.distributed import LOCAL, current
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
 

@@ -16,74 +16,10 @@ from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError, DataError, ModelError
 from dpo_engine.export import export_model
 from dpo_engine.export.ollama import CHATML_TEMPLATE, chatml_default_system
-from tests.tiny_model import CHAT_TEMPLATE, SPECIALS, build_bpe_tokenizer
+from tests.tiny_model import CHAT_TEMPLATE, PADDED, SPECIALS, build_bpe_tokenizer
 
 PROMPTS = ["Give me a tip for staying focused while studying.", "Write a short poem about the sea!",
            "What is 12 + 30? The answer is 42."]
-PADDED = 3  # embeddings past the tokenizer's vocabulary: the GGUF must carry them as unused tokens
-
-
-# --------------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def bpe_model_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama with grouped-query attention (4 heads, 2 KV heads: the Q and K
-    permutations differ) and rows of 64 (Q8_0 blocks are 32), saved with the BPE tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    folder = tmp_path_factory.mktemp("bpe-model")
-    tok = build_bpe_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok) + PADDED, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
-    return folder
-
-
-def _run_file(folder: Path, base: str, lora: dict | None) -> None:
-    config = {"loss": "sigmoid", "beta": 0.1, "lr": 5e-5 if lora else 5e-6, "epochs": 1, "batch_size": 2,
-              "grad_accum": 4, "max_length": 512, "seed": 42, "lora": lora}
-    info = {"base_model": base, "lora": lora is not None, "merged": False, "step": 12, "total_steps": 12,
-            "status": "finished", "config": config}
-    (folder / "dpo_studio_run.json").write_text(json.dumps(info))
-    (folder / "trainer_state").mkdir()
-    (folder / "trainer_state" / "state.json").write_text("{}")
-    (folder / "checkpoint.json").write_text(json.dumps({"format": 1, "files": {}}))
-
-
-@pytest.fixture(scope="module")
-def full_run_dir(bpe_model_dir, tmp_path_factory) -> Path:
-    """A full fine-tune's checkpoint as the trainer leaves it: a model folder plus our files."""
-    folder = tmp_path_factory.mktemp("runs") / "full"
-    shutil.copytree(bpe_model_dir, folder)
-    _run_file(folder, "default", None)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def lora_run_dir(bpe_model_dir, tmp_path_factory) -> Path:
-    """A LoRA run's checkpoint: adapter (with non-zero B, so merging changes the logits), tokenizer, our files."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("runs") / "lora"
-    base = AutoModelForCausalLM.from_pretrained(bpe_model_dir)
-    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.5)
-    model.save_pretrained(folder, safe_serialization=True)
-    AutoTokenizer.from_pretrained(bpe_model_dir).save_pretrained(folder)
-    _run_file(folder, str(bpe_model_dir), {"rank": 4, "alpha": 8, "dropout": 0.0,
-                                          "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]})
-    return folder
 
 
 def _load(folder, **kwargs):

@@ -20,7 +20,6 @@ from dpo_engine.export.plots import BLUE, ORANGE, SIZE, nice_ticks
 from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
 from dpo_engine.winrate import win_rate
 from tests.store_helpers import label
-from tests.test_export import bpe_model_dir, full_run_dir, lora_run_dir  # noqa: F401  (fixtures)
 
 EVIL = "<script>alert(1)</script> ![x](http://evil.example/p.png) | cell"  # Markdown/HTML in untrusted text
 TRAIN_LOSS = [0.6931, 0.66, 0.61, 0.57, 0.52, 0.50, 0.46, 0.43, 0.41, 0.40]  # steps 1..10
@@ -51,7 +50,7 @@ def _png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture
-def project_path(tmp_path, full_run_dir):  # noqa: F811
+def project_path(tmp_path, full_run_dir):
     """A project with labeled pairs in both splits, a ranking, Compare votes between the run's
     checkpoint and the default model, and the run that wrote the checkpoint (plus another run)."""
     path = tmp_path / "project.dpo.sqlite"
@@ -94,7 +93,7 @@ def project_path(tmp_path, full_run_dir):  # noqa: F811
 # --------------------------------------------------------------------------- the card's numbers
 
 
-def test_card_numbers_equal_the_projects(project_path, full_run_dir, tmp_path):  # noqa: F811
+def test_card_numbers_equal_the_projects(project_path, full_run_dir, tmp_path):
     out = tmp_path / "card"
     result = export_model(str(full_run_dir), "hf", out, project=project_path)
     card = (out / "README.md").read_text()
@@ -132,7 +131,7 @@ def test_card_numbers_equal_the_projects(project_path, full_run_dir, tmp_path): 
     assert "| beta | 0.1 |" in card  # the settings table is still there
 
 
-def test_no_prompt_or_answer_text_reaches_the_card(project_path, full_run_dir, tmp_path):  # noqa: F811
+def test_no_prompt_or_answer_text_reaches_the_card(project_path, full_run_dir, tmp_path):
     export_model(str(full_run_dir), "hf", tmp_path / "card", project=project_path)
     card = (tmp_path / "card" / "README.md").read_text()
     for fragment in ("<script>", "evil.example", "Question", "answer A", "held A", "ranked", "compare 0"):
@@ -140,7 +139,7 @@ def test_no_prompt_or_answer_text_reaches_the_card(project_path, full_run_dir, t
     assert str(full_run_dir.parent) not in card  # no local path of the person's either
 
 
-def test_the_curves_are_pngs_of_the_right_size_with_both_series(project_path, full_run_dir, tmp_path):  # noqa: F811
+def test_the_curves_are_pngs_of_the_right_size_with_both_series(project_path, full_run_dir, tmp_path):
     from PIL import Image
 
     out = tmp_path / "card"
@@ -154,7 +153,7 @@ def test_the_curves_are_pngs_of_the_right_size_with_both_series(project_path, fu
         assert BLUE in colours and ORANGE in colours  # the train line and the held-out dots are drawn
 
 
-def test_facts_find_the_run_by_its_folder_and_count_votes_for_this_model(project_path, full_run_dir):  # noqa: F811
+def test_facts_find_the_run_by_its_folder_and_count_votes_for_this_model(project_path, full_run_dir):
     facts = project_facts(project_path, str(full_run_dir), full_run_dir, "default")
     assert facts.run["id"] == 2
     assert facts.first_last("eval/rewards/accuracies") == ((5, 0.5), (10, 0.75))
@@ -169,7 +168,7 @@ def test_facts_find_the_run_by_its_folder_and_count_votes_for_this_model(project
     assert project_facts(project_path, "nothing", None).matchups == ()
 
 
-def test_a_model_no_run_wrote_gets_no_training_facts(project_path, bpe_model_dir, tmp_path):  # noqa: F811
+def test_a_model_no_run_wrote_gets_no_training_facts(project_path, bpe_model_dir, tmp_path):
     out = tmp_path / "plain"
     result = export_model(str(bpe_model_dir), "hf", out, project=project_path)
     card = (out / "README.md").read_text()
@@ -177,7 +176,7 @@ def test_a_model_no_run_wrote_gets_no_training_facts(project_path, bpe_model_dir
     assert "## Data" not in card and not any(f.endswith(".png") for f in result.files)
 
 
-def test_one_eval_is_one_column_and_the_base_is_named_not_located(lora_run_dir, bpe_model_dir, tmp_path):  # noqa: F811
+def test_one_eval_is_one_column_and_the_base_is_named_not_located(lora_run_dir, bpe_model_dir, tmp_path):
     path = tmp_path / "p.dpo.sqlite"
     with open_project(path) as p:
         run = p.runs.create({"loss": "sigmoid"})
@@ -191,7 +190,7 @@ def test_one_eval_is_one_column_and_the_base_is_named_not_located(lora_run_dir, 
     assert f"Fine-tuned from {bpe_model_dir.name} with DPO" in card and str(bpe_model_dir) not in card
 
 
-def test_a_card_without_a_project_still_works(full_run_dir, tmp_path):  # noqa: F811
+def test_a_card_without_a_project_still_works(full_run_dir, tmp_path):
     result = export_model(str(full_run_dir), "hf", tmp_path / "plain")
     card = (tmp_path / "plain" / "README.md").read_text()
     assert "| beta | 0.1 |" in card and "## Use it" in card
@@ -199,19 +198,19 @@ def test_a_card_without_a_project_still_works(full_run_dir, tmp_path):  # noqa: 
     assert not any(f.endswith(".png") for f in result.files)
 
 
-def test_an_ollama_folder_carries_the_full_card_too(project_path, full_run_dir, tmp_path):  # noqa: F811
+def test_an_ollama_folder_carries_the_full_card_too(project_path, full_run_dir, tmp_path):
     result = export_model(str(full_run_dir), "ollama", tmp_path / "smol", project=project_path)
     assert set(result.files) == {"smol.gguf", "Modelfile", "README.md", "training_loss.png", "preference_accuracy.png"}
     card = (tmp_path / "smol" / "README.md").read_text()
     assert "library_name: gguf" in card and "| preference accuracy | 50.0% | 75.0% |" in card and "## Data" in card
 
 
-def test_gguf_carries_no_card_even_with_a_project(project_path, bpe_model_dir, tmp_path):  # noqa: F811
+def test_gguf_carries_no_card_even_with_a_project(project_path, bpe_model_dir, tmp_path):
     export_model(str(bpe_model_dir), "gguf", tmp_path / "m.gguf", project=project_path)
     assert [p.name for p in tmp_path.iterdir() if not p.name.startswith("project")] == ["m.gguf"]
 
 
-def test_a_bad_project_fails_before_anything_is_written(full_run_dir, tmp_path):  # noqa: F811
+def test_a_bad_project_fails_before_anything_is_written(full_run_dir, tmp_path):
     not_a_project = tmp_path / "notes.txt"
     not_a_project.write_text("hello")
     for bad in (not_a_project, tmp_path / "missing.dpo.sqlite"):
@@ -235,7 +234,7 @@ def test_nice_ticks_cover_the_range_with_round_steps():
 # --------------------------------------------------------------------------- the command
 
 
-def test_cli_project_option_writes_the_full_card(project_path, full_run_dir, tmp_path):  # noqa: F811
+def test_cli_project_option_writes_the_full_card(project_path, full_run_dir, tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(main, ["export-model", str(full_run_dir), "--format", "hf", "--output", str(out),
                                        "--project", str(project_path)])
@@ -254,7 +253,7 @@ def test_cli_project_option_writes_the_full_card(project_path, full_run_dir, tmp
 # --------------------------------------------------------------------------- a real run
 
 
-def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tmp_path, monkeypatch):  # noqa: F811
+def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tmp_path, monkeypatch):
     """drive() records a real (tiny) run in the project; the card finds it by the checkpoint the
     trainer wrote and shows the eval metrics under the names the trainer stores."""
     from dpo_engine.train.config import TrainConfig

@@ -10,7 +10,6 @@ from PySide6.QtCore import Qt
 from app.main import create_window
 from app.controllers.export_controller import ExportController
 from app.pages.export_dialog import ExportDialog
-from tests.test_export import bpe_model_dir, full_run_dir  # noqa: F401  (fixtures)
 
 
 @pytest.fixture

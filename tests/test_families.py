@@ -10,6 +10,7 @@ import random
 
 import pytest
 import torch
+from jinja2.exceptions import TemplateError  # the chat template's raise_exception, through transformers
 from safetensors.torch import load_file
 
 from dpo_engine.encoding import collate, encode_pair
@@ -62,7 +63,7 @@ def prompt_of(system: bool, user: str = "Hi"):
 def test_prompt_renders_the_documented_turn_format(family, tok, system):
     messages = [{"role": r, "content": c} for r, c in prompt_of(system)]
     if system and not family.system:
-        with pytest.raises(Exception, match="System role not supported"):
+        with pytest.raises(TemplateError, match="System role not supported"):
             encode_prompt(tok, messages)
         return
     assert tok.decode(encode_prompt(tok, messages)) == RENDERED[(family.name, system)]

@@ -3,7 +3,6 @@ published configs of real models, read through the catalog's own config reader; 
 estimate follows the chunked head; 4-bit is offered only where bitsandbytes runs, and a 4-bit
 run is refused with the reason where it does not."""
 
-import json
 
 import pytest
 
@@ -116,7 +115,7 @@ def test_four_bit_is_refused_with_the_reason_without_bitsandbytes(monkeypatch, t
     from dpo_engine.errors import ConfigError
     from dpo_engine.train.config import LoraSettings, TrainConfig
     from dpo_engine.train.loop import train
-    from tests.test_trainer import make_pairs
+    from tests.train_helpers import make_pairs
 
     monkeypatch.setattr(quant, "installed", lambda: False)
     quant.unavailable.cache_clear()
@@ -173,7 +172,7 @@ def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
     assert quantised and all(m.weight.dtype == torch.uint8 for m in quantised)
     assert all(p.dtype == torch.float32 for n, p in model.named_parameters() if p.requires_grad)
     from dpo_engine.train.loop import train
-    from tests.test_trainer import make_pairs
+    from tests.train_helpers import make_pairs
 
     steps = [e for e in train(cfg, make_pairs(8)) if isinstance(e, StepEvent)]
     assert len(steps) == 2 and all(e.grad_norm > 0 for e in steps)

@@ -11,7 +11,7 @@ from dpo_engine.errors import DataError
 from dpo_engine.store.formats import PAIR_FILE_FORMATS, RowError, export_pairs, import_file, read_rows
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import open_project
-from tests.store_helpers import fresh_db, sample_pairs  # noqa: F401
+from tests.store_helpers import sample_pairs
 
 GOOD_1 = b'{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}'
 GOOD_3 = b'{"prompt": [{"role": "user", "content": "2+2?"}], "chosen": "4", "rejected": "5"}'

@@ -22,7 +22,8 @@ from dpo_engine.train.groups import answer_groups, grouped_logps, prompt_groups,
 from dpo_engine.train.step import StepContext, run_step, policy_scores
 from dpo_engine.train.loop import load_run_config, run_training, train
 
-pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
+pytestmark = [pytest.mark.numerical,  # floating-point results: also run under other CPU kernels
+              pytest.mark.usefixtures("private_cache")]  # training caches reference log-probs there
 
 
 WORDS = ["yes", "no", "maybe", "sure", "never", "always", "perhaps", "fine"]
@@ -55,11 +56,6 @@ def ranking_data(seed: int = 0) -> list[PreferencePair]:
     same = pairs[-3]  # cities' best (cut off) over its second
     pairs.append(dataclasses.replace(same, chosen_finished=True, rejected_finished=True, weight=1.0))
     return pairs
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
 
 
 @pytest.fixture()

@@ -11,6 +11,7 @@ import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
 from dpo_engine.generate import GenerationResult, RowEnded, TokenEvent
 from dpo_engine.store.project import open_project
+from tests.label_helpers import scripted_stream, wait_ready
 
 
 @pytest.fixture
@@ -22,24 +23,6 @@ def label_window(qtbot, tmp_path, tiny_model_dir):
     win.show()
     yield ctx, win, page
     ctx.shutdown()
-
-
-def scripted_stream(texts_by_call, delay=0.0, ended=None):
-    """A stand-in for stream_generate that writes given answers word by word; `ended[i]`
-    False reports answer i as cut off at the token cap."""
-    calls = iter(texts_by_call)
-
-    def fake(model, tokenizer, prompt, n=1, settings=None):
-        texts = next(calls, None) or [f"answer {time.monotonic_ns()} {i}" for i in range(n)]
-        words = [t.split(" ") for t in texts[:n]]
-        for step in range(max(len(w) for w in words)):
-            for i, w in enumerate(words):
-                if step < len(w):
-                    time.sleep(delay)
-                    yield TokenEvent(i, (" " if step else "") + w[step], step + 1)
-        return GenerationResult([t for t in texts[:n]], [len(w) for w in words], list(ended or [True] * n)[:n])
-
-    return fake
 
 
 def scripted_batch_stream():
@@ -55,10 +38,6 @@ def scripted_batch_stream():
         return GenerationResult(texts, [3] * len(texts), [True] * len(texts))
 
     return fake
-
-
-def wait_ready(qtbot, page, timeout=30_000):
-    qtbot.waitUntil(lambda: page.controller.current is not None and page.controller.current.done, timeout=timeout)
 
 
 def stored(ctx):

@@ -14,8 +14,7 @@ from dpo_engine.losses import LossParams
 from dpo_engine.train.config import LoraSettings, TrainConfig
 from dpo_engine.train.model import load_policy, trainable_parameters, training_device
 from dpo_engine.train.step import StepContext, pair_logps, run_step
-from tests.test_precision import FakeCpu, cpu  # noqa: F401  (the mocked CPU fixture)
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 
 def config(model_dir, tmp_path, lora: bool, **kw) -> TrainConfig:
@@ -32,7 +31,7 @@ def split(model):
 
 
 @pytest.mark.parametrize("native_bf16", [True, False], ids=["bf16-cpu", "fp32-cpu"])
-def test_lora_base_follows_the_compute_precision(tiny_model_dir, tmp_path, cpu, native_bf16):  # noqa: F811
+def test_lora_base_follows_the_compute_precision(tiny_model_dir, tmp_path, cpu, native_bf16):
     cpu.flags = ["avx512_bf16"] if native_bf16 else []
     cfg = config(tiny_model_dir, tmp_path, lora=True)
     device, compute = training_device(cfg)
@@ -45,7 +44,7 @@ def test_lora_base_follows_the_compute_precision(tiny_model_dir, tmp_path, cpu, 
     assert trainable_parameters(model) == [p for _, p in adapter]
 
 
-def test_full_fine_tune_keeps_fp32_master_weights_on_a_bf16_cpu(tiny_model_dir, tmp_path, cpu):  # noqa: F811
+def test_full_fine_tune_keeps_fp32_master_weights_on_a_bf16_cpu(tiny_model_dir, tmp_path, cpu):
     cfg = config(tiny_model_dir, tmp_path, lora=False)
     device, compute = training_device(cfg)
     assert (device.dtype, compute.dtype) == ("float32", "bfloat16")
@@ -53,7 +52,7 @@ def test_full_fine_tune_keeps_fp32_master_weights_on_a_bf16_cpu(tiny_model_dir, 
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-def test_a_step_over_a_bf16_base_starts_at_ln2_and_moves_only_the_adapter(tiny_model_dir, tmp_path, cpu):  # noqa: F811
+def test_a_step_over_a_bf16_base_starts_at_ln2_and_moves_only_the_adapter(tiny_model_dir, tmp_path, cpu):
     cfg = config(tiny_model_dir, tmp_path, lora=True)
     device, compute = training_device(cfg)
     loaded = load_policy(cfg, device, None, cfg.model)
@@ -101,7 +100,7 @@ def test_in_fp32_the_adapter_off_pass_is_the_base_model(tiny_model_dir, tmp_path
     assert not torch.allclose(on.chosen_logps, plain.chosen_logps)  # the adapter does change the scores
 
 
-def test_a_lora_run_on_a_bf16_cpu_says_its_base_is_bf16(tiny_model_dir, tmp_path, cpu):  # noqa: F811
+def test_a_lora_run_on_a_bf16_cpu_says_its_base_is_bf16(tiny_model_dir, tmp_path, cpu):
     from dpo_engine.train.events import LogLine, StepEvent
     from dpo_engine.train.loop import train
 

@@ -14,7 +14,6 @@ from dpo_engine.pairs import conversation
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.data import loss_weights, prepare_data
 from dpo_engine.train.step import StepContext, run_step
-from tests.store_helpers import fresh_db  # noqa: F401
 
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels

@@ -9,40 +9,13 @@ import math
 import pytest
 import torch
 
-from dpo_engine import precision
 from dpo_engine.devices import pick_device, precision_cache_file
-from dpo_engine.precision import MIN_SPEEDUP, cpu_precision, measure
-from tests.test_trainer import bf16_step_setup, make_pairs
+from dpo_engine.precision import MIN_SPEEDUP, measure
+from tests.fake_cpu import FakeCpu
+from tests.train_helpers import bf16_step_setup, make_pairs
 
 
 pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
-
-
-class FakeCpu:
-    """A CPU with the given native bf16 flags whose bf16 matmul runs `speedup` x fp32."""
-
-    def __init__(self, flags=("avx512_bf16",), speedup=2.5):
-        self.flags, self.speedup, self.measured = list(flags), speedup, 0
-
-    def measure(self):
-        self.measured += 1
-        return {"fp32_ms": 10.0, "bf16_ms": 10.0 / self.speedup, "speedup": self.speedup,
-                "measured": "2026-12-02T10:00:00+00:00"}
-
-    def decide(self, path):
-        return cpu_precision(path, self.measure, lambda: self.flags)
-
-
-@pytest.fixture
-def cpu(monkeypatch, tmp_path):
-    """pick_device's view of the CPU, faked; "auto" unpinned (conftest pins fp32); a private cache."""
-    fake = FakeCpu()
-    monkeypatch.delenv("DPO_STUDIO_DTYPE", raising=False)
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(precision, "native_bf16_flags", lambda: fake.flags)
-    monkeypatch.setattr("dpo_engine.devices.native_bf16_flags", lambda: fake.flags)
-    monkeypatch.setattr(precision, "measure", fake.measure)
-    return fake
 
 
 # --------------------------------------------------------------------------- the decision

@@ -7,10 +7,9 @@ import json
 
 import pytest
 
-from dpo_engine.errors import ConfigError
+from dpo_engine.errors import ConfigError, StoreError
 from dpo_engine.store.formats import export_pairs, read_rows
 from dpo_engine.ranking import complete_ranking, count_pairs, rank_levels, ranking_pairs
-from tests.store_helpers import fresh_db  # noqa: F401
 
 
 def as_tuples(pairs):
@@ -96,7 +95,7 @@ def test_a_failing_ranking_writes_nothing(fresh_db):
     other = fresh_db.add_prompt("Other", "test")
     good = fresh_db.add_response(pid, "a", "m")
     foreign = fresh_db.add_response(other, "b", "m")  # answers another prompt
-    with pytest.raises(Exception, match="must both answer"):
+    with pytest.raises(StoreError, match="must both answer"):
         fresh_db.record_ranking(pid, [good, foreign])
     assert fresh_db.counts()["comparisons"] == 0
 

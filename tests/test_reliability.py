@@ -26,14 +26,12 @@ from dpo_engine.cli.main import main
 from dpo_engine.errors import ModelError, NotAProjectError, StoreError, TrainingError
 from dpo_engine.store.project import open_project
 from tests.store_helpers import label, sample_pairs
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = pytest.mark.usefixtures("private_cache")  # training caches reference log-probs there
 
 
 def cli(*args):
@@ -278,7 +276,7 @@ def test_kill_9_of_train_project_leaves_a_resumable_run(tiny_model_dir, tmp_path
     child = _start_training(db, tiny_model_dir, out, "--save-every", "2")
     _wait_for(child, lambda: read_manifest(out) is not None, "checkpoint")
     child.send_signal(signal.SIGKILL)
-    child.wait()
+    child.communicate()  # reaps it and closes its stderr pipe
     with open_project(db) as project:
         (run,) = project.runs.all()
     assert run["status"] == "stopped" and run["checkpoint"] == str(out.absolute())
@@ -369,7 +367,7 @@ def test_a_malicious_optimizer_file_is_refused_with_a_message(tmp_path, monkeypa
     state.mkdir(parents=True)
     (state / "state.json").write_text("{}")
     with open(state / "optimizer.pt", "wb") as f:
-        pickle.dump(_Evil(), f)
+        pickle.dump(_Evil(), f, protocol=2)  # torch.save's protocol (torch.load warns about others)
     param = torch.nn.Parameter(torch.zeros(2))
     optimizer = torch.optim.AdamW([param])
     with pytest.raises(TrainingError, match="optimizer.pt.*asks to run code"):

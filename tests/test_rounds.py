@@ -26,7 +26,6 @@ from app.controllers.rounds import (
 from dpo_engine.generate import GenerationResult, GenerationSettings, RowEnded, TokenEvent
 from dpo_engine.starter import starter_prompts
 from dpo_engine.winrate import win_rate
-from tests.store_helpers import fresh_db  # noqa: F401
 
 
 # ---------------------------------------------------------------------------- fakes

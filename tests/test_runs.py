@@ -13,12 +13,10 @@ from dpo_engine.store.project import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.driver import RunStarted, drive
-from tests.test_trainer import make_pairs
+from tests.train_helpers import make_pairs
 
 
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
+pytestmark = pytest.mark.usefixtures("private_cache")  # training caches reference log-probs there
 
 
 @pytest.fixture

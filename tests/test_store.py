@@ -9,11 +9,11 @@ import threading
 
 import pytest
 
-from dpo_engine.errors import ConfigError, NotAProjectError, ProjectLockedError, StoreError
+from dpo_engine.errors import ConfigError, DataError, NotAProjectError, ProjectLockedError, StoreError
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import open_project
 from dpo_engine.store.schema import CURRENT_VERSION, create_v1
-from tests.store_helpers import fresh_db, label, project_file, sample_pairs  # noqa: F401
+from tests.store_helpers import label, sample_pairs
 
 
 def test_verdicts_map_to_chosen_and_rejected(fresh_db):
@@ -51,7 +51,7 @@ def test_labeling_prompt_becomes_a_user_message_and_is_stored_once(fresh_db):
 
 @pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "wizard", "content": "x"}], [{"content": "x"}]])
 def test_invalid_prompts_are_refused(fresh_db, bad):
-    with pytest.raises(Exception, match="empty|list|role"):
+    with pytest.raises(DataError, match="empty|list|role"):
         fresh_db.add_prompt(bad, "test")
 
 

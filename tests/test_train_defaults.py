@@ -6,7 +6,6 @@ import pytest
 from dpo_engine.defaults import (ENOUGH_PAIRS, FEW_PAIRS, SMALL_DATA_PAIRS, data_estimate,
                                  small_data_defaults)
 from dpo_engine.train.config import TrainConfig
-from tests.test_train_page import train_window  # noqa: F401  (fixture)
 
 
 def test_small_data_gets_a_larger_rate_than_large_data():

@@ -7,30 +7,7 @@ from PySide6.QtCore import QElapsedTimer, QTimer
 
 from app.main import create_window
 from dpo_engine.models import load_model
-from dpo_engine.pairs import conversation
 from dpo_engine.store.project import open_project
-
-
-def fill(project_path, n=16):
-    with open_project(project_path) as p:
-        pairs = [conversation(f"Say something {i}", "yes " * (1 + i % 3), "no " * (2 + i % 4)) for i in range(n)]
-        p.import_pairs(pairs)
-
-
-@pytest.fixture
-def train_window(qtbot, tmp_path, tiny_model_dir):
-    fill(tmp_path / "p.sqlite")
-    ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
-    qtbot.addWidget(win)
-    win.show()
-    win.show_page("Train")
-    page = win.pages["Train"]
-    page.fields["max_length"].setValue(128)  # the byte tokenizer makes prompts ~70 tokens
-    yield ctx, win, page
-    if page.controller.running:
-        page.controller.stop()
-        qtbot.waitUntil(lambda: not page.controller.running, timeout=60_000)
-    ctx.shutdown()
 
 
 def test_start_metrics_plots_stop_and_resume(qtbot, train_window):

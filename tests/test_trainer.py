@@ -3,7 +3,6 @@ moves, stop saves, resume continues exactly (full and LoRA), NaN and bad data ar
 with messages, and the output folder loads as a model."""
 
 import math
-import random
 import threading
 
 import pytest
@@ -21,39 +20,11 @@ from dpo_engine.logps import batch_logps
 from dpo_engine.train.config import LoraSettings, TrainConfig
 from dpo_engine.train.events import EvalEvent, StepEvent, TrainSummary
 from dpo_engine.train.loop import load_run_config, run_training, train
+from tests.train_helpers import bf16_step_setup, make_pairs
 
 
-pytestmark = pytest.mark.numerical  # floating-point results: also run under other CPU kernels
-
-
-def make_pairs(n: int, seed: int = 0):
-    """A learnable preference: the chosen answer says 'yes', the rejected one 'no'."""
-    rng = random.Random(seed)
-    return [conversation(f"Question {seed}-{i}: agree?", "yes " * rng.randint(1, 4), "no " * rng.randint(1, 4))
-            for i in range(n)]
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path_factory.mktemp("cache")))
-
-
-def bf16_step_setup(tiny_model_dir):
-    """A private fp32 copy of the tiny model in train mode, a bf16-autocast StepContext, 4 encoded
-    pairs and their log-probs under that context (the step-1 reference): (model, ctx, pairs, ref)."""
-    from dpo_engine.devices import pick_device
-    from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
-    from dpo_engine.train.step import StepContext, pair_logps
-
-    loaded = load_model(str(tiny_model_dir), pick_device("cpu", "float32"))  # a private copy: it trains
-    model = loaded.model.train()
-    ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
-                      pick_device("cpu", "bfloat16").autocast)
-    pairs = [encode_pair(loaded.tokenizer, p) for p in make_pairs(4)]
-    with torch.no_grad():
-        ref = pair_logps(model, pairs, ctx)
-    return model, ctx, pairs, ref
+pytestmark = [pytest.mark.numerical,  # floating-point results: also run under other CPU kernels
+              pytest.mark.usefixtures("private_cache")]  # training caches reference log-probs there
 
 
 def config(tiny_model_dir, out, **kw) -> TrainConfig:

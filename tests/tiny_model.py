@@ -97,6 +97,28 @@ def build_bpe_tokenizer(split: str | None = None):
     return tok
 
 
+PADDED = 3  # embeddings past the tokenizer's vocabulary: the GGUF must carry them as unused tokens
+
+
+def build_bpe_model(folder: Path) -> Path:
+    """A tiny random Llama with grouped-query attention (4 heads, 2 KV heads: the Q and K
+    permutations differ) and rows of 64 (Q8_0 blocks are 32), saved with the BPE tokenizer
+    and PADDED embedding rows past its vocabulary."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = build_bpe_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok) + PADDED, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                         tie_word_embeddings=True, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                         pad_token_id=tok.pad_token_id)
+    folder = Path(folder)
+    LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
 def build_spm_tokenizer(kind: str = "llama", specials: tuple[str, ...] = ()):
     """A SentencePiece-style tokenizer as Llama 2, Mistral, Phi-3 (kind "llama" or "phi3") and Gemma
     ("gemma") ship it in tokenizer.json: BPE with byte fallback (<0x00>..<0xFF> pieces), U+2581 for a
