@@ -3,6 +3,7 @@ process on one model and the same batches: a before/after that a machine's drift
 
     .venv/bin/python bench/step_before_after.py 08ec4a0 --precision fp32 --rounds 6
     .venv/bin/python bench/step_before_after.py 08ec4a0 --precision bf16 --rounds 6
+    python bench/step_before_after.py .before --precision bf16   # a tree from `git archive 08ec4a0 dpo_engine`
 
 The old `dpo_engine` is extracted with `git archive` and imported as `dpo_engine_old` (its
 imports rewritten), so both versions' `train.step.run_step` and reference scoring run on the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,19 +31,23 @@ sys.path.insert(0, str(ROOT))
 
 
 def extract_old(commit: str, into: Path) -> None:
-    """`dpo_engine` at `commit` as the package `dpo_engine_old` under `into`."""
-    archive = into / "old.tar"
-    subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit, "dpo_engine"], check=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(into, filter="data")
-    (into / "dpo_engine").rename(into / "dpo_engine_old")
+    """`dpo_engine` at `commit` (or in the tree at that path: a machine without the git history)
+    as the package `dpo_engine_old` under `into`."""
+    if Path(commit).is_dir():
+        shutil.copytree(Path(commit) / "dpo_engine", into / "dpo_engine_old")
+    else:
+        archive = into / "old.tar"
+        subprocess.run(["git", "-C", str(ROOT), "archive", "-o", str(archive), commit, "dpo_engine"], check=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(into, filter="data")
+        (into / "dpo_engine").rename(into / "dpo_engine_old")
     for path in (into / "dpo_engine_old").rglob("*.py"):
         path.write_text(re.sub(r"\bdpo_engine\b", "dpo_engine_old", path.read_text()))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("commit", help="the older commit (e.g. 08ec4a0)")
+    parser.add_argument("commit", help="the older commit (e.g. 08ec4a0), or a folder holding its dpo_engine")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     parser.add_argument("--rounds", type=int, default=6)
     args = parser.parse_args()

@@ -3,7 +3,6 @@ Face cache, an Ollama store, a folder of .gguf files with broken ones; exact par
 the fit estimate worked out by hand, and `dpo-engine models --json` in-process."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -114,24 +113,19 @@ def test_lm_studio_folder_and_dedupe(stores, tmp_path):
     assert cat.entries[1].error == "no such folder"
 
 
-def test_listing_fifty_models_takes_under_a_second(tmp_path):
-    """25 GGUF files with a 32k vocabulary (Llama-2/Mistral size) and 25 HF cache snapshots,
-    none read before (header results are cached per process, so the warm-up reads others)."""
-    folder, warm = tmp_path / "many", tmp_path / "warm"
+def test_fifty_models_are_listed_and_usable(tmp_path):
+    """25 GGUF files with a 32k vocabulary (Llama-2/Mistral size) and 25 HF cache snapshots:
+    every one listed once and usable. How long it takes is bench/catalog_listing.py's."""
+    folder = tmp_path / "many"
     folder.mkdir()
-    warm.mkdir()
     for i in range(25):
         write_gguf(folder / f"m{i}.gguf", vocab=32_000)
-    write_gguf(warm / "w.gguf")
     files, _ = hf_model_files()
     for i in range(25):
         write_hf_repo(tmp_path / "hf", f"org/m{i}", files)
     loc = Locations(tmp_path / "hf", None, ())
-    list_models(folders=[warm], locations=loc, free_bytes=GiB, device="cpu", include_default=False)  # imports
-    start = time.perf_counter()
     cat = list_models(folders=[folder], locations=loc, free_bytes=GiB, device="cpu", include_default=False)
-    assert time.perf_counter() - start < 1.0
-    assert len(cat.entries) == 50 and all(e.usable for e in cat.entries)
+    assert len(cat.entries) == 50 and len({e.path for e in cat.entries}) == 50 and all(e.usable for e in cat.entries)
 
 
 def test_inspect_path_by_hand(stores, tmp_path):
