@@ -1,6 +1,6 @@
 """Sequence log-probs on the tiny model: against a naive full-vocabulary computation,
 batched == alone whatever the padding, the LM head only on response positions, and the
-loss gradient in the seed's §2 form."""
+DPO loss gradient in closed form (∂L/∂log π(y_w) = −β·σ(−Δ))."""
 
 import pytest
 import torch
@@ -85,7 +85,7 @@ def test_shapes_are_checked(model_tok):
         sequence_logps(model, ids, torch.ones(2, 5, dtype=torch.long), first)
 
 
-def test_loss_gradient_is_the_seed_section_2_form(model_tok, encoded):
+def test_loss_gradient_has_the_closed_form(model_tok, encoded):
     """∇L = −β·σ(−Δ)·(∇log π(y_w) − ∇log π(y_l)) for one pair, through the real model."""
     model, _ = model_tok
     params = [p for p in model.parameters() if p.requires_grad]

@@ -84,8 +84,8 @@ def test_robust_without_smoothing_is_sigmoid():
     torch.testing.assert_close(LOSSES["robust"](*logps, params=p0).losses, sigmoid(*logps, params=p0).losses)
 
 
-def test_gradient_is_the_seed_section_2_form():
-    """∂L/∂log π(y_w) = −β·σ(−Δ), ∂L/∂log π(y_l) = +β·σ(−Δ) (seed §2; its Δ includes β)."""
+def test_gradient_has_the_closed_form():
+    """∂L/∂log π(y_w) = −β·σ(−Δ), ∂L/∂log π(y_l) = +β·σ(−Δ) (the DPO gradient in closed form, Δ the β-scaled margin)."""
     beta = 0.5
     pc = torch.tensor([-10.0, -3.0, -8.0], requires_grad=True)
     pr = torch.tensor([-12.0, -2.0, -8.0], requires_grad=True)

@@ -1,5 +1,5 @@
-"""Nothing lost, whatever the person does (issue 18, items 2 and 4-9; items 1 and 3 are in
-test_data_loss.py). Each test failed on the code before the fix. docs/reliability.md lists them.
+"""Nothing lost, whatever the person does (the reliability audit's failures; the ones about
+losing saved data are in test_data_loss.py). Each test failed on the code before the fix. docs/reliability.md lists them.
 
 Full disks and read-only disks are real: a small tmpfs mounted for the test (root in CI and
 here); where mounting is not allowed the test is skipped, and the SQLite "full" path is still
