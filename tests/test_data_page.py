@@ -131,12 +131,39 @@ def test_import_shows_row_level_report(qtbot, page, tmp_path, monkeypatch):
     dialog.reject()
 
 
-def test_export_writes_the_chosen_format(page, tmp_path, monkeypatch):
-    out = tmp_path / "pairs.csv"
+def test_export_writes_the_chosen_format_on_the_worker(qtbot, page, tmp_path, monkeypatch):
+    """The file is written by the torch worker, through its own connection, and is the file an
+    export on the GUI thread writes."""
+    import threading
+
+    import app.controllers.data_controller as dc
+
+    out, threads, real_export = tmp_path / "pairs.csv", [], dc.export_pairs
+
+    def spy(project, path, fmt):
+        threads.append(threading.current_thread())
+        return real_export(project, path, fmt)
+
+    monkeypatch.setattr(dc, "export_pairs", spy)
     monkeypatch.setattr(page, "_ask_export_target", lambda: (out, "csv"))
     page.export_button.click()
+    qtbot.waitUntil(lambda: "Exported" in page.summary.text(), timeout=10_000)
+    assert "Exported 7 pairs" in page.summary.text() and str(out) in page.summary.text()
+    assert threads and threads[0] is not threading.main_thread()
     assert out.read_text(encoding="utf-8").startswith("prompt,chosen,rejected")
-    assert "Exported 7 pairs" in page.summary.text()
+    assert page.controller.export(tmp_path / "here.csv", "csv") == 7  # on this thread, the same file
+    assert (tmp_path / "here.csv").read_bytes() == out.read_bytes()
+
+
+def test_an_export_that_cannot_be_written_says_why(qtbot, page, filled, monkeypatch):
+    """Onto the project file itself: refused on the worker, the reason shown, the project intact."""
+    before = filled[0].read_bytes()
+    monkeypatch.setattr(page, "_ask_export_target", lambda: (filled[0], "trl"))
+    page.export_button.click()
+    qtbot.waitUntil(lambda: "Export failed" in page.summary.text(), timeout=10_000)
+    assert "the file being read" in page.summary.text()
+    qtbot.waitUntil(lambda: page.controller.export_job is None, timeout=5_000)
+    assert filled[0].read_bytes() == before
 
 
 def test_refreshes_when_another_page_labels(page, filled):

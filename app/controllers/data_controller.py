@@ -93,11 +93,15 @@ class DataController(QObject):
         importProgress(ImportProgress): the worker started on the next file.
         importFinished(ImportOutcome): the import ended (the table is fresh already).
         importFailed(str): it could not run (the project could not be opened on the worker).
+        exportFinished(str): the export's line for the person ("Exported N pairs to ...").
+        exportFailed(str): why it could not be written.
     """
 
     importProgress = Signal(object)
     importFinished = Signal(object)
     importFailed = Signal(str)
+    exportFinished = Signal(str)
+    exportFailed = Signal(str)
 
     def __init__(self, project_path: Path, on_changed: Callable[[], None] = lambda: None,
                  submit: Callable[[str, Callable[[], Iterator[Any]]], Any] | None = None):
@@ -106,6 +110,7 @@ class DataController(QObject):
         self.submit = submit  # queues a job on the torch worker (AppContext.submit); None: import in place
         self.notifying = False  # inside on_changed: the app's listeners hear of our own change
         self.import_job = None
+        self.export_job = None
         self.path: Path | None = None
         self.project = None
         self.notice = ""  # why the project is read-only or missing, for the page to show
@@ -259,7 +264,42 @@ class DataController(QObject):
         self.import_job = None  # also when cancelled (the window closing)
 
     def export(self, path: Path, fmt: str) -> int:
+        """Export here, on this thread: the number of pairs written."""
         return export_pairs(self.project, path, fmt)
+
+    def start_export(self, target: Path, fmt: str) -> bool:
+        """Export on the torch worker, through its own connection to the project file (a big
+        project's export does not freeze the window): `exportFinished` with the line for the
+        person, or `exportFailed`. False while another export runs or there is no project."""
+        if self.export_job is not None or self.project is None:
+            return False
+        target = Path(target)
+        if self.submit is None:
+            try:
+                self.exportFinished.emit(_exported(self.export(target, fmt), target, fmt))
+            except DPOStudioError as exc:
+                self.exportFailed.emit(f"Export failed: {exc}")
+            return True
+        path = self.path
+
+        def factory():
+            yield str(target)  # jobs are generators: the worker runs them step by step
+            with open_project(path, read_only=True) as project:  # each thread its own connection
+                return export_pairs(project, target, fmt)
+
+        self.export_job = self.submit("export-pairs", factory)
+        self.export_job.returned.connect(lambda n: self.exportFinished.emit(_exported(n, target, fmt)))
+        self.export_job.failed.connect(lambda message: self.exportFailed.emit(
+            f"Export failed: {message.splitlines()[0]}"))
+        self.export_job.finished.connect(self._on_export_finished)
+        return True
+
+    def _on_export_finished(self) -> None:
+        self.export_job = None  # also when cancelled (the window closing)
+
+
+def _exported(n: int, target: Path, fmt: str) -> str:
+    return f"Exported {n} pairs to {target} ({fmt})."
 
 
 def report_text(reports: list[ImportReport]) -> str:

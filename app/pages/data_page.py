@@ -188,6 +188,8 @@ class DataPage(QWidget):
         self.controller.importProgress.connect(self._on_controller_importProgress)
         self.controller.importFinished.connect(self._on_controller_importFinished)
         self.controller.importFailed.connect(self._on_controller_importFailed)
+        self.controller.exportFinished.connect(self.summary.setText)
+        self.controller.exportFailed.connect(self.summary.setText)
         self.ctx.comparisonsChanged.connect(self._on_ctx_comparisonsChanged)
         self.ctx.projectChanged.connect(self._on_ctx_projectChanged)
 
@@ -283,14 +285,8 @@ class DataPage(QWidget):
 
     def _on_export_clicked(self) -> None:
         target = self._ask_export_target()
-        if target:
-            path, fmt = target
-            try:
-                n = self.controller.export(path, fmt)
-            except DPOStudioError as exc:
-                self.summary.setText(f"Export failed: {exc}")
-                return
-            self.summary.setText(f"Exported {n} pairs to {path} ({fmt}).")
+        if target and self.controller.start_export(*target):
+            self.summary.setText(f"Exporting to {target[0]}…")
 
     def _ask_import_paths(self) -> list[Path]:
         names, _ = QFileDialog.getOpenFileNames(self, "Import pairs or prompts", "", IMPORT_FILTER)
