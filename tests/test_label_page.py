@@ -241,3 +241,15 @@ def test_e_opens_the_editor_and_its_answer_is_stored(qtbot, label_window, monkey
     with open_project(ctx.project_path) as p:
         pairs = p.training_pairs(split=None)
     assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("Mine.", "The right one.")]
+
+
+def test_the_readme_names_every_pairwise_key_of_the_key_map():
+    """The README's list of labeling keys is prose; the key map (`app/controllers/keys.py`) is the
+    one source: a key changed there without the README fails here."""
+    from pathlib import Path
+
+    from app.controllers import keys
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    for binding in keys.PAIRWISE:
+        assert f"**{binding.keys[0]}**" in readme, binding
