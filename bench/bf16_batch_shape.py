@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import MAX_LENGTH, bare_forward_backward, make_pairs  # noqa: E402
+from bench.train_throughput import bare_forward_backward, train_setup  # noqa: E402
 
 
 def main() -> None:
@@ -41,20 +41,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
     from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
-    from dpo_engine.train.model import disable_dropout
     from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
-    loaded = load_model("default", pick_device("cpu", "float32"))
-    model, tok = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    model.config.use_cache = False
-    model.train()
-    encoded = sorted((encode_pair(tok, p, MAX_LENGTH) for p in make_pairs(tok)), key=lambda e: e.length)
+    model, tok, encoded = train_setup()
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
     contexts = {p: StepContext("sigmoid", LossParams(beta=0.1), tok.pad_token_id, torch.device("cpu"), True,
                                forward_precision(c)) for p, c in choices.items()}

@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import BATCH, MAX_LENGTH, bare_forward_backward, make_pairs  # noqa: E402
+from bench.train_throughput import BATCH, bare_forward_backward, train_setup  # noqa: E402
 
 BUCKETS = ("matmul", "casts / copies", "attention", "loss / log-softmax", "optimizer", "grad clip / zero",
            "other ops (norms, activations, embedding, ...)")
@@ -108,22 +108,14 @@ def main() -> None:
 
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
     from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
     from dpo_engine.train import step as step_module
-    from dpo_engine.train.model import disable_dropout
     from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
     before = machine_row()
-    loaded = load_model("default", pick_device("cpu", "float32"))
-    model, tokenizer = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    model.config.use_cache = False
-    model.train()
-    encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
+    model, tokenizer, encoded = train_setup()
     size = BATCH * args.accum
     steps = [encoded[i:i + size] for i in range(0, len(encoded) - size + 1, size)]
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}

@@ -98,6 +98,23 @@ def make_pairs(tokenizer):
     return pairs
 
 
+def train_setup():
+    """The default model (fp32 weights, train mode, dropout and the KV cache off) and the bench's
+    pairs encoded and length-sorted: (model, tokenizer, encoded), shared by the step benches."""
+    from dpo_engine.devices import pick_device
+    from dpo_engine.encoding import encode_pair
+    from dpo_engine.models import load_model
+    from dpo_engine.train.model import disable_dropout
+
+    loaded = load_model("default", pick_device("cpu", "float32"))
+    model, tokenizer = loaded.model, loaded.tokenizer
+    disable_dropout(model)
+    model.config.use_cache = False
+    model.train()
+    encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
+    return model, tokenizer, encoded
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
