@@ -21,6 +21,7 @@ from dpo_engine.store.project import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.driver import RunStarted, drive
 from dpo_engine.train.events import StepEvent
+from tests.deny_access import deny_access
 from tests.train_helpers import make_pairs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,3 +172,22 @@ def test_the_repair_on_open_links_a_run_that_names_no_checkpoint_to_the_one_it_w
     assert rows[lost]["checkpoint"] == str(tmp_path / "a") and rows[lost]["status"] == "failed"
     assert rows[lost]["error"] == "quit at once (a second Ctrl-C)" and str(tmp_path / "a") in models
     assert rows[before]["checkpoint"] is None and rows[broken]["checkpoint"] is None
+
+
+def test_a_damaged_or_unreadable_output_folder_never_stops_the_project_opening(monkeypatch, tmp_path):
+    """The repair reads run folders on every open: a checkpoint.json nested 10^5 levels deep
+    (json's RecursionError escaped `read_manifest`, so a project with such a crashed run could
+    not be opened at all) or a folder it may not read is no checkpoint, and the project opens."""
+    db = tmp_path / "p.dpo"
+    with open_project(db) as project:
+        crashed = project.runs.create({"output_dir": str(tmp_path / "deep"), "model": "m"})
+        quit_ = project.runs.create({"output_dir": str(tmp_path / "shut"), "model": "m"})
+        project.runs.finish(quit_, "failed", "quit at once (a second Ctrl-C)")
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep" / "checkpoint.json").write_text("[" * 10**5 + "]" * 10**5)
+    _checkpoint(tmp_path / "shut", 3)
+    deny_access(monkeypatch, tmp_path / "shut")
+    with open_project(db) as project:
+        rows = {r["id"]: r for r in project.runs.all()}
+    assert rows[crashed]["status"] == "failed" and rows[crashed]["checkpoint"] is None
+    assert rows[quit_]["status"] == "failed" and rows[quit_]["checkpoint"] is None

@@ -12,7 +12,7 @@ from typing import Callable, ContextManager
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError
 
-from dpo_engine.atomic import find_checkpoint, read_manifest
+from dpo_engine.atomic import find_checkpoint, prev_folder, read_manifest
 from dpo_engine.errors import ConfigError
 from dpo_engine.store.schema import MODEL_KINDS, RUN_STATUSES, check_choice
 
@@ -123,7 +123,9 @@ class RunRecords:
 
     def _relink(self, row: dict) -> bool:
         settings = _settings(row)
-        found = _own_checkpoint(settings.get("output_dir"), None, row["started"], until=row["ended"])
+        # Only read: the folder of a run that ended long ago may be another process's output now,
+        # and moving its `.prev` back could break that process's save between its two renames.
+        found = _own_checkpoint(settings.get("output_dir"), None, row["started"], until=row["ended"], recover=False)
         if found is None:
             return False
         with self._tx():
@@ -180,14 +182,23 @@ def _step(checkpoint: Path) -> str:
     return str((read_manifest(checkpoint) or {}).get("step", "?"))
 
 
+def _complete(out: Path, recover: bool) -> tuple[Path, dict | None]:
+    """(`out`, its manifest) if a complete checkpoint is there or in its `.prev`; `recover`
+    moves one from `.prev` back into place (find_checkpoint), else the folders are only read."""
+    if recover:
+        found = find_checkpoint(out)
+        return out, read_manifest(found) if found else None
+    return out, read_manifest(out) or read_manifest(prev_folder(out))
+
+
 def _own_checkpoint(output_dir: str | None, known: str | None, since: float,
-                    until: float | None = None) -> Path | None:
+                    until: float | None = None, recover: bool = True) -> Path | None:
     """The last complete checkpoint of a run: the one in `output_dir` if the run wrote it
     (its manifest written between `since` and `until`, so an older or later run's checkpoint in
-    the same folder is not taken) or it is the `known` one, else `known` if it is still complete."""
+    the same folder is not taken) or it is the `known` one, else `known` if it is still complete.
+    `recover`: as in `_complete`."""
     if output_dir:
-        found = find_checkpoint(output_dir)  # recovers one a kill left in .prev
-        manifest = read_manifest(found) if found else None
+        found, manifest = _complete(Path(output_dir), recover)
         if manifest is not None:
             written = manifest.get("written")
             own = isinstance(written, (int, float)) and since <= written and (until is None or written <= until)
