@@ -20,7 +20,7 @@ from dpo_engine.atomic import find_checkpoint, read_manifest, write_checkpoint
 from dpo_engine.store.project import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.driver import RunStarted, drive
-from dpo_engine.train.events import StepEvent
+from dpo_engine.train.events import StepEvent, TrainSummary
 from tests.deny_access import deny_access
 from tests.train_helpers import make_pairs
 
@@ -191,3 +191,12 @@ def test_a_damaged_or_unreadable_output_folder_never_stops_the_project_opening(m
         rows = {r["id"]: r for r in project.runs.all()}
     assert rows[crashed]["status"] == "failed" and rows[crashed]["checkpoint"] is None
     assert rows[quit_]["status"] == "failed" and rows[quit_]["checkpoint"] is None
+
+
+def test_an_interrupt_after_the_run_ended_keeps_it_finished(project_path, tiny_model_dir, tmp_path):
+    """A guard on the fix: the second Ctrl-C lands while the summary is shown."""
+    events = drive(_settings(tiny_model_dir, tmp_path / "run", max_steps=1), project=project_path)
+    summary = next(e for e in events if isinstance(e, TrainSummary))
+    _quit(events, "second Ctrl-C")
+    run = _only_run(project_path)
+    assert run["status"] == "finished" and run["checkpoint"] == summary.checkpoint and run["error"] is None

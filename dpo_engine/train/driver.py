@@ -104,14 +104,16 @@ def drive(config: TrainConfig, *, project: str | Path | None = None,
         if db is not None:
             run_id, config = _open_run(db, config, resume_from, output_for_run)
         since = time.time()  # a checkpoint in the output folder written after this is the run's own
+        ended = False  # the run's end is recorded (its TrainSummary): an interrupt after it changes nothing
         try:
             yield RunStarted(run_id, config)  # inside: an interrupt here is recorded like one mid-run
             for event in train(config, pairs, eval_pairs or None, stop=stop, resume_from=resume_from):
                 if db is not None:
                     _record(db, run_id, config, event)
+                ended = isinstance(event, TrainSummary)
                 yield event
         except BaseException as exc:  # a second Ctrl-C, a closed generator, an expected error or a bug
-            if db is not None:
+            if db is not None and not ended:
                 _record_interrupted(db, run_id, config, since, exc)
             raise
 
