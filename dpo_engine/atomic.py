@@ -47,14 +47,13 @@ def read_manifest(folder: str | Path) -> dict | None:
     """The manifest if `folder` is complete (every listed file there, right size), else None."""
     try:
         manifest = json.loads((Path(folder) / CHECKPOINT_MANIFEST).read_text())
-        files = manifest["files"]
-        items = files.items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        for rel, size in manifest["files"].items():
+            path = Path(folder) / rel
+            if not path.is_file() or path.stat().st_size != size:
+                return None
+    # RecursionError: a manifest nested too deeply for json; OSError: a folder it may not read
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    for rel, size in items:
-        path = Path(folder) / rel
-        if not path.is_file() or path.stat().st_size != size:
-            return None
     return manifest
 
 
