@@ -137,11 +137,13 @@ def hf_cache_entries(cache: Path) -> list[CatalogEntry]:
 # --------------------------------------------------------------------------- Ollama
 
 
-def _ollama_name(rel: Path) -> str:
-    """registry.ollama.ai/library/llama3.2/1b -> llama3.2:1b; other namespaces keep their prefix."""
+def _ollama_name(rel: Path) -> str | None:
+    """registry.ollama.ai/library/llama3.2/1b -> llama3.2:1b; other namespaces keep their prefix. None for
+    a file above that depth: Ollama reads a name only from host/namespace/model/tag (types/model,
+    ParseNameFromFilepath), so a stray file is no model (one became `FROM registry.ollama.ai:latest`)."""
     parts = rel.parts
-    if len(parts) < 3:
-        return ":".join(parts)
+    if len(parts) < 4:
+        return None
     *prefix, model, tag = parts
     if prefix[:2] == [OLLAMA_REGISTRY, "library"]:
         prefix = prefix[2:]
@@ -161,6 +163,8 @@ def ollama_entries(root: Path) -> list[CatalogEntry]:
     out = []
     for path in sorted(p for p in manifests.rglob("*") if p.is_file()):
         name = _ollama_name(path.relative_to(manifests))
+        if name is None:
+            continue
         try:
             layers = json.loads(path.read_text(encoding="utf-8"))["layers"]
             model = next(layer for layer in layers if layer.get("mediaType") == MODEL_LAYER)

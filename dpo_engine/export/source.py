@@ -44,6 +44,32 @@ class ExportSource:
         """The paths an export must never be written onto or into."""
         return [p for p in (self.folder, self.adapter) if p is not None]
 
+    @property
+    def base_inputs(self) -> list[Path]:
+        """Where the base model a LoRA adapter applies to is on this disk (nothing is converted to find it)."""
+        return base_paths(self.base_ref) if self.adapter is not None else []
+
+
+def base_paths(ref: str | None) -> list[Path]:
+    """Every local path that holds the model `ref` names: the default model's converted folder in the user
+    cache, a model folder, a .gguf (or Ollama blob) and its converted copy, a hub id's folder in the
+    Hugging Face cache. None of them may be replaced by an export."""
+    from dpo_engine.models import _gguf_cache_dir
+
+    if not ref:
+        return []
+    if ref == DEFAULT_MODEL_REF:
+        return [default_model_dir()]
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return [path, _gguf_cache_dir(path)]
+    if path.exists() or ref.count("/") != 1:
+        return [path]
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return [Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref, repo_type="model")]
+
 
 def _has_full_weights(folder: Path) -> bool:
     weights = [p for p in folder.glob("*.safetensors") if not p.name.startswith("adapter_model")]
