@@ -37,8 +37,8 @@ from dpo_engine.export.gguf_lora import write_gguf_lora
 from dpo_engine.export.gguf_vocab import check_tokenizer
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfile, ollama_model_of, ollama_name
-from dpo_engine.export.source import (ExportSource, find_source, load_merged_model, load_tokenizer_for_export,
-                                      tensor_source)
+from dpo_engine.export.source import (ExportSource, check_adapter_fits, find_source, load_merged_model,
+                                      load_tokenizer_for_export, tensor_source)
 
 EXPORT_FORMATS = ("hf", "peft", "gguf", "gguf-lora", "ollama")
 FOLDER_FORMATS = ("hf", "peft", "ollama")  # these write a folder; gguf and gguf-lora write one file
@@ -115,6 +115,7 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
     source = find_source(model_ref, on_progress=lambda e: report("prepare", 0.05 * e.fraction, e.message))
     as_folder = fmt in FOLDER_FORMATS
     output = check_export_target(output, as_folder, overwrite, inputs=source.inputs, bases=source.base_inputs)
+    check_adapter_fits(source, prepare=fmt != "peft")  # an adapter of another model: said before any work
     facts = None
     if project is not None and as_folder:  # read before anything is staged: a bad project fails first
         report("prepare", 0.05, "Reading the project for the model card")

@@ -114,6 +114,36 @@ def find_source(ref: str | None, on_progress: Callable[[PrepareProgress], None] 
     return ExportSource(ref, folder, True, None, None, {}, name)
 
 
+def check_adapter_fits(source: ExportSource, prepare: bool = True) -> None:
+    """Refuse a LoRA adapter that was trained on another model than the base it names (a hand-edited
+    adapter or run file): shapes read from headers, before anything is loaded or written. `prepare`:
+    the base may be converted to find its files (a .gguf); else only a base already on disk is read.
+    A base that is not on this disk (a hub id) is not checked here."""
+    from dpo_engine.export.tensors import adapter_misfit, weight_files
+
+    if source.adapter is None or not (source.adapter / "adapter_model.safetensors").is_file():
+        return
+    if source.has_weights and source.folder is not None:
+        folder, base = source.folder, source.folder
+    else:
+        folder, base = (local_folder(source.base_ref) if prepare else _base_folder_on_disk(source.base_ref)), \
+            source.base_ref
+    if folder is None or not weight_files(folder):
+        return
+    why = adapter_misfit(source.adapter, folder)
+    if why:
+        raise ModelError(f"The LoRA adapter in {source.adapter} does not fit its base model {base}: {why}. It was "
+                         "trained on another model; name that model as base_model in the run's "
+                         "dpo_studio_run.json (or adapter_config.json), or export the run it came from.")
+
+
+def _base_folder_on_disk(ref: str | None) -> Path | None:
+    """The base's safetensors folder where it needs no conversion to read (a folder, the prepared default)."""
+    paths = base_paths(ref)
+    folder = paths[-1] if paths else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def hub_id_of(ref: str | None) -> str | None:
     """The hub id a model card can name as base_model, or None for a local path."""
     if not ref:
@@ -149,6 +179,11 @@ def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgre
     try:
         peft_model = PeftModel.from_pretrained(base, str(source.adapter))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
+        if mismatch:  # PyTorch lists every tensor; the first says what is wrong
+            raise ModelError(f"The LoRA adapter in {source.adapter} does not fit its base model {source.base_ref} "
+                             f"({mismatch[0]}): it was trained on another model; name that model as base_model in "
+                             "the run's dpo_studio_run.json.") from None
         raise ModelError(f"Could not apply the LoRA adapter in {source.adapter} to {source.base_ref}: {exc}") from exc
     model = peft_model.merge_and_unload()
     model.eval()
