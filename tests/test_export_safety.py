@@ -215,8 +215,8 @@ def test_a_kill_between_the_two_renames_gives_the_old_export_back(tmp_path):
 def test_a_name_or_path_reads_back_exactly_through_ollamas_parser(value):
     from dpo_engine.export.ollama import quote_value
 
-    text = f"FROM {quote_value(value, 'path')}\nADAPTER {quote_value(value, 'path')}\n"
-    assert parse_modelfile(text) == [("model", value), ("adapter", value)]
+    text = f"FROM {quote_value(value, 'path')}\nPARAMETER stop {quote_value(value, 'stop', 'quoted')}\n"
+    assert parse_modelfile(text) == [("model", value), ("stop", value)]
 
 
 @pytest.mark.parametrize("value,why", [("evil\nSYSTEM pwned", "line break"), ("a\rb", "line break"),
@@ -234,10 +234,10 @@ def test_prose_reads_back_or_is_refused():
     from dpo_engine.export.ollama import CHATML_TEMPLATE, quote_value
 
     for text in (CHATML_TEMPLATE, 'You are "helpful".\nAnswer in """ blocks.', 'ends in a quote"'):
-        assert parse_modelfile(f"FROM x\nSYSTEM {quote_value(text, 'prompt', one_line=False)}\n") == [
+        assert parse_modelfile(f"FROM x\nSYSTEM {quote_value(text, 'prompt', 'prose')}\n") == [
             ("model", "x"), ("system", text)]
     with pytest.raises(ModelError, match="three double quotes"):
-        quote_value('one """\ntwo', "prompt", one_line=False)
+        quote_value('one """\ntwo', "prompt", "prose")
 
 
 def _ollama_store(root: Path, base: Path, tmp_path: Path, model: str) -> Path:

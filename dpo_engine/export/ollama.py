@@ -114,18 +114,19 @@ def _read_back(written: str) -> str | None:
     return None
 
 
-def quote_value(text: str, what: str, one_line: bool = True) -> str:
+def quote_value(text: str, what: str, style: str = "bare") -> str:
     """`text` written so that Ollama's parser reads back exactly `text` as one command's value.
 
-    Ollama's own writer is followed: a name or path as it is where it reads back so, else in double
-    quotes; prose (`one_line=False`: a template, a system prompt) in triple quotes. Nothing is escaped
-    in a Modelfile, so a value is written only in a form the parser reads back unchanged (checked),
-    and raises ModelError saying why where there is none (a line break in a name or path, an
-    unprintable character, a line of prose that ends with three double quotes)."""
-    why = _unwritable(text, what, one_line)
+    `style`: "bare" (a name or path, as Ollama's own writer puts FROM: as it is where that reads back so),
+    "quoted" (one line in double quotes, as PARAMETER values), "prose" (a template, a system prompt:
+    triple quotes, and more than one line allowed). Nothing is escaped in a Modelfile, so a value is
+    written only in a form the parser reads back unchanged (checked), else falling back to the other
+    quotes; ModelError says why where no form does (a line break in a name or path, an unprintable
+    character, a line of prose that ends with three double quotes)."""
+    why = _unwritable(text, what, one_line=style != "prose")
     if why is None:
-        forms = [text] if one_line else ['"""' + text + '"""']
-        for written in forms + ['"' + text + '"', '"""' + text + '"""']:
+        first = {"bare": text, "quoted": '"' + text + '"', "prose": '"""' + text + '"""'}[style]
+        for written in (first, '"' + text + '"', '"""' + text + '"""'):
             if _read_back(written) == text:
                 return written
         why = f"a line of the {what} ends with three double quotes, which end a Modelfile value"
@@ -151,10 +152,10 @@ def modelfile(gguf_name: str, tokenizer) -> str:
     """The Modelfile text for `gguf_name` (a file beside it)."""
     system = chatml_default_system(tokenizer)
     lines = [f"FROM {quote_value('./' + gguf_name, 'GGUF file name')}", "",
-             f"TEMPLATE {quote_value(CHATML_TEMPLATE, 'chat template', one_line=False)}", ""]
+             f"TEMPLATE {quote_value(CHATML_TEMPLATE, 'chat template', 'prose')}", ""]
     if system:
-        lines += [f"SYSTEM {quote_value(system, 'default system prompt', one_line=False)}", ""]
-    lines += [f"PARAMETER stop {quote_value(stop, 'stop token')}" for stop in stop_tokens(tokenizer)]
+        lines += [f"SYSTEM {quote_value(system, 'default system prompt', 'prose')}", ""]
+    lines += [f"PARAMETER stop {quote_value(stop, 'stop token', 'quoted')}" for stop in stop_tokens(tokenizer)]
     return "\n".join(lines) + "\n"
 
 
