@@ -123,11 +123,11 @@ def check_adapter_fits(source: ExportSource, prepare: bool = True) -> None:
 
     if source.adapter is None or not (source.adapter / "adapter_model.safetensors").is_file():
         return
-    if source.has_weights and source.folder is not None:
-        folder, base = source.folder, source.folder
+    if source.has_weights and source.folder is not None:  # a merged run: its own weights are the base's shape
+        folder, base = source.folder, str(source.folder)
     else:
-        folder, base = (local_folder(source.base_ref) if prepare else _base_folder_on_disk(source.base_ref)), \
-            source.base_ref
+        base = source.base_ref
+        folder = local_folder(base) if prepare else _base_folder_on_disk(base)
     if folder is None or not weight_files(folder):
         return
     why = adapter_misfit(source.adapter, folder)

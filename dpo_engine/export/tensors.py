@@ -126,8 +126,12 @@ def adapter_misfit(adapter: Path, folder: Path) -> str | None:
     from safetensors import safe_open
 
     base = FolderTensors(folder)
-    with safe_open(str(adapter / "adapter_model.safetensors"), framework="pt") as fh:
-        shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+    path = adapter / "adapter_model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise ModelError(f"The LoRA adapter file {path} cannot be read ({exc}).") from None
     for key, a in sorted(shapes.items()):
         if ".lora_A." not in key:
             continue
