@@ -169,11 +169,13 @@ def _hf_snapshot(repo: Path) -> Path | str:
 # --------------------------------------------------------------------------- Ollama
 
 
-def _ollama_name(rel: Path) -> str:
-    """registry.ollama.ai/library/llama3.2/1b -> llama3.2:1b; other namespaces keep their prefix."""
+def _ollama_name(rel: Path) -> str | None:
+    """registry.ollama.ai/library/llama3.2/1b -> llama3.2:1b; other namespaces keep their prefix. None for
+    a file above that depth: Ollama reads a name only from host/namespace/model/tag (types/model,
+    ParseNameFromFilepath), so a stray file is no model (one became `FROM registry.ollama.ai:latest`)."""
     parts = rel.parts
-    if len(parts) < 3:
-        return ":".join(parts)
+    if len(parts) < 4:
+        return None
     *prefix, model, tag = parts
     if prefix[:2] == [OLLAMA_REGISTRY, "library"]:
         prefix = prefix[2:]
@@ -201,6 +203,8 @@ def ollama_entries(root: Path) -> list[CatalogEntry]:
     paths = [Path(here) / f for here, _, files in os.walk(manifests, onerror=onerror) for f in files]
     for path in sorted(paths):
         name = _ollama_name(path.relative_to(manifests))
+        if name is None:
+            continue
         out += _one_model(name, "ollama", path, lambda: [_ollama_entry(root, path, name)])
     return out
 
