@@ -153,3 +153,47 @@ def test_transformers_reads_back_the_tokenizer_and_the_logits(exported):
         with torch.no_grad():
             assert torch.allclose(loaded(ids).logits, rounded(ids).logits, atol=1e-4)
         assert _greedy(loaded, ids) == _greedy(rounded, ids)
+
+
+_SHAPE = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256)
+_GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
+# name: (model type, class, a config llama.cpp runs as written, the setting its architecture lacks, the refusal)
+REFUSALS = {
+    "qwen2 with Llama 3's rope": ("qwen2", "Qwen2ForCausalLM", {}, dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}), "'llama3'; llama.cpp's qwen2 reads default, linear, yarn only"),
+    "llama with Phi-3's longrope": ("llama", "LlamaForCausalLM", {}, dict(rope_scaling={
+        "rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
+        "original_max_position_embeddings": 64}), "llama reads default, linear, llama3, yarn only"),
+    "gemma2 scaled by another scalar": ("gemma2", "Gemma2ForCausalLM", _GEMMA, dict(query_pre_attn_scalar=32),
+                                        r"1/sqrt\(32\); llama.cpp's gemma2 uses the head size"),
+    "gemma2 with its global layers elsewhere": ("gemma2", "Gemma2ForCausalLM", _GEMMA,
+                                                dict(layer_types=["full_attention"] * 6), "every 2th layer global"),
+    "gemma3 with a scaled local rope": ("gemma3_text", "Gemma3ForCausalLM", _GEMMA, dict(rope_parameters={
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}), "gemma3 does not"),
+    "qwen2 with a sliding window": ("qwen2", "Qwen2ForCausalLM", {}, dict(sliding_window=64, use_sliding_window=True,
+                                                                         max_window_layers=0), "qwen2 architecture"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_a_setting_the_family_lacks_in_llama_cpp_is_refused_by_name(name):
+    """Each refusal comes from the family's row (`ArchSpec`): the same config without the setting passes."""
+    from transformers import AutoConfig
+
+    from dpo_engine.errors import ModelError
+    from dpo_engine.export.gguf_file import check_supported
+
+    model_type, arch, runs, lacks, says = REFUSALS[name]
+
+    def config(**extra):
+        made = AutoConfig.for_model(model_type, **{**_SHAPE, **runs, **extra})
+        made.architectures = [arch]
+        return made
+
+    check_supported(config())
+    with pytest.raises(ModelError, match=says):
+        check_supported(config(**lacks))
+
