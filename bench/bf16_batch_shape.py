@@ -1,7 +1,7 @@
 """Does bf16's gain over fp32 grow with the micro-batch? The trainer's step and the bare
 forward+backward at 1, 2, 4 and 8 pairs per micro-batch, fp32 and bf16, side by side.
 
-    .venv/bin/python bench/bf16_batch_shape.py --pairs 1,2,4,8 --rounds 3
+    .venv/bin/python -m bench.bf16_batch_shape --pairs 1,2,4,8 --rounds 3
 
 On an AMX Xeon the bare forward+backward of 8 rows x 160 tokens gained 2.4x from bf16, while the
 trainer's micro-batches of 2 pairs gained 1.45x, bare model and trainer alike (bench/README.md,
@@ -19,13 +19,9 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import bare_forward_backward, train_setup  # noqa: E402
+from bench.common import bare_forward_backward, machine_row, train_setup
 
 
 def main() -> None:

@@ -1,8 +1,8 @@
 """Where a training step's time goes: the trainer's step and the bare forward+backward, fp32 and
 bf16, on the default model, with torch.profiler.
 
-    .venv/bin/python bench/profile_step.py --rounds 6 --profile 3 --accum 2
-    .venv/bin/python bench/profile_step.py --rounds 4 --accum 2 --kinds step-bf16,step-bf16-attn16,bare-bf16 --profiled ""
+    .venv/bin/python -m bench.profile_step --rounds 6 --profile 3 --accum 2
+    .venv/bin/python -m bench.profile_step --rounds 4 --accum 2 --kinds step-bf16,step-bf16-attn16,bare-bf16 --profiled ""
 
 One model (SmolLM2-135M-Instruct, fp32 weights, train mode, dropout off) and one fused AdamW.
 The batches are the throughput bench's pairs (`bench/train_throughput.py`), `--accum`
@@ -16,7 +16,7 @@ all alike:
                             CPU); step-bf16-attn16: attention in bf16 as well;
                             -recast: autocast's weight casts made per micro-batch (before
                             `step.casts_kept`); -noshare: the prompt run twice, one forward
-    bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row
+    bare-fp32 / bare-bf16   `bench.common.bare_forward_backward`: the same tokens as one row
                             per pair, the model, the LM head on the scored positions, a plain
                             cross-entropy, backward; nothing else; in the trainer's precision
                             (bare-bf16-attn16: attention in bf16 too; -compiled: torch.compile)
@@ -34,13 +34,9 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import BATCH, bare_forward_backward, train_setup  # noqa: E402
+from bench.common import BATCH, bare_forward_backward, machine_row, train_setup
 
 BUCKETS = ("matmul", "casts / copies", "attention", "loss / log-softmax", "optimizer", "grad clip / zero",
            "other ops (norms, activations, embedding, ...)")

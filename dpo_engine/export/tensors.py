@@ -18,7 +18,10 @@ from typing import Protocol
 from dpo_engine.errors import ModelError
 
 
-class TensorSource(Protocol):
+class TensorReader(Protocol):
+    """Reads one tensor at a time (a writer's view of the model's weights; `export.source` says which
+    model they are)."""
+
     def names(self) -> list[str]:
         """Every tensor's transformers name, in the file's order."""
 
