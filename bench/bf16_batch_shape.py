@@ -38,14 +38,16 @@ def main() -> None:
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
     from dpo_engine.losses import LossParams
-    from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
     model, tok, encoded = train_setup()
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
     contexts = {p: StepContext("sigmoid", LossParams(beta=0.1), tok.pad_token_id, torch.device("cpu"), True,
-                               forward_precision(c)) for p, c in choices.items()}
+                               c.autocast) for p, c in choices.items()}
+    use_fp32_attention(model)  # the trainer's attention on a CPU in bf16; in fp32 it is plain SDPA
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
 
     def step(precision, pairs):

@@ -12,8 +12,8 @@ all alike:
 
     step-fp32 / step-bf16   `train.step.run_step` (the trainer's step: forward with the prompt
                             once, loss, backward, clip, fused AdamW) in fp32 / the trainer's bf16
-                            (`step.forward_precision`: bf16 autocast, attention in fp32 on a
-                            CPU); step-bf16-attn16: attention in bf16 as well;
+                            (bf16 autocast, attention in fp32 on a CPU:
+                            `dpo_engine.attention`); step-bf16-attn16: attention in bf16 as well;
                             -recast: autocast's weight casts made per micro-batch (before
                             `step.casts_kept`); -noshare: the prompt run twice, one forward
     bare-fp32 / bare-bf16   `bench.common.bare_forward_backward`: the same tokens as one row
@@ -106,7 +106,8 @@ def main() -> None:
     from dpo_engine.devices import pick_device
     from dpo_engine.losses import LossParams
     from dpo_engine.train import step as step_module
-    from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
@@ -119,10 +120,10 @@ def main() -> None:
 
     def context(precision: str, share: bool = True, attention_bf16: bool = False):
         """The trainer's StepContext; `attention_bf16`: plain autocast, attention in bf16 too
-        (the trainer before `step.forward_precision`)."""
-        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
+        (the trainer before `dpo_engine.attention`). Sets the model's attention accordingly."""
+        use_fp32_attention(model, on=not attention_bf16)
         return StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), share,
-                           autocast)
+                           choices[precision].autocast)
 
     def refs(pairs, precision):
         with torch.no_grad():  # policy == reference: the loss is ln 2, as at step 1
@@ -145,9 +146,10 @@ def main() -> None:
         return run
 
     def bare(precision, attention_bf16=False):
-        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
+        autocast = choices[precision].autocast
 
         def run(pairs, ref):
+            use_fp32_attention(model, on=not attention_bf16)
             for mb in micro(pairs):
                 bare_forward_backward(model, [pairs[i] for i in mb], tokenizer.pad_token_id, autocast)
         return run
@@ -161,9 +163,10 @@ def main() -> None:
         shim = types.SimpleNamespace(model=backbone, lm_head=model.lm_head, zero_grad=model.zero_grad)
 
         def run(pairs, ref):
+            use_fp32_attention(model)
             for mb in micro(pairs):
                 bare_forward_backward(shim, [pairs[i] for i in mb], tokenizer.pad_token_id,
-                                      forward_precision(choices[precision]))
+                                      choices[precision].autocast)
         return run
 
     all_kinds = {"step-fp32": trainer("fp32"), "step-bf16": trainer("bf16"), "bare-fp32": bare("fp32"),

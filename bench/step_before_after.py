@@ -88,7 +88,11 @@ def main() -> None:
     model.config.use_cache = False
     encoded = sorted((encode_pair(tok, p, MAX_LENGTH) for p in make_pairs(tok)), key=lambda e: e.length)
     choice = pick_device("cpu", "bfloat16" if args.precision == "bf16" else "float32")
-    new_autocast = new.forward_precision(choice) if hasattr(new, "forward_precision") else choice.autocast
+    new_autocast = choice.autocast
+    if args.precision == "bf16":  # the trainer's attention on a CPU in bf16 (the model's own since it moved there)
+        from dpo_engine.attention import use_fp32_attention
+
+        use_fp32_attention(model)
     old_autocast = old.forward_precision(choice) if hasattr(old, "forward_precision") else choice.autocast
     contexts = {
         "after": (new, new_score, new.StepContext("sigmoid", LossParams(beta=0.1), tok.pad_token_id,

@@ -62,9 +62,10 @@ def _transformers_model(model):
     return get_base() if callable(get_base) else model
 
 
-def use_fp32_attention(model) -> bool:
+def use_fp32_attention(model, on: bool = True) -> bool:
     """Run `model`'s attention in fp32 from now on (FP32_SDPA), where it runs SDPA; a model on
     another implementation (eager for Gemma 2's soft-capping, flash on a GPU) is left as it is.
+    `on=False` puts plain SDPA back (benchmarks compare both on one model).
     Not saved with the model: transformers never writes the attention implementation to config.json.
 
     Returns:
@@ -72,10 +73,10 @@ def use_fp32_attention(model) -> bool:
     """
     lm = _transformers_model(model)
     current = getattr(lm.config, "_attn_implementation", None)
-    if current == FP32_SDPA:
-        return True
-    if current != "sdpa":
+    wanted = FP32_SDPA if on else "sdpa"
+    if current not in ("sdpa", FP32_SDPA):
         return False
-    _register()
-    lm.set_attn_implementation(FP32_SDPA)
+    if current != wanted:
+        _register()
+        lm.set_attn_implementation(wanted)
     return lm.config._attn_implementation == FP32_SDPA

@@ -50,9 +50,8 @@ COMPLEX_FUNCTIONS = {
     "dpo_engine/store/project.py::_check_file": "one refusal per kind of file that is not ours, each with its message",
     "dpo_engine/train/loop.py::_setup": "a run's setup (resume, model, data, reference, optimizer): to split",
     "dpo_engine/train/step.py::run_step": "the hot loop: micro-batches, precision, distributed and weighted paths",
-    "dpo_engine/export/targets.py::check_export_target": "one refusal per way a write could destroy a file",
     "dpo_engine/catalog/readers.py::shape_from_config": "config keys differ by family: a fallback per field",
-    "dpo_engine/catalog/readers.py::read_gguf_file": "header fields differ by family: a fallback per field",
+    "dpo_engine/catalog/readers.py::_read_gguf_file": "header fields differ by family: a fallback per field",
     "dpo_engine/models.py::resolve_model_ref": "one branch per kind of model reference (default, folder, .gguf, hub)",
     "dpo_engine/cli/models.py::format_catalog": "a table with an optional cell per column",
     "dpo_engine/export/__init__.py::export_model": "a branch per format: the format registry removes it (item 1)",
@@ -60,7 +59,6 @@ COMPLEX_FUNCTIONS = {
     "dpo_engine/pairs.py::parse_preference_record": "one branch per accepted record shape (TRL, OpenAI, messages)",
     "dpo_engine/generate.py::stream_generate_batch": "a batch where each row stops on its own",
     "dpo_engine/export/card.py::model_card": "a model card with an optional section per fact known",
-    "dpo_engine/catalog/sources.py::hf_cache_entries": "the Hugging Face cache's layout: a skip per kind of entry",
     "dpo_engine/export/gguf_vocab.py::_token_types": "llama.cpp's token types: a rule per kind of token and vocabulary",
 }
 BRANCHES = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.IfExp, ast.ExceptHandler, ast.match_case)
