@@ -235,3 +235,23 @@ def test_fp32_attention_is_the_model_s_own_and_not_saved(tiny_model_dir, tmp_pat
     loaded.model.save_pretrained(tmp_path / "saved")
     assert FP32_SDPA not in (tmp_path / "saved" / "config.json").read_text()
     assert json.loads((tmp_path / "saved" / "config.json").read_text())["model_type"] == "llama"
+
+
+def test_sampling_and_held_out_scores_in_each_precision(tiny_model_dir, precision):
+    """The Label page's sampler and the Compare page's held-out summary load the model in the
+    window's precision: both run in it (bf16 weights without autocast, where nothing in the
+    forward may assume fp32) and give what they promise."""
+    from dpo_engine.generate import GenerationSettings, generate
+    from dpo_engine.heldout import heldout_events
+    from dpo_engine.iters import drain
+
+    loaded = load_model(str(tiny_model_dir), pick_device("cpu"))  # "auto": the precision this machine gets
+    assert {p.dtype for p in loaded.model.parameters()} == {getattr(torch, precision)}
+    greedy = GenerationSettings(max_new_tokens=12, temperature=0, seed=0)
+    result = generate(loaded.model, loaded.tokenizer, "Agree?", n=2, settings=greedy)
+    assert len(result.texts) == 2 and result.texts[0] == result.texts[1]  # greedy: one answer, twice
+    assert all(0 < n <= 12 for n in result.token_counts)
+    summary = drain(heldout_events(loaded.model, loaded.model, loaded.tokenizer, make_pairs(6)))
+    assert summary.precision == precision and summary.pairs == 6
+    assert summary.trained_logp_margin == pytest.approx(summary.base_logp_margin)  # the same model twice
+    assert summary.reward_margin == pytest.approx(0.0, abs=1e-6)
