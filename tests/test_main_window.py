@@ -115,7 +115,7 @@ def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, m
     monkeypatch.setattr(context, "is_converted", lambda folder: False)
     monkeypatch.setattr(context, "prepare_default_model_events", fake_prepare)
     ctx.model_ref = "default"
-    monkeypatch.setattr(ctx.models, "get", lambda ref, on_progress=None: type("L", (), {"name": "stub"})())
+    monkeypatch.setattr(ctx.models, "get", lambda ref: type("L", (), {"name": "stub"})())
     with qtbot.waitSignal(ctx.modelStateChanged, timeout=10_000, check_params_cb=lambda s, d: s == "ready"):
         ctx.load_active_model()
     texts = [t for s, t in seen if s == "loading"]

@@ -66,7 +66,7 @@ class ModelCache:
             return 0.0
         return max((f.stat().st_mtime_ns for f in folder.glob("*.safetensors")), default=0)
 
-    def get(self, ref: str, on_progress=None, device: DeviceChoice | None = None) -> LoadedModel:
+    def get(self, ref: str, device: DeviceChoice | None = None) -> LoadedModel:
         device = device or self.device
         key = (ref, device.dtype)
         stamp = self._stamp(ref)
@@ -78,7 +78,7 @@ class ModelCache:
                 del self._models[old]
             self.on_state("loading", ref, f"Loading {ref}…")
             try:
-                self._models[key] = load_model(ref, device, on_progress=on_progress)
+                self._models[key] = load_model(ref, device)
             except Exception as exc:
                 self.on_state("error", ref, str(exc))
                 raise
