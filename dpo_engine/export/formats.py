@@ -33,8 +33,8 @@ from dpo_engine.export.gguf_lora import write_gguf_lora
 from dpo_engine.export.gguf_vocab import check_tokenizer
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfile, ollama_model_of, ollama_name
-from dpo_engine.export.source import (ExportSource, adapter_config_folder, check_adapter_fits, load_tokenizer_for_export,
-                                      local_folder, merged_model_events, tensor_source)
+from dpo_engine.export.source import (ExportSource, adapter_config_folder, check_adapter_fits,
+                                      load_tokenizer_for_export, local_folder, merged_model_events, tensor_source)
 from dpo_engine.iters import mapped
 
 # what the tokenizer, the metadata and the header add to a GGUF's tensors is at most the size of
