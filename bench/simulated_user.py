@@ -44,7 +44,7 @@ from dpo_engine.models import load_model
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.ranking import ranking_pairs
 from dpo_engine.starter import starter_prompts
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.loop import train

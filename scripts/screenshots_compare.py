@@ -24,7 +24,7 @@ STAGED_VOTES = [("left", 0)] * 5 + [("right", 0)] * 2 + [("tie", 0)]  # 5 wins, 
 
 
 def _train_checkpoint(project_path: Path, out: Path) -> str:
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
     from dpo_engine.train.config import TrainConfig
     from dpo_engine.train.loop import run_training
 

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpo_engine.cli.main import main
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import label, sample_pairs
 
 

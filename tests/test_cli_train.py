@@ -44,7 +44,7 @@ def test_trains_from_a_file_and_writes_metrics(tiny_model_dir, tmp_path):
 
 
 def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
@@ -64,7 +64,7 @@ def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, mon
     """--weight-rankings loads a ranking's pairs at 1/(its pairs) each and records the choice
     with the run, so that a resume loads them alike."""
     import dpo_engine.cli.train as ct
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
@@ -87,7 +87,7 @@ def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, mon
 
 
 def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_path):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:

@@ -15,7 +15,8 @@ from app.controllers.data_controller import DataController, ImportProgress, repo
 from app.pages.data_page import DataPage
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from tests.store_helpers import label, sample_pairs
 
 
@@ -205,7 +206,7 @@ def test_controller_flip_skips_non_pairs_and_undo_is_last_in_first_out(filled):
 
 
 def test_locked_project_opens_read_only(filled, monkeypatch):
-    from dpo_engine.store import project as store
+    from dpo_engine.store import opening as store
     from dpo_engine.errors import ProjectLockedError
 
     real = store.open_project

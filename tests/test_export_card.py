@@ -17,7 +17,8 @@ from dpo_engine.errors import StoreError
 from dpo_engine.export import export_model
 from dpo_engine.export.facts import project_facts, safe_name
 from dpo_engine.export.plots import BLUE, ORANGE, SIZE, nice_ticks
-from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from dpo_engine.winrate import win_rate
 from tests.store_helpers import label
 

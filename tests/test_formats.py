@@ -9,7 +9,7 @@ import pytest
 from dpo_engine.errors import DataError
 from dpo_engine.store.formats import PAIR_FILE_FORMATS, RowError, export_pairs, import_file, read_rows
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import sample_pairs
 
 GOOD_1 = b'{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}'

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dpo_engine.atomic import find_checkpoint, read_manifest, write_checkpoint
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.driver import RunStarted, drive
 from dpo_engine.train.events import StepEvent, TrainSummary

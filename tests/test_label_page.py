@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
 from dpo_engine.generate import GenerationResult, RowEnded, TokenEvent
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.label_helpers import scripted_stream, wait_ready
 
 

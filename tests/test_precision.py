@@ -225,7 +225,7 @@ def test_generate_loads_in_the_requested_precision(tiny_model_dir):
 
 
 def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db, out, metrics = tmp_path / "p.dpo", tmp_path / "run", tmp_path / "m.jsonl"
     with open_project(db) as project:

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from dpo_engine.atomic import find_checkpoint, prev_folder, read_manifest, write_checkpoint
 from dpo_engine.cli.main import main
 from dpo_engine.errors import ModelError, NotAProjectError, StoreError, TrainingError
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import label, sample_pairs
 from tests.train_helpers import make_pairs
 

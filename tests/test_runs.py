@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from dpo_engine.errors import ModelNotFoundError
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.driver import RunStarted, drive

@@ -11,7 +11,7 @@ import pytest
 
 from dpo_engine.errors import ConfigError, DataError, NotAProjectError, ProjectLockedError, StoreError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.store.schema import CURRENT_VERSION, create_v1
 from tests.store_helpers import label, sample_pairs
 
@@ -229,7 +229,7 @@ def test_other_programs_sqlite_file_is_refused(tmp_path):
 
 HOLDER = """
 import sys
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 p = open_project(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()

@@ -13,7 +13,7 @@ from app.pages.model_choice import ModelChoice
 from app.plumbing.context import AppContext
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.events import TrainSummary
 
 

@@ -7,7 +7,7 @@ from PySide6.QtCore import QElapsedTimer, QTimer
 
 from app.main import create_window
 from dpo_engine.models import load_model
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 
 
 def test_start_metrics_plots_stop_and_resume(qtbot, train_window):

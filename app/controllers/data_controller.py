@@ -16,7 +16,7 @@ from PySide6.QtCore import QObject, Signal
 from app.widgets.comparison_table import ComparisonTableModel
 from dpo_engine.errors import DPOStudioError, ProjectLockedError
 from dpo_engine.store.formats import ImportReport, export_pairs, import_file
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.store.project import ComparisonFilter
 
 FLIPPED = {"left": "right", "right": "left"}

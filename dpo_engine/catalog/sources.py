@@ -74,7 +74,7 @@ def default_entries() -> list[CatalogEntry]:
 
 def checkpoint_entries(project_path: str | Path) -> list[CatalogEntry]:
     """One entry per run of the project that left a checkpoint."""
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
     from dpo_engine.train.checkpoints import RUN_FILE
 
     with open_project(project_path, read_only=True) as project:

@@ -27,7 +27,7 @@ ROWS_REJECTED = 2
 def import_cmd(project_path: Path, files: tuple[Path, ...], strict: bool):
     """Import preference pairs or prompt lists from FILES (.jsonl, .csv, .parquet, .txt)."""
     from dpo_engine.store.formats import ImportReport, import_file, read_rows
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     if strict:  # check every file before touching the project
         scanned = [(path, read_rows(path)) for path in files]
@@ -61,7 +61,7 @@ def export_cmd(project_path: Path, out: Path, fmt: str, split: str):
     """Write the project's usable preference pairs to OUT."""
     from dpo_engine.outputs import check_output_path
     from dpo_engine.store.formats import export_pairs
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     check_output_path(out, inputs=[project_path])  # before opening: the project is never at risk
     with open_project(project_path, read_only=True) as project:
@@ -101,7 +101,7 @@ def format_stats(s: dict) -> str:
 def stats_cmd(project_path: Path, as_json: bool):
     """Counts, splits, labeling rate and biases of the project's preference data."""
     from dpo_engine.errors import StoreError
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     if not project_path.exists():
         raise StoreError(f"{project_path} does not exist.")

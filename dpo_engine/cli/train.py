@@ -218,7 +218,7 @@ def train_cmd(**opts):
         config = None  # built once the pairs are counted: the defaults depend on how many there are
     project = None
     if opts["project_path"]:
-        from dpo_engine.store.project import open_project
+        from dpo_engine.store.opening import open_project
 
         # Under `accelerate launch` only the main process writes (and locks) the project.
         project = open_project(opts["project_path"], read_only=not _is_main())

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.winrate import win_rate
 
 

@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Sequence
 
 from dpo_engine.errors import DPOStudioError, TrainingError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import Project, open_project
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import Project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import EvalEvent, PrecisionChosen, StepEvent, TrainSummary
 from dpo_engine.train.loop import StopFlag, train
