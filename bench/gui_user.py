@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         rank_on_screen(app, label, args.prompts, log, shots / "label.png")
         label_s = time.perf_counter() - t0
         with open_project(project_path, read_only=True) as project:
-            counts = project.counts()
+            counts = project.queries.counts()
         log(f"labeled: {counts}")
 
         win.show_page("Train")

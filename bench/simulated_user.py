@@ -209,8 +209,8 @@ def label_project(path: Path, data: dict, weight_rankings: bool = False) -> dict
             ids = [project.add_response(pid, a["text"], "default", finished=a["finished"]) for a in answers]
             order, ties = simulated_ranking(answers)
             project.record_ranking(pid, [ids[i] for i in order], ties)
-        train, held = project.run_pairs(weight_rankings)
-        comparisons = project.counts()["comparisons"]
+        train, held = project.queries.run_pairs(weight_rankings)
+        comparisons = project.queries.counts().comparisons
     return {"train": train, "held": held, "comparisons": comparisons}
 
 

@@ -32,8 +32,8 @@ def labeled(project_file):
 
 def _counts(path) -> tuple[int, int]:
     with open_project(path, read_only=True) as project:
-        s = project.stats()
-        return s["comparisons"], s["pairs"]
+        s = project.queries.stats()
+        return s.comparisons, s.pairs
 
 
 def test_cli_export_onto_the_project_is_refused_and_the_project_survives(labeled):

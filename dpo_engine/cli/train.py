@@ -155,7 +155,7 @@ class MetricsFile:
 def _load_pairs(data: str | None, project, weight_rankings: bool = False):
     if project is None:
         return read_data_file(data), None
-    train, held = project.run_pairs(weight_rankings)
+    train, held = project.queries.run_pairs(weight_rankings)
     return train, held or None
 
 
