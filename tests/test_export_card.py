@@ -281,7 +281,7 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     assert [s for s, _ in acc] == [2, 4]  # eval every 2 steps and at the end
     assert f"| preference accuracy | {acc[0][1]:.1%} | {acc[-1][1]:.1%} |" in card
     assert f"| loss | {loss[0][1]:.4f} | {loss[-1][1]:.4f} |" in card
-    assert f"Run {run['id']} of the project (finished)" in card
+    assert f"Run {run.id} of the project (finished)" in card
     assert "| usable pairs | 10 (train 8, held out 2) |" in card
     assert _png_size(out / "training_loss.png") == SIZE and _png_size(out / "preference_accuracy.png") == SIZE
     # the precision the held-out numbers were scored in (the run's, fp32 here: tests pin it)
