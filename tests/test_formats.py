@@ -98,7 +98,8 @@ def test_prompt_lists_import_as_labeling_prompts(fresh_db, tmp_path, suffix, dat
     path.write_text(data, encoding="utf-8")
     report = import_file(fresh_db, path)
     assert report.kind == "prompts" and report.added == 2 and not report.errors
-    assert sorted(p.prompt for p in fresh_db.queries.prompts()) == [(("user", "Tell me a joke."),), (("user", "What is DPO?"),)]
+    assert sorted(p.prompt for p in fresh_db.queries.prompts()) == [(("user", "Tell me a joke."),),
+                                                                     (("user", "What is DPO?"),)]
     assert fresh_db.queries.stats().comparisons == 0
 
 

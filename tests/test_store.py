@@ -79,8 +79,10 @@ def test_unlabeled_prompts_come_first(fresh_db):
     fresh = fresh_db.add_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "t")
     first = fresh_db.add_prompt("fresh", "test")  # already stored: same id as before
     assert fresh_db.queries.next_prompt() == StoredPrompt(first, (("user", "fresh"),))  # unlabeled, oldest first
-    assert fresh_db.queries.next_prompt(exclude={first}) == StoredPrompt(fresh, (("system", "Be brief."), ("user", "hi")))
-    assert fresh_db.queries.next_prompt(exclude=[first, fresh]) == StoredPrompt(labeled, (("user", "labeled"),))  # then labeled ones
+    assert fresh_db.queries.next_prompt(exclude={first}) == \
+        StoredPrompt(fresh, (("system", "Be brief."), ("user", "hi")))
+    assert fresh_db.queries.next_prompt(exclude=[first, fresh]) == \
+        StoredPrompt(labeled, (("user", "labeled"),))  # then labeled ones
     assert fresh_db.queries.next_prompt(exclude={first, fresh, labeled}) is None
 
 

@@ -93,8 +93,8 @@ class Project:
 
     @contextlib.contextmanager
     def _tx(self):
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up
-        to the connection's busy timeout for another thread), then `db.atomic()` inside; committed on exit."""
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up to the
+        connection's busy timeout for another thread), then `db.atomic()` inside; committed on exit."""
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only; close the other DPO Studio to change it.")
         conn = self.db.conn
