@@ -75,6 +75,18 @@ def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(contr
     assert controller.export_controller(first).model_ref == "/runs/run-1"
 
 
+def test_a_runs_checkpoint_becomes_the_active_model_and_one_without_none_does(controller, monkeypatch):
+    monkeypatch.setattr(controller.ctx, "load_active_model", lambda: None)  # nothing to load at /runs/run-1
+    project = controller.ctx.project
+    saved = project.runs.create({"beta": 0.1})
+    project.runs.finish(saved, "stopped", checkpoint="/runs/run-1")
+    failed = project.runs.create({"beta": 0.1})
+    project.runs.finish(failed, "failed", error="no checkpoint")
+    assert controller.use_checkpoint(failed) is None and controller.ctx.model_ref == "base/model"
+    assert controller.use_checkpoint(saved) == "/runs/run-1" == controller.ctx.model_ref
+    assert controller.use_checkpoint(failed + 1) is None  # no such run
+
+
 def _statements(project, action) -> list[str]:
     """The SQL statements `action()` runs on the project's connection."""
     seen: list[str] = []

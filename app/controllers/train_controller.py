@@ -252,7 +252,7 @@ class TrainController(QObject):
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        self._launch(resume_from=run["checkpoint"])
+        self._launch(resume_from=run.checkpoint)
         return True
 
     def _launch(self, resume_from) -> None:
@@ -389,4 +389,4 @@ class TrainController(QObject):
         if not run or not run.checkpoint:
             return None
         self.ctx.set_active_model(run.checkpoint)
-        return run["checkpoint"]
+        return run.checkpoint
