@@ -50,7 +50,7 @@ def listing_seconds(work: Path) -> float:
 
 def import_seconds(work: Path) -> float:
     from dpo_engine.store.formats import import_file
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     bad = {17: b'{"prompt": "x", "chosen": "y"}', 2500: b"{not json", 7777: b'{"prompt": "x", "chosen": "same", '
            b'"rejected": "same"}', 9000: b'{"prompt": "", "chosen": "a", "rejected": "b"}', 10000: b"[]"}

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         project_path = Path(tmp) / "by-hand.dpo.sqlite"
-        from dpo_engine.store.project import open_project
+        from dpo_engine.store.opening import open_project
 
         with open_project(project_path) as project:  # the person's prompt list (held-out ones kept out)
             project.add_prompts(label_prompts, "starter")
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
         rank_on_screen(app, label, args.prompts, log, shots / "label.png")
         label_s = time.perf_counter() - t0
         with open_project(project_path, read_only=True) as project:
-            counts = project.counts()
+            counts = project.queries.counts()
         log(f"labeled: {counts}")
 
         win.show_page("Train")

@@ -44,7 +44,7 @@ from dpo_engine.models import load_model
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.ranking import ranking_pairs
 from dpo_engine.starter import starter_prompts
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.loop import train
@@ -209,8 +209,8 @@ def label_project(path: Path, data: dict, weight_rankings: bool = False) -> dict
             ids = [project.add_response(pid, a["text"], "default", finished=a["finished"]) for a in answers]
             order, ties = simulated_ranking(answers)
             project.record_ranking(pid, [ids[i] for i in order], ties)
-        train, held = project.run_pairs(weight_rankings)
-        comparisons = project.counts()["comparisons"]
+        train, held = project.queries.run_pairs(weight_rankings)
+        comparisons = project.queries.counts().comparisons
     return {"train": train, "held": held, "comparisons": comparisons}
 
 

@@ -24,12 +24,12 @@ STAGED_VOTES = [("left", 0)] * 5 + [("right", 0)] * 2 + [("tie", 0)]  # 5 wins, 
 
 
 def _train_checkpoint(project_path: Path, out: Path) -> str:
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
     from dpo_engine.train.config import TrainConfig
     from dpo_engine.train.loop import run_training
 
     with open_project(project_path) as project:
-        pairs = [sp.pair for sp in project.training_pairs(split=None)]
+        pairs = [sp.pair for sp in project.queries.training_pairs(split=None)]
         config = TrainConfig(output_dir=str(out), lr=5e-5, max_steps=4, batch_size=2, grad_accum=1,
                              eval_fraction=0.0, device="cpu", warmup_steps=0)
         summary = run_training(config, pairs)
@@ -68,7 +68,7 @@ def shoot_compare_page(path: str | Path) -> Path:
         c.votes = list(STAGED_VOTES)
         c.add_typed_prompt(PROMPT)
         wait_until(app, lambda: c.current is not None and c.current.done and c.current.rewards is not None, 600)
-        c.compute_heldout() if ctx.project.training_pairs(split="eval") else None
+        c.compute_heldout() if ctx.project.queries.training_pairs(split="eval") else None
         c.vote("left" if c.current.after_side == 0 else "right")
         wait_until(app, lambda: not ctx.runner.busy(), 300)
         for _ in range(5):

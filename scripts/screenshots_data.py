@@ -36,7 +36,7 @@ IMPORTED = [
 
 def fill_project(path: Path) -> None:
     from dpo_engine.pairs import PreferencePair
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     with open_project(path) as project:
         project.import_pairs([PreferencePair(((("user", p),)), c, r) for p, c, r in IMPORTED])

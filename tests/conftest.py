@@ -84,7 +84,7 @@ def cpu(monkeypatch, tmp_path):
 @pytest.fixture
 def fresh_db():
     """An empty in-memory project (fast; no file, no lock)."""
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     project = open_project(":memory:")
     yield project
@@ -162,7 +162,7 @@ def lora_run_dir(bpe_model_dir, tmp_path_factory):
 def _fill_project(project_path, n=16):
     """n learnable conversational pairs in a new project file."""
     from dpo_engine.pairs import conversation
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     with open_project(project_path) as p:
         pairs = [conversation(f"Say something {i}", "yes " * (1 + i % 3), "no " * (2 + i % 4)) for i in range(n)]

@@ -321,7 +321,7 @@ def test_models_command_json(stores, tmp_path, monkeypatch):
 def test_models_command_lists_a_projects_checkpoints(tmp_path, tiny_model_dir, monkeypatch):
     import shutil
 
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "none"))

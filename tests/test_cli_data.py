@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from dpo_engine.cli.main import main
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import label, sample_pairs
 
 
@@ -43,14 +43,14 @@ def test_rejected_rows_are_listed_and_exit_non_zero(project_file, good_file, bad
     assert result.exit_code == 2
     assert f"{bad_file}:line 2: missing key 'chosen'" in result.output
     with open_project(project_file) as project:
-        assert project.stats()["pairs"] == 6  # the good rows of both files went in
+        assert project.queries.stats().pairs == 6  # the good rows of both files went in
 
 
 def test_strict_imports_nothing(project_file, good_file, bad_file):
     result = run("import", "--project", project_file, good_file, bad_file, "--strict")
     assert result.exit_code == 2 and "nothing imported" in result.output
     with open_project(project_file) as project:
-        assert project.stats()["comparisons"] == 0
+        assert project.queries.stats().comparisons == 0
 
 
 def test_not_a_project_is_a_clean_error(tmp_path, good_file):
@@ -71,7 +71,7 @@ def test_export_formats(project_file, good_file, tmp_path, fmt, suffix):
     other = tmp_path / "other.sqlite"
     assert run("import", "--project", other, out).exit_code == 0
     with open_project(other) as project:
-        assert project.stats()["pairs"] == 5
+        assert project.queries.stats().pairs == 5
 
 
 def test_export_default_is_trl_conversational(project_file, tmp_path):

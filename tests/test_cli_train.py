@@ -44,7 +44,7 @@ def test_trains_from_a_file_and_writes_metrics(tiny_model_dir, tmp_path):
 
 
 def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
@@ -54,17 +54,17 @@ def test_trains_from_a_project_and_records_the_run(tiny_model_dir, tmp_path):
                   "--batch-size", "2", "--grad-accum", "1"])
     assert result.exit_code == 0, result.output
     with open_project(db, read_only=True) as project:
-        (r,) = project.runs.all()
-        assert r["status"] == "finished" and r["checkpoint"] == str(out.absolute())
-        assert [s for s, _ in project.runs.metrics(r["id"])["loss"]] == [1, 2]
-        assert any(m["ref"] == str(out.absolute()) and m["kind"] == "checkpoint" for m in project.runs.models())
+        (r,) = project.queries.runs()
+        assert r.status == "finished" and r.checkpoint == str(out.absolute())
+        assert [s for s, _ in project.queries.metrics(r.id)["loss"]] == [1, 2]
+        assert any(m.ref == str(out.absolute()) and m.kind == "checkpoint" for m in project.queries.models())
 
 
 def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, monkeypatch):
     """--weight-rankings loads a ranking's pairs at 1/(its pairs) each and records the choice
     with the run, so that a resume loads them alike."""
     import dpo_engine.cli.train as ct
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
@@ -87,7 +87,7 @@ def test_weight_rankings_flag_is_used_and_recorded(tiny_model_dir, tmp_path, mon
 
 
 def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_path):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db = tmp_path / "p.dpo"
     with open_project(db) as project:
@@ -95,7 +95,7 @@ def test_a_setup_error_is_a_clean_message_and_a_failed_run(tiny_model_dir, tmp_p
     result = run(["--project", str(db), "--model", str(tiny_model_dir), "--output", str(tmp_path / "o")])
     assert result.exit_code == 1 and "Error: Only" in result.output and "Traceback" not in result.output
     with open_project(db, read_only=True) as project:
-        assert [r["status"] for r in project.runs.all()] == ["failed"]
+        assert [r.status for r in project.queries.runs()] == ["failed"]
 
 
 def test_flags_are_checked(tiny_model_dir, tmp_path):

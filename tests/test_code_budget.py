@@ -37,7 +37,6 @@ COMPLEXITY = 15
 
 # path (from the repository root): why it is over MODULE_LINES
 LONG_MODULES = {
-    "dpo_engine/store/project.py": "opens the file and queries it: two concerns, to split (issue 36 item 3)",
     "app/controllers/label_controller.py": "verdict actions and the sample-ahead queue, to split (issue 36 item 3)",
 }
 # "path::Qualified.name": why it is over FUNCTION_LINES
@@ -47,7 +46,6 @@ LONG_FUNCTIONS = {
 }
 # "path::Qualified.name": why it is over COMPLEXITY
 COMPLEX_FUNCTIONS = {
-    "dpo_engine/store/project.py::_check_file": "one refusal per kind of file that is not ours, each with its message",
     "dpo_engine/train/loop.py::_setup": "a run's setup (resume, model, data, reference, optimizer): to split",
     "dpo_engine/train/step.py::run_step": "the hot loop: micro-batches, precision, distributed and weighted paths",
     "dpo_engine/catalog/readers.py::shape_from_config": "config keys differ by family: a fallback per field",

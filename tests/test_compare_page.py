@@ -118,8 +118,8 @@ def test_blind_vote_hides_names_then_stores_sides_and_reveals(qtbot, compare, ti
     # a left vote when the trained model was left is a win
     assert page.controller.stats().wins == (1 if rnd.after_side == 0 else 0)
     # the vote is a training pair where it decided something, so a next round can use it
-    assert any(sp.comparison_id == rnd.comparison_id for sp in ctx.project.training_pairs(split=None)), (
-        rnd.texts, ctx.project.training_pairs(split=None))
+    assert any(sp.comparison_id == rnd.comparison_id for sp in ctx.project.queries.training_pairs(split=None)), (
+        rnd.texts, ctx.project.queries.training_pairs(split=None))
 
 
 def test_win_rate_counts_blind_votes_ties_half(qtbot, compare):
@@ -144,7 +144,7 @@ def test_win_rate_counts_blind_votes_ties_half(qtbot, compare):
     qtbot.keyClick(page, Qt.Key.Key_2)
     s = page.controller.stats()
     assert s.votes == 4 and s.unblinded == 1
-    rows = ctx.project.list_comparisons()
+    rows = ctx.project.queries.list_comparisons()
     assert len(rows) == 5 and {r.source for r in rows} == {"compare"}
 
 
@@ -154,14 +154,14 @@ def test_heldout_summary_matches_the_engine(qtbot, compare, tiny_model_dir, trai
     held = [q for q in questions if split_of(prompt_key(normalize_prompt(q))) == "eval"][:4]
     pairs = [PreferencePair((("user", q),), f"Good answer {i}.", f"bad {i}") for i, q in enumerate(held)]
     ctx.project.import_pairs(pairs)
-    assert len(ctx.project.training_pairs(split="eval")) == 4
+    assert len(ctx.project.queries.training_pairs(split="eval")) == 4
     with qtbot.waitSignal(page.controller.heldoutReady, timeout=30_000) as got:
         page.heldout_button.click()
     summary = got.args[0]
     cpu = pick_device("cpu")
     base, trained = load_model(str(tiny_model_dir), cpu), load_model(str(trained_dir), cpu)
     gen = heldout_events(trained.model, base.model, trained.tokenizer,
-                         [sp.pair for sp in ctx.project.training_pairs(split="eval")], beta=0.25)
+                         [sp.pair for sp in ctx.project.queries.training_pairs(split="eval")], beta=0.25)
     expected = drain(gen)
     assert summary == expected
     text = page.heldout_label.text()

@@ -17,7 +17,7 @@ from dpo_engine.errors import DataError, ProjectLockedError
 from dpo_engine.outputs import check_output_path
 from dpo_engine.store.formats import export_pairs
 from dpo_engine.store.lock import ProcessLock
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import label
 
 
@@ -32,8 +32,8 @@ def labeled(project_file):
 
 def _counts(path) -> tuple[int, int]:
     with open_project(path, read_only=True) as project:
-        s = project.stats()
-        return s["comparisons"], s["pairs"]
+        s = project.queries.stats()
+        return s.comparisons, s.pairs
 
 
 def test_cli_export_onto_the_project_is_refused_and_the_project_survives(labeled):
@@ -98,7 +98,7 @@ def test_the_lock_is_the_file_not_the_name(labeled, tmp_path):
         b.release()
 
 
-HOLDER = "import sys\nfrom dpo_engine.store.project import open_project\np = open_project(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.read()\n"
+HOLDER = "import sys\nfrom dpo_engine.store.opening import open_project\np = open_project(sys.argv[1])\nprint('open', flush=True)\nsys.stdin.read()\n"
 
 
 def test_another_process_through_a_symlink_is_locked_out(labeled, tmp_path):

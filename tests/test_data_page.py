@@ -15,7 +15,8 @@ from app.controllers.data_controller import DataController, ImportProgress, repo
 from app.pages.data_page import DataPage
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from tests.store_helpers import label, sample_pairs
 
 
@@ -92,14 +93,14 @@ def test_flip_changes_the_stored_pair_and_undo_restores_it(qtbot, page, filled):
     with qtbot.waitSignal(page.ctx.comparisonsChanged):
         qtbot.mouseClick(page.flip_button, Qt.MouseButton.LeftButton)
     with open_project(path, read_only=True) as project:
-        assert project.comparison(ids["left"]).verdict == "right"
+        assert project.queries.comparison(ids["left"]).verdict == "right"
         assert PreferencePair((("user", "Left prompt"),), "bad", "good") in {
-            p.pair for p in project.training_pairs(None)}
+            p.pair for p in project.queries.training_pairs(None)}
     assert page.selected_ids() == [ids["left"]] and page.right_view.toPlainText() == "bad"
     assert page.detail_titles[2].text() == "Right — chosen"
     qtbot.mouseClick(page.undo_button, Qt.MouseButton.LeftButton)
     with open_project(path, read_only=True) as project:
-        assert project.comparison(ids["left"]).verdict == "left"
+        assert project.queries.comparison(ids["left"]).verdict == "left"
 
 
 def test_delete_then_undo(qtbot, page, filled):
@@ -109,7 +110,7 @@ def test_delete_then_undo(qtbot, page, filled):
     assert page.table.model().rowCount() == 7
     assert page.controller.model.row_of(ids["tie"]) == -1
     with open_project(path, read_only=True) as project:
-        assert project.stats()["by_verdict"]["tie"] == 0
+        assert project.queries.stats().by_verdict["tie"] == 0
     assert page.undo_button.isEnabled()
     qtbot.mouseClick(page.undo_button, Qt.MouseButton.LeftButton)
     assert page.table.model().rowCount() == 8 and page.selected_ids() == [ids["tie"]]
@@ -197,15 +198,15 @@ def test_controller_flip_skips_non_pairs_and_undo_is_last_in_first_out(filled):
     controller.flip([ids["left"], ids["right"]])
     controller.delete([ids["left"]])
     assert controller.undo().kind == "delete"
-    assert controller.project.comparison(ids["left"]).verdict == "right"
+    assert controller.project.queries.comparison(ids["left"]).verdict == "right"
     assert controller.undo().kind == "verdict"
-    assert [controller.project.comparison(i).verdict for i in (ids["left"], ids["right"])] == ["left", "right"]
+    assert [controller.project.queries.comparison(i).verdict for i in (ids["left"], ids["right"])] == ["left", "right"]
     assert controller.undo() is None and len(changes) == 4
     controller.close()
 
 
 def test_locked_project_opens_read_only(filled, monkeypatch):
-    from dpo_engine.store import project as store
+    from dpo_engine.store import opening as store
     from dpo_engine.errors import ProjectLockedError
 
     real = store.open_project
@@ -282,7 +283,7 @@ def test_import_runs_on_the_worker_with_progress_and_the_window_stays_responsive
 
     def contents(project):
         return sorted((r.prompt if isinstance(r.prompt, str) else str(r.prompt), r.left, r.right, r.verdict)
-                      for r in project.list_comparisons())
+                      for r in project.queries.list_comparisons())
 
     assert contents(page.controller.project) == contents(in_place.project)
     assert page.table.model().rowCount() == 10

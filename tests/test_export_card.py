@@ -17,7 +17,9 @@ from dpo_engine.errors import StoreError
 from dpo_engine.export import export_model
 from dpo_engine.export.facts import project_facts, safe_name
 from dpo_engine.export.plots import BLUE, ORANGE, SIZE, nice_ticks
-from dpo_engine.store.project import normalize_prompt, open_project, prompt_key, split_of
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
+from dpo_engine.store.rows import PositionBias
 from dpo_engine.winrate import win_rate
 from tests.store_helpers import label
 
@@ -98,24 +100,24 @@ def test_card_numbers_equal_the_projects(project_path, full_run_dir, tmp_path):
     result = export_model(str(full_run_dir), "hf", out, project=project_path)
     card = (out / "README.md").read_text()
     with open_project(project_path, read_only=True) as p:
-        s = p.stats()
-        assert p.ranking_groups() == 1
+        s = p.queries.stats()
+        assert p.queries.ranking_groups() == 1
     # the fixture's counts, worked out by hand: 6 + 2 labels, 3 ranked (all "left": ranked in id order),
     # 7 live Compare votes + 1 between two other models
-    assert s["comparisons"] == 6 + 2 + 3 + 7 + 1
-    assert s["by_verdict"] == {"left": 2 + 2 + 3 + 3 + 1, "right": 1 + 1, "tie": 1 + 1, "both_bad": 1 + 1,
+    assert s.comparisons == 6 + 2 + 3 + 7 + 1
+    assert s.by_verdict == {"left": 2 + 2 + 3 + 3 + 1, "right": 1 + 1, "tie": 1 + 1, "both_bad": 1 + 1,
                                "skip": 1 + 1}
-    assert s["pairs_by_split"]["eval"] == 2 and s["pairs"] == 3 + 2 + 3 + 4 + 1
-    assert s["position_bias"] == {"left_wins": 2 + 2 + 3, "decided": 3 + 2 + 3, "left_rate": 7 / 8}
-    assert f"| verdicts (comparisons) | {s['comparisons']} (left 11, right 2, tie 2, both bad 2, skip 2) |" in card
+    assert s.pairs_by_split["eval"] == 2 and s.pairs == 3 + 2 + 3 + 4 + 1
+    assert s.position_bias == PositionBias(left_wins=2 + 2 + 3, decided=3 + 2 + 3, left_rate=7 / 8)
+    assert f"| verdicts (comparisons) | {s.comparisons} (left 11, right 2, tie 2, both bad 2, skip 2) |" in card
     assert "| verdicts by source | compare 8, label 11 |" in card
     assert "| usable pairs | 13 (train 11, held out 2) |" in card
-    assert (f"| prompts | {s['prompts']} (train {s['prompts_by_split']['train']}, held out "
-            f"{s['prompts_by_split']['eval']}); {s['labeled_prompts']} labeled |") in card
+    assert (f"| prompts | {s.prompts} (train {s.prompts_by_split['train']}, held out "
+            f"{s.prompts_by_split['eval']}); {s.labeled_prompts} labeled |") in card
     assert "| ranking groups | 1 |" in card
     assert "| position bias | the left answer won 7 of 8 labeled decisions (87.5%) |" in card
-    assert (f"| length bias | chosen answers {s['length']['chosen_mean']:.0f} characters on average, rejected "
-            f"{s['length']['rejected_mean']:.0f} |") in card
+    assert (f"| length bias | chosen answers {s.length.chosen_mean:.0f} characters on average, rejected "
+            f"{s.length.rejected_mean:.0f} |") in card
     # the run whose checkpoint is this folder, not the other one
     assert "Run 2 of the project (finished). Training loss 0.6931 at step 1, 0.4000 at step 10." in card
     assert "| held-out pairs | first eval (step 5) | at the end (step 10) |" in card
@@ -155,7 +157,7 @@ def test_the_curves_are_pngs_of_the_right_size_with_both_series(project_path, fu
 
 def test_facts_find_the_run_by_its_folder_and_count_votes_for_this_model(project_path, full_run_dir):
     facts = project_facts(project_path, str(full_run_dir), full_run_dir, "default")
-    assert facts.run["id"] == 2
+    assert facts.run.id == 2
     assert facts.first_last("eval/rewards/accuracies") == ((5, 0.5), (10, 0.75))
     assert facts.first_last("eval/loss") == ((5, 0.65), (10, 0.58))
     [m] = facts.matchups
@@ -273,13 +275,13 @@ def test_a_real_run_recorded_in_a_project_gets_its_own_numbers(bpe_model_dir, tm
     export_model(checkpoint, "hf", out, project=path)
     card = (out / "README.md").read_text()
     with open_project(path, read_only=True) as p:
-        [run] = p.runs.all()
-        metrics = p.runs.metrics(run["id"])
+        [run] = p.queries.runs()
+        metrics = p.queries.metrics(run.id)
     acc, loss = metrics["eval/rewards/accuracies"], metrics["eval/loss"]
     assert [s for s, _ in acc] == [2, 4]  # eval every 2 steps and at the end
     assert f"| preference accuracy | {acc[0][1]:.1%} | {acc[-1][1]:.1%} |" in card
     assert f"| loss | {loss[0][1]:.4f} | {loss[-1][1]:.4f} |" in card
-    assert f"Run {run['id']} of the project (finished)" in card
+    assert f"Run {run.id} of the project (finished)" in card
     assert "| usable pairs | 10 (train 8, held out 2) |" in card
     assert _png_size(out / "training_loss.png") == SIZE and _png_size(out / "preference_accuracy.png") == SIZE
     # the precision the held-out numbers were scored in (the run's, fp32 here: tests pin it)

@@ -154,7 +154,7 @@ def test_a_missing_parent_folder_is_an_error_naming_it(base, tmp_path, fmt, name
 
 
 def test_the_data_export_does_not_make_folders_either(tmp_path):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     project = tmp_path / "p.sqlite"
     open_project(project).close()

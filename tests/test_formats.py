@@ -9,7 +9,7 @@ import pytest
 from dpo_engine.errors import DataError
 from dpo_engine.store.formats import PAIR_FILE_FORMATS, RowError, export_pairs, import_file, read_rows
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import sample_pairs
 
 GOOD_1 = b'{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}'
@@ -62,7 +62,7 @@ def test_strict_imports_nothing_when_any_row_is_bad(fresh_db, tmp_path):
     path.write_bytes(CATALOG["missing key"][1])
     report = import_file(fresh_db, path, strict=True)
     assert report.refused and report.added == 0 and len(report.errors) == 1
-    assert fresh_db.stats()["comparisons"] == 0 and fresh_db.stats()["prompts"] == 0
+    assert fresh_db.queries.stats().comparisons == 0 and fresh_db.queries.stats().prompts == 0
 
 
 def test_reimport_adds_nothing_and_bom_is_tolerated(fresh_db, tmp_path):
@@ -72,7 +72,7 @@ def test_reimport_adds_nothing_and_bom_is_tolerated(fresh_db, tmp_path):
     assert (first.added, first.duplicates, first.errors) == (2, 1, [])
     again = import_file(fresh_db, path)
     assert (again.added, again.duplicates) == (0, 3)
-    assert fresh_db.stats()["comparisons"] == 2
+    assert fresh_db.queries.stats().comparisons == 2
 
 
 def test_openai_and_implicit_prompt_records_import(fresh_db, tmp_path):
@@ -84,7 +84,7 @@ def test_openai_and_implicit_prompt_records_import(fresh_db, tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in (openai, implicit)), encoding="utf-8")
     assert import_file(fresh_db, path).added == 2
-    assert {p.pair for p in fresh_db.training_pairs(None)} == {
+    assert {p.pair for p in fresh_db.queries.training_pairs(None)} == {
         PreferencePair((("user", "Hi"),), "Hello", "Bye"), PreferencePair((("user", "Q"),), "A", "B")}
 
 
@@ -98,8 +98,9 @@ def test_prompt_lists_import_as_labeling_prompts(fresh_db, tmp_path, suffix, dat
     path.write_text(data, encoding="utf-8")
     report = import_file(fresh_db, path)
     assert report.kind == "prompts" and report.added == 2 and not report.errors
-    assert sorted(p for _, p in fresh_db.prompts()) == [(("user", "Tell me a joke."),), (("user", "What is DPO?"),)]
-    assert fresh_db.stats()["comparisons"] == 0
+    assert sorted(p.prompt for p in fresh_db.queries.prompts()) == [(("user", "Tell me a joke."),),
+                                                                     (("user", "What is DPO?"),)]
+    assert fresh_db.queries.stats().comparisons == 0
 
 
 def test_csv_line_numbers_count_embedded_newlines(tmp_path):
@@ -136,7 +137,7 @@ def test_export_then_import_round_trips(fresh_db, tmp_path, fmt):
     with open_project(":memory:") as other:
         report = import_file(other, out)
         assert report.errors == [] and report.added == len(pairs)
-        back = {p.pair for p in other.training_pairs(None)}
+        back = {p.pair for p in other.queries.training_pairs(None)}
     lossless = fmt in ("trl", "csv")  # OpenAI and mixed Parquet carry chat prompts only
     assert back == ({*pairs} if lossless else {_as_chat(p) for p in pairs})
 
@@ -166,4 +167,4 @@ def test_ten_thousand_rows_with_bad_ones_import_all_the_good_ones(tmp_path):
     with open_project(tmp_path / "big.sqlite") as project:
         report = import_file(project, path)
         assert [e.line for e in report.errors] == sorted(bad_lines)
-        assert report.added == 10_000 - len(bad_lines) == len(project.training_pairs(None))
+        assert report.added == 10_000 - len(bad_lines) == len(project.queries.training_pairs(None))

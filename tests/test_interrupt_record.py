@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from dpo_engine.atomic import find_checkpoint, read_manifest, write_checkpoint
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.rows import StoredRun
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.driver import RunStarted, drive
 from dpo_engine.train.events import StepEvent, TrainSummary
@@ -37,10 +38,15 @@ def project_path(tmp_path):
     return path
 
 
-def _only_run(project_path) -> dict:
+def _only_run(project_path) -> StoredRun:
     with open_project(project_path, read_only=True) as project:
-        (run,) = project.runs.all()
-        return {**run, "models": {m["ref"] for m in project.runs.models() if m["kind"] == "checkpoint"}}
+        (run,) = project.queries.runs()
+        return run
+
+
+def _checkpoints(project_path) -> set[str]:
+    with open_project(project_path, read_only=True) as project:
+        return {m.ref for m in project.queries.models() if m.kind == "checkpoint"}
 
 
 # ----------------------------------------------------------------------------- the CLI, for real
@@ -68,9 +74,9 @@ def test_a_second_interrupt_of_train_project_keeps_the_checkpoint_linked(tiny_mo
     assert child.returncode == 130, rest
     assert "Quit. The last checkpoint" in rest and "Traceback" not in rest
     run = _only_run(project_path)
-    assert run["status"] == "stopped" and run["checkpoint"] == str(out.absolute()), run
-    assert "a second Ctrl-C" in run["error"] and "resume continues" in run["error"]
-    assert read_manifest(out)["step"] >= 1 and run["checkpoint"] in run["models"]
+    assert run.status == "stopped" and run.checkpoint == str(out.absolute()), run
+    assert "a second Ctrl-C" in run.error and "resume continues" in run.error
+    assert read_manifest(out)["step"] >= 1 and run.checkpoint in _checkpoints(project_path)
 
 
 # ----------------------------------------------------------------------------- the driver, in-process
@@ -105,10 +111,10 @@ def test_quitting_a_resumed_run_keeps_the_checkpoint_its_row_had(project_path, t
     checkpoint = _stopped_run(project_path, config)
     events = drive(config, project=project_path, resume_from=checkpoint)
     assert next(e for e in events if isinstance(e, StepEvent)).step == 3  # running again, from step 2
-    assert _only_run(project_path)["status"] == "running"
+    assert _only_run(project_path).status == "running"
     _quit(events, how)
     run = _only_run(project_path)
-    assert run["status"] == "stopped" and run["checkpoint"] == checkpoint, run
+    assert run.status == "stopped" and run.checkpoint == checkpoint, run
     assert find_checkpoint(checkpoint) is not None and read_manifest(checkpoint)["step"] == 2
 
 
@@ -119,8 +125,8 @@ def test_quitting_links_the_checkpoint_the_run_wrote_since_its_row_named_one(pro
     next(e for e in events if isinstance(e, StepEvent) and e.step == 3)  # the step-2 checkpoint is on disk
     _quit(events, "second Ctrl-C")
     run = _only_run(project_path)
-    assert run["status"] == "stopped" and run["checkpoint"] == str((tmp_path / "run").absolute()), run
-    assert read_manifest(run["checkpoint"])["step"] == 2 and "(step 2)" in run["error"]
+    assert run.status == "stopped" and run.checkpoint == str((tmp_path / "run").absolute()), run
+    assert read_manifest(run.checkpoint)["step"] == 2 and "(step 2)" in run.error
 
 
 def test_quitting_before_a_checkpoint_does_not_take_an_older_runs(project_path, tiny_model_dir, tmp_path):
@@ -132,10 +138,10 @@ def test_quitting_before_a_checkpoint_does_not_take_an_older_runs(project_path, 
     assert isinstance(next(events), RunStarted)
     _quit(events, "second Ctrl-C")
     with open_project(project_path, read_only=True) as project:
-        first, second = project.runs.all()
-    assert first["status"] == "finished" and first["checkpoint"] == earlier.checkpoint
-    assert second["status"] == "failed" and second["checkpoint"] is None
-    assert "no checkpoint was written" in second["error"]
+        first, second = project.queries.runs()
+    assert first.status == "finished" and first.checkpoint == earlier.checkpoint
+    assert second.status == "failed" and second.checkpoint is None
+    assert "no checkpoint was written" in second.error
 
 
 # ----------------------------------------------------------------------------- the repair on open
@@ -165,13 +171,13 @@ def test_the_repair_on_open_links_a_run_that_names_no_checkpoint_to_the_one_it_w
         (tmp_path / "c" / "weights.safetensors").write_bytes(b"x")  # no longer matches its manifest
         runs.finish(broken, "stopped")
         with open_project(db) as second:  # the same process again: nothing is repaired
-            assert all(r["checkpoint"] is None for r in second.runs.all())
+            assert all(r.checkpoint is None for r in second.queries.runs())
     with open_project(db) as project:  # a new process
-        rows = {r["id"]: r for r in project.runs.all()}
-        models = {m["ref"] for m in project.runs.models()}
-    assert rows[lost]["checkpoint"] == str(tmp_path / "a") and rows[lost]["status"] == "failed"
-    assert rows[lost]["error"] == "quit at once (a second Ctrl-C)" and str(tmp_path / "a") in models
-    assert rows[before]["checkpoint"] is None and rows[broken]["checkpoint"] is None
+        rows = {r.id: r for r in project.queries.runs()}
+        models = {m.ref for m in project.queries.models()}
+    assert rows[lost].checkpoint == str(tmp_path / "a") and rows[lost].status == "failed"
+    assert rows[lost].error == "quit at once (a second Ctrl-C)" and str(tmp_path / "a") in models
+    assert rows[before].checkpoint is None and rows[broken].checkpoint is None
 
 
 def test_a_damaged_or_unreadable_output_folder_never_stops_the_project_opening(monkeypatch, tmp_path):
@@ -188,9 +194,9 @@ def test_a_damaged_or_unreadable_output_folder_never_stops_the_project_opening(m
     _checkpoint(tmp_path / "shut", 3)
     deny_access(monkeypatch, tmp_path / "shut")
     with open_project(db) as project:
-        rows = {r["id"]: r for r in project.runs.all()}
-    assert rows[crashed]["status"] == "failed" and rows[crashed]["checkpoint"] is None
-    assert rows[quit_]["status"] == "failed" and rows[quit_]["checkpoint"] is None
+        rows = {r.id: r for r in project.queries.runs()}
+    assert rows[crashed].status == "failed" and rows[crashed].checkpoint is None
+    assert rows[quit_].status == "failed" and rows[quit_].checkpoint is None
 
 
 def test_an_interrupt_after_the_run_ended_keeps_it_finished(project_path, tiny_model_dir, tmp_path):
@@ -199,4 +205,4 @@ def test_an_interrupt_after_the_run_ended_keeps_it_finished(project_path, tiny_m
     summary = next(e for e in events if isinstance(e, TrainSummary))
     _quit(events, "second Ctrl-C")
     run = _only_run(project_path)
-    assert run["status"] == "finished" and run["checkpoint"] == summary.checkpoint and run["error"] is None
+    assert run.status == "finished" and run.checkpoint == summary.checkpoint and run.error is None

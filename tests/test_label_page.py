@@ -10,7 +10,7 @@ from PySide6.QtCore import Qt
 import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
 from dpo_engine.generate import GenerationResult, RowEnded, TokenEvent
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.label_helpers import scripted_stream, wait_ready
 
 
@@ -42,7 +42,7 @@ def scripted_batch_stream():
 
 def stored(ctx):
     with open_project(ctx.project_path) as p:
-        return p.list_comparisons()
+        return p.queries.list_comparisons()
 
 
 def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, monkeypatch):
@@ -64,7 +64,7 @@ def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, 
     rows = list(reversed(stored(ctx)))
     assert [r.verdict for r in rows] == [v for v, _, _ in seen]
     with open_project(ctx.project_path) as p:
-        pairs = p.training_pairs(split=None)
+        pairs = p.queries.training_pairs(split=None)
     expected = {(l, r) if v == "left" else (r, l) for v, l, r in seen if v in ("left", "right")}
     assert {(sp.pair.chosen, sp.pair.rejected) for sp in pairs} == expected
     assert page.controller.progress().session == 6
@@ -148,7 +148,7 @@ def test_write_better_answer_becomes_chosen(qtbot, label_window):
     pair = page.controller.current
     assert page.controller.write_better("My ideal answer.", worse_side=1)
     with open_project(ctx.project_path) as p:
-        pairs = p.training_pairs(split=None)
+        pairs = p.queries.training_pairs(split=None)
     assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("My ideal answer.", pair.texts[1])]
 
 
@@ -239,7 +239,7 @@ def test_e_opens_the_editor_and_its_answer_is_stored(qtbot, label_window, monkey
     qtbot.keyClick(page, Qt.Key.Key_E)
     assert opened == [pair.texts[0]]  # it starts from the left answer
     with open_project(ctx.project_path) as p:
-        pairs = p.training_pairs(split=None)
+        pairs = p.queries.training_pairs(split=None)
     assert [(sp.pair.chosen, sp.pair.rejected) for sp in pairs] == [("Mine.", "The right one.")]
 
 

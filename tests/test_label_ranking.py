@@ -6,7 +6,7 @@ from PySide6.QtCore import Qt
 
 import app.controllers.rounds as lc  # the sampler (stream_generate) moved here
 from app.main import create_window
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.label_helpers import scripted_stream, wait_ready
 
 ANSWERS = ["first answer", "second one", "third answer here", "fourth"]
@@ -63,7 +63,7 @@ def test_keyboard_ranking_stores_all_pairs_in_one_group(qtbot, ranking_window):
         (a1, a2): "left", (a1, a3): "tie", (a1, a4): "left",
         (a2, a3): "right", (a2, a4): "right", (a3, a4): "left"}  # left/right in shown order
     with open_project(ctx.project_path) as p:
-        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.training_pairs(None)}
+        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.queries.training_pairs(None)}
     assert pairs == {(a3, a4), (a3, a2), (a1, a4), (a1, a2), (a4, a2)}
     assert page.controller.current is not pair
 
@@ -108,7 +108,7 @@ def test_answers_cut_off_at_the_cap_are_marked_and_stored_unfinished(qtbot, rank
     a1, a2, a3, a4 = ANSWERS
     with open_project(ctx.project_path) as p:
         pairs = {(sp.pair.chosen, sp.pair.rejected): (sp.pair.chosen_finished, sp.pair.rejected_finished)
-                 for sp in p.training_pairs(None)}
+                 for sp in p.queries.training_pairs(None)}
     assert pairs == {(a1, a3): (True, True), (a1, a2): (True, False), (a1, a4): (True, False),
                      (a3, a2): (True, False), (a3, a4): (True, False), (a2, a4): (False, False)}
 
@@ -131,5 +131,5 @@ def test_dragging_the_order_row_ranks_and_enter_saves(qtbot, ranking_window):
     qtbot.keyClick(page, Qt.Key.Key_Return)
     a1, a2, a3, a4 = ANSWERS
     with open_project(ctx.project_path) as p:
-        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.training_pairs(None)}
+        pairs = {(sp.pair.chosen, sp.pair.rejected) for sp in p.queries.training_pairs(None)}
     assert pairs == {(a4, a2), (a4, a1), (a4, a3), (a2, a1), (a2, a3), (a1, a3)}

@@ -35,15 +35,15 @@ def test_ranking_pairs_weigh_one_over_the_pairs_their_ranking_gave(fresh_db):
     other = fresh_db.add_prompt("pick one", "label")
     x, y = (fresh_db.add_response(other, t, "m") for t in ("x", "y"))
     fresh_db.record_comparison(other, x, y, "left")
-    plain = fresh_db.training_pairs(None)
-    weighed = fresh_db.training_pairs(None, weight_rankings=True)
+    plain = fresh_db.queries.training_pairs(None)
+    weighed = fresh_db.queries.training_pairs(None, weight_rankings=True)
     assert [sp.pair.weight for sp in plain] == [1.0] * 6
     assert sorted(sp.pair.weight for sp in weighed) == pytest.approx([0.2] * 5 + [1.0])
     assert [sp.group is None for sp in weighed].count(True) == 1
     assert [sp.pair.chosen for sp in weighed] == [sp.pair.chosen for sp in plain]  # same pairs, same order
-    train, held = fresh_db.run_pairs(weight_rankings=True)  # one query, split as training_pairs splits
-    assert train == [sp.pair for sp in fresh_db.training_pairs("train", True)]
-    assert held == [sp.pair for sp in fresh_db.training_pairs("eval", True)] and len(train) + len(held) == 6
+    train, held = fresh_db.queries.run_pairs(weight_rankings=True)  # one query, split as training_pairs splits
+    assert train == [sp.pair for sp in fresh_db.queries.training_pairs("train", True)]
+    assert held == [sp.pair for sp in fresh_db.queries.training_pairs("eval", True)] and len(train) + len(held) == 6
 
 
 def test_the_run_carries_the_weights_of_the_pairs_it_keeps(tiny_loaded, tmp_path):

@@ -225,7 +225,7 @@ def test_generate_loads_in_the_requested_precision(tiny_model_dir):
 
 
 def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db, out, metrics = tmp_path / "p.dpo", tmp_path / "run", tmp_path / "m.jsonl"
     with open_project(db) as project:
@@ -236,11 +236,11 @@ def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
     assert result.exit_code == 0, result.output
     assert "Training on cpu in bf16 autocast over fp32 weights (bf16: CPU has avx512_bf16" in result.output
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs.all()
-    assert run["config"]["dtype"] == "auto"  # what was asked ...
-    assert run["config"]["precision"]["dtype"] == "bfloat16" and run["config"]["precision"]["autocast"]  # ... what ran
+        (run,) = project.queries.runs()
+    assert run.config["dtype"] == "auto"  # what was asked ...
+    assert run.config["precision"]["dtype"] == "bfloat16" and run.config["precision"]["autocast"]  # ... what ran
     (line,) = [json.loads(x) for x in metrics.read_text().splitlines() if '"precision"' in x]
-    assert line == {"type": "precision", **run["config"]["precision"]}
+    assert line == {"type": "precision", **run.config["precision"]}
     result = cli("train", "--project", str(db), "--model", str(tiny_model_dir), "--output", str(tmp_path / "r2"),
                  "--max-steps", "1", "--device", "cpu", "--dtype", "float16")
     assert result.exit_code == 1 and "loss scaling" in result.output

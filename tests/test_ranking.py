@@ -71,9 +71,9 @@ def test_ranking_is_stored_as_one_group_with_left_right_by_shown_order(fresh_db)
     a, b, c, d = ids
     assert {(l, r): v for l, r, v, _ in rows} == {
         (a, c): "right", (a, d): "tie", (a, b): "left", (c, d): "left", (b, c): "right", (b, d): "right"}
-    chosen = {(p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)}
+    chosen = {(p.pair.chosen, p.pair.rejected) for p in fresh_db.queries.training_pairs(None)}
     assert chosen == {("c", "a"), ("c", "d"), ("c", "b"), ("a", "b"), ("d", "b")}
-    assert fresh_db.stats()["by_verdict"]["tie"] == 1
+    assert fresh_db.queries.stats().by_verdict["tie"] == 1
     # a second ranking gets a new group id
     _, _, second = store_ranking(fresh_db, ["x", "y", "z"], [0, 1, 2], prompt="Q2")
     assert second != group
@@ -82,12 +82,12 @@ def test_ranking_is_stored_as_one_group_with_left_right_by_shown_order(fresh_db)
 def test_undo_removes_the_whole_ranking_and_restore_brings_it_back(fresh_db):
     store_ranking(fresh_db, ["keep1", "keep2"], [0, 1], prompt="other")
     _, _, group = store_ranking(fresh_db, ["a", "b", "c", "d"], [0, 1, 2, 3])
-    assert fresh_db.counts()["comparisons"] == 7
+    assert fresh_db.queries.counts().comparisons == 7
     assert fresh_db.delete_group(group) == 6
-    assert fresh_db.counts()["comparisons"] == 1
-    assert [(p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)] == [("keep1", "keep2")]
+    assert fresh_db.queries.counts().comparisons == 1
+    assert [(p.pair.chosen, p.pair.rejected) for p in fresh_db.queries.training_pairs(None)] == [("keep1", "keep2")]
     fresh_db.restore_group(group)
-    assert len(fresh_db.training_pairs(None)) == 7
+    assert len(fresh_db.queries.training_pairs(None)) == 7
 
 
 def test_a_failing_ranking_writes_nothing(fresh_db):
@@ -97,13 +97,13 @@ def test_a_failing_ranking_writes_nothing(fresh_db):
     foreign = fresh_db.add_response(other, "b", "m")  # answers another prompt
     with pytest.raises(StoreError, match="must both answer"):
         fresh_db.record_ranking(pid, [good, foreign])
-    assert fresh_db.counts()["comparisons"] == 0
+    assert fresh_db.queries.counts().comparisons == 0
 
 
 def test_identical_answers_in_a_ranking_are_no_pair(fresh_db):
     store_ranking(fresh_db, ["same", "same", "other"], [0, 1, 2])
     # same>same teaches nothing; same>other is stored twice with one content hash: one pair
-    assert [(p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)] == [("same", "other")]
+    assert [(p.pair.chosen, p.pair.rejected) for p in fresh_db.queries.training_pairs(None)] == [("same", "other")]
 
 
 def test_export_of_ranked_data_round_trips(fresh_db, tmp_path):

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from dpo_engine.atomic import find_checkpoint, prev_folder, read_manifest, write_checkpoint
 from dpo_engine.cli.main import main
 from dpo_engine.errors import ModelError, NotAProjectError, StoreError, TrainingError
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from tests.store_helpers import label, sample_pairs
 from tests.train_helpers import make_pairs
 
@@ -106,7 +106,7 @@ def test_import_onto_a_full_disk_is_a_message_and_keeps_what_was_saved(disk, tmp
     disk.free()
     with open_project(project, read_only=True) as p:
         assert p.db.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert len(p.training_pairs()) == len(sample_pairs())  # the earlier import is intact
+        assert len(p.queries.training_pairs()) == len(sample_pairs())  # the earlier import is intact
     assert cli("import", "--project", project, big).exit_code == 0  # space again: the retry works
 
 
@@ -118,7 +118,7 @@ def test_a_full_database_is_a_store_error_that_leaves_nothing_half_written(tmp_p
         project.db.conn.execute(f"PRAGMA max_page_count = {pages}")
         with pytest.raises(StoreError, match="full.*Nothing of this change was written"):
             project.import_pairs(make_pairs(300))
-        assert len(project.training_pairs()) == len(sample_pairs())
+        assert len(project.queries.training_pairs()) == len(sample_pairs())
         assert not project.db.conn.in_transaction
 
 
@@ -133,8 +133,8 @@ def test_train_output_on_a_full_disk_fails_with_a_message_and_records_it(disk, t
     assert result.exit_code == 1 and "full" in result.output
     assert not any(p.name.startswith((".out", "out")) for p in disk.where.iterdir())  # no half checkpoint
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs.all()
-        assert run["status"] == "failed" and "full" in run["error"]
+        (run,) = project.queries.runs()
+        assert run.status == "failed" and "full" in run.error
 
 
 def test_a_verdict_that_cannot_be_saved_is_not_acknowledged_and_the_window_says_so(qtbot, tmp_path, tiny_model_dir):
@@ -156,7 +156,7 @@ def test_a_verdict_that_cannot_be_saved_is_not_acknowledged_and_the_window_says_
     pages = project.db.conn.execute("PRAGMA page_count").fetchone()[0]
     project.db.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is full from here on
     project.db.conn.execute("PRAGMA cache_size = 0")
-    before = project.counts()["comparisons"]
+    before = project.queries.counts().comparisons
     for _ in range(50):  # fill the last free page, then the next verdict fails
         if not page.controller.judge("left"):
             break
@@ -167,8 +167,8 @@ def test_a_verdict_that_cannot_be_saved_is_not_acknowledged_and_the_window_says_
     assert box is not None and "full" in box.text() and box.textFormat() == box.textFormat().PlainText
     assert page.controller.current is pair  # the pair stays: the person can retry
     project.db.conn.execute(f"PRAGMA max_page_count = {pages + 1000}")
-    saved = project.counts()["comparisons"]
-    assert page.controller.judge("left") and project.counts()["comparisons"] == saved + 1 > before
+    saved = project.queries.counts().comparisons
+    assert page.controller.judge("left") and project.queries.counts().comparisons == saved + 1 > before
     ctx.shutdown()
 
 
@@ -193,7 +193,7 @@ def test_an_existing_project_on_a_read_only_disk_opens_read_only(disk):
         open_project(path)
     assert not isinstance(refused.value, NotAProjectError)  # it is a project, just not writable here
     with open_project(path, read_only=True) as project:
-        assert len(project.training_pairs()) == len(sample_pairs())
+        assert len(project.queries.training_pairs()) == len(sample_pairs())
     result = cli("stats", "--project", path)
     assert result.exit_code == 0, result.output
 
@@ -238,15 +238,15 @@ def test_a_run_left_running_by_a_crash_is_reconciled_with_its_checkpoint(tmp_pat
         os.replace(tmp_path / "b", prev_folder(tmp_path / "b"))
         _checkpoint(tmp_path / "d", 9, "finished")
         with open_project(db) as second:  # the same process again (another thread): nothing is reconciled
-            assert {r["status"] for r in second.runs.all()} == {"running"}
+            assert {r.status for r in second.queries.runs()} == {"running"}
     with open_project(db) as project:  # a new process after the crash
-        runs = {r["id"]: r for r in project.runs.all()}
-        models = {m["ref"] for m in project.runs.models()}
-    assert runs[with_ckpt]["status"] == "stopped" and runs[with_ckpt]["checkpoint"] == str(tmp_path / "a")
-    assert "step 3" in runs[with_ckpt]["error"]
-    assert runs[in_prev]["status"] == "stopped" and find_checkpoint(tmp_path / "b") == tmp_path / "b"
-    assert runs[nothing]["status"] == "failed" and "before the run wrote a checkpoint" in runs[nothing]["error"]
-    assert runs[final]["status"] == "finished"
+        runs = {r.id: r for r in project.queries.runs()}
+        models = {m.ref for m in project.queries.models()}
+    assert runs[with_ckpt].status == "stopped" and runs[with_ckpt].checkpoint == str(tmp_path / "a")
+    assert "step 3" in runs[with_ckpt].error
+    assert runs[in_prev].status == "stopped" and find_checkpoint(tmp_path / "b") == tmp_path / "b"
+    assert runs[nothing].status == "failed" and "before the run wrote a checkpoint" in runs[nothing].error
+    assert runs[final].status == "finished"
     assert {str(tmp_path / x) for x in "abd"} <= models
 
 
@@ -278,8 +278,8 @@ def test_kill_9_of_train_project_leaves_a_resumable_run(tiny_model_dir, tmp_path
     child.send_signal(signal.SIGKILL)
     child.communicate()  # reaps it and closes its stderr pipe
     with open_project(db) as project:
-        (run,) = project.runs.all()
-    assert run["status"] == "stopped" and run["checkpoint"] == str(out.absolute())
+        (run,) = project.queries.runs()
+    assert run.status == "stopped" and run.checkpoint == str(out.absolute())
     assert read_manifest(out)["step"] >= 2
 
 
@@ -300,8 +300,8 @@ def test_sigterm_of_train_stops_at_the_next_step_and_saves(tiny_model_dir, tmp_p
     assert child.returncode == 0, rest
     assert "Stopped at step" in rest and "Traceback" not in rest
     with open_project(db, read_only=True) as project:
-        (run,) = project.runs.all()
-    assert run["status"] == "stopped" and read_manifest(out)["status"] == "stopped"
+        (run,) = project.queries.runs()
+    assert run.status == "stopped" and read_manifest(out)["status"] == "stopped"
 
 
 # ----------------------------------------------------------------------------- 7. import edge cases
@@ -465,8 +465,8 @@ def test_a_bulk_flip_is_one_transaction_all_or_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(controller.project, "set_verdict", fails_on_the_fourth)
     with pytest.raises(StoreError):
         controller.flip(ids)
-    assert {controller.project.comparison(c).verdict for c in ids} == {"left"}  # none flipped
+    assert {controller.project.queries.comparison(c).verdict for c in ids} == {"left"}  # none flipped
     assert not controller.undo_stack
     monkeypatch.setattr(controller.project, "set_verdict", real)
-    assert controller.flip(ids) == 5 and {controller.project.comparison(c).verdict for c in ids} == {"right"}
+    assert controller.flip(ids) == 5 and {controller.project.queries.comparison(c).verdict for c in ids} == {"right"}
     controller.close()

@@ -148,10 +148,10 @@ def test_label_prompts_least_labeled_first_then_every_starter_once(fresh_db):
 
     expected = starter_prompts()
     random.Random(7).shuffle(expected)  # the injected rng decides the starters' order
-    stored_before = fresh_db.counts()["prompts"]
+    stored_before = fresh_db.queries.counts().prompts
     starters = [source.next() for _ in expected]
     assert [p.text for p in starters] == expected[::-1]  # taken from the end of the shuffled list
-    assert fresh_db.counts()["prompts"] == stored_before + len(expected)  # stored one by one as used
+    assert fresh_db.queries.counts().prompts == stored_before + len(expected)  # stored one by one as used
     assert source.next() is None  # every prompt shown once this session: exhausted
     source.release(first.id)  # dropped before its verdict (a mode switch): it may come again
     assert source.next().id == first.id and source.next() is None
@@ -159,7 +159,7 @@ def test_label_prompts_least_labeled_first_then_every_starter_once(fresh_db):
 
 def test_compare_prompts_heldout_then_starters_with_a_notice_or_typed_only(fresh_db):
     fresh_db.add_prompts([f"Question {i}?" for i in range(40)], "import")
-    heldout = [pid for pid, _ in fresh_db.prompts(split="eval")]
+    heldout = [p.id for p in fresh_db.queries.prompts(split="eval")]
     assert 0 < len(heldout) < 40
     notices = []
     source = ComparePrompts(fresh_db, random.Random(3), on_notice=notices.append)
@@ -491,7 +491,7 @@ def test_label_skip_while_sampling_cancels_and_late_answers_are_not_stored(label
     assert controller.judge("skip") and first_job.cancelled and controller.current is not first
     first_job.run()  # its answers arrive after the skip
     assert not first.done and first.texts == ["", ""]
-    assert host.project.counts()["prompts"] == 3
+    assert host.project.queries.counts().prompts == 3
     assert host.project.db.conn.execute("SELECT count(*) FROM responses").fetchone()[0] == 0
 
 

@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from dpo_engine.errors import ModelNotFoundError
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import StepEvent, TrainSummary
 from dpo_engine.train.driver import RunStarted, drive
@@ -42,12 +42,12 @@ def test_a_run_is_recorded_and_its_events_pass_through(project_path, tiny_model_
     assert started.config.output_dir == out == str(summary.checkpoint)
     steps = [e for e in events if isinstance(e, StepEvent)]
     with open_project(project_path, read_only=True) as project:
-        (run,) = project.runs.all()
-        assert run["id"] == started.run_id and run["status"] == "finished" and run["checkpoint"] == out
-        assert run["config"]["output_dir"] == out  # the stored config names the real folder
-        assert [(s, round(v, 6)) for s, v in project.runs.metrics(run["id"])["loss"]] == \
+        (run,) = project.queries.runs()
+        assert run.id == started.run_id and run.status == "finished" and run.checkpoint == out
+        assert run.config["output_dir"] == out  # the stored config names the real folder
+        assert [(s, round(v, 6)) for s, v in project.queries.metrics(run.id)["loss"]] == \
             [(e.step, round(e.loss, 6)) for e in steps]
-        assert any(m["ref"] == out and m["kind"] == "checkpoint" for m in project.runs.models())
+        assert any(m.ref == out and m.kind == "checkpoint" for m in project.queries.models())
 
 
 def test_a_resume_continues_the_same_run(project_path, tiny_model_dir, tmp_path):
@@ -62,9 +62,9 @@ def test_a_resume_continues_the_same_run(project_path, tiny_model_dir, tmp_path)
     resumed = list(drive(first[0].config, project=project_path, resume_from=first[-1].checkpoint))
     assert resumed[0].run_id == first[0].run_id and resumed[-1].status == "finished"
     with open_project(project_path, read_only=True) as project:
-        (run,) = project.runs.all()
-        assert run["status"] == "finished"
-        assert [s for s, _ in project.runs.metrics(run["id"])["loss"]] == list(range(1, 7))
+        (run,) = project.queries.runs()
+        assert run.status == "finished"
+        assert [s for s, _ in project.queries.metrics(run.id)["loss"]] == list(range(1, 7))
 
 
 def test_a_run_that_cannot_start_is_recorded_failed_with_the_reason(project_path, tmp_path):
@@ -72,5 +72,5 @@ def test_a_run_that_cannot_start_is_recorded_failed_with_the_reason(project_path
         list(drive(settings(tmp_path / "no-such-model"), project=project_path,
                    output_for_run=lambda run_id: tmp_path / f"run-{run_id}"))
     with open_project(project_path, read_only=True) as project:
-        (run,) = project.runs.all()
-        assert run["status"] == "failed" and "no-such-model" in run["error"]
+        (run,) = project.queries.runs()
+        assert run.status == "failed" and "no-such-model" in run.error

@@ -11,7 +11,8 @@ import pytest
 
 from dpo_engine.errors import ConfigError, DataError, NotAProjectError, ProjectLockedError, StoreError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.rows import Counts, LengthMeans, PositionBias, StoredPrompt
 from dpo_engine.store.schema import CURRENT_VERSION, create_v1
 from tests.store_helpers import label, sample_pairs
 
@@ -22,9 +23,9 @@ def test_verdicts_map_to_chosen_and_rejected(fresh_db):
     for verdict in ("tie", "both_bad", "skip"):
         label(fresh_db, f"q-{verdict}", "x", "y", verdict)
     label(fresh_db, "q-same", "same text", "same text", "left")  # nothing to prefer
-    pairs = {p.pair.prompt_text: (p.pair.chosen, p.pair.rejected) for p in fresh_db.training_pairs(None)}
+    pairs = {p.pair.prompt_text: (p.pair.chosen, p.pair.rejected) for p in fresh_db.queries.training_pairs(None)}
     assert pairs == {"q1": ("L1", "R1"), "q2": ("R2", "L2")}
-    assert fresh_db.stats()["by_verdict"] == {"left": 2, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
+    assert fresh_db.queries.stats().by_verdict == {"left": 2, "right": 1, "tie": 1, "both_bad": 1, "skip": 1}
 
 
 def test_cut_off_answers_reach_training_as_unfinished(fresh_db):
@@ -36,7 +37,7 @@ def test_cut_off_answers_reach_training_as_unfinished(fresh_db):
     legacy = fresh_db.add_response(pid, "no settings", "m")
     fresh_db.record_comparison(pid, cut, done, "right")  # the finished answer (right) wins
     fresh_db.record_comparison(pid, cut, legacy, "left")  # the cut-off answer (left) wins
-    (a, b) = [sp.pair for sp in fresh_db.training_pairs(None)]
+    (a, b) = [sp.pair for sp in fresh_db.queries.training_pairs(None)]
     assert (a.chosen, a.chosen_finished, a.rejected, a.rejected_finished) == ("short", True, "long long long", False)
     assert (b.chosen, b.chosen_finished, b.rejected, b.rejected_finished) == ("long long long", False, "no settings",
                                                                               True)
@@ -46,7 +47,7 @@ def test_labeling_prompt_becomes_a_user_message_and_is_stored_once(fresh_db):
     a = fresh_db.add_prompt("Hello", "starter")
     ids = fresh_db.add_prompts(["Hello", [{"role": "user", "content": "Hello"}], "Other"], "starter")
     assert ids[0] == ids[1] == a and ids[2] != a
-    assert dict(fresh_db.prompts())[a] == (("user", "Hello"),)
+    assert {p.id: p.prompt for p in fresh_db.queries.prompts()}[a] == (("user", "Hello"),)
 
 
 @pytest.mark.parametrize("bad", ["", "   ", [], [{"role": "wizard", "content": "x"}], [{"content": "x"}]])
@@ -73,23 +74,25 @@ def test_unlabeled_prompts_come_first(fresh_db):
     fresh_db.add_prompt("fresh", "test")
     a, b = (fresh_db.add_response(labeled, t, "m", None) for t in ("x", "y"))
     fresh_db.record_comparison(labeled, a, b, "left")
-    assert [pid for pid, _ in fresh_db.prompts()][-1] == labeled
-    assert [pid for pid, _ in fresh_db.prompts(unlabeled_first=False)][0] == labeled
+    assert [p.id for p in fresh_db.queries.prompts()][-1] == labeled
+    assert [p.id for p in fresh_db.queries.prompts(unlabeled_first=False)][0] == labeled
     fresh = fresh_db.add_prompt([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}], "t")
     first = fresh_db.add_prompt("fresh", "test")  # already stored: same id as before
-    assert fresh_db.next_prompt() == (first, (("user", "fresh"),))  # unlabeled, oldest first
-    assert fresh_db.next_prompt(exclude={first}) == (fresh, (("system", "Be brief."), ("user", "hi")))
-    assert fresh_db.next_prompt(exclude=[first, fresh]) == (labeled, (("user", "labeled"),))  # then labeled ones
-    assert fresh_db.next_prompt(exclude={first, fresh, labeled}) is None
+    assert fresh_db.queries.next_prompt() == StoredPrompt(first, (("user", "fresh"),))  # unlabeled, oldest first
+    assert fresh_db.queries.next_prompt(exclude={first}) == \
+        StoredPrompt(fresh, (("system", "Be brief."), ("user", "hi")))
+    assert fresh_db.queries.next_prompt(exclude=[first, fresh]) == \
+        StoredPrompt(labeled, (("user", "labeled"),))  # then labeled ones
+    assert fresh_db.queries.next_prompt(exclude={first, fresh, labeled}) is None
 
 
 def test_delete_restore_and_flip(fresh_db):
     cid = label(fresh_db, "q", "L", "R", "left")
     fresh_db.delete_comparison(cid)
-    assert fresh_db.training_pairs(None) == [] and fresh_db.stats()["comparisons"] == 0
+    assert fresh_db.queries.training_pairs(None) == [] and fresh_db.queries.stats().comparisons == 0
     fresh_db.restore_comparison(cid)
     fresh_db.set_verdict(cid, "right")
-    [stored] = fresh_db.training_pairs(None)
+    [stored] = fresh_db.queries.training_pairs(None)
     assert (stored.pair.chosen, stored.pair.rejected, stored.comparison_id) == ("R", "L", cid)
     with pytest.raises(StoreError, match="does not exist"):
         fresh_db.delete_comparison(cid + 100)
@@ -107,7 +110,7 @@ def test_record_comparison_validates(fresh_db):
     with pytest.raises(StoreError, match="must both answer prompt"):
         fresh_db.record_comparison(pid, a, c, "left")
     cid = fresh_db.record_comparison(pid, a, b, "tie", strength=0.5, note="meh", group=7)
-    row = fresh_db.comparison(cid)
+    row = fresh_db.queries.comparison(cid)
     assert (row.strength, row.note, row.group, row.source) == (0.5, "meh", 7, "label")
 
 
@@ -115,9 +118,9 @@ def test_imported_pairs_are_deduplicated_by_content(fresh_db):
     pairs = sample_pairs()
     assert fresh_db.import_pairs(pairs + pairs[:2]) == (len(pairs), 2)
     assert fresh_db.import_pairs(pairs) == (0, len(pairs))
-    assert sorted(p.pair.content_hash() for p in fresh_db.training_pairs(None)) == \
+    assert sorted(p.pair.content_hash() for p in fresh_db.queries.training_pairs(None)) == \
         sorted(p.content_hash() for p in pairs)
-    assert fresh_db.stats()["by_source"] == {"import": len(pairs)}
+    assert fresh_db.queries.stats().by_source == {"import": len(pairs)}
 
 
 def test_stats_position_and_length_bias(fresh_db):
@@ -126,11 +129,11 @@ def test_stats_position_and_length_bias(fresh_db):
     label(fresh_db, "q3", "aa", "b", "right")
     label(fresh_db, "q4", "aa", "b", "tie")
     fresh_db.add_prompt("unlabeled", "test")
-    s = fresh_db.stats()
-    assert s["position_bias"] == {"left_wins": 2, "decided": 3, "left_rate": 2 / 3}
-    assert s["length"] == {"chosen_mean": (11 + 1 + 1) / 3, "rejected_mean": (1 + 3 + 2) / 3}
-    assert (s["prompts"], s["labeled_prompts"], s["pairs"], s["comparisons"]) == (5, 4, 3, 4)
-    assert s["labeled_fraction"] == 4 / 5
+    s = fresh_db.queries.stats()
+    assert s.position_bias == PositionBias(left_wins=2, decided=3, left_rate=2 / 3)
+    assert s.length == LengthMeans(chosen_mean=(11 + 1 + 1) / 3, rejected_mean=(1 + 3 + 2) / 3)
+    assert (s.prompts, s.labeled_prompts, s.pairs, s.comparisons) == (5, 4, 3, 4)
+    assert s.labeled_fraction == 4 / 5
 
 
 def test_runs_metrics_and_models(fresh_db):
@@ -138,30 +141,47 @@ def test_runs_metrics_and_models(fresh_db):
     fresh_db.runs.log_metrics(run, 1, {"loss": 0.69, "rewards/chosen": 0.0})
     fresh_db.runs.log_metrics(run, 2, {"loss": 0.5, "rewards/chosen": 0.2})
     fresh_db.runs.finish(run, "finished", checkpoint="/ckpt/1")
-    [r] = fresh_db.runs.all()
-    assert (r["status"], r["config"]["beta"], r["checkpoint"]) == ("finished", 0.1, "/ckpt/1")
-    assert r["ended"] >= r["started"]
-    assert fresh_db.runs.metrics(run) == {"loss": [(1, 0.69), (2, 0.5)], "rewards/chosen": [(1, 0.0), (2, 0.2)]}
+    [r] = fresh_db.queries.runs()
+    assert (r.status, r.config["beta"], r.checkpoint) == ("finished", 0.1, "/ckpt/1")
+    assert r.ended >= r.started
+    assert fresh_db.queries.metrics(run) == {"loss": [(1, 0.69), (2, 0.5)], "rewards/chosen": [(1, 0.0), (2, 0.2)]}
     base = fresh_db.runs.add_model("default", "base")
     ckpt = fresh_db.runs.add_model("/ckpt/1", "checkpoint", parent="default", run_id=run)
     assert fresh_db.runs.add_model("default", "base") == base
-    assert [(m["id"], m["kind"], m["parent"], m["run_id"]) for m in fresh_db.runs.models()] == \
+    assert [(m.id, m.kind, m.parent, m.run_id) for m in fresh_db.queries.models()] == \
         [(base, "base", None, None), (ckpt, "checkpoint", "default", run)]
     with pytest.raises(ConfigError):
         fresh_db.runs.finish(run, "exploded")
+
+
+def test_run_summaries_carry_each_series_last_point(fresh_db):
+    """The last point is the one `metrics` lists last: highest step, and of a step logged again
+    (a resume re-runs the steps after its checkpoint) the later record."""
+    a = fresh_db.runs.create({})
+    for step, loss in ((1, 0.7), (2, 0.6), (3, 0.5)):
+        fresh_db.runs.log_metrics(a, step, {"loss": loss, "rewards/chosen": 0.1 * step})
+    fresh_db.runs.log_metrics(a, 3, {"loss": 0.45})  # step 3 again, after a resume
+    fresh_db.runs.log_metrics(a, 2, {"eval/loss": 0.8})
+    b = fresh_db.runs.create({})  # logged nothing
+    summaries = fresh_db.queries.run_summaries(["loss", "eval/loss", "loss"])
+    assert [s.run for s in summaries] == fresh_db.queries.runs() == [fresh_db.queries.run(a), fresh_db.queries.run(b)]
+    assert summaries[0].last == {"loss": (3, 0.45), "eval/loss": (2, 0.8)}  # only the names asked for
+    assert summaries[0].last["loss"] == fresh_db.queries.metrics(a)["loss"][-1]
+    assert (summaries[1].last, summaries[1].value("loss")) == ({}, None)
+    assert fresh_db.queries.run(b + 1) is None and fresh_db.queries.run_summaries([])[0].last == {}
 
 
 def test_run_config_updates_and_a_missing_run(fresh_db):
     run = fresh_db.runs.create({"beta": 0.1})
     fresh_db.runs.set_config(run, {"beta": 0.2, "output_dir": "/out/run-1"})
     fresh_db.runs.annotate(run, precision={"dtype": "float32"})
-    [r] = fresh_db.runs.all()
-    assert r["config"] == {"beta": 0.2, "output_dir": "/out/run-1", "precision": {"dtype": "float32"}}
+    [r] = fresh_db.queries.runs()
+    assert r.config == {"beta": 0.2, "output_dir": "/out/run-1", "precision": {"dtype": "float32"}}
     for change in (lambda: fresh_db.runs.finish(run + 1, "failed"), lambda: fresh_db.runs.set_config(run + 1, {}),
                    lambda: fresh_db.runs.annotate(run + 1, x=1)):
         with pytest.raises(ConfigError, match=f"No run {run + 1} in this project"):
             change()
-    assert [r["status"] for r in fresh_db.runs.all()] == ["running"]  # nothing else changed
+    assert [r.status for r in fresh_db.queries.runs()] == ["running"]  # nothing else changed
 
 
 def test_file_settings_and_durability(project_file):
@@ -172,7 +192,7 @@ def test_file_settings_and_durability(project_file):
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         cid = label(project, "q", "a", "b", "left")
     with open_project(project_file) as project:
-        assert project.comparison(cid).verdict == "left"
+        assert project.queries.comparison(cid).verdict == "left"
 
 
 def test_each_thread_opens_its_own_project(project_file):
@@ -190,7 +210,7 @@ def test_each_thread_opens_its_own_project(project_file):
     t.start()
     t.join()
     assert not errors
-    assert [p.pair.chosen for p in main.training_pairs(None)] == ["b"]
+    assert [p.pair.chosen for p in main.queries.training_pairs(None)] == ["b"]
     main.close()
 
 
@@ -229,7 +249,7 @@ def test_other_programs_sqlite_file_is_refused(tmp_path):
 
 HOLDER = """
 import sys
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 p = open_project(sys.argv[1])
 print("ready", flush=True)
 sys.stdin.readline()
@@ -246,7 +266,7 @@ def test_second_process_is_told_who_holds_the_project(project_file):
         with pytest.raises(ProjectLockedError, match=f"pid {child.pid}"):
             open_project(project_file)
         with open_project(project_file, read_only=True) as ro:  # reading still works
-            assert len(ro.training_pairs(None)) == 1
+            assert len(ro.queries.training_pairs(None)) == 1
             with pytest.raises(StoreError, match="read-only"):
                 label(ro, "q2", "a", "b", "left")
     finally:
@@ -266,12 +286,12 @@ def test_migration_from_version_1(project_file):
     conn.close()
     with open_project(project_file) as project:
         assert project.db.conn.execute("PRAGMA user_version").fetchone()[0] == CURRENT_VERSION == 3
-        [stored] = project.training_pairs(None)
+        [stored] = project.queries.training_pairs(None)
         assert stored.pair == PreferencePair((("user", "Hi"),), "Go away.", "Hello!")
         # the backfilled hash recognises the same pair when it is imported again
         assert project.import_pairs([stored.pair]) == (0, 1)
         project.delete_comparison(2)  # the new soft-delete column works on old rows
-        assert project.stats()["comparisons"] == 1
+        assert project.queries.stats().comparisons == 1
 
 
 def test_migration_from_version_2_moves_finished_into_a_column(project_file):
@@ -298,7 +318,7 @@ def test_migration_from_version_2_moves_finished_into_a_column(project_file):
         for left, right in ((1, 2), (1, 3), (4, 1)):
             project.record_comparison(1, left, right, "left")
         flags = [(sp.pair.chosen, sp.pair.chosen_finished, sp.pair.rejected_finished)
-                 for sp in project.training_pairs(None)]
+                 for sp in project.queries.training_pairs(None)]
         assert flags == [("cut", False, True), ("cut", False, True), ("odd", True, False)]
 
 
@@ -307,7 +327,7 @@ def test_counts_agree_with_stats(fresh_db):
     label(fresh_db, "q", "a", "b", "tie")
     cid = label(fresh_db, "q2", "a", "b", "left")
     fresh_db.delete_comparison(cid)
-    s, c = fresh_db.stats(), fresh_db.counts()
-    assert c == {"prompts": s["prompts"], "comparisons": s["comparisons"],
-                 "train_pairs": s["pairs_by_split"]["train"], "eval_pairs": s["pairs_by_split"]["eval"]}
-    assert c["comparisons"] == len(sample_pairs()) + 1
+    s, c = fresh_db.queries.stats(), fresh_db.queries.counts()
+    assert c == Counts(prompts=s.prompts, comparisons=s.comparisons,
+                      train_pairs=s.pairs_by_split["train"], eval_pairs=s.pairs_by_split["eval"])
+    assert c.comparisons == len(sample_pairs()) + 1

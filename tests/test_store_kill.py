@@ -10,13 +10,13 @@ import sys
 import time
 from pathlib import Path
 
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 
 REPO = Path(__file__).resolve().parents[1]
 
 LABELER = """
 import sys
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 project = open_project(sys.argv[1])
 round_ = sys.argv[2]
 i = 0

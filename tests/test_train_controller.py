@@ -13,7 +13,7 @@ from app.pages.model_choice import ModelChoice
 from app.plumbing.context import AppContext
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.train.events import TrainSummary
 
 
@@ -59,7 +59,7 @@ def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(contr
     project.runs.finish(second, "failed", error="No model at /nowhere")
     rows = controller.run_rows()
     assert [r.run_id for r in rows] == [second, first]
-    started = dt.datetime.fromtimestamp(project.runs.all()[0]["started"]).strftime("%Y-%m-%d %H:%M")
+    started = dt.datetime.fromtimestamp(project.queries.runs()[0].started).strftime("%Y-%m-%d %H:%M")
     assert rows[1].cells == (str(first), "stopped", started, "2", "0.6000", "1.00", "/runs/run-1")  # eval accuracy
     assert rows[0].cells[1:] == ("failed", rows[0].cells[2], "0", "", "", "")
     assert rows[0].error == "No model at /nowhere"
@@ -73,6 +73,50 @@ def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(contr
     assert [k for k, _ in overlaid] == ["live", f"run-{second}"]
     assert controller.export_controller(second) is None
     assert controller.export_controller(first).model_ref == "/runs/run-1"
+
+
+def test_a_runs_checkpoint_becomes_the_active_model_and_one_without_none_does(controller, monkeypatch):
+    monkeypatch.setattr(controller.ctx, "load_active_model", lambda: None)  # nothing to load at /runs/run-1
+    project = controller.ctx.project
+    saved = project.runs.create({"beta": 0.1})
+    project.runs.finish(saved, "stopped", checkpoint="/runs/run-1")
+    failed = project.runs.create({"beta": 0.1})
+    project.runs.finish(failed, "failed", error="no checkpoint")
+    assert controller.use_checkpoint(failed) is None and controller.ctx.model_ref == "base/model"
+    assert controller.use_checkpoint(saved) == "/runs/run-1" == controller.ctx.model_ref
+    assert controller.use_checkpoint(failed + 1) is None  # no such run
+
+
+def _statements(project, action) -> list[str]:
+    """The SQL statements `action()` runs on the project's connection."""
+    seen: list[str] = []
+    project.db.conn.set_trace_callback(seen.append)
+    try:
+        action()
+    finally:
+        project.db.conn.set_trace_callback(None)
+    return seen
+
+
+def test_the_run_history_costs_the_same_queries_for_one_run_or_many(controller):
+    """Two statements read data (the runs, the last points of their metrics), never one per run: the
+    list is rebuilt after every run and a project keeps every run it ever trained. (sqlite-utils also
+    looks its tables up in the catalog, a fixed number of times.)"""
+    project = controller.ctx.project
+
+    def add_runs(n: int) -> None:
+        for _ in range(n):
+            run = project.runs.create({"beta": 0.1})
+            project.runs.log_metrics(run, 1, {"loss": 0.7, "rewards/accuracies": 0.5})
+            project.runs.finish(run, "finished", checkpoint=f"/runs/run-{run}")
+
+    add_runs(1)
+    one = _statements(project, controller.run_rows)
+    add_runs(30)
+    many = _statements(project, controller.run_rows)
+    assert len(one) == len(many), many
+    assert len([s for s in many if "sqlite_master" not in s]) == 2, many
+    assert len(controller.run_rows()) == 31
 
 
 def test_the_end_of_a_run_in_one_line(controller):

@@ -7,7 +7,7 @@ from PySide6.QtCore import QElapsedTimer, QTimer
 
 from app.main import create_window
 from dpo_engine.models import load_model
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 
 
 def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
@@ -25,11 +25,11 @@ def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
         page.stop_button.click()
     summary = blocker.args[0]
     assert summary.status == "stopped"
-    run = ctx.project.runs.all()[-1]
-    assert run["status"] == "stopped" and run["checkpoint"] == summary.checkpoint
-    loaded = load_model(run["checkpoint"])  # a loadable model folder
+    run = ctx.project.queries.runs()[-1]
+    assert run.status == "stopped" and run.checkpoint == summary.checkpoint
+    loaded = load_model(run.checkpoint)  # a loadable model folder
     assert loaded.resolved.kind == "folder"
-    assert ctx.project.runs.metrics(run["id"])["loss"]
+    assert ctx.project.queries.metrics(run.id)["loss"]
     # resume continues the same run from its step
     qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
     page.runs_table.selectRow(0)
@@ -40,7 +40,7 @@ def test_start_metrics_plots_stop_and_resume(qtbot, train_window):
     with qtbot.waitSignal(page.controller.finished, timeout=120_000) as blocker:
         page.stop_button.click()
     assert blocker.args[0].step > stopped_at
-    steps = [s for s, _ in ctx.project.runs.metrics(run["id"])["loss"]]
+    steps = [s for s, _ in ctx.project.queries.metrics(run.id)["loss"]]
     assert steps == sorted(steps) and len(set(steps)) == len(steps)  # one loss per step, no gap re-run
 
 
@@ -61,7 +61,7 @@ def test_failure_shows_reason_and_app_keeps_running(qtbot, train_window, tmp_pat
     with qtbot.waitSignal(page.controller.failed, timeout=60_000):
         page.train_button.click()
     assert "No model at" in page.ready_label.text()
-    assert ctx.project.runs.all()[-1]["status"] == "failed"
+    assert ctx.project.queries.runs()[-1].status == "failed"
     qtbot.waitUntil(lambda: page.train_button.isEnabled(), timeout=10_000)  # can try again
 
 
@@ -104,9 +104,9 @@ def test_closing_the_window_mid_run_saves_a_resumable_checkpoint(qtbot, train_wi
     qtbot.waitUntil(lambda: not win.isVisible(), timeout=120_000)
     assert not ctx.runner._thread.isRunning()  # the worker ended before the window closed
     with open_project(tmp_path / "p.sqlite", read_only=True) as project:
-        run = project.runs.all()[-1]
-    assert run["status"] == "stopped" and run["checkpoint"]
-    assert load_model(run["checkpoint"]).resolved.kind == "folder"
+        run = project.queries.runs()[-1]
+    assert run.status == "stopped" and run.checkpoint
+    assert load_model(run.checkpoint).resolved.kind == "folder"
 
 
 def test_the_loss_plot_marks_ln2_and_says_how_far_the_first_point_may_sit(qtbot):
@@ -135,7 +135,7 @@ def test_gradient_checkpointing_trains_on_a_bf16_cpu(qtbot, cpu, train_window):
         page.train_button.click()
     summary = blocker.args[0]
     assert summary.status == "finished", summary.reason
-    run = ctx.project.runs.all()[-1]
-    config = run["config"]
+    run = ctx.project.queries.runs()[-1]
+    config = run.config
     assert config["gradient_checkpointing"] is True and config["precision"]["dtype"] == "bfloat16"
-    assert run["status"] == "finished" and load_model(run["checkpoint"]).resolved.kind == "folder"
+    assert run.status == "finished" and load_model(run.checkpoint).resolved.kind == "folder"

@@ -129,8 +129,8 @@ class CompareController(QObject):
     # ------------------------------------------------------------------ models
     def checkpoints(self) -> list[str]:
         """Checkpoint refs of this project, newest first."""
-        rows = [r for r in self.ctx.project.runs.models() if r["kind"] == "checkpoint"]
-        return [r["ref"] for r in reversed(rows)]
+        rows = [r for r in self.ctx.project.queries.models() if r.kind == "checkpoint"]
+        return [r.ref for r in reversed(rows)]
 
     def model_options(self) -> ModelOptions:
         checkpoints = self.checkpoints()
@@ -390,7 +390,7 @@ class CompareController(QObject):
         if self.no_model_reason():
             self.message.emit(self.no_model_reason())
             return False
-        pairs = [sp.pair for sp in self.ctx.project.training_pairs(split="eval")]
+        pairs = [sp.pair for sp in self.ctx.project.queries.training_pairs(split="eval")]
         if not pairs:
             self.message.emit("No held-out pairs yet: about 1 in 10 labeled prompts is held out. Label more.")
             return False

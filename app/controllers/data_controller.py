@@ -16,8 +16,8 @@ from PySide6.QtCore import QObject, Signal
 from app.widgets.comparison_table import ComparisonTableModel
 from dpo_engine.errors import DPOStudioError, ProjectLockedError
 from dpo_engine.store.formats import ImportReport, export_pairs, import_file
-from dpo_engine.store.project import open_project
-from dpo_engine.store.project import ComparisonFilter
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.queries import ComparisonFilter
 
 FLIPPED = {"left": "right", "right": "left"}
 
@@ -161,17 +161,17 @@ class DataController(QObject):
         """One line under the table: what is shown and what it adds up to."""
         if self.project is None:
             return self.notice
-        c = self.project.counts()
-        text = (f"Showing {self.model.total} of {c['comparisons']} comparisons · "
-                f"{c['train_pairs'] + c['eval_pairs']} usable pairs (train {c['train_pairs']}, "
-                f"eval {c['eval_pairs']}) · {c['prompts']} prompts")
+        c = self.project.queries.counts()
+        text = (f"Showing {self.model.total} of {c.comparisons} comparisons · "
+                f"{c.train_pairs + c.eval_pairs} usable pairs (train {c.train_pairs}, "
+                f"eval {c.eval_pairs}) · {c.prompts} prompts")
         return f"{text} · {self.notice}" if self.notice else text
 
     # -- edits
     def flip(self, cids: list[int]) -> int:
         """Swap left/right verdicts (others are left alone); returns how many flipped."""
         old = [(cid, row.verdict) for cid in cids
-               if (row := self.project.comparison(cid)) is not None and row.verdict in FLIPPED]
+               if (row := self.project.queries.comparison(cid)) is not None and row.verdict in FLIPPED]
         with self.project.transaction():  # one action, one transaction: all flipped or none
             for cid, verdict in old:
                 self.project.set_verdict(cid, FLIPPED[verdict])

@@ -502,12 +502,12 @@ class LabelController(QObject):
 
     # ------------------------------------------------------------------ progress
     def progress(self) -> LabelProgress:
-        counts = self.ctx.project.counts()
+        counts = self.ctx.project.queries.counts()
         minutes = max((time.monotonic() - self.session_start) / 60, 1e-9)
-        usable = counts["train_pairs"] + counts["eval_pairs"]
+        usable = counts.train_pairs + counts.eval_pairs
         return LabelProgress(
             session=self.session_count,
-            total=counts["comparisons"],
+            total=counts.comparisons,
             usable=usable,
             per_minute=self.session_count / minutes if self.session_count else 0.0,
             enough=usable >= ENOUGH_PAIRS,

@@ -184,10 +184,10 @@ class LabelPrompts(PromptSource):
         self.used.discard(prompt_id)
 
     def _next_own(self) -> Prompt | None:
-        found = self.project.next_prompt(exclude=self.used)
+        found = self.project.queries.next_prompt(exclude=self.used)
         if found is None:
             return self._take("starter", _starters, skip=self.used)
-        pid, prompt = found
+        pid, prompt = found.id, found.prompt
         if isinstance(prompt, str):
             return Prompt(pid, prompt, prompt)
         pair = PreferencePair(prompt, "", "")
@@ -220,9 +220,9 @@ class ComparePrompts(PromptSource):
 
     def _heldout(self) -> list[Prompt]:
         out = []
-        for pid, prompt in self.project.prompts(split="eval", unlabeled_first=False):
-            pair = PreferencePair(prompt, "", "")
-            out.append(Prompt(pid, pair.messages, pair.prompt_text))
+        for stored in self.project.queries.prompts(split="eval", unlabeled_first=False):
+            pair = PreferencePair(stored.prompt, "", "")
+            out.append(Prompt(stored.id, pair.messages, pair.prompt_text))
         return out
 
 

@@ -24,6 +24,8 @@ from dpo_engine.train.driver import RunStarted
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 RUN_COLUMNS = ("Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint")
+# the metrics whose last value the run history shows (Steps and Loss, Accuracy held-out or train)
+_RUN_ROW_METRICS = ("loss", "eval/rewards/accuracies", "rewards/accuracies")
 STATUS_TEXT = {"finished": "Finished", "stopped": "Stopped", "failed": "Failed"}
 
 
@@ -151,8 +153,8 @@ class TrainController(QObject):
 
     # ------------------------------------------------------------------ readiness
     def pair_counts(self) -> tuple[int, int]:
-        counts = self.ctx.project.counts()
-        return counts["train_pairs"], counts["eval_pairs"]
+        counts = self.ctx.project.queries.counts()
+        return counts.train_pairs, counts.eval_pairs
 
     def why_not_ready(self) -> str:
         """Empty when a run can start; otherwise the reason, for the disabled button."""
@@ -179,7 +181,7 @@ class TrainController(QObject):
 
     def round_number(self) -> int:
         """1 for a run from the base; 1 + the number of runs behind the starting checkpoint otherwise."""
-        parents = {m["ref"]: m["parent"] for m in self.ctx.project.runs.models()}
+        parents = {m.ref: m.parent for m in self.ctx.project.queries.models()}
         ref, depth = self.start_model(), 1
         while ref != self.ctx.base_model_ref and ref in parents and depth < 100:
             ref, depth = parents[ref], depth + 1
@@ -241,16 +243,16 @@ class TrainController(QObject):
         """Continue a stopped run from its checkpoint, exactly where it stopped."""
         from dpo_engine.train.loop import load_run_config
 
-        run = next((r for r in self.ctx.project.runs.all() if r["id"] == run_id), None)
-        if run is None or run["status"] != "stopped" or not run["checkpoint"] or self.job is not None:
+        run = self.ctx.project.queries.run(run_id)
+        if run is None or run.status != "stopped" or not run.checkpoint or self.job is not None:
             self.failed.emit("Only a stopped run with a checkpoint can be resumed, when no run is in progress.")
             return False
         try:
-            self.config = load_run_config(run["checkpoint"])
+            self.config = load_run_config(run.checkpoint)
         except DPOStudioError as exc:
             self.failed.emit(str(exc))
             return False
-        self._launch(resume_from=run["checkpoint"])
+        self._launch(resume_from=run.checkpoint)
         return True
 
     def _launch(self, resume_from) -> None:
@@ -335,35 +337,24 @@ class TrainController(QObject):
         self.runsChanged.emit()
 
     # ------------------------------------------------------------------ history
-    def runs(self) -> list[dict]:
-        return self.ctx.project.runs.all()
-
-    def run_metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
-        return self.ctx.project.runs.metrics(run_id)
-
-    def _run(self, run_id: int) -> dict | None:
-        return next((r for r in self.runs() if r["id"] == run_id), None)
-
     def run_rows(self) -> list[RunRow]:
-        """The run history, newest first."""
+        """The run history, newest first (two queries, however many runs)."""
         rows = []
-        for run in reversed(self.runs()):
-            metrics = self.run_metrics(run["id"])
-            last = lambda name: metrics[name][-1][1] if metrics.get(name) else None  # noqa: E731
-            steps = metrics["loss"][-1][0] if metrics.get("loss") else 0
-            started = dt.datetime.fromtimestamp(run["started"]).strftime("%Y-%m-%d %H:%M")
-            acc = last("eval/rewards/accuracies") if last("eval/rewards/accuracies") is not None \
-                else last("rewards/accuracies")
-            cells = (str(run["id"]), run["status"], started, str(steps),
-                     f"{last('loss'):.4f}" if last("loss") is not None else "",
-                     f"{acc:.2f}" if acc is not None else "", run["checkpoint"] or "")
-            rows.append(RunRow(run["id"], cells, run["error"] or ""))
+        for summary in reversed(self.ctx.project.queries.run_summaries(_RUN_ROW_METRICS)):
+            run, loss = summary.run, summary.value("loss")
+            steps = summary.last["loss"][0] if "loss" in summary.last else 0
+            started = dt.datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M")
+            acc = summary.value("eval/rewards/accuracies")
+            acc = summary.value("rewards/accuracies") if acc is None else acc  # held-out when the run had it
+            cells = (str(run.id), run.status, started, str(steps), f"{loss:.4f}" if loss is not None else "",
+                     f"{acc:.2f}" if acc is not None else "", run.checkpoint or "")
+            rows.append(RunRow(run.id, cells, run.error or ""))
         return rows
 
     def run_actions(self, run_ids: list[int]) -> RunActions:
-        one = self._run(run_ids[0]) if len(run_ids) == 1 else None
-        return RunActions(bool(one and one["status"] == "stopped" and not self.running),
-                          bool(one and one["checkpoint"]), bool(one and one["checkpoint"]))
+        one = self.ctx.project.queries.run(run_ids[0]) if len(run_ids) == 1 else None
+        return RunActions(bool(one and one.status == "stopped" and not self.running),
+                          bool(one and one.checkpoint), bool(one and one.checkpoint))
 
     def live_series(self, run_id: int) -> RunSeries:
         """A run's recorded metrics (a resumed run's history), as the live curves."""
@@ -374,28 +365,28 @@ class TrainController(QObject):
         none while a run trains (its live curves stay)."""
         if self.running or not run_ids:
             return []
-        runs = {r["id"]: r for r in self.runs()}
+        runs = {r.id: r for r in self.ctx.project.queries.runs()}
         return [("live" if run_id == run_ids[0] else f"run-{run_id}",
-                 self._series(run_id, f"run {run_id}", runs[run_id]["config"].get("beta")))
+                 self._series(run_id, f"run {run_id}", runs[run_id].config.get("beta")))
                 for run_id in (run_ids if overlay else run_ids[:1])]
 
     def _series(self, run_id: int, name: str, beta) -> RunSeries:
         series = RunSeries(name)
-        for metric, points in self.run_metrics(run_id).items():
+        for metric, points in self.ctx.project.queries.metrics(run_id).items():
             for step, value in points:
                 series.add(step, with_logratios({metric: value}, beta))
         return series
 
     def export_controller(self, run_id: int) -> ExportController | None:
         """The export of a run's checkpoint (None when it has none)."""
-        run = self._run(run_id)
-        return ExportController(self.ctx, run["checkpoint"]) if run and run["checkpoint"] else None
+        run = self.ctx.project.queries.run(run_id)
+        return ExportController(self.ctx, run.checkpoint) if run and run.checkpoint else None
 
     def use_checkpoint(self, run_id: int) -> str | None:
         """Make a run's checkpoint the active model for labeling and comparing (the
         reference for later runs stays the original base)."""
-        run = self._run(run_id)
-        if not run or not run["checkpoint"]:
+        run = self.ctx.project.queries.run(run_id)
+        if not run or not run.checkpoint:
             return None
-        self.ctx.set_active_model(run["checkpoint"])
-        return run["checkpoint"]
+        self.ctx.set_active_model(run.checkpoint)
+        return run.checkpoint

@@ -32,7 +32,7 @@ from app.plumbing.context import AppContext
 from app.controllers.data_controller import DataController, ImportOutcome, ImportProgress
 from app.pages.report_dialog import ReportDialog
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.store.project import ComparisonRow
+from dpo_engine.store.rows import ComparisonRow
 from dpo_engine.store.schema import COMPARISON_SOURCES
 
 EXPORT_FILTERS = {  # file dialog filter -> (format, suffix)

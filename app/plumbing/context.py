@@ -13,7 +13,7 @@ from app.plumbing.workers import Job, TorchRunner
 from dpo_engine.catalog.fit import memory_budget
 from dpo_engine.devices import DeviceChoice, scoring_device
 from dpo_engine.errors import StoreError
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
 from dpo_engine.iters import drain
 from dpo_engine.models import LoadedModel, PrepareProgress, load_model_events
 

@@ -8,7 +8,8 @@ import time
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, Qt
 from PySide6.QtGui import QBrush, QColor
 
-from dpo_engine.store.project import ComparisonFilter, ComparisonRow
+from dpo_engine.store.queries import ComparisonFilter
+from dpo_engine.store.rows import ComparisonRow
 
 PAGE_SIZE = 200  # one query per page; small enough to stay instant on the GUI thread
 PREVIEW_CHARS = 160  # a cell shows the start of a text; the detail pane shows all of it
@@ -26,7 +27,7 @@ def _preview(text: str) -> str:
 
 
 class ComparisonTableModel(QAbstractTableModel):
-    """Rows of `project.list_comparisons(filter)`, newest first, loaded lazily."""
+    """Rows of `project.queries.list_comparisons(filter)`, newest first, loaded lazily."""
 
     def __init__(self, project=None, parent=None):
         super().__init__(parent)
@@ -60,8 +61,8 @@ class ComparisonTableModel(QAbstractTableModel):
         if self._project is None:
             self._rows, self._total = [], 0
         else:
-            self._total = self._project.count_comparisons(self._filter)
-            self._rows = self._project.list_comparisons(self._filter, 0, PAGE_SIZE)
+            self._total = self._project.queries.count_comparisons(self._filter)
+            self._rows = self._project.queries.list_comparisons(self._filter, 0, PAGE_SIZE)
         self.endResetModel()
 
     def row_at(self, row: int) -> ComparisonRow | None:
@@ -78,7 +79,7 @@ class ComparisonTableModel(QAbstractTableModel):
     def fetchMore(self, parent=QModelIndex()) -> None:
         if parent.isValid() or self._project is None:
             return
-        page = self._project.list_comparisons(self._filter, len(self._rows), PAGE_SIZE)
+        page = self._project.queries.list_comparisons(self._filter, len(self._rows), PAGE_SIZE)
         if not page:
             self._total = len(self._rows)  # rows vanished since the count (another writer)
             return

@@ -74,24 +74,24 @@ def default_entries() -> list[CatalogEntry]:
 
 def checkpoint_entries(project_path: str | Path) -> list[CatalogEntry]:
     """One entry per run of the project that left a checkpoint."""
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
     from dpo_engine.train.checkpoints import RUN_FILE
 
     with open_project(project_path, read_only=True) as project:
-        runs = [r for r in project.runs.all() if r.get("checkpoint")]
+        runs = [r for r in project.queries.runs() if r.checkpoint]
     out = []
     for run in runs:
-        folder = Path(run["checkpoint"])
-        name = f"run {run['id']}: {folder.name}"
+        folder = Path(run.checkpoint)
+        name = f"run {run.id}: {folder.name}"
         if not folder.is_dir():
             out.append(broken(name, "checkpoint", str(folder), "the checkpoint folder is no longer there"))
             continue
         entry = read_folder(folder, name, "checkpoint")
         try:
             info = json.loads((folder / RUN_FILE).read_text())
-            note = f"run {run['id']} ({info.get('status', run['status'])}, step {info.get('step', '?')})"
+            note = f"run {run.id} ({info.get('status', run.status)}, step {info.get('step', '?')})"
         except (OSError, ValueError):
-            note = f"run {run['id']} ({run['status']})"
+            note = f"run {run.id} ({run.status})"
         out.append(replace(entry, notes=(note, *entry.notes)))
     return out
 

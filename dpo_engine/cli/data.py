@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from dpo_engine.cli.base import friendly_errors
+
+if TYPE_CHECKING:  # the store is imported when a command runs, not when the CLI starts
+    from dpo_engine.store.rows import Stats
 
 PROJECT = click.option("--project", "project_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
                        help="The project's SQLite file (created if missing).")
@@ -27,7 +32,7 @@ ROWS_REJECTED = 2
 def import_cmd(project_path: Path, files: tuple[Path, ...], strict: bool):
     """Import preference pairs or prompt lists from FILES (.jsonl, .csv, .parquet, .txt)."""
     from dpo_engine.store.formats import ImportReport, import_file, read_rows
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     if strict:  # check every file before touching the project
         scanned = [(path, read_rows(path)) for path in files]
@@ -61,7 +66,7 @@ def export_cmd(project_path: Path, out: Path, fmt: str, split: str):
     """Write the project's usable preference pairs to OUT."""
     from dpo_engine.outputs import check_output_path
     from dpo_engine.store.formats import export_pairs
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     check_output_path(out, inputs=[project_path])  # before opening: the project is never at risk
     with open_project(project_path, read_only=True) as project:
@@ -77,20 +82,20 @@ def _num(x: float | None, fmt: str = ".0f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
-def format_stats(s: dict) -> str:
-    """The stats dict as a short human-readable report."""
-    verdicts = ", ".join(f"{k} {v}" for k, v in s["by_verdict"].items())
-    bias = s["position_bias"]
+def format_stats(s: Stats) -> str:
+    """The project's stats as a short human-readable report."""
+    verdicts = ", ".join(f"{k} {v}" for k, v in s.by_verdict.items())
+    bias = s.position_bias
     return "\n".join([
-        f"Prompts:      {s['prompts']} (train {s['prompts_by_split']['train']}, "
-        f"eval {s['prompts_by_split']['eval']}); "
-        f"{s['labeled_prompts']} labeled ({_pct_whole(s['labeled_fraction'])})",
-        f"Comparisons:  {s['comparisons']} ({verdicts})",
-        f"Usable pairs: {s['pairs']} (train {s['pairs_by_split']['train']}, eval {s['pairs_by_split']['eval']})",
-        f"Labeling:     {_num(s['labels_per_hour'])} labels per hour of labeling",
-        f"Position:     left won {bias['left_wins']} of {bias['decided']} labeled decisions ({_pct_whole(bias['left_rate'])})",
-        f"Length:       chosen {_num(s['length']['chosen_mean'])} vs rejected "
-        f"{_num(s['length']['rejected_mean'])} characters on average",
+        f"Prompts:      {s.prompts} (train {s.prompts_by_split['train']}, "
+        f"eval {s.prompts_by_split['eval']}); "
+        f"{s.labeled_prompts} labeled ({_pct_whole(s.labeled_fraction)})",
+        f"Comparisons:  {s.comparisons} ({verdicts})",
+        f"Usable pairs: {s.pairs} (train {s.pairs_by_split['train']}, eval {s.pairs_by_split['eval']})",
+        f"Labeling:     {_num(s.labels_per_hour)} labels per hour of labeling",
+        f"Position:     left won {bias.left_wins} of {bias.decided} labeled decisions ({_pct_whole(bias.left_rate)})",
+        f"Length:       chosen {_num(s.length.chosen_mean)} vs rejected "
+        f"{_num(s.length.rejected_mean)} characters on average",
     ])
 
 
@@ -101,10 +106,10 @@ def format_stats(s: dict) -> str:
 def stats_cmd(project_path: Path, as_json: bool):
     """Counts, splits, labeling rate and biases of the project's preference data."""
     from dpo_engine.errors import StoreError
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     if not project_path.exists():
         raise StoreError(f"{project_path} does not exist.")
     with open_project(project_path, read_only=True) as project:
-        stats = project.stats()
-    click.echo(json.dumps(stats, indent=2) if as_json else format_stats(stats))
+        stats = project.queries.stats()
+    click.echo(json.dumps(asdict(stats), indent=2) if as_json else format_stats(stats))

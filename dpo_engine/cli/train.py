@@ -155,7 +155,7 @@ class MetricsFile:
 def _load_pairs(data: str | None, project, weight_rankings: bool = False):
     if project is None:
         return read_data_file(data), None
-    train, held = project.run_pairs(weight_rankings)
+    train, held = project.queries.run_pairs(weight_rankings)
     return train, held or None
 
 
@@ -218,7 +218,7 @@ def train_cmd(**opts):
         config = None  # built once the pairs are counted: the defaults depend on how many there are
     project = None
     if opts["project_path"]:
-        from dpo_engine.store.project import open_project
+        from dpo_engine.store.opening import open_project
 
         # Under `accelerate launch` only the main process writes (and locks) the project.
         project = open_project(opts["project_path"], read_only=not _is_main())

@@ -100,23 +100,23 @@ def _chars(x: float | None) -> str:
 def data_section(facts: ProjectFacts) -> list[str]:
     """The project's labeled data, as `dpo-engine stats` counts it."""
     s = facts.stats
-    verdicts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["by_verdict"].items())
-    sources = ", ".join(f"{k} {v}" for k, v in s["by_source"].items()) or "none"
-    bias, length = s["position_bias"], s["length"]
+    verdicts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s.by_verdict.items())
+    sources = ", ".join(f"{k} {v}" for k, v in s.by_source.items()) or "none"
+    bias, length = s.position_bias, s.length
     return [
         "## Data", "",
         "| | |", "|---|---|",
-        f"| verdicts (comparisons) | {s['comparisons']} ({verdicts}) |",
+        f"| verdicts (comparisons) | {s.comparisons} ({verdicts}) |",
         f"| verdicts by source | {sources} |",
-        f"| usable pairs | {s['pairs']} (train {s['pairs_by_split']['train']}, "
-        f"held out {s['pairs_by_split']['eval']}) |",
-        f"| prompts | {s['prompts']} (train {s['prompts_by_split']['train']}, held out "
-        f"{s['prompts_by_split']['eval']}); {s['labeled_prompts']} labeled |",
+        f"| usable pairs | {s.pairs} (train {s.pairs_by_split['train']}, "
+        f"held out {s.pairs_by_split['eval']}) |",
+        f"| prompts | {s.prompts} (train {s.prompts_by_split['train']}, held out "
+        f"{s.prompts_by_split['eval']}); {s.labeled_prompts} labeled |",
         f"| ranking groups | {facts.ranking_groups} |",
-        f"| position bias | the left answer won {bias['left_wins']} of {bias['decided']} labeled decisions "
-        f"({_pct_tenths(bias['left_rate'])}) |",
-        f"| length bias | chosen answers {_chars(length['chosen_mean'])} characters on average, rejected "
-        f"{_chars(length['rejected_mean'])} |",
+        f"| position bias | the left answer won {bias.left_wins} of {bias.decided} labeled decisions "
+        f"({_pct_tenths(bias.left_rate)}) |",
+        f"| length bias | chosen answers {_chars(length.chosen_mean)} characters on average, rejected "
+        f"{_chars(length.rejected_mean)} |",
         "",
         "Counted in the project when the model was exported. A pair is a left/right verdict on two "
         "different answers (ties, \"both bad\" and skips are not pairs); held-out prompts (about 1 in 10, "
@@ -171,7 +171,7 @@ def results_section(facts: ProjectFacts, plots: list[str], precision: dict | Non
                  "described here.", ""]
         return lines + _matchup_table(facts) if facts.matchups else lines
     run = facts.run
-    lines = ["## Results", "", f"Run {run['id']} of the project ({run['status']})."]
+    lines = ["## Results", "", f"Run {run.id} of the project ({run.status})."]
     train_loss = facts.first_last("loss")
     if train_loss:
         (s0, v0), (s1, v1) = train_loss
@@ -237,7 +237,7 @@ def model_card(source: ExportSource, fmt: str, name: str, gguf_name: str | None 
         lines += results_section(facts, list(plots), source.run.get("precision"))
         if facts.run is not None:
             lines += data_section(facts)
-    settings = _settings(source.run or ({"config": facts.run["config"]} if facts and facts.run else {}))
+    settings = _settings(source.run or ({"config": facts.run.config} if facts and facts.run else {}))
     if trained and settings:
         lines += ["## Training", "", *settings, ""]
     lines += files_section(source, fmt, base, quant, ollama_base)

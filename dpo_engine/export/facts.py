@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
-from dpo_engine.store.project import open_project
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.rows import CompareVote, Stats, StoredRun
 from dpo_engine.winrate import win_rate
 
 
@@ -35,9 +36,9 @@ class MatchUp:
 
 @dataclass(frozen=True)
 class ProjectFacts:
-    stats: dict  # Project.stats() when the model was exported
+    stats: Stats  # the project's, when the model was exported
     ranking_groups: int
-    run: dict | None  # the project's runs row whose checkpoint is this model's folder (None: none is)
+    run: StoredRun | None  # the project's run whose checkpoint is this model's folder (None: none is)
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # that run's, TRL names
     matchups: tuple[MatchUp, ...] = ()
 
@@ -80,18 +81,19 @@ def display_name(ref: str, base_ref: str | None = None) -> str:
     return name
 
 
-def _find_run(runs: list[dict], folder: Path | None) -> dict | None:
+def _find_run(runs: list[StoredRun], folder: Path | None) -> StoredRun | None:
     if folder is None:
         return None
-    found = [r for r in runs if r.get("checkpoint") and _same_path(r["checkpoint"], folder)]
+    found = [r for r in runs if r.checkpoint and _same_path(r.checkpoint, folder)]
     return found[-1] if found else None  # a resumed run keeps its row; the newest wins a tie
 
 
-def _matchups(votes: list[tuple[str, str, str]], model_ref: str, folder: Path | None,
+def _matchups(votes: list[CompareVote], model_ref: str, folder: Path | None,
               base_ref: str | None) -> tuple[MatchUp, ...]:
     """Votes on (this model, another) pairs, per other model, in order of first vote."""
     tallies: dict[str, list[int]] = {}  # other ref -> [wins, losses, ties]
-    for left, right, verdict in votes:
+    for vote in votes:
+        left, right, verdict = vote.left_model, vote.right_model, vote.verdict
         mine = (_is_model(left, model_ref, folder), _is_model(right, model_ref, folder))
         if mine[0] == mine[1] or verdict == "skip":  # not this model against another; skips are not votes
             continue
@@ -116,11 +118,11 @@ def project_facts(project_path: str | Path, model_ref: str, folder: Path | None,
         StoreError: the project cannot be opened (missing, not a project, a newer schema).
     """
     with open_project(project_path, read_only=True) as project:
-        run = _find_run(project.runs.all(), folder)
+        run = _find_run(project.queries.runs(), folder)
         return ProjectFacts(
-            stats=project.stats(),
-            ranking_groups=project.ranking_groups(),
+            stats=project.queries.stats(),
+            ranking_groups=project.queries.ranking_groups(),
             run=run,
-            metrics=project.runs.metrics(run["id"]) if run else {},
-            matchups=_matchups(project.compare_votes(), model_ref, folder, base_ref),
+            metrics=project.queries.metrics(run.id) if run else {},
+            matchups=_matchups(project.queries.compare_votes(), model_ref, folder, base_ref),
         )

@@ -1,3 +1,4 @@
-"""The project file: schema and migrations (schema), the lock (lock), the Project with its
-labeling data (project) and its training runs (run_records), and import/export formats
-(formats). Below train and cli; imports only the core."""
+"""The project file: schema and migrations (schema), opening it (opening, with the lock in lock),
+what a project writes (project: labeling data; run_records: training runs), what it reads
+(queries, returning the frozen rows of rows), and import/export formats (formats). Below train
+and cli; imports only the core."""

@@ -234,9 +234,9 @@ def import_file(project: Project, path: str | Path, strict: bool = False) -> Imp
     if kind == "pairs":
         report.added, report.duplicates = project.import_pairs(values, source="import")
     else:
-        before = project.stats()["prompts"]
+        before = project.queries.counts().prompts
         project.add_prompts(values, source=f"import:{Path(path).name}")
-        report.added = project.stats()["prompts"] - before
+        report.added = project.queries.counts().prompts - before
         report.duplicates = len(values) - report.added
     return report
 
@@ -282,7 +282,7 @@ def export_pairs(project: Project, out: str | Path, fmt: str = "trl", split: str
     if fmt not in PAIR_FILE_FORMATS:
         raise DataError(f"unknown export format {fmt!r}; choose one of {', '.join(PAIR_FILE_FORMATS)}")
     out = check_output_path(out, inputs=[] if project.path == ":memory:" else [project.path])
-    pairs = [s.pair for s in project.training_pairs(split)]
+    pairs = [s.pair for s in project.queries.training_pairs(split)]
     try:
         with staged(out) as tmp:
             if fmt == "parquet":

@@ -1,17 +1,13 @@
-"""The project store: one SQLite file per project, opened with `open_project`.
+"""An open project: its connection, its transactions, and what it writes.
 
-Durability: WAL with synchronous=FULL, so a transaction that has returned is on disk; each
-user action is one transaction. Each thread opens its own `Project` (SQLite connections
-are not shared across threads). A second *process* on the same file gets
-`ProjectLockedError` naming it (an flock on `<file>.lock`, which the OS drops even on
-kill -9), or can open the file read-only. A file that is not a project is refused with
-`NotAProjectError` before anything is written to it.
-
-`Project` holds the labeling data (prompts, answers, verdicts: written and read here) and,
-as `project.runs`, the training runs with their metrics and models (`store.run_records`).
-The schema and its migrations are in `store.schema`. SQL goes through sqlite-utils' table
-API; the statements left as SQL are joins, aggregates, one many-row UPDATE, transaction
-control and PRAGMAs, which that API does not express (each says so).
+Each thread opens its own `Project` with `store.opening.open_project` (SQLite connections are not
+shared across threads); each user action is one transaction (`Project.transaction`), so its
+writes all land or none does. `Project` writes the labeling data (prompts, answers, verdicts);
+`project.runs` writes the training runs with their metrics and models (`store.run_records`);
+`project.queries` reads both (`store.queries`, typed rows from `store.rows`). The schema and its
+migrations are in `store.schema`. SQL goes through sqlite-utils' table API; the statements left as
+SQL are aggregates, a three-table lookup, one many-row UPDATE and transaction control, which that
+API does not express (each says so).
 """
 
 from __future__ import annotations
@@ -19,174 +15,22 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import sqlite3
 import time
-from collections import Counter
-from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Iterable
 
 from sqlite_utils import Database
 from sqlite_utils.db import NotFoundError
 
-from dpo_engine.errors import ConfigError, NotAProjectError, StoreError, storage_problem
-from dpo_engine.outputs import SQLITE_MAGIC
+from dpo_engine.errors import ConfigError, StoreError, storage_problem
 from dpo_engine.pairs import PreferencePair, conversation
-from dpo_engine.store.lock import ProcessLock, check_single_name
+from dpo_engine.store.lock import ProcessLock
+from dpo_engine.store.queries import Queries
+from dpo_engine.store.rows import PromptValue
 from dpo_engine.store.run_records import RunRecords
-from dpo_engine.store.schema import (
-    APPLICATION_ID,
-    COMPARISON_SOURCES,
-    CURRENT_VERSION,
-    VERDICTS,
-    check_choice,
-    migrate,
-    pair_hash,
-    prompt_value,
-)
+from dpo_engine.store.schema import COMPARISON_SOURCES, VERDICTS, check_choice, pair_hash
 
 EVAL_PERCENT = 10  # share of prompts held out for eval; by prompt hash, so it never moves
-SESSION_GAP_S = 300.0  # a pause longer than this between labels is a break, not labeling time
-BUSY_TIMEOUT_S = 10.0  # another thread's write transaction is short; wait rather than fail
-
-PromptValue = str | tuple[tuple[str, str], ...]
-
-
-# ----------------------------------------------------------------------------- opening
-def _refuse(path: Path, why: str) -> NotAProjectError:
-    return NotAProjectError(
-        f"{path} is not a DPO Studio project ({why}). It was left untouched; "
-        "choose another file, or a new name to create a project.")
-
-
-def _check_file(path: Path) -> None:
-    """Refuse anything but a missing/empty file or one of our SQLite files, reading only."""
-    if path.is_dir():
-        raise _refuse(path, "it is a folder")
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    with open(path, "rb") as f:
-        header = f.read(100)
-    if not header.startswith(SQLITE_MAGIC):
-        raise _refuse(path, "not an SQLite file")
-    page_size = int.from_bytes(header[16:18], "big") or 65536  # 1 encodes 65536
-    pages = int.from_bytes(header[28:32], "big")
-    wal = Path(f"{path}-wal")
-    pending = wal.exists() and wal.stat().st_size > 0  # a checkpoint cut short is completed from the WAL
-    if not pending and header[24:28] == header[92:96] and path.stat().st_size < page_size * pages:
-        raise _refuse(path, "the file is truncated")
-    sidecars = [Path(f"{path}{s}") for s in ("-wal", "-shm")]
-    existed = [s.exists() for s in sidecars]
-    try:
-        conn = sqlite3.connect(_read_uri(path), uri=True)
-        try:  # PRAGMAs and the catalog, read before the file is trusted: plain sqlite3, no table API
-            app_id, version = (conn.execute(f"PRAGMA {p}").fetchone()[0] for p in ("application_id", "user_version"))
-            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-            check = conn.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            conn.close()
-        if check != "ok":
-            raise _refuse(path, f"damaged: {check}")
-        if app_id != APPLICATION_ID and (tables or version):
-            raise _refuse(path, "an SQLite file of another program")
-    except (sqlite3.DatabaseError, NotAProjectError) as exc:
-        for sidecar, was in zip(sidecars, existed):  # reading a WAL-mode file creates these: leave none
-            if not was:
-                sidecar.unlink(missing_ok=True)
-        if isinstance(exc, NotAProjectError):
-            raise
-        raise _refuse(path, f"SQLite cannot read it: {exc}") from None
-    if version > CURRENT_VERSION:
-        raise StoreError(f"{path} was written by a newer DPO Studio (schema {version}, this one reads "
-                         f"up to {CURRENT_VERSION}). Update DPO Studio to open it.")
-
-
-def _read_uri(path: Path) -> str:
-    """The URI that opens `path` for reading. In a folder nobody can write (a read-only disk),
-    SQLite cannot create the shared-memory file a WAL-mode database needs, so a file with no
-    write-ahead log left is opened as immutable, which it is there."""
-    uri = f"{path.resolve().as_uri()}?mode=ro"
-    if not os.access(path.parent, os.W_OK) and not Path(f"{path}-wal").exists():
-        uri += "&immutable=1"
-    return uri
-
-
-def _decode_text(raw: bytes) -> str:
-    """TEXT values as str; bytes that are not UTF-8 (another program wrote them) show as U+FFFD
-    instead of failing every read of the project."""
-    return raw.decode("utf-8", errors="replace")
-
-
-def _connect(path: str | Path, read_only: bool) -> sqlite3.Connection:
-    """A connection set up for the store (PRAGMAs, which sqlite-utils has no API for)."""
-    if path == ":memory:":
-        conn = sqlite3.connect(":memory:", isolation_level=None)
-    elif read_only:
-        conn = sqlite3.connect(_read_uri(Path(path)), uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        conn.text_factory = _decode_text
-        conn.execute("PRAGMA query_only = ON")
-        return conn
-    else:
-        conn = sqlite3.connect(str(path), isolation_level=None, timeout=BUSY_TIMEOUT_S)
-        conn.execute("PRAGMA journal_mode = WAL")
-    conn.text_factory = _decode_text
-    conn.execute("PRAGMA synchronous = FULL")  # a returned commit survives power loss, not just kill -9
-    conn.execute("PRAGMA foreign_keys = ON")
-    return conn
-
-
-def _lock(path: Path) -> ProcessLock:
-    """The process lock of a project opened for writing, creating the (empty) file first so that
-    the lock can key on its inode; a file created here is removed again if the lock is refused."""
-    created = not path.exists()
-    try:
-        if created:
-            path.touch()
-        check_single_name(path)
-        return ProcessLock(path)
-    except BaseException as exc:
-        if created:
-            with contextlib.suppress(OSError):  # not created after all on a read-only disk
-                path.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            why = storage_problem(exc, path) or f"{exc.strerror}. Choose a folder you can write to"
-            raise StoreError(f"Cannot open {path} for writing: {why}. An existing project there can still be "
-                             "opened read-only (dpo-engine stats/export read it).") from None
-        raise
-
-
-def open_project(path: str | Path, read_only: bool = False) -> "Project":
-    """Open (creating and migrating if needed) the project at `path`; ":memory:" for tests.
-
-    Raises:
-        NotAProjectError: the file exists but is not a project (it is left untouched).
-        ProjectLockedError: another process has the project open (read-only still works).
-        StoreError: the file cannot be opened or written.
-    """
-    if str(path) == ":memory:":
-        return Project(_connect(":memory:", False), ":memory:", None, read_only=False)
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise StoreError(f"Cannot create {path}: the folder {path.parent} does not exist.")
-    if read_only and not path.exists():
-        raise StoreError(f"{path} does not exist; open it read-write once to create it.")
-    _check_file(path)
-    lock = None if read_only else _lock(path)
-    try:
-        conn = _connect(path, read_only)
-        project = Project(conn, str(path), lock, read_only)
-        if lock is not None and lock.first:
-            project.runs.reconcile_interrupted()  # this process is the only writer: no run of it is live
-        return project
-    except sqlite3.Error as exc:
-        if lock:
-            lock.release()
-        raise StoreError(f"Cannot open {path}: {exc}") from None
-    except BaseException:
-        if lock:
-            lock.release()
-        raise
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -219,80 +63,10 @@ def _chunks(items: list, size: int = 500) -> Iterable[list]:
         yield items[i:i + size]
 
 
-# ----------------------------------------------------------------------------- reading
-_PAIR_SQL = """
-SELECT c.id, c.prompt_id, p.split, c.verdict, p.text, p.messages, l.text, r.text, c.pair_hash,
-       l.finished, r.finished, c.group_id
-FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
-WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL
-"""
-
-# how many live comparisons a prompt has: labeling takes the least-labeled prompts first
-_LABEL_COUNT = "(SELECT count(*) FROM comparisons c WHERE c.prompt_id = p.id AND c.deleted IS NULL)"
-
-_BROWSE_FROM = """
-FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id
-"""
-
-
-@dataclass(frozen=True)
-class StoredPair:
-    pair: PreferencePair  # chosen = the side the verdict picked
-    comparison_id: int
-    prompt_id: int
-    split: str  # "train" or "eval", fixed by the prompt's hash
-    group: int | None = None  # the ranking it came from (None: a pairwise verdict or an import)
-
-
-@dataclass(frozen=True)
-class ComparisonFilter:
-    text: str = ""  # substring of prompt, either answer or note (case-insensitive for ASCII)
-    verdict: str | None = None  # one of VERDICTS, or None for all
-    source: str | None = None  # label / import / compare, or None for all
-    split: str | None = None  # train / eval, or None for both
-
-
-@dataclass(frozen=True)
-class ComparisonRow:
-    id: int
-    prompt_id: int
-    verdict: str
-    source: str
-    split: str
-    prompt: str | tuple[tuple[str, str], ...]
-    left: str
-    right: str
-    created: float  # unix time
-    strength: float | None
-    note: str | None
-    group: int | None
-
-    @property
-    def prompt_text(self) -> str:
-        return PreferencePair(self.prompt, "", "").prompt_text
-
-
-def _where(f: ComparisonFilter) -> tuple[str, list]:
-    clauses, args = ["c.deleted IS NULL"], []
-    for column, value in (("c.verdict", f.verdict), ("c.source", f.source), ("p.split", f.split)):
-        if value:
-            clauses.append(f"{column} = ?")
-            args.append(value)
-    if f.text:
-        like = "%" + f.text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-        clauses.append("(" + " OR ".join(f"{c} LIKE ? ESCAPE '\\'" for c in
-                                         ("p.text", "p.messages", "l.text", "r.text", "c.note")) + ")")
-        args += [like] * 5
-    return " WHERE " + " AND ".join(clauses), args
-
-
-
 # ----------------------------------------------------------------------------- project
 class Project:
-    """One open project (one connection: use it from the thread that opened it): the labeling
-    data, and its training runs as `runs`."""
+    """One open project (one connection: use it from the thread that opened it; `open_project`
+    makes it): writes the labeling data; `runs` writes the training runs, `queries` reads both."""
 
     def __init__(self, conn: sqlite3.Connection, path: str, lock: ProcessLock | None, read_only: bool):
         self.db = Database(conn)
@@ -300,11 +74,7 @@ class Project:
         self.read_only = read_only
         self._lock = lock
         self.runs = RunRecords(self.db, self._tx)
-        if not read_only:
-            with self._tx():
-                migrate(conn)
-        elif conn.execute("PRAGMA user_version").fetchone()[0] != CURRENT_VERSION:  # a PRAGMA: no table API
-            raise StoreError(f"{path} has an older schema; open it read-write once to upgrade it.")
+        self.queries = Queries(self.db)
 
     # -- lifecycle
     def close(self) -> None:
@@ -323,8 +93,8 @@ class Project:
 
     @contextlib.contextmanager
     def _tx(self):
-        """A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up
-        to BUSY_TIMEOUT_S for another thread), then `db.atomic()` inside; committed on exit."""
+        """A write transaction: BEGIN IMMEDIATE takes the write lock up front (waiting up to the
+        connection's busy timeout for another thread), then `db.atomic()` inside; committed on exit."""
         if self.read_only:
             raise StoreError(f"{self.path} is open read-only; close the other DPO Studio to change it.")
         conn = self.db.conn
@@ -515,151 +285,3 @@ class Project:
                                 "source": source, "created": now, "pair_hash": digest})
         self.db["responses"].insert_all(responses)
         self.db["comparisons"].insert_all(comparisons)
-
-    def _all(self, sql: str, args=()) -> list[tuple]:
-        """Rows of a join or an aggregate (COUNT DISTINCT, GROUP BY, a correlated count), which
-        sqlite-utils' table API (one table's rows) does not express: kept as SQL."""
-        return self.db.execute(sql, args).fetchall()
-
-    # -- pairs and prompts
-    def training_pairs(self, split: str | None = "train", weight_rankings: bool = False) -> list[StoredPair]:
-        """DPO pairs from left/right verdicts (ties, both_bad, skips and two identical
-        answers are not pairs); a pair stored twice is returned once.
-
-        weight_rankings: give each pair of a ranking the weight 1 / (pairs that ranking gave),
-        so a ranking counts as much as one pairwise verdict however many pairs it yields
-        (InstructGPT's treatment of its K-answer rankings); otherwise every pair weighs 1."""
-        sql, args = _PAIR_SQL, []
-        if split:
-            sql += " AND p.split = ?"
-            args.append(split)
-        out, seen = [], set()
-        for cid, pid, sp, verdict, text, messages, left, right, digest, lend, rend, group in self._all(
-                sql + " ORDER BY c.id", args):
-            if digest in seen:
-                continue
-            seen.add(digest)
-            # finished: 1 ended, 0 cut off at the token cap, NULL unknown (counted as ended)
-            won, lost = ((left, lend), (right, rend)) if verdict == "left" else ((right, rend), (left, lend))
-            pair = PreferencePair(prompt_value(text, messages), won[0], lost[0], won[1] != 0, lost[1] != 0)
-            out.append(StoredPair(pair, cid, pid, sp, group))
-        if weight_rankings:
-            sizes = Counter(sp.group for sp in out if sp.group is not None)
-            out = [replace(sp, pair=replace(sp.pair, weight=1 / sizes[sp.group])) if sp.group is not None else sp
-                   for sp in out]
-        return out
-
-    def run_pairs(self, weight_rankings: bool = False) -> tuple[list[PreferencePair], list[PreferencePair]]:
-        """(train pairs, held-out pairs) for a training run, in one query (see `training_pairs`)."""
-        both = self.training_pairs(None, weight_rankings)
-        return [sp.pair for sp in both if sp.split == "train"], [sp.pair for sp in both if sp.split == "eval"]
-
-    def prompts(self, split: str | None = None, unlabeled_first: bool = True) -> list[tuple[int, object]]:
-        """(id, prompt) for labeling; prompt is text or ((role, content), ...) like
-        PreferencePair.prompt. Prompts with fewest comparisons first when asked."""
-        sql = f"SELECT p.id, p.text, p.messages, {_LABEL_COUNT} AS n FROM prompts p"
-        args = []
-        if split:
-            sql += " WHERE p.split = ?"
-            args.append(split)
-        sql += " ORDER BY n, p.id" if unlabeled_first else " ORDER BY p.id"
-        return [(pid, prompt_value(text, messages)) for pid, text, messages, _ in self._all(sql, args)]
-
-    def next_prompt(self, exclude: Iterable[int] = ()) -> tuple[int, object] | None:
-        """The prompt to label next, (id, prompt) as in `prompts`, or None: fewest comparisons
-        first, oldest first among equals, skipping the ids in `exclude` (those already shown
-        this session). One row, so the Label page stays fast on a 10,000-prompt import."""
-        skip = sorted(set(exclude))
-        sql = ("SELECT p.id, p.text, p.messages FROM prompts p"
-               + (f" WHERE p.id NOT IN ({', '.join('?' * len(skip))})" if skip else "")
-               + f" ORDER BY {_LABEL_COUNT}, p.id LIMIT 1")
-        row = self.db.execute(sql, skip).fetchone()  # ordered by a correlated count: SQL
-        return None if row is None else (row[0], prompt_value(row[1], row[2]))
-
-    # -- browsing (the Data page pages through these)
-    def count_comparisons(self, f: ComparisonFilter = ComparisonFilter()) -> int:
-        where, args = _where(f)
-        return self._all("SELECT count(*) " + _BROWSE_FROM + where, args)[0][0]
-
-    def list_comparisons(self, f: ComparisonFilter = ComparisonFilter(), offset: int = 0,
-                         limit: int = 200) -> list[ComparisonRow]:
-        """One page of comparisons, newest first."""
-        where, args = _where(f)
-        rows = self._all(
-            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
-            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + where +
-            " ORDER BY c.id DESC LIMIT ? OFFSET ?", args + [limit, offset])
-        return [ComparisonRow(r[0], r[1], r[2], r[3], r[4], prompt_value(r[5], r[6]), *r[7:]) for r in rows]
-
-    def comparison(self, cid: int) -> ComparisonRow | None:
-        """One comparison by id (deleted ones too), or None."""
-        rows = self._all(
-            "SELECT c.id, c.prompt_id, c.verdict, c.source, p.split, p.text, p.messages, l.text, r.text, "
-            "c.created, c.strength, c.note, c.group_id " + _BROWSE_FROM + " WHERE c.id = ?", (cid,))
-        return ComparisonRow(*rows[0][:5], prompt_value(rows[0][5], rows[0][6]), *rows[0][7:]) if rows else None
-
-    # -- statistics
-    def counts(self) -> dict[str, int]:
-        """Cheap totals for a status line: prompts, comparisons, train and eval pairs."""
-        pairs = _split_counts(self._all(
-            "SELECT p.split, count(DISTINCT c.pair_hash) FROM comparisons c JOIN prompts p ON p.id = c.prompt_id "
-            "WHERE c.deleted IS NULL AND c.pair_hash IS NOT NULL GROUP BY 1"))
-        return {"prompts": self.db["prompts"].count,
-                "comparisons": self.db["comparisons"].count_where("deleted IS NULL"),
-                "train_pairs": pairs["train"], "eval_pairs": pairs["eval"]}
-
-    def stats(self) -> dict:
-        """Counts and biases of the labeled data (see `dpo-engine stats`)."""
-        by_verdict = dict.fromkeys(VERDICTS, 0)
-        by_verdict.update(self._all("SELECT verdict, count(*) FROM comparisons WHERE deleted IS NULL GROUP BY 1"))
-        pairs = self.training_pairs(split=None)
-        decided = [r["verdict"] for r in self.db["comparisons"].rows_where(
-            "deleted IS NULL AND source = 'label' AND verdict IN ('left', 'right')", select="verdict")]
-        prompts = self.db["prompts"].count
-        labeled = self._all("SELECT count(DISTINCT prompt_id) FROM comparisons WHERE deleted IS NULL")[0][0]
-        return {
-            "prompts": prompts,
-            "prompts_by_split": _split_counts(self._all("SELECT split, count(*) FROM prompts GROUP BY 1")),
-            "labeled_prompts": labeled,
-            "labeled_fraction": labeled / prompts if prompts else 0.0,
-            "comparisons": sum(by_verdict.values()),
-            "by_verdict": by_verdict,
-            "by_source": dict(self._all("SELECT source, count(*) FROM comparisons WHERE deleted IS NULL "
-                                        "GROUP BY 1 ORDER BY 1")),
-            "pairs": len(pairs),
-            "pairs_by_split": _split_counts([(s, sum(p.split == s for p in pairs)) for s in ("train", "eval")]),
-            "labels_per_hour": self._labels_per_hour(),
-            "position_bias": {"left_wins": decided.count("left"), "decided": len(decided),
-                              "left_rate": decided.count("left") / len(decided) if decided else None},
-            "length": {"chosen_mean": _mean([len(p.pair.chosen) for p in pairs]),
-                       "rejected_mean": _mean([len(p.pair.rejected) for p in pairs])},
-            "runs": self.db["runs"].count,
-        }
-
-    def ranking_groups(self) -> int:
-        """How many rankings (k answers ranked at once, stored as one group of comparisons) are live."""
-        return self._all("SELECT count(DISTINCT group_id) FROM comparisons WHERE deleted IS NULL "
-                         "AND group_id IS NOT NULL")[0][0]
-
-    def compare_votes(self) -> list[tuple[str, str, str]]:
-        """(model that wrote the left answer, model of the right one, verdict) of every live Compare
-        vote, oldest first (skips included: the caller decides what counts)."""
-        return self._all("SELECT l.model, r.model, c.verdict FROM comparisons c "
-                         "JOIN responses l ON l.id = c.left_id JOIN responses r ON r.id = c.right_id "
-                         "WHERE c.deleted IS NULL AND c.source = 'compare' ORDER BY c.id")
-
-    def _labels_per_hour(self) -> float | None:
-        times = [r["created"] for r in self.db["comparisons"].rows_where("source = 'label'", select="created",
-                                                                          order_by="created")]
-        active = sum(min(b - a, SESSION_GAP_S) for a, b in zip(times, times[1:]))
-        return len(times) / (active / 3600) if active > 0 else None
-
-
-def _split_counts(rows) -> dict[str, int]:
-    out = {"train": 0, "eval": 0}
-    out.update(rows)
-    return out
-
-
-def _mean(values: list[int]) -> float | None:
-    return sum(values) / len(values) if values else None

@@ -1,6 +1,7 @@
-"""The training side of the project file: runs, their metrics and config, the models they
+"""What a project writes about training: runs, their metrics and config, the models they
 produced, and settling runs a crash left `running`. `RunRecords` is held by a `Project` as
-`project.runs`; every write is one transaction of that project (`Project.transaction`)."""
+`project.runs`; every write is one transaction of that project (`Project.transaction`). Runs are
+read through `project.queries` (`store.queries`)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,6 @@ class RunRecords:
         self.db = db
         self._tx = transaction
 
-    # -- writes
     def create(self, config: dict) -> int:
         """A new run row, `running` from now; returns its id."""
         with self._tx():
@@ -149,25 +149,6 @@ class RunRecords:
             models.insert({"ref": ref, "kind": kind, "parent_id": parent_id, "run_id": run_id,
                            "created": time.time()}, ignore=True)
             return next(models.rows_where("ref = ?", [ref], select="id"))["id"]
-
-    # -- reads
-    def all(self) -> list[dict]:
-        """Every run, oldest first, its config decoded."""
-        return [dict(r, config=json.loads(r["config"])) for r in self.db["runs"].rows_where(order_by="id")]
-
-    def metrics(self, run_id: int) -> dict[str, list[tuple[int, float]]]:
-        """A run's metrics: name -> [(step, value), ...] in the order they were logged."""
-        out: dict[str, list[tuple[int, float]]] = {}
-        for row in self.db["metrics"].rows_where("run_id = ?", [run_id], select="name, step, value",
-                                                 order_by="name, step, rowid"):
-            out.setdefault(row["name"], []).append((row["step"], row["value"]))
-        return out
-
-    def models(self) -> list[dict]:
-        """Every registered model with its parent's ref, oldest first."""
-        # A self-join: sqlite-utils' table API reads one table, so this stays SQL.
-        return list(self.db.query("SELECT m.id, m.ref, m.kind, p.ref AS parent, m.run_id, m.created "
-                                  "FROM models m LEFT JOIN models p ON p.id = m.parent_id ORDER BY m.id"))
 
 
 def _settings(row: dict) -> dict:

@@ -28,7 +28,8 @@ from typing import Callable, Iterator, Sequence
 
 from dpo_engine.errors import DPOStudioError, TrainingError
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.store.project import Project, open_project
+from dpo_engine.store.opening import open_project
+from dpo_engine.store.project import Project
 from dpo_engine.train.config import TrainConfig
 from dpo_engine.train.events import EvalEvent, PrecisionChosen, StepEvent, TrainSummary
 from dpo_engine.train.loop import StopFlag, train
@@ -46,7 +47,7 @@ class RunStarted:
 def project_pairs(project: Project, config: TrainConfig) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """The project's (train, held-out) pairs as a run loads them (`config.weight_rankings`).
     When every labeled prompt fell in the held-out split, the run holds out from these instead."""
-    train_pairs, held = project.run_pairs(config.weight_rankings)
+    train_pairs, held = project.queries.run_pairs(config.weight_rankings)
     if not train_pairs:
         return held, []
     return train_pairs, held
@@ -56,11 +57,11 @@ def _open_run(db: Project, config: TrainConfig, resume_from, output_for_run) -> 
     """The run's row: the stopped run whose checkpoint is resumed (continued, same id), or a new one."""
     if resume_from is not None:
         where = str(Path(resume_from).absolute())
-        run = next((r for r in reversed(db.runs.all()) if r["checkpoint"] and
-                    str(Path(r["checkpoint"]).absolute()) == where), None)
+        run = next((r for r in reversed(db.queries.runs()) if r.checkpoint and
+                    str(Path(r.checkpoint).absolute()) == where), None)
         if run is not None:
-            db.runs.finish(run["id"], "running", checkpoint=run["checkpoint"])
-            return run["id"], config
+            db.runs.finish(run.id, "running", checkpoint=run.checkpoint)
+            return run.id, config
     run_id = db.runs.create(config.to_dict())
     if output_for_run is not None:
         config = replace(config, output_dir=str(output_for_run(run_id)))
