@@ -73,14 +73,16 @@ def _mps_available() -> bool:
     return bool(mps and mps.is_available())
 
 
-def pick_device(device: str | None = None, dtype: str | None = None) -> DeviceChoice:
-    """Choose a device and precision.
+def pick_device(device: str | None = None, dtype: str | None = None, measure: bool = True) -> DeviceChoice:
+    """Choose a device and precision: the one rule for "auto" (`run_plan.plan_run` asks it).
 
     Args:
         device: "auto" (default), "cuda", "cuda:N", "mps" or "cpu". When None, the
             DPO_STUDIO_DEVICE environment variable is used, else "auto".
         dtype: "auto" (default; DPO_STUDIO_DTYPE when set, else decided by the hardware:
             see the module docstring) or an explicit "float32", "bfloat16" or "float16".
+        measure: False: never time bf16 against fp32 here (the catalog); a cached measurement
+            still counts (`precision.cpu_precision`).
     """
     device = (device or os.environ.get("DPO_STUDIO_DEVICE") or "auto").lower()
     dtype = (dtype or "auto").lower()
@@ -91,7 +93,7 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> DeviceCh
         raise DeviceError(f"Unknown precision {dtype!r}: use one of {', '.join(DTYPE_CHOICES)}.")
     device, reason = _device(device)
     if dtype == "auto":
-        dtype, why = _auto_precision(device)
+        dtype, why = _auto_precision(device, measure)
         return DeviceChoice(device, dtype, reason, why)
     return DeviceChoice(device, dtype, reason, f"{_SHORT[dtype]}: {source}", _warning(device, dtype), True)
 
@@ -144,7 +146,7 @@ def _device(device: str) -> tuple[str, str]:
     raise DeviceError(f"Unknown device {device!r}: use auto, cuda, cuda:N, mps or cpu.")
 
 
-def _auto_precision(device: str) -> tuple[str, str]:
+def _auto_precision(device: str, measure: bool = True) -> tuple[str, str]:
     """(dtype, reason) for "auto" on `device`."""
     if device.startswith("cuda"):
         if torch.cuda.is_bf16_supported():
@@ -152,7 +154,7 @@ def _auto_precision(device: str) -> tuple[str, str]:
         return "float32", "fp32: this GPU has no bf16 (fp16 training would need loss scaling)"
     if device == "mps":
         return "float32", "fp32: bf16 on Apple GPUs is not measured yet"
-    choice = cpu_precision(precision_cache_file())
+    choice = cpu_precision(precision_cache_file(), measure_now=measure)
     return choice.dtype, choice.reason
 
 

@@ -240,7 +240,7 @@ def test_verdicts_move_with_free_memory():
     assert at(total(False, False), -10) == (FULL_FITS, True)
     assert at(total(False, True), -10) == (LORA_ONLY, True)
     assert at(total(True, True), -10) == (TOO_LARGE, False)
-    v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)")
+    v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)", precision="bfloat16")
     assert v.full.activations < fit_mod.training_memory(shape, lora=False).activations  # bf16 autocast on CUDA
     assert v.explain().startswith(FULL_FITS + ": full fine-tune needs ~")
 

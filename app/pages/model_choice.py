@@ -13,6 +13,7 @@ from PySide6.QtWidgets import QDialog, QWidget
 from app.plumbing.context import AppContext
 from app.widgets.model_picker import ModelPickerDialog
 from dpo_engine.catalog import list_models
+from dpo_engine.run_plan import RunPlan
 
 FOLDERS_KEY = "modelPicker/folders"
 
@@ -20,8 +21,7 @@ FOLDERS_KEY = "modelPicker/folders"
 @dataclass(frozen=True)
 class ModelChoice:
     path: str  # what load_model / --model takes
-    needs_lora: bool  # only LoRA fits in memory: the caller turns LoRA on and says so
-    needs_checkpointing: bool  # it fits only with gradient checkpointing
+    plan: RunPlan | None = None  # how it trains here (the picker's fit: LoRA, its base, checkpointing); None: unknown
 
 
 def remembered_folders() -> list[str]:
@@ -46,6 +46,6 @@ def choose_model(parent: QWidget, ctx: AppContext, title: str, current: str | No
             return None
         if dialog.folders:
             QSettings().setValue(FOLDERS_KEY, sorted(set(folders) | set(dialog.folders)))
-        return ModelChoice(dialog.selected().path, dialog.needs_lora, dialog.needs_checkpointing)
+        return ModelChoice(dialog.selected().path, dialog.plan)
     finally:
         dialog.deleteLater()

@@ -8,8 +8,7 @@ QPlainTextEdit, and no row has a tooltip (Qt would guess rich text for one).
     dialog = ModelPickerDialog(catalog, lister=lambda folders: list_models(folders=folders))
     if dialog.exec():
         entry = dialog.selected()      # a CatalogEntry; entry.path is what --model takes
-        dialog.needs_lora               # True when only LoRA fits: the caller turns LoRA on
-        dialog.needs_checkpointing      # True when it fits only with gradient checkpointing
+        dialog.plan                     # how it trains here (a RunPlan: LoRA, its base, checkpointing), or None
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFi
 
 from dpo_engine.catalog import Catalog, with_fit
 from dpo_engine.catalog.entry import CatalogEntry
-from dpo_engine.catalog.fit import LORA_ONLY, TOO_LARGE
+from dpo_engine.catalog.fit import TOO_LARGE
 from dpo_engine.catalog.sources import inspect_path
 from dpo_engine.catalog.entry import format_parameters, format_size
 
@@ -40,6 +39,8 @@ def cells(e: CatalogEntry) -> tuple[str, ...]:
     """The row's texts, in MODEL_COLUMNS order."""
     chat = {True: "yes", False: "no (plain text)", None: "?"}[e.chat_template]
     fit = e.fit.verdict if e.fit else ("unusable" if e.error else "unknown")
+    if e.fit and e.fit.plan and e.fit.plan.base == "nf4":
+        fit += " (4-bit)"
     if e.fit and e.fit.gradient_checkpointing:
         fit += " (checkpointing)"
     notes = e.error or "; ".join([*([f"gated: {e.gated}"] if e.gated else []), *e.notes])
@@ -55,6 +56,8 @@ def details(e: CatalogEntry) -> str:
     if e.fit:
         f = e.fit
         lines.append(f.explain())
+        if f.plan is not None:
+            lines.append(f"Trains as: {f.plan.mode} on {f.plan.describe(f.device)}")
         for label, m in (("Full fine-tune", f.full), ("LoRA", f.lora)):
             lines.append(f"{label}: weights {m.weights / 2**30:.2f} GiB, gradients {m.gradients / 2**30:.2f}, "
                          f"AdamW {m.optimizer / 2**30:.2f}, activations {m.activations / 2**30:.2f}, "
@@ -65,6 +68,23 @@ def details(e: CatalogEntry) -> str:
         lines.append(f"Gated: {e.gated}")
     lines += [f"Note: {n}" for n in e.notes]
     return "\n".join(lines)
+
+
+def plan_notice(plan, entry: CatalogEntry | None) -> str:
+    """What the picker says about how the selected model will train: only where it needs more
+    than a plain full fine-tune (the caller turns that on)."""
+    if plan is None:
+        too_large = entry and entry.fit and entry.fit.verdict == TOO_LARGE
+        return ("Too large to train on this device even with LoRA; it can still answer prompts if it loads."
+                if too_large else "")
+    ckpt = " with gradient checkpointing" if plan.checkpointing else ""
+    if plan.lora:
+        base = " over a 4-bit (NF4) base" if plan.base == "nf4" else ""
+        return f"Only LoRA{base}{ckpt} fits this model here: training will use it (turned on for you)."
+    if ckpt:
+        return ("A full fine-tune fits only with gradient checkpointing (about 30% slower): it will be turned on "
+                "for you.")
+    return ""
 
 
 class ModelTableModel(QAbstractTableModel):
@@ -201,15 +221,10 @@ class ModelPickerDialog(QDialog):
         return self.model.data(rows[0], ENTRY_ROLE) if rows else None
 
     @property
-    def needs_lora(self) -> bool:
+    def plan(self):
+        """The selected model's run plan: the mode that fits here (`FitVerdict.plan`), or None."""
         entry = self.selected()
-        return bool(entry and entry.fit and entry.fit.verdict == LORA_ONLY)
-
-    @property
-    def needs_checkpointing(self) -> bool:
-        """True when the selected model fits only with gradient checkpointing on (the caller turns it on)."""
-        entry = self.selected()
-        return bool(entry and entry.fit and entry.fit.gradient_checkpointing)
+        return entry.fit.plan if entry and entry.fit else None
 
     def select_path(self, path: str) -> bool:
         """Select the row whose entry has `path` (False if none, or it is unusable)."""
@@ -248,17 +263,7 @@ class ModelPickerDialog(QDialog):
         entry = self.selected()
         self.ok.setEnabled(entry is not None)
         self.detail.setPlainText(details(entry) if entry else "")
-        ckpt = " with gradient checkpointing" if self.needs_checkpointing else ""
-        if self.needs_lora:
-            self.lora_notice.setText(f"Only LoRA{ckpt} fits this model here: training will use it (turned on for you).")
-        elif ckpt:
-            self.lora_notice.setText("A full fine-tune fits only with gradient checkpointing (about 30% slower): "
-                                     "it will be turned on for you.")
-        elif entry and entry.fit and entry.fit.verdict == TOO_LARGE:
-            self.lora_notice.setText("Too large to train on this device even with LoRA; it can still answer prompts "
-                                     "if it loads.")
-        else:
-            self.lora_notice.setText("")
+        self.lora_notice.setText(plan_notice(self.plan, entry))
 
     def _on_table_double_clicked(self, index):
         if index.isValid() and self.model.data(index, ENTRY_ROLE).usable:

@@ -7,7 +7,8 @@ with `error` set (shown greyed with the reason), never an exception.
     list_models(project=None, folders=(), device="auto") -> Catalog
     inspect_with_fit(path) -> CatalogEntry       a file or folder chosen by hand, with its verdict
     sources.inspect_path(path) -> CatalogEntry   the same without the verdict
-    fit.fit_verdict(shape, free_bytes, device)   the pure memory estimate
+    fit.fit_verdict(shape, free_bytes, device)   the pure memory estimate; with a plan
+                                                 (`run_plan.plan_run`), its .plan is the mode that fits
 
 Sources, in listing order: the default model, the project's checkpoints, the Hugging Face
 cache, Ollama's store, LM Studio's folders, then the folders given (catalog.sources).
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from dpo_engine.catalog.entry import CatalogEntry, broken
-from dpo_engine.catalog.fit import compute_precision, fit_verdict, memory_budget
+from dpo_engine.catalog.fit import fit_verdict, memory_budget
 from dpo_engine.catalog.sources import (Locations, checkpoint_entries, default_entries, folder_entries,
                                         hf_cache_entries, inspect_path, ollama_entries)
 
@@ -47,13 +48,16 @@ def _guarded(source: str, where: object, read: Callable[[], list[CatalogEntry]])
 
 
 def with_fit(entry: CatalogEntry, free_bytes: int, device: str) -> CatalogEntry:
-    """The entry with its verdict for `device` (none for a broken entry or an unknown size)."""
+    """The entry with its verdict for `device` (none for a broken entry or an unknown size): the
+    run plan of the cheapest mode that fits, decided without measuring anything here."""
     if not entry.usable or entry.shape is None or not entry.shape.parameters:
         return entry
     from dpo_engine import quant
+    from dpo_engine.run_plan import PlanRequest, plan_run
 
-    return entry.with_fit(fit_verdict(entry.shape, free_bytes, device, precision=compute_precision(device),
-                                      four_bit=quant.catalog_reason(device)))
+    where = device.split(" ", 1)[0]  # "cuda:0 (NVIDIA H200)" names the device "cuda:0"
+    plan = plan_run(PlanRequest(where), entry.shape, free_bytes, measure=False)
+    return entry.with_fit(fit_verdict(entry.shape, free_bytes, device, plan=plan, four_bit=quant.catalog_reason(where)))
 
 
 def _dedupe(entries: list[CatalogEntry]) -> list[CatalogEntry]:
