@@ -10,8 +10,9 @@ from typing import Any, Callable, Iterator
 from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
-from dpo_engine.catalog.fit import memory_budget
-from dpo_engine.devices import DeviceChoice, scoring_device
+from dpo_engine.catalog.fit import ModelShape, memory_budget
+from dpo_engine.devices import DeviceChoice
+from dpo_engine.run_plan import plan_run
 from dpo_engine.errors import StoreError
 from dpo_engine.store.project import open_project
 from dpo_engine.models import (
@@ -45,7 +46,7 @@ class ModelCache:
 
     Sampling uses the window's precision (`get`); scores a person reads (implicit rewards, the
     held-out summary) use `scoring`, which is fp32 wherever fp32 weights fit
-    (`devices.scoring_device`): two copies of a model then live side by side, `keep` of each
+    (the run plan's scoring precision: `run_plan.plan_run`): two copies of a model then live side by side, `keep` of each
     precision. `on_state(state, ref, detail)` is called (on the worker thread) when a model
     starts loading, is ready, or fails, whichever job asked for it."""
 
@@ -90,13 +91,11 @@ class ModelCache:
         """`ref` in the precision for scores a person reads: fp32 if its fp32 weights fit in the
         memory free now (with a fifth to spare), else the window's precision. `scoring_choice`
         then names the precision used and why."""
-        choice = scoring_device(self.device)
+        choice = plan_run(choice=self.device).scoring_choice()
         if choice.dtype != self.device.dtype and (ref, choice.dtype) not in self._models:
             params = sum(p.numel() for p in self.get(ref).model.parameters())
             free, _ = memory_budget(self.device.device)
-            if 4 * params * 1.2 > free:
-                choice = scoring_device(self.device, False, f"{4 * params / 2**30:.1f} GiB needed, "
-                                                            f"{free / 2**30:.1f} GiB free")
+            choice = plan_run(shape=ModelShape(params), free_bytes=free, choice=self.device).scoring_choice()
         self.scoring_choice = choice
         return self.get(ref, device=choice)
 
