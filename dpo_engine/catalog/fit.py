@@ -235,14 +235,15 @@ def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_p
 
 
 def _why(mode: str, ckpt: bool, sized: list, budget: int, device: str) -> str:
-    """The reason of the mode chosen for memory: it fits, and the one before it in order did not."""
+    """The reason of the mode chosen for memory: it fits, and the closest of the cheaper-to-run
+    modes before it in order does not."""
     index = next(i for i, o in enumerate(sized) if o[0] == mode and o[2] == ckpt)
     fits = f"{mode}{' with checkpointing' if ckpt else ''} fits ({gib(sized[index][4].total)} of {gib(budget)} " \
            f"usable on {device})"
     if index == 0:
         return fits
-    before = sized[index - 1]
-    return f"{fits}; {before[0]}{' with checkpointing' if before[2] else ''} needs ~{gib(before[4].total)}"
+    closest = min(sized[:index], key=lambda o: o[4].total)
+    return f"{fits}; {closest[0]}{' with checkpointing' if closest[2] else ''} needs ~{gib(closest[4].total)}"
 
 
 # --------------------------------------------------------------------------- the machine
