@@ -10,7 +10,7 @@ from PySide6.QtWidgets import QDialog, QPushButton
 import app.pages.model_choice as mc
 from app.main import create_window
 from app.widgets.model_picker import ModelPickerDialog
-from dpo_engine.catalog import list_models
+from dpo_engine.catalog import iter_models
 from dpo_engine.catalog.sources import Locations
 from dpo_engine.run_plan import PlanRequest, plan_run
 
@@ -19,7 +19,7 @@ GiB = 2**30
 
 @pytest.fixture
 def window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
-    monkeypatch.setattr(mc, "list_models", lambda project=None, folders=(), device="cpu": list_models(
+    monkeypatch.setattr(mc, "iter_models", lambda project=None, folders=(), device="cpu": iter_models(
         paths=[tiny_model_dir], folders=folders, locations=Locations(), free_bytes=64 * GiB, device="cpu",
         include_default=False))
     ctx, win = create_window(tmp_path / "p.dpo", "default", "cpu")
@@ -29,11 +29,14 @@ def window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
 
 
 @pytest.fixture
-def picks(monkeypatch):
-    """The person picks the row with this path and presses "Use this model"."""
+def picks(monkeypatch, qtbot):
+    """The person waits for the listing (on the worker), picks the row with this path and presses
+    "Use this model"."""
     chosen = {}
 
     def exec_(dialog):
+        chosen["loading"] = dialog.loading  # the dialog opens before the listing arrives
+        qtbot.waitUntil(lambda: not dialog.loading, timeout=30_000)
         chosen["rows"] = dialog.model.rowCount()
         if not dialog.select_path(chosen["path"]):
             return QDialog.DialogCode.Rejected
@@ -47,7 +50,7 @@ def test_the_model_to_teach_is_chosen_in_the_picker(window, picks, tiny_model_di
     ctx, win = window
     picks["path"] = str(tiny_model_dir)
     win.choose_model_button.click()
-    assert picks["rows"] >= 1
+    assert picks["loading"] and picks["rows"] >= 1
     assert ctx.model_ref == ctx.base_model_ref == str(tiny_model_dir)  # labeling samples it; training starts from it
 
 
@@ -85,8 +88,11 @@ def test_the_pickers_lora_4bit_plan_reaches_the_train_config(qtbot, tmp_path, mo
     free = 12 * GiB
     entry = CatalogEntry("Llama-3.2-3B", "folder", str(tmp_path / "llama-3.2-3b"), "safetensors", "llama",
                          shape.parameters, shape=shape)
-    monkeypatch.setattr(mc, "list_models", lambda project=None, folders=(), device="cuda": Catalog(
-        [with_fit(entry, free, "cuda")], "cuda", free, 0.0))
+    def listing(project=None, folders=(), device="cuda"):
+        yield from ()
+        return Catalog([with_fit(entry, free, "cuda")], "cuda", free, 0.0)
+
+    monkeypatch.setattr(mc, "iter_models", listing)
     ctx, win = create_window(tmp_path / "p.dpo", "default", "cpu")
     qtbot.addWidget(win)
     try:

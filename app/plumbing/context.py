@@ -135,6 +135,7 @@ class AppContext(QObject):
         self.base_model_ref = model_ref  # the reference for training unless the user picks another
         self.device = device
         self.runner = TorchRunner(self)
+        self.disk = TorchRunner(self, "disk-worker")  # disk scans (the model listing): never behind sampling
         self.models = ModelCache(device, on_state=self._modelEvent.emit)
         self._modelEvent.connect(self._on_models_event)
         self.model_state = ("loading", "")
@@ -155,6 +156,11 @@ class AppContext(QObject):
     def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,
                urgent: bool = False) -> Job:
         return self.runner.submit(name, factory, background, urgent)
+
+    def submit_disk(self, name: str, factory: Callable[[], Iterator[Any]]) -> Job:
+        """Queue a job that only reads files (no torch) on the disk worker, so that it never waits
+        behind sampling or training on the torch worker."""
+        return self.disk.submit(name, factory)
 
     def submit_with_model(self, name: str, ref: str | None, fn: Callable[[LoadedModel], Iterator[Any]]) -> Job:
         """Queue `fn(loaded_model)` on the torch worker, loading `ref` first if needed."""
@@ -214,6 +220,7 @@ class AppContext(QObject):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        self.disk.shutdown()
         if self.project is not None:
             self.project.close()
             self.project = None

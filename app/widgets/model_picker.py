@@ -6,6 +6,8 @@ are plain display text (the delegate never renders HTML), the detail pane is a
 QPlainTextEdit, and no row has a tooltip (Qt would guess rich text for one).
 
     dialog = ModelPickerDialog(catalog, lister=lambda folders: list_models(folders=folders))
+    # or, listing elsewhere (the window's worker): ModelPickerDialog(None, lister=start_listing), where
+    # start_listing(folders) returns None and later calls dialog.show_progress / dialog.set_catalog
     if dialog.exec():
         entry = dialog.selected()      # a CatalogEntry; entry.path is what --model takes
         dialog.plan                     # how it trains here (a RunPlan: LoRA, its base, checkpointing), or None
@@ -21,7 +23,7 @@ from PySide6.QtGui import QBrush, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QPlainTextEdit, QPushButton, QTableView, QVBoxLayout)
 
-from dpo_engine.catalog import Catalog, with_fit
+from dpo_engine.catalog import Catalog, ListingProgress, with_fit
 from dpo_engine.catalog.entry import CatalogEntry
 from dpo_engine.catalog.fit import TOO_LARGE
 from dpo_engine.catalog.sources import inspect_path
@@ -138,15 +140,17 @@ class ModelPickerDialog(QDialog):
 
     modelChosen = Signal(str)  # the entry's path: what load_model / --model takes
 
-    def __init__(self, catalog: Catalog, lister: Callable[[list[str]], Catalog] | None = None, parent=None):
+    def __init__(self, catalog: Catalog | None, lister: Callable[[list[str]], Catalog | None] | None = None,
+                 parent=None):
         super().__init__(parent)
         self.setObjectName("modelPicker")
         self.setWindowTitle("Choose a model")
         self.resize(1000, 520)
-        self._catalog = catalog
-        self._lister = lister
+        self._catalog = catalog  # None until a listing elsewhere arrives (`set_catalog`)
+        self._lister = lister  # folders -> a Catalog, or None when it lists elsewhere and calls set_catalog
+        self._wanted: str | None = None  # the path to select once the listing arrives
         self.folders: list[str] = []  # folders added in this dialog (the caller may remember them)
-        self.model = ModelTableModel(catalog.entries, self)
+        self.model = ModelTableModel(catalog.entries if catalog else [], self)
         self.table = QTableView()
         self.table.setObjectName("modelTable")
         self.table.setAccessibleName("Models found on this machine")
@@ -226,8 +230,29 @@ class ModelPickerDialog(QDialog):
         entry = self.selected()
         return entry.fit.plan if entry and entry.fit else None
 
+    @property
+    def loading(self) -> bool:
+        """True while the first listing has not arrived."""
+        return self._catalog is None
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Show a listing made elsewhere (the worker), keeping the path asked for selected."""
+        self._catalog = catalog
+        self.model.set_entries(catalog.entries)
+        self._show_summary()
+        if self._wanted:
+            self.select_path(self._wanted)
+
+    def show_progress(self, progress: ListingProgress) -> None:
+        self.summary.setText(progress.message)
+
+    def show_failure(self, message: str) -> None:
+        self.summary.setText(f"Listing the models failed: {message.splitlines()[0] if message else ''}")
+
     def select_path(self, path: str) -> bool:
-        """Select the row whose entry has `path` (False if none, or it is unusable)."""
+        """Select the row whose entry has `path` (False if none, or it is unusable); while the
+        listing is on its way, the row is selected when it arrives."""
+        self._wanted = path
         for row, entry in enumerate(self.model.entries()):
             if entry.path == path and entry.usable:
                 self.table.selectRow(row)
@@ -248,11 +273,15 @@ class ModelPickerDialog(QDialog):
         """Look in more folders: the lister lists again with every folder added so far."""
         self.folders += [f for f in folders if f not in self.folders]
         if self._lister is not None:
-            self._catalog = self._lister(list(self.folders))
-            self.model.set_entries(self._catalog.entries)
-            self._show_summary()
+            catalog = self._lister(list(self.folders))
+            if catalog is not None:
+                self.set_catalog(catalog)
 
     def _show_summary(self) -> None:
+        self.add_file.setEnabled(self._catalog is not None)  # a hand-picked file is judged against the listing's
+        if self._catalog is None:
+            self.summary.setText("Looking for models on this machine…")
+            return
         entries = self.model.entries()
         broken = sum(not e.usable for e in entries)
         self.summary.setText(f"{len(entries)} models found ({broken} unusable, greyed); fit judged for "
