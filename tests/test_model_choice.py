@@ -137,3 +137,22 @@ def test_a_base_model_without_a_chat_template_is_announced_on_the_label_page(qtb
         ctx.load_active_model()
     assert ctx.plain_text and win.pages["Label"].notice.text() == PLAIN_TEXT_NOTICE
     ctx.shutdown()
+
+
+def test_the_train_page_offers_4bit_only_where_bitsandbytes_runs(qtbot, tmp_path, monkeypatch):
+    """Greyed, with the reason, where it does not; the page says how the run will train."""
+    from dpo_engine import quant
+
+    monkeypatch.setattr(quant, "catalog_reason", lambda device: f"4-bit needs bitsandbytes: {quant.INSTALL_HINT}")
+    ctx, win = create_window(tmp_path / "p.dpo", "default", "cpu")
+    qtbot.addWidget(win)
+    try:
+        train = win.pages["Train"]
+        base = train.fields["base_bits"]
+        four = base.model().item(base.findData(4))
+        assert not four.isEnabled() and "pip install 'dpo-studio[gpu]'" in four.toolTip()
+        train.fields["lora"].setChecked(True)
+        assert train.plan_label.text() == "Training on cpu in float32 over an fp32 frozen base (fp32: set by " \
+                                          "DPO_STUDIO_DTYPE)"
+    finally:
+        ctx.shutdown()
