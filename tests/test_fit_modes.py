@@ -145,6 +145,31 @@ def test_four_bit_needs_lora():
         TrainConfig(output_dir="x", base_bits=8)
 
 
+def test_the_cli_takes_a_4bit_base(monkeypatch, tiny_model_dir, tmp_path):
+    """`dpo-engine train --base-bits 4` reaches TrainConfig.base_bits: refused without --lora, and
+    where bitsandbytes does not run, refused with the reason (before any training)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dpo_engine.cli.main import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": " yes", "rejected": " no"}) + "\n"
+                            for i in range(4)))
+    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--max-steps", "1", "--device", "cpu",
+            "--base-bits", "4"]
+    result = CliRunner().invoke(main, args + ["--output", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "A 4-bit base trains only adapters" in result.output
+    monkeypatch.setattr(quant, "installed", lambda: False)
+    quant.unavailable.cache_clear()
+    try:
+        result = CliRunner().invoke(main, args + ["--lora", "--output", str(tmp_path / "b")])
+    finally:
+        quant.unavailable.cache_clear()
+    assert result.exit_code == 1 and "A 4-bit base cannot be used here: 4-bit needs bitsandbytes" in result.output
+
+
 @pytest.mark.skipif(not quant.installed(), reason="bitsandbytes (the [gpu] extra) is not installed")
 def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
     """Where bitsandbytes runs 4-bit (CUDA; this x86 CPU with bitsandbytes 0.50), the base's
