@@ -3,11 +3,11 @@
 One frozen `RunPlan` holds every choice of how a model runs on this machine, each with its
 reason: the device; the compute, weights' and attention precision; LoRA and its frozen base
 (fp32 / bf16 / NF4); gradient checkpointing; and the precision of scores a person reads.
-`plan_run` is the one function that makes it, from the request, the model's shape and the
+`plan_run` is the one function that makes it, from the request, the model's size and the
 free memory:
 
     plan_run(PlanRequest(device, dtype, lora, base_bits, checkpointing),
-             shape=None, free_bytes=None, measure=True) -> RunPlan
+             parameters=None, free_bytes=None, measure=True) -> RunPlan
 
 - device and compute precision: `devices.pick_device`, the one rule for "auto" (bf16 on CUDA
   with bf16; on a CPU with native bf16 where measured faster; fp32 elsewhere). `measure=False`
@@ -16,8 +16,11 @@ free memory:
   updates); a LoRA run's frozen base in the compute precision, or NF4 with `base_bits=4`.
 - attention: fp32 on a CPU under bf16 (torch's bf16 CPU attention kernels are slower:
   `train.step.attention_in_fp32` has the measurements), else the compute precision.
-- lora / base / checkpointing left open (None) in the request: the cheapest mode that fits
-  `free_bytes` (`catalog.fit.fit_verdict`, whose verdict carries the plan it chose).
+- lora / base / checkpointing: as requested (a TrainConfig's). The model picker asks the memory
+  instead: `catalog.fit.fit_verdict(shape, free_bytes, plan=plan_run(...))` tries the modes
+  in order and returns the cheapest that fits as this plan (`FitVerdict.plan`, made with
+  `RunPlan.trained`), which then travels to the TrainConfig unchanged. (The catalog sits above
+  the trainer, whose defaults it reads, so this module never imports it.)
 - scoring: fp32 unless a precision was named or fp32 weights do not fit (`fits_fp32`).
 
 The plan's `key` is the reference cache key, its `describe()` the trainer's log line and
@@ -29,12 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
 from dpo_engine.devices import DeviceChoice, pick_device
-
-if TYPE_CHECKING:
-    from dpo_engine.catalog.fit import ModelShape
 
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 SCORING_SPARE = 1.2  # fp32 scoring weights need their 4 B a parameter and a fifth more (activations, allocator)
@@ -48,13 +46,13 @@ FULL_WEIGHTS = "fp32: a full fine-tune keeps fp32 master weights (AdamW on bf16 
 
 @dataclass(frozen=True)
 class PlanRequest:
-    """What a person (or a config) asked for; None leaves a choice to the free memory."""
+    """What a person (or a config) asked for."""
 
     device: str | None = None  # "auto", "cpu", "cuda", "cuda:N", "mps"; None: DPO_STUDIO_DEVICE, else auto
     dtype: str = "auto"  # compute precision; "auto": the hardware's rule (`devices.pick_device`)
-    lora: bool | None = False  # adapters over a frozen base; None: only where a full fine-tune does not fit
+    lora: bool = False  # adapters over a frozen base; False: a full fine-tune
     base_bits: int | None = None  # 4: the frozen base in NF4 (bitsandbytes); None: in the compute precision
-    checkpointing: bool | None = False  # gradient checkpointing; None: only where it is needed to fit
+    checkpointing: bool = False  # gradient checkpointing (the picker turns it on where it is needed to fit)
 
 
 @dataclass(frozen=True)
@@ -144,37 +142,28 @@ def fits_fp32(parameters: int, free_bytes: int) -> bool:
     return 4 * parameters * SCORING_SPARE <= free_bytes
 
 
-def plan_run(request: PlanRequest = PlanRequest(), shape: "ModelShape | None" = None, free_bytes: int | None = None,
-             measure: bool = True, four_bit: str | None = None, choice: DeviceChoice | None = None,
-             device_label: str | None = None) -> RunPlan:
+def plan_run(request: PlanRequest = PlanRequest(), parameters: int | None = None, free_bytes: int | None = None,
+             measure: bool = True, choice: DeviceChoice | None = None) -> RunPlan:
     """The plan for `request` on this machine (see the module docstring).
 
     Args:
-        shape, free_bytes: the model's shape and the bytes free where it trains; with both, the
-            scoring precision asks whether fp32 fits, and open choices (None) are decided by fit.
+        parameters, free_bytes: the model's parameter count and the bytes free where it runs; with
+            both, the scoring precision asks whether fp32 weights fit (`fits_fp32`).
         measure: False: never time bf16 against fp32 (the catalog).
-        four_bit: why a 4-bit base cannot run here ("" or None where it can), for open choices.
         choice: a device and precision already picked (the window's), instead of `pick_device`.
-        device_label: the device as the fit verdict names it ("cuda:0 (NVIDIA H200)").
     """
     choice = choice or pick_device(request.device, request.dtype, measure=measure)
     plan = _base_plan(choice, request)
-    if shape is None or free_bytes is None:
-        return plan
-    if not fits_fp32(shape.parameters, free_bytes) and plan.scoring != plan.compute:
+    if parameters and free_bytes is not None and not fits_fp32(parameters, free_bytes) \
+            and plan.scoring != plan.compute:
         plan = dataclasses.replace(plan, scoring=plan.compute, scoring_reason=(
-            f"{SHORT[plan.compute]}: fp32 weights do not fit ({4 * shape.parameters / 2**30:.1f} GiB needed, "
+            f"{SHORT[plan.compute]}: fp32 weights do not fit ({4 * parameters / 2**30:.1f} GiB needed, "
             f"{free_bytes / 2**30:.1f} GiB free); scores may differ from fp32 by up to ~1e-2 relative"))
-    if request.lora is None:
-        from dpo_engine.catalog.fit import fit_verdict
-
-        verdict = fit_verdict(shape, free_bytes, device_label or plan.device, plan=plan, four_bit=four_bit or None)
-        plan = verdict.plan or plan
     return plan
 
 
 def _base_plan(choice: DeviceChoice, request: PlanRequest) -> RunPlan:
-    """The plan of an explicit request (open choices taken as off)."""
+    """The plan of `request` on `choice`'s device and precision."""
     cpu_bf16 = choice.torch_device.type == "cpu" and choice.dtype == "bfloat16"
     attention = ("float32", "fp32: torch's bf16 attention kernels on a CPU are slower than its fp32 ones "
                             "(train/step.py, attention_in_fp32)") if cpu_bf16 else (

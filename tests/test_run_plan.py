@@ -12,7 +12,7 @@ import torch
 from dpo_engine import devices
 from dpo_engine.catalog import with_fit
 from dpo_engine.catalog.entry import CatalogEntry
-from dpo_engine.catalog.fit import ModelShape
+from dpo_engine.catalog.fit import ModelShape, fit_verdict
 from dpo_engine.run_plan import PlanRequest, plan_run
 from dpo_engine.train.config import LoraSettings, TrainConfig
 from dpo_engine.train.model import training_plan
@@ -68,19 +68,25 @@ def test_the_catalog_and_the_trainer_ask_the_same_rule_and_only_the_trainer_meas
     assert with_fit(entry, 64 * GiB, "cpu").fit.plan.compute == "float32" and cpu.measured == 2
 
 
-def test_open_choices_are_decided_by_the_free_memory(gpu):
-    """Llama-3.2-3B's shape: a full fine-tune with plenty free; LoRA over NF4 with checkpointing at
-    12 GiB where bitsandbytes runs, saying what did not fit."""
+def test_the_fit_verdict_is_the_plan_of_the_mode_that_fits(gpu):
+    """Llama-3.2-3B's shape on a bf16 GPU where bitsandbytes runs: a full fine-tune with plenty free;
+    LoRA over NF4 with checkpointing at 12 GiB, saying what did not fit; none at 4 GiB."""
     from tests.test_fit_modes import LLAMA_3_2_3B, shape_of
 
     shape = shape_of(LLAMA_3_2_3B)
-    roomy = plan_run(PlanRequest("cuda", lora=None), shape, 200 * GiB, measure=False, four_bit=None)
-    assert (roomy.mode, roomy.lora, roomy.checkpointing) == ("full", False, False)
-    tight = plan_run(PlanRequest("cuda", lora=None), shape, 12 * GiB, measure=False, four_bit=None)
+
+    def fitted(free):
+        plan = plan_run(PlanRequest("cuda"), shape.parameters, free, measure=False)
+        return fit_verdict(shape, free, "cuda", plan=plan, four_bit=None).plan
+
+    roomy = fitted(200 * GiB)
+    assert (roomy.mode, roomy.lora, roomy.checkpointing, roomy.scoring) == ("full", False, False, "float32")
+    tight = fitted(12 * GiB)
     assert (tight.mode, tight.base_bits, tight.checkpointing) == ("LoRA 4-bit", 4, True)
     assert tight.base_reason.startswith("LoRA 4-bit with checkpointing fits") and tight.base_reason.endswith(
         "LoRA bf16 with checkpointing needs ~12.5 GiB")
-    assert tight.scoring == "bfloat16" and "fp32 weights do not fit" in tight.scoring_reason  # 12.8 GB of fp32
+    assert tight.scoring == "bfloat16" and "fp32 weights do not fit" in tight.scoring_reason  # 12.0 GiB of fp32
+    assert fitted(4 * GiB) is None
 
 
 def test_the_trainers_log_line_and_reference_key_come_from_the_plan(tiny_model_dir, tmp_path, monkeypatch):

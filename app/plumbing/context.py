@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
-from dpo_engine.catalog.fit import ModelShape, memory_budget
+from dpo_engine.catalog.fit import memory_budget
 from dpo_engine.devices import DeviceChoice
 from dpo_engine.run_plan import plan_run
 from dpo_engine.errors import StoreError
@@ -95,7 +95,7 @@ class ModelCache:
         if choice.dtype != self.device.dtype and (ref, choice.dtype) not in self._models:
             params = sum(p.numel() for p in self.get(ref).model.parameters())
             free, _ = memory_budget(self.device.device)
-            choice = plan_run(shape=ModelShape(params), free_bytes=free, choice=self.device).scoring_choice()
+            choice = plan_run(parameters=params, free_bytes=free, choice=self.device).scoring_choice()
         self.scoring_choice = choice
         return self.get(ref, device=choice)
 

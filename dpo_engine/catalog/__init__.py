@@ -58,7 +58,7 @@ def with_fit(entry: CatalogEntry, free_bytes: int, device: str) -> CatalogEntry:
     from dpo_engine.run_plan import PlanRequest, plan_run
 
     where = device.split(" ", 1)[0]  # "cuda:0 (NVIDIA H200)" names the device "cuda:0"
-    plan = plan_run(PlanRequest(where), entry.shape, free_bytes, measure=False)
+    plan = plan_run(PlanRequest(where), entry.shape.parameters, free_bytes, measure=False)
     return entry.with_fit(fit_verdict(entry.shape, free_bytes, device, plan=plan, four_bit=quant.catalog_reason(where)))
 
 

@@ -140,14 +140,14 @@ def _score_reference(ref: str, pairs, encoded, settings, device, on_progress) ->
 def scoring_choice(device, refs: Sequence[str]):
     """Where and in which precision to score: the plan's answer to "do fp32 weights of the
     largest of `refs` fit in the memory free there" (read from headers: no weights load)."""
-    from dpo_engine.catalog.fit import ModelShape, memory_budget
+    from dpo_engine.catalog.fit import memory_budget
     from dpo_engine.run_plan import plan_run
 
     parameters = max((_parameters(ref) for ref in refs), default=0)
     if not parameters:  # unknown size (a hub id): assume it fits, as a loaded model would tell
         return plan_run(choice=device).scoring_choice()
     free, _ = memory_budget(device.device)
-    return plan_run(shape=ModelShape(parameters), free_bytes=free, choice=device).scoring_choice()
+    return plan_run(parameters=parameters, free_bytes=free, choice=device).scoring_choice()
 
 
 def _parameters(ref: str) -> int:
