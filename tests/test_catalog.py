@@ -255,14 +255,6 @@ def test_estimate_matches_measured_smollm2_steps(pairs, length, peak):
     assert peak <= est <= 1.25 * peak
 
 
-def test_default_length_is_the_trainers():
-    from dpo_engine.defaults import SmallDataDefaults
-    from dpo_engine.train.config import TrainConfig
-
-    assert fit_mod.DEFAULT_MAX_LENGTH == TrainConfig.__dataclass_fields__["max_length"].default
-    assert fit_mod.DEFAULT_BATCH_PAIRS == SmallDataDefaults().batch_size
-
-
 def test_catalog_verdicts_with_mocked_free_memory(stores, monkeypatch):
     root, _ = stores
     plenty = catalog_of(root, free=64 * GiB)
