@@ -170,11 +170,11 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     from dpo_engine.models import load_model
     from dpo_engine.train.data import prepare_data, step_batches, steps_per_epoch
     from dpo_engine.train.groups import prompt_groups
-    from dpo_engine.train.model import disable_dropout, training_device
+    from dpo_engine.train.model import disable_dropout, training_plan
     from dpo_engine.train.step import forward_precision, pair_tokens
 
     config = _config(steps, workdir, dtype)
-    _, compute = training_device(config)
+    compute = training_plan(config).compute_choice()
     autocast = forward_precision(compute)  # the trainer's forward precision (attention in fp32 on a CPU)
     loaded = load_model(config.model, pick_device("cpu", "float32"))  # fp32 weights, as the trainer's
     model, tokenizer = loaded.model, loaded.tokenizer

@@ -182,7 +182,7 @@ def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
 
     from dpo_engine.train.config import LoraSettings, TrainConfig
     from dpo_engine.train.events import StepEvent
-    from dpo_engine.train.model import load_policy, training_device
+    from dpo_engine.train.model import load_policy, training_plan
 
     if quant.unavailable("cpu"):
         pytest.skip(quant.unavailable("cpu"))
@@ -190,7 +190,8 @@ def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
 
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), lora=LoraSettings(rank=4),
                       base_bits=4, max_steps=2, batch_size=2, grad_accum=1, eval_fraction=0.0, device="cpu", lr=1e-3)
-    device, _ = training_device(cfg)
+    plan = training_plan(cfg)
+    device = plan.weights_choice()
     model = load_policy(cfg, device, None, cfg.model).model
     quantised = [m for m in model.modules() if isinstance(m, Linear4bit)]
     assert quantised and all(m.weight.dtype == torch.uint8 for m in quantised)

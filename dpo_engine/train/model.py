@@ -51,14 +51,6 @@ def training_plan(config: TrainConfig, assigned: str | None = None, resumed: str
     return plan
 
 
-def training_device(config: TrainConfig, assigned: str | None = None,
-                    resumed: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
-    """(where and in which dtype the weights load, the compute precision the forward autocasts to):
-    `training_plan`'s `weights_choice()` and `compute_choice()`."""
-    plan = training_plan(config, assigned, resumed)
-    return plan.weights_choice(), plan.compute_choice()
-
-
 def is_peft(model) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
