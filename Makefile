@@ -47,8 +47,8 @@ test-other-isa: model
 
 # Benchmarks (minutes; run on an idle machine): eval and training throughput against TRL.
 bench: model
-	$(BIN)/python bench/eval_throughput.py
-	$(BIN)/python bench/train_throughput.py --steps 12 --readme
+	$(BIN)/python -m bench.eval_throughput
+	$(BIN)/python -m bench.train_throughput --steps 12 --readme
 
 screenshots: model
 	QT_QPA_PLATFORM=offscreen $(BIN)/python scripts/screenshots.py

@@ -1,7 +1,7 @@
 """Does bf16's gain over fp32 grow with the micro-batch? The trainer's step and the bare
 forward+backward at 1, 2, 4 and 8 pairs per micro-batch, fp32 and bf16, side by side.
 
-    .venv/bin/python bench/bf16_batch_shape.py --pairs 1,2,4,8 --rounds 3
+    .venv/bin/python -m bench.bf16_batch_shape --pairs 1,2,4,8 --rounds 3
 
 On an AMX Xeon the bare forward+backward of 8 rows x 160 tokens gained 2.4x from bf16, while the
 trainer's micro-batches of 2 pairs gained 1.45x, bare model and trainer alike (bench/README.md,
@@ -19,13 +19,9 @@ import argparse
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import bare_forward_backward, train_setup  # noqa: E402
+from bench.common import bare_forward_backward, machine_row, train_setup
 
 
 def main() -> None:
@@ -42,14 +38,16 @@ def main() -> None:
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
     from dpo_engine.losses import LossParams
-    from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
     model, tok, encoded = train_setup()
     choices = {"fp32": pick_device("cpu", "float32"), "bf16": pick_device("cpu", "bfloat16")}
     contexts = {p: StepContext("sigmoid", LossParams(beta=0.1), tok.pad_token_id, torch.device("cpu"), True,
-                               forward_precision(c)) for p, c in choices.items()}
+                               c.autocast) for p, c in choices.items()}
+    use_fp32_attention(model)  # the trainer's attention on a CPU in bf16; in fp32 it is plain SDPA
     optimizer = torch.optim.AdamW(model.parameters(), lr=5e-6, fused=True)
 
     def step(precision, pairs):

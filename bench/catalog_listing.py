@@ -1,7 +1,7 @@
 """How long the model picker's listing and a big pair-file import take: the two times that
 were once asserted in unit tests (a unit test is never timed; its machine is anyone's).
 
-    .venv/bin/python bench/catalog_listing.py --repeats 5
+    .venv/bin/python -m bench.catalog_listing --repeats 5
 
 1. `catalog.list_models` over 25 GGUF files with a 32k vocabulary (Llama-2/Mistral size) and 25
    HF cache snapshots, none read before in the process (header reads are cached per process,
@@ -9,7 +9,7 @@ were once asserted in unit tests (a unit test is never timed; its machine is any
 2. `store.formats.import_file` of a 10,000-line JSONL file of conversational pairs with 5 bad
    lines, into a new project. Goal: a few seconds, with a progress bar on the Data page.
 
-Prints each repeat and the median, with the machine (`bench/machine.py`).
+Prints each repeat and the median, with the machine (`bench/common.py`).
 """
 
 from __future__ import annotations
@@ -22,11 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_row  # noqa: E402
-from tests.model_stores import hf_model_files, write_gguf, write_hf_repo  # noqa: E402
+from bench.common import machine_row
+from tests.model_stores import hf_model_files, write_gguf, write_hf_repo
 
 GiB = 2**30
 

@@ -5,8 +5,8 @@ while the activations of the forward/backward are alive), each a forward + backw
 dpo_engine.logps.sequence_logps over ROWS random rows of LENGTH tokens, the second half of
 each row scored. Prints the measured peak RSS next to the catalog's estimate.
 
-    python bench/catalog_memory.py --length 256 --rows 4     # 2 pairs
-    python bench/catalog_memory.py --length 512 --rows 8     # 4 pairs: the Train page's default batch
+    python -m bench.catalog_memory --length 256 --rows 4     # 2 pairs
+    python -m bench.catalog_memory --length 512 --rows 8     # 4 pairs: the Train page's default batch
 
 Measured (SmolLM2-135M-Instruct, 2-core EPYC, torch 2.13 CPU, 2 Dec 2026): 4 x 256 -> 4.17 GB peak RSS
 (estimate 4.97 GB, 1.19x), 8 x 512 -> 10.21 GB (estimate 11.54 GB, 1.13x).

@@ -1,8 +1,8 @@
 """The LM head in chunks vs all logits at once: peak memory and time of one LoRA DPO step.
 
-    .venv/bin/python bench/chunked_head.py                  # default model + 128k and 256k vocabularies
-    .venv/bin/python bench/chunked_head.py --dtype float32  # without bf16 autocast
-    .venv/bin/python bench/chunked_head.py --interleaved 3  # step time, plain and chunked alternating
+    .venv/bin/python -m bench.chunked_head                  # default model + 128k and 256k vocabularies
+    .venv/bin/python -m bench.chunked_head --dtype float32  # without bf16 autocast
+    .venv/bin/python -m bench.chunked_head --interleaved 3  # step time, plain and chunked alternating
 
 One step = the shared-prompt log-probs of 4 pairs (prompt ~40 tokens, answers ~150) with
 gradients, a DPO sigmoid loss against fixed reference log-probs, and the backward, on a
@@ -24,29 +24,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import module_command, module_env, proc_status_bytes
+
 
 SHAPES = {"default": None, "vocab128k": 128_256, "vocab256k": 262_144}
 PAIRS, PROMPT, ANSWER = 4, 40, 150
 TIMED = 1  # timed steps after the warm-up: memory is the same every step (a loaded machine made more too slow)
-
-
-def rss_bytes(field: str) -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def build(shape: str):
@@ -65,30 +54,39 @@ def build(shape: str):
     return AutoModelForCausalLM.from_config(config)
 
 
-def child(shape: str, variant: str, dtype: str) -> dict:
-    import torch
+def lora_model_and_pairs(shape: str):
+    """The model of `shape` with a rank-16 LoRA on every projection (base frozen, train mode) and
+    PAIRS random pairs over its vocabulary, the same every call: (model, pairs)."""
     from peft import LoraConfig, get_peft_model
 
-    from dpo_engine import logps
     from dpo_engine.encoding import EncodedPair
-    from dpo_engine.losses import LossParams, sigmoid
-    from dpo_engine.shared_prompt import shared_prompt_logps
 
-    # plain: every logit at once, as before chunking; chunked: always in HEAD_CHUNK_BYTES chunks (the shipped
-    # rule keeps up to HEAD_WHOLE_BYTES of logits whole, which would make the default model's step plain)
-    logps.HEAD_WHOLE_BYTES = 1 << 60 if variant == "plain" else 0
     model = build(shape)
     for p in model.parameters():
         p.requires_grad_(False)
     model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
-    model.train()
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).train()
     vocab = model.config.vocab_size
     rng = random.Random(0)
     pairs = [EncodedPair(tuple(rng.randrange(vocab) for _ in range(PROMPT)),
                          tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))),
                          tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))))
              for _ in range(PAIRS)]
+    return model, pairs
+
+
+def child(shape: str, variant: str, dtype: str) -> dict:
+    import torch
+
+    from dpo_engine import logps
+    from dpo_engine.losses import LossParams, sigmoid
+    from dpo_engine.shared_prompt import shared_prompt_logps
+
+    # plain: every logit at once, as before chunking; chunked: always in HEAD_CHUNK_BYTES chunks (the shipped
+    # rule keeps up to HEAD_WHOLE_BYTES of logits whole, which would make the default model's step plain)
+    logps.HEAD_WHOLE_BYTES = 1 << 60 if variant == "plain" else 0
+    model, pairs = lora_model_and_pairs(shape)
+    vocab = model.config.vocab_size
     ref = torch.full((PAIRS,), -1500.0)
     autocast = (torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16"
                 else torch.autocast("cpu", enabled=False))
@@ -103,13 +101,13 @@ def child(shape: str, variant: str, dtype: str) -> dict:
     step()  # warm-up: kernels, allocator pools
     times, peaks = [], []
     for _ in range(TIMED):
-        before = rss_bytes("VmRSS")
+        before = proc_status_bytes("VmRSS")
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")  # reset VmHWM to the current RSS
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
-        peaks.append(rss_bytes("VmHWM") - before)
+        peaks.append(proc_status_bytes("VmHWM") - before)
     tokens = sum(len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     return {"shape": shape, "variant": variant, "dtype": dtype, "vocab": vocab, "scored_tokens": tokens,
             "chunk_tokens": None if variant == "plain" else logps.head_chunk_tokens(vocab), "step_s": round(statistics.median(times), 3),
@@ -120,24 +118,12 @@ def child_interleaved(shape: str, dtype: str, rounds: int) -> dict:
     """Step time only: plain and chunked steps alternate in one process, so both see the same
     machine (on a shared machine separate processes met different loads)."""
     import torch
-    from peft import LoraConfig, get_peft_model
 
     from dpo_engine import logps
-    from dpo_engine.encoding import EncodedPair
     from dpo_engine.losses import LossParams, sigmoid
     from dpo_engine.shared_prompt import shared_prompt_logps
 
-    model = build(shape)
-    for p in model.parameters():
-        p.requires_grad_(False)
-    model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, target_modules=[
-        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])).train()
-    vocab = model.config.vocab_size
-    rng = random.Random(0)
-    pairs = [EncodedPair(tuple(rng.randrange(vocab) for _ in range(PROMPT)),
-                         tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))),
-                         tuple(rng.randrange(vocab) for _ in range(ANSWER + rng.randrange(-10, 10))))
-             for _ in range(PAIRS)]
+    model, pairs = lora_model_and_pairs(shape)
     ref = torch.full((PAIRS,), -1500.0)
     times = {"plain": [], "chunked": []}
     for i in range(2 * rounds + 2):
@@ -177,8 +163,8 @@ def main() -> None:
     for _ in range(args.repeats):
         for shape in args.shapes.split(","):
             for variant in ("plain", "chunked"):
-                proc = subprocess.run([sys.executable, __file__, "--child", shape, variant, "--dtype", args.dtype],
-                                      capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                proc = subprocess.run(module_command(__spec__.name, "--child", shape, variant, "--dtype", args.dtype),
+                                      capture_output=True, text=True, env=module_env())
                 if proc.returncode != 0:
                     print(json.dumps({"shape": shape, "variant": variant, "error": proc.stderr.strip()[-600:]}))
                     continue

@@ -13,7 +13,7 @@ Timings alternate ours/TRL, after one warm-up each; the best of --repeats is rep
 wall seconds and in CPU seconds of this process (steadier when the machine is shared).
 Also reported: the largest gap between the two mean eval losses, as a sanity check.
 
-    .venv/bin/python bench/eval_throughput.py [--pairs 16] [--batch-size 8] [--repeats 2]
+    .venv/bin/python -m bench.eval_throughput [--pairs 16] [--batch-size 8] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -27,11 +27,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORDS = ("the model answers short questions about science history cooking travel music and code "
          "with care clear steps simple words an example or two and a friendly tone").split()

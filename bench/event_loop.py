@@ -7,7 +7,7 @@ between heartbeats from the click until the run ends. Reports p50 / p99 / max of
 (the goal: p99 < 50 ms on an idle machine) and the load average, and appends one JSON line
 to --out.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/event_loop.py --steps 8
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.event_loop --steps 8
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.common import RESULTS
+
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def percentile(sorted_values: list[int], q: float) -> int:
@@ -135,7 +135,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "event_loop.jsonl"))
+    parser.add_argument("--out", default=str(RESULTS / "event_loop.jsonl"))
     parser.add_argument("--watchdog", action="store_true",
                         help="record where each thread is during long gaps (costs a little; for finding stalls)")
     args = parser.parse_args()

@@ -11,8 +11,8 @@ compares with the source model in transformers, on the same chat-templated promp
   logits   the largest |difference| of the next-token logits after the prompt
 
     pip install llama-cpp-python==0.3.36        # into any venv; about 5 minutes of compiling
-    .venv/bin/python bench/export_llama_cpp.py [--model default] [--tokens 32] [--json out.json]
-    .venv/bin/python bench/export_llama_cpp.py --family gemma3   # a tiny random model of a family
+    .venv/bin/python -m bench.export_llama_cpp [--model default] [--tokens 32] [--json out.json]
+    .venv/bin/python -m bench.export_llama_cpp --family gemma3   # a tiny random model of a family
                                                                  # (tests/test_export_families.py CASES)
 """
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,7 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 PROMPTS = ["Give me a tip for staying focused while studying.", "Write a short poem about the sea.",
            "What is 12 + 30? Answer with the number.", "Explain what a hash table is in two sentences."]
@@ -77,15 +75,10 @@ def llama_side(gguf: Path, ref: list[dict], n: int) -> list[dict]:
 
 def build_family(name: str, folder: Path) -> str:
     """The tiny random model of family `name` the unit tests export, saved with its tokenizer."""
-    from transformers import AutoModelForCausalLM
+    from tests.export_cases import case_model
 
-    from tests.test_export_families import CASES, _config, _tokenizer
-    from tests.tiny_families import FAMILIES
-
-    arch, kind, chat, _, extra = CASES[name]
-    tok = _tokenizer(kind, FAMILIES[chat])
-    torch.manual_seed(3)
-    AutoModelForCausalLM.from_config(_config(arch, tok, extra)).save_pretrained(folder)
+    model, tok = case_model(name)
+    model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
 

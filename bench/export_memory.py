@@ -10,15 +10,14 @@ what the process allocated) every 20 ms, and the kernel's peak RSS (VmHWM) is re
 which also counts the pages of the safetensors file mapped in while reading (file-backed, dropped
 by the kernel under pressure, shared with the page cache).
 
-    python bench/export_memory.py                 # both ways, f16, then q8_0 streamed
-    python bench/export_memory.py --readme        # also print the README table
+    python -m bench.export_memory                 # both ways, f16, then q8_0 streamed
+    python -m bench.export_memory --readme        # also print the README table
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -26,21 +25,13 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import markdown_table, module_command, module_env, proc_status_bytes
+
 LLAMA_3_2_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                     num_key_value_heads=8, head_dim=64, vocab_size=128256, max_position_embeddings=131072,
                     rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
                     rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-
-
-def _status(key: str) -> int:
-    """A /proc/self/status value in bytes."""
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def build(folder: Path) -> None:
@@ -49,7 +40,6 @@ def build(folder: Path) -> None:
     from safetensors.torch import save_file
     from transformers import LlamaConfig
 
-    sys.path.insert(0, str(ROOT))
     from tests.tiny_model import build_bpe_tokenizer
 
     config = LlamaConfig(**LLAMA_3_2_1B, torch_dtype="bfloat16")
@@ -73,20 +63,19 @@ def build(folder: Path) -> None:
 
 
 def child(mode: str, model: Path, out: Path, quant: str) -> dict:
-    sys.path.insert(0, str(ROOT))
     peak = {"anon": 0}
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak["anon"] = max(peak["anon"], _status("RssAnon"))
+            peak["anon"] = max(peak["anon"], proc_status_bytes("RssAnon"))
             time.sleep(0.02)
 
     from dpo_engine.export.gguf_file import write_gguf
     from dpo_engine.export.source import find_source, load_merged_model, load_tokenizer_for_export, tensor_source
     from dpo_engine.export.tensors import ModelTensors
 
-    after_imports = _status("RssAnon")
+    after_imports = proc_status_bytes("RssAnon")
     threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
     source = find_source(str(model))
@@ -99,8 +88,8 @@ def child(mode: str, model: Path, out: Path, quant: str) -> dict:
     seconds = time.perf_counter() - start
     stop.set()
     return {"mode": mode, "quant": quant, "seconds": round(seconds, 1), "gguf_bytes": size,
-            "peak_anon_bytes": max(peak["anon"], _status("RssAnon")), "after_imports_anon_bytes": after_imports,
-            "peak_rss_bytes": _status("VmHWM")}
+            "peak_anon_bytes": max(peak["anon"], proc_status_bytes("RssAnon")), "after_imports_anon_bytes": after_imports,
+            "peak_rss_bytes": proc_status_bytes("VmHWM")}
 
 
 def main() -> None:
@@ -121,8 +110,8 @@ def main() -> None:
     rows = []
     for run in args.runs.split(","):
         mode, quant = run.split(":")
-        done = subprocess.run([sys.executable, __file__, "--work", str(args.work), "--child", mode, "--quant", quant],
-                              capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        done = subprocess.run(module_command(__spec__.name, "--work", str(args.work), "--child", mode, "--quant", quant),
+                              capture_output=True, text=True, env=module_env())
         if done.returncode:
             sys.exit(done.stderr[-3000:])
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -130,11 +119,10 @@ def main() -> None:
         (args.work / f"{mode}-{quant}.gguf").unlink(missing_ok=True)
     if args.readme:
         gb = 1e9
-        print("| export | peak RSS (GB) | peak anonymous (GB) | of which imports | seconds | GGUF (GB) |")
-        print("|---|---:|---:|---:|---:|---:|")
-        for r in rows:
-            print(f"| {r['mode']} {r['quant']} | {r['peak_rss_bytes'] / gb:.2f} | {r['peak_anon_bytes'] / gb:.2f} | "
-                  f"{r['after_imports_anon_bytes'] / gb:.2f} | {r['seconds']} | {r['gguf_bytes'] / gb:.2f} |")
+        print(markdown_table(
+            ["export", "peak RSS (GB)", "peak anonymous (GB)", "of which imports", "seconds", "GGUF (GB)"], "lrrrrr",
+            [[f"{r['mode']} {r['quant']}", f"{r['peak_rss_bytes'] / gb:.2f}", f"{r['peak_anon_bytes'] / gb:.2f}",
+              f"{r['after_imports_anon_bytes'] / gb:.2f}", r["seconds"], f"{r['gguf_bytes'] / gb:.2f}"] for r in rows]))
 
 
 if __name__ == "__main__":

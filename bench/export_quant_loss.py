@@ -4,8 +4,8 @@ greedy answers (48 tokens) to the first 12 starter prompts. Per answer token: |l
 the table gives its mean and 99th percentile, the file's size, and how many of the source's greedy
 tokens the GGUF model reproduces when it decodes on its own (teacher-forced agreement of the argmax).
 
-    python bench/export_quant_loss.py                    # the default model as shipped
-    python bench/export_quant_loss.py --perturb 0.002     # its weights + N(0, 0.002^2), as after training
+    python -m bench.export_quant_loss                    # the default model as shipped
+    python -m bench.export_quant_loss --perturb 0.002     # its weights + N(0, 0.002^2), as after training
 
 The default model ships as a Q4_1 GGUF: its dequantised weights sit on Q4_1's grid, so a q4_1 export
 gives them back exactly. A trained model's weights have left that grid; `--perturb` moves them off
@@ -15,14 +15,12 @@ it the way the eval benchmark's policy does (bench/eval_throughput.py), for a fa
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import markdown_table
 
 
 @torch.no_grad()
@@ -86,11 +84,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), flush=True)
             del model
             path.unlink()
-    print("| GGUF type | file (MB) | mean abs Δ log p per token | 99th percentile | same argmax |")
-    print("|---|---:|---:|---:|---:|")
-    for r in rows:
-        print(f"| {r['quant']} | {r['bytes'] / 1e6:.0f} | {r['mean_abs_dlogp']:.4f} | {r['p99_abs_dlogp']:.4f} | "
-              f"{r['argmax_agree']:.1%} |")
+    print(markdown_table(
+        ["GGUF type", "file (MB)", "mean abs Δ log p per token", "99th percentile", "same argmax"], "lrrrr",
+        [[r["quant"], f"{r['bytes'] / 1e6:.0f}", f"{r['mean_abs_dlogp']:.4f}", f"{r['p99_abs_dlogp']:.4f}",
+          f"{r['argmax_agree']:.1%}"] for r in rows]))
 
 
 if __name__ == "__main__":

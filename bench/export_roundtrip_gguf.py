@@ -9,7 +9,7 @@ cache), exported with `dpo-engine export-model --format gguf` (f16), and the two
   metadata    each key the original sets under the architecture's prefix, where ours differs
   model       transformers reads our file back: logits against the converted model's, 16 greedy tokens
 
-    python bench/export_roundtrip_gguf.py PATH.gguf [--cache DIR]
+    python -m bench.export_roundtrip_gguf PATH.gguf [--cache DIR]
 """
 
 from __future__ import annotations
@@ -17,13 +17,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def fields(path: Path) -> dict:

@@ -1,7 +1,7 @@
 """How far a run's first loss sits from ln 2, per precision: the reference pass and the first
 step batch the same pairs differently, and rounding differs with the batch.
 
-    .venv/bin/python bench/first_loss.py --seeds 8
+    .venv/bin/python -m bench.first_loss --seeds 8
 
 At step 1 the policy is its reference, so every implicit reward is 0 and the DPO loss ln 2 in
 exact arithmetic. The trainer scores the reference once (`train.reference.compute_reference`,
@@ -17,17 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.machine import machine_info  # noqa: E402
-from bench.train_throughput import MAX_LENGTH, make_pairs  # noqa: E402
+from bench.common import RESULTS, encoded_pairs, load_default, machine_info
 
 
 def main() -> None:
@@ -36,23 +32,19 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per micro-batch (the trainer's default)")
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--pairs", type=int, default=32, help="the first N of the throughput bench's 64 pairs")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "first_loss.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS / "first_loss.jsonl")
     args = parser.parse_args()
 
-    from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
     from dpo_engine.iters import drain
     from dpo_engine.losses import LossParams, sigmoid
-    from dpo_engine.models import load_model
     from dpo_engine.train.data import epoch_batches
     from dpo_engine.train.reference import compute_reference
     from dpo_engine.train.step import StepContext, pair_logps
 
-    quiet_transformers()
-    loaded = load_model("default", pick_device("cpu", "float32"))
+    loaded = load_default()
     model = loaded.model
-    pairs = [encode_pair(loaded.tokenizer, p, MAX_LENGTH) for p in make_pairs(loaded.tokenizer)][: args.pairs]
+    pairs = encoded_pairs(loaded.tokenizer, args.pairs)
     lengths = [p.length for p in pairs]
     params = LossParams(beta=0.1)
     rows = []

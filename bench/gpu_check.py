@@ -9,22 +9,20 @@ gpu_check.json into $OUT (or the current folder).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from dpo_engine.devices import pick_device  # noqa: E402
-from dpo_engine.pairs import conversation  # noqa: E402
-from dpo_engine.train.config import LoraSettings, TrainConfig  # noqa: E402
-from dpo_engine.train.loop import run_training  # noqa: E402
-from tests.tiny_model import build_tiny_model  # noqa: E402
+from dpo_engine.devices import pick_device
+from dpo_engine.pairs import conversation
+from dpo_engine.train.config import LoraSettings, TrainConfig
+from dpo_engine.train.loop import run_training
+from tests.tiny_model import build_tiny_model
 
 OUT = Path(os.environ.get("OUT", "."))
 results: dict = {"torch": torch.__version__, "cuda": torch.cuda.is_available()}
@@ -50,6 +48,7 @@ def train(folder: Path, out: Path, **kw) -> dict:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()  # --help, nothing else
     choice = pick_device()
     results["device"] = {"device": choice.device, "dtype": choice.dtype, "describe": choice.describe()}
     tmp = Path(tempfile.mkdtemp())

@@ -1,6 +1,6 @@
 """Rankings cost their answers, not their pairs: grouped vs pairwise, side by side in one process.
 
-    .venv/bin/python bench/group_answers.py --steps 6 --threads 1
+    .venv/bin/python -m bench.group_answers --steps 6 --threads 1
 
 Ranking data as the app makes it: rankings of k = 4 (8 rankings, 48 pairs) and k = 8 (2
 rankings, 56 pairs) on the default model (SmolLM2-135M-Instruct, fp32 weights, precision
@@ -28,15 +28,11 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.train_throughput import BAD, GOOD, TOPIC, _grow  # noqa: E402
+from bench.common import BAD, GOOD, TOPIC, grow, uptime
 
 SEED = 11
 BATCH = 8
@@ -54,8 +50,8 @@ def make_rankings(tokenizer, k: int, n: int):
 
     pairs = []
     for g in range(n):
-        prompt = _grow(n_tokens, rng, TOPIC, 16, f"Question {k}-{g}:")
-        answers = [_grow(n_tokens, rng, (GOOD if a < k // 2 else BAD) + TOPIC, rng.randint(20, 60)) for a in range(k)]
+        prompt = grow(n_tokens, rng, TOPIC, 16, f"Question {k}-{g}:")
+        answers = [grow(n_tokens, rng, (GOOD if a < k // 2 else BAD) + TOPIC, rng.randint(20, 60)) for a in range(k)]
         pairs += [conversation(prompt, answers[i], answers[j]) for i in range(k) for j in range(i + 1, k)]
     return pairs
 
@@ -83,7 +79,7 @@ def main() -> None:
     quiet_transformers()
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)
-    before = _uptime()
+    before = uptime()
     auto = pick_device("cpu", "auto")
     loaded = load_model(args.model, pick_device("cpu", "float32"))
     model, tokenizer = loaded.model, loaded.tokenizer
@@ -140,9 +136,9 @@ def main() -> None:
     import torch as _t
 
     print("\n".join([
-        f"`bench/group_answers.py --steps {args.steps} --threads {args.threads}`: torch {_t.__version__}, {_t.get_num_threads()} threads, "
+        f"`python -m bench.group_answers --steps {args.steps} --threads {args.threads}`: torch {_t.__version__}, {_t.get_num_threads()} threads, "
         f"model {args.model}, precision auto = {auto.dtype}, batch {BATCH} pairs per step (grad_accum 1), "
-        f"reference batch {REF_BATCH} pairs.", "", f"Machine before: {before}", "", f"Machine after: {_uptime()}", "",
+        f"reference batch {REF_BATCH} pairs.", "", f"Machine before: {before}", "", f"Machine after: {uptime()}", "",
         *sections]))
 
 
@@ -162,10 +158,6 @@ def _section(k, n, n_pairs, rows_pairwise, rows_grouped, ref_s, diff, seconds, r
     out += ["", f"Largest step-loss difference, grouped vs grouped-batches (the same pairs, the same weights): "
                 f"{same:.1e}", ""]
     return "\n".join(out)
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ does, through the widgets and keys of the running app (default model, CPU, app d
 Screenshots of the three pages go to --shots (bench/gui_user/ by default), and one JSON
 line per run is appended to <workdir>/gui_results.jsonl.
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/gui_user.py --seed 0
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.gui_user --seed 0
 """
 
 from __future__ import annotations
@@ -31,12 +31,10 @@ import time
 from pathlib import Path
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
 
-from scripts.screenshots import wait_until as wait  # noqa: E402
-from simulated_user import simulated_ranking, split_prompts  # noqa: E402
+from bench.common import ROOT
+from bench.simulated_user import simulated_ranking, split_prompts
+from scripts.screenshots import wait_until as wait
 
 
 def labeler_order(texts: list[str], ended: list[bool]) -> tuple[list[int], list[bool]]:

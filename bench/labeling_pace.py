@@ -12,15 +12,19 @@ ready pair to the last verdict's next ready pair). The first pair's time after s
 The first verdict's wait is the start-up batch (the whole queue sampled at once), so the
 same figures are also given without it ("steady").
 
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --think 2 4 8 --verdicts 30
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --mode ranking --think 4
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --think 2 4 8 --verdicts 30
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --mode ranking --think 4
     # a second session: the first run leaves the measured pace where the second starts from it
-    QT_QPA_PLATFORM=offscreen .venv/bin/python bench/labeling_pace.py --think 4 4 --pace-memory /tmp/pace.json
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --think 4 4 --pace-memory /tmp/pace.json
 
-To measure another version of the app (e.g. main before the batched queue), run this file
-with that checkout first on PYTHONPATH: it uses only `create_window`, the Label page's
-controller (`current`, `pairReady`, `prefetch`) and keys. One JSON line per condition is
-appended to --out, naming the machine (`bench/machine.py`) and the sampling precision.
+To measure another version of the app (e.g. main before the batched queue), put that checkout
+first on the path and this one after it, for `bench`, and keep Python from putting the working
+folder first (`-P`):
+
+    PYTHONPATH=/path/to/other:$PWD QT_QPA_PLATFORM=offscreen .venv/bin/python -P -m bench.labeling_pace
+
+It uses only `create_window`, the Label page's controller (`current`, `pairReady`,
+`prefetch`) and keys. One JSON line per condition is appended to --out, naming the machine (`bench/common.py`) and the sampling precision.
 """
 
 from __future__ import annotations
@@ -29,18 +33,14 @@ import argparse
 import json
 import os
 import random
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-if not os.environ.get("PYTHONPATH"):  # run from a checkout: import that checkout's app
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/machine.py, whichever app is measured
+from bench.common import machine_info, machine_row
 
-from machine import machine_info, machine_row  # noqa: E402
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -1,6 +1,6 @@
 """Per-pair log-probs in bf16 autocast vs fp32 on the default model (results: bench/README.md).
 
-    .venv/bin/python bench/logps_precision.py            # table to stdout, rows to --out
+    .venv/bin/python -m bench.logps_precision            # table to stdout, rows to --out
 
 The trainer's own scoring (`train.step.pair_logps`: prompt once with its keys/values
 reused, LM head on response positions only, log-softmax and sums in fp32) over the
@@ -17,36 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.train_throughput import MAX_LENGTH, make_pairs  # noqa: E402
+from bench.common import RESULTS, encoded_pairs, load_default
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=64, help="the first N of the 64 (bf16 is slow where emulated)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "logps_precision.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS / "logps_precision.jsonl")
     args = parser.parse_args()
 
     import torch
 
-    from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
     from dpo_engine.iters import drain
     from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
     from dpo_engine.train.step import StepContext, policy_scores
 
-    quiet_transformers()
-    loaded = load_model("default", pick_device("cpu", "float32"))
-    pairs = [encode_pair(loaded.tokenizer, p, MAX_LENGTH) for p in make_pairs(loaded.tokenizer)][:args.pairs]
+    loaded = load_default()
+    pairs = encoded_pairs(loaded.tokenizer, args.pairs)
     result, seconds = {}, {}
     for dtype in ("float32", "bfloat16"):
         choice = pick_device("cpu", dtype)

@@ -69,27 +69,28 @@ set_of() { echo "${SETS[$(( $1 % ${#SETS[@]} ))]}"; }
 LIMIT=${LIMIT:-420}
 
 DPO_STUDIO_CACHE=$CACHE/native taskset -c "$(set_of 0)" timeout "$LIMIT" \
-    $PY bench/train_throughput.py --steps ${STEPS:-6} --accum 2 \
+    $PY -m bench.train_throughput --steps ${STEPS:-6} --accum 2 \
     --variants ceiling,ours,ceiling-fp32,ours-fp32,trl,trl-fast > "$OUT/native.txt" 2>&1 &
 DPO_STUDIO_CACHE=$CACHE/avx2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 \
     taskset -c "$(set_of 1)" timeout "$LIMIT" \
-    $PY bench/train_throughput.py --steps ${STEPS:-6} --accum 2 \
+    $PY -m bench.train_throughput --steps ${STEPS:-6} --accum 2 \
     --variants ceiling-fp32,ours,trl-fast > "$OUT/avx2.txt" 2>&1 &
-COMPILE=(env DPO_STUDIO_CACHE=$CACHE/native timeout "${COMPILE_LIMIT:-240}" $PY bench/profile_step.py --rounds ${ROUNDS:-3} --profiled ""
+COMPILE=(env DPO_STUDIO_CACHE=$CACHE/native timeout "${COMPILE_LIMIT:-240}" $PY -m bench.profile_step --rounds ${ROUNDS:-3} --profiled ""
          --threads 2 --kinds bare-bf16,bare-bf16-compiled)
 (
     DPO_STUDIO_CACHE=$CACHE/native taskset -c "$(set_of 2)" timeout "$LIMIT" \
-        $PY bench/profile_step.py --rounds ${ROUNDS:-3} --profile 2 --accum 2 --threads 2 \
+        $PY -m bench.profile_step --rounds ${ROUNDS:-3} --profile 2 --accum 2 --threads 2 \
         --kinds step-fp32,step-bf16,step-bf16-recast,step-bf16-noshare,bare-fp32,bare-bf16 > "$OUT/profile.txt" 2>&1
     # fewer than 5 pairs of physical cores: the compile job runs after the profile, on its cores
     [ ${#SETS[@]} -lt 5 ] && taskset -c "$(set_of 2)" "${COMPILE[@]}" > "$OUT/compile.txt" 2>&1
 ) &
 (
     if [ -n "$BEFORE" ]; then
+        # -P: the BEFORE tree's bench and dpo_engine, not the working folder's
+        PYTHONPATH="$BEFORE" DPO_STUDIO_CACHE=$CACHE/native taskset -c "$(set_of 3)" timeout "$LIMIT" \
+            $PY -P -m bench.train_throughput --steps ${STEPS:-6} --variants ours,ours-fp32
         DPO_STUDIO_CACHE=$CACHE/native taskset -c "$(set_of 3)" timeout "$LIMIT" \
-            $PY "$BEFORE/bench/train_throughput.py" --steps ${STEPS:-6} --variants ours,ours-fp32
-        DPO_STUDIO_CACHE=$CACHE/native taskset -c "$(set_of 3)" timeout "$LIMIT" \
-            $PY bench/train_throughput.py --steps ${STEPS:-6} --variants ours,ours-fp32
+            $PY -m bench.train_throughput --steps ${STEPS:-6} --variants ours,ours-fp32
     fi
 ) > "$OUT/before_after.txt" 2>&1 &
 [ ${#SETS[@]} -ge 5 ] && taskset -c "$(set_of 4)" "${COMPILE[@]}" > "$OUT/compile.txt" 2>&1 &

@@ -1,13 +1,13 @@
 """fp32 vs precision "auto" (bf16 autocast where this CPU runs it natively and faster): the
 trainer's own step on the default model, both precisions side by side in one process.
 
-    .venv/bin/python bench/precision_steps.py --rounds 8
+    .venv/bin/python -m bench.precision_steps --rounds 8
 
 One model (SmolLM2-135M-Instruct, fp32 weights) and one AdamW; each round trains the same
 micro-batch once in fp32 and once in the "auto" precision, the order alternating round by
 round, so that a machine shared with other jobs slows both alike (separate runs, minutes
 apart, measured the load as much as the precision). The batches are the throughput bench's
-pairs (`bench/train_throughput.py`: prompt ~40 tokens, answers 40-120), 2 pairs per step,
+pairs (`bench/common.py`: prompt ~40 tokens, answers 40-120), 2 pairs per step,
 length-sorted, prompt run once with its keys/values reused (the trainer's default path).
 
 Reported per precision: the median and the fastest step (the fastest is the least disturbed
@@ -19,15 +19,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from bench.train_throughput import BATCH, MAX_LENGTH, make_pairs  # noqa: E402
+from bench.common import BATCH, train_setup, uptime
 
 
 def main() -> None:
@@ -37,24 +32,14 @@ def main() -> None:
 
     import torch
 
-    from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
     from dpo_engine.losses import LossParams
-    from dpo_engine.models import load_model
-    from dpo_engine.train.model import disable_dropout
     from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
-    quiet_transformers()
     torch.manual_seed(0)
-    before = _uptime()
+    before = uptime()
     auto = pick_device("cpu", "auto")
-    loaded = load_model("default", pick_device("cpu", "float32"))
-    model, tokenizer = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    model.config.use_cache = False
-    model.train()
-    encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
+    model, tokenizer, encoded = train_setup()
     batches = [list(range(i, i + BATCH)) for i in range(0, len(encoded), BATCH)][: args.rounds]
     contexts = {name: StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), True,
                                   choice.autocast)
@@ -87,17 +72,13 @@ def _table(seconds: dict, tokens: int, auto, before: str, rounds: int) -> str:
     ratio_best = min(seconds["fp32"]) / min(seconds["auto"])
     ratio_all = sum(seconds["fp32"]) / sum(seconds["auto"])
     return "\n".join([
-        f"`bench/precision_steps.py --rounds {rounds}`: torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"`python -m bench.precision_steps --rounds {rounds}`: torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{tokens} trained tokens per precision.", "",
         f"auto chose: {auto.dtype} ({auto.precision_reason})", "",
-        f"Machine before: {before}", "", f"Machine after: {_uptime()}", "", *rows, "",
+        f"Machine before: {before}", "", f"Machine after: {uptime()}", "", *rows, "",
         f"auto / fp32 speed: {ratio_median:.2f}x (median step), {ratio_best:.2f}x (fastest step), "
         f"{ratio_all:.2f}x (all steps)",
     ])
-
-
-def _uptime() -> str:
-    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

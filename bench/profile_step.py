@@ -1,8 +1,8 @@
 """Where a training step's time goes: the trainer's step and the bare forward+backward, fp32 and
 bf16, on the default model, with torch.profiler.
 
-    .venv/bin/python bench/profile_step.py --rounds 6 --profile 3 --accum 2
-    .venv/bin/python bench/profile_step.py --rounds 4 --accum 2 --kinds step-bf16,step-bf16-attn16,bare-bf16 --profiled ""
+    .venv/bin/python -m bench.profile_step --rounds 6 --profile 3 --accum 2
+    .venv/bin/python -m bench.profile_step --rounds 4 --accum 2 --kinds step-bf16,step-bf16-attn16,bare-bf16 --profiled ""
 
 One model (SmolLM2-135M-Instruct, fp32 weights, train mode, dropout off) and one fused AdamW.
 The batches are the throughput bench's pairs (`bench/train_throughput.py`), `--accum`
@@ -12,11 +12,11 @@ all alike:
 
     step-fp32 / step-bf16   `train.step.run_step` (the trainer's step: forward with the prompt
                             once, loss, backward, clip, fused AdamW) in fp32 / the trainer's bf16
-                            (`step.forward_precision`: bf16 autocast, attention in fp32 on a
-                            CPU); step-bf16-attn16: attention in bf16 as well;
+                            (bf16 autocast, attention in fp32 on a CPU:
+                            `dpo_engine.attention`); step-bf16-attn16: attention in bf16 as well;
                             -recast: autocast's weight casts made per micro-batch (before
                             `step.casts_kept`); -noshare: the prompt run twice, one forward
-    bare-fp32 / bare-bf16   `bench.train_throughput.bare_forward_backward`: the same tokens as one row
+    bare-fp32 / bare-bf16   `bench.common.bare_forward_backward`: the same tokens as one row
                             per pair, the model, the LM head on the scored positions, a plain
                             cross-entropy, backward; nothing else; in the trainer's precision
                             (bare-bf16-attn16: attention in bf16 too; -compiled: torch.compile)
@@ -34,13 +34,9 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.machine import machine_row  # noqa: E402
-from bench.train_throughput import BATCH, bare_forward_backward, train_setup  # noqa: E402
+from bench.common import BATCH, bare_forward_backward, machine_row, train_setup
 
 BUCKETS = ("matmul", "casts / copies", "attention", "loss / log-softmax", "optimizer", "grad clip / zero",
            "other ops (norms, activations, embedding, ...)")
@@ -110,7 +106,8 @@ def main() -> None:
     from dpo_engine.devices import pick_device
     from dpo_engine.losses import LossParams
     from dpo_engine.train import step as step_module
-    from dpo_engine.train.step import StepContext, forward_precision, pair_logps, pair_tokens, run_step
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.step import StepContext, pair_logps, pair_tokens, run_step
 
     quiet_transformers()
     torch.manual_seed(0)
@@ -123,10 +120,10 @@ def main() -> None:
 
     def context(precision: str, share: bool = True, attention_bf16: bool = False):
         """The trainer's StepContext; `attention_bf16`: plain autocast, attention in bf16 too
-        (the trainer before `step.forward_precision`)."""
-        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
+        (the trainer before `dpo_engine.attention`). Sets the model's attention accordingly."""
+        use_fp32_attention(model, on=not attention_bf16)
         return StepContext("sigmoid", LossParams(beta=0.1), tokenizer.pad_token_id, torch.device("cpu"), share,
-                           autocast)
+                           choices[precision].autocast)
 
     def refs(pairs, precision):
         with torch.no_grad():  # policy == reference: the loss is ln 2, as at step 1
@@ -149,9 +146,10 @@ def main() -> None:
         return run
 
     def bare(precision, attention_bf16=False):
-        autocast = choices[precision].autocast if attention_bf16 else forward_precision(choices[precision])
+        autocast = choices[precision].autocast
 
         def run(pairs, ref):
+            use_fp32_attention(model, on=not attention_bf16)
             for mb in micro(pairs):
                 bare_forward_backward(model, [pairs[i] for i in mb], tokenizer.pad_token_id, autocast)
         return run
@@ -165,9 +163,10 @@ def main() -> None:
         shim = types.SimpleNamespace(model=backbone, lm_head=model.lm_head, zero_grad=model.zero_grad)
 
         def run(pairs, ref):
+            use_fp32_attention(model)
             for mb in micro(pairs):
                 bare_forward_backward(shim, [pairs[i] for i in mb], tokenizer.pad_token_id,
-                                      forward_precision(choices[precision]))
+                                      choices[precision].autocast)
         return run
 
     all_kinds = {"step-fp32": trainer("fp32"), "step-bf16": trainer("bf16"), "bare-fp32": bare("fp32"),

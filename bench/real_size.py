@@ -1,9 +1,9 @@
 """Real model shapes, measured: LoRA DPO steps and a sampling round at 1-3B parameters.
 
-    .venv/bin/python bench/real_size.py                              # the 1B shapes, this machine's precision
-    .venv/bin/python bench/real_size.py --models llama-3.2-3b --max-gib 12
-    .venv/bin/python bench/real_size.py --device cuda                # bf16 LoRA on a GPU
-    .venv/bin/python bench/real_size.py --device cuda --four-bit     # QLoRA (needs the [gpu] extra)
+    .venv/bin/python -m bench.real_size                              # the 1B shapes, this machine's precision
+    .venv/bin/python -m bench.real_size --models llama-3.2-3b --max-gib 12
+    .venv/bin/python -m bench.real_size --device cuda                # bf16 LoRA on a GPU
+    .venv/bin/python -m bench.real_size --device cuda --four-bit     # QLoRA (needs the [gpu] extra)
 
 Each model is built from its published config values (written below; nothing is downloaded)
 with random weights, saved once as bf16 safetensors under the bench cache
@@ -33,43 +33,37 @@ import platform
 import random
 import resource
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS, module_command, module_env
 
 # Published config.json values (Hugging Face model pages of each model; only the fields that
 # shape the network; token ids are replaced by the bench tokenizer's).
+# What the two sizes of one family share (rope, norms, vocabulary); each size adds its own shape.
+LLAMA_3_2 = dict(model_type="llama", vocab_size=128256, intermediate_size=8192, num_key_value_heads=8,
+                 max_position_embeddings=131072, rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
+                 rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                               "original_max_position_embeddings": 8192})
+QWEN_2_5 = dict(model_type="qwen2", vocab_size=151936, num_key_value_heads=2, max_position_embeddings=32768,
+                rms_norm_eps=1e-6, rope_theta=1000000.0, tie_word_embeddings=True, sliding_window=None,
+                use_sliding_window=False)
 CONFIGS = {
-    "llama-3.2-1b": dict(  # meta-llama/Llama-3.2-1B-Instruct
-        model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, head_dim=64, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192}),
-    "qwen2.5-1.5b": dict(  # Qwen/Qwen2.5-1.5B-Instruct
-        model_type="qwen2", vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
-        num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
-        rope_theta=1000000.0, tie_word_embeddings=True, sliding_window=None, use_sliding_window=False),
+    "llama-3.2-1b": dict(LLAMA_3_2, hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
+                         head_dim=64),  # meta-llama/Llama-3.2-1B-Instruct
+    "qwen2.5-1.5b": dict(QWEN_2_5, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                         num_attention_heads=12),  # Qwen/Qwen2.5-1.5B-Instruct
     "gemma-3-1b": dict(  # google/gemma-3-1b-it
         model_type="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
         num_attention_heads=4, num_key_value_heads=1, head_dim=256, query_pre_attn_scalar=256,
         max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0, rope_local_base_freq=10000.0,
         sliding_window=512, sliding_window_pattern=6, final_logit_softcapping=None, attn_logit_softcapping=None,
         hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True),
-    "llama-3.2-3b": dict(  # meta-llama/Llama-3.2-3B-Instruct
-        model_type="llama", vocab_size=128256, hidden_size=3072, intermediate_size=8192, num_hidden_layers=28,
-        num_attention_heads=24, num_key_value_heads=8, head_dim=128, max_position_embeddings=131072,
-        rms_norm_eps=1e-5, rope_theta=500000.0, tie_word_embeddings=True,
-        rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                      "original_max_position_embeddings": 8192}),
-    "qwen2.5-3b": dict(  # Qwen/Qwen2.5-3B-Instruct
-        model_type="qwen2", vocab_size=151936, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
-        num_attention_heads=16, num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-6,
-        rope_theta=1000000.0, tie_word_embeddings=True, sliding_window=None, use_sliding_window=False),
+    "llama-3.2-3b": dict(LLAMA_3_2, hidden_size=3072, num_hidden_layers=28, num_attention_heads=24,
+                         head_dim=128),  # meta-llama/Llama-3.2-3B-Instruct
+    "qwen2.5-3b": dict(QWEN_2_5, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36,
+                       num_attention_heads=16),  # Qwen/Qwen2.5-3B-Instruct
     "smoke": dict(  # not a published model: a 4-layer Llama to check this script in a minute
         model_type="llama", vocab_size=32000, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True),
@@ -232,9 +226,9 @@ def child_sample(name: str, args) -> dict:
 
 
 def run_child(name: str, task: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", name, task, "--device", args.device, "--steps", str(args.steps),
-           "--budget-gib", str(args.budget_gib)] + (["--four-bit"] if args.four_bit else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    cmd = module_command(__spec__.name, "--child", name, task, "--device", args.device, "--steps", str(args.steps),
+                         "--budget-gib", str(args.budget_gib), *(["--four-bit"] if args.four_bit else []))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=module_env())
     if proc.returncode != 0:
         return {"model": name, "task": task, "error": proc.stderr.strip()[-1500:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -278,7 +272,7 @@ def main() -> None:
             row.update(machine=where, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
             print(json.dumps(row), flush=True)
             if args.record:
-                with open(ROOT / "bench" / "results" / "real_size.jsonl", "a") as fh:
+                with open(RESULTS / "real_size.jsonl", "a") as fh:
                     fh.write(json.dumps(row) + "\n")
 
 

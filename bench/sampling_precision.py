@@ -7,7 +7,7 @@ whether the greedy answers equal fp32's token for token (and where they first di
 the mean per-token NLL of each precision's answers scored under the fp32 model (a quality
 proxy: bf16 answers should not be less likely under fp32 than fp32's own).
 
-    .venv/bin/python bench/sampling_precision.py --tokens 64
+    .venv/bin/python -m bench.sampling_precision --tokens 64
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import RESULTS
 
 PROMPTS = [
     "Give me a tip for staying focused while studying.",
@@ -53,7 +51,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "sampling_precision.jsonl"))
+    parser.add_argument("--out", default=str(RESULTS / "sampling_precision.jsonl"))
     args = parser.parse_args()
     models = {dtype: load_model("default", pick_device("cpu", dtype)) for dtype in ("float32", "bfloat16")}
     settings = GenerationSettings(max_new_tokens=args.tokens, temperature=0)

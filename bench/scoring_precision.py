@@ -1,6 +1,6 @@
 """Scoring precision: which precision keeps the numbers a person reads within 1e-3 of fp32.
 
-    .venv/bin/python bench/scoring_precision.py [--gemma-gguf gemma-3-270m-q4_k_m.gguf]
+    .venv/bin/python -m bench.scoring_precision [--gemma-gguf gemma-3-270m-q4_k_m.gguf]
 
 Eval, the Compare page's implicit rewards and held-out summary, the trainer's reference pass
 and the model card all come from summed response log-probs (`logps.score_pairs`). This scores
@@ -32,17 +32,14 @@ import contextlib
 import copy
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from bench.machine import machine_info, machine_row  # noqa: E402
+from bench.common import RESULTS, machine_info, machine_row, make_pairs
 
 VARIANTS = ("fp32", "autocast", "autocast+head32", "bf16", "bf16+head32")
 
@@ -156,10 +153,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--train-pairs", type=int, default=32, help="how many of the trainer bench's 64 pairs")
     parser.add_argument("--skip", nargs="*", default=[], help="model names to skip")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scoring_precision.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS / "scoring_precision.jsonl")
     args = parser.parse_args()
 
-    from bench.train_throughput import make_pairs
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.devices import pick_device
     from dpo_engine.models import load_model

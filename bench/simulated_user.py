@@ -12,8 +12,8 @@ held-out starter prompts we measure
   * the implicit reward's preference accuracy on the labeler's rankings of the base's
     held-out answers (pairs never trained on).
 
-    .venv/bin/python bench/simulated_user.py --seed 0
-    .venv/bin/python bench/simulated_user.py --seed 0 --reuse --lr 5e-6 --tag old-lr   # same samples
+    .venv/bin/python -m bench.simulated_user --seed 0
+    .venv/bin/python -m bench.simulated_user --seed 0 --reuse --lr 5e-6 --tag old-lr   # same samples
 
 Samples are cached in --workdir (per seed), so training variants reuse them. Results are
 appended as JSON lines to <workdir>/results.jsonl; `--table` prints the README table.
@@ -31,24 +31,23 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
+import torch
 
-from dpo_engine.defaults import small_data_defaults  # noqa: E402
-from dpo_engine.encoding import collate, encode_pair  # noqa: E402
-from dpo_engine.logps import sequence_logps  # noqa: E402
-from dpo_engine._compat import forward_with_cache  # noqa: E402
-from dpo_engine.generate import GenerationSettings, _sample, _stop_ids, encode_prompt  # noqa: E402
-from dpo_engine.heldout import heldout_events  # noqa: E402
-from dpo_engine.models import load_model  # noqa: E402
-from dpo_engine.pairs import PreferencePair  # noqa: E402
-from dpo_engine.ranking import ranking_pairs  # noqa: E402
-from dpo_engine.starter import starter_prompts  # noqa: E402
-from dpo_engine.store.project import open_project  # noqa: E402
-from dpo_engine.train.config import TrainConfig  # noqa: E402
-from dpo_engine.train.events import StepEvent, TrainSummary  # noqa: E402
-from dpo_engine.train.loop import train  # noqa: E402
+from dpo_engine.defaults import small_data_defaults
+from dpo_engine.encoding import collate, encode_pair
+from dpo_engine.logps import sequence_logps
+from dpo_engine._compat import forward_with_cache
+from dpo_engine.generate import GenerationSettings, _sample, _stop_ids, encode_prompt
+from dpo_engine.heldout import heldout_events
+from dpo_engine.models import load_model
+from dpo_engine.pairs import PreferencePair
+from dpo_engine.ranking import ranking_pairs
+from dpo_engine.starter import starter_prompts
+from dpo_engine.store.project import open_project
+from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.events import StepEvent, TrainSummary
+from dpo_engine.train.loop import train
 
 HELDOUT_SPLIT_SEED = 1234  # the held-out prompts are the same for every seed: comparable "before"
 HELDOUT_SAMPLE_SEED = 7  # before and after answers come from the same random stream: a paired comparison

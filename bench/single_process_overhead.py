@@ -1,6 +1,6 @@
 """Single-process training speed of two versions of the engine, in one invocation.
 
-    .venv/bin/python bench/single_process_overhead.py --old-rev a0299fc^ --steps 60 --rounds 3
+    .venv/bin/python -m bench.single_process_overhead --old-rev a0299fc^ --steps 60 --rounds 3
 
 Checks out `dpo_engine/` at --old-rev into a temp dir (git archive), then runs the same
 training (tiny random Llama, same pairs, same seed, no eval, one final save) with the old
@@ -24,7 +24,8 @@ import tempfile
 from io import BytesIO
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from bench.common import ROOT
+from tests.tiny_model import build_tiny_model
 
 CHILD = r"""
 import json, sys, time
@@ -68,9 +69,6 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    sys.path.insert(0, str(ROOT))
-    from tests.tiny_model import build_tiny_model
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         old = old_engine(args.old_rev, work / "old")

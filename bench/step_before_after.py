@@ -1,9 +1,9 @@
 """The trainer's step and reference scoring at an older commit vs this tree, interleaved in one
 process on one model and the same batches: a before/after that a machine's drift cannot bias.
 
-    .venv/bin/python bench/step_before_after.py 08ec4a0 --precision fp32 --rounds 6
-    .venv/bin/python bench/step_before_after.py 08ec4a0 --precision bf16 --rounds 6
-    python bench/step_before_after.py .before --precision bf16   # a tree from `git archive 08ec4a0 dpo_engine`
+    .venv/bin/python -m bench.step_before_after 08ec4a0 --precision fp32 --rounds 6
+    .venv/bin/python -m bench.step_before_after 08ec4a0 --precision bf16 --rounds 6
+    python -m bench.step_before_after .before --precision bf16   # a tree from `git archive 08ec4a0 dpo_engine`
 
 The old `dpo_engine` is extracted with `git archive` and imported as `dpo_engine_old` (its
 imports rewritten), so both versions' `train.step.run_step` and reference scoring run on the
@@ -16,6 +16,8 @@ weights move alike for both.
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import re
 import shutil
 import statistics
@@ -26,8 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import BATCH, MAX_LENGTH, ROOT, machine_row, make_pairs
 
 
 def extract_old(commit: str, into: Path) -> None:
@@ -45,6 +46,16 @@ def extract_old(commit: str, into: Path) -> None:
         path.write_text(re.sub(r"\bdpo_engine\b", "dpo_engine_old", path.read_text()))
 
 
+def import_old(into: Path) -> None:
+    """Import `into/dpo_engine_old` as the package `dpo_engine_old`: its submodules then import by
+    name, and no path entry is added that could shadow anything else."""
+    init = into / "dpo_engine_old" / "__init__.py"
+    spec = importlib.util.spec_from_file_location("dpo_engine_old", init, submodule_search_locations=[str(init.parent)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["dpo_engine_old"] = package
+    spec.loader.exec_module(package)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("commit", help="the older commit (e.g. 08ec4a0), or a folder holding its dpo_engine")
@@ -53,14 +64,10 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dpo-before-"))
     extract_old(args.commit, work)
-    sys.path.insert(0, str(work))
-
-    import importlib
+    import_old(work)
 
     import torch
 
-    from bench.machine import machine_row
-    from bench.train_throughput import BATCH, MAX_LENGTH, make_pairs
     from dpo_engine.devices import pick_device
     from dpo_engine.encoding import encode_pair
     from dpo_engine.iters import drain
@@ -81,7 +88,11 @@ def main() -> None:
     model.config.use_cache = False
     encoded = sorted((encode_pair(tok, p, MAX_LENGTH) for p in make_pairs(tok)), key=lambda e: e.length)
     choice = pick_device("cpu", "bfloat16" if args.precision == "bf16" else "float32")
-    new_autocast = new.forward_precision(choice) if hasattr(new, "forward_precision") else choice.autocast
+    new_autocast = choice.autocast
+    if args.precision == "bf16":  # the trainer's attention on a CPU in bf16 (the model's own since it moved there)
+        from dpo_engine.attention import use_fp32_attention
+
+        use_fp32_attention(model)
     old_autocast = old.forward_precision(choice) if hasattr(old, "forward_precision") else choice.autocast
     contexts = {
         "after": (new, new_score, new.StepContext("sigmoid", LossParams(beta=0.1), tok.pad_token_id,

@@ -1,10 +1,10 @@
 """Training throughput: DPO Studio's trainer vs TRL's DPOTrainer vs a textbook loop.
 
-    .venv/bin/python bench/train_throughput.py --steps 12          # all variants, table to stdout
-    .venv/bin/python bench/train_throughput.py --steps 12 --readme # and record it in bench/README.md
+    .venv/bin/python -m bench.train_throughput --steps 12          # all variants, table to stdout
+    .venv/bin/python -m bench.train_throughput --steps 12 --readme # and record it in bench/README.md
 
-    .venv/bin/python bench/train_throughput.py --steps 6 --variants ours-fp32,ours   # precision side by side
-    .venv/bin/python bench/train_throughput.py --steps 6 --accum 2 --variants ceiling,ours,ceiling-fp32,ours-fp32
+    .venv/bin/python -m bench.train_throughput --steps 6 --variants ours-fp32,ours   # precision side by side
+    .venv/bin/python -m bench.train_throughput --steps 6 --accum 2 --variants ceiling,ours,ceiling-fp32,ours-fp32
 
 Every variant trains the default model (SmolLM2-135M-Instruct, fp32 weights, CPU) on the same 64
 synthetic conversational pairs (prompt ~40 tokens, responses 40-120), 2 pairs per step,
@@ -29,7 +29,7 @@ its own subprocess (so peak RSS is its own):
                     and rejected forwards, full logits, masked shifted gather
 
 Trained tokens = non-padding prompt + chosen + rejected tokens of the pairs stepped on. Every
-result row names its machine (`bench/machine.py`: CPU, the flags that decide bf16's speed,
+result row names its machine (`bench/common.py`: CPU, the flags that decide bf16's speed,
 threads): figures from different machines are not comparable.
 "step tok/s" counts optimizer-step time only; "end-to-end tok/s" adds the one-off
 reference pass of the precomputing variants (over all 64 pairs).
@@ -47,12 +47,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from bench.common import (BATCH, BETA, LR, MAX_LENGTH, N_PAIRS, RESULTS, ROOT, SEED, bare_forward_backward,
+                          machine_info, machine_row, make_pairs, module_command, module_env, train_model, uptime)
 
-from bench.machine import machine_info, machine_row  # noqa: E402
-
-N_PAIRS, BATCH, MAX_LENGTH, LR, BETA, SEED = 64, 2, 256, 5e-6, 0.1, 0
 ACCUM = 1  # micro-batches per optimizer step (--accum; ours, the ceiling and TRL; the textbook loop has none)
 VARIANTS = ("ceiling", "ours", "ceiling-fp32", "ours-fp32", "trl", "trl-precompute", "trl-fast", "textbook")
 # TRL configurations beyond its defaults (DPOConfig fields). "trl" is TRL as it ships: bf16 autocast
@@ -68,51 +65,6 @@ TRL_CONFIGS = {
     "trl-fast-padfree": {"precompute_ref_log_probs": True, "gradient_checkpointing": False, "bf16": False,
                          "padding_free": True},
 }
-GOOD = "clear careful kind helpful precise honest gentle thorough useful friendly accurate calm".split()
-BAD = "rude vague wrong lazy careless sloppy false noisy random useless angry confused".split()
-TOPIC = "explain how plants make food from sunlight water and air in simple words for a curious child".split()
-
-
-def _grow(tok_len, rng: random.Random, words: list[str], target: int, start: str = "") -> str:
-    text = start
-    while tok_len(text) < target:
-        text += (" " if text else "") + rng.choice(words)
-    return text
-
-
-def make_pairs(tokenizer):
-    """64 fixed conversational pairs; the chosen answers use 'good' words (a learnable preference)."""
-    from dpo_engine.pairs import conversation
-
-    rng = random.Random(SEED)
-
-    def n_tokens(text: str) -> int:
-        return len(tokenizer(text)["input_ids"])
-
-    pairs = []
-    for i in range(N_PAIRS):
-        prompt = _grow(n_tokens, rng, TOPIC, 16, f"Question {i}:")  # + the chat template's ~24 -> ~40 tokens
-        chosen = _grow(n_tokens, rng, GOOD + TOPIC, rng.randint(40, 118))
-        rejected = _grow(n_tokens, rng, BAD + TOPIC, rng.randint(40, 118))
-        pairs.append(conversation(prompt, chosen, rejected))
-    return pairs
-
-
-def train_setup():
-    """The default model (fp32 weights, train mode, dropout and the KV cache off) and the bench's
-    pairs encoded and length-sorted: (model, tokenizer, encoded), shared by the step benches."""
-    from dpo_engine.devices import pick_device
-    from dpo_engine.encoding import encode_pair
-    from dpo_engine.models import load_model
-    from dpo_engine.train.model import disable_dropout
-
-    loaded = load_model("default", pick_device("cpu", "float32"))
-    model, tokenizer = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    model.config.use_cache = False
-    model.train()
-    encoded = sorted((encode_pair(tokenizer, p, MAX_LENGTH) for p in make_pairs(tokenizer)), key=lambda e: e.length)
-    return model, tokenizer, encoded
 
 
 def _peak_rss_mb() -> float:
@@ -120,35 +72,6 @@ def _peak_rss_mb() -> float:
 
 
 # --------------------------------------------------------------------------- variants
-
-
-def bare_forward_backward(model, pairs, pad_id: int, autocast) -> None:
-    """The ceiling of a step: the bare forward+backward of the model over a step's tokens.
-
-    The same tokens as the trainer's step (`train.step.pair_tokens`: prompt once, both answers)
-    as one row per pair, prompt + chosen + rejected, right-padded; the LM head and a plain
-    cross-entropy on the positions whose next token is an answer token (as many as the trainer
-    scores), then backward. No optimizer, no clipping, no metrics, no DPO: the work any
-    trainer of these tokens must do, in a few lines of torch.
-    """
-    import torch
-    import torch.nn.functional as F
-
-    rows = [list(p.prompt_ids) + list(p.chosen_ids) + list(p.rejected_ids) for p in pairs]
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    scored = torch.zeros_like(ids, dtype=torch.bool)  # position t is scored when token t+1 is an answer token
-    for i, (p, row) in enumerate(zip(pairs, rows)):
-        ids[i, :len(row)] = torch.tensor(row)
-        mask[i, :len(row)] = 1
-        scored[i, len(p.prompt_ids) - 1:len(row) - 1] = True
-    with autocast():
-        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        logits = model.lm_head(hidden[scored])
-    targets = ids[:, 1:][scored[:, :-1]]
-    F.cross_entropy(logits.float(), targets).backward()
-    model.zero_grad(set_to_none=True)
 
 
 def _config(steps: int, workdir: Path, dtype: str):
@@ -166,21 +89,19 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
     in the precision ours runs: what the trainer's tokens/s would be with nothing but the model."""
     import torch
 
-    from dpo_engine.devices import pick_device
-    from dpo_engine.models import load_model
     from dpo_engine.train.data import prepare_data, step_batches, steps_per_epoch
     from dpo_engine.train.groups import prompt_groups
-    from dpo_engine.train.model import disable_dropout, training_plan
-    from dpo_engine.train.step import forward_precision, pair_tokens
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.model import training_plan
+    from dpo_engine.train.step import pair_tokens
 
     config = _config(steps, workdir, dtype)
-    compute = training_plan(config).compute_choice()
-    autocast = forward_precision(compute)  # the trainer's forward precision (attention in fp32 on a CPU)
-    loaded = load_model(config.model, pick_device("cpu", "float32"))  # fp32 weights, as the trainer's
-    model, tokenizer = loaded.model, loaded.tokenizer
-    disable_dropout(model)
-    model.config.use_cache = False
-    model.train()
+    plan = training_plan(config)
+    compute = plan.compute_choice()
+    autocast = compute.autocast  # the trainer's forward precision
+    model, tokenizer = train_model()  # fp32 weights, as the trainer's
+    if plan.attention != plan.compute:
+        use_fp32_attention(model)  # attention in fp32 on a CPU in bf16, as the trainer's
     data = prepare_data(tokenizer, make_pairs(tokenizer), None, config)
     lengths = [p.length for p in data.train]
     groups = prompt_groups(data.train) if config.group_answers else None
@@ -376,8 +297,7 @@ def table(results: list[dict], steps: int) -> str:
 
 
 def machine() -> str:
-    up = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
-    return f"{machine_row()}; uptime: {up}"
+    return f"{machine_row()}; uptime: {uptime()}"
 
 
 def write_readme(text: str) -> None:
@@ -414,16 +334,16 @@ def main() -> None:
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
             out = Path(f.name)
         t = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(args.steps),
-                        "--accum", str(args.accum), "--out", str(out)], check=True)
+        subprocess.run(module_command(__spec__.name, "--child", variant, "--steps", str(args.steps),
+                                      "--accum", str(args.accum), "--out", str(out)), check=True, env=module_env())
         result = json.loads(out.read_text())
         result["wall_s"] = time.perf_counter() - t
         out.unlink()
         results.append(result)
-        with (ROOT / "bench" / "results" / "train_throughput.jsonl").open("a") as f:  # each as it lands
+        with (RESULTS / "train_throughput.jsonl").open("a") as f:  # each as it lands
             f.write(json.dumps({**result, "run_started": started, "machine": before}) + "\n")
         print(f"{variant}: {result['step_tok_s']:.0f} tok/s, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
-    text = (f"## Training throughput\n\n`bench/train_throughput.py --steps {args.steps}`: {N_PAIRS} pairs, "
+    text = (f"## Training throughput\n\n`python -m bench.train_throughput --steps {args.steps}`: {N_PAIRS} pairs, "
             f"batch {BATCH} pairs x {args.accum} micro-batches per step, max length {MAX_LENGTH}, lr {LR}, beta {BETA}, CPU, fp32 weights "
             "(the precision of each variant of ours is listed below the table).\n\n"
             f"Machine before: {before}\n\nMachine after: {machine()}\n\n{table(results, args.steps)}\n")

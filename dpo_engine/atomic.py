@@ -12,7 +12,8 @@ A kill at any moment leaves either `<out>` or `.<out>.prev` complete; `find_chec
 takes whichever holds a valid manifest (moving `.prev` back), so every reader (resume,
 `--model`, the model list, a project reopened after a crash) calls it first, and none reads
 a folder whose manifest is missing or whose files do not match it. An export (a file or a
-folder without a manifest) is written to a temporary sibling and renamed (`staged`).
+folder without a manifest) is written to a temporary sibling and renamed (`staged`); what an
+export killed mid-write left (`.<name>.part-<pid>-*`) is removed by the next export to that name.
 
 This is core (below the store): the store reconciles interrupted runs with it, and the
 model loader recovers a folder left in `.prev` before loading.
@@ -47,14 +48,13 @@ def read_manifest(folder: str | Path) -> dict | None:
     """The manifest if `folder` is complete (every listed file there, right size), else None."""
     try:
         manifest = json.loads((Path(folder) / CHECKPOINT_MANIFEST).read_text())
-        files = manifest["files"]
-        items = files.items()
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        for rel, size in manifest["files"].items():
+            path = Path(folder) / rel
+            if not path.is_file() or path.stat().st_size != size:
+                return None
+    # RecursionError: a manifest nested too deeply for json; OSError: a folder it may not read
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
-    for rel, size in items:
-        path = Path(folder) / rel
-        if not path.is_file() or path.stat().st_size != size:
-            return None
     return manifest
 
 
@@ -135,14 +135,54 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs here (a signal 0 tests it and sends nothing); on Windows, where
+    signal 0 is not a test, every process counts as alive, so nothing of a running export is removed."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, but another user's
+        return True
+    return True
+
+
+def remove_stale_exports(output: Path) -> list[Path]:
+    """Remove what an earlier export to `output` killed mid-write left beside it (`.<name>.part-<pid>-*`, and
+    `.<name>.old-<pid>-*` once `output` is in place again); return what was removed. Only our own names, and
+    only of a process that no longer runs: a concurrent export's files are its own. A kill between
+    `staged`'s two renames leaves the previous export only in `.old-*`: it is moved back, not removed."""
+    try:
+        siblings = sorted(output.parent.iterdir())  # not glob: a name may hold [ or *
+    except OSError:
+        return []
+    removed = []
+    for kind in ("part", "old"):
+        prefix = f".{output.name}.{kind}-"
+        for stale in (p for p in siblings if p.name.startswith(prefix)):
+            pid = stale.name[len(prefix):].split("-")[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if kind == "old" and not (output.exists() or output.is_symlink()):
+                os.replace(stale, output)
+                continue
+            _remove(stale)
+            removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def staged(output: str | Path, as_folder: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `output` (a file path, or a made folder) to write into; when
     the block ends it is flushed to disk and renamed into place. An existing `output` is moved
     aside first and removed only once the new one is in place. Any exception (a full disk, a
-    cancel) removes the temporary path and leaves `output` as it was."""
+    cancel) removes the temporary path and leaves `output` as it was. The folder `output` goes in
+    must exist (a missing one is an error, never made); what a killed earlier export to the same
+    name left beside it is removed first."""
     output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_exports(output)
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = output.parent / f".{output.name}.part-{tag}"
     if as_folder:

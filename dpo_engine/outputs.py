@@ -5,7 +5,8 @@ never onto a project file or the input being read.
 exited 0; an app still open on it went on acknowledging verdicts into the replaced file. An
 output is refused when it *is* an input (the same file by device and inode, whatever the name)
 or when it already holds an SQLite database (a project, ours or anyone's): replacing either
-loses data that no message can bring back. Writing itself goes to a temporary sibling that is
+loses data that no message can bring back. An output whose folder does not exist is refused,
+naming the folder. Writing itself goes to a temporary sibling that is
 renamed into place (`dpo_engine.atomic`).
 """
 
@@ -36,9 +37,20 @@ def is_sqlite(path: Path) -> bool:
         return False
 
 
+def check_parent(out: Path) -> None:
+    """Refuse an output whose folder does not exist, naming it: a typo in a path is an error, not a
+    new tree of folders."""
+    parent = Path(out).expanduser().absolute().parent
+    if not parent.is_dir():
+        what = "is not a folder" if parent.exists() else "does not exist"
+        raise DataError(f"The folder {parent} {what}: check the path, or create the folder first. Nothing "
+                        "was written.")
+
+
 def check_output_path(out: str | Path, inputs: Iterable[str | Path] = ()) -> Path:
     """Return `out` if writing it cannot destroy data, else raise DataError saying what to do."""
     out = Path(out)
+    check_parent(out)
     for source in inputs:
         if _same_file(out, Path(source)):
             raise DataError(f"{out} is the file being read ({source}); writing the output onto it would "

@@ -22,74 +22,17 @@ import pytest
 import torch
 
 from dpo_engine.export import export_model
-from tests.tiny_families import FAMILIES
-from tests.tiny_model import build_bpe_tokenizer, build_spm_tokenizer
+from tests.export_cases import CASES, case_model
 
-LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
-                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 PROMPTS = ["Give me a tip for staying focused while studying.", "What is 12 + 30? The quick brown fox!",
            "Two  spaces,   three, and    four."]
-# name: (transformers class, tokenizer kind, chat family of tests/tiny_families.py, GGUF arch, extra config)
-CASES = {
-    "llama2": ("LlamaForCausalLM", "llama", "mistral", "llama", {}),
-    "llama3.2": ("LlamaForCausalLM", "bpe", "llama3", "llama",
-                 dict(rope_theta=500000.0, max_position_embeddings=1024,
-                      rope_scaling={"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0,
-                                    "high_freq_factor": 4.0, "original_max_position_embeddings": 512})),
-    "mistral": ("MistralForCausalLM", "llama", "mistral", "llama", dict(sliding_window=None)),
-    "qwen2.5-yarn": ("Qwen2ForCausalLM", "bpe-qwen", "qwen2", "qwen2",  # Qwen2.5's long-context setting
-                     dict(max_position_embeddings=1024, rope_scaling={"rope_type": "yarn", "factor": 4.0,
-                                                                      "original_max_position_embeddings": 256})),
-    "gemma2": ("Gemma2ForCausalLM", "gemma", "gemma2", "gemma2",
-               dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, final_logit_softcapping=30.0,
-                    attn_logit_softcapping=50.0)),
-    "gemma3": ("Gemma3ForCausalLM", "gemma", "gemma2", "gemma3",
-               dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64, num_hidden_layers=6)),
-    "phi3": ("Phi3ForCausalLM", "phi3", "phi3", "phi3", dict(pad_token_id=0, sliding_window=128)),
-    "phi3.5": ("Phi3ForCausalLM", "phi3", "phi3", "phi3",  # the 128k / Phi-3.5 long-context rope, in small
-               dict(pad_token_id=0, sliding_window=None, max_position_embeddings=256,
-                    original_max_position_embeddings=64,
-                    rope_scaling={"rope_type": "longrope", "long_factor": [1.0 + i / 2 for i in range(8)],
-                                  "short_factor": [1.0 + i / 10 for i in range(8)]})),
-}
-
-
-def _tokenizer(kind: str, family):
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
-
-    if kind.startswith("bpe"):
-        tok = build_bpe_tokenizer(split=PRETOKENIZE_REGEX if kind == "bpe-qwen" else LLAMA3_SPLIT)
-    else:
-        tok = build_spm_tokenizer(kind, tuple(s for s in family.specials if s not in ("<unk>", "<s>", "</s>",
-                                                                                     "<pad>", "<eos>", "<bos>")))
-    tok.chat_template = family.template
-    return tok
-
-
-def _config(arch: str, tok, extra: dict):
-    from transformers import AutoConfig
-
-    model_type = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2",
-                  "Gemma2ForCausalLM": "gemma2",
-                  "Gemma3ForCausalLM": "gemma3_text", "Phi3ForCausalLM": "phi3"}[arch]
-    shape = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    config = AutoConfig.for_model(model_type, **{**shape, **extra})
-    config.architectures = [arch]
-    return config
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def exported(request, tmp_path_factory):
     """(case name, source model, its tokenizer, the folder holding m.gguf), exported as f16."""
-    from transformers import AutoModelForCausalLM
-
     name = request.param
-    arch, kind, chat, _, extra = CASES[name]
-    tok = _tokenizer(kind, FAMILIES[chat])
-    torch.manual_seed(3)
-    model = AutoModelForCausalLM.from_config(_config(arch, tok, extra)).eval()
+    model, tok = case_model(name)
     with torch.no_grad():  # norms away from their neutral value: a norm written wrong shows in the logits
         for pname, param in model.named_parameters():
             if param.ndim == 1:
@@ -210,3 +153,47 @@ def test_transformers_reads_back_the_tokenizer_and_the_logits(exported):
         with torch.no_grad():
             assert torch.allclose(loaded(ids).logits, rounded(ids).logits, atol=1e-4)
         assert _greedy(loaded, ids) == _greedy(rounded, ids)
+
+
+_SHAPE = dict(vocab_size=64, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256)
+_GEMMA = dict(head_dim=16, query_pre_attn_scalar=16, sliding_window=64)
+# name: (model type, class, a config llama.cpp runs as written, the setting its architecture lacks, the refusal)
+REFUSALS = {
+    "qwen2 with Llama 3's rope": ("qwen2", "Qwen2ForCausalLM", {}, dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64}), "'llama3'; llama.cpp's qwen2 reads default, linear, yarn only"),
+    "llama with Phi-3's longrope": ("llama", "LlamaForCausalLM", {}, dict(rope_scaling={
+        "rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8,
+        "original_max_position_embeddings": 64}), "llama reads default, linear, llama3, yarn only"),
+    "gemma2 scaled by another scalar": ("gemma2", "Gemma2ForCausalLM", _GEMMA, dict(query_pre_attn_scalar=32),
+                                        r"1/sqrt\(32\); llama.cpp's gemma2 uses the head size"),
+    "gemma2 with its global layers elsewhere": ("gemma2", "Gemma2ForCausalLM", _GEMMA,
+                                                dict(layer_types=["full_attention"] * 6), "every 2th layer global"),
+    "gemma3 with a scaled local rope": ("gemma3_text", "Gemma3ForCausalLM", _GEMMA, dict(rope_parameters={
+        "sliding_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1000000.0}}), "gemma3 does not"),
+    "qwen2 with a sliding window": ("qwen2", "Qwen2ForCausalLM", {}, dict(sliding_window=64, use_sliding_window=True,
+                                                                         max_window_layers=0), "qwen2 architecture"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFUSALS))
+def test_a_setting_the_family_lacks_in_llama_cpp_is_refused_by_name(name):
+    """Each refusal comes from the family's row (`ArchSpec`): the same config without the setting passes."""
+    from transformers import AutoConfig
+
+    from dpo_engine.errors import ModelError
+    from dpo_engine.export.gguf_file import check_supported
+
+    model_type, arch, runs, lacks, says = REFUSALS[name]
+
+    def config(**extra):
+        made = AutoConfig.for_model(model_type, **{**_SHAPE, **runs, **extra})
+        made.architectures = [arch]
+        return made
+
+    check_supported(config())
+    with pytest.raises(ModelError, match=says):
+        check_supported(config(**lacks))
+

@@ -121,3 +121,21 @@ def test_the_loss_plot_marks_ln2_and_says_how_far_the_first_point_may_sit(qtbot)
     lines = [item for item in plots.plots["Loss"].items if isinstance(item, pg.InfiniteLine)]
     assert len(lines) == 1 and lines[0].value() == pytest.approx(math.log(2))
     assert f"±{FIRST_LOSS_BF16:g} in bf16" in lines[0].toolTip() and "exactly in fp32" in lines[0].toolTip()
+
+
+def test_gradient_checkpointing_trains_on_a_bf16_cpu(qtbot, cpu, train_window):
+    """The Train page with "Gradient checkpointing" ticked, on a CPU where "auto" picks bf16 (the
+    developers' EPYC, any AVX-512 BF16 or AMX Xeon; faked here so any CPU runs it): it trains to
+    the end. Every such run used to die in the backward with torch's CheckpointError."""
+    ctx, win, page = train_window
+    assert ctx.device.dtype == "bfloat16"  # what the window shows: "Device: cpu, bfloat16"
+    page.fields["gradient_checkpointing"].setChecked(True)
+    page.fields["epochs"].setValue(1)
+    with qtbot.waitSignal(page.controller.finished, timeout=180_000) as blocker:
+        page.train_button.click()
+    summary = blocker.args[0]
+    assert summary.status == "finished", summary.reason
+    run = ctx.project.runs.all()[-1]
+    config = run["config"]
+    assert config["gradient_checkpointing"] is True and config["precision"]["dtype"] == "bfloat16"
+    assert run["status"] == "finished" and load_model(run["checkpoint"]).resolved.kind == "folder"

@@ -23,6 +23,19 @@ MAX_HEADER = 100 * 2**20  # safetensors caps its JSON header at 100 MB; a larger
 GATED_KEYS = ("extra_gated_prompt", "extra_gated_heading", "extra_gated_fields", "extra_gated_description")
 
 
+class NestedTooDeep(ValueError):
+    """A JSON file nested deeper than Python's parser recurses (a damaged or hostile file)."""
+
+
+def loads_json(text: str | bytes, what: str):
+    """`json.loads`, with a file nested too deeply to parse (json raises RecursionError past
+    ~1,000 levels) turned into a ValueError that names `what`."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise NestedTooDeep(f"{what} is nested too deeply to read (a damaged file)") from None
+
+
 # --------------------------------------------------------------------------- safetensors folders
 
 
@@ -38,7 +51,7 @@ def safetensors_header(path: Path) -> dict:
             raise ValueError(f"{path.name} has no valid safetensors header")
         if 8 + n > size:
             raise ValueError(f"{path.name} is cut off inside its header ({size:,} bytes)")
-        header = json.loads(fh.read(n))
+        header = loads_json(fh.read(n), f"the header of {path.name}")
     end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise ValueError(f"{path.name} is cut off: its header describes {8 + n + end:,} bytes, the file has {size:,}")
@@ -95,7 +108,9 @@ def has_chat_template(folder: Path) -> bool:
     if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
         return True
     try:
-        tok = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+        tok = loads_json((folder / "tokenizer_config.json").read_text(encoding="utf-8"), "tokenizer_config.json")
+    except NestedTooDeep:
+        raise  # a damaged file, not a missing template: the tokenizer would not load either
     except (OSError, ValueError):
         return False
     return bool(tok.get("chat_template"))
@@ -139,17 +154,27 @@ def folder_size(folder: Path) -> int:
 
 
 def read_folder(folder: Path, name: str, source: str, size: int | None = None) -> CatalogEntry:
-    """A Hugging Face model folder (config.json + *.safetensors), or a PEFT adapter folder."""
+    """A Hugging Face model folder (config.json + *.safetensors), or a PEFT adapter folder.
+    Whatever is wrong with it (a damaged file, a file it may not read) is this entry's error."""
     folder = Path(folder)
-    size = folder_size(folder) if size is None else size
+    try:
+        size = folder_size(folder) if size is None else size
+        return _read_folder(folder, name, source, size)
+    except Exception as exc:  # one model's damage is its own row: listing goes on with the others
+        return broken(name, source, str(folder), f"cannot be read: {exc}", size or 0)
+
+
+def _read_folder(folder: Path, name: str, source: str, size: int) -> CatalogEntry:
     try:
         if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
             return _read_adapter(folder, name, source, size)
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+        config = loads_json((folder / "config.json").read_text(encoding="utf-8"), "config.json")
         if not isinstance(config, dict):
             raise ValueError("config.json is not a JSON object")
     except FileNotFoundError:
         return broken(name, source, str(folder), "no config.json: not a model folder", size)
+    except NestedTooDeep as exc:
+        return broken(name, source, str(folder), str(exc), size)
     except (OSError, ValueError) as exc:
         return broken(name, source, str(folder), f"config.json cannot be read: {exc}", size)
     files = sorted(folder.glob("*.safetensors"))
@@ -187,7 +212,7 @@ def _config_notes(config: dict) -> list[str]:
 
 
 def _read_adapter(folder: Path, name: str, source: str, size: int) -> CatalogEntry:
-    adapter = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    adapter = loads_json((folder / "adapter_config.json").read_text(encoding="utf-8"), "adapter_config.json")
     base = adapter.get("base_model_name_or_path") or "?"
     base_entry = read_folder(Path(base), base, source) if Path(base).is_dir() else None
     usable_base = base_entry is not None and base_entry.usable
@@ -214,9 +239,16 @@ def _gguf_architectures() -> set[str] | None:
 
 
 def read_gguf_file(path: Path, name: str | None, source: str) -> CatalogEntry:
-    """A .gguf file (or an Ollama blob): header only."""
+    """A .gguf file (or an Ollama blob): header only. Whatever is wrong with it is this entry's error."""
     path = Path(path)
     name = name or path.name
+    try:
+        return _read_gguf_file(path, name, source)
+    except Exception as exc:  # e.g. metadata of the wrong type: one model's damage is its own row
+        return broken(name, source, str(path), f"cannot be read: {exc}", fmt="gguf")
+
+
+def _read_gguf_file(path: Path, name: str, source: str) -> CatalogEntry:
     try:
         size = path.stat().st_size
     except OSError as exc:

@@ -2,12 +2,13 @@
 
 Ctrl-C or SIGTERM asks the run to stop after the current step (it saves a checkpoint that
 `--resume` continues, and the project records the run as stopped); a second one quits at
-once, leaving the last checkpoint intact.
+once, leaving the last checkpoint intact (the project records the run as stopped with it).
 With `--project`, the run, its metrics and the checkpoint are recorded in the project.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -256,17 +257,33 @@ def _run(config: TrainConfig | None, opts: dict, project) -> None:
     main_rank = _is_main()  # the other ranks train silently: no metrics file, no project writes
     metrics = MetricsFile(opts["metrics_out"] if main_rank else None)
     record_in = project.path if project is not None and main_rank else None
+    events = drive(config, project=record_in, pairs=pairs, eval_pairs=held, stop=flag, resume_from=opts["resume"])
     try:
-        summary = _present(drive(config, project=record_in, pairs=pairs, eval_pairs=held, stop=flag,
-                                 resume_from=opts["resume"]), Progress(quiet=not main_rank), metrics)
+        summary = _present(events, Progress(quiet=not main_rank), metrics)
     except KeyboardInterrupt:
-        click.echo(f"\nQuit. The last checkpoint in {config.output_dir} (if any) is intact.", err=True)
+        _quit(events, config.output_dir)
         sys.exit(130)
     finally:
         metrics.close()
         for sig, old_handler in previous.items():
             signal.signal(sig, old_handler)
     _report(summary)
+
+
+def _quit(events, output_dir: str) -> None:
+    """A second Ctrl-C or SIGTERM: end the driver now so that it records the run `stopped` with
+    its last complete checkpoint (the interrupt may have landed here, between two events, and
+    not inside the driver), then say where that checkpoint is."""
+    from dpo_engine.atomic import find_checkpoint
+
+    with contextlib.suppress(KeyboardInterrupt, StopIteration):
+        events.throw(KeyboardInterrupt())  # raised at once when the driver already ended by it
+    found = find_checkpoint(output_dir)
+    if found is None:
+        click.echo(f"\nQuit. No checkpoint was written to {output_dir}.", err=True)
+    else:
+        click.echo(f"\nQuit. The last checkpoint, {found}, is intact; continue with: dpo-engine train "
+                   f"--resume {found} and the same --data/--project.", err=True)
 
 
 def _report(summary: TrainSummary) -> None:

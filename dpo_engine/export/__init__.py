@@ -37,8 +37,8 @@ from dpo_engine.export.gguf_lora import write_gguf_lora
 from dpo_engine.export.gguf_vocab import check_tokenizer
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfile, ollama_model_of, ollama_name
-from dpo_engine.export.source import (ExportSource, find_source, load_merged_model, load_tokenizer_for_export,
-                                      tensor_source)
+from dpo_engine.export.source import (ExportSource, check_adapter_fits, find_source, load_merged_model,
+                                      load_tokenizer_for_export, tensor_source)
 
 EXPORT_FORMATS = ("hf", "peft", "gguf", "gguf-lora", "ollama")
 FOLDER_FORMATS = ("hf", "peft", "ollama")  # these write a folder; gguf and gguf-lora write one file
@@ -114,7 +114,8 @@ def export_model(model_ref: str | None, fmt: str, output: str | Path, quant: str
     report("prepare", 0.0, f"Finding {model_ref or 'default'}")
     source = find_source(model_ref, on_progress=lambda e: report("prepare", 0.05 * e.fraction, e.message))
     as_folder = fmt in FOLDER_FORMATS
-    output = check_export_target(output, as_folder, overwrite, inputs=source.inputs)
+    output = check_export_target(output, as_folder, overwrite, inputs=source.inputs, bases=source.base_inputs)
+    check_adapter_fits(source, prepare=fmt != "peft")  # an adapter of another model: said before any work
     facts = None
     if project is not None and as_folder:  # read before anything is staged: a bad project fails first
         report("prepare", 0.05, "Reading the project for the model card")
@@ -160,13 +161,15 @@ def _adapter_writer(source: ExportSource, fmt: str, output: Path, ollama_base: s
     check_adapter(source)
     config = AutoConfig.from_pretrained(str(adapter_config_folder(source)), trust_remote_code=False)
     check_supported(config)
+    adapter_name = output.name + "-adapter.gguf"
+    if fmt == "ollama":
+        adapter_modelfile(ollama_base, adapter_name)  # a name it cannot write safely is refused now
 
     def write(tmp: Path) -> None:
         report("write", 0.1, f"Writing the LoRA adapter as GGUF to a temporary {tmp.name}")
         if fmt == "gguf-lora":
             write_gguf_lora(source.adapter, config, tmp, name=output.stem)
             return
-        adapter_name = output.name + "-adapter.gguf"
         write_gguf_lora(source.adapter, config, tmp / adapter_name, name=output.name)
         (tmp / "Modelfile").write_text(adapter_modelfile(ollama_base, adapter_name))
         write_card(tmp, source, "ollama", ollama_name(output), adapter_name, facts, ollama_base=ollama_base)
@@ -187,7 +190,7 @@ def _model_writer(source: ExportSource, fmt: str, output: Path, quant: str, repo
         check_supported(config)
         check_tokenizer(tokenizer)
     if fmt == "ollama":
-        modelfile("x.gguf", tokenizer)  # refuses an untranslatable chat template now, not after the GGUF
+        modelfile(_gguf_name(output), tokenizer)  # refuses a bad template or file name now, not after the GGUF
 
     def on_tensor(done: int, total: int) -> None:
         if done == total or int(20 * done / total) != int(20 * (done - 1) / total):  # every 5%

@@ -18,10 +18,13 @@ following what llama.cpp's `convert_hf_to_gguf.py` does for each family we train
     Phi3ForCausalLM        phi3       fused qkv and gate_up matrices; a sliding window; Phi-3.5's
                                       long-context rope as rope_factors_long/short tensors
 
+Each of these differences is a field of `ArchSpec`, and each class one row of ARCHITECTURES: adding a
+family is a row here and a tiny model in tests/export_cases.py, never a branch on the family's name.
+
 1-D tensors (norms, biases) are written in f32, matrices in f16, Q8_0, Q4_0 or Q4_1 (a row that is
 not a multiple of the 32-wide block stays f16); a tied `lm_head` is not written (a file without
 `output.weight` ties the output to the embedding). The tokenizer: `export.gguf_vocab`. Tensors are
-read one at a time from a `export.tensors.TensorSource` (safetensors, lazily), so the model is never
+read one at a time from a `export.tensors.TensorReader` (safetensors, lazily), so the model is never
 in memory whole. Anything llama.cpp would run differently is refused, before a byte is written,
 with the piece that is missing.
 
@@ -55,29 +58,50 @@ _MATRIX_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_1": "Q4_1", "q4_0": "Q4_0"}
 _KEEP_Q8 = ("token_embd.weight", "output.weight")
 
 
+# the rope scalings every llama.cpp architecture reads (as rope.scaling.* keys); a family adds its own
+ROPE_KINDS = frozenset({"default", "linear", "yarn"})
+
+
 @dataclass(frozen=True)
 class ArchSpec:
+    """What one transformers family needs in its GGUF, as llama.cpp's converter writes it: every
+    difference between families is a field here, so adding a family is one row of ARCHITECTURES."""
+
     gguf_arch: str  # the gguf.MODEL_ARCH member
     permute_qk: bool  # llama.cpp's rope for it pairs dimensions (i, i+1), not (i, i + d/2) as transformers
-    norm_plus_one: bool = False  # transformers computes x * (1 + w) (Gemma); llama.cpp x * w
-    swa_every: int = 0  # llama.cpp's fixed sliding-window pattern: every n-th layer global (0: no window)
+    norm_offset: float = 0.0  # added to every norm weight: transformers computes x * (1 + w) (Gemma), llama.cpp x * w
+    rope_kinds: frozenset = ROPE_KINDS  # the rope scalings (rope_type) llama.cpp's architecture reads
+    swa_every: int = 0  # llama.cpp's fixed sliding-window pattern: every n-th layer global (0: no pattern)
+    window_all: bool = False  # every layer windowed, the size written even when 0, i.e. no window (Phi-3)
+    swa_rope_base: bool = False  # windowed layers have a rope base of their own, never scaled (Gemma 3)
+    # llama.cpp scales attention by 1/sqrt(head size) whatever query_pre_attn_scalar says (Gemma): a model
+    # configured otherwise is refused
+    attention_by_head_size: bool = False
+    # the original context always, and longrope's attention factor, as rope.scaling.* keys (Phi-3)
+    original_context: bool = False
+    # the vocabulary's runs of 2-31 spaces are user-defined pieces spelled with real spaces (Gemma's GGUFs)
+    literal_space_runs: bool = False
 
 
+_LLAMA3_ROPE = ROPE_KINDS | {"llama3"}  # Llama 3.1/3.2's scaling: llama.cpp's llama reads it as rope_freqs
+_GEMMA = dict(norm_offset=1.0, attention_by_head_size=True, literal_space_runs=True)  # what Gemma 2 and 3 share
 ARCHITECTURES = {
-    "LlamaForCausalLM": ArchSpec("LLAMA", True),  # Llama 2/3.x, SmolLM, SmolLM2, TinyLlama
-    "MistralForCausalLM": ArchSpec("LLAMA", True),  # Mistral 7B v0.2/v0.3 (no sliding window)
+    "LlamaForCausalLM": ArchSpec("LLAMA", True, rope_kinds=_LLAMA3_ROPE),  # Llama 2/3.x, SmolLM, SmolLM2, TinyLlama
+    "MistralForCausalLM": ArchSpec("LLAMA", True, rope_kinds=_LLAMA3_ROPE),  # Mistral 7B v0.2/v0.3 (no sliding window)
     "Qwen2ForCausalLM": ArchSpec("QWEN2", False),  # Qwen2, Qwen2.5 (q/k/v biases)
     "Qwen3ForCausalLM": ArchSpec("QWEN3", False),  # Qwen3 dense (q/k norms)
-    "Gemma2ForCausalLM": ArchSpec("GEMMA2", False, True, 2),
-    "Gemma3ForCausalLM": ArchSpec("GEMMA3", False, True, 6),  # text-only Gemma 3 (1B, and 4B+ as text)
-    "Phi3ForCausalLM": ArchSpec("PHI3", False),  # Phi-3 mini 4k, and the 128k / Phi-3.5 mini (longrope)
+    "Gemma2ForCausalLM": ArchSpec("GEMMA2", False, swa_every=2, **_GEMMA),
+    # text-only Gemma 3 (1B, and 4B+ as text)
+    "Gemma3ForCausalLM": ArchSpec("GEMMA3", False, swa_every=6, swa_rope_base=True, **_GEMMA),
+    "Phi3ForCausalLM": ArchSpec("PHI3", False, rope_kinds=ROPE_KINDS | {"longrope"}, window_all=True,
+                                original_context=True),  # Phi-3 mini 4k, and the 128k / Phi-3.5 mini (longrope)
 }
 
 
 @dataclass(frozen=True)
 class TensorPlan:
     name: str  # the GGUF name, e.g. blk.0.attn_q.weight
-    source: str  # the transformers name ("" for a tensor computed here, e.g. rope_freqs)
+    hf_name: str  # the transformers name ("" for a tensor computed here, e.g. rope_freqs)
     shape: tuple[int, ...]
     qtype: object  # gguf.GGMLQuantizationType
 
@@ -114,10 +138,9 @@ def _head_dim(config) -> int:
 
 def _check_rope(config, spec: ArchSpec) -> None:
     kind = _rope(config)["rope_type"]
-    allowed = {"default", "linear", "yarn"} | {"LLAMA": {"llama3"}, "PHI3": {"longrope"}}.get(spec.gguf_arch, set())
-    if kind not in allowed:
+    if kind not in spec.rope_kinds:
         raise ModelError(f"This model scales its rope as {kind!r}; llama.cpp's {spec.gguf_arch.lower()} reads "
-                         f"{', '.join(sorted(allowed))} only. Export with --format hf.")
+                         f"{', '.join(sorted(spec.rope_kinds))} only. Export with --format hf.")
     if getattr(config, "partial_rotary_factor", 1.0) not in (None, 1.0) or \
             _rope(config).get("partial_rotary_factor", 1.0) != 1.0:
         raise ModelError("GGUF export does not write partial rotary embeddings (llama.cpp's converter writes them "
@@ -125,7 +148,8 @@ def _check_rope(config, spec: ArchSpec) -> None:
 
 
 def _check_window(config, spec: ArchSpec) -> None:
-    """llama.cpp's sliding windows: none for llama and qwen, a fixed pattern for Gemma, all layers for Phi-3."""
+    """The model's sliding windows against llama.cpp's: none for llama and qwen, a fixed pattern for Gemma
+    (`swa_every`), all layers for Phi-3 (`window_all`)."""
     window = getattr(config, "sliding_window", None)
     used = getattr(config, "use_sliding_window", True) and window is not None
     if spec.swa_every:
@@ -134,19 +158,19 @@ def _check_window(config, spec: ArchSpec) -> None:
         if list(getattr(config, "layer_types", expected)) != expected or window is None:
             raise ModelError(f"llama.cpp's {spec.gguf_arch.lower()} makes every {spec.swa_every}th layer global and "
                              "the rest sliding-window; this model's layers differ. Export with --format hf.")
-    elif used and spec.gguf_arch != "PHI3" and window < config.max_position_embeddings:
+    elif used and not spec.window_all and window < config.max_position_embeddings:
         raise ModelError(f"This model attends over a sliding window of {window} tokens, which llama.cpp's "
                          f"{spec.gguf_arch.lower()} architecture does not have. Export with --format hf.")
 
 
 def _check_attention_scale(config, spec: ArchSpec) -> None:
-    """llama.cpp scales Gemma's attention by 1/sqrt(head_dim) (1/sqrt(hidden/heads) for 27B), not by
-    the configured query_pre_attn_scalar."""
+    """llama.cpp scales the attention of some families (`ArchSpec.attention_by_head_size`: Gemma) by
+    1/sqrt(head_dim) (1/sqrt(hidden/heads) for Gemma 2 27B), not by the configured query_pre_attn_scalar."""
     scalar = getattr(config, "query_pre_attn_scalar", None)
     allowed = {_head_dim(config), config.hidden_size // config.num_attention_heads}
-    if spec.norm_plus_one and scalar is not None and scalar not in allowed:
-        raise ModelError(f"This Gemma scales attention by 1/sqrt({scalar}); llama.cpp uses the head size. "
-                         "Export with --format hf.")
+    if spec.attention_by_head_size and scalar is not None and scalar not in allowed:
+        raise ModelError(f"This model scales attention by 1/sqrt({scalar}); llama.cpp's {spec.gguf_arch.lower()} "
+                         "uses the head size. Export with --format hf.")
 
 
 def check_supported(config) -> ArchSpec:
@@ -155,9 +179,9 @@ def check_supported(config) -> ArchSpec:
     _check_rope(config, spec)
     _check_window(config, spec)
     _check_attention_scale(config, spec)
-    if spec.gguf_arch == "GEMMA3" and _rope(config, "sliding_attention")["rope_type"] != "default":
-        raise ModelError("This Gemma 3 scales the rope of its sliding-window layers, which llama.cpp does not; "
-                         "export with --format hf.")
+    if spec.swa_rope_base and _rope(config, "sliding_attention")["rope_type"] != "default":
+        raise ModelError(f"This model scales the rope of its sliding-window layers, which llama.cpp's "
+                         f"{spec.gguf_arch.lower()} does not; export with --format hf.")
     return spec
 
 
@@ -208,8 +232,8 @@ def _qtype(gguf_name: str, shape: tuple[int, ...], quant: str):
     return wanted
 
 
-def plan_tensors(source, config, quant: str) -> list[TensorPlan]:
-    """Which transformers tensor becomes which GGUF tensor, in which type (`source`: a TensorSource)."""
+def plan_tensors(tensors, config, quant: str) -> list[TensorPlan]:
+    """Which transformers tensor becomes which GGUF tensor, in which type (`tensors`: a TensorReader)."""
     import gguf
 
     if quant not in QUANTS:
@@ -226,7 +250,7 @@ def plan_tensors(source, config, quant: str) -> list[TensorPlan]:
                                  f"its {_head_dim(config)} head dimensions; export with --format hf.")
             plans.append(TensorPlan(name, "", factors.shape, gguf.GGMLQuantizationType.F32))
     tied = getattr(config, "tie_word_embeddings", False)
-    for name in source.names():
+    for name in tensors.names():
         if name.endswith("rotary_emb.inv_freq"):
             continue  # recomputed from rope.freq_base
         if name == "lm_head.weight" and tied:
@@ -235,13 +259,13 @@ def plan_tensors(source, config, quant: str) -> list[TensorPlan]:
         if gguf_name is None:
             raise ModelError(f"GGUF export does not know where the tensor {name!r} goes; this model has "
                              f"parts the {arch.name.lower()} layout lacks. Export it with --format hf instead.")
-        shape = source.shape(name)
+        shape = tensors.shape(name)
         plans.append(TensorPlan(gguf_name, name, shape, _qtype(gguf_name, shape, quant)))
     return plans
 
 
-def tensor_data(plan: TensorPlan, source, config) -> np.ndarray:
-    """The bytes of one GGUF tensor, read from `source` only now."""
+def tensor_data(plan: TensorPlan, tensors, config) -> np.ndarray:
+    """The bytes of one GGUF tensor, read from `tensors` only now."""
     import gguf
 
     if plan.name == "rope_freqs.weight":
@@ -249,13 +273,13 @@ def tensor_data(plan: TensorPlan, source, config) -> np.ndarray:
     if plan.name.startswith("rope_factors_"):
         return _longrope_factors(config)[plan.name]
     spec = arch_spec(config)
-    data = source.get(plan.source).numpy()
-    if spec.permute_qk and plan.source.endswith(("q_proj.weight", "q_proj.bias")):
+    data = tensors.get(plan.hf_name).numpy()
+    if spec.permute_qk and plan.hf_name.endswith(("q_proj.weight", "q_proj.bias")):
         data = permute_qk(data, config.num_attention_heads)
-    elif spec.permute_qk and plan.source.endswith(("k_proj.weight", "k_proj.bias")):
+    elif spec.permute_qk and plan.hf_name.endswith(("k_proj.weight", "k_proj.bias")):
         data = permute_qk(data, config.num_key_value_heads)
-    elif spec.norm_plus_one and plan.source.endswith("norm.weight"):
-        data = data + 1.0
+    elif spec.norm_offset and plan.hf_name.endswith("norm.weight"):
+        data = data + spec.norm_offset
     return gguf.quants.quantize(np.ascontiguousarray(data, dtype=np.float32), plan.qtype)
 
 
@@ -283,13 +307,13 @@ def _write_hparams(writer, config, quant: str, name: str) -> None:
     rope = _rope(config)
     writer.add_rope_freq_base(float(rope.get("rope_theta", 10000.0)))
     _write_rope_scaling(writer, config)
-    if spec.gguf_arch == "PHI3":
-        _write_phi3_rope(writer, config)
+    if spec.original_context:
+        _write_original_context(writer, config)
     writer.add_layer_norm_rms_eps(float(config.rms_norm_eps))
     window = getattr(config, "sliding_window", None)
-    if spec.swa_every or spec.gguf_arch == "PHI3":
+    if spec.swa_every or spec.window_all:
         writer.add_sliding_window(int(window or 0))  # Phi-3: 0 is no window (llama.cpp reads it so for Phi-4)
-    if spec.gguf_arch == "GEMMA3":
+    if spec.swa_rope_base:
         writer.add_rope_freq_base_swa(float(_rope(config, "sliding_attention").get("rope_theta", 10000.0)))
     for key, add in (("attn_logit_softcapping", writer.add_attn_logit_softcapping),
                      ("final_logit_softcapping", writer.add_final_logit_softcapping)):
@@ -321,8 +345,8 @@ def _write_rope_scaling(writer, config) -> None:
         writer.add_rope_scaling_type(gguf.RopeScalingType.LONGROPE)
 
 
-def _write_phi3_rope(writer, config) -> None:
-    """Phi-3's original context, and for longrope llama.cpp's attention factor: sqrt(1 + ln(s) / ln(n0)),
+def _write_original_context(writer, config) -> None:
+    """The original context (Phi-3), and for longrope llama.cpp's attention factor: sqrt(1 + ln(s) / ln(n0)),
     s the context's growth over the original n0 (what transformers' longrope scales attention by)."""
     import math
 
@@ -353,20 +377,20 @@ def _announce(writer, plan: TensorPlan) -> None:
                                raw_dtype=plan.qtype)
 
 
-def gguf_size(source, config, quant: str) -> int:
+def gguf_size(tensors, config, quant: str) -> int:
     """The bytes the tensors of a `quant` GGUF of this model take (the file adds the tokenizer)."""
     import gguf
 
     total = 0
-    for plan in plan_tensors(source, config, quant):
+    for plan in plan_tensors(tensors, config, quant):
         block, size = gguf.GGML_QUANT_SIZES[plan.qtype]
         total += int(np.prod(plan.shape)) // block * size
     return total
 
 
-def write_gguf(source, config, tokenizer, path: Path, quant: str = "f16", name: str = "model",
+def write_gguf(tensors, config, tokenizer, path: Path, quant: str = "f16", name: str = "model",
                on_tensor: Callable[[int, int], None] | None = None) -> int:
-    """Write the model (`source`, a TensorSource, and its `config`) + `tokenizer` as a GGUF file at
+    """Write the model (`tensors`, a TensorReader, and its `config`) + `tokenizer` as a GGUF file at
     `path`; return its size in bytes.
 
     `on_tensor(done, total)` is called after each tensor is written (progress, and a place to cancel).
@@ -374,18 +398,18 @@ def write_gguf(source, config, tokenizer, path: Path, quant: str = "f16", name: 
     import gguf
 
     spec = check_supported(config)
-    plans = plan_tensors(source, config, quant)
+    plans = plan_tensors(tensors, config, quant)
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH[spec.gguf_arch]])
     try:
         _write_hparams(writer, config, quant, name)
-        write_tokenizer(writer, tokenizer, config.vocab_size, gemma=spec.norm_plus_one)
+        write_tokenizer(writer, tokenizer, config.vocab_size, literal_space_runs=spec.literal_space_runs)
         for plan in plans:  # announce every tensor first: the header lists them all
             _announce(writer, plan)
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for done, plan in enumerate(plans, 1):  # then the data, one tensor at a time
-            writer.write_tensor_data(tensor_data(plan, source, config))
+            writer.write_tensor_data(tensor_data(plan, tensors, config))
             if on_tensor is not None:
                 on_tensor(done, len(plans))
         writer.flush()

@@ -73,13 +73,15 @@ def _pre_tokenizer_name(tokenizer_json: dict) -> str:
                      "llama.cpp would split text differently from the model. Export with --format hf.")
 
 
-def _token_types(tokenizer, vocab_size: int, spm: bool, gemma: bool = False) -> tuple[list[str], list[int]]:
+def _token_types(tokenizer, vocab_size: int, spm: bool,
+                 literal_space_runs: bool = False) -> tuple[list[str], list[int]]:
     """Every id's token as the vocabulary spells it, and its llama.cpp type (what
     `convert_hf_to_gguf.py`'s get_vocab_base writes; byte pieces are BYTE in a SentencePiece vocabulary).
 
-    Gemma's runs of 2-31 spaces are user-defined pieces spelled with real spaces in its GGUF files
-    (transformers spells them with U+2581 when it rebuilds the tokenizer): written back as the file had
-    them, the 262,144 tokens and types of Gemma 3 270M's GGUF come out identical (bench/README.md)."""
+    `literal_space_runs` (Gemma): runs of 2-31 spaces are user-defined pieces spelled with real spaces in
+    its GGUF files (transformers spells them with U+2581 when it rebuilds the tokenizer): written back as
+    the file had them, the 262,144 tokens and types of Gemma 3 270M's GGUF come out identical
+    (bench/README.md)."""
     import gguf
 
     vocab = tokenizer.get_vocab()
@@ -95,7 +97,7 @@ def _token_types(tokenizer, vocab_size: int, spm: bool, gemma: bool = False) -> 
             tokens.append(f"[PAD{i}]")  # embeddings past the vocabulary (padding to a round size)
             types.append(gguf.TokenType.UNUSED)
             continue
-        if gemma and len(text) > 1 and text == SPACE * len(text):
+        if literal_space_runs and len(text) > 1 and text == SPACE * len(text):
             tokens.append(" " * len(text))
             types.append(gguf.TokenType.USER_DEFINED)
             continue
@@ -129,13 +131,15 @@ def _adds(tokenizer) -> tuple[bool, bool]:
     return add_bos, add_eos
 
 
-def write_tokenizer(writer, tokenizer, vocab_size: int, gemma: bool = False) -> None:
-    """The tokenizer's GGUF keys (tokenizer.ggml.*, tokenizer.chat_template) into `writer`; `gemma`: the
-    model is a Gemma (its whitespace pieces are spelled as its GGUF files spell them)."""
+def write_tokenizer(writer, tokenizer, vocab_size: int, literal_space_runs: bool = False) -> None:
+    """The tokenizer's GGUF keys (tokenizer.ggml.*, tokenizer.chat_template) into `writer`;
+    `literal_space_runs`: the family's GGUF files spell its pieces of 2-31 spaces with real spaces
+    (`ArchSpec.literal_space_runs`: Gemma)."""
     import gguf
 
     kind = check_tokenizer(tokenizer)
-    tokens, types = _token_types(tokenizer, vocab_size, spm=kind == "llama", gemma=gemma and kind == "llama")
+    tokens, types = _token_types(tokenizer, vocab_size, spm=kind == "llama",
+                                 literal_space_runs=literal_space_runs and kind == "llama")
     with tempfile.TemporaryDirectory(prefix="dpo-studio-tok-") as work:
         tokenizer.save_pretrained(work)  # SpecialVocab reads merges, special ids and the template from files
         special = gguf.SpecialVocab(work, load_merges=True, n_vocab=vocab_size)

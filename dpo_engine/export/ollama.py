@@ -78,17 +78,84 @@ def stop_tokens(tokenizer) -> list[str]:
     return stops
 
 
-def _quote(text: str) -> str:
-    return '"""' + text + '"""' if '"""' not in text else '"' + text.replace('"', '\\"') + '"'
+def _unwritable(text: str, what: str, one_line: bool) -> str | None:
+    """Why `text` cannot be a Modelfile value, or None. Ollama's parser drops every rune Go's
+    strconv.IsPrint rejects, except a space, tab or line break inside a value: such a value would
+    arrive changed; and a line break ends a value that is not quoted across lines."""
+    for ch in text:
+        if ch in "\r\n" and one_line:
+            return f"the {what} {text!r} holds a line break, which would start a new Modelfile line"
+        if not ch.isprintable() and ch not in " \t\r\n":
+            return f"the {what} {text!r} holds the unprintable character {ch!r}, which Ollama's Modelfile drops"
+    return None
+
+
+def _unquote(value: str) -> str | None:
+    """As Ollama's parser unquotes a value: three quotes, one quote, or none; None: not closed yet."""
+    if value.startswith('"""'):
+        return value[3:-3] if len(value) >= 6 and value.endswith('"""') else None
+    if value.startswith('"'):
+        return value[1:-1] if len(value) >= 2 and value.endswith('"') else None
+    return value
+
+
+def _read_back(written: str) -> str | None:
+    """The value Ollama's parser (parser/parser.go, ParseFile, stateValue) reads from `CMD <written>` and a
+    line break, or None when the value ends before the end of `written` (the rest would be lines of
+    their own) or never ends. At each line break the text so far, trimmed, is the value if it unquotes."""
+    text = ""
+    for i, ch in enumerate(written + "\n"):
+        if ch in "\r\n":
+            value = _unquote(text.strip())
+            if value is not None:
+                return value if i == len(written) else None
+        if ch in " \t\r\n" or ch.isprintable():
+            text += ch
+    return None
+
+
+def quote_value(text: str, what: str, style: str = "bare") -> str:
+    """`text` written so that Ollama's parser reads back exactly `text` as one command's value.
+
+    `style`: "bare" (a name or path, as Ollama's own writer puts FROM: as it is where that reads back so),
+    "quoted" (one line in double quotes, as PARAMETER values), "prose" (a template, a system prompt:
+    triple quotes, and more than one line allowed). Nothing is escaped in a Modelfile, so a value is
+    written only in a form the parser reads back unchanged (checked), else falling back to the other
+    quotes; ModelError says why where no form does (a line break in a name or path, an unprintable
+    character, a line of prose that ends with three double quotes)."""
+    why = _unwritable(text, what, one_line=style != "prose")
+    if why is None:
+        first = {"bare": text, "quoted": '"' + text + '"', "prose": '"""' + text + '"""'}[style]
+        for written in (first, '"' + text + '"', '"""' + text + '"""'):
+            if _read_back(written) == text:
+                return written
+        why = f"a line of the {what} ends with three double quotes, which end a Modelfile value"
+    raise ModelError(f"Cannot write the Ollama Modelfile: {why}. Choose another name, or export with --format "
+                     "gguf (or gguf-lora) and write the Modelfile by hand.")
+
+
+# the characters of a model name Ollama accepts (types/model/name.go: letters, digits, _ - . in each
+# part, ':' before the tag and in the host, '/' between parts)
+OLLAMA_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:/-]*")
+
+
+def check_model_name(name: str) -> str:
+    """`name` if Ollama would accept it as a model name; else ModelError saying why."""
+    if not OLLAMA_NAME.fullmatch(name):
+        raise ModelError(f"Cannot write the Ollama Modelfile: {name!r} is not a model name Ollama accepts "
+                         "(letters, digits, '_', '-', '.', ':' and '/' only). Rename the model in Ollama, or "
+                         "export with --format gguf-lora and write the Modelfile by hand.")
+    return name
 
 
 def modelfile(gguf_name: str, tokenizer) -> str:
     """The Modelfile text for `gguf_name` (a file beside it)."""
     system = chatml_default_system(tokenizer)
-    lines = [f"FROM ./{gguf_name}", "", f"TEMPLATE {_quote(CHATML_TEMPLATE)}", ""]
+    lines = [f"FROM {quote_value('./' + gguf_name, 'GGUF file name')}", "",
+             f"TEMPLATE {quote_value(CHATML_TEMPLATE, 'chat template', 'prose')}", ""]
     if system:
-        lines += [f"SYSTEM {_quote(system)}", ""]
-    lines += [f'PARAMETER stop "{stop}"' for stop in stop_tokens(tokenizer)]
+        lines += [f"SYSTEM {quote_value(system, 'default system prompt', 'prose')}", ""]
+    lines += [f"PARAMETER stop {quote_value(stop, 'stop token', 'quoted')}" for stop in stop_tokens(tokenizer)]
     return "\n".join(lines) + "\n"
 
 
@@ -119,4 +186,5 @@ def ollama_model_of(path: str | Path | None) -> str | None:
 def adapter_modelfile(base_name: str, adapter_name: str) -> str:
     """A Modelfile that runs `adapter_name` (a GGUF LoRA beside it) over the Ollama model `base_name`:
     the base's template, system prompt and stop tokens are inherited, and nothing of it is copied."""
-    return f"FROM {base_name}\nADAPTER ./{adapter_name}\n"
+    return (f"FROM {quote_value(check_model_name(base_name), 'Ollama model name')}\n"
+            f"ADAPTER {quote_value('./' + adapter_name, 'adapter file name')}\n")

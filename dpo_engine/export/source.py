@@ -44,6 +44,32 @@ class ExportSource:
         """The paths an export must never be written onto or into."""
         return [p for p in (self.folder, self.adapter) if p is not None]
 
+    @property
+    def base_inputs(self) -> list[Path]:
+        """Where the base model a LoRA adapter applies to is on this disk (nothing is converted to find it)."""
+        return base_paths(self.base_ref) if self.adapter is not None else []
+
+
+def base_paths(ref: str | None) -> list[Path]:
+    """Every local path that holds the model `ref` names: the default model's converted folder in the user
+    cache, a model folder, a .gguf (or Ollama blob) and its converted copy, a hub id's folder in the
+    Hugging Face cache. None of them may be replaced by an export."""
+    from dpo_engine.models import _gguf_cache_dir
+
+    if not ref:
+        return []
+    if ref == DEFAULT_MODEL_REF:
+        return [default_model_dir()]
+    path = Path(ref).expanduser()
+    if path.is_file():
+        return [path, _gguf_cache_dir(path)]
+    if path.exists() or ref.count("/") != 1:
+        return [path]
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return [Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref, repo_type="model")]
+
 
 def _has_full_weights(folder: Path) -> bool:
     weights = [p for p in folder.glob("*.safetensors") if not p.name.startswith("adapter_model")]
@@ -88,6 +114,36 @@ def find_source(ref: str | None, on_progress: Callable[[PrepareProgress], None] 
     return ExportSource(ref, folder, True, None, None, {}, name)
 
 
+def check_adapter_fits(source: ExportSource, prepare: bool = True) -> None:
+    """Refuse a LoRA adapter that was trained on another model than the base it names (a hand-edited
+    adapter or run file): shapes read from headers, before anything is loaded or written. `prepare`:
+    the base may be converted to find its files (a .gguf); else only a base already on disk is read.
+    A base that is not on this disk (a hub id) is not checked here."""
+    from dpo_engine.export.tensors import adapter_misfit, weight_files
+
+    if source.adapter is None or not (source.adapter / "adapter_model.safetensors").is_file():
+        return
+    if source.has_weights and source.folder is not None:  # a merged run: its own weights are the base's shape
+        folder, base = source.folder, str(source.folder)
+    else:
+        base = source.base_ref
+        folder = local_folder(base) if prepare else _base_folder_on_disk(base)
+    if folder is None or not weight_files(folder):
+        return
+    why = adapter_misfit(source.adapter, folder)
+    if why:
+        raise ModelError(f"The LoRA adapter in {source.adapter} does not fit its base model {base}: {why}. It was "
+                         "trained on another model; name that model as base_model in the run's "
+                         "dpo_studio_run.json (or adapter_config.json), or export the run it came from.")
+
+
+def _base_folder_on_disk(ref: str | None) -> Path | None:
+    """The base's safetensors folder where it needs no conversion to read (a folder, the prepared default)."""
+    paths = base_paths(ref)
+    folder = paths[-1] if paths else None
+    return folder if folder is not None and folder.is_dir() else None
+
+
 def hub_id_of(ref: str | None) -> str | None:
     """The hub id a model card can name as base_model, or None for a local path."""
     if not ref:
@@ -123,6 +179,11 @@ def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgre
     try:
         peft_model = PeftModel.from_pretrained(base, str(source.adapter))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        mismatch = [line.strip() for line in str(exc).splitlines() if line.strip().startswith("size mismatch")]
+        if mismatch:  # PyTorch lists every tensor; the first says what is wrong
+            raise ModelError(f"The LoRA adapter in {source.adapter} does not fit its base model {source.base_ref} "
+                             f"({mismatch[0]}): it was trained on another model; name that model as base_model in "
+                             "the run's dpo_studio_run.json.") from None
         raise ModelError(f"Could not apply the LoRA adapter in {source.adapter} to {source.base_ref}: {exc}") from exc
     model = peft_model.merge_and_unload()
     model.eval()

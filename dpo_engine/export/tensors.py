@@ -18,7 +18,10 @@ from typing import Protocol
 from dpo_engine.errors import ModelError
 
 
-class TensorSource(Protocol):
+class TensorReader(Protocol):
+    """Reads one tensor at a time (a writer's view of the model's weights; `export.source` says which
+    model they are)."""
+
     def names(self) -> list[str]:
         """Every tensor's transformers name, in the file's order."""
 
@@ -117,3 +120,30 @@ def read_adapter(adapter: Path) -> dict[str, tuple]:
         scale = alpha / rank ** 0.5 if config.get("use_rslora") else alpha / rank
         out[base] = (a, b, scale)
     return out
+
+
+def adapter_misfit(adapter: Path, folder: Path) -> str | None:
+    """Why the LoRA adapter in `adapter` does not fit the model in `folder`, or None. Shapes only, from the
+    safetensors headers: each adapted weight W (out x in) must be in the model, with lora_A r x in and
+    lora_B out x r (PEFT's layout)."""
+    from safetensors import safe_open
+
+    base = FolderTensors(folder)
+    path = adapter / "adapter_model.safetensors"
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
+    except Exception as exc:  # safetensors raises its own error types for a damaged header
+        raise ModelError(f"The LoRA adapter file {path} cannot be read ({exc}).") from None
+    for key, a in sorted(shapes.items()):
+        if ".lora_A." not in key:
+            continue
+        weight = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
+        b = shapes.get(key.replace(".lora_A.", ".lora_B."))
+        if weight not in base.names():
+            return f"it changes {weight}, which the base does not have"
+        w = base.shape(weight)
+        if b is None or len(w) != 2 or len(a) != 2 or len(b) != 2 or (b[0], a[1]) != w or a[0] != b[1]:
+            return (f"it changes {weight} as a {b[0] if b else '?'} x {a[-1]} matrix (lora_A {list(a)}, lora_B "
+                    f"{list(b) if b else 'missing'}); the base's is {' x '.join(map(str, w))}")
+    return None

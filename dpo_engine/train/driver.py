@@ -10,14 +10,17 @@
 project is opened here, in the thread that iterates (SQLite connections belong to one
 thread): the window's torch worker or the CLI's main thread.
 
-A run that ends by an expected error (`DPOStudioError`) or is interrupted (a second Ctrl-C,
-a crash in the trainer) is recorded `failed` with the reason before the error propagates;
-a kill -9 leaves it `running`, and `RunRecords.reconcile_interrupted` settles it on the
-next open from the checkpoint on disk.
+A run that is quit (a second Ctrl-C or SIGTERM, the generator closed) is recorded `stopped`
+with its last complete checkpoint, resumable; one that ends by an error (`DPOStudioError`,
+a crash in the trainer) `failed` with the reason and that checkpoint, before the error
+propagates; either is `failed` without a checkpoint when none was written. A kill -9 leaves
+it `running`, and `RunRecords.reconcile_interrupted` settles it on the next open from the
+checkpoint on disk.
 """
 
 from __future__ import annotations
 
+import time
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -100,25 +103,36 @@ def drive(config: TrainConfig, *, project: str | Path | None = None,
         run_id = None
         if db is not None:
             run_id, config = _open_run(db, config, resume_from, output_for_run)
-        yield RunStarted(run_id, config)
+        since = time.time()  # a checkpoint in the output folder written after this is the run's own
+        ended = False  # the run's end is recorded (its TrainSummary): an interrupt after it changes nothing
         try:
+            yield RunStarted(run_id, config)  # inside: an interrupt here is recorded like one mid-run
             for event in train(config, pairs, eval_pairs or None, stop=stop, resume_from=resume_from):
                 if db is not None:
                     _record(db, run_id, config, event)
+                ended = isinstance(event, TrainSummary)
                 yield event
-        except GeneratorExit:
-            if db is not None:
-                db.runs.finish(run_id, "failed", "cancelled before it finished")
+        except BaseException as exc:  # a second Ctrl-C, a closed generator, an expected error or a bug
+            if db is not None and not ended:
+                _record_interrupted(db, run_id, config, since, exc)
             raise
-        except BaseException as exc:  # an expected error, a second Ctrl-C, or a bug: recorded, then raised
-            if db is not None:
-                db.runs.finish(run_id, "failed", _reason(exc))
-            raise
+
+
+def _record_interrupted(db: Project, run_id: int, config: TrainConfig, since: float, exc: BaseException) -> None:
+    """The run ended without its summary: record why, keeping its last complete checkpoint (the
+    one on disk, or the one a resumed run's row already names). Quitting (a second Ctrl-C or
+    SIGTERM, the consumer closing the generator) leaves it `stopped` and resumable; an error,
+    `failed` with that checkpoint linked; `failed` without one when none was written."""
+    quit_now = isinstance(exc, (KeyboardInterrupt, GeneratorExit))
+    db.runs.end_interrupted(run_id, _reason(exc), config.output_dir, since,
+                            status="stopped" if quit_now else "failed")
 
 
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, DPOStudioError):
         return str(exc)
     if isinstance(exc, KeyboardInterrupt):
-        return "quit at once (a second Ctrl-C); the last checkpoint, if any, is intact"
+        return "quit at once (a second Ctrl-C or SIGTERM)"
+    if isinstance(exc, GeneratorExit):
+        return "cancelled before it finished"
     return f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".rstrip(": ")

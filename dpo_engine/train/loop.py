@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 
 from dpo_engine.atomic import find_checkpoint, write_checkpoint
+from dpo_engine.attention import use_fp32_attention
 from dpo_engine.train import distributed
 from dpo_engine.train.checkpoints import check_output_dir, load_trainer_state, read_run_file, save_trainer_state
 from dpo_engine.errors import TrainingError
@@ -38,7 +39,7 @@ from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, Refere
                                      metric_fields)
 from dpo_engine.train.groups import prompt_groups
 from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_plan, write_model_files
-from dpo_engine.train.step import StepContext, forward_precision, heldout_metrics, pair_logps, pair_tokens, run_step
+from dpo_engine.train.step import StepContext, heldout_metrics, pair_logps, pair_tokens, run_step
 
 TrainEvent = Union[LogLine, PrecisionChosen, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
 StopFlag = Union["threading.Event", Callable[[], bool], None]  # noqa: F821  (anything with is_set())
@@ -123,8 +124,10 @@ def _score(model, pairs, ctx, batch: int, dist) -> Iterator:
     return distributed.gather_scores(dist, mine, part, len(pairs))
 
 
-def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist, tokenizer) -> Iterator:
-    """Yield progress; return (ref log-probs, the policy LoadedModel)."""
+def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist, tokenizer,
+               fp32_attention: bool) -> Iterator:
+    """Yield progress; return (ref log-probs, the policy LoadedModel). `fp32_attention`: the
+    reference and the policy run attention in fp32 (`dpo_engine.attention`)."""
     pairs = data.all_pairs
     fingerprint = reference_fingerprint(weights_identity(resolve_model_ref(reference_ref)), pairs,
                                         config.max_length, precision)
@@ -136,10 +139,14 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
     if ref is None and not policy_is_reference:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
         reference = load_model(reference_ref, device)
+        if fp32_attention:
+            use_fp32_attention(reference.model)
         ref = yield from _score(reference.model, pairs, ctx, batch, dist)
         del reference
         gc.collect()  # free it before the policy loads: one model in memory at a time
     loaded = load_policy(config, device, resume, base_ref, tokenizer)
+    if fp32_attention:
+        use_fp32_attention(loaded.model)
     if ref is None:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
         ref = yield from _score(loaded.model, pairs, ctx, batch, dist)
@@ -183,17 +190,18 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     device, compute = plan.weights_choice(), plan.compute_choice()
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
-                      forward_precision(compute), group_answers=config.group_answers)
+                      compute.autocast, group_answers=config.group_answers)
+    fp32_attention = plan.attention != plan.compute  # the model's own attention (`dpo_engine.attention`)
     precision = PrecisionChosen(plan.device, plan.compute, plan.compute != "float32", plan.compute_reason)
     yield LogLine(f"Training on {plan.describe()}" + (f", {dist.world} processes" if dist.world > 1 else ""))
-    if plan.attention != plan.compute:
-        yield LogLine(f"Attention runs in {plan.attention_reason}")
     if plan.warning:
         yield LogLine(plan.warning, "warning")
     yield precision
     key = plan.key  # part of the reference cache key: scores differ with the precision, the base and attention
     ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
-                                        tokenizer)
+                                        tokenizer, fp32_attention)
+    if fp32_attention and use_fp32_attention(loaded.model):  # True where the model runs SDPA
+        yield LogLine("Attention runs in fp32: the CPU's bf16 attention kernels are slower")
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
     total = config.max_steps or config.epochs * per_epoch
     optimizer, scheduler = _optimizer(config, loaded.model, total, fused=not dist.sharded)

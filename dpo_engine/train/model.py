@@ -104,10 +104,23 @@ def load_policy(config: TrainConfig, device: DeviceChoice, resume_from: Path | N
     model = loaded.model
     disable_dropout(model)
     if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     model.config.use_cache = False
     model.train()
     return loaded
+
+
+def enable_checkpointing(model) -> None:
+    """Gradient (activation) checkpointing of every decoder layer, non-reentrant: it keeps the
+    layer's inputs only and recomputes the rest in the backward, under the autocast state the
+    forward ran in (torch restores it). Whatever else decides how a layer computes must be the
+    model's own, not a context around the forward (`dpo_engine.attention`)."""
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # transformers >= 5.25's name
+    if callable(enable):
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _four_bit(config: TrainConfig, device: DeviceChoice):
@@ -152,6 +165,24 @@ def run_info(config: TrainConfig, base_ref: str, reference_ref: str, step: int, 
     }
 
 
+def _merged_copy(model, base_ref: str, adapter: Path):
+    """The adapter merged into a copy of the base, in fp32 (the live model keeps its adapter).
+
+    Over a frozen base held in fp32 that is a copy of the live model. Over a bf16 or 4-bit base
+    the merge starts from the base as stored instead, read again in fp32 on the CPU: merging into
+    the training copy would save every weight the run never changed rounded to bf16 (or 4 bits),
+    and the before/after comparison would show that rounding as the run's doing. Costs the base's
+    fp32 size in memory while saving.
+    """
+    from peft import PeftModel
+
+    base_dtypes = {p.dtype for n, p in model.named_parameters() if "lora_" not in n}
+    if base_dtypes == {torch.float32}:
+        return copy.deepcopy(model).merge_and_unload()
+    base = load_model(base_ref, pick_device("cpu", "float32")).model
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
 def write_model_files(folder: Path, model, tokenizer, info: dict, state_dict: dict | None = None) -> None:
     """Weights (or adapter) as safetensors, tokenizer and dpo_studio_run.json into `folder`.
 
@@ -161,7 +192,7 @@ def write_model_files(folder: Path, model, tokenizer, info: dict, state_dict: di
     model.config.use_cache = True  # training turns the KV cache off; whoever loads this will generate
     if is_peft(model) and info["merged"]:
         model.save_pretrained(folder / ADAPTER_DIR, safe_serialization=True)
-        merged = copy.deepcopy(model).merge_and_unload()  # a copy: the live model keeps its adapter
+        merged = _merged_copy(model, info["base"], folder / ADAPTER_DIR)
         merged.save_pretrained(folder, safe_serialization=True)
         del merged
     else:

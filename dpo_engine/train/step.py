@@ -1,8 +1,9 @@
 """One optimizer step and one eval pass: log-probs -> loss -> backward -> clip -> step.
 
 Pure of events and files: the loop (`train.loop`) times it, checks it and reports it. Also
-the precision helpers a step runs under (autocast, attention kept in fp32, the casts kept
-across a step's forwards).
+the casts of the trainable weights kept across a step's forwards (`casts_kept`). Attention's
+precision is the model's own (`dpo_engine.attention`), so that gradient checkpointing
+recomputes exactly the forward it saved.
 """
 
 from __future__ import annotations
@@ -72,52 +73,6 @@ def _accumulate(total: dict, metrics: dict, weight: int) -> None:
 
 def describe_pairs(indices: Sequence[int]) -> str:
     return ", ".join(f"#{i}" for i in indices)
-
-
-@contextlib.contextmanager
-def attention_in_fp32():
-    """transformers' SDPA attention computed in fp32 while the rest of the forward autocasts to
-    bf16: q, k and v cast up (q and k arrive fp32 already, from the rotary embedding's fp32
-    product), the output left fp32 for the next linear's own autocast.
-
-    torch's bf16 attention kernels on the CPU are slower than its fp32 ones, with or without AMX.
-    On a 2-core EPYC with avx512_bf16 (no AMX) the backward took 18 ms in bf16 against 5 ms in
-    fp32 at the trainer's answer pass shape (4 rows x 9 heads x 100 tokens over 145), the
-    profiled bf16 step spent 2.2 s in attention against fp32's 1.0 s, and whole steps ran 5-10%
-    faster with attention in fp32. On 2 cores of an AMX Xeon (Emerald Rapids) the profiled bf16
-    step spent 0.85 s in bf16 attention against 0.41 s in the fp32 step (bench/README.md,
-    "Where a bf16 training step's time goes").
-    Swaps the process-wide "sdpa" entry while the context is open: the trainer's forwards run
-    on one thread at a time (the app's single torch worker; one process per rank).
-    """
-    from transformers.modeling_utils import AttentionInterface
-
-    sdpa = AttentionInterface()["sdpa"]
-
-    def sdpa_fp32(module, query, key, value, attention_mask, **kwargs):
-        with torch.autocast(query.device.type, enabled=False):
-            return sdpa(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
-
-    AttentionInterface.register("sdpa", sdpa_fp32)
-    try:
-        yield
-    finally:
-        AttentionInterface.register("sdpa", sdpa)
-
-
-def forward_precision(compute) -> Callable[[], object]:
-    """The training forward's context factory (`StepContext.autocast`) for a DeviceChoice:
-    its autocast, and on a CPU in bf16 attention in fp32 (`attention_in_fp32`: faster there,
-    AMX or not). CUDA keeps bf16 attention (its flash kernels are bf16-native)."""
-    if compute.dtype != "bfloat16" or compute.torch_device.type != "cpu":
-        return compute.autocast
-
-    @contextlib.contextmanager
-    def autocast_with_fp32_attention():
-        with compute.autocast(), attention_in_fp32():
-            yield
-
-    return autocast_with_fp32_attention
 
 
 def casts_kept(ctx: StepContext):
