@@ -15,7 +15,7 @@ free memory:
 - weights: fp32 master weights for a full fine-tune (AdamW on bf16 weights loses small
   updates); a LoRA run's frozen base in the compute precision, or NF4 with `base_bits=4`.
 - attention: fp32 on a CPU under bf16 (torch's bf16 CPU attention kernels are slower:
-  `train.step.attention_in_fp32` has the measurements), else the compute precision.
+  `dpo_engine.attention` has the measurements and sets it on the model), else the compute precision.
 - lora / base / checkpointing: as requested (a TrainConfig's). The model picker asks the memory
   instead: `catalog.fit.fit_verdict(shape, free_bytes, plan=plan_run(...))` tries the modes
   in order and returns the cheapest that fits as this plan (`FitVerdict.plan`, made with
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from dpo_engine.attention import fp32_attention_wanted
 from dpo_engine.devices import DeviceChoice, pick_device
 
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -164,9 +165,8 @@ def plan_run(request: PlanRequest = PlanRequest(), parameters: int | None = None
 
 def _base_plan(choice: DeviceChoice, request: PlanRequest) -> RunPlan:
     """The plan of `request` on `choice`'s device and precision."""
-    cpu_bf16 = choice.torch_device.type == "cpu" and choice.dtype == "bfloat16"
     attention = ("float32", "fp32: torch's bf16 attention kernels on a CPU are slower than its fp32 ones "
-                            "(train/step.py, attention_in_fp32)") if cpu_bf16 else (
+                            "(dpo_engine/attention.py)") if fp32_attention_wanted(choice) else (
         choice.dtype, f"{SHORT[choice.dtype]}: the compute precision")
     lora = bool(request.lora)
     if not lora:

@@ -213,25 +213,25 @@ def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_p
     """
     precision = plan.compute if plan is not None else precision
     value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
-    lora_base = "bf16" if precision == "bfloat16" else "fp32"
     budget = int(free_bytes * HEADROOM)
-
-    def est(lora, ckpt, base=None):
-        return training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt, base)
-
-    options = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
-               (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
-    if four_bit is None:
-        options += [(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")]
-    sized = [(mode, lora, ckpt, base, est(lora, ckpt, base if lora else None)) for mode, lora, ckpt, base in options]
+    sized = [(mode, lora, ckpt, base, training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt,
+                                                      base if lora else None))
+             for mode, lora, ckpt, base in _modes(precision, four_bit is None)]
     mode, lora, ckpt, base, memory = next((o for o in sized if o[4].total <= budget), (NONE, False, False, "", None))
     verdict = TOO_LARGE if mode == NONE else LORA_ONLY if lora else FULL_FITS
-    if plan is not None and memory is not None:
-        plan = plan.trained(lora, base, ckpt, _why(mode, ckpt, sized, budget, device))
+    fitted = None if plan is None or memory is None else plan.trained(lora, base, ckpt,
+                                                                      _why(mode, ckpt, sized, budget, device))
     return FitVerdict(verdict, device, budget, sized[0][4], sized[2][4], batch_pairs, max_length, ckpt,
                       sized[1][4].activations, mode=mode, base=base, precision=precision,
-                      needed=memory.total if memory else 0, four_bit=four_bit or "",
-                      plan=plan if memory is not None else None)
+                      needed=memory.total if memory else 0, four_bit=four_bit or "", plan=fitted)
+
+
+def _modes(precision: str, four_bit: bool) -> list[tuple[str, bool, bool, str]]:
+    """(mode, LoRA, checkpointing, base) in the order fit_verdict tries them."""
+    lora_base = "bf16" if precision == "bfloat16" else "fp32"
+    modes = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
+             (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
+    return modes + ([(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")] if four_bit else [])
 
 
 def _why(mode: str, ckpt: bool, sized: list, budget: int, device: str) -> str:
