@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from dpo_engine.train.checkpoints import RUN_FILE
-from dpo_engine.devices import DeviceChoice
+from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ConfigError
 from dpo_engine.models import LoadedModel, load_model
 from dpo_engine.run_plan import PlanRequest, RunPlan, plan_run
