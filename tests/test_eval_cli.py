@@ -140,3 +140,20 @@ def test_errors_are_clean(data, tiny_model_dir, tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     assert "holds no preference pair" in run("--data", empty, "--policy", tiny_model_dir).output
+
+
+def test_eval_is_a_generator_of_progress_with_the_report_its_helper_returns(data, tiny_model_dir, policy_dir):
+    """Loading and scoring yield progress that only moves forward, ending at 1; the generator returns the
+    report the blocking helper returns."""
+    from dpo_engine.cli.eval import EvalSettings, eval_events, eval_report
+    from dpo_engine.devices import pick_device
+    from dpo_engine.iters import drain
+
+    settings, cpu = EvalSettings(max_length=100, batch_size=2), pick_device("cpu", "float32")
+    events = []
+    report = drain(eval_events(data, str(policy_dir), str(tiny_model_dir), settings, cpu), events.append)
+    fractions = [e.fraction for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert [e.stage for e in events].count("load") >= 2  # the policy, then the reference
+    assert [e.message for e in events if e.stage == "score"][-1] == "Scored 3/3 pairs under the reference"
+    assert report["pairs"] == eval_report(data, str(policy_dir), str(tiny_model_dir), settings, cpu)["pairs"]

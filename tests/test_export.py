@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from dpo_engine.cli.main import main
 from dpo_engine.errors import ConfigError, DataError, ModelError
-from dpo_engine.export import export_model
+from dpo_engine.export import export_events, export_model
 from dpo_engine.export.ollama import CHATML_TEMPLATE, chatml_default_system
 from tests.tiny_model import CHAT_TEMPLATE, PADDED, SPECIALS, build_bpe_tokenizer
 
@@ -421,7 +421,7 @@ def test_an_existing_export_is_replaced_only_with_overwrite(bpe_model_dir, tmp_p
 def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch, fmt, name):
     """A full disk after the third tensor (or while saving safetensors): no file or folder under the
     chosen name, no temporary sibling, and the error says why."""
-    import dpo_engine.export as export
+    import dpo_engine.export.formats as formats
     import dpo_engine.export.gguf_file as gguf_file
 
     written = []
@@ -438,7 +438,7 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(gguf_file, "tensor_data", failing_tensor_data)
-    monkeypatch.setattr(export, "write_hf_folder", failing_hf)
+    monkeypatch.setattr(formats, "write_hf_folder", failing_hf)
     out = tmp_path / name
     with pytest.raises(DataError, match="No space left"):
         export_model(str(bpe_model_dir), fmt, out)
@@ -446,19 +446,49 @@ def test_a_failure_mid_write_leaves_nothing(bpe_model_dir, tmp_path, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_failed_overwrite_keeps_the_old_export(bpe_model_dir, tmp_path, monkeypatch):
+def test_a_failed_overwrite_keeps_the_old_export(bpe_model_dir, tmp_path):
     out = tmp_path / "m.gguf"
     export_model(str(bpe_model_dir), "gguf", out)
     before = out.read_bytes()
-
-    def cancel(event):
-        if event.stage == "write" and "tensor" in event.message:
-            raise KeyboardInterrupt  # the person pressed Ctrl-C (or Cancel) mid-write
-
-    with pytest.raises(KeyboardInterrupt):
-        export_model(str(bpe_model_dir), "gguf", out, quant="q8_0", overwrite=True, on_progress=cancel)
+    events = export_events(str(bpe_model_dir), "gguf", out, quant="q8_0", overwrite=True)
+    with pytest.raises(KeyboardInterrupt):  # the person pressed Ctrl-C mid-write
+        for event in events:
+            if event.stage == "write" and "tensor" in event.message:
+                events.throw(KeyboardInterrupt)
     assert out.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"]
+
+
+def test_an_export_stopped_at_a_yield_leaves_nothing_and_keeps_the_old_one(bpe_model_dir, tmp_path):
+    """Cancel is closing the generator at a yield (what the window's worker does): mid-write, the
+    temporary file goes and the earlier export stays; every yield before the last is a stop point."""
+    out = tmp_path / "m.gguf"
+    export_model(str(bpe_model_dir), "gguf", out)
+    before = out.read_bytes()
+    stages = [event.stage for event in export_events(str(bpe_model_dir), "gguf", tmp_path / "all.gguf")]
+    assert stages[0] == "prepare" and stages[-1] == "done" and stages.count("write") > 2
+    (tmp_path / "all.gguf").unlink()
+    for stop_at in range(len(stages) - 1):
+        events = export_events(str(bpe_model_dir), "gguf", out, quant="q8_0", overwrite=True)
+        for _ in range(stop_at + 1):
+            next(events)
+        events.close()
+        assert out.read_bytes() == before, stages[stop_at]
+        assert [p.name for p in tmp_path.iterdir()] == ["m.gguf"], stages[stop_at]
+
+
+@pytest.mark.parametrize("fmt", ["peft", "gguf-lora"])
+def test_the_options_refuse_with_the_exports_own_message(full_run_dir, tmp_path, fmt):
+    """One check per format (export.formats): the reason the dialog shows for a format is the message
+    the export itself refuses with, and a refused export writes nothing."""
+    from dpo_engine.export.options import export_options
+
+    reasons = {o.format: o.reason for o in export_options(str(full_run_dir))}
+    assert reasons["hf"] is None and reasons["gguf"] is None
+    with pytest.raises(ConfigError) as refused:
+        export_model(str(full_run_dir), fmt, tmp_path / "out")
+    assert reasons[fmt] == str(refused.value) and "full fine-tune" in reasons[fmt]
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- the command

@@ -53,19 +53,19 @@ def host(tmp_path):
 
 @pytest.fixture
 def fake_export(monkeypatch, tmp_path):
-    """export_model writing an Ollama folder's Modelfile, with two progress reports; records its thread."""
+    """export_events writing an Ollama folder's Modelfile, yielding two progress events; records its thread."""
     threads = []
 
-    def export_model(ref, fmt, out, quant="f16", on_progress=None, project=None):
+    def export_events(ref, fmt, out, quant="f16", overwrite=False, project=None):
         threads.append(threading.current_thread())
-        on_progress(ExportProgress("write", 0.5, "Writing tensors"))
-        on_progress(ExportProgress("done", 1.0, "Exported"))
+        yield ExportProgress("write", 0.5, "Writing tensors")
+        yield ExportProgress("done", 1.0, "Exported")
         (tmp_path / "mine").mkdir(exist_ok=True)
         (tmp_path / "mine" / "Modelfile").write_text("FROM ./mine.gguf\n")
         return ExportResult(fmt, out, ("Modelfile",), 1.0, f"ollama create mine -f {tmp_path / 'mine' / 'Modelfile'}",
                             2_000_000)
 
-    monkeypatch.setattr("dpo_engine.export.export_model", export_model)
+    monkeypatch.setattr("dpo_engine.export.export_events", export_events)
     return threads
 
 

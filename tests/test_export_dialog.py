@@ -52,24 +52,29 @@ def test_a_refused_export_is_a_message(qtbot, window, full_run_dir, tmp_path):
 
 
 def test_a_cancelled_export_leaves_nothing(qtbot, window, full_run_dir, tmp_path, monkeypatch):
-    """The person presses Cancel while the export runs: simulated deterministically by
-    cancelling the job at its first progress report (a tiny export may finish in 50 ms)."""
-    from app.plumbing.workers import Job
+    """The person presses Cancel while the GGUF is being written: simulated deterministically by
+    cancelling the job, from the worker, at the export's first tensor (a tiny export may finish in
+    50 ms); the worker then closes the generator at that yield."""
+    import dpo_engine.export
+    from dpo_engine.iters import mapped
 
-    real_report = Job.report
-
-    def report_then_cancel(job, value):
-        job.cancel()  # as the Cancel button does, from the worker's first report on
-        real_report(job, value)
-
-    monkeypatch.setattr(Job, "report", report_then_cancel)
     ctx, win = window
+    real = dpo_engine.export.export_events
+
+    def cancel_at_first_tensor(event):
+        if "tensor" in event.message:
+            ctx.runner.cancel_foreground()  # as the Cancel button does (the job's flag), from then on
+        return event
+
+    monkeypatch.setattr(dpo_engine.export, "export_events",
+                        lambda *a, **k: mapped(real(*a, **k), cancel_at_first_tensor))
     dialog = ExportDialog(ExportController(ctx, str(full_run_dir)), win)
     qtbot.addWidget(dialog)
     dialog.format.setCurrentIndex(dialog.format.findData("gguf"))
     out = tmp_path / "exports" / "m.gguf"
     dialog.path.setText(str(out))
-    dialog.start()
+    with qtbot.waitSignal(dialog.controller.cancelled, timeout=120_000):
+        dialog.start()
     qtbot.waitUntil(lambda: dialog.controller.job is None, timeout=120_000)
     assert dialog.controller.result is None and "cancelled" in dialog.status.text().lower()
     assert list(out.parent.iterdir()) == []  # no file, no temporary sibling

@@ -100,7 +100,7 @@ def test_scores_use_fp32_copies_where_they_fit_and_say_when_not(tiny_model_dir, 
 
 
 def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, monkeypatch):
-    """Preparing the default model reports each stage in the status bar."""
+    """Preparing the model (the default on first run, a .gguf) reports each stage in the status bar."""
     import app.plumbing.context as context
     from dpo_engine.models import PrepareProgress
 
@@ -108,14 +108,13 @@ def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, m
     seen = []
     ctx.modelStateChanged.connect(lambda s, d: seen.append((s, win.state_label.text())))
 
-    def fake_prepare():
+    def fake_load(ref, device):
         yield PrepareProgress("download", 0.05, "Downloading the default model")
         yield PrepareProgress("dequantise", 0.4, "Dequantising")
+        return type("L", (), {"name": "stub"})()
 
-    monkeypatch.setattr(context, "is_converted", lambda folder: False)
-    monkeypatch.setattr(context, "prepare_default_model_events", fake_prepare)
+    monkeypatch.setattr(context, "load_model_events", fake_load)
     ctx.model_ref = "default"
-    monkeypatch.setattr(ctx.models, "get", lambda ref, on_progress=None: type("L", (), {"name": "stub"})())
     with qtbot.waitSignal(ctx.modelStateChanged, timeout=10_000, check_params_cb=lambda s, d: s == "ready"):
         ctx.load_active_model()
     texts = [t for s, t in seen if s == "loading"]

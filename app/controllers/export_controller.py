@@ -1,10 +1,11 @@
 """The export dialog's logic, without widgets: which formats a model allows and their sizes,
-the export job on the torch worker (`dpo_engine.export.export_model`) with progress and a
-cancel, and `ollama create` for an Ollama export, also on the worker, with a timeout and a
+the export job on the torch worker (`dpo_engine.export.export_events`, a generator) with progress
+and a cancel, and `ollama create` for an Ollama export, also on the worker, with a timeout and a
 cancel. The dialog (`app.pages.export_dialog`) only presents these signals and forwards clicks.
 
-Cancelling an export stops it at the next tensor, and nothing is left under the chosen name
-(the engine writes into a temporary sibling and renames it into place). Cancelling
+Cancelling an export stops it at its next yield (every 5% of the tensors while a GGUF is written),
+and nothing is left under the chosen name (the engine writes into a temporary sibling and renames
+it into place; closing the generator removes the sibling). Cancelling
 `ollama create` kills the process.
 """
 
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
 from PySide6.QtCore import QObject, Signal
+
+from dpo_engine.export.formats import FORMATS
 
 FORMAT_LABELS = {
     "gguf": "GGUF file (llama.cpp, LM Studio)",
@@ -35,8 +38,8 @@ QUANT_LABELS = {
     "q4_1": "q4_1 (about a third: 0.07 per token in log p)",
     "q4_0": "q4_0 (smallest: 0.49 per token in log p, a quarter of next tokens differ)",
 }
-QUANT_FORMATS = ("gguf", "ollama")  # the formats that write a GGUF of the whole model
-FILE_FORMATS = ("gguf", "gguf-lora")  # one file; the others write a folder
+QUANT_FORMATS = tuple(f.name for f in FORMATS.values() if f.quantised)  # they take a GGUF weight type
+FILE_FORMATS = tuple(f.name for f in FORMATS.values() if not f.as_folder)  # one file; the others a folder
 # `ollama create` copies the GGUF into Ollama's store (a few GB for an 8B model: about a minute
 # on a laptop SSD); ten minutes means the server hangs, not that the copy is slow.
 OLLAMA_TIMEOUT_S = 600.0
@@ -77,10 +80,6 @@ class OllamaDone:
 
     ok: bool
     text: str  # the outcome and the last lines of its output
-
-
-class ExportCancelled(Exception):
-    """Raised from the progress callback when the person cancels (the engine cleans up)."""
 
 
 def megabytes(size: int) -> str:
@@ -153,6 +152,7 @@ class ExportController(QObject):
         self.job = None  # the export or `ollama create` running now
         self.result = None  # the last ExportResult
         self._ollama_reported = False  # `ollama create` reported how it ended
+        self._export_ended = False  # the export returned or failed (else, once finished, it was cancelled)
 
     # ------------------------------------------------------------------ before the export
     def default_output(self, fmt: str) -> Path:
@@ -202,7 +202,7 @@ class ExportController(QObject):
     # ------------------------------------------------------------------ the export
     def start(self, fmt: str, quant: str | None, out: str) -> bool:
         """Queue the export on the torch worker; False (and `failed`) when it cannot start."""
-        from dpo_engine.export import export_model
+        from dpo_engine.export import export_events
 
         if self.job is not None:
             return False
@@ -212,40 +212,22 @@ class ExportController(QObject):
             return False
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         ref, project = self.model_ref, self.host.project_path  # the card reads the project (read-only)
-        holder: dict = {}
-
-        def on_progress(event) -> None:
-            job = holder["job"]
-            if job.cancelled:
-                raise ExportCancelled()
-            job.report(event)
-
-        def factory():
-            yield from ()  # a generator: the worker can drop it before it starts
-            try:
-                return export_model(ref, fmt, out, quant=quant, on_progress=on_progress, project=project)
-            except ExportCancelled:
-                return None
-
-        self.result = None
-        self.job = holder["job"] = self.host.submit("export-model", factory)
+        self.result, self._export_ended = None, False
+        self.job = self.host.submit("export-model", lambda: export_events(ref, fmt, out, quant=quant, project=project))
         self.job.yielded.connect(lambda ev: self.progress.emit(ev.fraction, ev.message))
         self.job.returned.connect(self._on_export_returned)
-        self.job.failed.connect(lambda message: self.failed.emit(f"Export failed: {message.splitlines()[0]}"))
-        self.job.finished.connect(self._on_job_finished)
+        self.job.failed.connect(self._on_export_failed)
+        self.job.finished.connect(self._on_export_finished)
         self.runningChanged.emit(True)
         return True
 
     def cancel(self) -> None:
-        """Stop the export at its next tensor (nothing is left), or kill `ollama create`."""
+        """Stop the export at its next yield (nothing is left), or kill `ollama create`."""
         if self.job is not None:
             self.job.cancel()
 
     def _on_export_returned(self, result) -> None:
-        self.result = result
-        if result is None:
-            self.cancelled.emit()
-            return
+        self.result, self._export_ended = result, True
         lines = [f"Written: {result.path}", *(f"  {name}" for name in result.files)]
         if result.note:
             lines += ["", result.note]
@@ -254,6 +236,15 @@ class ExportController(QObject):
         status = f"Exported to {result.path} ({megabytes(result.size_bytes)}) in {result.seconds:.0f} s."
         can_create = bool(result.command) and shutil.which(shlex.split(result.command)[0]) is not None
         self.exported.emit(ExportDone(status, "\n".join(lines), can_create))
+
+    def _on_export_failed(self, message: str) -> None:
+        self._export_ended = True
+        self.failed.emit(f"Export failed: {message.splitlines()[0]}")
+
+    def _on_export_finished(self) -> None:
+        if not self._export_ended:  # the worker closed it at a yield: the cancel was done
+            self.cancelled.emit()
+        self._on_job_finished()
 
     def _on_job_finished(self) -> None:
         self.job = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from PySide6.QtCore import QObject, Signal
 
@@ -15,14 +15,8 @@ from dpo_engine.devices import DeviceChoice
 from dpo_engine.run_plan import plan_run
 from dpo_engine.errors import StoreError
 from dpo_engine.store.project import open_project
-from dpo_engine.models import (
-    DEFAULT_MODEL_REF,
-    LoadedModel,
-    default_model_dir,
-    is_converted,
-    load_model,
-    prepare_default_model_events,
-)
+from dpo_engine.iters import drain
+from dpo_engine.models import LoadedModel, PrepareProgress, load_model_events
 
 
 def saves(method):
@@ -67,7 +61,10 @@ class ModelCache:
             return 0.0
         return max((f.stat().st_mtime_ns for f in folder.glob("*.safetensors")), default=0)
 
-    def get(self, ref: str, on_progress=None, device: DeviceChoice | None = None) -> LoadedModel:
+    def load_events(self, ref: str,
+                    device: DeviceChoice | None = None) -> Generator[PrepareProgress, None, LoadedModel]:
+        """`ref` in `device`'s precision (the window's by default), from memory where it is loaded;
+        yields the progress of preparing it (the default model or a .gguf, on first use)."""
         device = device or self.device
         key = (ref, device.dtype)
         stamp = self._stamp(ref)
@@ -79,13 +76,17 @@ class ModelCache:
                 del self._models[old]
             self.on_state("loading", ref, f"Loading {ref}…")
             try:
-                self._models[key] = load_model(ref, device, on_progress=on_progress)
+                self._models[key] = yield from load_model_events(ref, device)
             except Exception as exc:
                 self.on_state("error", ref, str(exc))
                 raise
             self._stamps[key] = stamp
             self.on_state("ready", ref, self._models[key].name)
         return self._models[key]
+
+    def get(self, ref: str, device: DeviceChoice | None = None) -> LoadedModel:
+        """Blocking `load_events`."""
+        return drain(self.load_events(ref, device))
 
     def scoring(self, ref: str) -> LoadedModel:
         """`ref` in the precision for scores a person reads: fp32 if its fp32 weights fit in the
@@ -190,9 +191,7 @@ class AppContext(QObject):
         self.set_model_state("loading", f"Loading {ref}…")
 
         def factory():
-            if ref == DEFAULT_MODEL_REF and not is_converted(default_model_dir()):
-                yield from prepare_default_model_events()  # first run: live progress
-            loaded = self.models.get(ref)
+            loaded = yield from self.models.load_events(ref)  # the first use of the default or a .gguf: live progress
             tokenizer = getattr(loaded, "tokenizer", None)
             return loaded.name, tokenizer is not None and not getattr(tokenizer, "chat_template", None)
 

@@ -72,11 +72,6 @@ class Job(QObject):
         """Ask the job to stop at its next yield (or not to start at all)."""
         self.cancelled = True
 
-    def report(self, value: Any) -> None:
-        """From the worker thread: deliver `value` as `yielded`, for engine functions that report
-        progress through a callback instead of yielding (e.g. `dpo_engine.export.export_model`)."""
-        self._w_yielded.emit(value)
-
     def detach(self) -> None:
         """Cancel, and deliver nothing more to the job's listeners."""
         self.cancelled = self.detached = True

@@ -18,7 +18,8 @@ Public API (no click needed):
     read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
     default_reference(policy_ref) -> str
     model_logps(model, encoded, pad_id, batch_size) -> BatchLogps     in input order
-    eval_report(data, policy_ref, reference_ref, settings, device) -> dict  the --json report
+    eval_events(data, policy_ref, reference_ref, settings, device)    yields EvalProgress, returns the report
+    eval_report(data, policy_ref, reference_ref, settings, device) -> dict  blocking: the --json report
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Generator, Sequence
 
 import click
 
@@ -34,7 +35,7 @@ from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friend
 from dpo_engine.encoding import EncodedPair, collate, encode_pair
 from dpo_engine.devices import pick_device
 from dpo_engine.errors import ConfigError, DataError
-from dpo_engine.iters import drain
+from dpo_engine.iters import drain, mapped
 from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
 from dpo_engine.losses import LOSSES, LossParams, compute_metrics, get_loss
 from dpo_engine.pairs import PreferencePair, parse_preference_record
@@ -56,6 +57,15 @@ class EvalSettings:
             raise ConfigError("batch_size must be at least 1.")
         if self.max_length is not None and self.max_length < 2:
             raise ConfigError("max_length must be at least 2 (one prompt token and one response token).")
+
+
+@dataclass(frozen=True)
+class EvalProgress:
+    """One step of an eval: loading a model or scoring the pairs under it."""
+
+    stage: str  # "load" | "score"
+    fraction: float  # 0..1 over the whole eval
+    message: str
 
 
 def read_pairs_jsonl(path) -> tuple[list[tuple[int, PreferencePair]], list[tuple[int, str]]]:
@@ -95,11 +105,18 @@ def default_reference(policy_ref: str) -> str:
     return str(relative) if not Path(base).is_absolute() and relative.exists() else base
 
 
-def model_logps(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
-    """Sequence log-probs of every pair, batched by length, returned in input order."""
+def model_logps_events(model, encoded: Sequence[EncodedPair], pad_id: int,
+                       batch_size: int) -> Generator[int, None, BatchLogps]:
+    """Sequence log-probs of every pair, batched by length; yields the pairs done after each batch and
+    returns them in input order."""
     device = next(model.parameters()).device
-    return BatchLogps(*drain(score_pairs(lambda batch: batch_logps(model, collate(batch, pad_id).to(device)),
-                                       encoded, batch_size)))
+    return BatchLogps(*(yield from score_pairs(lambda batch: batch_logps(model, collate(batch, pad_id).to(device)),
+                                               encoded, batch_size)))
+
+
+def model_logps(model, encoded: Sequence[EncodedPair], pad_id: int, batch_size: int) -> BatchLogps:
+    """Blocking `model_logps_events`."""
+    return drain(model_logps_events(model, encoded, pad_id, batch_size))
 
 
 def _encode(tokenizer, pairs, max_length):
@@ -112,29 +129,42 @@ def _encode(tokenizer, pairs, max_length):
     return kept, skipped
 
 
-def _score_policy(ref: str, pairs, settings, device, on_progress):
-    """Load the policy, encode with its tokenizer and score; the model is released on return."""
-    from dpo_engine.models import load_model
+def _load(ref: str, device, at: float):
+    """Load `ref`, yielding its preparation as progress at `at`; return the LoadedModel."""
+    from dpo_engine.models import load_model_events
 
-    loaded = load_model(ref, device, on_progress)
+    yield EvalProgress("load", at, f"Loading {ref}")
+    return (yield from mapped(load_model_events(ref, device), lambda e: EvalProgress("load", at, e.message)))
+
+
+def _scores(loaded, encoded, settings, what: str, span: tuple[float, float]):
+    """Score the encoded pairs under `loaded`, yielding progress over `span` of the whole eval."""
+    rows = [e for _, e in encoded]
+    return (yield from mapped(
+        model_logps_events(loaded.model, rows, loaded.tokenizer.pad_token_id, settings.batch_size),
+        lambda done: EvalProgress("score", span[0] + (span[1] - span[0]) * done / len(rows),
+                                  f"Scored {done}/{len(rows)} pairs under the {what}")))
+
+
+def _score_policy(ref: str, pairs, settings, device, span: tuple[float, float]):
+    """Load the policy, encode with its tokenizer and score; the model is released on return."""
+    loaded = yield from _load(ref, device, span[0])
     encoded, rejected = _encode(loaded.tokenizer, pairs, settings.max_length)
     if not encoded:
         raise DataError("No pair left to score: " + "; ".join(f"line {ln}: {r}" for ln, r in rejected))
-    logps = model_logps(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+    logps = yield from _scores(loaded, encoded, settings, "policy", span)
     return logps, encoded, rejected
 
 
-def _score_reference(ref: str, pairs, encoded, settings, device, on_progress) -> BatchLogps:
+def _score_reference(ref: str, pairs, encoded, settings, device, span: tuple[float, float]):
     """Score the policy's encoding under the reference, which must tokenize the same way."""
-    from dpo_engine.models import load_model
-
-    loaded = load_model(ref, device, on_progress)
+    loaded = yield from _load(ref, device, span[0])
     line, first = encoded[0]
     pair = next(p for ln, p in pairs if ln == line)
     if encode_pair(loaded.tokenizer, pair, settings.max_length) != first:
         raise ConfigError(f"The reference {ref} tokenizes the pairs differently from the policy; "
                           "DPO compares log-probs of the same tokens, so both need one tokenizer.")
-    return model_logps(loaded.model, [e for _, e in encoded], loaded.tokenizer.pad_token_id, settings.batch_size)
+    return (yield from _scores(loaded, encoded, settings, "reference", span))
 
 
 def scoring_choice(device, refs: Sequence[str]):
@@ -158,20 +188,35 @@ def _parameters(ref: str) -> int:
     return entry.parameters or 0 if entry.usable else 0
 
 
-def eval_report(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings, device=None,
-             on_progress: Callable | None = None) -> dict:
-    """Score every pair of a JSONL file; the report `dpo-engine eval --json` prints."""
+def eval_events(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings,
+                device=None) -> Generator[EvalProgress, None, dict]:
+    """Score every pair of a JSONL file, yielding progress; return the report `dpo-engine eval --json`
+    prints. Stopping at a yield is safe: nothing is written."""
     pairs, skipped = read_pairs_jsonl(data)
     if not pairs:
         raise DataError(f"{data} holds no preference pair." + (f" First problem: line {skipped[0][0]}: "
                                                                  f"{skipped[0][1]}" if skipped else ""))
     reference_ref = reference_ref or default_reference(policy_ref)
     device = scoring_choice(device if device is not None else pick_device(), (policy_ref, reference_ref))
-    policy, encoded, rejected = _score_policy(policy_ref, pairs, settings, device, on_progress)
-    if reference_ref == policy_ref:
+    same = reference_ref == policy_ref
+    policy, encoded, rejected = yield from _score_policy(policy_ref, pairs, settings, device,
+                                                         (0.0, 1.0 if same else 0.5))
+    if same:
         reference = policy  # same weights: one pass serves both
     else:
-        reference = _score_reference(reference_ref, pairs, encoded, settings, device, on_progress)
+        reference = yield from _score_reference(reference_ref, pairs, encoded, settings, device, (0.5, 1.0))
+    return _report(policy, reference, encoded, skipped + rejected, settings, policy_ref, reference_ref, device)
+
+
+def eval_report(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings, device=None,
+                on_event: Callable[[EvalProgress], None] | None = None) -> dict:
+    """Blocking `eval_events`: `on_event` (to show progress) sees every EvalProgress."""
+    return drain(eval_events(data, policy_ref, reference_ref, settings, device), on_event)
+
+
+def _report(policy: BatchLogps, reference: BatchLogps, encoded, skipped, settings: EvalSettings, policy_ref: str,
+            reference_ref: str, device) -> dict:
+    """The per-pair numbers and the metrics, under TRL's names."""
     params = LossParams(beta=settings.beta, label_smoothing=settings.label_smoothing)
     out = get_loss(settings.loss)(
         policy.chosen_logps, policy.rejected_logps, reference.chosen_logps, reference.rejected_logps,
@@ -184,7 +229,7 @@ def eval_report(data, policy_ref: str, reference_ref: str | None, settings: Eval
     return {
         "pairs": [dict(zip(keys, row)) for row in rows],
         "metrics": compute_metrics(out, policy.chosen_logps, policy.rejected_logps),
-        "skipped": [{"line": ln, "reason": r} for ln, r in sorted(skipped + rejected)],
+        "skipped": [{"line": ln, "reason": r} for ln, r in sorted(skipped)],
         "lines": [ln for ln, _ in encoded],  # not printed with --json; the summary names pairs by line
         "policy": policy_ref,
         "reference": reference_ref,

@@ -65,10 +65,11 @@ def device_cmd(device, dtype):
 def generate_cmd(model_ref, prompt, n, max_new_tokens, temperature, top_p, seed, device, dtype, as_json):
     """Sample N answers to PROMPT with the model's chat template."""
     from dpo_engine.generate import GenerationSettings, generate
-    from dpo_engine.models import load_model
+    from dpo_engine.iters import drain
+    from dpo_engine.models import load_model_events
 
     settings = GenerationSettings(max_new_tokens, temperature, top_p, seed)
-    loaded = load_model(model_ref, choose_device(device, dtype), on_progress=progress_printer)
+    loaded = drain(load_model_events(model_ref, choose_device(device, dtype)), progress_printer)
     result = generate(loaded.model, loaded.tokenizer, prompt, n, settings)
     if as_json:
         payload = {"model": loaded.name, "device": loaded.device.describe(), "responses": result.texts}

@@ -42,12 +42,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Generator
 
 import numpy as np
 
 from dpo_engine.errors import ConfigError, ModelError
 from dpo_engine.export.gguf_vocab import write_tokenizer
+from dpo_engine.iters import drain
 
 # the weight types a person picks; the smallest are what llama.cpp's Python quantisers write exactly
 QUANTS = ("f16", "q8_0", "q4_1", "q4_0")
@@ -388,13 +389,11 @@ def gguf_size(tensors, config, quant: str) -> int:
     return total
 
 
-def write_gguf(tensors, config, tokenizer, path: Path, quant: str = "f16", name: str = "model",
-               on_tensor: Callable[[int, int], None] | None = None) -> int:
+def write_gguf_events(tensors, config, tokenizer, path: Path, quant: str = "f16",
+                      name: str = "model") -> Generator[tuple[int, int], None, int]:
     """Write the model (`tensors`, a TensorReader, and its `config`) + `tokenizer` as a GGUF file at
-    `path`; return its size in bytes.
-
-    `on_tensor(done, total)` is called after each tensor is written (progress, and a place to cancel).
-    """
+    `path`; yield (tensors written, total) after each tensor (a safe point to stop: closing the
+    generator closes the file), and return the file's size in bytes."""
     import gguf
 
     spec = check_supported(config)
@@ -410,12 +409,16 @@ def write_gguf(tensors, config, tokenizer, path: Path, quant: str = "f16", name:
         writer.write_ti_data_to_file()
         for done, plan in enumerate(plans, 1):  # then the data, one tensor at a time
             writer.write_tensor_data(tensor_data(plan, tensors, config))
-            if on_tensor is not None:
-                on_tensor(done, len(plans))
+            yield done, len(plans)
         writer.flush()
-    finally:
+    finally:  # a file handle, not a result: whoever stops here discards the file
         writer.close()
     return Path(path).stat().st_size
 
 
-__all__ = ["ARCHITECTURES", "QUANTS", "check_supported", "gguf_size", "write_gguf"]
+def write_gguf(tensors, config, tokenizer, path: Path, quant: str = "f16", name: str = "model") -> int:
+    """Blocking `write_gguf_events`: write the GGUF file and return its size in bytes."""
+    return drain(write_gguf_events(tensors, config, tokenizer, path, quant, name))
+
+
+__all__ = ["ARCHITECTURES", "QUANTS", "check_supported", "gguf_size", "write_gguf", "write_gguf_events"]

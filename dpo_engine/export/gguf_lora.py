@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -59,8 +58,7 @@ def adapter_tensors(adapter: Path, config) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def write_gguf_lora(adapter: Path, config, path: Path, name: str = "adapter",
-                    on_tensor: Callable[[int, int], None] | None = None) -> int:
+def write_gguf_lora(adapter: Path, config, path: Path, name: str = "adapter") -> int:
     """Write the LoRA adapter in `adapter` (for a base with `config`) as a GGUF LoRA file; return its size."""
     import gguf
 
@@ -79,8 +77,6 @@ def write_gguf_lora(adapter: Path, config, path: Path, name: str = "adapter",
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
-        if on_tensor is not None:
-            on_tensor(len(tensors), len(tensors))
     finally:
         writer.close()
     return Path(path).stat().st_size

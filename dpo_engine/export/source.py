@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Generator
 
 from dpo_engine.devices import pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
-from dpo_engine.models import (DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF, PrepareProgress, default_model_dir, load_model,
-                               load_tokenizer, resolve_model_ref)
+from dpo_engine.iters import drain
+from dpo_engine.models import (DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF, PrepareProgress, default_model_dir,
+                               load_model_events, load_tokenizer, resolve_model_events, resolve_model_ref)
 from dpo_engine.train.checkpoints import read_run_file
 from dpo_engine.train.model import adapter_folder
 
@@ -91,8 +92,9 @@ def _adapter_base(adapter: Path, run: dict) -> str | None:
         return None
 
 
-def find_source(ref: str | None, on_progress: Callable[[PrepareProgress], None] | None = None) -> ExportSource:
-    """Describe what `ref` names without loading weights (the default model is prepared once)."""
+def find_source_events(ref: str | None) -> Generator[PrepareProgress, None, ExportSource]:
+    """Describe what `ref` names without loading weights; yield the progress of preparing the default
+    model or a .gguf (once), and return the ExportSource."""
     ref = (ref or DEFAULT_MODEL_REF).strip()
     path = Path(ref).expanduser()
     if path.is_dir():
@@ -108,10 +110,15 @@ def find_source(ref: str | None, on_progress: Callable[[PrepareProgress], None] 
             raise ModelError(f"{folder} holds a LoRA adapter but does not say which base model it applies to "
                              "(no base_model in dpo_studio_run.json or adapter_config.json).")
         return ExportSource(ref, folder, has_weights, adapter, base, run, folder.name)
-    resolved = resolve_model_ref(ref, on_progress)
+    resolved = yield from resolve_model_events(ref)
     folder = None if resolved.kind == "hub" else Path(resolved.path)
     name = DEFAULT_MODEL_NAME if resolved.kind == "default" else resolved.display_name.split("/")[-1]
     return ExportSource(ref, folder, True, None, None, {}, name)
+
+
+def find_source(ref: str | None) -> ExportSource:
+    """Blocking `find_source_events`."""
+    return drain(find_source_events(ref))
 
 
 def check_adapter_fits(source: ExportSource, prepare: bool = True) -> None:
@@ -167,15 +174,16 @@ def load_tokenizer_for_export(source: ExportSource):
     return load_tokenizer(resolve_model_ref(source.base_ref or source.ref))
 
 
-def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgress], None] | None = None):
-    """The model with full weights in fp32 on the CPU: a LoRA adapter is merged into its base."""
+def merged_model_events(source: ExportSource) -> Generator[PrepareProgress, None, object]:
+    """The model with full weights in fp32 on the CPU (a LoRA adapter merged into its base); yields
+    the progress of preparing what it loads (the default model, a .gguf: once)."""
     cpu = pick_device("cpu", "float32")  # never the machine's auto precision: bf16 weights would lose bits
     if source.has_weights:
         ref = str(source.folder) if source.folder is not None else source.ref
-        return load_model(ref, cpu, on_progress).model
+        return (yield from load_model_events(ref, cpu)).model
     from peft import PeftModel
 
-    base = load_model(source.base_ref, cpu, on_progress).model
+    base = (yield from load_model_events(source.base_ref, cpu)).model
     try:
         peft_model = PeftModel.from_pretrained(base, str(source.adapter))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -188,6 +196,11 @@ def load_merged_model(source: ExportSource, on_progress: Callable[[PrepareProgre
     model = peft_model.merge_and_unload()
     model.eval()
     return model
+
+
+def load_merged_model(source: ExportSource):
+    """Blocking `merged_model_events`."""
+    return drain(merged_model_events(source))
 
 
 def local_folder(ref: str | None) -> Path | None:
