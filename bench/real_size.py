@@ -154,10 +154,11 @@ def plan(folder: Path, args) -> tuple[bool, object, str]:
     """What the fit verdict picks for a LoRA run of this bench's batch at --budget-gib:
     (gradient checkpointing, MemoryEstimate of that mode, compute precision)."""
     from dpo_engine.catalog.sources import inspect_path
-    from dpo_engine.catalog.fit import BF16_VALUE_BYTES, HEADROOM, compute_precision, training_memory
+    from dpo_engine.catalog.fit import BF16_VALUE_BYTES, HEADROOM, training_memory
+    from dpo_engine.run_plan import PlanRequest, plan_run
 
     shape = inspect_path(str(folder)).shape
-    precision = compute_precision("cuda" if args.device.startswith("cuda") else "cpu")
+    precision = plan_run(PlanRequest(args.device), measure=False).compute
     value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
     base = "nf4" if args.four_bit else None
     row = ROW_TOKENS  # the longest row of a pair here (prompt + answer), not the 512 the picker plans for

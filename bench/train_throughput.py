@@ -91,15 +91,16 @@ def run_ceiling(steps: int, workdir: Path, dtype: str = "auto") -> dict:
 
     from dpo_engine.train.data import prepare_data, step_batches, steps_per_epoch
     from dpo_engine.train.groups import prompt_groups
-    from dpo_engine.train.model import training_device
-    from dpo_engine.attention import fp32_attention_wanted, use_fp32_attention
+    from dpo_engine.attention import use_fp32_attention
+    from dpo_engine.train.model import training_plan
     from dpo_engine.train.step import pair_tokens
 
     config = _config(steps, workdir, dtype)
-    _, compute = training_device(config)
+    plan = training_plan(config)
+    compute = plan.compute_choice()
     autocast = compute.autocast  # the trainer's forward precision
     model, tokenizer = train_model()  # fp32 weights, as the trainer's
-    if fp32_attention_wanted(compute):
+    if plan.attention != plan.compute:
         use_fp32_attention(model)  # attention in fp32 on a CPU in bf16, as the trainer's
     data = prepare_data(tokenizer, make_pairs(tokenizer), None, config)
     lengths = [p.length for p in data.train]

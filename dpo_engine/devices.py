@@ -9,16 +9,14 @@ dtype always wins, with a warning where this hardware runs it poorly.
 The dtype is the compute precision: sampling loads the weights in it; training keeps fp32
 weights and optimizer state and runs the forward under autocast to it (train/model.py).
 
-Scores a person reads (`dpo-engine eval`, the Compare page's implicit rewards and held-out
-summary) are a different matter: bf16 moves summed log-probs by up to 5.8e-3 relative under
-autocast and 7.7e-3 with bf16 weights on SmolLM2 (bench/README.md, "Scoring precision"), so
-`scoring_device` keeps them in fp32 unless a precision was asked for by name.
+Everything else about how a model runs here (the weights', attention and scoring precision,
+a LoRA run's base, checkpointing) is decided by `dpo_engine.run_plan`, which asks this module
+for the device and the compute precision.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +71,16 @@ def _mps_available() -> bool:
     return bool(mps and mps.is_available())
 
 
-def pick_device(device: str | None = None, dtype: str | None = None) -> DeviceChoice:
-    """Choose a device and precision.
+def pick_device(device: str | None = None, dtype: str | None = None, measure: bool = True) -> DeviceChoice:
+    """Choose a device and precision: the one rule for "auto" (`run_plan.plan_run` asks it).
 
     Args:
         device: "auto" (default), "cuda", "cuda:N", "mps" or "cpu". When None, the
             DPO_STUDIO_DEVICE environment variable is used, else "auto".
         dtype: "auto" (default; DPO_STUDIO_DTYPE when set, else decided by the hardware:
             see the module docstring) or an explicit "float32", "bfloat16" or "float16".
+        measure: False: never time bf16 against fp32 here (the catalog); a cached measurement
+            still counts (`precision.cpu_precision`).
     """
     device = (device or os.environ.get("DPO_STUDIO_DEVICE") or "auto").lower()
     dtype = (dtype or "auto").lower()
@@ -91,30 +91,9 @@ def pick_device(device: str | None = None, dtype: str | None = None) -> DeviceCh
         raise DeviceError(f"Unknown precision {dtype!r}: use one of {', '.join(DTYPE_CHOICES)}.")
     device, reason = _device(device)
     if dtype == "auto":
-        dtype, why = _auto_precision(device)
+        dtype, why = _auto_precision(device, measure)
         return DeviceChoice(device, dtype, reason, why)
     return DeviceChoice(device, dtype, reason, f"{_SHORT[dtype]}: {source}", _warning(device, dtype), True)
-
-
-# bench/scoring_precision.py, SmolLM2-135M and Gemma 3 270M on a CPU with avx512_bf16: the
-# largest relative error of a summed log-prob against fp32. Only fp32 meets SCORING_GOAL.
-SCORING_GOAL = 1e-3
-SCORING_NOTE = ("fp32: scores stay within 1e-3 of fp32 only in fp32 (bf16 moves summed log-probs by up to "
-                "~6e-3; bench/README.md, Scoring precision)")
-
-
-def scoring_device(choice: DeviceChoice, fits_fp32: bool = True, detail: str = "") -> DeviceChoice:
-    """The precision for log-probs a person reads: fp32 on `choice`'s device, unless the person
-    named a precision (kept) or fp32 weights do not fit (`fits_fp32` False: the loaded precision
-    is kept and the reason says so, with `detail`, e.g. the sizes)."""
-    if choice.dtype == "float32" or choice.requested:
-        return choice
-    if not fits_fp32:
-        short = _SHORT[choice.dtype]
-        return dataclasses.replace(choice, precision_reason=(
-            f"{short}: fp32 weights do not fit{' (' + detail + ')' if detail else ''}; scores may differ "
-            f"from fp32 by up to ~1e-2 relative"))
-    return dataclasses.replace(choice, dtype="float32", precision_reason=SCORING_NOTE, warning="")
 
 
 _SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
@@ -144,7 +123,7 @@ def _device(device: str) -> tuple[str, str]:
     raise DeviceError(f"Unknown device {device!r}: use auto, cuda, cuda:N, mps or cpu.")
 
 
-def _auto_precision(device: str) -> tuple[str, str]:
+def _auto_precision(device: str, measure: bool = True) -> tuple[str, str]:
     """(dtype, reason) for "auto" on `device`."""
     if device.startswith("cuda"):
         if torch.cuda.is_bf16_supported():
@@ -152,7 +131,7 @@ def _auto_precision(device: str) -> tuple[str, str]:
         return "float32", "fp32: this GPU has no bf16 (fp16 training would need loss scaling)"
     if device == "mps":
         return "float32", "fp32: bf16 on Apple GPUs is not measured yet"
-    choice = cpu_precision(precision_cache_file())
+    choice = cpu_precision(precision_cache_file(), measure_now=measure)
     return choice.dtype, choice.reason
 
 

@@ -148,13 +148,15 @@ def read_record(path: Path, key: dict) -> dict | None:
 
 
 def cpu_precision(path: Path, measure_fn: Callable[[], dict] | None = None,
-                  flags_fn: Callable[[], list[str]] | None = None) -> CpuPrecision:
+                  flags_fn: Callable[[], list[str]] | None = None, measure_now: bool = True) -> CpuPrecision:
     """bf16 autocast when the CPU runs bf16 natively and the cached (or a fresh) measurement shows
     it at least MIN_SPEEDUP x fp32; fp32 otherwise.
 
     Args:
         path: the JSON record of this machine's measurement.
         measure_fn, flags_fn: `measure` and `native_bf16_flags` unless given (tests pass fakes).
+        measure_now: False where nothing may be timed (the catalog, listing dozens of models): with
+            no record yet, native bf16 is taken as faster, which every measurement so far has found.
     """
     flags = (flags_fn or native_bf16_flags)()
     if not flags:
@@ -162,6 +164,8 @@ def cpu_precision(path: Path, measure_fn: Callable[[], dict] | None = None,
                                        "flag), so bf16 would be emulated and slower")
     key = machine_key(flags)
     record = read_record(path, key)
+    if record is None and not measure_now:
+        return CpuPrecision("bfloat16", f"bf16: CPU has {flags[0]} (not measured yet: a run measures it)")
     if record is None:
         record = {"version": RECORD_VERSION, "key": key, **(measure_fn or measure)()}
         write_cache_json(path, record)

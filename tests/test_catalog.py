@@ -240,7 +240,7 @@ def test_verdicts_move_with_free_memory():
     assert at(total(False, False), -10) == (FULL_FITS, True)
     assert at(total(False, True), -10) == (LORA_ONLY, True)
     assert at(total(True, True), -10) == (TOO_LARGE, False)
-    v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)")
+    v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)", precision="bfloat16")
     assert v.full.activations < fit_mod.training_memory(shape, lora=False).activations  # bf16 autocast on CUDA
     assert v.explain().startswith(FULL_FITS + ": full fine-tune needs ~")
 
@@ -253,14 +253,6 @@ def test_estimate_matches_measured_smollm2_steps(pairs, length, peak):
     smol = ModelShape(134_515_008, hidden=576, layers=30, ffn=1536, vocab=49_152, kv_dim=192)
     est = fit_mod.training_memory(smol, lora=False, batch_pairs=pairs, max_length=length).total
     assert peak <= est <= 1.25 * peak
-
-
-def test_default_length_is_the_trainers():
-    from dpo_engine.defaults import SmallDataDefaults
-    from dpo_engine.train.config import TrainConfig
-
-    assert fit_mod.DEFAULT_MAX_LENGTH == TrainConfig.__dataclass_fields__["max_length"].default
-    assert fit_mod.DEFAULT_BATCH_PAIRS == SmallDataDefaults().batch_size
 
 
 def test_catalog_verdicts_with_mocked_free_memory(stores, monkeypatch):

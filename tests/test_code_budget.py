@@ -46,7 +46,6 @@ LONG_FUNCTIONS = {
 }
 # "path::Qualified.name": why it is over COMPLEXITY
 COMPLEX_FUNCTIONS = {
-    "dpo_engine/train/loop.py::_setup": "a run's setup (resume, model, data, reference, optimizer): to split",
     "dpo_engine/train/step.py::run_step": "the hot loop: micro-batches, precision, distributed and weighted paths",
     "dpo_engine/catalog/readers.py::shape_from_config": "config keys differ by family: a fallback per field",
     "dpo_engine/catalog/readers.py::_read_gguf_file": "header fields differ by family: a fallback per field",

@@ -6,7 +6,7 @@ run is refused with the reason where it does not."""
 
 import pytest
 
-from dpo_engine import logps, quant
+from dpo_engine import quant
 from dpo_engine.catalog import fit as fit_mod
 from dpo_engine.catalog.readers import shape_from_config
 from dpo_engine.catalog.fit import FULL_FITS, LORA_ONLY, TOO_LARGE, fit_verdict
@@ -87,7 +87,6 @@ def test_nf4_base_bytes_by_hand():
 
 
 def test_the_head_estimate_is_one_chunk_not_every_logit(tmp_path):
-    assert (fit_mod.HEAD_CHUNK_BYTES, fit_mod.HEAD_WHOLE_BYTES) == (logps.HEAD_CHUNK_BYTES, logps.HEAD_WHOLE_BYTES)
     shape = shape_of(GEMMA_2_2B, tmp_path)
     small = fit_mod.activation_bytes(shape, 8, 2)
     big = fit_mod.activation_bytes(shape, 8000, 2)
@@ -145,6 +144,31 @@ def test_four_bit_needs_lora():
         TrainConfig(output_dir="x", base_bits=8)
 
 
+def test_the_cli_takes_a_4bit_base(monkeypatch, tiny_model_dir, tmp_path):
+    """`dpo-engine train --base-bits 4` reaches TrainConfig.base_bits: refused without --lora, and
+    where bitsandbytes does not run, refused with the reason (before any training)."""
+    import json
+
+    from click.testing import CliRunner
+
+    from dpo_engine.cli.main import main
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"q{i}", "chosen": " yes", "rejected": " no"}) + "\n"
+                            for i in range(4)))
+    args = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--max-steps", "1", "--device", "cpu",
+            "--base-bits", "4"]
+    result = CliRunner().invoke(main, args + ["--output", str(tmp_path / "a")])
+    assert result.exit_code == 1 and "A 4-bit base trains only adapters" in result.output
+    monkeypatch.setattr(quant, "installed", lambda: False)
+    quant.unavailable.cache_clear()
+    try:
+        result = CliRunner().invoke(main, args + ["--lora", "--output", str(tmp_path / "b")])
+    finally:
+        quant.unavailable.cache_clear()
+    assert result.exit_code == 1 and "A 4-bit base cannot be used here: 4-bit needs bitsandbytes" in result.output
+
+
 @pytest.mark.skipif(not quant.installed(), reason="bitsandbytes (the [gpu] extra) is not installed")
 def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
     """Where bitsandbytes runs 4-bit (CUDA; this x86 CPU with bitsandbytes 0.50), the base's
@@ -158,7 +182,7 @@ def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
 
     from dpo_engine.train.config import LoraSettings, TrainConfig
     from dpo_engine.train.events import StepEvent
-    from dpo_engine.train.model import load_policy, training_device
+    from dpo_engine.train.model import load_policy, training_plan
 
     if quant.unavailable("cpu"):
         pytest.skip(quant.unavailable("cpu"))
@@ -166,7 +190,8 @@ def test_a_4bit_lora_step_runs_where_bitsandbytes_does(tmp_path):
 
     cfg = TrainConfig(output_dir=str(tmp_path / "run"), model=str(tiny_model_dir), lora=LoraSettings(rank=4),
                       base_bits=4, max_steps=2, batch_size=2, grad_accum=1, eval_fraction=0.0, device="cpu", lr=1e-3)
-    device, _ = training_device(cfg)
+    plan = training_plan(cfg)
+    device = plan.weights_choice()
     model = load_policy(cfg, device, None, cfg.model).model
     quantised = [m for m in model.modules() if isinstance(m, Linear4bit)]
     assert quantised and all(m.weight.dtype == torch.uint8 for m in quantised)

@@ -12,7 +12,7 @@ import torch
 from dpo_engine.encoding import encode_pair
 from dpo_engine.losses import LossParams
 from dpo_engine.train.config import LoraSettings, TrainConfig
-from dpo_engine.train.model import load_policy, trainable_parameters, training_device
+from dpo_engine.train.model import load_policy, trainable_parameters, training_plan
 from dpo_engine.train.step import StepContext, pair_logps, run_step
 from tests.train_helpers import make_pairs
 
@@ -34,7 +34,8 @@ def split(model):
 def test_lora_base_follows_the_compute_precision(tiny_model_dir, tmp_path, cpu, native_bf16):
     cpu.flags = ["avx512_bf16"] if native_bf16 else []
     cfg = config(tiny_model_dir, tmp_path, lora=True)
-    device, compute = training_device(cfg)
+    plan = training_plan(cfg)
+    device, compute = plan.weights_choice(), plan.compute_choice()
     want = torch.bfloat16 if native_bf16 else torch.float32
     assert compute.torch_dtype == want and device.torch_dtype == want
     model = load_policy(cfg, device, None, cfg.model).model
@@ -46,7 +47,8 @@ def test_lora_base_follows_the_compute_precision(tiny_model_dir, tmp_path, cpu, 
 
 def test_full_fine_tune_keeps_fp32_master_weights_on_a_bf16_cpu(tiny_model_dir, tmp_path, cpu):
     cfg = config(tiny_model_dir, tmp_path, lora=False)
-    device, compute = training_device(cfg)
+    plan = training_plan(cfg)
+    device, compute = plan.weights_choice(), plan.compute_choice()
     assert (device.dtype, compute.dtype) == ("float32", "bfloat16")
     model = load_policy(cfg, device, None, cfg.model).model
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -54,7 +56,8 @@ def test_full_fine_tune_keeps_fp32_master_weights_on_a_bf16_cpu(tiny_model_dir, 
 
 def test_a_step_over_a_bf16_base_starts_at_ln2_and_moves_only_the_adapter(tiny_model_dir, tmp_path, cpu):
     cfg = config(tiny_model_dir, tmp_path, lora=True)
-    device, compute = training_device(cfg)
+    plan = training_plan(cfg)
+    device, compute = plan.weights_choice(), plan.compute_choice()
     loaded = load_policy(cfg, device, None, cfg.model)
     model = loaded.model
     ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
@@ -81,7 +84,8 @@ def test_in_fp32_the_adapter_off_pass_is_the_base_model(tiny_model_dir, tmp_path
     """The reference pass of a LoRA run (adapter disabled, after the adapter trained) scores
     exactly what the plain base model scores: the fp32 base is untouched by LoRA."""
     cfg = config(tiny_model_dir, tmp_path, lora=True, dtype="float32")
-    device, compute = training_device(cfg)
+    plan = training_plan(cfg)
+    device, compute = plan.weights_choice(), plan.compute_choice()
     loaded = load_policy(cfg, device, None, cfg.model)
     model = loaded.model
     with torch.no_grad():

@@ -114,13 +114,14 @@ def test_lora_only_and_too_large_are_announced(qtbot, stores, tmp_path):
                                            include_default=False))
     qtbot.addWidget(dialog)
     dialog.table.selectRow(0)
-    assert dialog.selected().fit.verdict == LORA_ONLY and dialog.needs_lora and dialog.needs_checkpointing
+    plan = dialog.plan
+    assert dialog.selected().fit.verdict == LORA_ONLY and plan.lora and plan.checkpointing and plan.base == "fp32"
     assert "Only LoRA with gradient checkpointing fits" in dialog.lora_notice.text()
     starved = ModelPickerDialog(list_models(paths=[path], locations=Locations(), free_bytes=GiB // 8, device="cpu",
                                             include_default=False))
     qtbot.addWidget(starved)
     starved.table.selectRow(0)
-    assert starved.selected().fit.verdict == TOO_LARGE and not starved.needs_lora
+    assert starved.selected().fit.verdict == TOO_LARGE and starved.plan is None
     assert "Too large" in starved.lora_notice.text()
 
 

@@ -250,16 +250,20 @@ def test_train_records_the_precision_that_ran(tiny_model_dir, tmp_path, cpu):
 
 
 def test_scores_are_fp32_where_auto_trains_in_bf16(cpu):
-    from dpo_engine.devices import scoring_device
+    from dpo_engine.run_plan import PlanRequest, plan_run
 
-    auto = pick_device("cpu")
-    assert auto.dtype == "bfloat16"  # what sampling and training run in on this (faked) CPU
-    scoring = scoring_device(auto)
+    auto = plan_run(PlanRequest("cpu"))
+    assert auto.compute == "bfloat16"  # what sampling and training run in on this (faked) CPU
+    scoring = auto.scoring_choice()
     assert (scoring.device, scoring.dtype) == ("cpu", "float32") and "1e-3" in scoring.precision_reason
-    named = pick_device("cpu", "bfloat16")
-    assert scoring_device(named) == named  # a precision asked for by name is kept
-    tight = scoring_device(auto, fits_fp32=False, detail="needs 12.0 GiB, 9.5 GiB free")
-    assert tight.dtype == "bfloat16" and "do not fit (needs 12.0 GiB, 9.5 GiB free)" in tight.precision_reason
+    named = plan_run(PlanRequest("cpu", "bfloat16"))
+    assert named.scoring_choice().dtype == "bfloat16"  # a precision asked for by name is kept
+    # 3e9 weights: 11.2 GiB in fp32, 13.4 GiB with a fifth to spare (SCORING_SPARE): 9.5 GiB is short, 13.5 is not
+    tight = plan_run(PlanRequest("cpu"), 3 * 10**9, int(9.5 * 2**30)).scoring_choice()
+    assert tight.dtype == "bfloat16" and "fp32 weights do not fit (11.2 GiB needed, 9.5 GiB free)" in \
+        tight.precision_reason
+    roomy = plan_run(PlanRequest("cpu"), 3 * 10**9, int(13.5 * 2**30)).scoring_choice()
+    assert roomy.dtype == "float32"
 
 
 def test_eval_scores_in_fp32_and_says_so(cpu, tiny_model_dir, tmp_path):

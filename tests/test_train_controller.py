@@ -4,6 +4,7 @@ actions, what a model that fits only with LoRA turns on, and the end-of-run line
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
 
@@ -13,6 +14,7 @@ from app.pages.model_choice import ModelChoice
 from app.plumbing.context import AppContext
 from dpo_engine.devices import pick_device
 from dpo_engine.pairs import PreferencePair
+from dpo_engine.run_plan import PlanRequest, plan_run
 from dpo_engine.store.opening import open_project
 from dpo_engine.train.events import TrainSummary
 
@@ -39,14 +41,34 @@ def test_readiness_names_what_is_missing_then_the_pairs(controller):
 
 
 def test_a_model_that_needs_lora_turns_on_only_what_is_off(controller):
-    both = ModelChoice("big/model", needs_lora=True, needs_checkpointing=True)
+    base = plan_run(PlanRequest("cpu", "float32"))
+    both = ModelChoice("big/model", base.trained(True, "fp32", True, "LoRA fp32 with checkpointing fits"))
     change = controller.adaptation(both, lora_on=False, checkpointing_on=False)
-    assert (change.lora, change.gradient_checkpointing) == (True, True)
+    assert (change.lora, change.gradient_checkpointing, change.base_bits) == (True, True, None)
     assert change.note == ("LoRA is on: a full fine-tune of this model does not fit in memory here; "
                            "gradient checkpointing is on: it fits only with it.")
     change = controller.adaptation(both, lora_on=True, checkpointing_on=False)
     assert (change.lora, change.note) == (False, "Gradient checkpointing is on: it fits only with it.")
-    assert controller.adaptation(ModelChoice("small", False, False), False, False).note == ""
+    assert controller.adaptation(ModelChoice("small", base), False, False).note == ""
+    assert controller.adaptation(ModelChoice("unknown"), False, False).note == ""  # no fit: nothing to turn on
+    four = ModelChoice("3b", base.trained(True, "nf4", True, "LoRA 4-bit fits"))
+    change = controller.adaptation(four, lora_on=True, checkpointing_on=True, base_bits_on=None)
+    assert (change.lora, change.base_bits, change.note) == (False, 4, "The frozen base is 4-bit (NF4): a bf16 "
+                                                                      "base does not fit.")
+
+
+def test_the_settings_plan_is_the_training_on_text(controller):
+    """The page's "Training on …" line is the plan of its settings: base and checkpointing included."""
+    s = replace(default_settings("cpu"), dtype="float32", lora=True)
+    s = replace(s, form={**s.form, "gradient_checkpointing": True})
+    assert controller.plan_text(s) == ("Training on cpu in float32 over an fp32 frozen base (fp32: requested); "
+                                       "gradient checkpointing on")
+    controller.settings = replace(s, base_bits=4)
+    built = controller.build_config(controller.ctx.project_path.parent / "out")
+    assert built.base_bits == 4 and built.lora is not None and built.gradient_checkpointing
+    assert controller.plan().base == "nf4" and controller.plan().key == "fp32-nf4"
+    controller.settings = replace(s, lora=False, base_bits=4)  # a 4-bit base only exists under LoRA
+    assert controller.build_config(controller.ctx.project_path.parent / "out").base_bits is None
 
 
 def test_run_rows_newest_first_with_last_values_and_the_actions_they_allow(controller):

@@ -18,7 +18,8 @@ from app.plumbing.context import AppContext
 from app.widgets.metric_plots import RunSeries, with_logratios
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
-from dpo_engine.train.config import TrainConfig, form_fields
+from dpo_engine.run_plan import PlanRequest, RunPlan, plan_run
+from dpo_engine.train.config import LoraSettings, TrainConfig, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 from dpo_engine.train.driver import RunStarted
 
@@ -70,10 +71,11 @@ class StepView:
 
 @dataclass(frozen=True)
 class ModelAdaptation:
-    """Settings a chosen model needs to fit in memory (`app.pages.model_choice.ModelChoice`)."""
+    """Settings a chosen model needs to fit in memory: its plan's (`ModelChoice.plan`)."""
 
     lora: bool  # turn LoRA on: a full fine-tune does not fit
     gradient_checkpointing: bool  # turn it on: it fits only with it
+    base_bits: int | None  # 4: set the frozen base to 4-bit NF4, a bf16/fp32 base does not fit; None: leave it
     note: str  # what was changed, for the person ("" when nothing)
 
 
@@ -94,7 +96,8 @@ class TrainSettings:
 
     form: dict[str, Any] = field(default_factory=dict)  # by TrainConfig field name (`form_fields()`)
     lora: bool = False  # full fine-tuning unless the model fits only with LoRA
-    lora_rank: int = 16  # alpha is twice the rank
+    lora_rank: int = LoraSettings.rank  # the trainer's default; alpha is twice the rank
+    base_bits: int | None = None  # 4: LoRA over a 4-bit NF4 base (where bitsandbytes runs); None/0: compute precision
     dtype: str = "auto"  # the device's measured precision (`dpo_engine.precision`)
     device: str = "auto"
     reference: str = ""  # "": the base model the person started from
@@ -198,21 +201,43 @@ class TrainController(QObject):
         return Readiness(reason, "Train" if n_round == 1 else f"Train round {n_round}",
                          reason or "Train on all usable pairs in the project", self.estimate().message, text)
 
-    def adaptation(self, choice, lora_on: bool, checkpointing_on: bool) -> ModelAdaptation:
-        """A model chosen in the picker that fits only with LoRA (or gradient checkpointing) turns
-        those on; `lora_on` / `checkpointing_on`: whether the form has them on already."""
-        lora = choice.needs_lora and not lora_on
-        checkpointing = choice.needs_checkpointing and not checkpointing_on
+    def adaptation(self, choice, lora_on: bool, checkpointing_on: bool, base_bits_on: int | None = None
+                   ) -> ModelAdaptation:
+        """What the chosen model's plan (`ModelChoice.plan`: the picker's fit) needs turned on that
+        the form has off: LoRA, gradient checkpointing, a 4-bit base."""
+        plan = choice.plan
+        lora = bool(plan and plan.lora) and not lora_on
+        checkpointing = bool(plan and plan.checkpointing) and not checkpointing_on
+        four_bit = 4 if plan and plan.base_bits == 4 and base_bits_on != 4 else None
         notes = (["LoRA is on: a full fine-tune of this model does not fit in memory here"] if lora else []) + \
+                (["the frozen base is 4-bit (NF4): a bf16 base does not fit"] if four_bit else []) + \
                 (["gradient checkpointing is on: it fits only with it"] if checkpointing else [])
         text = "; ".join(notes) + "." if notes else ""
-        return ModelAdaptation(lora, checkpointing, text[:1].upper() + text[1:])
+        return ModelAdaptation(lora, checkpointing, four_bit, text[:1].upper() + text[1:])
+
+    def four_bit_reason(self) -> str:
+        """Why the Train page cannot offer a 4-bit base on this device ("" where it can)."""
+        from dpo_engine import quant
+
+        return quant.catalog_reason(self.ctx.device.device) or ""
+
+    def plan(self, settings: TrainSettings | None = None) -> RunPlan:
+        """The run plan of `settings` (the current ones by default), judged without measuring:
+        what the page says under "Training on"; a DPOStudioError where the settings cannot run."""
+        s = settings or self.settings
+        return plan_run(PlanRequest(s.device, s.dtype, lora=s.lora, base_bits=(s.base_bits or None) if s.lora else None,
+                                    checkpointing=bool(s.form.get("gradient_checkpointing"))), measure=False)
+
+    def plan_text(self, settings: TrainSettings | None = None) -> str:
+        """"Training on …" for the page: the plan's description, or why the settings cannot run."""
+        try:
+            return f"Training on {self.plan(settings).describe()}"
+        except DPOStudioError as exc:
+            return str(exc)
 
     # ------------------------------------------------------------------ runs
     def build_config(self, output_dir: Path) -> TrainConfig:
         s = self.settings
-        from dpo_engine.train.config import LoraSettings
-
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
         reference = s.reference.strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)
@@ -222,7 +247,7 @@ class TrainController(QObject):
         return TrainConfig(
             output_dir=str(output_dir), model=model, reference=reference, **form,
             lora=LoraSettings(rank=s.lora_rank, alpha=2 * s.lora_rank) if s.lora else None,
-            merge_lora=s.lora, device=s.device, dtype=s.dtype,
+            merge_lora=s.lora, device=s.device, dtype=s.dtype, base_bits=(s.base_bits or None) if s.lora else None,
         )
 
     def start(self) -> bool:

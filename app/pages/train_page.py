@@ -81,6 +81,9 @@ class TrainPage(QWidget):
         self.estimate_label = QLabel()
         self.estimate_label.setObjectName("estimateLabel")
         self.estimate_label.setWordWrap(True)
+        self.plan_label = self._named(QLabel(), "planLabel", "How the run will train")
+        self.plan_label.setTextFormat(Qt.TextFormat.PlainText)  # reasons name paths and devices
+        self.plan_label.setWordWrap(True)
         self.progress = self._named(QProgressBar(), "trainProgress", "Training progress")
         self.progress.setFormat("%v / %m steps")
         self.speed_label = QLabel()
@@ -148,6 +151,7 @@ class TrainPage(QWidget):
         main.addLayout(top)
         main.addWidget(self.ready_label)
         main.addWidget(self.estimate_label)
+        main.addWidget(self.plan_label)
         main.addWidget(vsplit, 1)
         outer = QHBoxLayout(self)
         outer.addLayout(main, 1)
@@ -177,6 +181,7 @@ class TrainPage(QWidget):
             add(f.name, f.metadata["label"], widget)
         add("lora", "LoRA", QCheckBox())
         add("lora_rank", "LoRA rank", QSpinBox(minimum=1, maximum=512, value=s.lora_rank))
+        add("base_bits", "Frozen base", self._base_choice())
         dtype = QComboBox()
         dtype.addItems(["auto", "float32", "bfloat16"])
         add("dtype", "Precision", dtype)
@@ -213,6 +218,22 @@ class TrainPage(QWidget):
         add("follow", "Label with the new model", follow)
         return box
 
+    def _base_choice(self) -> QComboBox:
+        """A LoRA run's frozen base: in the compute precision, or 4-bit NF4 where bitsandbytes runs
+        (greyed with the reason where it does not)."""
+        base = QComboBox()
+        base.addItem("compute precision (bf16 or fp32)", 0)
+        base.addItem("4-bit NF4 (bitsandbytes)", 4)
+        reason = self.controller.four_bit_reason()
+        if reason:
+            item = base.model().item(1)
+            item.setEnabled(False)
+            item.setToolTip(reason)
+            base.setToolTip(f"4-bit is not available here: {reason}")
+        else:
+            base.setToolTip("4-bit: a quarter of bf16's memory for the frozen base, slower steps (LoRA only)")
+        return base
+
     # ------------------------------------------------------------------ wiring
     def _connect(self) -> None:
         c = self.controller
@@ -238,16 +259,23 @@ class TrainPage(QWidget):
         self.ctx.comparisonsChanged.connect(self._refresh_ready)
         self.ctx.activeModelChanged.connect(self._refresh_ready)
         self.fields["start_from"].currentIndexChanged.connect(self._on_start_from_changed)
+        for key in ("lora", "gradient_checkpointing"):
+            self.fields[key].toggled.connect(self._on_plan_setting_changed)
+        for key in ("base_bits", "dtype", "device"):
+            self.fields[key].currentIndexChanged.connect(self._on_plan_setting_changed)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
         self._refresh_ready()
+        self._on_plan_setting_changed()
 
     def read_settings(self) -> TrainSettings:
         """The settings as the form shows them now."""
         values = {}
         for key, w in self.fields.items():
-            if isinstance(w, QComboBox):
+            if isinstance(w, QComboBox) and key == "base_bits":
+                values[key] = w.currentData() or None  # 0: the compute precision
+            elif isinstance(w, QComboBox):
                 values[key] = w.currentData() if w.currentData() is not None else w.currentText()
             elif isinstance(w, QCheckBox):
                 values[key] = w.isChecked()
@@ -269,11 +297,14 @@ class TrainPage(QWidget):
         """Turn on what the chosen model needs to fit (the controller decides); returns what was
         changed, for the person ("" when nothing)."""
         change = self.controller.adaptation(choice, self.fields["lora"].isChecked(),
-                                            self.fields["gradient_checkpointing"].isChecked())
+                                            self.fields["gradient_checkpointing"].isChecked(),
+                                            self.fields["base_bits"].currentData())
         if change.lora:
             self.fields["lora"].setChecked(True)
         if change.gradient_checkpointing:
             self.fields["gradient_checkpointing"].setChecked(True)
+        if change.base_bits:
+            self.fields["base_bits"].setCurrentIndex(self.fields["base_bits"].findData(change.base_bits))
         if change.note:
             self._append_log(change.note)
         return change.note
@@ -331,6 +362,9 @@ class TrainPage(QWidget):
     def _on_start_from_changed(self, *_) -> None:
         self.controller.set_start_from(self.fields["start_from"].currentData())
         self._refresh_ready()
+
+    def _on_plan_setting_changed(self, *_) -> None:
+        self.plan_label.setText(self.controller.plan_text(self.read_settings()))
 
     def _on_controller_runsChanged(self) -> None:
         self._refresh_ready(keep_text=True)

@@ -11,7 +11,8 @@ from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
 from dpo_engine.catalog.fit import memory_budget
-from dpo_engine.devices import DeviceChoice, scoring_device
+from dpo_engine.devices import DeviceChoice
+from dpo_engine.run_plan import plan_run
 from dpo_engine.errors import StoreError
 from dpo_engine.store.opening import open_project
 from dpo_engine.iters import drain
@@ -39,7 +40,7 @@ class ModelCache:
 
     Sampling uses the window's precision (`get`); scores a person reads (implicit rewards, the
     held-out summary) use `scoring`, which is fp32 wherever fp32 weights fit
-    (`devices.scoring_device`): two copies of a model then live side by side, `keep` of each
+    (the run plan's scoring precision: `run_plan.plan_run`): two copies of a model then live side by side, `keep` of each
     precision. `on_state(state, ref, detail)` is called (on the worker thread) when a model
     starts loading, is ready, or fails, whichever job asked for it."""
 
@@ -91,13 +92,11 @@ class ModelCache:
         """`ref` in the precision for scores a person reads: fp32 if its fp32 weights fit in the
         memory free now (with a fifth to spare), else the window's precision. `scoring_choice`
         then names the precision used and why."""
-        choice = scoring_device(self.device)
+        choice = plan_run(choice=self.device).scoring_choice()
         if choice.dtype != self.device.dtype and (ref, choice.dtype) not in self._models:
             params = sum(p.numel() for p in self.get(ref).model.parameters())
             free, _ = memory_budget(self.device.device)
-            if 4 * params * 1.2 > free:
-                choice = scoring_device(self.device, False, f"{4 * params / 2**30:.1f} GiB needed, "
-                                                            f"{free / 2**30:.1f} GiB free")
+            choice = plan_run(parameters=params, free_bytes=free, choice=self.device).scoring_choice()
         self.scoring_choice = choice
         return self.get(ref, device=choice)
 
@@ -137,6 +136,7 @@ class AppContext(QObject):
         self.base_model_ref = model_ref  # the reference for training unless the user picks another
         self.device = device
         self.runner = TorchRunner(self)
+        self.disk = TorchRunner(self, "disk-worker")  # disk scans (the model listing): never behind sampling
         self.models = ModelCache(device, on_state=self._modelEvent.emit)
         self._modelEvent.connect(self._on_models_event)
         self.model_state = ("loading", "")
@@ -157,6 +157,11 @@ class AppContext(QObject):
     def submit(self, name: str, factory: Callable[[], Iterator[Any]], background: bool = False,
                urgent: bool = False) -> Job:
         return self.runner.submit(name, factory, background, urgent)
+
+    def submit_disk(self, name: str, factory: Callable[[], Iterator[Any]]) -> Job:
+        """Queue a job that only reads files (no torch) on the disk worker, so that it never waits
+        behind sampling or training on the torch worker."""
+        return self.disk.submit(name, factory)
 
     def submit_with_model(self, name: str, ref: str | None, fn: Callable[[LoadedModel], Iterator[Any]]) -> Job:
         """Queue `fn(loaded_model)` on the torch worker, loading `ref` first if needed."""
@@ -214,6 +219,7 @@ class AppContext(QObject):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+        self.disk.shutdown()
         if self.project is not None:
             self.project.close()
             self.project = None

@@ -156,11 +156,11 @@ class _Loop(QObject):
 class TorchRunner(QObject):
     """A single worker thread running torch jobs in submission order."""
 
-    def __init__(self, parent: QObject | None = None):
+    def __init__(self, parent: QObject | None = None, name: str = "torch-worker"):
         super().__init__(parent)
         self._jobs = _JobQueue()
         self._thread = QThread()
-        self._thread.setObjectName("torch-worker")
+        self._thread.setObjectName(name)
         self._loop = _Loop(self._jobs)
         self._loop.moveToThread(self._thread)
         self._thread.started.connect(self._loop.run)

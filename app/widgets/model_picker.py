@@ -6,10 +6,11 @@ are plain display text (the delegate never renders HTML), the detail pane is a
 QPlainTextEdit, and no row has a tooltip (Qt would guess rich text for one).
 
     dialog = ModelPickerDialog(catalog, lister=lambda folders: list_models(folders=folders))
+    # or, listing elsewhere (the window's worker): ModelPickerDialog(None, lister=start_listing), where
+    # start_listing(folders) returns None and later calls dialog.show_progress / dialog.set_catalog
     if dialog.exec():
         entry = dialog.selected()      # a CatalogEntry; entry.path is what --model takes
-        dialog.needs_lora               # True when only LoRA fits: the caller turns LoRA on
-        dialog.needs_checkpointing      # True when it fits only with gradient checkpointing
+        dialog.plan                     # how it trains here (a RunPlan: LoRA, its base, checkpointing), or None
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from PySide6.QtGui import QBrush, QPalette
 from PySide6.QtWidgets import (QAbstractItemView, QDialog, QDialogButtonBox, QFileDialog, QHBoxLayout, QHeaderView,
                                QLabel, QPlainTextEdit, QPushButton, QTableView, QVBoxLayout)
 
-from dpo_engine.catalog import Catalog, with_fit
+from dpo_engine.catalog import Catalog, ListingProgress, with_fit
 from dpo_engine.catalog.entry import CatalogEntry
-from dpo_engine.catalog.fit import LORA_ONLY, TOO_LARGE
+from dpo_engine.catalog.fit import TOO_LARGE
 from dpo_engine.catalog.sources import inspect_path
 from dpo_engine.catalog.entry import format_parameters, format_size
 
@@ -40,6 +41,8 @@ def cells(e: CatalogEntry) -> tuple[str, ...]:
     """The row's texts, in MODEL_COLUMNS order."""
     chat = {True: "yes", False: "no (plain text)", None: "?"}[e.chat_template]
     fit = e.fit.verdict if e.fit else ("unusable" if e.error else "unknown")
+    if e.fit and e.fit.plan and e.fit.plan.base == "nf4":
+        fit += " (4-bit)"
     if e.fit and e.fit.gradient_checkpointing:
         fit += " (checkpointing)"
     notes = e.error or "; ".join([*([f"gated: {e.gated}"] if e.gated else []), *e.notes])
@@ -55,6 +58,8 @@ def details(e: CatalogEntry) -> str:
     if e.fit:
         f = e.fit
         lines.append(f.explain())
+        if f.plan is not None:
+            lines.append(f"Trains as: {f.plan.mode} on {f.plan.describe(f.device)}")
         for label, m in (("Full fine-tune", f.full), ("LoRA", f.lora)):
             lines.append(f"{label}: weights {m.weights / 2**30:.2f} GiB, gradients {m.gradients / 2**30:.2f}, "
                          f"AdamW {m.optimizer / 2**30:.2f}, activations {m.activations / 2**30:.2f}, "
@@ -65,6 +70,23 @@ def details(e: CatalogEntry) -> str:
         lines.append(f"Gated: {e.gated}")
     lines += [f"Note: {n}" for n in e.notes]
     return "\n".join(lines)
+
+
+def plan_notice(plan, entry: CatalogEntry | None) -> str:
+    """What the picker says about how the selected model will train: only where it needs more
+    than a plain full fine-tune (the caller turns that on)."""
+    if plan is None:
+        too_large = entry and entry.fit and entry.fit.verdict == TOO_LARGE
+        return ("Too large to train on this device even with LoRA; it can still answer prompts if it loads."
+                if too_large else "")
+    ckpt = " with gradient checkpointing" if plan.checkpointing else ""
+    if plan.lora:
+        base = " over a 4-bit (NF4) base" if plan.base == "nf4" else ""
+        return f"Only LoRA{base}{ckpt} fits this model here: training will use it (turned on for you)."
+    if ckpt:
+        return ("A full fine-tune fits only with gradient checkpointing (about 30% slower): it will be turned on "
+                "for you.")
+    return ""
 
 
 class ModelTableModel(QAbstractTableModel):
@@ -118,15 +140,17 @@ class ModelPickerDialog(QDialog):
 
     modelChosen = Signal(str)  # the entry's path: what load_model / --model takes
 
-    def __init__(self, catalog: Catalog, lister: Callable[[list[str]], Catalog] | None = None, parent=None):
+    def __init__(self, catalog: Catalog | None, lister: Callable[[list[str]], Catalog | None] | None = None,
+                 parent=None):
         super().__init__(parent)
         self.setObjectName("modelPicker")
         self.setWindowTitle("Choose a model")
         self.resize(1000, 520)
-        self._catalog = catalog
-        self._lister = lister
+        self._catalog = catalog  # None until a listing elsewhere arrives (`set_catalog`)
+        self._lister = lister  # folders -> a Catalog, or None when it lists elsewhere and calls set_catalog
+        self._wanted: str | None = None  # the path to select once the listing arrives
         self.folders: list[str] = []  # folders added in this dialog (the caller may remember them)
-        self.model = ModelTableModel(catalog.entries, self)
+        self.model = ModelTableModel(catalog.entries if catalog else [], self)
         self.table = QTableView()
         self.table.setObjectName("modelTable")
         self.table.setAccessibleName("Models found on this machine")
@@ -201,18 +225,34 @@ class ModelPickerDialog(QDialog):
         return self.model.data(rows[0], ENTRY_ROLE) if rows else None
 
     @property
-    def needs_lora(self) -> bool:
+    def plan(self):
+        """The selected model's run plan: the mode that fits here (`FitVerdict.plan`), or None."""
         entry = self.selected()
-        return bool(entry and entry.fit and entry.fit.verdict == LORA_ONLY)
+        return entry.fit.plan if entry and entry.fit else None
 
     @property
-    def needs_checkpointing(self) -> bool:
-        """True when the selected model fits only with gradient checkpointing on (the caller turns it on)."""
-        entry = self.selected()
-        return bool(entry and entry.fit and entry.fit.gradient_checkpointing)
+    def loading(self) -> bool:
+        """True while the first listing has not arrived."""
+        return self._catalog is None
+
+    def set_catalog(self, catalog: Catalog) -> None:
+        """Show a listing made elsewhere (the worker), keeping the path asked for selected."""
+        self._catalog = catalog
+        self.model.set_entries(catalog.entries)
+        self._show_summary()
+        if self._wanted:
+            self.select_path(self._wanted)
+
+    def show_progress(self, progress: ListingProgress) -> None:
+        self.summary.setText(progress.message)
+
+    def show_failure(self, message: str) -> None:
+        self.summary.setText(f"Listing the models failed: {message.splitlines()[0] if message else ''}")
 
     def select_path(self, path: str) -> bool:
-        """Select the row whose entry has `path` (False if none, or it is unusable)."""
+        """Select the row whose entry has `path` (False if none, or it is unusable); while the
+        listing is on its way, the row is selected when it arrives."""
+        self._wanted = path
         for row, entry in enumerate(self.model.entries()):
             if entry.path == path and entry.usable:
                 self.table.selectRow(row)
@@ -233,11 +273,15 @@ class ModelPickerDialog(QDialog):
         """Look in more folders: the lister lists again with every folder added so far."""
         self.folders += [f for f in folders if f not in self.folders]
         if self._lister is not None:
-            self._catalog = self._lister(list(self.folders))
-            self.model.set_entries(self._catalog.entries)
-            self._show_summary()
+            catalog = self._lister(list(self.folders))
+            if catalog is not None:
+                self.set_catalog(catalog)
 
     def _show_summary(self) -> None:
+        self.add_file.setEnabled(self._catalog is not None)  # a hand-picked file is judged against the listing's
+        if self._catalog is None:
+            self.summary.setText("Looking for models on this machine…")
+            return
         entries = self.model.entries()
         broken = sum(not e.usable for e in entries)
         self.summary.setText(f"{len(entries)} models found ({broken} unusable, greyed); fit judged for "
@@ -248,17 +292,7 @@ class ModelPickerDialog(QDialog):
         entry = self.selected()
         self.ok.setEnabled(entry is not None)
         self.detail.setPlainText(details(entry) if entry else "")
-        ckpt = " with gradient checkpointing" if self.needs_checkpointing else ""
-        if self.needs_lora:
-            self.lora_notice.setText(f"Only LoRA{ckpt} fits this model here: training will use it (turned on for you).")
-        elif ckpt:
-            self.lora_notice.setText("A full fine-tune fits only with gradient checkpointing (about 30% slower): "
-                                     "it will be turned on for you.")
-        elif entry and entry.fit and entry.fit.verdict == TOO_LARGE:
-            self.lora_notice.setText("Too large to train on this device even with LoRA; it can still answer prompts "
-                                     "if it loads.")
-        else:
-            self.lora_notice.setText("")
+        self.lora_notice.setText(plan_notice(self.plan, entry))
 
     def _on_table_double_clicked(self, index):
         if index.isValid() and self.model.data(index, ENTRY_ROLE).usable:

@@ -19,23 +19,29 @@ response tokens (dpo_engine.logps.label_logps): all its fp32 logits, their softm
 gradient up to HEAD_WHOLE_BYTES, else one chunk's. The step holds 2 x batch sequences
 (chosen and rejected) of up to max_length tokens.
 
-The constants come from measured peaks (the comment at each names the benchmark);
+The trainer's defaults (max length, LoRA rank, the head's chunk sizes) are imported from it,
+never copied. The constants come from measured peaks (the comment at each names the benchmark);
 bench/README.md, "Real model shapes", holds the table.
 
 Public API:
     ModelShape, MemoryEstimate, FitVerdict, MODES
     training_memory(shape, lora=..., ...) -> MemoryEstimate       (pure)
-    fit_verdict(shape, budget_bytes, device, ...) -> FitVerdict   (pure)
+    fit_verdict(shape, budget_bytes, device, ..., plan=...) -> FitVerdict   (pure; .plan: the mode as a RunPlan)
     memory_budget(device) -> (bytes free, device name)
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from dpo_engine.defaults import SmallDataDefaults
+from dpo_engine.logps import HEAD_CHUNK_BYTES, HEAD_WHOLE_BYTES
+from dpo_engine.train.config import LoraSettings, TrainConfig
+
+if TYPE_CHECKING:
+    from dpo_engine.run_plan import RunPlan
 
 FULL_FITS = "full fine-tune fits"  # the coarse verdict (what the window's picker keys on) ...
 LORA_ONLY = "LoRA only"
@@ -44,7 +50,7 @@ FULL, FULL_CKPT, LORA_4BIT, NONE = "full", "full+checkpointing", "LoRA 4-bit", "
 MODES = (FULL, FULL_CKPT, "LoRA bf16", "LoRA fp32", LORA_4BIT, NONE)  # LoRA <base precision>, checkpointed or not
 
 DEFAULT_BATCH_PAIRS = SmallDataDefaults().batch_size  # the Train page's default micro-batch, in pairs
-DEFAULT_MAX_LENGTH = 512  # TrainConfig.max_length's default (tests/test_catalog.py keeps them equal)
+DEFAULT_MAX_LENGTH = TrainConfig.__dataclass_fields__["max_length"].default  # the trainer's own default
 ACT_HIDDEN = 16  # hidden-wide values kept per token and layer, and ACT_FFN ffn-wide (gate, up, product),
 ACT_FFN = 4  # bench/catalog_memory.py, SmolLM2 fp32 CPU, 2 AdamW steps: 4x256 tokens peaked at 4.17 GB
 # RSS (estimate 4.97), 8x512 at 10.21 GB (estimate 11.54): ~2 MB a token, so activations dominate past ~1,000
@@ -58,10 +64,8 @@ BF16_VALUE_BYTES = 3  # bytes an activation costs under bf16 autocast, in RSS: n
 CKPT_LAYERS = 3.5  # layers' activations alive at once under gradient checkpointing (the recomputed one, its
 # gradients, blocks the allocator holds): the same run checkpointed peaked 5.06 GB (estimate with 1: 3.94 GB)
 RESPONSE_FRACTION = 0.5  # share of tokens the LM head scores: answers are about half a pair's tokens
-HEAD_WHOLE_BYTES = 256 * 2**20  # dpo_engine.logps: up to this the head's logits exist at once, above it
-HEAD_CHUNK_BYTES = 64 * 2**20  # one chunk at a time of this (tests/test_fit_modes.py keeps both equal to logps')
 HEAD_COPIES = 3  # fp32 logits, their softmax and its gradient
-LORA_RANK = 16  # LoraSettings.rank's default; adapters on every linear of each block
+LORA_RANK = LoraSettings.rank  # the trainer's default rank; adapters on every linear of each block
 NF4_BYTES = 0.5 + 4 / 64  # bitsandbytes NF4: 4 bits a weight plus one fp32 scale per block of 64
 RUNTIME_BYTES = 600 * 2**20  # torch, transformers and the tokenizer before any tensor (measured ~0.5 GB)
 HEADROOM = 0.9  # use at most 90% of what is free: the OS, the GUI and allocator slack need the rest
@@ -110,6 +114,8 @@ class FitVerdict:
     precision: str = "float32"  # the compute precision the estimate assumed
     needed: int = 0  # bytes the chosen mode needs (0: none fits)
     four_bit: str = ""  # why 4-bit is not offered here ("" where it is)
+    plan: "RunPlan | None" = None  # the mode that fits, as the run plan it trains with (None: none fits, or
+    # the verdict was asked without a plan)
 
     def explain(self) -> str:
         """One line for a person: the verdict and the numbers behind it."""
@@ -124,6 +130,8 @@ class FitVerdict:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        if self.plan is not None:
+            out["plan"]["key"], out["plan"]["description"] = self.plan.key, self.plan.describe(self.device)
         out["full"]["total"] = self.full.total
         out["lora"]["total"] = self.lora.total
         out["explanation"] = self.explain()
@@ -187,8 +195,8 @@ def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BA
 
 
 def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_pairs: int = DEFAULT_BATCH_PAIRS,
-                max_length: int = DEFAULT_MAX_LENGTH, precision: str | None = None,
-                four_bit: str | None = "bitsandbytes was not checked") -> FitVerdict:
+                max_length: int = DEFAULT_MAX_LENGTH, precision: str = "float32",
+                four_bit: str | None = "bitsandbytes was not checked", plan: "RunPlan | None" = None) -> FitVerdict:
     """The cheapest way that fits in HEADROOM of `free_bytes`, in this order: full fine-tune,
     full with gradient checkpointing, LoRA over a base in the compute precision, the same with
     checkpointing, LoRA over a 4-bit base (without, then with checkpointing); else too large.
@@ -196,29 +204,46 @@ def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_p
     difference; 4-bit dequantises every weight at every use, so it comes last.)
 
     Args:
-        precision: the compute precision ("bfloat16" halves activations and a LoRA base); None:
-            bf16 on CUDA, fp32 elsewhere.
+        precision: the compute precision ("bfloat16" halves activations and a LoRA base); a
+            `plan`'s compute precision wins over it.
         four_bit: why a 4-bit base cannot be used here, or None where it can
-            (`dpo_engine.quant.four_bit_unavailable`).
+            (`dpo_engine.quant.catalog_reason`).
+        plan: the device and precisions decided (`run_plan.plan_run`); the verdict carries it back
+            with the mode that fits.
     """
-    precision = precision or ("bfloat16" if device.startswith("cuda") else "float32")
+    precision = plan.compute if plan is not None else precision
     value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
-    lora_base = "bf16" if precision == "bfloat16" else "fp32"
     budget = int(free_bytes * HEADROOM)
-
-    def est(lora, ckpt, base=None):
-        return training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt, base)
-
-    options = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
-               (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
-    if four_bit is None:
-        options += [(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")]
-    sized = [(mode, lora, ckpt, base, est(lora, ckpt, base if lora else None)) for mode, lora, ckpt, base in options]
+    sized = [(mode, lora, ckpt, base, training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt,
+                                                      base if lora else None))
+             for mode, lora, ckpt, base in _modes(precision, four_bit is None)]
     mode, lora, ckpt, base, memory = next((o for o in sized if o[4].total <= budget), (NONE, False, False, "", None))
     verdict = TOO_LARGE if mode == NONE else LORA_ONLY if lora else FULL_FITS
+    fitted = None if plan is None or memory is None else plan.trained(lora, base, ckpt,
+                                                                      _why(mode, ckpt, sized, budget, device))
     return FitVerdict(verdict, device, budget, sized[0][4], sized[2][4], batch_pairs, max_length, ckpt,
                       sized[1][4].activations, mode=mode, base=base, precision=precision,
-                      needed=memory.total if memory else 0, four_bit=four_bit or "")
+                      needed=memory.total if memory else 0, four_bit=four_bit or "", plan=fitted)
+
+
+def _modes(precision: str, four_bit: bool) -> list[tuple[str, bool, bool, str]]:
+    """(mode, LoRA, checkpointing, base) in the order fit_verdict tries them."""
+    lora_base = "bf16" if precision == "bfloat16" else "fp32"
+    modes = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
+             (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
+    return modes + ([(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")] if four_bit else [])
+
+
+def _why(mode: str, ckpt: bool, sized: list, budget: int, device: str) -> str:
+    """The reason of the mode chosen for memory: it fits, and the closest of the cheaper-to-run
+    modes before it in order does not."""
+    index = next(i for i, o in enumerate(sized) if o[0] == mode and o[2] == ckpt)
+    fits = f"{mode}{' with checkpointing' if ckpt else ''} fits ({gib(sized[index][4].total)} of {gib(budget)} " \
+           f"usable on {device})"
+    if index == 0:
+        return fits
+    closest = min(sized[:index], key=lambda o: o[4].total)
+    return f"{fits}; {closest[0]}{' with checkpointing' if closest[2] else ''} needs ~{gib(closest[4].total)}"
 
 
 # --------------------------------------------------------------------------- the machine
@@ -258,29 +283,3 @@ def memory_budget(device: str = "auto") -> tuple[int, str]:
         free, _total = torch.cuda.mem_get_info(choice.torch_device)
         return int(free), choice.describe().rsplit(",", 1)[0]
     return free_ram(), choice.device
-
-
-def compute_precision(device: str) -> str:
-    """The precision a run on `device` would pick, without measuring: bf16 on CUDA with bf16 and
-    on a CPU with native bf16 (where "auto" measures, it has always found bf16 faster:
-    dpo_engine.precision), fp32 elsewhere; DPO_STUDIO_DTYPE, when set, decides."""
-    import os
-
-    pinned = os.environ.get("DPO_STUDIO_DTYPE", "").lower()
-    if pinned in ("float32", "bfloat16"):
-        return pinned
-    if device.startswith("cuda"):
-        import torch
-
-        return "bfloat16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "float32"
-    if device == "cpu":
-        return "bfloat16" if _cpu_has_native_bf16() else "float32"
-    return "float32"
-
-
-@functools.lru_cache(maxsize=1)
-def _cpu_has_native_bf16() -> bool:
-    """Once per process: the catalog asks for every model it lists."""
-    from dpo_engine.precision import native_bf16_flags
-
-    return bool(native_bf16_flags())

@@ -9,8 +9,10 @@ The reference defaults to the one the policy was trained against: a DPO Studio c
 folder carries `dpo_studio_run.json` with {"reference": REF, "base_model": REF}; without
 it, the policy itself (every reward is then 0 and the DPO loss ln 2).
 
-Precision: fp32 unless `--dtype` names another (`devices.scoring_device`): bf16 would move the
-summed log-probs by several 1e-3 relative, and the report names the precision it scored in.
+Precision: the run plan's scoring precision (`run_plan.plan_run`, the question the Compare page
+asks too): fp32 unless `--dtype` names another or fp32 weights of the larger model do not fit in
+the free memory; bf16 would move the summed log-probs by several 1e-3 relative, and the report
+names the precision it scored in and why.
 
 Public API (no click needed):
     read_pairs_jsonl(path) -> ([(line, PreferencePair)...], [(line, reason)...])
@@ -31,7 +33,7 @@ import click
 
 from dpo_engine.cli.base import DEVICE_HELP, choose_device, dtype_option, friendly_errors, progress_printer
 from dpo_engine.encoding import EncodedPair, collate, encode_pair
-from dpo_engine.devices import pick_device, scoring_device
+from dpo_engine.devices import pick_device
 from dpo_engine.errors import ConfigError, DataError
 from dpo_engine.iters import drain, mapped
 from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
@@ -165,6 +167,27 @@ def _score_reference(ref: str, pairs, encoded, settings, device, span: tuple[flo
     return (yield from _scores(loaded, encoded, settings, "reference", span))
 
 
+def scoring_choice(device, refs: Sequence[str]):
+    """Where and in which precision to score: the plan's answer to "do fp32 weights of the
+    largest of `refs` fit in the memory free there" (read from headers: no weights load)."""
+    from dpo_engine.catalog.fit import memory_budget
+    from dpo_engine.run_plan import plan_run
+
+    parameters = max((_parameters(ref) for ref in refs), default=0)
+    if not parameters:  # unknown size (a hub id): assume it fits, as a loaded model would tell
+        return plan_run(choice=device).scoring_choice()
+    free, _ = memory_budget(device.device)
+    return plan_run(parameters=parameters, free_bytes=free, choice=device).scoring_choice()
+
+
+def _parameters(ref: str) -> int:
+    """The parameter count the catalog reads from `ref`'s headers; 0 where it cannot."""
+    from dpo_engine.catalog.sources import default_entries, inspect_path
+
+    entry = default_entries()[0] if ref == "default" else inspect_path(ref)
+    return entry.parameters or 0 if entry.usable else 0
+
+
 def eval_events(data, policy_ref: str, reference_ref: str | None, settings: EvalSettings,
                 device=None) -> Generator[EvalProgress, None, dict]:
     """Score every pair of a JSONL file, yielding progress; return the report `dpo-engine eval --json`
@@ -174,7 +197,7 @@ def eval_events(data, policy_ref: str, reference_ref: str | None, settings: Eval
         raise DataError(f"{data} holds no preference pair." + (f" First problem: line {skipped[0][0]}: "
                                                                  f"{skipped[0][1]}" if skipped else ""))
     reference_ref = reference_ref or default_reference(policy_ref)
-    device = scoring_device(device if device is not None else pick_device())
+    device = scoring_choice(device if device is not None else pick_device(), (policy_ref, reference_ref))
     same = reference_ref == policy_ref
     policy, encoded, rejected = yield from _score_policy(policy_ref, pairs, settings, device,
                                                          (0.0, 1.0 if same else 0.5))

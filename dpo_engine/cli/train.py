@@ -104,6 +104,7 @@ def _config(opts: dict, n_pairs: int) -> TrainConfig:
     return TrainConfig(
         output_dir=opts["output"], model=opts["model_ref"], reference=opts["reference"], **form, lora=lora,
         merge_lora=opts["merge_lora"], device=opts["device"] or "auto", dtype=(opts["dtype"] or "auto").lower(),
+        base_bits=int(opts["base_bits"]) if opts["base_bits"] else None,
     )
 
 
@@ -190,6 +191,9 @@ def _present(events, progress: Progress, metrics: MetricsFile) -> TrainSummary:
 @click.option("--lora", is_flag=True, help="Train LoRA adapters instead of every weight.")
 @click.option("--lora-rank", type=int, default=LoraSettings.rank, show_default=True)
 @click.option("--merge-lora", is_flag=True, help="Also save the model with the adapter merged in.")
+@click.option("--base-bits", type=click.Choice(["4"]), default=None,
+              help="4: keep LoRA's frozen base in 4-bit NF4 (bitsandbytes, the [gpu] extra; needs --lora): a "
+                   "quarter of bf16's memory, slower steps. Unset: the base in the compute precision.")
 @click.option("--resume", type=click.Path(file_okay=False), default=None,
               help="Continue a stopped run exactly, with its own settings.")
 @click.option("--metrics-out", type=click.Path(dir_okay=False), default=None, help="Write events as JSON lines.")

@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence, Union
 import torch
 
 from dpo_engine.atomic import find_checkpoint, write_checkpoint
-from dpo_engine.attention import fp32_attention_wanted, use_fp32_attention
+from dpo_engine.attention import use_fp32_attention
 from dpo_engine.train import distributed
 from dpo_engine.train.checkpoints import check_output_dir, load_trainer_state, read_run_file, save_trainer_state
 from dpo_engine.errors import TrainingError
@@ -38,7 +38,7 @@ from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per
 from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
 from dpo_engine.train.groups import prompt_groups
-from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_device, write_model_files
+from dpo_engine.train.model import load_policy, run_info, trainable_parameters, training_plan, write_model_files
 from dpo_engine.train.step import StepContext, heldout_metrics, pair_logps, pair_tokens, run_step
 
 TrainEvent = Union[LogLine, PrecisionChosen, ReferenceProgress, StepEvent, EvalEvent, TrainSummary]
@@ -186,26 +186,18 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     for index, why in data.skipped[:20]:
         yield LogLine(f"Skipped pair #{index}: {why}", "warning")
     ran = (read_run_file(resume).get("precision") or {}).get("dtype") if resume is not None else None
-    device, compute = training_device(config, dist.device_name, ran)  # the weights' dtype; the forward's precision
+    plan = training_plan(config, dist.device_name, ran)  # device, precisions, base: decided once
+    device, compute = plan.weights_choice(), plan.compute_choice()
     share = config.share_prompt and not config.gradient_checkpointing  # the KV cache is off under checkpointing
     ctx = StepContext(config.loss, config.loss_params, tokenizer.pad_token_id, device.torch_device, share,
                       compute.autocast, group_answers=config.group_answers)
-    fp32_attention = fp32_attention_wanted(compute)
-    precision = PrecisionChosen(compute.device, compute.dtype, compute.dtype != "float32", compute.precision_reason)
-    base = "a 4-bit frozen base" if config.base_bits == 4 else (
-        "a bf16 frozen base" if device.dtype == "bfloat16" else "fp32 weights")
-    how = f"bf16 autocast over {base}" if precision.autocast else compute.dtype + (
-        " over a 4-bit frozen base" if config.base_bits == 4 else "")
-    yield LogLine(f"Training on {device.describe().rsplit(', ', 1)[0]} in {how} ({compute.precision_reason})"
-                  + (f", {dist.world} processes" if dist.world > 1 else ""))
-    if compute.warning:
-        yield LogLine(compute.warning, "warning")
+    fp32_attention = plan.attention != plan.compute  # the model's own attention (`dpo_engine.attention`)
+    precision = PrecisionChosen(plan.device, plan.compute, plan.compute != "float32", plan.compute_reason)
+    yield LogLine(f"Training on {plan.describe()}" + (f", {dist.world} processes" if dist.world > 1 else ""))
+    if plan.warning:
+        yield LogLine(plan.warning, "warning")
     yield precision
-    key = "fp32" if compute.dtype == "float32" else "bf16"  # part of the reference cache key: bf16 scores differ,
-    key += "-bf16-base" if device.dtype == "bfloat16" else ""  # and so do scores over bf16 weights
-    key += "-nf4" if config.base_bits == 4 else ""  # or 4-bit ones
-    if fp32_attention:
-        key += "-fp32-attention"  # `dpo_engine.attention`: scores differ from all-bf16 ones
+    key = plan.key  # part of the reference cache key: scores differ with the precision, the base and attention
     ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
                                         tokenizer, fp32_attention)
     if fp32_attention and use_fp32_attention(loaded.model):  # True where the model runs SDPA

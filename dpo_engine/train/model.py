@@ -1,4 +1,4 @@
-"""The models of a run: device and precision, loading the policy (full or LoRA), saving it.
+"""The models of a run: its plan (`dpo_engine.run_plan`), loading the policy (full or LoRA), saving it.
 
 Trained weights and their optimizer state are fp32 (AdamW on bf16 weights loses small
 updates); where the run's precision is bf16 (CUDA that supports it; a CPU that runs bf16
@@ -24,37 +24,31 @@ from dpo_engine.train.checkpoints import RUN_FILE
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ConfigError
 from dpo_engine.models import LoadedModel, load_model
+from dpo_engine.run_plan import PlanRequest, RunPlan, plan_run
 from dpo_engine.train.config import LoraSettings, TrainConfig
 
 ADAPTER_DIR = "adapter"  # with merge_lora, the adapter goes here and the merged model at the top
 
 
-def base_dtype(config: TrainConfig, compute: DeviceChoice) -> str:
-    """The dtype the model's weights load in: the compute precision for a LoRA run's frozen
-    base, fp32 for a full fine-tune (its master weights)."""
-    return compute.dtype if config.lora is not None else "float32"
-
-
-def training_device(config: TrainConfig, assigned: str | None = None,
-                    resumed: str | None = None) -> tuple[DeviceChoice, DeviceChoice]:
-    """(where and in which dtype the weights load: `base_dtype`, the compute precision the
-    forward autocasts to).
+def training_plan(config: TrainConfig, assigned: str | None = None, resumed: str | None = None) -> RunPlan:
+    """The run plan of `config` (`run_plan.plan_run`): device, precisions, LoRA base, checkpointing.
 
     Args:
         assigned: the launcher's device for this rank.
         resumed: the dtype the run being resumed trained in: "auto" keeps it, so that the
             run continues exactly even if this machine's measurement changed meanwhile.
     """
-    if resumed and config.dtype == "auto":
-        compute = pick_device(assigned or config.device, resumed)
-        compute = dataclasses.replace(compute, precision_reason=compute.precision_reason.replace(
+    keep = bool(resumed and config.dtype == "auto")
+    plan = plan_run(PlanRequest(assigned or config.device, resumed if keep else config.dtype,
+                                lora=config.lora is not None, base_bits=config.base_bits,
+                                checkpointing=config.gradient_checkpointing))
+    if keep:
+        plan = dataclasses.replace(plan, compute_reason=plan.compute_reason.replace(
             "requested", "the precision of the run this resumes"))
-    else:
-        compute = pick_device(assigned or config.device, config.dtype)
-    if compute.dtype == "float16":  # "auto" never picks it; DPO_STUDIO_DTYPE or a flag can
+    if plan.compute == "float16":  # "auto" never picks it; DPO_STUDIO_DTYPE or a flag can
         raise ConfigError("float16 training needs loss scaling, which the trainer does not do: "
                           "use bfloat16 or float32 (or auto).")
-    return dataclasses.replace(compute, dtype=base_dtype(config, compute)), compute
+    return plan
 
 
 def is_peft(model) -> bool:
