@@ -52,6 +52,14 @@ def _pace_memory_in_tmp(tmp_path, monkeypatch):
     monkeypatch.setattr(pace, "memory_file", lambda: tmp_path / "labeling-pace.json")
 
 
+@pytest.fixture(autouse=True)
+def _train_speed_in_tmp(tmp_path, monkeypatch):
+    """Runs remember their speed in the user cache (`train.duration`): tests keep theirs apart."""
+    from dpo_engine.train import duration
+
+    monkeypatch.setattr(duration, "speed_file", lambda: tmp_path / "train-speed.json")
+
+
 @pytest.fixture
 def private_cache(tmp_path_factory, monkeypatch):
     """A user cache of the test's own (DPO_STUDIO_CACHE): training keeps the reference model's

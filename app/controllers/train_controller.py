@@ -21,7 +21,8 @@ from dpo_engine.errors import DPOStudioError
 from dpo_engine.run_plan import PlanRequest, RunPlan, plan_run
 from dpo_engine.train.config import LoraSettings, TrainConfig, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
-from dpo_engine.train.driver import RunStarted
+from dpo_engine.train.driver import RunStarted, project_pairs
+from dpo_engine.train.duration import estimate_seconds, read_speed, run_work, speed_key
 
 MIN_PAIRS = 6  # below this a run cannot hold out an eval pair and still fill a batch of 2
 RUN_COLUMNS = ("Run", "Status", "Started", "Steps", "Loss", "Accuracy", "Checkpoint")
@@ -236,8 +237,25 @@ class TrainController(QObject):
             return str(exc)
 
     # ------------------------------------------------------------------ runs
-    def build_config(self, output_dir: Path) -> TrainConfig:
-        s = self.settings
+    def duration_text(self, settings: TrainSettings | None = None) -> str:
+        """About how long a run of `settings` takes on this machine, before Train is pressed: from
+        the last run here of the same model and settings (`train.duration`); "" when nothing to train."""
+        try:
+            config = self.build_config(Path("-"), settings)
+            train, held = project_pairs(self.ctx.project, config)
+        except DPOStudioError:
+            return ""
+        if not train:
+            return ""
+        speed = read_speed(speed_key(config))
+        if speed is None:
+            return ("How long: not measured here yet for this model and these settings; the first run "
+                    "measures it, and the page says it before the next one.")
+        seconds = estimate_seconds(run_work(config, train, held), speed)
+        return f"About {clock_text(seconds)} on this machine (the speed of a run here on {speed.measured[:10]})."
+
+    def build_config(self, output_dir: Path, settings: TrainSettings | None = None) -> TrainConfig:
+        s = settings or self.settings
         model = self.start_model()
         # the original base stays the reference in every round unless the person names another
         reference = s.reference.strip() or (self.ctx.base_model_ref if self.ctx.base_model_ref != model else None)

@@ -84,6 +84,8 @@ class TrainPage(QWidget):
         self.plan_label = self._named(QLabel(), "planLabel", "How the run will train")
         self.plan_label.setTextFormat(Qt.TextFormat.PlainText)  # reasons name paths and devices
         self.plan_label.setWordWrap(True)
+        self.duration_label = self._named(QLabel(), "durationLabel", "How long the run will take")
+        self.duration_label.setWordWrap(True)
         self.progress = self._named(QProgressBar(), "trainProgress", "Training progress")
         self.progress.setFormat("%v / %m steps")
         self.speed_label = QLabel()
@@ -152,6 +154,7 @@ class TrainPage(QWidget):
         main.addWidget(self.ready_label)
         main.addWidget(self.estimate_label)
         main.addWidget(self.plan_label)
+        main.addWidget(self.duration_label)
         main.addWidget(vsplit, 1)
         outer = QHBoxLayout(self)
         outer.addLayout(main, 1)
@@ -263,6 +266,8 @@ class TrainPage(QWidget):
             self.fields[key].toggled.connect(self._on_plan_setting_changed)
         for key in ("base_bits", "dtype", "device"):
             self.fields[key].currentIndexChanged.connect(self._on_plan_setting_changed)
+        for key in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length"):
+            self.fields[key].valueChanged.connect(self._on_plan_setting_changed)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -364,10 +369,13 @@ class TrainPage(QWidget):
         self._refresh_ready()
 
     def _on_plan_setting_changed(self, *_) -> None:
-        self.plan_label.setText(self.controller.plan_text(self.read_settings()))
+        settings = self.read_settings()
+        self.plan_label.setText(self.controller.plan_text(settings))
+        self.duration_label.setText(self.controller.duration_text(settings))
 
     def _on_controller_runsChanged(self) -> None:
         self._refresh_ready(keep_text=True)
+        self.duration_label.setText(self.controller.duration_text(self.read_settings()))  # a run just measured it
 
     def _refresh_ready(self, *_, keep_text: bool = False) -> None:
         ready = self.controller.readiness()

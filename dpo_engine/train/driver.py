@@ -31,6 +31,7 @@ from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.opening import open_project
 from dpo_engine.store.project import Project
 from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.duration import RunClock, run_work, speed_key, write_speed
 from dpo_engine.train.events import EvalEvent, PrecisionChosen, StepEvent, TrainSummary
 from dpo_engine.train.loop import StopFlag, train
 
@@ -106,12 +107,16 @@ def drive(config: TrainConfig, *, project: str | Path | None = None,
             run_id, config = _open_run(db, config, resume_from, output_for_run)
         since = time.time()  # a checkpoint in the output folder written after this is the run's own
         ended = False  # the run's end is recorded (its TrainSummary): an interrupt after it changes nothing
+        clock = RunClock(run_work(config, pairs, eval_pairs))  # how long such a run takes here, for the next
         try:
             yield RunStarted(run_id, config)  # inside: an interrupt here is recorded like one mid-run
             for event in train(config, pairs, eval_pairs or None, stop=stop, resume_from=resume_from):
                 if db is not None:
                     _record(db, run_id, config, event)
+                clock.observe(event)
                 ended = isinstance(event, TrainSummary)
+                if ended and event.status != "failed" and clock.speed() is not None:
+                    write_speed(speed_key(config), clock.speed())
                 yield event
         except BaseException as exc:  # a second Ctrl-C, a closed generator, an expected error or a bug
             if db is not None and not ended:
