@@ -176,3 +176,32 @@ def _reference_inputs(model_dir, pairs):
     ctx = StepContext("sigmoid", LossParams(), loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
                       loaded.device.autocast)
     return loaded.model, enc, ctx, 2
+
+
+# --------------------------------------------------------------------------- divergence
+
+
+def test_a_diverging_run_stops_as_failed_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path):
+    """The audit's `--lr 1e3`: step 1 warms up at lr 0 (its checkpoint is the base's weights), step 2
+    at lr 1e3 multiplies the weights' norm ~10^4-fold without a NaN; it was recorded `finished`."""
+    from click.testing import CliRunner
+
+    from dpo_engine.cli.main import main
+    from dpo_engine.store.project import open_project
+
+    db, out = tmp_path / "p.dpo", tmp_path / "out"
+    with open_project(db) as project:
+        project.import_pairs(make_pairs(16))
+    args = ["train", "--device", "cpu", "--project", db, "--model", tiny_model_dir, "--output", out, "--lr", "1e3",
+            "--warmup-ratio", "0.25", "--max-steps", "4", "--save-every", "1", "--batch-size", "2", "--grad-accum", "1"]
+    result = CliRunner().invoke(main, [str(a) for a in args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.exit_code == 1 and "Step 2: training diverged" in result.output, result.output
+    assert "Lower the learning rate (it was 1000" in result.output
+    assert read_manifest(out)["step"] == 1  # the wrecked step 2 was never saved
+    base, kept = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
+    assert all(torch.equal(base[name], kept[name]) for name in base)
+    with open_project(db, read_only=True) as project:
+        (row,) = project.runs.all()
+    assert row["status"] == "failed" and "diverged" in row["error"] and row["checkpoint"] == str(out.absolute())

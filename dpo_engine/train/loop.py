@@ -10,14 +10,17 @@ comes after an optimizer step, where stopping is safe; checkpoints are written b
 loop itself, never in a `finally`.
 
 Setup errors (bad config, unusable data, missing model) raise DPOStudioError from the
-first `next()`; failures during training (non-finite loss, out of memory) end the run
-with a TrainSummary(status="failed", reason=...) and leave the last good checkpoint.
+first `next()`; failures during training (non-finite loss, out of memory, weights that
+diverge: `train.divergence`) end the run with a TrainSummary(status="failed", reason=...)
+and leave the last good checkpoint. A stop is honoured between steps and between the
+reference pass's batches (no checkpoint then: no step was trained; the scores are cached).
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,6 +38,7 @@ from dpo_engine.iters import mapped
 from dpo_engine.train.reference import (ReferenceScores, cache_path, compute_reference, read_cache,
                                          reference_fingerprint, weights_identity, write_cache)
 from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.divergence import WeightWatch, divergence_error
 from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per_epoch
 from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
@@ -75,6 +79,7 @@ class _Run:
     loop_start: float = field(default_factory=time.perf_counter)
     first_step: int = 0  # the step this session started from (resume)
     last_loss: float | None = None
+    watch: WeightWatch | None = None  # the weights' norm at this session's start (`train.divergence`)
 
     @functools.cached_property
     def weights(self) -> torch.Tensor | None:
@@ -119,7 +124,8 @@ def _resume_folder(config: TrainConfig, resume_from) -> Path | None:
 def _score(model, pairs, ctx, batch: int, dist, start: ReferenceScores | None) -> Iterator:
     """compute_reference over every pair (a True sent to a progress event stops it: `_setup_or_stop`);
     under accelerate each rank scores its share, then all gather, and a stop waits for the loop's
-    first check (the ranks' shares end at different batches: stopping one alone would hang the gather)."""
+    first check (the ranks' shares end at different batches: stopping one alone would hang the gather)
+    and a stopped pass's `start` is not used (it is scored whole)."""
     if dist.world == 1:
         return (yield from compute_reference(model, pairs, ctx, batch, start))
     mine = range(dist.rank, len(pairs), dist.world)
@@ -291,6 +297,9 @@ def _one_step(run: _Run) -> StepEvent:
     started = time.perf_counter()
     metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,
                                   c.max_grad_norm, run.step + 1, data.train_index, run.dist, run.weights)
+    growth = run.watch.diverged()
+    if run.dist.agree(growth is not None):  # FSDP: each rank watches its shard; all stop together
+        raise divergence_error(run.step + 1, growth if growth is not None else math.inf, lr)
     run.scheduler.step()
     seconds = time.perf_counter() - started
     tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
@@ -331,6 +340,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _loop(run: _Run, stop: StopFlag, started: float) -> Iterator[TrainEvent]:
     run.loop_start = time.perf_counter()
+    run.watch = WeightWatch.of(run.optimizer)
     while run.step < run.total_steps:
         if run.dist.agree(_stop_requested(stop)):  # every rank stops at the same step
             yield LogLine(f"Stop requested: saving step {run.step} to {_save(run, 'stopped')}")
@@ -366,7 +376,8 @@ def train(config: TrainConfig, pairs: Sequence[PreferencePair], eval_pairs: Sequ
         pairs: training pairs; `config.eval_fraction` of them is held out unless eval_pairs is given.
         eval_pairs: held-out pairs, scored every `config.eval_every` steps and at the end.
         stop: a threading.Event (or a callable returning bool) checked between steps; when set,
-            the run saves a checkpoint and ends with status "stopped".
+            the run saves a checkpoint and ends with status "stopped". Also checked between the
+            reference pass's batches: the run then ends "stopped" at step 0 with no new checkpoint.
         resume_from: a checkpoint folder whose weights, optimizer, scheduler, RNG and data
             position continue exactly (pass the config it was trained with: `load_run_config`).
     """
