@@ -167,6 +167,21 @@ def test_a_stop_during_the_reference_pass_ends_within_a_batch_and_the_next_run_c
     torch.testing.assert_close(cached["rejected"], whole.rejected, rtol=0, atol=1e-5)
 
 
+def test_a_reference_pass_killed_midway_is_continued(tiny_model_dir, tmp_path, monkeypatch):
+    """The pass keeps its part in the cache as it goes (every KEEP_EVERY_S; here every batch)."""
+    monkeypatch.setattr(reference, "KEEP_EVERY_S", 0.0)
+    pairs = make_pairs(20)
+    cfg = config(tiny_model_dir, tmp_path / "run", batch_size=1)
+    events = train(cfg, pairs)
+    for event in events:
+        if isinstance(event, ReferenceProgress) and event.done == 6:
+            break
+    events.close()  # nothing of the trainer runs after this, as after kill -9: no stop, nothing saved
+    again = run(cfg, pairs)
+    assert [e.done for e in of(ReferenceProgress, again)] == list(range(8, 21, 2))
+    assert of(StepEvent, again)[0].loss == pytest.approx(math.log(2), abs=1e-6)
+
+
 def _reference_inputs(model_dir, pairs):
     from dpo_engine.devices import pick_device
     from dpo_engine.models import load_model

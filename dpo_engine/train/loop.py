@@ -121,13 +121,15 @@ def _resume_folder(config: TrainConfig, resume_from) -> Path | None:
     return folder
 
 
-def _score(model, pairs, ctx, batch: int, dist, start: ReferenceScores | None) -> Iterator:
+def _score(model, pairs, ctx, batch: int, dist, start: ReferenceScores | None, fingerprint: str) -> Iterator:
     """compute_reference over every pair (a True sent to a progress event stops it: `_setup_or_stop`);
     under accelerate each rank scores its share, then all gather, and a stop waits for the loop's
     first check (the ranks' shares end at different batches: stopping one alone would hang the gather)
-    and a stopped pass's `start` is not used (it is scored whole)."""
+    and a stopped pass's `start` is not used (it is scored whole). A single process keeps its part
+    in the cache as it goes, so a killed pass is continued too."""
     if dist.world == 1:
-        return (yield from compute_reference(model, pairs, ctx, batch, start))
+        keep = functools.partial(write_cache, fingerprint)
+        return (yield from compute_reference(model, pairs, ctx, batch, start, keep))
     mine = range(dist.rank, len(pairs), dist.world)
     part = yield from mapped(compute_reference(model, [pairs[i] for i in mine], ctx, batch), lambda e: e)
     chosen, rejected = distributed.gather_scores(dist, mine, part[:2], len(pairs))
@@ -160,7 +162,7 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
     if not _complete(ref) and not policy_is_reference:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
         reference = load_model(reference_ref, device)
-        ref = yield from _score(reference.model, pairs, ctx, batch, dist, ref)
+        ref = yield from _score(reference.model, pairs, ctx, batch, dist, ref, fingerprint)
         del reference
         gc.collect()  # free it before the policy loads: one model in memory at a time
     loaded = None
@@ -168,7 +170,7 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
         loaded = load_policy(config, device, resume, base_ref, tokenizer)
         if not _complete(ref):
             yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
-            ref = yield from _score(loaded.model, pairs, ctx, batch, dist, ref)
+            ref = yield from _score(loaded.model, pairs, ctx, batch, dist, ref, fingerprint)
     if dist.is_main:
         write_cache(fingerprint, ref)
     if not ref.complete:

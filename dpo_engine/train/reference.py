@@ -20,8 +20,9 @@ import functools
 import hashlib
 import importlib
 import os
+import time
 from pathlib import Path
-from typing import Generator, NamedTuple, Sequence
+from typing import Callable, Generator, NamedTuple, Sequence
 
 import torch
 
@@ -38,6 +39,8 @@ CACHE_FORMAT = "2"  # the file's layout: 2 added the metadata (checksum, version
 # version is a hash of these files, so any change to how log-probs are computed starts a new
 # cache (a comment edited costs one reference pass; a stale number would cost a wrong run).
 # tests/test_train_safety.py traces a reference pass and fails if it runs engine code not listed here.
+KEEP_EVERY_S = 30.0  # a pass killed midway (kill -9, power) loses at most this much scoring; writing the
+# part is ~90 kB and one sha256 for 10,000 pairs
 SCORING_MODULES = ("dpo_engine.encoding", "dpo_engine.logps", "dpo_engine.shared_prompt", "dpo_engine._compat",
                    "dpo_engine.devices", "dpo_engine.train.groups", "dpo_engine.train.step",
                    "dpo_engine.train.reference")  # _compat: the shared prompt's KV cache; devices: autocast
@@ -149,15 +152,17 @@ def write_cache(fingerprint: str, scores: ReferenceScores) -> None:
 
 
 def compute_reference(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int,
-                      start: ReferenceScores | None = None
+                      start: ReferenceScores | None = None, keep: Callable[[ReferenceScores], None] | None = None
                       ) -> Generator[ReferenceProgress, bool | None, ReferenceScores]:
     """Score every pair with the reference (a peft policy with its adapter disabled).
 
     Yields progress after each batch; a caller that sends True there (`gen.send(True)`) stops the
     pass at once. Returns the scores, on the CPU: complete, or, when stopped, those done so far.
-    `start` (a stopped pass's scores) skips the batches it already holds.
+    `start` (a stopped pass's scores) skips the batches it already holds; `keep(scores)` is called
+    every KEEP_EVERY_S seconds of scoring (the trainer writes the part to the cache).
     """
     scores = start if start is not None else ReferenceScores.empty(len(pairs))
+    kept = time.monotonic()
     adapter_off = model.disable_adapter() if is_peft(model) else contextlib.nullcontext()
     was_training = model.training
     model.eval()
@@ -168,6 +173,9 @@ def compute_reference(model, pairs: Sequence[EncodedPair], ctx: StepContext, bat
                     continue
                 chosen, rejected = drain(policy_scores(model, pairs, ctx, batch_size, [idx]))
                 scores.chosen[idx], scores.rejected[idx], scores.done[idx] = chosen[idx], rejected[idx], True
+                if keep is not None and time.monotonic() - kept >= KEEP_EVERY_S:
+                    keep(scores)
+                    kept = time.monotonic()
                 if (yield ReferenceProgress(int(scores.done.sum()), len(pairs), cached=False)):
                     break
     finally:
