@@ -167,6 +167,29 @@ def test_a_stop_during_the_reference_pass_ends_within_a_batch_and_the_next_run_c
     torch.testing.assert_close(cached["rejected"], whole.rejected, rtol=0, atol=1e-5)
 
 
+def test_a_resumed_run_stopped_in_its_reference_pass_still_names_its_checkpoint(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+    """The run record is finished with the summary's checkpoint: a stop before any new step must not unlink it."""
+    from dpo_engine.train.loop import load_run_config
+
+    out = tmp_path / "run"
+    flag = threading.Event()
+    for event in train(config(tiny_model_dir, out, max_steps=4, batch_size=1), make_pairs(8), stop=flag):
+        if isinstance(event, StepEvent) and event.step == 2:
+            flag.set()
+    assert read_manifest(out)["step"] == 2
+    monkeypatch.setenv("DPO_STUDIO_CACHE", str(tmp_path / "fresh-cache"))  # the reference is scored again
+    flag, on_event = _stop_at_first_progress()
+    events = []
+    for event in train(load_run_config(out), make_pairs(8), stop=flag, resume_from=out):
+        events.append(event)
+        on_event(event)
+    summary = events[-1]
+    assert summary.status == "stopped" and summary.step == 2 and summary.checkpoint == str(out.absolute())
+    assert "reference pass" in summary.reason and [e.done for e in of(ReferenceProgress, events)] == [2]
+    assert not of(StepEvent, events) and read_manifest(out)["step"] == 2
+
+
 def test_a_reference_pass_killed_midway_is_continued(tiny_model_dir, tmp_path, monkeypatch):
     """The pass keeps its part in the cache as it goes (every KEEP_EVERY_S; here every batch)."""
     monkeypatch.setattr(reference, "KEEP_EVERY_S", 0.0, raising=False)  # False: it also ran on the code before
