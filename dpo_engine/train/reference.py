@@ -35,12 +35,12 @@ from dpo_engine.train.model import is_peft
 from dpo_engine.train.step import StepContext, policy_scores, score_batches
 
 CACHE_FORMAT = "2"  # the file's layout: 2 added the metadata (checksum, version, fingerprint) and `done`
+KEEP_EVERY_S = 30.0  # a pass killed midway (kill -9, power) loses at most this much scoring; writing the
+# part costs ~0.5 ms for 10,000 pairs (90 kB and its sha256, measured on this 2-core VM)
 # The code a reference log-prob goes through, from the encoded pair to the number: the cache's
 # version is a hash of these files, so any change to how log-probs are computed starts a new
 # cache (a comment edited costs one reference pass; a stale number would cost a wrong run).
 # tests/test_train_safety.py traces a reference pass and fails if it runs engine code not listed here.
-KEEP_EVERY_S = 30.0  # a pass killed midway (kill -9, power) loses at most this much scoring; writing the
-# part costs ~0.5 ms for 10,000 pairs (90 kB and its sha256, measured on this 2-core VM)
 SCORING_MODULES = ("dpo_engine.encoding", "dpo_engine.logps", "dpo_engine.shared_prompt", "dpo_engine._compat",
                    "dpo_engine.devices", "dpo_engine.train.groups", "dpo_engine.train.step",
                    "dpo_engine.train.reference")  # _compat: the shared prompt's KV cache; devices: autocast
