@@ -54,7 +54,7 @@ def main() -> None:
         choice = pick_device("cpu", dtype)
         ctx = StepContext("sigmoid", params, loaded.tokenizer.pad_token_id, torch.device("cpu"), True,
                           choice.autocast)
-        ref_c, ref_r = drain(compute_reference(model, pairs, ctx, max(2, 2 * args.batch_size)))
+        ref_c, ref_r, _ = drain(compute_reference(model, pairs, ctx, max(2, 2 * args.batch_size)))
         offsets, margins = [], []
         model.train()
         for seed in range(args.seeds):

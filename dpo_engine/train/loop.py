@@ -10,14 +10,17 @@ comes after an optimizer step, where stopping is safe; checkpoints are written b
 loop itself, never in a `finally`.
 
 Setup errors (bad config, unusable data, missing model) raise DPOStudioError from the
-first `next()`; failures during training (non-finite loss, out of memory) end the run
-with a TrainSummary(status="failed", reason=...) and leave the last good checkpoint.
+first `next()`; failures during training (non-finite loss, out of memory, weights that
+diverge: `train.divergence`) end the run with a TrainSummary(status="failed", reason=...)
+and leave the last good checkpoint. A stop is honoured between steps and between the
+reference pass's batches (no checkpoint then: no step was trained; the scores are cached).
 """
 
 from __future__ import annotations
 
 import functools
 import gc
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,15 +28,18 @@ from typing import Callable, Iterator, Sequence, Union
 
 import torch
 
-from dpo_engine.atomic import find_checkpoint, write_checkpoint
+from dpo_engine.atomic import find_checkpoint, read_manifest, write_checkpoint
 from dpo_engine.attention import use_fp32_attention
 from dpo_engine.train import distributed
 from dpo_engine.train.checkpoints import check_output_dir, load_trainer_state, read_run_file, save_trainer_state
 from dpo_engine.errors import TrainingError
 from dpo_engine.models import load_model, load_tokenizer, resolve_model_ref
 from dpo_engine.pairs import PreferencePair
-from dpo_engine.train.reference import compute_reference, read_cache, reference_fingerprint, weights_identity, write_cache
+from dpo_engine.iters import mapped
+from dpo_engine.train.reference import (ReferenceScores, cache_path, compute_reference, read_cache,
+                                         reference_fingerprint, weights_identity, write_cache)
 from dpo_engine.train.config import TrainConfig
+from dpo_engine.train.divergence import WeightWatch, divergence_error
 from dpo_engine.train.data import RunData, prepare_data, step_batches, steps_per_epoch
 from dpo_engine.train.events import (EvalEvent, LogLine, PrecisionChosen, ReferenceProgress, StepEvent, TrainSummary,
                                      metric_fields)
@@ -74,6 +80,7 @@ class _Run:
     loop_start: float = field(default_factory=time.perf_counter)
     first_step: int = 0  # the step this session started from (resume)
     last_loss: float | None = None
+    watch: WeightWatch | None = None  # the weights' norm at this session's start (`train.divergence`)
 
     @functools.cached_property
     def weights(self) -> torch.Tensor | None:
@@ -115,44 +122,73 @@ def _resume_folder(config: TrainConfig, resume_from) -> Path | None:
     return folder
 
 
-def _score(model, pairs, ctx, batch: int, dist) -> Iterator:
-    """compute_reference over every pair; under accelerate each rank scores its share, then all gather."""
+def _score(model, pairs, ctx, batch: int, dist, start: ReferenceScores | None, fingerprint: str) -> Iterator:
+    """compute_reference over every pair (a True sent to a progress event stops it: `_setup_or_stop`);
+    under accelerate each rank scores its share, then all gather, and a stop waits for the loop's
+    first check (the ranks' shares end at different batches: stopping one alone would hang the gather)
+    and a stopped pass's `start` is not used (it is scored whole). A single process keeps its part
+    in the cache as it goes, so a killed pass is continued too."""
     if dist.world == 1:
-        return (yield from compute_reference(model, pairs, ctx, batch))
+        keep = functools.partial(write_cache, fingerprint)
+        return (yield from compute_reference(model, pairs, ctx, batch, start, keep))
     mine = range(dist.rank, len(pairs), dist.world)
-    part = yield from compute_reference(model, [pairs[i] for i in mine], ctx, batch)
-    return distributed.gather_scores(dist, mine, part, len(pairs))
+    part = yield from mapped(compute_reference(model, [pairs[i] for i in mine], ctx, batch), lambda e: e)
+    chosen, rejected = distributed.gather_scores(dist, mine, part[:2], len(pairs))
+    return ReferenceScores(chosen, rejected, torch.ones(len(pairs), dtype=torch.bool))
+
+
+def _cached_reference(fingerprint: str, n: int, dist) -> Iterator:
+    """Yield what the cache holds; return its verified scores (complete or a stopped pass's part) or None."""
+    scores, problem = dist.from_main(lambda: read_cache(fingerprint, n))
+    if problem:
+        yield LogLine(f"The cached reference log-probs {cache_path(fingerprint)} {problem}: scoring the pairs "
+                      "again.", "warning")
+    if scores is not None and scores.complete:
+        yield ReferenceProgress(n, n, cached=True)
+    elif scores is not None:
+        yield LogLine(f"Continuing the reference pass stopped earlier: {int(scores.done.sum())} of {n} pairs "
+                      "were scored")
+    return scores
 
 
 def _reference(config, data, ctx, device, precision, base_ref, reference_ref, resume, dist, tokenizer,
                fp32_attention: bool) -> Iterator:
-    """Yield progress; return (ref log-probs, the policy LoadedModel). `fp32_attention`: the
-    reference and the policy run attention in fp32 (`dpo_engine.attention`)."""
+    """Yield progress; return (ref log-probs, the policy LoadedModel), or (None, None) when a stop
+    was sent during the pass (what it scored is cached, and the next run continues from it).
+    `fp32_attention`: the reference and the policy run attention in fp32 (`dpo_engine.attention`)."""
     pairs = data.all_pairs
     fingerprint = reference_fingerprint(weights_identity(resolve_model_ref(reference_ref)), pairs,
                                         config.max_length, precision)
     batch = max(2, 2 * config.batch_size)  # no activations kept: twice the training batch fits
-    ref = dist.from_main(lambda: read_cache(fingerprint, len(pairs)))
-    if ref is not None:
-        yield ReferenceProgress(len(pairs), len(pairs), cached=True)
+    ref = yield from _cached_reference(fingerprint, len(pairs), dist)
     policy_is_reference = reference_ref == base_ref and (resume is None or config.lora is not None)
-    if ref is None and not policy_is_reference:
+    if not _complete(ref) and not policy_is_reference:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
         reference = load_model(reference_ref, device)
         if fp32_attention:
             use_fp32_attention(reference.model)
-        ref = yield from _score(reference.model, pairs, ctx, batch, dist)
+        ref = yield from _score(reference.model, pairs, ctx, batch, dist, ref, fingerprint)
         del reference
         gc.collect()  # free it before the policy loads: one model in memory at a time
-    loaded = load_policy(config, device, resume, base_ref, tokenizer)
-    if fp32_attention:
-        use_fp32_attention(loaded.model)
-    if ref is None:
-        yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
-        ref = yield from _score(loaded.model, pairs, ctx, batch, dist)
+    loaded = None
+    if _complete(ref) or policy_is_reference:  # else the reference model's pass was stopped
+        loaded = load_policy(config, device, resume, base_ref, tokenizer)
+        if fp32_attention:
+            use_fp32_attention(loaded.model)
+        if not _complete(ref):
+            yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
+            ref = yield from _score(loaded.model, pairs, ctx, batch, dist, ref, fingerprint)
     if dist.is_main:
-        write_cache(fingerprint, *ref)
-    return ref, loaded
+        write_cache(fingerprint, ref)
+    if not ref.complete:
+        yield LogLine(f"Stop requested: the reference pass stopped at {int(ref.done.sum())} of {len(pairs)} pairs; "
+                      "what it scored is kept, and the next run with these pairs continues from there")
+        return None, None
+    return (ref.chosen, ref.rejected), loaded
+
+
+def _complete(ref: ReferenceScores | None) -> bool:
+    return ref is not None and ref.complete
 
 
 def _optimizer(config: TrainConfig, model, total_steps: int, fused: bool = True):
@@ -200,6 +236,8 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     key = plan.key  # part of the reference cache key: scores differ with the precision, the base and attention
     ref, loaded = yield from _reference(config, data, ctx, device, key, base_ref, reference_ref, resume, dist,
                                         tokenizer, fp32_attention)
+    if ref is None:
+        return None  # stopped during the reference pass
     if fp32_attention and use_fp32_attention(loaded.model):  # True where the model runs SDPA
         yield LogLine("Attention runs in fp32: the CPU's bf16 attention kernels are slower")
     per_epoch = steps_per_epoch(len(data.train), config.batch_size * dist.world, config.grad_accum)
@@ -261,6 +299,9 @@ def _one_step(run: _Run) -> StepEvent:
     started = time.perf_counter()
     metrics, grad_norm = run_step(run.scorer, run.optimizer, batches, data.train, run.ref, run.ctx,
                                   c.max_grad_norm, run.step + 1, data.train_index, run.dist, run.weights)
+    growth = run.watch.diverged()
+    if run.dist.agree(growth is not None):  # FSDP: each rank watches its shard; all stop together
+        raise divergence_error(run.step + 1, growth if growth is not None else math.inf, lr)
     run.scheduler.step()
     seconds = time.perf_counter() - started
     tokens = pair_tokens([data.train[i] for mb in batches for i in mb])
@@ -301,6 +342,7 @@ def _is_oom(exc: BaseException) -> bool:
 
 def _loop(run: _Run, stop: StopFlag, started: float) -> Iterator[TrainEvent]:
     run.loop_start = time.perf_counter()
+    run.watch = WeightWatch.of(run.optimizer)
     while run.step < run.total_steps:
         if run.dist.agree(_stop_requested(stop)):  # every rank stops at the same step
             yield LogLine(f"Stop requested: saving step {run.step} to {_save(run, 'stopped')}")
@@ -336,13 +378,41 @@ def train(config: TrainConfig, pairs: Sequence[PreferencePair], eval_pairs: Sequ
         pairs: training pairs; `config.eval_fraction` of them is held out unless eval_pairs is given.
         eval_pairs: held-out pairs, scored every `config.eval_every` steps and at the end.
         stop: a threading.Event (or a callable returning bool) checked between steps; when set,
-            the run saves a checkpoint and ends with status "stopped".
+            the run saves a checkpoint and ends with status "stopped". Also checked between the
+            reference pass's batches: the run then ends "stopped" at step 0 with no new checkpoint.
         resume_from: a checkpoint folder whose weights, optimizer, scheduler, RNG and data
             position continue exactly (pass the config it was trained with: `load_run_config`).
     """
     started = time.perf_counter()
-    run = yield from _setup(config, pairs, eval_pairs, resume_from, distributed.current())
+    run = yield from _setup_or_stop(_setup(config, pairs, eval_pairs, resume_from, distributed.current()), stop)
+    if run is None:
+        yield _stopped_before_training(resume_from, started)
+        return
     yield from _loop(run, stop, started)
+
+
+def _setup_or_stop(setup: Iterator, stop: StopFlag) -> Iterator:
+    """`yield from setup`, except that after a reference-pass progress event with a stop requested
+    it sends True (`reference.compute_reference` stops there, within one batch); return what
+    `setup` returns (None when the pass was stopped)."""
+    sending = None
+    while True:
+        try:
+            event = setup.send(sending)
+        except StopIteration as end:
+            return end.value
+        yield event
+        stopping = isinstance(event, ReferenceProgress) and not event.cached and _stop_requested(stop)
+        sending = True if stopping else None  # send(None) is next()
+
+
+def _stopped_before_training(resume_from, started: float) -> TrainSummary:
+    """No step was trained: nothing new is saved; a resumed run's checkpoint is still its last good one."""
+    folder = find_checkpoint(resume_from) if resume_from is not None else None
+    step = (read_manifest(folder) or {}).get("step", 0) if folder is not None else 0
+    return TrainSummary("stopped", step, 0, time.perf_counter() - started,
+                        str(folder.absolute()) if folder is not None else None,
+                        "stopped on request during the reference pass (what it scored is cached)")
 
 
 def run_training(config: TrainConfig, pairs: Sequence[PreferencePair],

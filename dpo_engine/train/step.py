@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from dpo_engine.encoding import EncodedPair, collate
+from dpo_engine.encoding import EncodedPair, collate, length_batches
 from dpo_engine.errors import TrainingError
 from dpo_engine.iters import drain
 from dpo_engine.logps import BatchLogps, batch_logps, score_pairs
@@ -150,10 +150,20 @@ def run_step(model, optimizer, micro_batches: list[list[int]], train: Sequence[E
     return {k: v / n_pairs for k, v in totals.items()}, grad_norm
 
 
-def policy_scores(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
+def score_batches(pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int) -> list[list[int]]:
+    """The no-grad scoring batches (pair indices): whole rankings when answers are grouped
+    (`train.groups.scoring_batches`), else pairs of similar length (`encoding.length_batches`)."""
+    if ctx.group_answers:
+        return scoring_batches(pairs, batch_size)
+    return length_batches(pairs, batch_size)
+
+
+def policy_scores(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int,
+                  batches: Sequence[Sequence[int]] | None = None):
     """Policy log-probs of many pairs without gradients (the reference pass, eval): yields pairs
-    done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`)."""
-    batches = scoring_batches(pairs, batch_size) if ctx.group_answers else None
+    done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`).
+    `batches` (default `score_batches`) limits it to those pairs: the others are left unset."""
+    batches = score_batches(pairs, ctx, batch_size) if batches is None else batches
     result = yield from score_pairs(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size, batches)
     return result[0], result[1]
 
