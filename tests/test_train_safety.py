@@ -225,7 +225,7 @@ def test_a_diverging_run_stops_as_failed_and_keeps_the_last_good_checkpoint(tiny
     from click.testing import CliRunner
 
     from dpo_engine.cli.main import main
-    from dpo_engine.store.project import open_project
+    from dpo_engine.store.opening import open_project
 
     db, out = tmp_path / "p.dpo", tmp_path / "out"
     with open_project(db) as project:
@@ -241,5 +241,5 @@ def test_a_diverging_run_stops_as_failed_and_keeps_the_last_good_checkpoint(tiny
     base, kept = load_file(str(tiny_model_dir / "model.safetensors")), load_file(str(out / "model.safetensors"))
     assert all(torch.equal(base[name], kept[name]) for name in base)
     with open_project(db, read_only=True) as project:
-        (row,) = project.runs.all()
-    assert row["status"] == "failed" and "diverged" in row["error"] and row["checkpoint"] == str(out.absolute())
+        (row,) = project.queries.runs()
+    assert row.status == "failed" and "diverged" in row.error and row.checkpoint == str(out.absolute())

@@ -208,6 +208,14 @@ def _optimizer(config: TrainConfig, model, total_steps: int, fused: bool = True)
     return optimizer, scheduler
 
 
+def _data_lines(data: RunData) -> Iterator[LogLine]:
+    """What the run trains on, and the first 20 pairs it skipped with why."""
+    yield LogLine(f"{len(data.train)} training pairs, {len(data.eval)} held out for eval"
+                  + (f", {len(data.skipped)} skipped" if data.skipped else ""))
+    for index, why in data.skipped[:20]:
+        yield LogLine(f"Skipped pair #{index}: {why}", "warning")
+
+
 def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterator:
     """Yield setup events; return the _Run."""
     resume = dist.from_main(lambda: _resume_folder(config, resume_from))  # it may repair a folder: once
@@ -217,10 +225,7 @@ def _setup(config: TrainConfig, pairs, eval_pairs, resume_from, dist) -> Iterato
     reference_ref = config.reference or base_ref
     tokenizer = load_tokenizer(resolve_model_ref(str(resume) if resume else base_ref))
     data = prepare_data(tokenizer, pairs, eval_pairs, config)  # refuses bad data before any model loads
-    yield LogLine(f"{len(data.train)} training pairs, {len(data.eval)} held out for eval"
-                  + (f", {len(data.skipped)} skipped" if data.skipped else ""))
-    for index, why in data.skipped[:20]:
-        yield LogLine(f"Skipped pair #{index}: {why}", "warning")
+    yield from _data_lines(data)
     ran = (read_run_file(resume).get("precision") or {}).get("dtype") if resume is not None else None
     plan = training_plan(config, dist.device_name, ran)  # device, precisions, base: decided once
     device, compute = plan.weights_choice(), plan.compute_choice()
