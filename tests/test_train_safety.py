@@ -243,3 +243,14 @@ def test_a_diverging_run_stops_as_failed_and_keeps_the_last_good_checkpoint(tiny
     with open_project(db, read_only=True) as project:
         (row,) = project.queries.runs()
     assert row.status == "failed" and "diverged" in row.error and row.checkpoint == str(out.absolute())
+
+
+def test_the_cli_says_a_run_stopped_in_its_reference_pass_has_nothing_to_resume(capsys):
+    """`dpo-engine train` stopped during a new run's reference pass: no "Model: None" and no
+    "--resume None", but what happened and how to continue (the same command: the scored part is cached)."""
+    from dpo_engine.cli.train import _report
+    from dpo_engine.train.events import TrainSummary
+
+    _report(TrainSummary("stopped", 0, 0, 3.0, None, "stopped on request during the reference pass"))
+    err = capsys.readouterr().err
+    assert "None" not in err and "Stopped before the first step" in err and "same command" in err

@@ -295,6 +295,10 @@ def _report(summary: TrainSummary) -> None:
         if summary.checkpoint:
             click.echo(f"The last good checkpoint is {summary.checkpoint}.", err=True)
         sys.exit(1)
+    if summary.checkpoint is None:  # stopped during the reference pass of a new run: nothing trained yet
+        click.echo(f"Stopped before the first step ({summary.reason}). Run the same command again to continue.",
+                   err=True)
+        return
     verb = "Finished" if summary.status == "finished" else "Stopped"
     click.echo(f"{verb} at step {summary.step}/{summary.total_steps} in {_duration(summary.elapsed)}{rate}. "
                f"Model: {summary.checkpoint}", err=True)
