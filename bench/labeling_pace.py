@@ -80,7 +80,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
     page = win.pages["Label"]
     c = page.controller
     if prefetch is not None:
-        c.prefetch = prefetch
+        c.queue.prefetch = prefetch
     ready_at: dict[int, float] = {}  # id(pair) -> when its answers were complete on screen
     c.pairReady.connect(lambda: ready_at.setdefault(id(c.current), time.monotonic()))
     start = time.monotonic()
@@ -124,7 +124,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         "think_s": think,
         "verdicts": verdicts,
         "stored_verdicts": labeled,
-        "prefetch": c.prefetch if c.prefetch is not None else f"auto, ended at {c._ahead()} prompts",
+        "prefetch": c.queue.prefetch if c.queue.prefetch is not None else f"auto, ended at {c.queue.ahead()} prompts",
         "session": "pace remembered" if remembered else "first",
         "first_pair_s": round(first_ready - start, 1),
         "wait_p50_s": round(percentile(waits, 50), 2),

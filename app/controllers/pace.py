@@ -1,6 +1,6 @@
 """How far ahead the Label page samples: sized by the sampler's and the person's measured pace.
 
-The queue is topped up in one batch once half of it is free (`LabelController.fill`), so
+The queue is topped up in one batch once half of it is free (`LabelQueue.fill`), so
 while a batch is written the person reads the other half. No wait needs that half to last
 the batch: (queue / 2) x seconds per verdict >= seconds per batch. Both sides differ by
 machine and person by an order of magnitude, so both are measured, not assumed:
