@@ -49,6 +49,7 @@ class RoundHost(Protocol):
     models: Any  # loaded models by ref (a ModelCache); touched on the worker thread only
     comparisonsChanged: Any  # signal: verdicts were added or removed
     activeModelChanged: Any  # signal(ref)
+    modelStateChanged: Any  # signal(state, detail): "ready" once the active model is loaded
     saveFailed: Any  # signal(message): what `saves` slots report
 
     def submit(self, name: str, factory: Callable[[], Iterator[Any]]) -> Any:
