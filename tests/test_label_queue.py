@@ -163,7 +163,7 @@ def test_the_first_pair_is_asked_for_at_once_in_a_small_batch(qapp, prompts, mon
     assert len(s.host.jobs) == 1 and s.controller.current is not None and not s.controller.current.done
     shown = s.controller.current
     s.run(1)
-    assert s.rows == [FIRST_ROWS] == [8] and s.controller.history[0].pair is shown
+    assert s.rows[0] == FIRST_ROWS == 8 and s.controller.history[0].pair is shown
     assert s.now - opened == pytest.approx(24.42 + THINK)  # complete after one batch, judged 4 s later
     assert s.waits == [0.0] and s.controller.current.done  # the next pair came in the same batch
 
