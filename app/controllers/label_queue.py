@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PySide6.QtCore import QObject, Signal
 
-from app.controllers.pace import Pace, kv_rows
+from app.controllers.pace import MAX_ROWS, Pace, kv_rows
 from app.controllers.rounds import LabelPrompts, Round, RoundHost, sample_rounds
 from app.plumbing.context import saves
 from dpo_engine.catalog.entry import format_parameters
@@ -219,8 +219,9 @@ class LabelQueue(QObject):
         """Prompts in the next batch (`Pace.batch`), within the memory for their keys/values."""
         device = getattr(self.ctx, "device", None)
         shapes = [self._shape(ref) for ref in self._models()]
+        self.pace.max_rows = MAX_ROWS  # a shape or device unknown: only the queue's own ceiling
         if hasattr(device, "dtype") and all(shapes):
-            value_bytes = 4 if device.dtype == "float32" else 2
+            value_bytes = 4 if device.dtype == "float32" else 2  # the keys/values in the sampling precision
             free = memory_budget(device.device)[0]
             self.pace.max_rows = min(kv_rows(s.layers, s.kv_dim or s.hidden, value_bytes,
                                              self.settings.max_new_tokens, free) for s in shapes)
