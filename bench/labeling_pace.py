@@ -28,7 +28,7 @@ folder first (`-P`):
     PYTHONPATH=/path/to/other:$PWD QT_QPA_PLATFORM=offscreen .venv/bin/python -P -m bench.labeling_pace
 
 It uses only `create_window`, the Label page's controller (`current`, `pairReady`,
-`prefetch`) and keys. One JSON line per condition is appended to --out, naming the machine (`bench/common.py`) and the sampling precision.
+`queue.prefetch`) and keys. One JSON line per condition is appended to --out, naming the machine (`bench/common.py`) and the sampling precision.
 """
 
 from __future__ import annotations
