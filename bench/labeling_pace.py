@@ -16,6 +16,10 @@ same figures are also given without it ("steady").
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --mode ranking --think 4
     # a second session: the first run leaves the measured pace where the second starts from it
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --think 4 4 --pace-memory /tmp/pace.json
+    # the 1B shape (random weights: every answer runs to the token cap), built once by bench.real_size
+    .venv/bin/python -c "from bench.real_size import model_dir; print(model_dir('llama-3.2-1b'))"
+    QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.labeling_pace --model <that folder> --think 4 4 \
+        --verdicts 20 --pace-memory /tmp/pace-1b.json   # a first session, then a second
 
 To measure another version of the app (e.g. main before the batched queue), put that checkout
 first on the path and this one after it, for `bench`, and keep Python from putting the working
@@ -24,7 +28,7 @@ folder first (`-P`):
     PYTHONPATH=/path/to/other:$PWD QT_QPA_PLATFORM=offscreen .venv/bin/python -P -m bench.labeling_pace
 
 It uses only `create_window`, the Label page's controller (`current`, `pairReady`,
-`prefetch`) and keys. One JSON line per condition is appended to --out, naming the machine (`bench/common.py`) and the sampling precision.
+`queue.prefetch`) and keys. One JSON line per condition is appended to --out, naming the machine (`bench/common.py`) and the sampling precision.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def pump(app, seconds: float) -> None:
 
 
 def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch: int | None, seed: int,
-                  timeout: float, pace_memory: Path | None = None) -> dict:
+                  timeout: float, pace_memory: Path | None = None, model: str = "default") -> dict:
     from PySide6.QtCore import Qt
     from PySide6.QtTest import QTest
 
@@ -76,11 +80,11 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         pace.memory_file = lambda: memory  # the app's pace memory, kept out of the user's cache
     except ImportError:
         pass  # a version of the app from before the pace
-    ctx, win = create_window(workdir / "pace.sqlite", "default", device="cpu")
+    ctx, win = create_window(workdir / "pace.sqlite", model, device="cpu")
     page = win.pages["Label"]
     c = page.controller
     if prefetch is not None:
-        c.prefetch = prefetch
+        c.queue.prefetch = prefetch
     ready_at: dict[int, float] = {}  # id(pair) -> when its answers were complete on screen
     c.pairReady.connect(lambda: ready_at.setdefault(id(c.current), time.monotonic()))
     start = time.monotonic()
@@ -124,7 +128,7 @@ def run_condition(app, mode: str, k: int, think: float, verdicts: int, prefetch:
         "think_s": think,
         "verdicts": verdicts,
         "stored_verdicts": labeled,
-        "prefetch": c.prefetch if c.prefetch is not None else f"auto, ended at {c._ahead()} prompts",
+        "prefetch": c.queue.prefetch if c.queue.prefetch is not None else f"auto, ended at {c.queue.ahead()} prompts",
         "session": "pace remembered" if remembered else "first",
         "first_pair_s": round(first_ready - start, 1),
         "wait_p50_s": round(percentile(waits, 50), 2),
@@ -153,6 +157,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for one pair before giving up")
     p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "labeling_pace.jsonl")
+    p.add_argument("--model", default="default",
+                   help="the model labeled with: default, or a folder (a 1B shape: bench.real_size's, see above)")
     p.add_argument("--pace-memory", type=Path, default=None,
                    help="the file where the app remembers the measured pace; give the same one to two runs "
                         "to measure a second session (default: a fresh one per condition, a first session)")
@@ -171,8 +177,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     for think in args.think:
         row = run_condition(app, args.mode, args.k, think, args.verdicts, args.prefetch, args.seed, args.timeout,
-                            args.pace_memory)
-        row.update(label=args.label, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                            args.pace_memory, args.model)
+        row.update(label=args.label, model=args.model, date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    cpus=os.cpu_count(), torch_threads=_torch_threads(), machine=machine_info(),
                    sampling_dtype=_sampling_dtype())
         with args.out.open("a") as f:

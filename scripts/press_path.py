@@ -40,7 +40,7 @@ def main() -> None:
     win.show()
     c = page.controller
     end = time.monotonic() + 120
-    while not (c.current is not None and c.current.done and c.queue and c.queue[0].done):
+    while not (c.current is not None and c.current.done and c.queue.pairs and c.queue.pairs[0].done):
         if time.monotonic() > end:
             raise TimeoutError("no pair sampled ahead")
         app.processEvents()

@@ -34,7 +34,7 @@ def shoot_label_page(app, path: Path) -> None:
         ctx, win = create_window(Path(tmp) / "shots.sqlite", "default", device="cpu")
         page = win.pages["Label"]
         page.max_tokens.setValue(90)
-        page.controller.prefetch = 0  # photograph one pair; don't sample ahead
+        page.controller.queue.prefetch = 0  # photograph one pair; don't sample ahead
         ctx.load_active_model()
         win.show()
         wait_until(app, lambda: page.controller.current is not None and page.controller.current.done, 300)

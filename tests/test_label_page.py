@@ -49,7 +49,7 @@ def test_keyboard_verdicts_store_right_chosen_and_rejected(qtbot, label_window, 
     ctx, win, page = label_window
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([]))  # distinct readable answers
     monkeypatch.setattr(lc, "stream_generate_batch", scripted_batch_stream())  # ... for the queue too
-    page.controller._drop_queued()  # the tiny model's random bytes may hold a "\r" the pane shows as "\n"
+    page.controller.queue.drop()  # the tiny model's random bytes may hold a "\r" the pane shows as "\n"
     page.controller.regenerate()
     seen = []
     for key, verdict in [(Qt.Key.Key_1, "left"), (Qt.Key.Key_2, "right"), (Qt.Key.Key_3, "tie"),
@@ -88,7 +88,7 @@ def test_undo_removes_exactly_the_last_verdict(qtbot, label_window):
 def test_html_and_angle_brackets_show_literally(qtbot, label_window, monkeypatch):
     ctx, win, page = label_window
     evil = ["<img src=x onerror=alert(1)>", "if a<b and c>d: <b>bold</b>"]
-    page.controller._drop_queued()
+    page.controller.queue.drop()
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([evil] * 10))
     page.controller.regenerate()
     qtbot.waitUntil(lambda: page.controller.current.done and page.controller.current.texts == evil, timeout=10_000)
@@ -102,7 +102,7 @@ def test_html_and_angle_brackets_show_literally(qtbot, label_window, monkeypatch
 def test_streamed_text_appears_before_generation_ends(qtbot, label_window, monkeypatch):
     ctx, win, page = label_window
     long = [" ".join(f"w{i}" for i in range(40)), " ".join(f"v{i}" for i in range(40))]
-    page.controller._drop_queued()
+    page.controller.queue.drop()
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([long] * 10, delay=0.01))
     partial = []
 
@@ -126,8 +126,8 @@ def test_prefetch_shows_next_pair_without_waiting(qtbot, label_window):
     ctx, win, page = label_window
     c = page.controller
     wait_ready(qtbot, page)
-    qtbot.waitUntil(lambda: len(c.queue) >= 1 and c.queue[0].done, timeout=30_000)
-    nxt = c.queue[0]
+    qtbot.waitUntil(lambda: len(c.queue.pairs) >= 1 and c.queue.pairs[0].done, timeout=30_000)
+    nxt = c.queue.pairs[0]
     qtbot.keyClick(page, Qt.Key.Key_1)
     assert c.current is nxt and c.current.done  # shown at once, no new generation wait
     assert page.buttons["left"].isEnabled()
@@ -135,7 +135,7 @@ def test_prefetch_shows_next_pair_without_waiting(qtbot, label_window):
 
 def test_identical_samples_are_sampled_again(qtbot, label_window, monkeypatch):
     ctx, win, page = label_window
-    page.controller._drop_queued()
+    page.controller.queue.drop()
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([["same", "same"], ["one", "two"]]))
     page.controller.regenerate()
     qtbot.waitUntil(lambda: page.controller.current.done, timeout=10_000)
@@ -174,16 +174,16 @@ def test_leaving_the_page_leaves_the_worker_to_the_other_pages(qtbot, label_wind
     monkeypatch.setattr(lc, "stream_generate_batch", scripted_batch_stream())
     c = page.controller
     wait_ready(qtbot, page)
-    qtbot.waitUntil(lambda: c.queue and all(p.done for p in c.queue), timeout=30_000)
+    qtbot.waitUntil(lambda: c.queue.pairs and all(p.done for p in c.queue.pairs), timeout=30_000)
     win.show_page("Compare")
-    assert not page.isVisible() and c.paused
+    assert not page.isVisible() and c.queue.paused
     batches = []
-    monkeypatch.setattr(c, "_sample", lambda *pairs: batches.append(pairs))
+    monkeypatch.setattr(c.queue, "sample", lambda *pairs: batches.append(pairs))
     ctx.activeModelChanged.emit(ctx.model_ref)  # what following a finished run does
-    assert not c.queue and not batches  # the queue from the old model is dropped, nothing sampled
+    assert not c.queue.pairs and not batches  # the queue from the old model is dropped, nothing sampled
     win.show_page("Label")
-    assert page.isVisible() and not c.paused
-    assert len(batches) == 1 and len(c.queue) == len(batches[0]) > 0  # refilled now, in one batch
+    assert page.isVisible() and not c.queue.paused
+    assert len(batches) == 1 and len(c.queue.pairs) == len(batches[0]) > 0  # refilled now, in one batch
 
 
 def test_buttons_and_help_lines_are_written_from_the_key_map(qtbot, label_window):
@@ -231,7 +231,7 @@ def test_e_opens_the_editor_and_its_answer_is_stored(qtbot, label_window, monkey
 
     monkeypatch.setattr(WriteBetterDialog, "exec", accept)
     monkeypatch.setattr(lc, "stream_generate", scripted_stream([["The left one.", "The right one."]]))
-    page.controller._drop_queued()  # the tiny model's random bytes may hold a "\r" the editor shows as "\n"
+    page.controller.queue.drop()  # the tiny model's random bytes may hold a "\r" the editor shows as "\n"
     page.controller.regenerate()
     wait_ready(qtbot, page)
     pair = page.controller.current

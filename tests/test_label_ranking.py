@@ -25,7 +25,7 @@ def ranking_window(qtbot, tmp_path, tiny_model_dir, monkeypatch):
     ctx, win = create_window(tmp_path / "p.sqlite", str(tiny_model_dir), device="cpu")
     qtbot.addWidget(win)
     page = win.pages["Label"]
-    page.controller.prefetch = 0  # one prompt at a time keeps the scripted answers in order
+    page.controller.queue.prefetch = 0  # one prompt at a time keeps the scripted answers in order
     win.show()
     page.mode_box.setCurrentIndex(page.mode_box.findData("ranking"))
     yield ctx, page, calls

@@ -141,7 +141,7 @@ def test_a_verdict_that_cannot_be_saved_is_not_acknowledged_and_the_window_says_
     from PySide6.QtWidgets import QMessageBox
 
     from app.main import create_window
-    from app.controllers.label_controller import PendingPair
+    from app.controllers.label_queue import PendingPair
     from dpo_engine.generate import GenerationSettings
 
     ctx, window = create_window(tmp_path / "p.dpo", str(tiny_model_dir), "cpu")

@@ -79,6 +79,7 @@ def make_host(project, model_ref="model-a"):
     host.project, host.model_ref, host.base_model_ref = project, model_ref, model_ref
     host.models = MagicMock()
     host.comparisonsChanged, host.activeModelChanged, host.saveFailed = MagicMock(), MagicMock(), MagicMock()
+    host.modelStateChanged = MagicMock()
     host.jobs = []
 
     def submit(name, factory):
@@ -411,9 +412,9 @@ def comparisons(project):
 def test_label_judges_only_complete_pairs_then_shows_the_prefetched_one(label):
     host, controller, shown, ready, messages = label
     controller.start()
-    assert len(host.jobs) == 2 and shown[0].prompt_id == controller.current.prompt_id and len(controller.queue) == 1
+    assert len(host.jobs) == 2 and shown[0].prompt_id == controller.current.prompt_id and len(controller.queue.pairs) == 1
     assert not controller.judge("left") and "still being written" in messages[-1]
-    first, second = controller.current, controller.queue[0]
+    first, second = controller.current, controller.queue.pairs[0]
     run_all(host)
     assert first.done and second.done and ready == [first]
     assert first.texts == ["answer 0 left", "answer 0 right"] and first.prompt_text == "First prompt"
@@ -436,7 +437,7 @@ def test_label_undo_removes_the_last_verdict_and_shows_its_pair_again(label):
     second = controller.current
     assert controller.undo()
     assert comparisons(host.project) == [] and controller.progress().session == 0
-    assert controller.current is first and shown[-1].prompt_id == first.prompt_id and controller.queue[0] is second
+    assert controller.current is first and shown[-1].prompt_id == first.prompt_id and controller.queue.pairs[0] is second
     assert host.comparisonsChanged.emit.call_count == 2
     assert not controller.undo()  # nothing left to undo
 
@@ -559,19 +560,19 @@ def test_label_samples_the_queue_in_one_batch_and_tops_it_up_half_at_a_time(qapp
     controller = LabelController(host, prefetch=4, seed=0)
     controller.start()
     # the pair to show now is sampled alone; the four queued ones in one batch of 8 answers
-    assert len(host.jobs) == 2 and len(controller.queue) == 4
+    assert len(host.jobs) == 2 and len(controller.queue.pairs) == 4
     run_all(host)
-    assert [len(prompts) for _, prompts, _ in calls] == [8] and all(p.done for p in controller.queue)
+    assert [len(prompts) for _, prompts, _ in calls] == [8] and all(p.done for p in controller.queue.pairs)
     assert controller.judge("left") and not host.jobs  # one place free, three ready: wait for more places
     assert controller.judge("right") and len(host.jobs) == 1  # half the queue free: one batch for both
     assert controller.judge("tie") and len(host.jobs) == 1  # a batch is being written: the next one waits
     run_all(host)
     assert [len(prompts) for _, prompts, _ in calls] == [8, 4]
-    assert len(controller.queue) == 3 and all(p.done for p in controller.queue)
+    assert len(controller.queue.pairs) == 3 and all(p.done for p in controller.queue.pairs)
     assert controller.judge("left") and len(host.jobs) == 1  # half free again
     run_all(host)
     assert [len(prompts) for _, prompts, _ in calls] == [8, 4, 4]
-    shown = [controller.current, *controller.queue]
+    shown = [controller.current, *controller.queue.pairs]
     assert len(shown) == 5 and len({p.prompt_id for p in shown}) == 5
 
 
@@ -598,16 +599,16 @@ def test_a_first_session_samples_half_the_starting_queue_with_the_first_pair(qap
     lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=3)
     host = make_host(fresh_db)
     controller = lc.LabelController(host, seed=0)
-    assert controller.prefetch is None  # the default: sized by the pace
+    assert controller.queue.prefetch is None  # the default: sized by the pace
     ready = []
     controller.pairReady.connect(lambda: ready.append(controller.current))
     controller.start()
-    assert len(host.jobs) == 1 and len(controller.queue) == 3  # one job: 4 prompts, 8 answers
+    assert len(host.jobs) == 1 and len(controller.queue.pairs) == 3  # one job: 4 prompts, 8 answers
     assert controller.current is not None and not controller.current.done
     clock[0] += 9.0
     host.jobs.pop(0).run()
     assert [len(prompts) for _, prompts, _ in calls][0] == 8
-    assert ready == [controller.current] and all(p.done for p in list(controller.queue)[:3])
+    assert ready == [controller.current] and all(p.done for p in list(controller.queue.pairs)[:3])
     for _ in range(3):  # three verdicts, each shows a pair that is ready at once
         clock[0] += 4.0
         assert controller.judge("left") and ready[-1] is controller.current and controller.current.done
@@ -615,32 +616,39 @@ def test_a_first_session_samples_half_the_starting_queue_with_the_first_pair(qap
 
 def test_label_queue_grows_from_the_first_batch_measured(qapp, fresh_db, monkeypatch):
     """The default queue follows the measured pace, from the first batch on: a slow batch
-    and quick verdicts make it longer (a fixed 8 left the person waiting on a 2-core AVX2
-    CPU, bench/README.md), sized before the person has read the first batch's pairs."""
+    and quick verdicts make its batches bigger (a fixed 8 left the person waiting on a 2-core
+    AVX2 CPU, bench/README.md), sized before the person has read the first batch's pairs, and
+    filled one batch at a time. The sampler here is that CPU's: 26 s + 1.1 s an answer (128
+    tokens of the default model in fp32: 28 s for 1 pair, 62 s for 16)."""
     lc, clock, calls = paced_label(fresh_db, monkeypatch, prompts=60, batches=5)
     host = make_host(fresh_db)
     controller = lc.LabelController(host, seed=0)
     controller.start()
-    assert len(controller.queue) == 3 and controller._ahead() == 8  # nothing measured yet: the old fixed queue
-    clock[0] += 37.0  # the first batch, 4 pairs, took 37 s (the AVX2 CPU in fp32)
+    assert len(controller.queue.pairs) == 3 and controller.queue.ahead() == 8  # nothing measured yet: the old fixed queue
+    clock[0] += 34.8  # the first batch, 4 pairs: 26 + 8 x 1.1
     host.jobs.pop(0).run()
-    # measured at once: half a queue must outlast a batch, 1.25 * 37 s / 4 s (the first guess
-    # of the person's pace) = 11.6 -> 12 prompts, x 2 = 24; the 21 more in one batch, now
-    assert controller.pace.batch_s == 37.0 and controller._ahead() == 24
-    assert len(controller.queue) == 24 and len(host.jobs) == 1
+    # measured at once, one size only: 4% of the fixed time an answer, 34.8 / 1.32 = 26.4 s
+    # fixed and 1.05 s an answer. n pairs read at 4 s (the first guess) outlast the next n when
+    # 4 n >= 1.25 (26.4 + 2.1 n): n >= 24.2, over the cap of 16 pairs (32 answers) a batch
+    assert controller.queue.pace.batch_s == pytest.approx(34.8) and controller.queue.ahead() == 32
+    assert len(controller.queue.pairs) == 3 + 16 and len(host.jobs) == 1  # one batch, not all 29 free places
     clock[0] += 3.0
-    assert controller.judge("left")  # a quicker person: 1.25 * 37 / 3 = 15.4 -> 16 x 2 = 32, the cap
-    assert controller.pace.verdict_s == 3.0 and controller._ahead() == 32
+    assert controller.judge("left")
+    assert controller.queue.pace.verdict_s == 3.0 and controller.queue.ahead() == 32
     assert len(host.jobs) == 1  # a batch is being written: the next one waits for it
     for _ in range(3):
         clock[0] += 5.0  # a slower person than the first verdict said
         assert controller.judge("left")
-    assert 4.0 < controller.pace.verdict_s < 5.0
-    clock[0] += 10.0  # that batch took 28 s in all: 1.25 * 28 / 4.31 = 8.1 -> 9 prompts, x 2
+    assert 4.0 < controller.queue.pace.verdict_s < 5.0
+    clock[0] += 61.2 - 18.0  # that batch took 26 + 32 x 1.1 = 61.2 s in all
     host.jobs.pop(0).run()
-    assert [len(prompts) // 2 for _, prompts, _ in calls] == [4, 21]
-    assert controller.pace.batch_s == 28.0 and controller._ahead() == 18
-    assert len(controller.queue) == 20 and not host.jobs  # 20 ready, more than the queue needs: no batch
+    # two sizes measured: the line through them is the sampler's, exactly
+    fixed, per_row = controller.queue.pace.batch_time()
+    assert fixed == pytest.approx(26.0) and per_row == pytest.approx(1.1)
+    # 4.31 s a verdict: n >= 1.25 x 26 / (4.31 - 1.25 x 2.2) = 20.8, still the cap; 15 ready,
+    # 17 places free: the next 16 in one batch
+    assert controller.queue.ahead() == 32 and len(host.jobs) == 1 and len(controller.queue.pairs) == 15 + 16
+    assert [len(prompts) // 2 for _, prompts, _ in calls] == [4, 16]
 
 
 def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypatch, tmp_path):
@@ -655,29 +663,30 @@ def test_a_new_session_starts_with_the_remembered_queue(qapp, fresh_db, monkeypa
     host.jobs.pop(0).run()  # nothing known: half the starting queue, 4 pairs, in 46 s
     clock[0] += 3.0
     assert first.judge("left")  # 1.25 * 46 / 3 = 19.2 -> 20 x 2 = 40, capped at 32
-    assert first._ahead() == 32 and memory.exists()
+    assert first.queue.ahead() == 32 and memory.exists()
 
     again = make_host(fresh_db)  # the app opened again
     second = lc.LabelController(again, seed=1, pace_memory=memory)
     second.start()
-    assert second.pace.batch_s == 46.0 and second.pace.verdict_s == 3.0 and second._ahead() == 32
+    assert second.queue.pace.batch_s == 46.0 and second.queue.pace.verdict_s == 3.0 and second.queue.ahead() == 32
     # one job: the shown pair and 15 more, one batch of 32 answers; the other half waits for it
-    assert len(again.jobs) == 1 and second.current is not None and len(second.queue) == 15
+    assert len(again.jobs) == 1 and second.current is not None and len(second.queue.pairs) == 15
     assert not second.current.done
     clock[0] += 60.0
-    first_half = [second.current, *second.queue]
+    first_half = [second.current, *second.queue.pairs]
     again.jobs.pop(0).run()
     assert len(calls[-1][1]) == 32 and all(p.done for p in first_half)
-    # written: the batch is measured (60 s; 1.25 * 60 / 3 -> still the cap), and the other
-    # half, 17 with the pair on screen, is sampled now while the person reads the first
-    assert second.pace.batch_s == 60.0 and second._ahead() == 32
-    assert len(again.jobs) == 1 and len(second.queue) == 32
-    assert [p.done for p in second.queue] == [True] * 15 + [False] * 17
-    shown = [second.current, *second.queue]
+    # written: the batch is measured (60 s for 32 answers beside 46 s for 8: 41.3 s + 0.58 s
+    # an answer, n >= 1.25 x 41.3 / (3 - 1.25 x 1.17) = 34 -> still the cap), and the next
+    # batch, 16 of the 17 free places, is sampled now while the person reads the first
+    assert second.queue.pace.batch_s == 60.0 and second.queue.ahead() == 32
+    assert len(again.jobs) == 1 and len(second.queue.pairs) == 31
+    assert [p.done for p in second.queue.pairs] == [True] * 15 + [False] * 16
+    shown = [second.current, *second.queue.pairs]
     assert len({p.prompt_id for p in shown}) == len(shown)  # no prompt twice
 
 
 def test_a_fixed_prefetch_still_wins_over_the_pace(label):
     host, controller, *_ = label  # prefetch=1: tests and screenshots keep their queue
-    controller.pace.batch_written(100.0)
-    assert controller._ahead() == 1
+    controller.queue.pace.batch_written(100.0, 8)
+    assert controller.queue.ahead() == 1

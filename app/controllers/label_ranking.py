@@ -7,15 +7,12 @@ shows of them is a frozen `RankingState`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QObject, Signal
 
+from app.controllers.label_queue import PendingPair
 from app.controllers.rounds import RoundHost
 from dpo_engine.ranking import complete_ranking, rank_levels
-
-if TYPE_CHECKING:
-    from app.controllers.label_controller import PendingPair
 
 
 class RankingDraft:

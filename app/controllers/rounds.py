@@ -6,7 +6,7 @@ Both pages run the same loop. A `PromptSource` gives the next prompt (typed ones
 the controller makes a `Round` with one model ref per side; `sample_round` submits the
 streaming jobs and applies their events to the round, side by side; the person's verdict
 (one of `dpo_engine.store.schema.VERDICTS`) is committed to the project file. The
-controllers (`label_controller`, `compare_controller`) wire these to their signals.
+controllers (`label_queue`, `compare_controller`) wire these to their signals.
 `sample_rounds` writes several rounds at once (Label's queue of prompts sampled ahead): one
 batched job per model, each round done as soon as its own answers are.
 
@@ -49,6 +49,7 @@ class RoundHost(Protocol):
     models: Any  # loaded models by ref (a ModelCache); touched on the worker thread only
     comparisonsChanged: Any  # signal: verdicts were added or removed
     activeModelChanged: Any  # signal(ref)
+    modelStateChanged: Any  # signal(state, detail): "ready" once the active model is loaded
     saveFailed: Any  # signal(message): what `saves` slots report
 
     def submit(self, name: str, factory: Callable[[], Iterator[Any]]) -> Any:
