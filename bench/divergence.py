@@ -1,7 +1,7 @@
 """What a healthy run's weights and loss do per step, against a diverging one (--lr 1e3): the
 measurement behind `train.divergence`'s thresholds.
 
-    PYTHONPATH=. .venv/bin/python bench/divergence.py --runs tiny,tiny-lora,default,default-lora
+    .venv/bin/python -m bench.divergence --runs tiny,tiny-lora,default,default-lora
 
 Runs the trainer (`train.loop.train`) on learnable pairs (tests/train_helpers.make_pairs) at
 several learning rates, full fine-tune and LoRA, on the tiny test model and the default model, and after every optimizer step records the loss, the gradient norm before
@@ -14,15 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from bench.common import RESULTS
 
 
 def trainable_norm(model) -> float:
@@ -71,7 +69,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="tiny,tiny-lora", help="of tiny, tiny-lora, default, default-lora "
                         "(the default model is slow on a CPU), comma-separated")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "divergence.jsonl")
+    parser.add_argument("--out", type=Path, default=RESULTS / "divergence.jsonl")
     args = parser.parse_args()
     from dpo_engine._compat import quiet_transformers
     from dpo_engine.train import divergence

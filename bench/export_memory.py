@@ -72,7 +72,7 @@ def child(mode: str, model: Path, out: Path, quant: str) -> dict:
             time.sleep(0.02)
 
     from dpo_engine.export.gguf_file import write_gguf
-    from dpo_engine.export.source import find_source, load_merged_model, load_tokenizer_for_export, tensor_source
+    from dpo_engine.export.source import find_source, load_merged_model, load_tokenizer_for_export, open_tensors
     from dpo_engine.export.tensors import ModelTensors
 
     after_imports = proc_status_bytes("RssAnon")
@@ -83,7 +83,7 @@ def child(mode: str, model: Path, out: Path, quant: str) -> dict:
         loaded = load_merged_model(source)
         tensors, config = ModelTensors(loaded), loaded.config
     else:
-        tensors, config = tensor_source(source)
+        tensors, config = open_tensors(source)
     size = write_gguf(tensors, config, load_tokenizer_for_export(source), out, quant)
     seconds = time.perf_counter() - start
     stop.set()

@@ -34,7 +34,7 @@ from dpo_engine.export.gguf_vocab import check_tokenizer
 from dpo_engine.export.hf import check_adapter, write_hf_folder, write_peft_folder
 from dpo_engine.export.ollama import adapter_modelfile, create_command, modelfile, ollama_model_of, ollama_name
 from dpo_engine.export.source import (ExportSource, adapter_config_folder, check_adapter_fits,
-                                      load_tokenizer_for_export, local_folder, merged_model_events, tensor_source)
+                                      load_tokenizer_for_export, local_folder, merged_model_events, open_tensors)
 from dpo_engine.iters import mapped
 
 # what the tokenizer, the metadata and the header add to a GGUF's tensors is at most the size of
@@ -63,7 +63,7 @@ class Reads:
     @cached_property
     def weights(self) -> tuple:
         """(a TensorReader, the config) of the whole model, a LoRA adapter merged per tensor."""
-        return tensor_source(self.source, lazy_only=self.lazy)
+        return open_tensors(self.source, lazy_only=self.lazy)
 
     @cached_property
     def tokenizer(self):

@@ -223,7 +223,7 @@ def adapter_config_folder(source: ExportSource) -> Path:
     return folder
 
 
-def tensor_source(source: ExportSource, lazy_only: bool = False):
+def open_tensors(source: ExportSource, lazy_only: bool = False):
     """(tensors, config) for a streaming writer: the safetensors files read one tensor at a time (a LoRA
     adapter merged into each weight as it is read), or the loaded model where the files are not local
     (`lazy_only`: refuse instead of loading)."""
