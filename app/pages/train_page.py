@@ -225,8 +225,8 @@ class TrainPage(QWidget):
         """A LoRA run's frozen base: in the compute precision, or 4-bit NF4 where bitsandbytes runs
         (greyed with the reason where it does not)."""
         base = QComboBox()
-        base.addItem("compute precision (bf16 or fp32)", 0)
-        base.addItem("4-bit NF4 (bitsandbytes)", 4)
+        base.addItem("bf16 or fp32", 0)
+        base.addItem("4-bit NF4", 4)
         reason = self.controller.four_bit_reason()
         if reason:
             item = base.model().item(1)
