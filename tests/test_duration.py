@@ -40,9 +40,9 @@ def step(n: int, elapsed: float) -> StepEvent:
 def test_a_run_s_phases_are_timed_from_its_events_and_estimate_its_own_time(monkeypatch):
     """A run of 4 steps: 3 s of loading, a reference pass of 4 batches of 2 pairs at 1 s a batch,
     then 2 s a step. The clock sees the pass's pace from its batches after the first (the first
-    one's start is hidden behind the load) and splits the time before the loop accordingly:
-    setup 3 s, reference 4 s; the loop 8 s over the 4 steps' characters. The estimate of the
-    same work is the run's own time, 15 s."""
+    one's start is hidden behind the load), the loop's from the steps after the first (6 s for 3
+    steps of 2 kchars), and counts the rest as fixed: 3 s. The estimate of the same work is the
+    run's own time, 15 s."""
     now = [0.0]
     monkeypatch.setattr(duration.time, "perf_counter", lambda: now[0])
     work = RunWork(steps=4, trained_kchars=8.0, scored_kchars=2.0)
@@ -54,7 +54,7 @@ def test_a_run_s_phases_are_timed_from_its_events_and_estimate_its_own_time(monk
         now[0] = 7.0 + 2 * n
         clock.observe(step(n, elapsed=2.0 * n))
     now[0] = 15.0
-    clock.observe(TrainSummary("finished", 4, 4, 15.0, "out", "", 10.0, 0.5))
+    clock.observe(TrainSummary("finished", 4, 4, 15.0, "out", "", 10.0, 0.5))  # nothing after the last step
     speed = clock.speed()
     assert speed.setup_s == pytest.approx(3.0)
     assert speed.score_s_per_kchar == pytest.approx(4.0 / 2.0)
@@ -64,11 +64,29 @@ def test_a_run_s_phases_are_timed_from_its_events_and_estimate_its_own_time(monk
     assert estimate_seconds(bigger, speed) == pytest.approx(27.0)
 
 
+def test_what_a_run_does_once_stays_fixed_in_the_estimate(monkeypatch):
+    """A first step 5 s slower than the others (kernel warm-up) and 6 s of final eval and save after
+    the last step are fixed costs: a run of twice the steps does not pay them twice."""
+    now = [0.0]
+    monkeypatch.setattr(duration.time, "perf_counter", lambda: now[0])
+    clock = RunClock(RunWork(steps=4, trained_kchars=4.0, scored_kchars=1.0))
+    clock.observe(ReferenceProgress(4, 4, cached=True))
+    for n, t in enumerate((8.0, 9.0, 10.0, 11.0), start=1):  # 2 s of loading, then 6 s for step 1, 1 s each after
+        now[0] = t
+        clock.observe(step(n, elapsed=t - 2.0))
+    now[0] = 17.0
+    clock.observe(TrainSummary("finished", 4, 4, 17.0, "out", "", 10.0, 0.5))
+    speed = clock.speed()
+    assert speed.loop_s_per_kchar == pytest.approx(1.0) and speed.score_s_per_kchar is None
+    assert speed.setup_s == pytest.approx(2.0 + 5.0 + 6.0)
+    assert estimate_seconds(RunWork(8, 8.0, 2.0), speed) == pytest.approx(13.0 + 8.0)
+
+
 def test_too_short_a_run_measures_nothing(monkeypatch):
     clock = RunClock(RunWork(1, 1.0, 1.0))
     clock.observe(step(1, elapsed=1.0))
     clock.observe(TrainSummary("finished", 1, 1, 2.0, "out", "", 10.0, 0.5))
-    assert clock.speed() is None  # one step: its time is mostly the kernels warming up
+    assert clock.speed() is None  # one step: no pace between steps to time
 
 
 def test_speeds_are_kept_per_key_and_a_cached_reference_keeps_the_last_rate(tmp_path):

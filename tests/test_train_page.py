@@ -146,16 +146,16 @@ def test_the_page_says_how_long_a_run_will_take_once_a_run_here_measured_it(qtbo
     after one, "About m:ss" for the next run of the same settings (`train.duration`), longer
     for more epochs."""
     ctx, win, page = train_window
-    page.fields["epochs"].setValue(1)
+    page.fields["epochs"].setValue(3)  # steps enough to time the pace between them (train.duration.MIN_STEPS)
     assert "not measured here yet" in page.duration_label.text()
     with qtbot.waitSignal(page.controller.finished, timeout=180_000) as blocker:
         page.train_button.click()
     assert blocker.args[0].status == "finished"
     qtbot.waitUntil(lambda: not page.controller.running, timeout=30_000)
     page._on_plan_setting_changed()
-    one_epoch = page.duration_label.text()
-    assert one_epoch.startswith("About ") and "on this machine" in one_epoch
-    page.fields["epochs"].setValue(20)  # updates on the field's change
+    measured = page.duration_label.text()
+    assert measured.startswith("About ") and "on this machine" in measured
+    page.fields["epochs"].setValue(30)  # updates on the field's change
     minutes, seconds = page.duration_label.text().split()[1].split(":")
-    m1, s1 = one_epoch.split()[1].split(":")
+    m1, s1 = measured.split()[1].split(":")
     assert int(minutes) * 60 + int(seconds) > int(m1) * 60 + int(s1)
