@@ -149,7 +149,9 @@ class TrainController(QObject):
         self._stop = threading.Event()
         self.config: TrainConfig | None = None
         self.last_step = 0  # the current run's last optimizer step
+        self._pairs: dict[bool, tuple] = {}  # project_pairs by weight_rankings, until the labels change
         ctx.closing.connect(self._on_ctx_closing)
+        ctx.comparisonsChanged.connect(self._pairs.clear)
 
     def set_start_from(self, start_from: str) -> None:
         """"active" (continue from the model labeling samples from) or "base" (a fresh start)."""
@@ -242,15 +244,17 @@ class TrainController(QObject):
         the last run here of the same model and settings (`train.duration`); "" when nothing to train."""
         try:
             config = self.build_config(Path("-"), settings)
-            train, held = project_pairs(self.ctx.project, config)
         except DPOStudioError:
-            return ""
-        if not train:
             return ""
         speed = read_speed(speed_key(config))
         if speed is None:
             return ("How long: not measured here yet for this model and these settings; the first run "
                     "measures it, and the page says it before the next one.")
+        if config.weight_rankings not in self._pairs:  # every field change asks: read the pairs once
+            self._pairs[config.weight_rankings] = project_pairs(self.ctx.project, config)
+        train, held = self._pairs[config.weight_rankings]
+        if not train:
+            return ""
         seconds = estimate_seconds(run_work(config, train, held), speed)
         return f"About {clock_text(seconds)} on this machine (the speed of a run here on {speed.measured[:10]})."
 

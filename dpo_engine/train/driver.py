@@ -115,8 +115,9 @@ def drive(config: TrainConfig, *, project: str | Path | None = None,
                     _record(db, run_id, config, event)
                 clock.observe(event)
                 ended = isinstance(event, TrainSummary)
-                if ended and event.status != "failed" and clock.speed() is not None:
-                    write_speed(speed_key(config), clock.speed())
+                speed = clock.speed() if ended and event.status != "failed" else None
+                if speed is not None:
+                    write_speed(speed_key(config), speed)
                 yield event
         except BaseException as exc:  # a second Ctrl-C, a closed generator, an expected error or a bug
             if db is not None and not ended:

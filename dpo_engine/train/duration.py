@@ -80,10 +80,10 @@ def run_work(config: TrainConfig, pairs: Sequence[PreferencePair],
     n_train = len(pairs) - (0 if eval_pairs else held)
     per_epoch = steps_per_epoch(max(1, n_train), config.batch_size, config.grad_accum)
     steps = config.max_steps or config.epochs * per_epoch
-    mean = sum(map(pair_chars, pairs)) / max(1, len(pairs))
+    chars = sum(map(pair_chars, pairs))
     pairs_per_step = min(n_train, config.batch_size * config.grad_accum)
-    scored = sum(map(pair_chars, pairs)) + sum(map(pair_chars, eval_pairs or ()))
-    return RunWork(steps, steps * pairs_per_step * mean / 1000, scored / 1000)
+    scored = chars + sum(map(pair_chars, eval_pairs or ()))
+    return RunWork(steps, steps * pairs_per_step * chars / max(1, len(pairs)) / 1000, scored / 1000)
 
 
 def speed_key(config: TrainConfig) -> str:
