@@ -123,6 +123,7 @@ class LabelQueue(QObject):
         if self.paused:
             return None  # `resume` fills
         self.pace.use(self._sampler(), self._task())
+        self._cap_by_memory()  # before anything asks the pace how far ahead to sample
         first = None
         if not on_screen and not self.pairs:
             first = self._start()
@@ -217,6 +218,11 @@ class LabelQueue(QObject):
 
     def _batch_size(self) -> int:
         """Prompts in the next batch (`Pace.batch`), within the memory for their keys/values."""
+        return self.pace.batch(self.answers)
+
+    def _cap_by_memory(self) -> None:
+        """The pace's most answers a batch (`Pace.max_rows`): what the keys/values of the models
+        sampled now fit in the free memory."""
         device = getattr(self.ctx, "device", None)
         shapes = [self._shape(ref) for ref in self._models()]
         self.pace.max_rows = MAX_ROWS  # a shape or device unknown: only the queue's own ceiling
@@ -225,7 +231,6 @@ class LabelQueue(QObject):
             free = memory_budget(device.device)[0]
             self.pace.max_rows = min(kv_rows(s.layers, s.kv_dim or s.hidden, value_bytes,
                                              self.settings.max_new_tokens, free) for s in shapes)
-        return self.pace.batch(self.answers)
 
     def _task(self) -> str:
         """What a verdict's time depends on, the key of the person's remembered pace."""

@@ -31,7 +31,6 @@ estimate against the next run's real time.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -41,7 +40,7 @@ from typing import Sequence
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.paths import cache_dir, write_cache_json
 from dpo_engine.train.config import TrainConfig
-from dpo_engine.train.data import steps_per_epoch
+from dpo_engine.train.data import pair_groups, split_eval, steps_per_epoch
 from dpo_engine.train.events import ReferenceProgress, StepEvent, TrainSummary
 
 RECORD_VERSION = 2  # bump when what is measured changes, so old records are not used
@@ -76,8 +75,11 @@ def run_work(config: TrainConfig, pairs: Sequence[PreferencePair],
              eval_pairs: Sequence[PreferencePair] | None = None) -> RunWork:
     """The steps and characters of a run of `config` on these pairs, as the trainer counts them
     (`config.eval_fraction` held out when no eval pairs are given; all epochs or max_steps)."""
-    held = len(eval_pairs) if eval_pairs else math.floor(len(pairs) * config.eval_fraction)
-    n_train = len(pairs) - (0 if eval_pairs else held)
+    if eval_pairs:
+        n_train = len(pairs)
+    else:  # held out as the trainer holds out (rankings kept whole)
+        groups = pair_groups(pairs) if config.group_answers else None
+        n_train = len(split_eval(len(pairs), config.eval_fraction, config.seed, groups)[0])
     per_epoch = steps_per_epoch(max(1, n_train), config.batch_size, config.grad_accum)
     steps = config.max_steps or config.epochs * per_epoch
     chars = sum(map(pair_chars, pairs))
