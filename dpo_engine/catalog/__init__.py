@@ -49,17 +49,27 @@ def _guarded(source: str, where: object, read: Callable[[], list[CatalogEntry]])
         return [broken(f"{source}: {where}", source, str(where), f"cannot be listed: {exc}")]
 
 
-def with_fit(entry: CatalogEntry, free_bytes: int, device: str) -> CatalogEntry:
+def with_fit(entry: CatalogEntry, free_bytes: int, device: str, choice=None) -> CatalogEntry:
     """The entry with its verdict for `device` (none for a broken entry or an unknown size): the
-    run plan of the cheapest mode that fits, decided without measuring anything here."""
+    run plan of the cheapest mode that fits, decided without measuring anything here. `choice`:
+    the device and precision already picked for a whole listing (`catalog_choice`), so that the
+    CPU's flags and the precision record are read once, not once a model."""
     if not entry.usable or entry.shape is None or not entry.shape.parameters:
         return entry
     from dpo_engine import quant
     from dpo_engine.run_plan import PlanRequest, plan_run
 
     where = device.split(" ", 1)[0]  # "cuda:0 (NVIDIA H200)" names the device "cuda:0"
-    plan = plan_run(PlanRequest(where), entry.shape.parameters, free_bytes, measure=False)
+    plan = plan_run(PlanRequest(where), entry.shape.parameters, free_bytes, measure=False,
+                    choice=choice or catalog_choice(device))
     return entry.with_fit(fit_verdict(entry.shape, free_bytes, device, plan=plan, four_bit=quant.catalog_reason(where)))
+
+
+def catalog_choice(device: str):
+    """The device and precision the fit verdicts of a listing on `device` plan for (never measured)."""
+    from dpo_engine.devices import pick_device
+
+    return pick_device(device.split(" ", 1)[0], measure=False)
 
 
 def _dedupe(entries: list[CatalogEntry]) -> list[CatalogEntry]:
@@ -105,7 +115,8 @@ def iter_models(project: str | Path | None = None, folders: Sequence[str | Path]
         free_bytes, label = memory_budget(device)
     else:
         label = device if device != "auto" else "cpu"
-    entries = [with_fit(e, free_bytes, label) for e in _dedupe(found)]
+    choice = catalog_choice(label)
+    entries = [with_fit(e, free_bytes, label, choice) for e in _dedupe(found)]
     return Catalog(entries, label, free_bytes, seconds)
 
 
