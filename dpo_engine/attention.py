@@ -56,12 +56,6 @@ def fp32_attention_wanted(compute) -> bool:
     return compute.dtype == "bfloat16" and compute.torch_device.type == "cpu"
 
 
-def _transformers_model(model):
-    """The transformers model under a PEFT wrapper, or the model itself."""
-    get_base = getattr(model, "get_base_model", None)
-    return get_base() if callable(get_base) else model
-
-
 def use_fp32_attention(model, on: bool = True) -> bool:
     """Run `model`'s attention in fp32 from now on (FP32_SDPA), where it runs SDPA; a model on
     another implementation (eager for Gemma 2's soft-capping, flash on a GPU) is left as it is.
@@ -71,7 +65,9 @@ def use_fp32_attention(model, on: bool = True) -> bool:
     Returns:
         True when the model now runs FP32_SDPA.
     """
-    lm = _transformers_model(model)
+    from dpo_engine.logps import _causal_lm  # the transformers model under a PEFT wrapper
+
+    lm = _causal_lm(model)
     current = getattr(lm.config, "_attn_implementation", None)
     wanted = FP32_SDPA if on else "sdpa"
     if current not in ("sdpa", FP32_SDPA):

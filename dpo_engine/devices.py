@@ -93,10 +93,10 @@ def pick_device(device: str | None = None, dtype: str | None = None, measure: bo
     if dtype == "auto":
         dtype, why = _auto_precision(device, measure)
         return DeviceChoice(device, dtype, reason, why)
-    return DeviceChoice(device, dtype, reason, f"{_SHORT[dtype]}: {source}", _warning(device, dtype), True)
+    return DeviceChoice(device, dtype, reason, f"{SHORT[dtype]}: {source}", _warning(device, dtype), True)
 
 
-_SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
 def _device(device: str) -> tuple[str, str]:

@@ -33,13 +33,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from dpo_engine.attention import fp32_attention_wanted
-from dpo_engine.devices import DeviceChoice, pick_device
+from dpo_engine.devices import SHORT, DeviceChoice, pick_device
 
-SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 SCORING_SPARE = 1.2  # fp32 scoring weights need their 4 B a parameter and a fifth more (activations, allocator)
 # bench/scoring_precision.py, SmolLM2-135M and Gemma 3 270M on a CPU with avx512_bf16: bf16 moves a summed
-# log-prob by up to 5.8e-3 relative under autocast, 7.7e-3 with bf16 weights; only fp32 stays within SCORING_GOAL
-SCORING_GOAL = 1e-3
+# log-prob by up to 5.8e-3 relative under autocast, 7.7e-3 with bf16 weights; only fp32 stays within 1e-3
 SCORING_NOTE = ("fp32: scores stay within 1e-3 of fp32 only in fp32 (bf16 moves summed log-probs by up to "
                 "~6e-3; bench/README.md, Scoring precision)")
 FULL_WEIGHTS = "fp32: a full fine-tune keeps fp32 master weights (AdamW on bf16 weights loses small updates)"

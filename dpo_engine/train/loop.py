@@ -161,6 +161,7 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
                                         config.max_length, precision)
     batch = max(2, 2 * config.batch_size)  # no activations kept: twice the training batch fits
     ref = yield from _cached_reference(fingerprint, len(pairs), dist)
+    read_whole = _complete(ref)  # a complete verified cache: nothing to score, nothing to write back
     policy_is_reference = reference_ref == base_ref and (resume is None or config.lora is not None)
     if not _complete(ref) and not policy_is_reference:
         yield LogLine(f"Scoring {len(pairs)} pairs with the reference model {reference_ref}")
@@ -178,7 +179,7 @@ def _reference(config, data, ctx, device, precision, base_ref, reference_ref, re
         if not _complete(ref):
             yield LogLine(f"Scoring {len(pairs)} pairs with the reference (the starting model)")
             ref = yield from _score(loaded.model, pairs, ctx, batch, dist, ref, fingerprint)
-    if dist.is_main:
+    if dist.is_main and not read_whole:
         write_cache(fingerprint, ref)
     if not ref.complete:
         yield LogLine(f"Stop requested: the reference pass stopped at {int(ref.done.sum())} of {len(pairs)} pairs; "
