@@ -135,12 +135,13 @@ def adapter_misfit(adapter: Path, folder: Path) -> str | None:
             shapes = {key: tuple(fh.get_slice(key).get_shape()) for key in fh.keys()}
     except Exception as exc:  # safetensors raises its own error types for a damaged header
         raise ModelError(f"The LoRA adapter file {path} cannot be read ({exc}).") from None
+    names = set(base.names())
     for key, a in sorted(shapes.items()):
         if ".lora_A." not in key:
             continue
         weight = key.split(".lora_A.")[0].removeprefix("base_model.model.") + ".weight"
         b = shapes.get(key.replace(".lora_A.", ".lora_B."))
-        if weight not in base.names():
+        if weight not in names:
             return f"it changes {weight}, which the base does not have"
         w = base.shape(weight)
         if b is None or len(w) != 2 or len(a) != 2 or len(b) != 2 or (b[0], a[1]) != w or a[0] != b[1]:

@@ -234,9 +234,9 @@ def import_file(project: Project, path: str | Path, strict: bool = False) -> Imp
     if kind == "pairs":
         report.added, report.duplicates = project.import_pairs(values, source="import")
     else:
-        before = project.queries.counts().prompts
+        before = project.db["prompts"].count
         project.add_prompts(values, source=f"import:{Path(path).name}")
-        report.added = project.queries.counts().prompts - before
+        report.added = project.db["prompts"].count - before
         report.duplicates = len(values) - report.added
     return report
 
