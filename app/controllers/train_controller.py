@@ -105,6 +105,11 @@ class TrainSettings:
     start_from: str = "active"  # round 2+: continue from the active model (the last run's), on all data
     follow: bool = True  # after a run, label with its model (on-policy pairs for the next round)
 
+    @property
+    def lora_base_bits(self) -> int | None:
+        """The frozen base's bits as the trainer takes them: 4, or None (the compute precision; no LoRA)."""
+        return (self.base_bits or None) if self.lora else None
+
 
 def default_settings(device: str, n_pairs: int = 0) -> TrainSettings:
     """The one-button defaults: the engine's measured small-data settings for `n_pairs`
@@ -228,7 +233,7 @@ class TrainController(QObject):
         """The run plan of `settings` (the current ones by default), judged without measuring:
         what the page says under "Training on"; a DPOStudioError where the settings cannot run."""
         s = settings or self.settings
-        return plan_run(PlanRequest(s.device, s.dtype, lora=s.lora, base_bits=(s.base_bits or None) if s.lora else None,
+        return plan_run(PlanRequest(s.device, s.dtype, lora=s.lora, base_bits=s.lora_base_bits,
                                     checkpointing=bool(s.form.get("gradient_checkpointing"))), measure=False)
 
     def plan_text(self, settings: TrainSettings | None = None) -> str:
@@ -269,7 +274,7 @@ class TrainController(QObject):
         return TrainConfig(
             output_dir=str(output_dir), model=model, reference=reference, **form,
             lora=LoraSettings(rank=s.lora_rank, alpha=2 * s.lora_rank) if s.lora else None,
-            merge_lora=s.lora, device=s.device, dtype=s.dtype, base_bits=(s.base_bits or None) if s.lora else None,
+            merge_lora=s.lora, device=s.device, dtype=s.dtype, base_bits=s.lora_base_bits,
         )
 
     def start(self) -> bool:

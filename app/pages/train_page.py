@@ -266,8 +266,8 @@ class TrainPage(QWidget):
             self.fields[key].toggled.connect(self._on_plan_setting_changed)
         for key in ("base_bits", "dtype", "device"):
             self.fields[key].currentIndexChanged.connect(self._on_plan_setting_changed)
-        for key in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length"):
-            self.fields[key].valueChanged.connect(self._on_plan_setting_changed)
+        for key in ("epochs", "max_steps", "batch_size", "grad_accum", "max_length"):  # the run's length only
+            self.fields[key].valueChanged.connect(self._on_length_setting_changed)
 
     def showEvent(self, event) -> None:
         super().showEvent(event)
@@ -369,13 +369,15 @@ class TrainPage(QWidget):
         self._refresh_ready()
 
     def _on_plan_setting_changed(self, *_) -> None:
-        settings = self.read_settings()
-        self.plan_label.setText(self.controller.plan_text(settings))
-        self.duration_label.setText(self.controller.duration_text(settings))
+        self.plan_label.setText(self.controller.plan_text(self.read_settings()))
+        self._on_length_setting_changed()
+
+    def _on_length_setting_changed(self, *_) -> None:
+        self.duration_label.setText(self.controller.duration_text(self.read_settings()))
 
     def _on_controller_runsChanged(self) -> None:
         self._refresh_ready(keep_text=True)
-        self.duration_label.setText(self.controller.duration_text(self.read_settings()))  # a run just measured it
+        self._on_length_setting_changed()  # a run just measured its speed
 
     def _refresh_ready(self, *_, keep_text: bool = False) -> None:
         ready = self.controller.readiness()
