@@ -27,12 +27,11 @@ from typing import Callable, Generator, NamedTuple, Sequence
 import torch
 
 from dpo_engine.encoding import EncodedPair
-from dpo_engine.iters import drain
 from dpo_engine.models import ResolvedModel
 from dpo_engine.paths import cache_dir
 from dpo_engine.train.events import ReferenceProgress
 from dpo_engine.train.model import is_peft
-from dpo_engine.train.step import StepContext, policy_scores, score_batches
+from dpo_engine.train.step import StepContext, pair_logps, score_batches
 
 CACHE_FORMAT = "2"  # the file's layout: 2 added the metadata (checksum, version, fingerprint) and `done`
 KEEP_EVERY_S = 30.0  # a pass killed midway (kill -9, power) loses at most this much scoring; writing the
@@ -172,8 +171,10 @@ def compute_reference(model, pairs: Sequence[EncodedPair], ctx: StepContext, bat
             for idx in score_batches(pairs, ctx, batch_size):
                 if scores.done[idx].all():
                     continue
-                chosen, rejected = drain(policy_scores(model, pairs, ctx, batch_size, [idx]))
-                scores.chosen[idx], scores.rejected[idx], scores.done[idx] = chosen[idx], rejected[idx], True
+                with torch.no_grad():
+                    lp = pair_logps(model, [pairs[i] for i in idx], ctx)
+                scores.chosen[idx], scores.rejected[idx] = lp.chosen_logps.float().cpu(), lp.rejected_logps.float().cpu()
+                scores.done[idx] = True
                 if keep is not None and time.monotonic() - kept >= KEEP_EVERY_S:
                     keep(scores)
                     kept = time.monotonic()

@@ -158,12 +158,10 @@ def score_batches(pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: in
     return length_batches(pairs, batch_size)
 
 
-def policy_scores(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int,
-                  batches: Sequence[Sequence[int]] | None = None):
-    """Policy log-probs of many pairs without gradients (the reference pass, eval): yields pairs
-    done; returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`).
-    `batches` (default `score_batches`) limits it to those pairs: the others are left unset."""
-    batches = score_batches(pairs, ctx, batch_size) if batches is None else batches
+def policy_scores(model, pairs: Sequence[EncodedPair], ctx: StepContext, batch_size: int):
+    """Policy log-probs of many pairs without gradients (held-out eval): yields pairs done;
+    returns ((N,), (N,)) chosen/rejected on the CPU, input order (`logps.score_pairs`)."""
+    batches = score_batches(pairs, ctx, batch_size)
     result = yield from score_pairs(lambda batch: pair_logps(model, batch, ctx)[:2], pairs, batch_size, batches)
     return result[0], result[1]
 
