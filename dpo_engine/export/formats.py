@@ -25,7 +25,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dpo_engine.errors import ConfigError, ModelError
+from dpo_engine.errors import ConfigError, DPOStudioError, ModelError
 from dpo_engine.export.card import write_card
 from dpo_engine.export.facts import ProjectFacts
 from dpo_engine.export.gguf_file import QUANTS, check_supported, gguf_size, write_gguf_events
@@ -59,6 +59,18 @@ class Reads:
 
     def __init__(self, source: ExportSource, lazy: bool = False):
         self.source, self.lazy = source, lazy
+        self._misfit: dict[bool, DPOStudioError | None] = {}  # check_adapter_fits by `prepare`
+
+    def check_adapter_fits(self, prepare: bool) -> None:
+        """`source.check_adapter_fits`, read once for all the formats that ask (every format does)."""
+        if prepare not in self._misfit:
+            try:
+                check_adapter_fits(self.source, prepare=prepare)
+                self._misfit[prepare] = None
+            except DPOStudioError as exc:
+                self._misfit[prepare] = exc
+        if self._misfit[prepare] is not None:
+            raise self._misfit[prepare]
 
     @cached_property
     def weights(self) -> tuple:
@@ -113,7 +125,7 @@ class ExportFormat:
 
 def check_format(fmt: ExportFormat, reads: Reads, name: str) -> None:
     """Every precondition of `fmt` for this source; raises the reason it is refused."""
-    check_adapter_fits(reads.source, prepare=fmt.reads_base)  # an adapter of another model: in every format
+    reads.check_adapter_fits(fmt.reads_base)  # an adapter of another model: in every format
     fmt.check(reads, name)
 
 
