@@ -72,6 +72,8 @@ class RunPlan:
     checkpointing_reason: str = "off: not needed to fit"  # why on or off
     scoring: str = "float32"  # the precision of log-probs a person reads (eval, Compare's rewards)
     scoring_reason: str = SCORING_NOTE  # why
+    micro_batch: int | None = None  # pairs per micro-batch memory allows (the picker's fit); None: as configured
+    micro_batch_reason: str = "as configured"  # why
     warning: str = ""  # the requested precision runs poorly on this hardware: tell the person
     requested: bool = False  # the compute precision was named (flag, setting, DPO_STUDIO_DTYPE), not "auto"
 
@@ -111,8 +113,10 @@ class RunPlan:
         how = f"bf16 autocast over {base}" if self.compute != "float32" else (
             "float32" + (f" over {base}" if self.lora else ""))
         name = device_name or self.compute_choice().describe().rsplit(", ", 1)[0]
+        pairs = self.micro_batch
         return f"{name} in {how} ({self.compute_reason})" + ("; gradient checkpointing on" if self.checkpointing
-                                                             else "")
+                                                             else "") + (
+            f"; micro-batches of {pairs} pair{'s' if pairs > 1 else ''}" if pairs else "")
 
     def compute_choice(self) -> DeviceChoice:
         """The forward's device and precision (autocast)."""
@@ -129,11 +133,23 @@ class RunPlan:
         return DeviceChoice(self.device, self.scoring, self.device_reason, self.scoring_reason, warning,
                             self.requested)
 
-    def trained(self, lora: bool, base: str, checkpointing: bool, why: str) -> "RunPlan":
-        """This plan with a training mode chosen for memory (`catalog.fit.fit_verdict`), `why` its reason."""
+    def trained(self, lora: bool, base: str, checkpointing: bool, why: str, micro_batch: int | None = None
+                ) -> "RunPlan":
+        """This plan with a training mode chosen for memory (`catalog.fit.fit_verdict`), `why` its
+        reason; `micro_batch`: the pairs per micro-batch it fits with, where fewer than planned."""
         return dataclasses.replace(self, lora=lora, lora_reason=why if lora else self.lora_reason, base=base,
                                    base_reason=why if lora else FULL_WEIGHTS, checkpointing=checkpointing,
-                                   checkpointing_reason=why if checkpointing else self.checkpointing_reason)
+                                   checkpointing_reason=why if checkpointing else self.checkpointing_reason,
+                                   micro_batch=micro_batch,
+                                   micro_batch_reason=why if micro_batch else self.micro_batch_reason)
+
+    def effective_batch(self, batch_size: int, grad_accum: int) -> tuple[int, int]:
+        """(batch size, accumulation) for a configured `batch_size` x `grad_accum`: the plan's
+        micro-batch where it is smaller, with accumulation raised to keep at least the same
+        effective batch; else as configured."""
+        if not self.micro_batch or batch_size <= self.micro_batch:
+            return batch_size, grad_accum
+        return self.micro_batch, -(-batch_size * grad_accum // self.micro_batch)
 
 
 def fits_fp32(parameters: int, free_bytes: int) -> bool:

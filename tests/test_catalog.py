@@ -224,22 +224,26 @@ def test_training_memory_by_hand():
 
 
 def test_verdicts_move_with_free_memory():
-    """~Llama-3.2-1B on a CPU: checkpointed full fine-tuning (16 B a weight) still beats LoRA without
-    checkpointing, whose activations are larger; LoRA with checkpointing is the last resort."""
+    """~Llama-3.2-1B on a CPU: checkpointed full fine-tuning (16 B a weight), in micro-batches down to
+    1 pair, still beats LoRA without checkpointing, whose activations are larger; LoRA with
+    checkpointing in 1-pair micro-batches is the last resort."""
     shape = ModelShape(1_000_000_000, hidden=2048, layers=16, ffn=8192, vocab=128_256, kv_dim=512)
 
-    def total(lora, ckpt):
-        return fit_mod.training_memory(shape, lora=lora, checkpointed=ckpt).total
+    def total(lora, ckpt, pairs=4):
+        return fit_mod.training_memory(shape, lora=lora, batch_pairs=pairs, checkpointed=ckpt).total
 
     def at(total_bytes, delta):
         v = fit_verdict(shape, int(total_bytes / fit_mod.HEADROOM) + delta)
-        return v.verdict, v.gradient_checkpointing
+        return v.verdict, v.gradient_checkpointing, v.micro_batch
 
-    assert total(True, True) < total(False, True) < total(True, False) < total(False, False)
-    assert at(total(False, False), 10) == (FULL_FITS, False)
-    assert at(total(False, False), -10) == (FULL_FITS, True)
-    assert at(total(False, True), -10) == (LORA_ONLY, True)
-    assert at(total(True, True), -10) == (TOO_LARGE, False)
+    assert total(True, True, 1) < total(True, True) < total(False, True, 1) < total(False, True) \
+        < total(True, False) < total(False, False)
+    assert at(total(False, False), 10) == (FULL_FITS, False, 4)
+    assert at(total(False, False), -10) == (FULL_FITS, True, 4)
+    assert at(total(False, True), -10) == (FULL_FITS, True, 2)
+    assert at(total(False, True, 1), -10) == (LORA_ONLY, True, 4)
+    assert at(total(True, True), -10) == (LORA_ONLY, True, 2)
+    assert at(total(True, True, 1), -10) == (TOO_LARGE, False, 0)
     v = fit_verdict(shape, 64 * GiB, "cuda:0 (H200)", precision="bfloat16")
     assert v.full.activations < fit_mod.training_memory(shape, lora=False).activations  # bf16 autocast on CUDA
     assert v.explain().startswith(FULL_FITS + ": full fine-tune needs ~")
@@ -351,8 +355,10 @@ def test_gradient_checkpointing_is_asked_for_only_where_activations_decide():
     assert "with gradient checkpointing" in squeezed.explain()
     lora_ckpt = fit_mod.training_memory(big, lora=True, checkpointed=True)
     tight = fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) + 10)
-    assert (tight.verdict, tight.gradient_checkpointing) == (LORA_ONLY, True)
-    assert fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) - 10).verdict == TOO_LARGE
+    assert (tight.verdict, tight.gradient_checkpointing, tight.micro_batch) == (LORA_ONLY, True, 4)
+    smallest = fit_mod.training_memory(big, lora=True, batch_pairs=1, checkpointed=True)
+    assert fit_verdict(big, int(lora_ckpt.total / fit_mod.HEADROOM) - 10).micro_batch == 2
+    assert fit_verdict(big, int(smallest.total / fit_mod.HEADROOM) - 10).verdict == TOO_LARGE
 
 
 def test_an_ollama_blob_resolves_as_a_gguf_under_a_gguf_name(stores, tmp_path, monkeypatch):

@@ -51,31 +51,60 @@ def test_3b_class_models_train_with_lora_on_a_16gb_bf16_cpu(config, billions, tm
 
 
 def test_the_modes_in_order_as_memory_shrinks(tmp_path):
-    """Llama-3.2-1B in bf16: full fine-tune where everything fits, then checkpointing, then a bf16
-    LoRA base (without, then with checkpointing), then a 4-bit one (only where bitsandbytes
-    runs), then too large."""
+    """Llama-3.2-1B in bf16, as memory shrinks: a full fine-tune, then with checkpointing, then
+    checkpointed in smaller micro-batches (4 -> 2 -> 1 pair); then LoRA over a bf16 base in the same
+    steps; then over a 4-bit one (only where bitsandbytes runs); then too large. What is trained and
+    over which base changes the result, a micro-batch does not, so the micro-batch goes first."""
     shape = shape_of(LLAMA_3_2_1B, tmp_path)
 
     def mode(free: float, four_bit=None):
         v = fit_verdict(shape, int(free * GiB), "cuda:0", precision="bfloat16", four_bit=four_bit)
-        return v.mode, v.verdict, v.gradient_checkpointing
+        return v.mode, v.verdict, v.gradient_checkpointing, v.micro_batch
 
-    def need(lora, ckpt, base=None):
-        return fit_mod.training_memory(shape, lora, autocast_bytes=fit_mod.BF16_VALUE_BYTES, checkpointed=ckpt,
-                                       base=base).total / GiB
+    def need(lora, ckpt, base=None, pairs=4):
+        return fit_mod.training_memory(shape, lora, pairs, autocast_bytes=fit_mod.BF16_VALUE_BYTES,
+                                       checkpointed=ckpt, base=base).total / GiB
 
-    full, full_ckpt = need(False, False), need(False, True)
+    full, full_ckpt, full_ckpt_1 = need(False, False), need(False, True), need(False, True, pairs=1)
     lora, lora_ckpt, nf4_ckpt = need(True, False), need(True, True), need(True, True, "nf4")
-    assert nf4_ckpt < lora_ckpt < lora < full_ckpt < full
+    lora_ckpt_2, lora_ckpt_1 = need(True, True, pairs=2), need(True, True, pairs=1)
+    nf4_ckpt_2, nf4_ckpt_1 = need(True, True, "nf4", 2), need(True, True, "nf4", 1)
+    assert lora_ckpt_1 < lora_ckpt_2 < lora_ckpt < lora < full_ckpt_1 < full_ckpt < full
+    assert nf4_ckpt_1 < nf4_ckpt_2 < lora_ckpt_1 < nf4_ckpt  # a bf16 base in 1-pair micro-batches before 4-bit
     assert need(True, False, "nf4") > lora_ckpt  # at 4 x 512 tokens activations, not weights, decide
     room = 1 / fit_mod.HEADROOM
-    assert mode(full * room + 0.01) == ("full", FULL_FITS, False)
-    assert mode(full_ckpt * room + 0.01) == ("full+checkpointing", FULL_FITS, True)
-    assert mode(lora * room + 0.01) == ("LoRA bf16", LORA_ONLY, False)
-    assert mode(lora_ckpt * room + 0.01) == ("LoRA bf16", LORA_ONLY, True)
-    assert mode(nf4_ckpt * room + 0.01) == ("LoRA 4-bit", LORA_ONLY, True)
-    assert mode(nf4_ckpt * room + 0.01, four_bit="no bitsandbytes") == ("too large", TOO_LARGE, False)
-    assert mode(nf4_ckpt * room - 0.01)[0] == "too large"
+    assert mode(full * room + 0.01) == ("full", FULL_FITS, False, 4)
+    assert mode(full_ckpt * room + 0.01) == ("full+checkpointing", FULL_FITS, True, 4)
+    assert mode(full_ckpt_1 * room + 0.01) == ("full+checkpointing", FULL_FITS, True, 1)
+    assert mode(lora * room + 0.01) == ("LoRA bf16", LORA_ONLY, False, 4)
+    assert mode(lora_ckpt * room + 0.01) == ("LoRA bf16", LORA_ONLY, True, 4)
+    assert mode(lora_ckpt_2 * room + 0.01) == ("LoRA bf16", LORA_ONLY, True, 2)
+    assert mode(lora_ckpt_1 * room + 0.01) == ("LoRA bf16", LORA_ONLY, True, 1)
+    assert mode(nf4_ckpt_2 * room + 0.01) == ("LoRA 4-bit", LORA_ONLY, True, 2)
+    assert mode(nf4_ckpt_1 * room + 0.01) == ("LoRA 4-bit", LORA_ONLY, True, 1)
+    assert mode(nf4_ckpt_1 * room + 0.01, four_bit="no bitsandbytes") == ("too large", TOO_LARGE, False, 0)
+    assert mode(nf4_ckpt_1 * room - 0.01)[0] == "too large"
+
+
+def test_a_smaller_micro_batch_travels_in_the_plan_with_the_same_effective_batch(tmp_path):
+    """Where only 1-pair micro-batches fit, the plan says so, with its reason, and turns the Train
+    page's 4 x 2 into 1 x 8 (never a smaller effective batch; a form already small is left alone)."""
+    from dpo_engine.run_plan import PlanRequest, plan_run
+
+    shape = shape_of(LLAMA_3_2_1B, tmp_path)
+    budget = fit_mod.training_memory(shape, True, 1, autocast_bytes=fit_mod.BF16_VALUE_BYTES, checkpointed=True,
+                                     base="bf16").total / fit_mod.HEADROOM + 2**20
+    v = fit_verdict(shape, int(budget), "cpu", four_bit="no", plan=plan_run(PlanRequest("cpu", "bfloat16"),
+                                                                              measure=False))
+    assert (v.mode, v.micro_batch, v.plan.micro_batch, v.plan.checkpointing) == ("LoRA bf16", 1, 1, True)
+    assert "in micro-batches of 1 pair fits" in v.plan.micro_batch_reason and "micro-batches of 1 pair" in v.explain()
+    assert "micro-batches of 1 pair" in v.plan.describe("cpu")
+    assert v.plan.effective_batch(4, 2) == (1, 8)
+    assert v.plan.effective_batch(3, 3) == (1, 9) and v.plan.effective_batch(1, 5) == (1, 5)
+    roomy = fit_verdict(shape, 64 * GiB, "cpu", four_bit="no", plan=plan_run(PlanRequest("cpu", "bfloat16"),
+                                                                             measure=False))
+    assert roomy.plan.micro_batch is None and roomy.plan.effective_batch(4, 2) == (4, 2)
+    assert roomy.to_dict()["verdict"] == FULL_FITS
 
 
 def test_nf4_base_bytes_by_hand():
@@ -97,14 +126,17 @@ def test_the_head_estimate_is_one_chunk_not_every_logit(tmp_path):
                                                                 shape.ffn, 0, shape.kv_dim), 8, 2) + 4 * 256000 * 4 * 3
 
 
-def test_8b_on_a_24gb_gpu_needs_a_4bit_base(tmp_path):
-    """Llama-3.1-8B at the picker's batch (4 pairs x 512 tokens): 16 GB of bf16 weights leave too
-    little of 24 GB for the activations; a 4-bit base fits, and without bitsandbytes nothing does."""
+def test_8b_on_a_24gb_gpu_needs_a_4bit_base_or_small_micro_batches(tmp_path):
+    """Llama-3.1-8B: 16 GB of bf16 weights leave too little of 24 GB for the activations of the
+    picker's batch (4 pairs x 512 tokens), yet enough for 2-pair micro-batches with checkpointing;
+    20 GB leaves room only for a 4-bit base, and without bitsandbytes nothing fits there."""
     shape = shape_of(LLAMA_3_1_8B, tmp_path)
     v = fit_verdict(shape, 24 * GiB, "cuda:0", precision="bfloat16", four_bit=None)
-    assert (v.mode, v.base, v.gradient_checkpointing) == ("LoRA 4-bit", "nf4", True)
+    assert (v.mode, v.base, v.gradient_checkpointing, v.micro_batch) == ("LoRA bf16", "bf16", True, 2)
     assert v.lora.weights > 2 * shape.parameters  # the bf16 base alone
-    assert fit_verdict(shape, 24 * GiB, "cuda:0", precision="bfloat16", four_bit="no bitsandbytes").mode == "too large"
+    v = fit_verdict(shape, 20 * GiB, "cuda:0", precision="bfloat16", four_bit=None)
+    assert (v.mode, v.base, v.gradient_checkpointing, v.micro_batch) == ("LoRA 4-bit", "nf4", True, 4)
+    assert fit_verdict(shape, 20 * GiB, "cuda:0", precision="bfloat16", four_bit="no bitsandbytes").mode == "too large"
 
 
 # --------------------------------------------------------------------------- 4-bit availability

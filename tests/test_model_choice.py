@@ -68,10 +68,11 @@ def test_a_model_that_fits_only_with_lora_turns_lora_on_and_says_so(window):
 
 
 def test_the_pickers_lora_4bit_plan_reaches_the_train_config(qtbot, tmp_path, monkeypatch, picks):
-    """Llama-3.2-3B's shape on a (mocked) bf16 CUDA GPU with bitsandbytes and 12 GiB free: the picker's
-    fit is LoRA over a 4-bit base with checkpointing, and that plan travels through the window to the
-    TrainConfig the Train button builds (LoRA, checkpointing and base_bits=4). (12 GiB, not an 8 GB card:
-    at the picker's batch of 4 pairs x 512 tokens the estimate puts a 3B NF4 run at ~8.7 GiB.)"""
+    """Llama-3.2-3B's shape on a (mocked) 8 GB bf16 CUDA GPU with bitsandbytes: the picker's fit is
+    LoRA over a 4-bit base with checkpointing in micro-batches of 2 pairs (at 4 pairs x 512 tokens the
+    estimate is ~8.7 GiB, at 2 pairs ~6.0 of 7.2 usable), and that plan travels through the window to
+    the TrainConfig the Train button builds: LoRA, checkpointing, base_bits=4, and the page's 4 x 2
+    pairs as 2 x 4 (the same effective batch)."""
     import torch
 
     from dpo_engine import devices, quant
@@ -85,7 +86,7 @@ def test_the_pickers_lora_4bit_plan_reaches_the_train_config(qtbot, tmp_path, mo
     monkeypatch.delenv("DPO_STUDIO_DTYPE", raising=False)  # "auto": the GPU's bf16
     monkeypatch.setattr(quant, "catalog_reason", lambda device: None)  # bitsandbytes runs there
     shape = shape_of(LLAMA_3_2_3B)
-    free = 12 * GiB
+    free = 8 * GiB
     entry = CatalogEntry("Llama-3.2-3B", "folder", str(tmp_path / "llama-3.2-3b"), "safetensors", "llama",
                          shape.parameters, shape=shape)
     def listing(project=None, folders=(), device="cuda"):
@@ -101,9 +102,11 @@ def test_the_pickers_lora_4bit_plan_reaches_the_train_config(qtbot, tmp_path, mo
         train = win.pages["Train"]
         assert train.fields["lora"].isChecked() and train.fields["gradient_checkpointing"].isChecked()
         assert train.fields["base_bits"].currentData() == 4 and "4-bit" in win.state_label.text()
+        assert "batch size 2 x accumulation 4 (was 4 x 2)" in win.state_label.text()
         train.controller.settings = train.read_settings()
         config = train.controller.build_config(tmp_path / "out")
         assert (config.base_bits, config.lora is not None, config.gradient_checkpointing) == (4, True, True)
+        assert (config.batch_size, config.grad_accum) == (2, 4)
         assert "over a 4-bit frozen base" in train.controller.plan_text()
     finally:
         ctx.shutdown()

@@ -106,8 +106,8 @@ def test_lora_only_and_too_large_are_announced(qtbot, stores, tmp_path):
     path = write_gguf(tmp_path / "mid.gguf", vocab=64_000, hidden=256, layers=8, ffn=1024)
     probe = list_models(paths=[path], locations=Locations(), free_bytes=GiB, device="cpu", include_default=False)
     shape = probe.entries[0].shape
-    lora = fit_mod.training_memory(shape, lora=True, checkpointed=True).total
-    full = fit_mod.training_memory(shape, lora=False, checkpointed=True).total
+    lora = fit_mod.training_memory(shape, lora=True, batch_pairs=1, checkpointed=True).total
+    full = fit_mod.training_memory(shape, lora=False, batch_pairs=1, checkpointed=True).total  # the last full way
     assert lora < full
     between = int((lora + full) / 2 / fit_mod.HEADROOM)
     dialog = ModelPickerDialog(list_models(paths=[path], locations=Locations(), free_bytes=between, device="cpu",
@@ -116,7 +116,9 @@ def test_lora_only_and_too_large_are_announced(qtbot, stores, tmp_path):
     dialog.table.selectRow(0)
     plan = dialog.plan
     assert dialog.selected().fit.verdict == LORA_ONLY and plan.lora and plan.checkpointing and plan.base == "fp32"
-    assert "Only LoRA with gradient checkpointing fits" in dialog.lora_notice.text()
+    pairs = plan.micro_batch
+    assert pairs and f"Only LoRA with gradient checkpointing in micro-batches of {pairs} pair" in \
+        dialog.lora_notice.text()
     starved = ModelPickerDialog(list_models(paths=[path], locations=Locations(), free_bytes=GiB // 8, device="cpu",
                                             include_default=False))
     qtbot.addWidget(starved)

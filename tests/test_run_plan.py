@@ -70,7 +70,8 @@ def test_the_catalog_and_the_trainer_ask_the_same_rule_and_only_the_trainer_meas
 
 def test_the_fit_verdict_is_the_plan_of_the_mode_that_fits(gpu):
     """Llama-3.2-3B's shape on a bf16 GPU where bitsandbytes runs: a full fine-tune with plenty free;
-    LoRA over NF4 with checkpointing at 12 GiB, saying what did not fit; none at 4 GiB."""
+    LoRA over a bf16 base with checkpointing in 2-pair micro-batches at 12 GiB; over NF4 in 2-pair
+    micro-batches on an 8 GB card, saying what did not fit; none at 4 GiB."""
     from tests.test_fit_modes import LLAMA_3_2_3B, shape_of
 
     shape = shape_of(LLAMA_3_2_3B)
@@ -81,11 +82,15 @@ def test_the_fit_verdict_is_the_plan_of_the_mode_that_fits(gpu):
 
     roomy = fitted(200 * GiB)
     assert (roomy.mode, roomy.lora, roomy.checkpointing, roomy.scoring) == ("full", False, False, "float32")
-    tight = fitted(12 * GiB)
-    assert (tight.mode, tight.base_bits, tight.checkpointing) == ("LoRA 4-bit", 4, True)
-    assert tight.base_reason.startswith("LoRA 4-bit with checkpointing fits") and tight.base_reason.endswith(
-        "LoRA bf16 with checkpointing needs ~12.5 GiB")
-    assert tight.scoring == "bfloat16" and "fp32 weights do not fit" in tight.scoring_reason  # 12.0 GiB of fp32
+    bf16 = fitted(12 * GiB)
+    assert (bf16.mode, bf16.base_bits, bf16.checkpointing, bf16.micro_batch) == ("LoRA bf16", None, True, 2)
+    assert bf16.scoring == "bfloat16" and "fp32 weights do not fit" in bf16.scoring_reason  # 12.0 GiB of fp32
+    tight = fitted(8 * GiB)
+    assert (tight.mode, tight.base_bits, tight.checkpointing, tight.micro_batch) == ("LoRA 4-bit", 4, True, 2)
+    assert tight.base_reason.startswith("LoRA 4-bit with checkpointing in micro-batches of 2 pairs fits (6.0 GiB "
+                                        "of 7.2 GiB") and tight.base_reason.endswith(
+        "LoRA 4-bit with checkpointing needs ~8.7 GiB")  # the closest that did not fit: 4 pairs
+    assert tight.micro_batch_reason == tight.base_reason
     assert fitted(4 * GiB) is None
 
 

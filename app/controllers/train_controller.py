@@ -78,6 +78,8 @@ class ModelAdaptation:
     gradient_checkpointing: bool  # turn it on: it fits only with it
     base_bits: int | None  # 4: set the frozen base to 4-bit NF4, a bf16/fp32 base does not fit; None: leave it
     note: str  # what was changed, for the person ("" when nothing)
+    batch: tuple[int, int] | None = None  # (batch size, accumulation): smaller micro-batches, the same
+    # effective batch, where only they fit; None: leave them
 
 
 def clock_text(seconds: float) -> str:
@@ -209,19 +211,27 @@ class TrainController(QObject):
         return Readiness(reason, "Train" if n_round == 1 else f"Train round {n_round}",
                          reason or "Train on all usable pairs in the project", self.estimate().message, text)
 
-    def adaptation(self, choice, lora_on: bool, checkpointing_on: bool, base_bits_on: int | None = None
-                   ) -> ModelAdaptation:
+    def adaptation(self, choice, lora_on: bool, checkpointing_on: bool, base_bits_on: int | None = None,
+                   batch: tuple[int, int] | None = None) -> ModelAdaptation:
         """What the chosen model's plan (`ModelChoice.plan`: the picker's fit) needs turned on that
-        the form has off: LoRA, gradient checkpointing, a 4-bit base."""
+        the form has off: LoRA, gradient checkpointing, a 4-bit base, and smaller micro-batches
+        than the form's `batch` (batch size, accumulation), keeping its effective batch."""
         plan = choice.plan
-        lora = bool(plan and plan.lora) and not lora_on
-        checkpointing = bool(plan and plan.checkpointing) and not checkpointing_on
-        four_bit = 4 if plan and plan.base_bits == 4 and base_bits_on != 4 else None
-        notes = (["LoRA is on: a full fine-tune of this model does not fit in memory here"] if lora else []) + \
-                (["the frozen base is 4-bit (NF4): a bf16 base does not fit"] if four_bit else []) + \
-                (["gradient checkpointing is on: it fits only with it"] if checkpointing else [])
+        if plan is None:
+            return ModelAdaptation(False, False, None, "")
+        lora, checkpointing = plan.lora and not lora_on, plan.checkpointing and not checkpointing_on
+        four_bit = 4 if plan.base_bits == 4 and base_bits_on != 4 else None
+        smaller = plan.effective_batch(*batch) if batch else None
+        smaller = smaller if smaller != batch else None
+        notes = [text for on, text in (
+            (lora, "LoRA is on: a full fine-tune of this model does not fit in memory here"),
+            (four_bit, "the frozen base is 4-bit (NF4): a bf16 base does not fit"),
+            (checkpointing, "gradient checkpointing is on: it fits only with it"),
+            (smaller, smaller and f"batch size {smaller[0]} x accumulation {smaller[1]} (was {batch[0]} x {batch[1]}):"
+                                  f" only micro-batches of {smaller[0]} pair{'s' if smaller[0] > 1 else ''} fit"))
+            if on]
         text = "; ".join(notes) + "." if notes else ""
-        return ModelAdaptation(lora, checkpointing, four_bit, text[:1].upper() + text[1:])
+        return ModelAdaptation(lora, checkpointing, four_bit, text[:1].upper() + text[1:], smaller)
 
     def four_bit_reason(self) -> str:
         """Why the Train page cannot offer a 4-bit base on this device ("" where it can)."""

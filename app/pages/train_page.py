@@ -303,13 +303,17 @@ class TrainPage(QWidget):
         changed, for the person ("" when nothing)."""
         change = self.controller.adaptation(choice, self.fields["lora"].isChecked(),
                                             self.fields["gradient_checkpointing"].isChecked(),
-                                            self.fields["base_bits"].currentData())
+                                            self.fields["base_bits"].currentData(),
+                                            (self.fields["batch_size"].value(), self.fields["grad_accum"].value()))
         if change.lora:
             self.fields["lora"].setChecked(True)
         if change.gradient_checkpointing:
             self.fields["gradient_checkpointing"].setChecked(True)
         if change.base_bits:
             self.fields["base_bits"].setCurrentIndex(self.fields["base_bits"].findData(change.base_bits))
+        if change.batch:
+            self.fields["batch_size"].setValue(change.batch[0])
+            self.fields["grad_accum"].setValue(change.batch[1])
         if change.note:
             self._append_log(change.note)
         return change.note

@@ -80,11 +80,13 @@ def plan_notice(plan, entry: CatalogEntry | None) -> str:
         return ("Too large to train on this device even with LoRA; it can still answer prompts if it loads."
                 if too_large else "")
     ckpt = " with gradient checkpointing" if plan.checkpointing else ""
+    pairs = plan.micro_batch
+    ckpt += f" in micro-batches of {pairs} pair{'s' if pairs > 1 else ''}" if pairs else ""
     if plan.lora:
         base = " over a 4-bit (NF4) base" if plan.base == "nf4" else ""
         return f"Only LoRA{base}{ckpt} fits this model here: training will use it (turned on for you)."
     if ckpt:
-        return ("A full fine-tune fits only with gradient checkpointing (about 30% slower): it will be turned on "
+        return (f"A full fine-tune fits only{ckpt} (checkpointing is about 30% slower): it will be turned on "
                 "for you.")
     return ""
 

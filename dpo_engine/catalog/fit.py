@@ -100,22 +100,28 @@ class MemoryEstimate:
 
 @dataclass(frozen=True)
 class FitVerdict:
-    verdict: str  # FULL_FITS | LORA_ONLY | TOO_LARGE
+    mode: str  # one of MODES: how it trains here ("too large": no way)
     device: str  # the device the estimate is for ("cpu", "cuda:0 (NVIDIA H200)")
     budget: int  # bytes the step may use there (free memory x HEADROOM)
-    full: MemoryEstimate
+    full: MemoryEstimate  # a full fine-tune at `batch_pairs`, without checkpointing
     lora: MemoryEstimate  # LoRA over a base in the compute precision, without checkpointing
-    batch_pairs: int
+    batch_pairs: int  # the micro-batch the estimate plans for (the Train page's default)
     max_length: int
     gradient_checkpointing: bool = False  # the verdict holds only with gradient checkpointing on
     checkpointed_activations: int = 0  # activations with gradient checkpointing (either mode)
-    mode: str = ""  # one of MODES: how it trains here
     base: str = ""  # the stored weights of that mode: "fp32" (full; an fp32 LoRA base), "bf16", "nf4"
     precision: str = "float32"  # the compute precision the estimate assumed
     needed: int = 0  # bytes the chosen mode needs (0: none fits)
     four_bit: str = ""  # why 4-bit is not offered here ("" where it is)
     plan: "RunPlan | None" = None  # the mode that fits, as the run plan it trains with (None: none fits, or
     # the verdict was asked without a plan)
+    micro_batch: int = 0  # pairs per micro-batch the mode fits with: `batch_pairs`, or fewer (the same
+    # effective batch through more accumulation); 0: none fits
+
+    @property
+    def verdict(self) -> str:
+        """The coarse verdict, from the mode: FULL_FITS | LORA_ONLY | TOO_LARGE."""
+        return TOO_LARGE if self.mode in (NONE, "") else LORA_ONLY if self.mode.startswith("LoRA") else FULL_FITS
 
     def explain(self) -> str:
         """One line for a person: the verdict and the numbers behind it."""
@@ -123,6 +129,8 @@ class FitVerdict:
         if self.gradient_checkpointing:
             how = " with gradient checkpointing"
             acts = f" (activations ~{gib(self.full.activations)}, checkpointed ~{gib(self.checkpointed_activations)})"
+        if 0 < self.micro_batch < self.batch_pairs:
+            how += f" in micro-batches of {self.micro_batch} pair{'s' if self.micro_batch > 1 else ''}"
         what = self.verdict if self.mode in (FULL, FULL_CKPT, NONE, "") else f"{self.mode} fits"
         return (f"{what}{how}: full fine-tune needs ~{gib(self.full.total)}, LoRA ~{gib(self.lora.total)}"
                 f"{acts}; {gib(self.budget)} usable on {self.device} (batch {self.batch_pairs} pairs x "
@@ -130,6 +138,7 @@ class FitVerdict:
 
     def to_dict(self) -> dict:
         out = asdict(self)
+        out["verdict"] = self.verdict
         if self.plan is not None:
             out["plan"]["key"], out["plan"]["description"] = self.plan.key, self.plan.describe(self.device)
         out["full"]["total"] = self.full.total
@@ -197,53 +206,75 @@ def training_memory(shape: ModelShape, lora: bool, batch_pairs: int = DEFAULT_BA
 def fit_verdict(shape: ModelShape, free_bytes: int, device: str = "cpu", batch_pairs: int = DEFAULT_BATCH_PAIRS,
                 max_length: int = DEFAULT_MAX_LENGTH, precision: str = "float32",
                 four_bit: str | None = "bitsandbytes was not checked", plan: "RunPlan | None" = None) -> FitVerdict:
-    """The cheapest way that fits in HEADROOM of `free_bytes`, in this order: full fine-tune,
-    full with gradient checkpointing, LoRA over a base in the compute precision, the same with
-    checkpointing, LoRA over a 4-bit base (without, then with checkpointing); else too large.
-    (Checkpointing costs ~30% speed, so it is only asked for where activations make the
-    difference; 4-bit dequantises every weight at every use, so it comes last.)
+    """The cheapest way that fits in HEADROOM of `free_bytes`. The ways, in order: a full
+    fine-tune, then LoRA over a base in the compute precision, then LoRA over a 4-bit base; each
+    first as asked, then with gradient checkpointing, then checkpointed in smaller micro-batches
+    (`batch_pairs` halved down to 1 pair: `_micro_batches`); else too large.
+    (What is trained, and over which base, changes the result, so a smaller micro-batch, which
+    keeps the effective batch through accumulation and the same math, is tried before the next
+    kind; checkpointing first, since it saves most memory for ~30% speed; 4-bit dequantises
+    every weight at every use and rounds the base, so it comes last.)
 
     Args:
+        batch_pairs: the micro-batch planned for (the Train page's default).
         precision: the compute precision ("bfloat16" halves activations and a LoRA base); a
             `plan`'s compute precision wins over it.
         four_bit: why a 4-bit base cannot be used here, or None where it can
             (`dpo_engine.quant.catalog_reason`).
         plan: the device and precisions decided (`run_plan.plan_run`); the verdict carries it back
-            with the mode that fits.
+            with the mode that fits, and its micro-batch where smaller than `batch_pairs`.
     """
     precision = plan.compute if plan is not None else precision
     value_bytes = BF16_VALUE_BYTES if precision == "bfloat16" else 4
     budget = int(free_bytes * HEADROOM)
-    sized = [(mode, lora, ckpt, base, training_memory(shape, lora, batch_pairs, max_length, value_bytes, ckpt,
-                                                      base if lora else None))
-             for mode, lora, ckpt, base in _modes(precision, four_bit is None)]
-    mode, lora, ckpt, base, memory = next((o for o in sized if o[4].total <= budget), (NONE, False, False, "", None))
-    verdict = TOO_LARGE if mode == NONE else LORA_ONLY if lora else FULL_FITS
-    fitted = None if plan is None or memory is None else plan.trained(lora, base, ckpt,
-                                                                      _why(mode, ckpt, sized, budget, device))
-    return FitVerdict(verdict, device, budget, sized[0][4], sized[2][4], batch_pairs, max_length, ckpt,
-                      sized[1][4].activations, mode=mode, base=base, precision=precision,
-                      needed=memory.total if memory else 0, four_bit=four_bit or "", plan=fitted)
-
-
-def _modes(precision: str, four_bit: bool) -> list[tuple[str, bool, bool, str]]:
-    """(mode, LoRA, checkpointing, base) in the order fit_verdict tries them."""
+    sized = [(mode, lora, ckpt, base, pairs, training_memory(shape, lora, pairs, max_length, value_bytes, ckpt,
+                                                             base if lora else None))
+             for mode, lora, ckpt, base, pairs in _modes(precision, four_bit is None, batch_pairs)]
+    mode, lora, ckpt, base, pairs, memory = next((o for o in sized if o[5].total <= budget),
+                                                 (NONE, False, False, "", 0, None))
+    fitted = None if plan is None or memory is None else plan.trained(
+        lora, base, ckpt, _why(mode, ckpt, pairs, sized, budget, device),
+        micro_batch=pairs if pairs < batch_pairs else None)
+    first = {(o[1], o[2], o[3]): o[5] for o in reversed(sized)}  # each kind at `batch_pairs`
     lora_base = "bf16" if precision == "bfloat16" else "fp32"
-    modes = [(FULL, False, False, "fp32"), (FULL_CKPT, False, True, "fp32"),
-             (f"LoRA {lora_base}", True, False, lora_base), (f"LoRA {lora_base}", True, True, lora_base)]
-    return modes + ([(LORA_4BIT, True, False, "nf4"), (LORA_4BIT, True, True, "nf4")] if four_bit else [])
+    return FitVerdict(mode, device, budget, first[(False, False, "fp32")], first[(True, False, lora_base)],
+                      batch_pairs, max_length, ckpt, first[(False, True, "fp32")].activations, base=base,
+                      precision=precision, needed=memory.total if memory else 0, four_bit=four_bit or "",
+                      plan=fitted, micro_batch=pairs)
 
 
-def _why(mode: str, ckpt: bool, sized: list, budget: int, device: str) -> str:
+def _micro_batches(batch_pairs: int) -> list[int]:
+    """`batch_pairs`, halved (rounded up) down to 1: 4 -> [4, 2, 1]."""
+    sizes = [max(batch_pairs, 1)]
+    while sizes[-1] > 1:
+        sizes.append((sizes[-1] + 1) // 2)
+    return sizes
+
+
+def _modes(precision: str, four_bit: bool, batch_pairs: int) -> list[tuple[str, bool, bool, str, int]]:
+    """(mode, LoRA, checkpointing, base, pairs per micro-batch) in the order fit_verdict tries them."""
+    lora_base = "bf16" if precision == "bfloat16" else "fp32"
+    kinds = [(FULL, False, "fp32"), (f"LoRA {lora_base}", True, lora_base)] + (
+        [(LORA_4BIT, True, "nf4")] if four_bit else [])
+    modes = []
+    for mode, lora, base in kinds:
+        modes.append((mode, lora, False, base, batch_pairs))
+        modes += [(FULL_CKPT if not lora else mode, lora, True, base, pairs) for pairs in _micro_batches(batch_pairs)]
+    return modes
+
+
+def _why(mode: str, ckpt: bool, pairs: int, sized: list, budget: int, device: str) -> str:
     """The reason of the mode chosen for memory: it fits, and the closest of the cheaper-to-run
-    modes before it in order does not."""
-    index = next(i for i, o in enumerate(sized) if o[0] == mode and o[2] == ckpt)
-    fits = f"{mode}{' with checkpointing' if ckpt else ''} fits ({gib(sized[index][4].total)} of {gib(budget)} " \
-           f"usable on {device})"
+    ways before it in order does not."""
+    index = next(i for i, o in enumerate(sized) if o[0] == mode and o[2] == ckpt and o[4] == pairs)
+    smaller = f" in micro-batches of {pairs} pair{'s' if pairs > 1 else ''}" if pairs < sized[0][4] else ""
+    fits = f"{mode}{' with checkpointing' if ckpt else ''}{smaller} fits ({gib(sized[index][5].total)} of " \
+           f"{gib(budget)} usable on {device})"
     if index == 0:
         return fits
-    closest = min(sized[:index], key=lambda o: o[4].total)
-    return f"{fits}; {closest[0]}{' with checkpointing' if closest[2] else ''} needs ~{gib(closest[4].total)}"
+    closest = min(sized[:index], key=lambda o: o[5].total)
+    more = f" in micro-batches of {closest[4]}" if closest[4] < sized[0][4] else ""
+    return f"{fits}; {closest[0]}{' with checkpointing' if closest[2] else ''}{more} needs ~{gib(closest[5].total)}"
 
 
 # --------------------------------------------------------------------------- the machine
