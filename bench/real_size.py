@@ -4,6 +4,8 @@
     .venv/bin/python -m bench.real_size --models llama-3.2-3b --max-gib 12
     .venv/bin/python -m bench.real_size --device cuda                # bf16 LoRA on a GPU
     .venv/bin/python -m bench.real_size --device cuda --four-bit     # QLoRA (needs the [gpu] extra)
+    .venv/bin/python -m bench.real_size --device cuda --picker --budget-gib 8 --models llama-3.2-3b --tasks train
+        # the run the model picker plans for an 8 GB card, as the Train page would start it
 
 Each model is built from its published config values (written below; nothing is downloaded)
 with random weights, saved once as bf16 safetensors under the bench cache
@@ -19,6 +21,12 @@ subprocess (so its peak RSS is its own):
     sample  one batched sampling round as the Label page writes it: 4 prompts x 2 answers of
             32 new tokens in one batch (`generate.stream_generate_batch`) in the compute
             precision; seconds per token step and per answer token
+
+--picker: instead of the bench's own batch, the run the window would start from the picker's
+plan at --budget-gib (`catalog.fit.fit_verdict` over `run_plan.plan_run` with 4-bit where
+bitsandbytes runs): its LoRA, base, checkpointing and micro-batch, over rows filled to the
+512 tokens the picker plans for (2 micro-batches of 4 pairs, accumulated as the plan says);
+the peak is then checked against the budget.
 
 Prints one JSON line per result (and appends it to bench/results/real_size.jsonl with --record).
 A model whose fit estimate exceeds --max-gib is skipped with the reason (the machine is shared).
@@ -126,7 +134,7 @@ def model_dir(name: str) -> Path:
     return folder
 
 
-def make_pairs(n: int):
+def make_pairs(n: int, answer_bytes: int = ANSWER_BYTES):
     from dpo_engine.pairs import conversation
 
     rng = random.Random(0)
@@ -138,8 +146,8 @@ def make_pairs(n: int):
             out += rng.choice(words) + " "
         return out[:n_bytes]
 
-    return [conversation(text(PROMPT_BYTES), text(ANSWER_BYTES + rng.randrange(-10, 11)),
-                         text(ANSWER_BYTES + rng.randrange(-10, 11))) for _ in range(n)]
+    return [conversation(text(PROMPT_BYTES), text(answer_bytes + rng.randrange(-10, 11)),
+                         text(answer_bytes + rng.randrange(-10, 11))) for _ in range(n)]
 
 
 def peak_bytes(device: str) -> int:
@@ -168,6 +176,28 @@ def plan(folder: Path, args) -> tuple[bool, object, str]:
     return True, training_memory(shape, True, BATCH, row, value_bytes, True, base), precision
 
 
+def picker_plan(folder: Path, args):
+    """(RunPlan, MemoryEstimate) of the model picker's verdict at --budget-gib: what the window
+    hands the Train page for this model (`tests/test_model_choice.py` follows the same plan there)."""
+    from dpo_engine import quant
+    from dpo_engine.catalog.fit import BF16_VALUE_BYTES, fit_verdict, training_memory
+    from dpo_engine.catalog.sources import inspect_path
+    from dpo_engine.run_plan import PlanRequest, plan_run
+
+    shape = inspect_path(str(folder)).shape
+    budget = int(args.budget_gib * 2**30)
+    verdict = fit_verdict(shape, budget, args.device, plan=plan_run(PlanRequest(args.device), shape.parameters,
+                                                                    budget, measure=False),
+                          four_bit=quant.catalog_reason(args.device))
+    if verdict.plan is None:
+        raise SystemExit(f"{folder.name}: {verdict.explain()}")
+    p = verdict.plan
+    memory = training_memory(shape, p.lora, verdict.micro_batch, MAX_LENGTH,
+                             BF16_VALUE_BYTES if p.compute == "bfloat16" else 4, p.checkpointing,
+                             p.base if p.lora else None)
+    return p, memory
+
+
 def child_train(name: str, args) -> dict:
     from dpo_engine.train.config import LoraSettings, TrainConfig
     from dpo_engine.train.events import PrecisionChosen, StepEvent, TrainSummary
@@ -175,14 +205,22 @@ def child_train(name: str, args) -> dict:
 
     folder = model_dir(name)
     checkpointing, memory, _ = plan(folder, args)
+    fields = dict(lora=LoraSettings(), batch_size=BATCH, grad_accum=1, gradient_checkpointing=checkpointing,
+                  base_bits=4 if args.four_bit else None)
+    answer_bytes = ANSWER_BYTES
+    if args.picker:
+        p, memory = picker_plan(folder, args)
+        batch, accum = p.effective_batch(BATCH, 1)
+        fields = dict(lora=LoraSettings() if p.lora else None, batch_size=batch, grad_accum=accum,
+                      gradient_checkpointing=p.checkpointing, base_bits=p.base_bits)
+        checkpointing, answer_bytes = p.checkpointing, MAX_LENGTH - 60  # rows of ~512 tokens (1 byte a token)
     with tempfile.TemporaryDirectory(prefix="real-size-") as out:
-        config = TrainConfig(output_dir=out, model=str(folder), lora=LoraSettings(), batch_size=BATCH, grad_accum=1,
-                             max_steps=args.steps, max_length=MAX_LENGTH, warmup_ratio=0.0, eval_fraction=0.0,
-                             save_every=0, device=args.device, seed=0, lr=1e-4,
-                             gradient_checkpointing=checkpointing, base_bits=4 if args.four_bit else None)
+        config = TrainConfig(output_dir=out, model=str(folder), max_steps=args.steps, max_length=MAX_LENGTH,
+                             warmup_ratio=0.0, eval_fraction=0.0, save_every=0, device=args.device, seed=0, lr=1e-4,
+                             **fields)
         steps, precision, summary = [], None, None
         start = time.perf_counter()
-        for event in train(config, make_pairs(BATCH * args.steps)):
+        for event in train(config, make_pairs(BATCH * args.steps, answer_bytes)):
             if isinstance(event, StepEvent):
                 steps.append(event)
             elif isinstance(event, PrecisionChosen):
@@ -194,9 +232,12 @@ def child_train(name: str, args) -> dict:
         raise SystemExit(f"training did not finish: {summary}")
     peak = peak_bytes(args.device)
     later = [s.tokens_per_s for s in steps[1:]] or [steps[0].tokens_per_s]
+    base = "nf4" if config.base_bits == 4 else ("bf16" if precision == "bfloat16" else "fp32")
     return {"model": name, "task": "train", "device": args.device, "precision": precision,
-            "base": "nf4" if args.four_bit else ("bf16" if precision == "bfloat16" else "fp32"),
-            "gradient_checkpointing": checkpointing, "steps": len(steps), "peak_gb": round(peak / 1e9, 2),
+            "base": base if config.lora else "fp32 (full)", "batch": [config.batch_size, config.grad_accum],
+            "answer_bytes": answer_bytes, "gradient_checkpointing": checkpointing, "steps": len(steps),
+            "peak_gb": round(peak / 1e9, 2), "budget_gb": round(args.budget_gib * 2**30 / 1e9, 2),
+            "within_budget": peak <= args.budget_gib * 2**30,
             "estimate_gb": round(memory.total / 1e9, 2), "estimate_over_peak": round(memory.total / peak, 3),
             "tokens_per_s": round(sum(later) / len(later), 1),
             "step_s": [round(b.elapsed - a, 1) for a, b in zip([0.0] + [s.elapsed for s in steps], steps)],
@@ -227,7 +268,8 @@ def child_sample(name: str, args) -> dict:
 
 def run_child(name: str, task: str, args) -> dict:
     cmd = module_command(__spec__.name, "--child", name, task, "--device", args.device, "--steps", str(args.steps),
-                         "--budget-gib", str(args.budget_gib), *(["--four-bit"] if args.four_bit else []))
+                         "--budget-gib", str(args.budget_gib), *(["--four-bit"] if args.four_bit else []),
+                         *(["--picker"] if args.picker else []))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=module_env())
     if proc.returncode != 0:
         return {"model": name, "task": task, "error": proc.stderr.strip()[-1500:]}
@@ -250,6 +292,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=STEPS, help="optimizer steps of the training run")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--four-bit", action="store_true", help="NF4 frozen base through bitsandbytes")
+    ap.add_argument("--picker", action="store_true", help="train as the picker's plan at --budget-gib says (docstring)")
     ap.add_argument("--budget-gib", type=float, default=16.0, help="memory the fit verdict plans for (a 16 GB laptop)")
     ap.add_argument("--max-gib", type=float, default=12.0, help="skip a model whose fit estimate exceeds this")
     ap.add_argument("--record", action="store_true", help="append the results to bench/results/real_size.jsonl")
@@ -262,7 +305,7 @@ def main() -> None:
     where = machine() if args.device == "cpu" else args.device
     for name in args.models.split(","):
         folder = model_dir(name)  # built here once, not inside a measured child
-        estimate = plan(folder, args)[1].total
+        estimate = (picker_plan(folder, args) if args.picker else plan(folder, args))[1].total
         for task in args.tasks.split(","):
             if task == "train" and estimate > args.max_gib * 2**30:
                 row = {"model": name, "task": task, "skipped": f"fit estimate {estimate / 2**30:.1f} GiB > "
