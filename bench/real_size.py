@@ -18,6 +18,12 @@ subprocess (so its peak RSS is its own):
             reference pass first, precision "auto", gradient checkpointing as the fit verdict
             (`catalog.fit.fit_verdict` at --budget-gib) picks; peak RSS (CUDA: peak allocated)
             beside the fit estimate of that mode, tokens/s of the steps after the first
+    trl     the same run through TRL's DPOTrainer (peft LoRA with our rank, alpha, dropout and
+            target modules; batch, steps, lr and max length alike; its fastest configuration
+            found at 135M, bench/README "Training throughput": reference log-probs precomputed,
+            gradient checkpointing only where ours has it on, bf16 where ours runs bf16);
+            tokens/s counted as ours (prompt + chosen + rejected, no padding) over its step
+            time after the first, and peak RSS, side by side with `train`
     sample  one batched sampling round as the Label page writes it: 4 prompts x 2 answers of
             32 new tokens in one batch (`generate.stream_generate_batch`) in the compute
             precision; seconds per token step and per answer token
@@ -244,6 +250,68 @@ def child_train(name: str, args) -> dict:
             "wall_s": round(wall, 1)}
 
 
+def child_trl(name: str, args) -> dict:
+    """TRL DPOTrainer over the same model, pairs and settings as `child_train` (the docstring's `trl`)."""
+    import sys
+
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from dpo_engine._compat import quiet_transformers
+    from dpo_engine.models import load_tokenizer, resolve_model_ref
+    from dpo_engine.train.config import LoraSettings
+
+    quiet_transformers()
+    folder = model_dir(name)
+    checkpointing, memory, precision = plan(folder, args)
+    lora = LoraSettings()
+    tokenizer = load_tokenizer(resolve_model_ref(str(folder)))
+    data = Dataset.from_list([p.to_trl() for p in make_pairs(BATCH * args.steps)])
+    bf16 = precision == "bfloat16"
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype="bfloat16" if bf16 else "float32")
+    with tempfile.TemporaryDirectory(prefix="real-size-trl-") as out:
+        config = DPOConfig(output_dir=out, per_device_train_batch_size=BATCH, gradient_accumulation_steps=1,
+                           learning_rate=1e-4, beta=0.1, max_length=MAX_LENGTH, max_steps=args.steps, warmup_steps=0,
+                           lr_scheduler_type="linear", logging_steps=1, save_strategy="no", report_to=[],
+                           use_cpu=args.device == "cpu", seed=0, dataloader_num_workers=0, bf16=bf16,
+                           precompute_ref_log_probs=True, gradient_checkpointing=checkpointing)
+        peft_config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                 target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+
+        class Counting(DPOTrainer):
+            tokens: list[int] = []
+
+            def _compute_loss(self, model, inputs, return_outputs):
+                b = inputs["input_ids"].shape[0] // 2  # rows [0, b) prompt+chosen, [b, 2b) prompt+rejected
+                Counting.tokens.append(int(inputs["attention_mask"][:b].sum() + inputs["completion_mask"][b:].sum()))
+                return super()._compute_loss(model, inputs, return_outputs)
+
+        class Timer(TrainerCallback):
+            seconds: list[float] = []
+
+            def on_step_begin(self, *a, **k):
+                self.t = time.perf_counter()
+
+            def on_step_end(self, *a, **k):
+                Timer.seconds.append(time.perf_counter() - self.t)
+                print(f"trl step: {Timer.seconds[-1]:.1f} s", file=sys.stderr, flush=True)
+
+        start = time.perf_counter()
+        trainer = Counting(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                           peft_config=peft_config, callbacks=[Timer()])
+        setup = time.perf_counter() - start  # tokenising and the precomputed reference pass
+        trainer.train()
+        wall = time.perf_counter() - start
+    later = slice(1, None) if len(Timer.seconds) > 1 else slice(None)
+    return {"model": name, "task": "trl", "device": args.device, "precision": "bfloat16" if bf16 else "float32",
+            "gradient_checkpointing": checkpointing, "steps": len(Timer.seconds),
+            "peak_gb": round(peak_bytes(args.device) / 1e9, 2),
+            "tokens_per_s": round(sum(Counting.tokens[later]) / sum(Timer.seconds[later]), 1),
+            "step_s": [round(t, 1) for t in Timer.seconds], "setup_s": round(setup, 1), "wall_s": round(wall, 1)}
+
+
 def child_sample(name: str, args) -> dict:
     from dpo_engine.devices import pick_device
     from dpo_engine.generate import GenerationSettings, RowEnded, stream_generate_batch
@@ -300,14 +368,14 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         name, task = args.child
-        print(json.dumps((child_train if task == "train" else child_sample)(name, args)))
+        print(json.dumps({"train": child_train, "trl": child_trl, "sample": child_sample}[task](name, args)))
         return
     where = machine() if args.device == "cpu" else args.device
     for name in args.models.split(","):
         folder = model_dir(name)  # built here once, not inside a measured child
         estimate = (picker_plan(folder, args) if args.picker else plan(folder, args))[1].total
         for task in args.tasks.split(","):
-            if task == "train" and estimate > args.max_gib * 2**30:
+            if task in ("train", "trl") and estimate > args.max_gib * 2**30:
                 row = {"model": name, "task": task, "skipped": f"fit estimate {estimate / 2**30:.1f} GiB > "
                                                                f"--max-gib {args.max_gib}"}
             else:
