@@ -15,6 +15,7 @@ peak RSS is its own) and does what the Compare page does, through the app's Mode
     window   load before (the base) and after (the checkpoint); each writes 8 greedy tokens
     scoring  then `scoring_models(after, before)` (fp32 copies where the cache finds they fit) and the
              implicit rewards of one pair
+    speed    (--parts speed) the after model's sampling pace, as a view and as the merged model
 
 "two copies" is the ModelCache with checkpoint views turned off (`lora_checkpoint` answering None: what
 Compare did before); "one base" is as shipped. Reported: weights held (the cache's own count, each
@@ -40,7 +41,8 @@ B_STD = 0.01  # LoRA B drawn ~N(0, 0.01): the adapter moves the weights by a few
 PROMPT = "Explain how plants make food from sunlight."
 ANSWERS = ("Leaves catch light and turn water and air into sugar.", "Plants eat soil.")  # fixed: rewards comparable
 WAYS = {"two copies": "two", "one base": "one"}
-NEED_GIB = {("two", "window"): 8, ("two", "scoring"): 18, ("one", "window"): 5, ("one", "scoring"): 10}
+NEED_GIB = {("two", "window"): 8, ("two", "scoring"): 18, ("one", "window"): 5, ("one", "scoring"): 10,
+            ("one", "speed"): 8}
 # ^ MemAvailable a side needs before it starts (the machine is shared): its weights plus load-time transients
 
 
@@ -104,6 +106,29 @@ def child(model: str, way: str, part: str) -> dict:
     return row
 
 
+def child_speed(model: str) -> dict:
+    """The after model's sampling pace as a view (the base's bf16 linears plus the fp32 adapter's two
+    small products each) and as the merged checkpoint loaded alone: 16 greedy tokens, alternated 3 times
+    (the machine is shared: alternating puts both under the same load)."""
+    from app.plumbing.context import ModelCache
+    from dpo_engine.devices import DeviceChoice
+    from dpo_engine.generate import GenerationSettings, generate
+    from dpo_engine.models import load_model
+
+    window = DeviceChoice("cpu", "bfloat16", "bench", "bf16: the window's precision here")
+    cache, ckpt = ModelCache(window), str(checkpoint_dir(model))
+    views = {"view": cache.get(ckpt), "merged": load_model(ckpt, window)}
+    greedy = GenerationSettings(max_new_tokens=16, temperature=0.0)
+    times: dict[str, list[float]] = {name: [] for name in views}
+    for _ in range(3):
+        for name, loaded in views.items():
+            start = time.perf_counter()
+            result = generate(loaded.model, loaded.tokenizer, PROMPT, 1, greedy)
+            times[name].append((time.perf_counter() - start) / max(1, result.token_counts[0]))
+    return {"model": model, "part": "speed", **{f"{name}_s_per_token": round(sorted(t)[1], 3)
+                                                for name, t in times.items()}}
+
+
 def available_gib() -> float:
     with open("/proc/meminfo") as fh:
         kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
@@ -125,6 +150,8 @@ def table(rows: list[dict]) -> str:
     header = ["part", "way", "weights held (GB)", "RSS at end (GB)", "peak RSS (GB)", "scores in", "rewards", "s"]
     lines = []
     for r in rows:
+        if r["part"] == "speed":
+            continue
         if "held_gb" not in r:
             lines.append([r["part"], r["way"], r.get("skipped") or "error", "", "", "", "", ""])
             continue
@@ -148,14 +175,15 @@ def main() -> None:
         print(checkpoint_dir(args.model))
         return
     if args.child:
-        print(json.dumps(child(args.model, *args.child)))
+        way, part = args.child
+        print(json.dumps(child_speed(args.model) if part == "speed" else child(args.model, way, part)))
         return
     build = module_command(__spec__.name, "--model", args.model, "--build")
     subprocess.run(build, check=True, env=module_env())  # made once, never inside a measured side
     print(machine_row(), "\n", uptime(), flush=True)
     rows = []
     for part in args.parts.split(","):
-        for way in WAYS.values():
+        for way in (["one"] if part == "speed" else WAYS.values()):
             rows.append(run_side(args.model, way, part))
             print(json.dumps(rows[-1]), flush=True)
     print(uptime())

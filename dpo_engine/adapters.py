@@ -100,6 +100,11 @@ def adapter_view(base: LoadedModel, checkpoint: LoraCheckpoint) -> LoadedModel:
     from peft import PeftModel
 
     start = time.perf_counter()
+    # peft freezes every parameter of the tree it wraps but the adapter's, and those are the base's own:
+    # put the flags back, so the base model object is exactly as it was for its other users. (Not only
+    # tidiness: torch 2.13's CPU matmul of a sliced bf16 input with a frozen weight copies the weight
+    # transposed on every call: the LM head at each prefill took 3-4 s instead of 0.05 s at 1B.)
+    flags = [(p, p.requires_grad) for p in base.model.parameters()]
     try:
         wrapped = PeftModel.from_pretrained(_tree_over_same_weights(base.model), str(checkpoint.adapter))
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -107,6 +112,9 @@ def adapter_view(base: LoadedModel, checkpoint: LoraCheckpoint) -> LoadedModel:
         raise ModelError(f"Could not apply the LoRA adapter in {checkpoint.adapter} to its base {checkpoint.base} "
                          f"({lines[0][:200] if lines else exc.__class__.__name__}): it may have been trained on "
                          "another model; name that model as base_model in the run's dpo_studio_run.json.") from None
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
     model = wrapped.get_base_model().eval()  # the transformers model, LoRA layers in place: what callers expect
     folder = Path(checkpoint.ref).expanduser()
     resolved = ResolvedModel(checkpoint.ref, str(folder), "folder", folder.name)

@@ -73,6 +73,8 @@ def test_requests_in_any_order_get_the_base_exactly_and_the_checkpoint_as_merged
             assert got_text == want["ckpt"][1]
     # both at once, as Compare's implicit rewards take them: nothing to switch between the two forwards
     view, base = cache.get(refs["ckpt"]), cache.get(refs["base"])
+    flags = [p.requires_grad for p in base.model.parameters()]
+    assert flags == [p.requires_grad for p in base_alone.model.parameters()]  # peft's freezing undone on the base
     got = implicit_rewards(view.model, base.model, view.tokenizer, "Question 3: agree?", ("yes", "no no"))
     expected = implicit_rewards(merged_alone.model, base_alone.model, merged_alone.tokenizer, "Question 3: agree?",
                                 ("yes", "no no"))
