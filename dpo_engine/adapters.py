@@ -102,8 +102,9 @@ def adapter_view(base: LoadedModel, checkpoint: LoraCheckpoint) -> LoadedModel:
     start = time.perf_counter()
     # peft freezes every parameter of the tree it wraps but the adapter's, and those are the base's own:
     # put the flags back, so the base model object is exactly as it was for its other users. (Not only
-    # tidiness: torch 2.13's CPU matmul of a sliced bf16 input with a frozen weight copies the weight
-    # transposed on every call: the LM head at each prefill took 3-4 s instead of 0.05 s at 1B.)
+    # tidiness: torch 2.13's matmul folds a 3D input into one mm only when the weight requires grad, else
+    # the CPU bf16 bmm copies the weight for the batch on every call, pytorch/pytorch#151934: the LM head
+    # at each prefill took 3-4 s instead of 0.05 s at 1B.)
     flags = [(p, p.requires_grad) for p in base.model.parameters()]
     try:
         wrapped = PeftModel.from_pretrained(_tree_over_same_weights(base.model), str(checkpoint.adapter))
