@@ -41,7 +41,7 @@ B_STD = 0.01  # LoRA B drawn ~N(0, 0.01): the adapter moves the weights by a few
 PROMPT = "Explain how plants make food from sunlight."
 ANSWERS = ("Leaves catch light and turn water and air into sugar.", "Plants eat soil.")  # fixed: rewards comparable
 WAYS = {"two copies": "two", "one base": "one"}
-NEED_GIB = {("two", "window"): 8, ("two", "scoring"): 18, ("one", "window"): 5, ("one", "scoring"): 10,
+NEED_GIB = {("two", "window"): 8, ("two", "scoring"): 17, ("one", "window"): 5, ("one", "scoring"): 10,
             ("one", "speed"): 8}
 # ^ MemAvailable a side needs before it starts (the machine is shared): its weights plus load-time transients
 
@@ -108,8 +108,8 @@ def child(model: str, way: str, part: str) -> dict:
 
 def child_speed(model: str) -> dict:
     """The after model's sampling pace as a view (the base's bf16 linears plus the fp32 adapter's two
-    small products each) and as the merged checkpoint loaded alone: 16 greedy tokens, alternated 3 times
-    (the machine is shared: alternating puts both under the same load)."""
+    small products each) and as the merged checkpoint loaded alone: 16 greedy tokens, alternated 5 times
+    (the machine is shared: alternating puts both under the same load), the median of each."""
     from app.plumbing.context import ModelCache
     from dpo_engine.devices import DeviceChoice
     from dpo_engine.generate import GenerationSettings, generate
@@ -120,12 +120,12 @@ def child_speed(model: str) -> dict:
     views = {"view": cache.get(ckpt), "merged": load_model(ckpt, window)}
     greedy = GenerationSettings(max_new_tokens=16, temperature=0.0)
     times: dict[str, list[float]] = {name: [] for name in views}
-    for _ in range(3):
+    for _ in range(5):
         for name, loaded in views.items():
             start = time.perf_counter()
             result = generate(loaded.model, loaded.tokenizer, PROMPT, 1, greedy)
             times[name].append((time.perf_counter() - start) / max(1, result.token_counts[0]))
-    return {"model": model, "part": "speed", **{f"{name}_s_per_token": round(sorted(t)[1], 3)
+    return {"model": model, "part": "speed", **{f"{name}_s_per_token": round(sorted(t)[2], 3)
                                                 for name, t in times.items()}}
 
 
