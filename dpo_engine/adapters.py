@@ -51,22 +51,32 @@ class LoraCheckpoint:
 def lora_checkpoint(ref: str | None) -> LoraCheckpoint | None:
     """`ref` as a LoRA checkpoint to serve over its base, or None: not a folder, no adapter, no base
     named, or a base that is not on this disk (the folder then loads as it is, as before)."""
-    from dpo_engine.export.source import base_paths, find_source
+    from dpo_engine.export.source import base_paths
 
-    path = Path(ref or "").expanduser()
-    if not ref or not path.is_dir():
+    source = _folder_source(ref)
+    if source is None or source.adapter is None or not source.base_ref:
         return None
-    try:
-        source = find_source(str(path))  # a folder: reads its files only, loads and converts nothing
-    except DPOStudioError:
-        return None  # not a model folder: the ordinary load says why
-    if source.adapter is None or not source.base_ref or not (source.adapter / ADAPTER_WEIGHTS).is_file():
+    if not (source.adapter / ADAPTER_WEIGHTS).is_file():
         return None
     if not any(p.exists() for p in base_paths(source.base_ref)):
         return None  # a hub id not in the cache, a moved folder: never download or fail for the sake of sharing
-    if model_identity(source.base_ref) == model_identity(ref) or lora_checkpoint(source.base_ref) is not None:
+    base = _folder_source(source.base_ref)
+    if base is not None and base.adapter is not None:
         return None  # trained over another LoRA checkpoint (or a run file naming itself): no view over a view
     return LoraCheckpoint(ref, source.adapter, source.base_ref)
+
+
+def _folder_source(ref: str | None):
+    """What a model folder holds (`export.source.find_source`: files read, nothing loaded or
+    converted), or None for what is not a readable model folder."""
+    from dpo_engine.export.source import find_source
+
+    if not ref or not Path(ref).expanduser().is_dir():
+        return None
+    try:
+        return find_source(str(Path(ref).expanduser()))
+    except DPOStudioError:
+        return None  # not a model folder: the ordinary load says why
 
 
 def model_identity(ref: str | None) -> str:

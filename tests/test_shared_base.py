@@ -171,3 +171,19 @@ def test_a_run_file_s_base_finds_the_model_under_another_spelling(tiny_model_dir
     default_folder = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"
     default_folder.mkdir(parents=True)
     assert model_identity(str(default_folder)) == model_identity("default") == "default"
+
+
+
+def test_a_checkpoint_over_another_lora_checkpoint_loads_as_before(merged_run, tmp_path):
+    """No view over a view: a run trained from a LoRA checkpoint (here two hand-edited run files naming
+    each other: a cycle) loads its own weights."""
+    import json
+
+    first, second = (shutil.copytree(merged_run, tmp_path / name) for name in ("first", "second"))
+    for folder, other in ((first, second), (second, first)):
+        info = json.loads((folder / "dpo_studio_run.json").read_text())
+        info["base"] = info["base_model"] = str(other)
+        (folder / "dpo_studio_run.json").write_text(json.dumps(info))
+    assert lora_checkpoint(str(first)) is None and lora_checkpoint(str(second)) is None
+    own = ModelCache(FP32).get(str(first))
+    torch.testing.assert_close(logps(own), logps(load_model(str(merged_run), FP32)), rtol=1e-5, atol=0)
