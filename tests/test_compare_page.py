@@ -2,6 +2,7 @@
 its run file) as the "after" checkpoint."""
 
 import json
+import re
 import shutil
 import time
 
@@ -20,6 +21,7 @@ from dpo_engine.models import load_model
 from dpo_engine.pairs import PreferencePair
 from dpo_engine.store.project import normalize_prompt, prompt_key, split_of
 from dpo_engine.winrate import win_rate
+from tests.lora_run import BF16, adapter_bytes, train_lora_run
 from tests.perturb import perturbed_copy
 from dpo_engine.iters import drain
 
@@ -41,8 +43,8 @@ def shown(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def make_page(qtbot, tmp_path, base_dir, after_dir=None):
-    ctx = AppContext(tmp_path / "p.sqlite", str(base_dir), pick_device("cpu"))
+def make_page(qtbot, tmp_path, base_dir, after_dir=None, device=None):
+    ctx = AppContext(tmp_path / "p.sqlite", str(base_dir), device or pick_device("cpu"))
     if after_dir is not None:
         ctx.project.runs.add_model(str(after_dir), "checkpoint", parent=str(base_dir))
     page = ComparePage(ctx, CompareController(ctx))
@@ -218,3 +220,57 @@ def test_every_interactive_widget_is_named(compare):
     missing = [w for w in page.findChildren(QWidget) if isinstance(w, kinds) and w.isVisibleTo(page)
                and not (w.objectName() and w.accessibleName()) and not w.objectName().startswith("qt_")]
     assert not missing, [f"{type(w).__name__} {w.objectName()!r}" for w in missing]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, tiny_model_dir):
+    """A LoRA run of the real trainer over the tiny model, saved as the window saves it (merged + adapter/)."""
+    root = tmp_path_factory.mktemp("lora")
+    return train_lora_run(tiny_model_dir, root / "run", root / "cache", merge=True)
+
+
+def test_a_lora_checkpoint_is_compared_over_one_copy_of_its_base(qtbot, tmp_path, tiny_model_dir, lora_run):
+    """bf16 sampling and fp32 scores, as on a CPU with native bf16: before (the base) and after (the
+    LoRA checkpoint) share one base copy in each precision, and the rewards are those of the merged
+    checkpoint and the base loaded on their own, in fp32."""
+    from dpo_engine.heldout import implicit_rewards
+
+    ctx, page = make_page(qtbot, tmp_path, tiny_model_dir, lora_run, device=BF16)
+    page.blind_box.setChecked(False)
+    page.show()
+    try:
+        rnd = wait_scored(qtbot, page, timeout=60_000)
+        qtbot.waitUntil(lambda: not ctx.runner.busy(), timeout=60_000)  # the next round is written too
+        fp32 = pick_device("cpu", "float32")
+        merged, base = load_model(str(lora_run), fp32), load_model(str(tiny_model_dir), fp32)
+        want = implicit_rewards(merged.model, base.model, merged.tokenizer, rnd.prompt, tuple(rnd.texts), rnd.beta)
+        assert rnd.rewards == pytest.approx(want.rewards, abs=1e-5) and rnd.rewards != (0.0, 0.0)
+        assert "Rewards in" not in page.rewards[0].text()  # fp32 fits: nothing to explain
+        view = ctx.models.get(str(lora_run))  # held (the worker is idle): nothing is loaded here
+        n_base = sum(p.numel() for p in base.model.parameters())
+        assert ctx.models.held_bytes() == n_base * (2 + 4) + 2 * adapter_bytes(view.model)  # bf16 + fp32 base
+    finally:
+        ctx.shutdown()
+
+
+def test_rewards_say_in_words_why_they_are_not_fp32(qtbot, tmp_path, tiny_model_dir, lora_run, monkeypatch):
+    import app.plumbing.context as context
+
+    monkeypatch.setattr(context, "memory_budget", lambda device: (1000, "cpu"))  # fp32 copies cannot fit
+    ctx, page = make_page(qtbot, tmp_path, tiny_model_dir, lora_run, device=BF16)
+    page.blind_box.setChecked(False)
+    page.show()
+    try:
+        rnd = wait_scored(qtbot, page, timeout=60_000)
+        words = r"Rewards in bf16: fp32 weights do not fit \(\d+\.\d GiB needed, \d+\.\d GiB free\)"
+        assert rnd.rewards is not None
+        for label in page.rewards:
+            assert re.search(words, label.text()), label.text()
+        questions = [f"Question number {i}?" for i in range(200)]
+        held = [q for q in questions if split_of(prompt_key(normalize_prompt(q))) == "eval"][:2]
+        ctx.project.import_pairs([PreferencePair((("user", q),), "Good.", "bad") for q in held])
+        with qtbot.waitSignal(page.controller.heldoutReady, timeout=60_000) as got:
+            page.heldout_button.click()
+        assert got.args[0].precision == "bfloat16" and re.search(words, page.heldout_label.text())
+    finally:
+        ctx.shutdown()

@@ -43,6 +43,7 @@ class CompareRound(Round):
     beta: float
     blind: bool  # names hidden until the vote; cleared if the person unblinds before voting
     rewards: tuple[float, float] | None = None
+    precision_note: str = ""  # why the rewards are not fp32 ("" when they are): `precision_note`
     verdict: str | None = None
     comparison_id: int | None = None
 
@@ -78,6 +79,13 @@ def model_label(ref: str) -> str:
     if ref in ("", DEFAULT_MODEL_REF):
         return f"{DEFAULT_MODEL_NAME} (default)"
     return Path(ref).name or ref
+
+
+def precision_note(choice) -> str:
+    """What the page says when scores were not computed in fp32 (a DeviceChoice: the precision
+    they used and why), e.g. "Rewards in bf16: fp32 weights do not fit (4.6 GiB needed, 3.1 GiB
+    free)..."; "" for fp32, which needs no word."""
+    return "" if choice.dtype == "float32" else f"Rewards in {choice.precision_reason}"
 
 
 def checkpoint_beta(ref: str) -> float:
@@ -124,6 +132,7 @@ class CompareController(QObject):
         self.upcoming: CompareRound | None = None  # generated while the person reads
         self.tally = VoteTally()  # of the current before/after models
         self.heldout: HeldoutSummary | None = None
+        self.heldout_note = ""  # `precision_note` of the held-out summary's scores
         self.refresh_models()
 
     # ------------------------------------------------------------------ models
@@ -246,11 +255,11 @@ class CompareController(QObject):
         yield from ()  # a generator, so the worker can cancel it before it starts
         if len(texts) < 2:
             return None  # a generation failed or was cancelled
-        after = self.ctx.models.scoring(rnd.refs[rnd.after_side])
-        before = self.ctx.models.scoring(rnd.refs[rnd.before_side])
+        models = self.ctx.models  # one precision for both (a LoRA checkpoint shares its base's copy)
+        after, before = models.scoring_models(rnd.refs[rnd.after_side], rnd.refs[rnd.before_side])
         scores = implicit_rewards(after.model, before.model, after.tokenizer, rnd.prompt,
                                   (texts[0], texts[1]), rnd.beta)
-        return scores.rewards
+        return scores.rewards, precision_note(models.scoring_choice)
 
     def _on_round_token(self, rnd: CompareRound, side: int) -> None:
         if rnd is self.current:
@@ -266,8 +275,9 @@ class CompareController(QObject):
             if rnd is self.current:
                 self.roundReady.emit()
 
-    def _on_job_scored(self, rnd: CompareRound, rewards) -> None:
-        if rewards is not None:
+    def _on_job_scored(self, rnd: CompareRound, result) -> None:
+        if result is not None:
+            rewards, rnd.precision_note = result
             rnd.rewards = tuple(rewards)
             if rnd is self.current:
                 self.scoresReady.emit()
@@ -369,6 +379,7 @@ class CompareController(QObject):
                 reward = "Implicit reward: scoring…" if not rnd.error else "Implicit reward: unavailable"
             else:
                 reward = f"Implicit reward β·log(π_after/π_before) = {rnd.rewards[side]:+.3f}  (β {rnd.beta:g})"
+                reward += f"\n{rnd.precision_note}" if rnd.precision_note else ""
             views.append(SideView(title, reward))
         return views[0], views[1]
 
@@ -397,12 +408,13 @@ class CompareController(QObject):
         before, after, beta = self.before_ref, self.after_ref, checkpoint_beta(self.after_ref)
 
         def factory():
-            trained, base = self.ctx.models.scoring(after), self.ctx.models.scoring(before)
-            return (yield from heldout_events(trained.model, base.model, trained.tokenizer, pairs, beta))
+            trained, base = self.ctx.models.scoring_models(after, before)
+            note = precision_note(self.ctx.models.scoring_choice)
+            return (yield from heldout_events(trained.model, base.model, trained.tokenizer, pairs, beta)), note
 
         job = self.ctx.submit("compare-heldout", factory)
         job.yielded.connect(lambda ev: self.heldoutProgress.emit(ev.done, ev.total))
-        job.returned.connect(lambda summary: self._on_heldout_returned((before, after), summary))
+        job.returned.connect(lambda result: self._on_heldout_returned((before, after), *result))
         job.failed.connect(lambda msg: self.message.emit(f"Held-out scoring failed: {msg.splitlines()[0]}"))
         return True
 
@@ -410,9 +422,9 @@ class CompareController(QObject):
         """Why the last scores were computed in their precision (fp32 unless it did not fit)."""
         return self.ctx.models.scoring_choice.precision_reason
 
-    def _on_heldout_returned(self, models: tuple[str, str], summary: HeldoutSummary) -> None:
+    def _on_heldout_returned(self, models: tuple[str, str], summary: HeldoutSummary, note: str) -> None:
         if models != (self.before_ref, self.after_ref):
             return  # the person chose other models meanwhile
-        self.heldout = summary
+        self.heldout, self.heldout_note = summary, note
         self.heldoutReady.emit(summary)
 

@@ -336,6 +336,7 @@ class ComparePage(QWidget):
 
     def _on_controller_heldoutReady(self, h: HeldoutSummary) -> None:
         skipped = f", {h.skipped} skipped" if h.skipped else ""
+        note = self.controller.heldout_note  # why not fp32, in words; "" when fp32
         self.heldout_label.setText(
             f"{h.pairs} held-out pairs{skipped}, β {h.beta:g}\n"
             f"Prefers the chosen answer: before {_as_percent(h.base_accuracy)} → "
@@ -343,7 +344,7 @@ class ComparePage(QWidget):
             f"Reward accuracy (after): {_as_percent(h.reward_accuracy)}\n"
             f"Mean reward margin: before 0 (by definition) → after {h.reward_margin:+.3f}\n"
             f"Mean log-prob margin: before {h.base_logp_margin:+.2f} → after {h.trained_logp_margin:+.2f}\n"
-            f"Scored in {h.precision}")
+            f"Scored in {h.precision}" + (f"\n{note}" if note else ""))
         self.heldout_label.setToolTip(
             "'Prefers the chosen answer': the model gives the chosen answer a higher log-probability than the "
             "rejected one. Reward accuracy: the after model moved towards the chosen answer relative to the "

@@ -4,6 +4,7 @@ torch worker. Pages talk to each other only through this object's signals."""
 from __future__ import annotations
 
 import functools
+import itertools
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator
 
@@ -11,12 +12,15 @@ from PySide6.QtCore import QObject, Signal
 
 from app.plumbing.workers import Job, TorchRunner
 from dpo_engine.catalog.fit import memory_budget
+from dpo_engine.adapters import (LoraCheckpoint, adapter_view, lora_checkpoint, model_identity,
+                                 parameters_to_hold)
 from dpo_engine.devices import DeviceChoice
 from dpo_engine.run_plan import plan_run
 from dpo_engine.errors import StoreError
 from dpo_engine.store.opening import open_project
 from dpo_engine.iters import drain
 from dpo_engine.models import LoadedModel, PrepareProgress, load_model_events
+from dpo_engine.train.model import ADAPTER_DIR
 
 
 def saves(method):
@@ -39,70 +43,116 @@ class ModelCache:
     """Loaded models by reference and precision. Touched only from the torch worker thread.
 
     Sampling uses the window's precision (`get`); scores a person reads (implicit rewards, the
-    held-out summary) use `scoring`, which is fp32 wherever fp32 weights fit
-    (the run plan's scoring precision: `run_plan.plan_run`): two copies of a model then live side by side, `keep` of each
-    precision. `on_state(state, ref, detail)` is called (on the worker thread) when a model
-    starts loading, is ready, or fails, whichever job asked for it."""
+    held-out summary) use `scoring_models`, which is fp32 wherever fp32 weights fit (the run
+    plan's scoring precision: `run_plan.plan_run`): two copies of a model then live side by
+    side, `keep` of each precision. A LoRA run's checkpoint whose base is on this disk is a view
+    over that base (`dpo_engine.adapters`): one copy of the base in each precision serves the base
+    and all of its checkpoints, the base computing exactly as loaded alone. `on_state(state,
+    ref, detail)` is called (on the worker thread) when a model starts loading, is ready, or
+    fails, whichever job asked for it."""
 
     def __init__(self, device: DeviceChoice, on_state=None, keep: int = 2):
         self.device = device
         self.keep = keep  # base + one checkpoint fit even a small machine; more are reloaded (~1 s)
         self.on_state = on_state or (lambda state, ref, detail: None)
-        self._models: dict[tuple[str, str], LoadedModel] = {}
+        self._models: dict[tuple[str, str], LoadedModel] = {}  # by (model_identity, dtype)
         self._stamps: dict[tuple[str, str], float] = {}
-        self.scoring_choice = device  # the precision the last `scoring` call used, and why
+        self._views: dict[tuple[str, str], LoraCheckpoint] = {}  # the entries that are views over a base
+        self.scoring_choice = device  # the precision the last `scoring_models` call used, and why
 
     @staticmethod
     def _stamp(ref: str) -> float:
-        """When a model folder's weights last changed (0 for non-folders): a checkpoint that a
-        resumed run rewrote in place must be loaded again, not served stale from memory."""
+        """When a model folder's weights (or its adapter's) last changed (0 for non-folders): a
+        checkpoint that a resumed run rewrote in place must be loaded again, not served stale."""
         folder = Path(ref).expanduser()
         if not folder.is_dir():
             return 0.0
-        return max((f.stat().st_mtime_ns for f in folder.glob("*.safetensors")), default=0)
+        files = itertools.chain(folder.glob("*.safetensors"), folder.glob(f"{ADAPTER_DIR}/*.safetensors"))
+        return max((f.stat().st_mtime_ns for f in files), default=0)
 
     def load_events(self, ref: str,
                     device: DeviceChoice | None = None) -> Generator[PrepareProgress, None, LoadedModel]:
         """`ref` in `device`'s precision (the window's by default), from memory where it is loaded;
         yields the progress of preparing it (the default model or a .gguf, on first use)."""
         device = device or self.device
-        key = (ref, device.dtype)
-        stamp = self._stamp(ref)
-        if key in self._models and self._stamps.get(key) != stamp:
-            del self._models[key]
+        key = (model_identity(ref), device.dtype)
+        if key in self._views:  # its base first: a base rewritten in place is reloaded and drops its views
+            yield from self.load_events(self._views[key].base, device)
+        if key in self._models and self._stamps.get(key) != self._stamp(ref):
+            self._forget(key)
         if key not in self._models:
-            same = [k for k in self._models if k[1] == device.dtype]
-            for old in same[: max(0, len(same) - self.keep + 1)]:
-                del self._models[old]
-            self.on_state("loading", ref, f"Loading {ref}…")
-            try:
-                self._models[key] = yield from load_model_events(ref, device)
-            except Exception as exc:
-                self.on_state("error", ref, str(exc))
-                raise
-            self._stamps[key] = stamp
-            self.on_state("ready", ref, self._models[key].name)
+            yield from self._load(ref, key, device)
         return self._models[key]
+
+    def _load(self, ref: str, key: tuple[str, str], device: DeviceChoice) -> Generator[PrepareProgress, None, None]:
+        stamp = self._stamp(ref)  # before loading: a rewrite meanwhile is caught at the next use
+        checkpoint = lora_checkpoint(ref)
+        base = None if checkpoint is None else (yield from self.load_events(checkpoint.base, device))
+        self._make_room(device.dtype, views=checkpoint is not None)
+        self.on_state("loading", ref, f"Loading {ref}…")
+        try:
+            loaded = adapter_view(base, checkpoint) if checkpoint else (yield from load_model_events(ref, device))
+        except Exception as exc:
+            self.on_state("error", ref, str(exc))
+            raise
+        self._models[key], self._stamps[key] = loaded, stamp
+        if checkpoint is not None:
+            self._views[key] = checkpoint
+        self.on_state("ready", ref, loaded.name)
+
+    def _make_room(self, dtype: str, views: bool) -> None:
+        """Forget the oldest entries of `dtype` beyond `keep - 1`, counting full models and views
+        apart (a view holds an adapter only; forgetting a base forgets its views)."""
+        same = [k for k in self._models if k[1] == dtype and (k in self._views) == views]
+        for old in same[: max(0, len(same) - self.keep + 1)]:
+            self._forget(old)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        self._models.pop(key, None)
+        self._stamps.pop(key, None)
+        self._views.pop(key, None)
+        for view in [k for k, ckpt in self._views.items() if (model_identity(ckpt.base), k[1]) == key]:
+            self._forget(view)
 
     def get(self, ref: str, device: DeviceChoice | None = None) -> LoadedModel:
         """Blocking `load_events`."""
         return drain(self.load_events(ref, device))
 
-    def scoring(self, ref: str) -> LoadedModel:
-        """`ref` in the precision for scores a person reads: fp32 if its fp32 weights fit in the
-        memory free now (with a fifth to spare), else the window's precision. `scoring_choice`
-        then names the precision used and why."""
+    def scoring_models(self, *refs: str) -> list[LoadedModel]:
+        """`refs` in one precision for scores a person reads: fp32 if the fp32 weights they still
+        need fit in the memory free now (with a fifth to spare; a base shared by checkpoints counts
+        once, a checkpoint whose base is held adds its adapter), else the window's precision.
+        `scoring_choice` then names the precision used and why."""
         choice = plan_run(choice=self.device).scoring_choice()
-        if choice.dtype != self.device.dtype and (ref, choice.dtype) not in self._models:
-            params = sum(p.numel() for p in self.get(ref).model.parameters())
-            free, _ = memory_budget(self.device.device)
-            choice = plan_run(parameters=params, free_bytes=free, choice=self.device).scoring_choice()
+        if choice.dtype != self.device.dtype:
+            need = self._parameters_to_load(refs, choice.dtype)
+            if need:
+                free, _ = memory_budget(self.device.device)
+                choice = plan_run(parameters=need, free_bytes=free, choice=self.device).scoring_choice()
         self.scoring_choice = choice
-        return self.get(ref, device=choice)
+        return [self.get(ref, device=choice) for ref in refs]
+
+    def scoring(self, ref: str) -> LoadedModel:
+        """`scoring_models` of one model."""
+        return self.scoring_models(ref)[0]
+
+    def _parameters_to_load(self, refs: tuple[str, ...], dtype: str) -> int:
+        """Parameters that holding `refs` in `dtype` adds, counted on their window copies."""
+        missing = [ref for ref in refs if (model_identity(ref), dtype) not in self._models]
+        models = [self.get(ref).model for ref in missing]
+        held = [m.model for (name, d), m in self._models.items()
+                if d == self.device.dtype and (name, dtype) in self._models]
+        return parameters_to_hold(models, held)
+
+    def held_bytes(self) -> int:
+        """Bytes of the weights held in every precision, each tensor once: a base and the views
+        of its checkpoints are one copy (what the tests and bench/compare_memory.py count)."""
+        sizes = {p.data_ptr(): p.numel() * p.element_size() for m in self._models.values() for p in m.model.parameters()}
+        return sum(sizes.values())
 
     def drop(self, ref: str) -> None:
-        for key in [k for k in self._models if k[0] == ref]:
-            del self._models[key]
+        for key in [k for k in self._models if k[0] == model_identity(ref)]:
+            self._forget(key)
 
 
 class AppContext(QObject):
