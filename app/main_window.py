@@ -121,7 +121,10 @@ class MainWindow(QMainWindow):
         self.progress.setVisible(state == "loading")
         text = {"loading": "Loading model…", "ready": "Ready", "error": "Model failed to load"}.get(state, state)
         if state == "loading" and detail:
-            text = detail  # first run: download and conversion progress
+            text = detail  # preparing (first run: download, conversion), then the tokenizer and the weights
+        # an error's first line says what failed and what to do (a model that does not fit: how much it needs,
+        # how much is free): wrapped onto more lines of the bar, never cut at the label's width
+        self.state_label.setWordWrap(state == "error")
         self.state_label.setText(text if state != "error" else f"{text}: {detail.splitlines()[0] if detail else ''}")
         self.state_label.setToolTip(detail)
 

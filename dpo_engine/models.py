@@ -9,6 +9,11 @@ A reference is one of:
   - a hub id ("org/name"), where the hub is reachable.
 
 Weights are only ever read from safetensors and `trust_remote_code` is never set.
+
+Loading yields its progress like preparing does: the tokenizer, then the weights as transformers
+sets each into the model (its "Loading weights" loop, heard through `set_tqdm_hook`), in bytes.
+Before either, a model whose weights cannot fit in the memory free where they load is refused
+with a ModelError that says what to do, instead of swapping the machine to a halt.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from typing import Callable, Generator, Iterator
 from dpo_engine.atomic import find_checkpoint
 from dpo_engine.devices import DeviceChoice, pick_device
 from dpo_engine.errors import ModelError, ModelNotFoundError
-from dpo_engine.iters import drain
+from dpo_engine.iters import drain, mapped
 from dpo_engine.paths import cache_dir
+from dpo_engine.weights import check_fits, reported_load, weight_files, weight_sizes
 
 DEFAULT_MODEL_REF = "default"
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -48,10 +54,11 @@ def default_model_dir() -> Path:
 
 @dataclass(frozen=True)
 class PrepareProgress:
-    """One step of preparing a model for first use."""
+    """One step of preparing a model for first use, or of loading it."""
 
-    stage: str  # "download" | "extract" | "dequantise" | "save" | "ready"
-    fraction: float  # 0..1 over the whole preparation
+    stage: str  # preparing (once): "download" | "extract" | "dequantise" | "save" | "ready"; then loading:
+    # "tokenizer" | "weights"
+    fraction: float  # 0..1 over the whole preparation; then 0..1 over the load (its weights' bytes)
     message: str
 
 
@@ -338,19 +345,29 @@ def load_model_events(ref: str | None = None, device: DeviceChoice | None = None
                       quantization=None) -> Generator[PrepareProgress, None, LoadedModel]:
     """Load a model and its tokenizer onto a device (safetensors only, no remote code), its
     weights in `device.dtype` (read straight into it: a bf16 load never holds an fp32 copy);
-    yield the progress of preparing it (the default model, a .gguf: once), return the LoadedModel.
+    yield the progress of preparing it (the default model, a .gguf: once), then of loading it
+    (the tokenizer; the weights in bytes as they are set, the last event at 1); return the LoadedModel.
+
+    Before reading anything, a model whose weights do not fit in the memory free on the device
+    is refused with a ModelError that says how much it needs and what to do (`check_fits`).
 
     `tokenizer`: one the caller already loaded from the same `ref`, in the same thread (a
     tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop").
     `quantization`: a transformers quantization config (`dpo_engine.quant`): the linears are
-    quantised as they load, placed on the device by the loader."""
+    quantised as they load, placed on the device by the loader (their fit is the run plan's to judge)."""
     device = device or pick_device()
     resolved = yield from resolve_model_events(ref)
     start = time.perf_counter()
-    tokenizer = tokenizer if tokenizer is not None else _load_or_explain(load_tokenizer, resolved)
+    sizes = {} if resolved.kind == "hub" else weight_sizes(weight_files(Path(resolved.path)), device.torch_dtype)
+    if quantization is None:
+        check_fits(resolved.display_name, sum(sizes.values()), device)
+    if tokenizer is None:
+        yield PrepareProgress("tokenizer", 0.0, f"Loading the tokenizer of {resolved.display_name}")
+        tokenizer = _load_or_explain(load_tokenizer, resolved)
     placement = {} if quantization is None else {"quantization_config": quantization,
                                                  "device_map": {"": device.device}}
-    model = _load_or_explain(_load_weights, resolved, device, placement)
+    weights = reported_load(lambda: _load_or_explain(_load_weights, resolved, device, placement), sizes)
+    model = yield from mapped(weights, lambda p: PrepareProgress("weights", p.fraction, p.message))
     if quantization is None:  # a quantised model is placed by its loader and refuses .to()
         model.to(device.torch_device)
     model.eval()

@@ -1,0 +1,194 @@
+"""Loading a model says how far it is, and refuses at once what cannot fit (dpo_engine/weights.py).
+
+A tiny Llama saved in shards (save_pretrained's max_shard_size), so that transformers reads
+several files and sets its weights one by one, as it does a 1-3B model's."""
+
+import threading
+
+import pytest
+import torch
+
+from dpo_engine import weights
+from dpo_engine.devices import pick_device
+from dpo_engine.errors import ModelError
+from dpo_engine.models import PrepareProgress, load_model_events
+from dpo_engine.weights import GIB, reported_load, weight_files, weight_sizes
+
+from tests.tiny_model import build_tiny_model
+
+
+@pytest.fixture(scope="module")
+def sharded_model_dir(tmp_path_factory):
+    """The tiny model saved again in shards of at most 20 kB (its fp32 weights are ~90 kB)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    whole = build_tiny_model(tmp_path_factory.mktemp("whole"))
+    folder = tmp_path_factory.mktemp("sharded")
+    AutoModelForCausalLM.from_pretrained(whole).save_pretrained(folder, max_shard_size="20KB")
+    AutoTokenizer.from_pretrained(whole).save_pretrained(folder)
+    return folder
+
+
+def events_and_result(gen):
+    events = []
+    while True:
+        try:
+            events.append(next(gen))
+        except StopIteration as stop:
+            return events, stop.value
+
+
+def test_sizes_come_from_every_shard_in_the_load_precision(sharded_model_dir):
+    files = weight_files(sharded_model_dir)
+    assert len(files) >= 3 and all(f.name.startswith("model-0") for f in files)
+    fp32, bf16 = weight_sizes(files, torch.float32), weight_sizes(files, torch.bfloat16)
+    model = events_and_result(load_model_events(str(sharded_model_dir), pick_device("cpu", "float32")))[1].model
+    # tied embeddings: the files hold the embedding once, as the model's parameters() count it
+    assert sum(fp32.values()) == 4 * sum(p.numel() for p in model.parameters())
+    assert {name: 2 * size for name, size in bf16.items()} == fp32
+
+
+def test_a_load_reports_the_tokenizer_then_its_weights_up_to_one(sharded_model_dir, monkeypatch):
+    monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.0)  # every weight its own event
+    events, loaded = events_and_result(load_model_events(str(sharded_model_dir), pick_device("cpu", "float32")))
+    assert [e.stage for e in events[:2]] == ["tokenizer", "weights"]
+    weight_events = [e for e in events if e.stage == "weights"]
+    fractions = [e.fraction for e in weight_events]
+    assert fractions == sorted(fractions) and fractions[0] == 0 and fractions[-1] == 1
+    assert len(weight_events) >= len(list(loaded.model.state_dict())) // 2  # one per weight set, not just 0 and 1
+    total_mib = sum(weight_sizes(weight_files(sharded_model_dir), torch.float32).values()) / 2**20
+    assert weight_events[-1].message == f"Loading weights {total_mib:.0f} / {total_mib:.0f} MiB"
+    assert not loaded.model.training and next(loaded.model.parameters()).dtype == torch.float32
+
+
+def fake_load(items: dict, each=lambda name: None):
+    """A `from_pretrained` stand-in: transformers' own "Loading weights" loop over `items`."""
+    from transformers.utils.logging import tqdm
+
+    def load():
+        for name, _ in tqdm(items.items(), desc="Loading weights"):
+            each(name)
+        return "model"
+    return load
+
+
+def test_progress_is_in_bytes_of_the_weights_set(monkeypatch):
+    monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.0)
+    sizes = {"embed": 3 * GIB // 2, "head": GIB}  # 1.5 + 1.0 GiB
+    events, value = events_and_result(reported_load(fake_load(sizes), sizes))
+    assert value == "model"
+    assert [(e.fraction, e.message) for e in events] == [
+        (0.0, "Loading weights 0.0 / 2.5 GiB"), (0.6, "Loading weights 1.5 / 2.5 GiB"),
+        (1.0, "Loading weights 2.5 / 2.5 GiB")]
+
+
+def test_without_sizes_progress_counts_the_weights(monkeypatch):
+    monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.0)
+    events, _ = events_and_result(reported_load(fake_load(dict.fromkeys("abcd")), {}))
+    assert [e.message for e in events] == ["Loading weights (0 of 1 tensors)"] + [
+        f"Loading weights ({n} of 4 tensors)" for n in (1, 2, 3, 4)]
+
+
+def test_a_failed_load_raises_in_the_callers_thread():
+    def load():
+        raise ModelError("damaged shard")
+
+    with pytest.raises(ModelError, match="damaged shard"):
+        events_and_result(reported_load(load, {}))
+
+
+def test_closing_the_load_stops_it_at_the_next_weight():
+    """The window cancels a job by closing its generator: the helper thread must stop loading too."""
+    release, seen = threading.Event(), []
+
+    def each(name):
+        seen.append(name)
+        release.wait(5)  # the first weight takes a while: the close arrives during it
+
+    gen = reported_load(fake_load(dict.fromkeys(range(100)), each), {})
+    next(gen)  # the first event (0 of ...); the helper is setting weight 0
+    threading.Timer(0.5, release.set).start()
+    gen.close()  # waits for the helper, which stops when weight 0 is done
+    assert seen == [0]
+    assert not any(t.name == "load-weights" for t in threading.enumerate())
+
+
+def test_a_model_that_cannot_fit_is_refused_before_anything_loads(sharded_model_dir, monkeypatch):
+    import dpo_engine.models as models
+
+    files = weight_files(sharded_model_dir)
+    weights_bytes = sum(weight_sizes(files, torch.float32).values())
+    monkeypatch.setattr(weights, "free_memory", lambda device: weights_bytes)  # the weights, but no room to run
+    monkeypatch.setattr(models, "load_tokenizer", lambda resolved: pytest.fail("loaded a tokenizer"))
+    gen = load_model_events(str(sharded_model_dir), pick_device("cpu", "float32"))
+    with pytest.raises(ModelError) as refused:
+        next(gen)
+    need = int(weights_bytes * weights.LOAD_SPARE)  # 1.1 x the fp32 weights
+    text = str(refused.value)
+    assert text.startswith(f"{sharded_model_dir.name} does not fit in memory: it needs {need / 2**20:.1f} MiB "
+                           f"({weights_bytes / 2**20:.1f} MiB of weights in float32, and room to sample) and "
+                           f"{weights_bytes / 2**20:.1f} MiB is free on cpu.")
+    assert "Pick a smaller model, close other programs" in text and "4-bit base" in text
+
+
+def test_unknown_free_memory_does_not_refuse(sharded_model_dir, monkeypatch):
+    monkeypatch.setattr(weights, "free_memory", lambda device: 0)  # neither psutil nor /proc/meminfo
+    events, loaded = events_and_result(load_model_events(str(sharded_model_dir), pick_device("cpu", "float32")))
+    assert loaded.model is not None and isinstance(events[0], PrepareProgress)
+
+
+# --------------------------------------------------------------------------- the window
+
+
+@pytest.fixture
+def sharded_window(qtbot, tmp_path, sharded_model_dir):
+    from app.main import create_window
+
+    ctx, win = create_window(tmp_path / "p.sqlite", str(sharded_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    texts = []
+    ctx.modelStateChanged.connect(lambda state, detail: texts.append((state, win.state_label.text())))
+    yield ctx, win, texts
+    ctx.shutdown()
+
+
+def test_the_status_bar_shows_the_loading_steps(qtbot, sharded_window, monkeypatch):
+    monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.0)
+    ctx, win, texts = sharded_window
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.load_active_model()
+    loading = [text for state, text in texts if state == "loading"]
+    name = ctx.model_ref.rsplit("/", 1)[-1]
+    assert f"Loading the tokenizer of {name} (0%)" in loading
+    weight_texts = [t for t in loading if t.startswith("Loading weights")]
+    assert weight_texts[0].endswith("MiB (0%)") and weight_texts[-1].endswith("MiB (100%)")
+    assert len(weight_texts) > 2 and win.state_label.text() == "Ready"
+
+
+def saved_verdicts(path) -> list[tuple]:
+    """The verdicts on disk, read through a connection of our own (not the window's)."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        return db.execute("SELECT prompt_id, verdict FROM comparisons ORDER BY id").fetchall()
+
+
+def test_a_model_too_large_says_so_in_the_status_bar_and_loses_nothing(qtbot, sharded_window, tiny_model_dir,
+                                                                      monkeypatch):
+    from tests.store_helpers import label
+
+    ctx, win, texts = sharded_window
+    label(ctx.project, "Which is kinder?", "a kind answer", "a rude one", "left", note="kept")
+    before, big = saved_verdicts(ctx.project_path), ctx.model_ref
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.set_active_model(str(tiny_model_dir))  # the model the person labels with so far
+    monkeypatch.setattr(weights, "free_memory", lambda device: 1000)  # 1 kB free: not even the tiny model fits
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "error"):
+        ctx.set_active_model(big)
+    text = win.state_label.text()
+    assert text.startswith("Model failed to load: sharded") and "does not fit in memory: it needs" in text
+    assert "0.0 MiB is free on cpu. Pick a smaller model" in text and win.state_label.wordWrap()
+    assert saved_verdicts(ctx.project_path) == before and len(before) == 1
+    with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+        ctx.set_active_model(str(tiny_model_dir))  # back to the model in memory: it still works
+    assert win.state_label.text() == "Ready" and not win.state_label.wordWrap()
