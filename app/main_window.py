@@ -4,6 +4,8 @@ the page (`Page(ctx, controller)`): pages present and forward, controllers decid
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import (
     QLabel,
@@ -117,7 +119,12 @@ class MainWindow(QMainWindow):
             self.nav.setCurrentRow(list(self.pages).index(name))
 
     def _on_ctx_modelStateChanged(self, state: str, detail: str) -> None:
-        self.model_label.setText(f"Model: {self.ctx.loaded_name or self.ctx.model_ref}")
+        ref = self.ctx.model_ref
+        # a folder's name, its path in the tooltip: a long path left the state beside it ~300 px. The name
+        # loaded last only while it is the one in use: after a failed switch it would name the wrong model
+        name = self.ctx.loaded_name if state == "ready" else ""
+        self.model_label.setText(f"Model: {name or (Path(ref).name if Path(ref).exists() else ref)}")
+        self.model_label.setToolTip(ref)
         self.progress.setVisible(state == "loading")
         text = {"loading": "Loading model…", "ready": "Ready", "error": "Model failed to load"}.get(state, state)
         if state == "loading" and detail:

@@ -107,9 +107,9 @@ def check_fits(name: str, weights: int, device: DeviceChoice) -> None:
     free = free_memory(device) if weights else 0
     if not free or need <= free:
         return
-    raise ModelError(f"{name} does not fit in memory: it needs {_size(need)} ({_size(weights)} of weights in "
-                     f"{device.dtype}, and room to sample) and {_size(free)} is free on {device.device}. Pick a smaller model, close other programs to free memory, or train it "
-                     "as LoRA over a 4-bit base on a CUDA GPU.")
+    raise ModelError(f"{name} does not fit in memory: it needs {_size(need)} (its {device.dtype} weights, "
+                     f"{_size(weights)}, and room to sample) and {_size(free)} is free ({device.device}). Pick a "
+                     "smaller model, close other programs, or train it as LoRA over a 4-bit base on a CUDA GPU.")
 
 
 # --------------------------------------------------------------------------- hearing transformers' loop
