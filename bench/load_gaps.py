@@ -16,7 +16,9 @@ load left unread (memory-mapped weights are read when first touched).
 
 --model: a `bench.real_size` shape (built once, random bf16 weights) or a model folder.
 --cold: evict the model's files from the OS page cache first (posix_fadvise DONTNEED, no root
-needed), as on a first start after a reboot. Appends one JSON line to --out.
+needed), as on a first start after a reboot. --pretend-free-gib N: the memory free is said to be
+N GiB (`dpo_engine.weights.free_memory` replaced), to see a refusal at real size. Appends one JSON
+line to --out.
 """
 
 from __future__ import annotations
@@ -129,7 +131,16 @@ def first_token(app, win) -> float:
     return seen[0] - start
 
 
-def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool) -> dict:
+def pretend_free(gib: float) -> None:
+    """The load's fit check sees `gib` GiB free, whatever is free here (absent on code without the check)."""
+    try:
+        from dpo_engine import weights
+    except ImportError:
+        return
+    weights.free_memory = lambda device: int(gib * 2**30)
+
+
+def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool, free_gib: float | None) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from app.main import create_window
@@ -139,6 +150,8 @@ def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool)
     app = QApplication.instance() or QApplication([])
     folder = model_folder(model)
     evicted = evict(folder) if cold else 0
+    if free_gib is not None:
+        pretend_free(free_gib)
     load_before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -165,7 +178,7 @@ def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool)
         ctx.shutdown()
         win.close()
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "model": model, "folder": str(folder),
-            "precision": ctx.device.dtype, "cold": cold, "evicted_bytes": evicted, "window_built_s": round(built, 2),
+            "precision": ctx.device.dtype, "cold": cold, "pretend_free_gib": free_gib, "evicted_bytes": evicted, "window_built_s": round(built, 2),
             "load_s": loaded_s, "state": state[0], "detail": state[1][:300], **row,
             "uptime_before": load_before, "uptime_after": uptime(), "machine": machine_info()}
 
@@ -178,9 +191,11 @@ def main() -> None:
     parser.add_argument("--first-token", action="store_true",
                         help="then time until the Label page shows its first answer text")
     parser.add_argument("--watchdog", action="store_true", help="record where each thread is during long gaps")
+    parser.add_argument("--pretend-free-gib", type=float, default=None,
+                        help="the load's fit check sees this much memory free (to see a refusal at real size)")
     parser.add_argument("--out", default=str(RESULTS / "load_gaps.jsonl"))
     args = parser.parse_args()
-    row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog)
+    row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog, args.pretend_free_gib)
     print(json.dumps({k: v for k, v in row.items() if k != "machine"}, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:
