@@ -15,6 +15,9 @@ load left unread (memory-mapped weights are read when first touched).
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.load_gaps --model llama-3.2-1b --dtype float32 --watchdog
 
 --model: a `bench.real_size` shape (built once, random bf16 weights) or a model folder.
+--spare: instead, how much memory a load and one sampling round take over the weights' bytes
+(`dpo_engine.weights.LOAD_SPARE`): the peak RSS above the process's RSS before the load, over
+the weights, for 8 prompts of 60 tokens sampling 32 new tokens each (no window).
 --cold: evict the model's files from the OS page cache first (posix_fadvise DONTNEED, no root
 needed), as on a first start after a reboot. --pretend-free-gib N: the memory free is said to be
 N GiB (`dpo_engine.weights.free_memory` replaced), to see a refusal at real size. Appends one JSON
@@ -183,6 +186,28 @@ def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool,
             "uptime_before": load_before, "uptime_after": uptime(), "machine": machine_info()}
 
 
+def measure_spare(model: str, dtype: str | None) -> dict:
+    """Peak RSS of a load and one sampling round above the RSS before, over the weights' bytes."""
+    import torch
+
+    from bench.common import proc_status_bytes
+    from dpo_engine.devices import pick_device
+    from dpo_engine.models import load_model
+
+    before = proc_status_bytes("VmRSS")
+    loaded = load_model(str(model_folder(model)), pick_device("cpu", dtype))
+    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    ids = torch.randint(0, 1000, (8, 60))
+    with torch.no_grad():
+        loaded.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True, max_new_tokens=32,
+                              min_new_tokens=32, pad_token_id=0)
+    peak = proc_status_bytes("VmHWM")
+    return {"date": time.strftime("%Y-%m-%d %H:%M"), "model": model, "precision": loaded.device.dtype,
+            "weights_gib": round(weight_bytes / 2**30, 3), "rss_before_gib": round(before / 2**30, 3),
+            "peak_gib": round(peak / 2**30, 3), "spare": round((peak - before) / weight_bytes, 3),
+            "machine": machine_info()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-3.2-1b", help="a bench.real_size shape or a model folder")
@@ -193,9 +218,13 @@ def main() -> None:
     parser.add_argument("--watchdog", action="store_true", help="record where each thread is during long gaps")
     parser.add_argument("--pretend-free-gib", type=float, default=None,
                         help="the load's fit check sees this much memory free (to see a refusal at real size)")
+    parser.add_argument("--spare", action="store_true", help="measure LOAD_SPARE instead (no window)")
     parser.add_argument("--out", default=str(RESULTS / "load_gaps.jsonl"))
     args = parser.parse_args()
-    row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog, args.pretend_free_gib)
+    if args.spare:
+        row = measure_spare(args.model, args.dtype)
+    else:
+        row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog, args.pretend_free_gib)
     print(json.dumps({k: v for k, v in row.items() if k != "machine"}, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:

@@ -28,9 +28,11 @@ from dpo_engine.errors import ModelError
 
 T = TypeVar("T")
 
-LOAD_SPARE = 1.1  # a loaded model needs its weights' bytes and a tenth more: Llama-3.2-1B's shape (bf16, CPU,
-# bench/real_size.py's folder) loaded and sampling 8 prompts x (60 + 32) tokens peaked at 1.106 x its weights
-# above the process's memory before it; with less free, the OS swaps or kills the app
+LOAD_SPARE = 1.1  # a loaded model needs its weights' bytes and a tenth more: `bench/load_gaps.py --spare`, the
+# Llama-3.2-1B shape in bf16 on a CPU, loaded and sampling 8 prompts x (60 + 32) tokens, peaked at 1.106 x its
+# weights above the process's memory before (rounded down: refuse only what surely cannot fit; bench/README.md,
+# "Loading at real size"); in fp32 from bf16 files at 1.54 x, the files' pages still mapped as it converts, but
+# those are clean page cache that the OS drops at need
 PROGRESS_EVERY_S = 0.25  # at most four events a second: smooth in the status bar, and a CLI line each (at 0.1 s an
 # 11 s fp32 load of the 1B shape printed 45 lines)
 GIB = 2**30  # sizes in GiB, as the model picker shows free memory
@@ -116,6 +118,7 @@ def check_fits(name: str, weights: int, device: DeviceChoice) -> None:
 
 _LISTENERS: dict[int, Callable[[str, int], None]] = {}  # a loading thread -> what hears each weight it sets
 _PREVIOUS: list = []  # the tqdm hook set before ours (None: transformers' own bars), once ours is set
+_INSTALLING = threading.Lock()  # two first loads at once must not each take the other's hook for the previous
 
 
 def _bar(factory, args, kwargs):
@@ -139,8 +142,9 @@ def _listen_to_transformers() -> None:
     """Set `_bar` as transformers' tqdm hook, once (without the hook, older releases: no progress)."""
     from transformers.utils import logging
 
-    if not _PREVIOUS and hasattr(logging, "set_tqdm_hook"):
-        _PREVIOUS.append(logging.set_tqdm_hook(_bar))
+    with _INSTALLING:
+        if not _PREVIOUS and hasattr(logging, "set_tqdm_hook"):
+            _PREVIOUS.append(logging.set_tqdm_hook(_bar))
 
 
 class _Stopped(Exception):
