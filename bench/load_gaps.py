@@ -15,6 +15,8 @@ load left unread (memory-mapped weights are read when first touched).
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.load_gaps --model llama-3.2-1b --dtype float32 --watchdog
 
 --model: a `bench.real_size` shape (built once, random bf16 weights) or a model folder.
+--preload-tokenizer: the tokenizer is loaded before the window opens and handed to the load
+(`dpo_engine.models.load_tokenizer` replaced): the gaps the load leaves without the tokenizer's.
 --spare: instead, how much memory a load and one sampling round take over the weights' bytes
 (`dpo_engine.weights.LOAD_SPARE`): the peak RSS above the process's RSS before the load, over
 the weights, for 8 prompts of 60 tokens sampling 32 new tokens each (no window).
@@ -134,6 +136,14 @@ def first_token(app, win) -> float:
     return seen[0] - start
 
 
+def preload_tokenizer(folder: Path) -> None:
+    """Load the tokenizer now, on this thread, and make the window's load take it instead of loading one."""
+    from dpo_engine import models
+
+    tokenizer = models.load_tokenizer(models.resolve_model_ref(str(folder)))
+    models.load_tokenizer = lambda resolved: tokenizer
+
+
 def pretend_free(gib: float) -> None:
     """The load's fit check sees `gib` GiB free, whatever is free here (absent on code without the check)."""
     try:
@@ -143,7 +153,8 @@ def pretend_free(gib: float) -> None:
     weights.free_memory = lambda device: int(gib * 2**30)
 
 
-def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool, free_gib: float | None) -> dict:
+def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool, free_gib: float | None,
+            preload: bool = False) -> dict:
     from PySide6.QtWidgets import QApplication
 
     from app.main import create_window
@@ -155,6 +166,8 @@ def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool,
     evicted = evict(folder) if cold else 0
     if free_gib is not None:
         pretend_free(free_gib)
+    if preload:
+        preload_tokenizer(folder)
     load_before = uptime()
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
@@ -181,7 +194,8 @@ def measure(model: str, dtype: str | None, cold: bool, token: bool, watch: bool,
         ctx.shutdown()
         win.close()
     return {"date": time.strftime("%Y-%m-%d %H:%M"), "model": model, "folder": str(folder),
-            "precision": ctx.device.dtype, "cold": cold, "pretend_free_gib": free_gib, "evicted_bytes": evicted, "window_built_s": round(built, 2),
+            "precision": ctx.device.dtype, "cold": cold, "pretend_free_gib": free_gib,
+            "preloaded_tokenizer": preload, "evicted_bytes": evicted, "window_built_s": round(built, 2),
             "load_s": loaded_s, "state": state[0], "detail": state[1][:300], **row,
             "uptime_before": load_before, "uptime_after": uptime(), "machine": machine_info()}
 
@@ -218,13 +232,16 @@ def main() -> None:
     parser.add_argument("--watchdog", action="store_true", help="record where each thread is during long gaps")
     parser.add_argument("--pretend-free-gib", type=float, default=None,
                         help="the load's fit check sees this much memory free (to see a refusal at real size)")
+    parser.add_argument("--preload-tokenizer", action="store_true",
+                        help="load the tokenizer before the window opens (the gaps without its load)")
     parser.add_argument("--spare", action="store_true", help="measure LOAD_SPARE instead (no window)")
     parser.add_argument("--out", default=str(RESULTS / "load_gaps.jsonl"))
     args = parser.parse_args()
     if args.spare:
         row = measure_spare(args.model, args.dtype)
     else:
-        row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog, args.pretend_free_gib)
+        row = measure(args.model, args.dtype, args.cold, args.first_token, args.watchdog, args.pretend_free_gib,
+                      args.preload_tokenizer)
     print(json.dumps({k: v for k, v in row.items() if k != "machine"}, indent=1))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     with open(args.out, "a", encoding="utf-8") as f:
