@@ -115,14 +115,16 @@ def model_path(name: str) -> str:
     return str(model_dir(name))
 
 
-def picker_choice(path: str, device: str):
-    """What the model picker hands the window for `path` here: its fit at the free memory."""
+def picker_choice(path: str, device: str, free_gib: float | None = None):
+    """What the model picker hands the window for `path` here: its fit at the free memory
+    (`free_gib`: as if that much were free, e.g. a 16 GB laptop's ~13)."""
     from app.pages.model_choice import ModelChoice
     from dpo_engine.catalog import with_fit
     from dpo_engine.catalog.fit import memory_budget
     from dpo_engine.catalog.sources import inspect_path
 
     free, where = memory_budget(device)
+    free = int(free_gib * 2**30) if free_gib else free
     entry = with_fit(inspect_path(path), free, device)
     return ModelChoice(path, entry.fit.plan if entry.fit else None), entry.fit
 
@@ -215,7 +217,7 @@ def run(app, args) -> dict:
     work = Path(tempfile.mkdtemp(prefix="window-e2e-"))
     pace.memory_file = lambda: work / "labeling-pace.json"  # a first session: nothing remembered
     path = model_path(args.model)
-    choice, fit = picker_choice(path, args.device) if path != "default" else (None, None)
+    choice, fit = picker_choice(path, args.device, args.free_gib) if path != "default" else (None, None)
     meter = Meter(args.device)
     opened = time.monotonic()
     ctx, win = create_window(work / "e2e.dpo.sqlite", path, device=args.device)
@@ -231,8 +233,10 @@ def run(app, args) -> dict:
         result["label"] = label(app, win, meter, args, rng, opened)
         result["open"] = meter.report("open")
         result["label"].update(meter.report("label"))
+        print(json.dumps({k: result[k] for k in ("picked", "open", "label")}), flush=True)
         result["train"], checkpoint = train(app, win, meter, args)
         result["train"].update(meter.report("train"))
+        print(json.dumps(result["train"]), flush=True)
         result["compare"] = compare(app, win, ctx, meter, args, checkpoint)
         result["compare"].update(meter.report("compare"))
     finally:
@@ -248,6 +252,8 @@ def main(argv=None) -> int:
     p.add_argument("--verdicts", type=int, default=20)
     p.add_argument("--compare", type=int, default=5, help="typed prompts on the Compare page")
     p.add_argument("--think", type=float, default=4.0, help="the person's seconds per verdict")
+    p.add_argument("--free-gib", type=float, default=None,
+                   help="plan as if this much memory were free (a 16 GB laptop: ~13); default: what is free")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for one pair before giving up")
     args = p.parse_args(argv)

@@ -188,7 +188,8 @@ class AppContext(QObject):
         self.runner = TorchRunner(self)
         self.disk = TorchRunner(self, "disk-worker")  # disk scans (the model listing): never behind sampling
         self.models = ModelCache(device, on_state=self._modelEvent.emit)
-        self._modelEvent.connect(self._on_models_event)
+        self._modelEvent.connect(self._on_cache_event)
+        self._loading: set[str] = set()  # refs whose load-model job has not finished
         self.model_state = ("loading", "")
         self.plain_text = False  # the active model has no chat template (a base model): plain-text mode
         self.loaded_name = ""
@@ -228,6 +229,13 @@ class AppContext(QObject):
         self.model_state = (state, detail)
         self.modelStateChanged.emit(state, detail)
 
+    def _on_cache_event(self, state: str, ref: str, detail: str) -> None:
+        """The cache's word on a model. While the active model's load job runs, its "ready" waits
+        for the job: the job also says whether the model is a plain-text one (no chat template),
+        and a page that reads `plain_text` on "ready" must find it set."""
+        if not (state == "ready" and ref in self._loading):
+            self._on_models_event(state, ref, detail)
+
     def _on_models_event(self, state: str, ref: str, detail: str) -> None:
         if ref != self.model_ref:
             return  # another model (a second one to compare) does not change the status bar
@@ -249,7 +257,9 @@ class AppContext(QObject):
             name, self.plain_text = result
             self._on_models_event("ready", ref, name)
 
+        self._loading.add(ref)
         job = self.submit("load-model", factory, urgent=True)  # the status bar waits on it
+        job.finished.connect(lambda: self._loading.discard(ref))
         job.yielded.connect(lambda ev: self.set_model_state("loading", f"{ev.message} ({ev.fraction:.0%})"))
         job.returned.connect(ready)
         job.failed.connect(lambda msg: self._on_models_event("error", ref, msg))
