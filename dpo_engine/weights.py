@@ -60,7 +60,10 @@ def weight_files(folder: Path) -> list[Path]:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return []  # a damaged index: the load itself says what is wrong
     single = folder / SAFE_WEIGHTS_NAME
-    return [single] if single.is_file() else []
+    if single.is_file():
+        return [single]
+    # other names transformers does not pick: never Mistral's consolidated.safetensors nor an adapter's
+    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_model", "consolidated")))
 
 
 def weight_sizes(files: list[Path], dtype) -> dict[str, int]:
@@ -81,14 +84,9 @@ def weight_sizes(files: list[Path], dtype) -> dict[str, int]:
     return sizes
 
 
-def free_memory(device: DeviceChoice) -> int:
-    """Bytes free where `device` keeps the weights: CUDA's free memory, else the RAM available to a
-    new allocation (MPS shares it); 0 where unknown. The question `catalog.fit.memory_budget` answers
-    for the model picker, answered the same way: the engine's core cannot import the catalog above it."""
-    import torch
-
-    if device.device.startswith("cuda"):
-        return int(torch.cuda.mem_get_info(device.torch_device)[0]) if torch.cuda.is_available() else 0
+def free_ram() -> int:
+    """Bytes of RAM available to a new allocation (psutil; else /proc/meminfo's MemAvailable); 0
+    where unknown. The one reading of it: `catalog.fit.memory_budget` (the picker) asks it too."""
     try:
         import psutil
 
@@ -100,6 +98,16 @@ def free_memory(device: DeviceChoice) -> int:
             return next((int(line.split()[1]) * 1024 for line in fh if line.startswith("MemAvailable:")), 0)
     except OSError:
         return 0
+
+
+def free_memory(device: DeviceChoice) -> int:
+    """Bytes free where `device` keeps the weights: CUDA's free memory, else `free_ram` (MPS
+    shares the RAM); 0 where unknown."""
+    import torch
+
+    if device.device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(device.torch_device)[0]) if torch.cuda.is_available() else 0
+    return free_ram()
 
 
 def check_fits(name: str, weights: int, device: DeviceChoice) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from dpo_engine.defaults import SmallDataDefaults
 from dpo_engine.logps import HEAD_CHUNK_BYTES, HEAD_WHOLE_BYTES
 from dpo_engine.train.config import LoraSettings, TrainConfig
+from dpo_engine.weights import free_ram  # noqa: F401  (memory_budget reads it; tests replace it here)
 
 if TYPE_CHECKING:
     from dpo_engine.run_plan import RunPlan
@@ -278,24 +279,6 @@ def _why(mode: str, ckpt: bool, pairs: int, sized: list, budget: int, device: st
 
 
 # --------------------------------------------------------------------------- the machine
-
-
-def free_ram() -> int:
-    """Bytes of RAM available to a new allocation (psutil; else /proc/meminfo's MemAvailable)."""
-    try:
-        import psutil
-
-        return int(psutil.virtual_memory().available)
-    except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def memory_budget(device: str = "auto") -> tuple[int, str]:

@@ -126,7 +126,8 @@ def check_adapter_fits(source: ExportSource, prepare: bool = True) -> None:
     adapter or run file): shapes read from headers, before anything is loaded or written. `prepare`:
     the base may be converted to find its files (a .gguf); else only a base already on disk is read.
     A base that is not on this disk (a hub id) is not checked here."""
-    from dpo_engine.export.tensors import adapter_misfit, weight_files
+    from dpo_engine.export.tensors import adapter_misfit
+    from dpo_engine.weights import weight_files
 
     if source.adapter is None or not (source.adapter / "adapter_model.safetensors").is_file():
         return

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from dpo_engine.errors import ModelError
+from dpo_engine.weights import weight_files
 
 
 class TensorReader(Protocol):
@@ -46,18 +47,6 @@ class ModelTensors:
 
     def get(self, name: str):
         return self.state[name].detach().to("cpu").float()
-
-
-def weight_files(folder: Path) -> list[Path]:
-    """The model's safetensors files as transformers picks them: the index's shards, else
-    model.safetensors; other .safetensors beside them (Mistral's consolidated.safetensors, an
-    adapter) are not the model's transformers weights."""
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
-    if (folder / "model.safetensors").is_file():
-        return [folder / "model.safetensors"]
-    return sorted(p for p in folder.glob("*.safetensors") if not p.name.startswith(("adapter_model", "consolidated")))
 
 
 class FolderTensors:
