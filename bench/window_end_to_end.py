@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 from bench.common import RESULTS, machine_info, machine_row
+from scripts.screenshots import wait_until
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
@@ -90,13 +91,9 @@ class Meter:
 
 
 def wait(app, until, timeout: float, what: str) -> float:
-    """Run the event loop until `until()`; returns when (monotonic). Sleeps 2 ms between polls."""
-    end = time.monotonic() + timeout
-    while not until():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-        app.processEvents()
-        time.sleep(0.002)
+    """`scripts.screenshots.wait_until`; returns when (monotonic): callers that time a pair take
+    the moment from its signal instead (polls are 20 ms apart)."""
+    wait_until(app, until, timeout, what)
     return time.monotonic()
 
 
@@ -142,7 +139,8 @@ def label(app, win, meter: Meter, args, rng: random.Random, opened: float) -> di
         cur = c.current
         return cur is not None and cur is not before and cur.done and id(cur) in ready_at
 
-    first = wait(app, lambda: ready(None), args.timeout, "the first pair")
+    wait(app, lambda: ready(None), args.timeout, "the first pair")
+    first = ready_at[id(c.current)]
     meter.start("label")
     waits, last = [], first
     for _ in range(args.verdicts):
