@@ -29,7 +29,7 @@ def create_window(project: Path, model_ref: str, device: str | None = None, dtyp
     from app.plumbing.context import AppContext
     from app.main_window import MainWindow
     from dpo_engine.devices import pick_device
-    from dpo_engine.models import warm_imports
+    from dpo_engine.models import preload_tokenizer, warm_imports
 
     # The torch worker thread runs Python between its ops; a shorter GIL switch interval
     # (default 5 ms) hands the GUI thread the GIL sooner, so the window stays smooth.
@@ -37,8 +37,10 @@ def create_window(project: Path, model_ref: str, device: str | None = None, dtyp
     # Loading a model on the worker would import these there, holding the GIL in stretches
     # of up to ~350 ms: imported here, before the window shows, they cannot stall it.
     warm_imports(model_ref)
+    tokenizer = preload_tokenizer(model_ref)  # likewise the tokenizer's GIL-holding load (~0.1-0.3 s)
     project.parent.mkdir(parents=True, exist_ok=True)
     ctx = AppContext(project, model_ref, pick_device(device, dtype))
+    ctx.models.offer_tokenizer(model_ref, tokenizer)
     window = MainWindow(ctx)
     return ctx, window
 

@@ -341,6 +341,27 @@ def load_tokenizer(resolved: ResolvedModel):
     return tok
 
 
+def preload_tokenizer(ref: str | None):
+    """The tokenizer of `ref` where it is on this disk ready to load (a model folder, the default
+    model once converted), loaded now in the calling thread; None for anything else (a hub id, a
+    .gguf, a LoRA run's folder, a folder that fails: its load prepares or explains it).
+
+    The window calls it before it shows and hands the tokenizer to the first load: loaded on the
+    torch worker, its two GIL-holding calls (the Rust `Tokenizer.from_file`, the json of the added
+    tokens) stalled the opening window 150-330 ms at 1B (bench/README.md, "Loading at real size")."""
+    ref = (ref or DEFAULT_MODEL_REF).strip()
+    folder = default_model_dir() if ref == DEFAULT_MODEL_REF else Path(ref).expanduser()
+    if not ((folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
+            and any(folder.glob("*.safetensors"))) or (folder / "adapter").is_dir():  # train.model.ADAPTER_DIR
+        return None
+    if ref == DEFAULT_MODEL_REF and not is_converted(folder):
+        return None
+    try:
+        return load_tokenizer(ResolvedModel(ref, str(folder), "folder", folder.name))
+    except Exception:  # noqa: BLE001 - the load proper says what is wrong with the folder
+        return None
+
+
 def load_model_events(ref: str | None = None, device: DeviceChoice | None = None, tokenizer=None,
                       quantization=None) -> Generator[PrepareProgress, None, LoadedModel]:
     """Load a model and its tokenizer onto a device (safetensors only, no remote code), its
@@ -351,8 +372,8 @@ def load_model_events(ref: str | None = None, device: DeviceChoice | None = None
     Before reading anything, a model whose weights do not fit in the memory free on the device
     is refused with a ModelError that says how much it needs and what to do (`check_fits`).
 
-    `tokenizer`: one the caller already loaded from the same `ref`, in the same thread (a
-    tokenizer load holds the GIL for 0.3-0.7 s on a 2-core CPU: bench/README.md, "Event loop").
+    `tokenizer`: one the caller already loaded from the same `ref` (`preload_tokenizer`: a
+    tokenizer load holds the GIL for 0.1-0.7 s on a 2-core CPU: bench/README.md, "Event loop").
     `quantization`: a transformers quantization config (`dpo_engine.quant`): the linears are
     quantised as they load, placed on the device by the loader (their fit is the run plan's to judge)."""
     device = device or pick_device()

@@ -108,7 +108,7 @@ def test_first_run_preparation_progress_shows_in_the_status_bar(qtbot, window, m
     seen = []
     ctx.modelStateChanged.connect(lambda s, d: seen.append((s, win.state_label.text())))
 
-    def fake_load(ref, device):
+    def fake_load(ref, device, tokenizer=None):
         yield PrepareProgress("download", 0.05, "Downloading the default model")
         yield PrepareProgress("dequantise", 0.4, "Dequantising")
         return type("L", (), {"name": "stub"})()

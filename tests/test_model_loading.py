@@ -156,6 +156,7 @@ def sharded_window(qtbot, tmp_path, sharded_model_dir):
 def test_the_status_bar_shows_the_loading_steps(qtbot, sharded_window, monkeypatch):
     monkeypatch.setattr(weights, "PROGRESS_EVERY_S", 0.0)
     ctx, win, texts = sharded_window
+    ctx.models.drop(ctx.model_ref)  # the tokenizer loaded before the window showed is forgotten too
     with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
         ctx.load_active_model()
     loading = [text for state, text in texts if state == "loading"]
@@ -195,3 +196,59 @@ def test_a_model_too_large_says_so_in_the_status_bar_and_loses_nothing(qtbot, sh
         ctx.load_active_model()
     assert win.state_label.text() == "Ready" and not win.state_label.wordWrap()
     assert saved_verdicts(ctx.project_path) == before
+
+
+def test_the_first_load_takes_the_tokenizer_loaded_before_the_window_showed(qtbot, tmp_path, sharded_model_dir,
+                                                                            monkeypatch):
+    """Loaded on the torch worker, the tokenizer's GIL-holding calls stalled the opening window
+    (bench/README.md, "Loading at real size"): `create_window` loads it first, and the first load
+    of the model uses that one; a later load of the same model loads its own."""
+    from app.main import create_window
+    from dpo_engine import models
+
+    threads = []
+    real = models.load_tokenizer
+
+    def counted(resolved):
+        threads.append(threading.current_thread().name)
+        return real(resolved)
+
+    monkeypatch.setattr(models, "load_tokenizer", counted)
+    ctx, win = create_window(tmp_path / "p.sqlite", str(sharded_model_dir), device="cpu")
+    qtbot.addWidget(win)
+    try:
+        assert threads == [threading.main_thread().name]
+        texts = []
+        ctx.modelStateChanged.connect(lambda state, detail: texts.append(detail))
+        with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+            ctx.load_active_model()
+        assert threads == [threading.main_thread().name]  # the worker loaded none
+        assert not any(t.startswith("Loading the tokenizer") for t in texts)
+        assert any(t.startswith("Loading weights") for t in texts)
+        first = ctx.models.get(ctx.model_ref)
+        assert first.tokenizer("a kind answer")["input_ids"] == real(first.resolved)("a kind answer")["input_ids"]
+        ctx.models.drop(ctx.model_ref)
+        with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
+            ctx.load_active_model()
+        assert len(threads) == 2 and threads[1] != threading.main_thread().name
+    finally:
+        ctx.shutdown()
+
+
+@pytest.mark.parametrize("kind", ["hub id", "no tokenizer", "lora run"])
+def test_no_tokenizer_is_loaded_ahead_for_what_the_load_must_prepare_or_explain(tmp_path, sharded_model_dir, kind):
+    from dpo_engine.models import preload_tokenizer
+
+    if kind == "hub id":
+        assert preload_tokenizer("someone/some-model") is None
+        return
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for f in sharded_model_dir.iterdir():
+        if kind == "no tokenizer" and f.name == "tokenizer_config.json":
+            continue
+        (folder / f.name).write_bytes(f.read_bytes())
+    if kind == "lora run":
+        (folder / "adapter").mkdir()
+    assert preload_tokenizer(str(folder)) is None
+    assert preload_tokenizer(str(sharded_model_dir)) is not None

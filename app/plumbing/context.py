@@ -59,6 +59,14 @@ class ModelCache:
         self._stamps: dict[tuple[str, str], float] = {}
         self._views: dict[tuple[str, str], LoraCheckpoint] = {}  # the entries that are views over a base
         self.scoring_choice = device  # the precision the last `scoring_models` call used, and why
+        self._tokenizers: dict[str, object] = {}  # by model_identity: loaded before the window showed
+
+    def offer_tokenizer(self, ref: str, tokenizer) -> None:
+        """A tokenizer of `ref` loaded already (`models.preload_tokenizer`, before the window showed,
+        the one call from another thread: no job runs yet), which `ref`'s next load takes instead
+        of loading its own."""
+        if tokenizer is not None:
+            self._tokenizers[model_identity(ref)] = tokenizer
 
     @staticmethod
     def _stamp(ref: str) -> float:
@@ -91,7 +99,8 @@ class ModelCache:
         self._make_room(device.dtype, views=checkpoint is not None)
         self.on_state("loading", ref, f"Loading {ref}…")
         try:
-            loaded = adapter_view(base, checkpoint) if checkpoint else (yield from load_model_events(ref, device))
+            loaded = adapter_view(base, checkpoint) if checkpoint else (yield from load_model_events(
+                ref, device, tokenizer=self._tokenizers.pop(key[0], None)))
         except Exception as exc:
             self.on_state("error", ref, str(exc))
             raise
@@ -151,6 +160,7 @@ class ModelCache:
         return sum(sizes.values())
 
     def drop(self, ref: str) -> None:
+        self._tokenizers.pop(model_identity(ref), None)
         for key in [k for k in self._models if k[0] == model_identity(ref)]:
             self._forget(key)
 
