@@ -124,6 +124,50 @@ def test_blind_vote_hides_names_then_stores_sides_and_reveals(qtbot, compare, ti
         rnd.texts, ctx.project.queries.training_pairs(split=None))
 
 
+def test_moving_on_stops_the_scoring_of_the_round_left_so_the_next_answers_do_not_wait(qtbot, compare,
+                                                                                       monkeypatch):
+    """At 1B on a CPU a round's fp32 scoring takes minutes (bench/window_end_to_end.py): a person
+    who votes and types the next prompt before it ends does not wait for scores no one will read."""
+    import threading
+
+    import app.controllers.compare_controller as compare_module
+
+    ctx, page = compare
+    c = page.controller
+    first = wait_scored(qtbot, page)
+    scoring, release, passes = threading.Event(), threading.Event(), []
+    real = compare_module.implicit_rewards_events
+
+    def slow(policy, *args):
+        passes.append("policy")
+        scoring.set()
+        release.wait(10)  # the first pass of the next round's scores is "slow"
+        inner = real(policy, *args)
+        next(inner)
+        yield
+        passes.append("reference")
+        try:
+            next(inner)
+        except StopIteration as stop:
+            return stop.value
+
+    monkeypatch.setattr(compare_module, "implicit_rewards_events", slow)
+    with qtbot.waitSignal(ctx.comparisonsChanged, timeout=5_000):
+        qtbot.keyClick(page, KEYS["left"])
+    c.add_typed_prompt("What is the capital of France?")
+    second = c.current
+    qtbot.waitUntil(lambda: second.done, timeout=30_000)
+    qtbot.waitUntil(scoring.is_set, timeout=30_000)  # its scoring started
+    c.vote("right")
+    c.add_typed_prompt("Name a colour.")
+    third = c.current
+    assert third is not second and any(job.cancelled for job in second.jobs)
+    release.set()
+    qtbot.waitUntil(lambda: third.done and third.rewards is not None, timeout=30_000)
+    assert second.rewards is None and first.rewards is not None
+    assert passes.count("reference") == 1  # the third round's; the second stopped after its first pass
+
+
 def test_win_rate_counts_blind_votes_ties_half(qtbot, compare):
     ctx, page = compare
     plan = ["after", "after", "before", "tie"]

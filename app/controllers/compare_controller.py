@@ -26,7 +26,7 @@ from app.controllers import keys
 from app.controllers.export_controller import ExportController
 from app.controllers.rounds import ComparePrompts, Round, RoundHost, VoteStats, VoteTally, sample_round
 from dpo_engine.generate import GenerationSettings
-from dpo_engine.heldout import DEFAULT_BETA, HeldoutSummary, heldout_events, implicit_rewards
+from dpo_engine.heldout import DEFAULT_BETA, HeldoutSummary, heldout_events, implicit_rewards_events
 from dpo_engine.models import DEFAULT_MODEL_NAME, DEFAULT_MODEL_REF
 from dpo_engine.store.schema import VERDICTS
 from dpo_engine.train.checkpoints import read_run_file
@@ -257,8 +257,9 @@ class CompareController(QObject):
             return None  # a generation failed or was cancelled
         models = self.ctx.models  # one precision for both (a LoRA checkpoint shares its base's copy)
         after, before = models.scoring_models(rnd.refs[rnd.after_side], rnd.refs[rnd.before_side])
-        scores = implicit_rewards(after.model, before.model, after.tokenizer, rnd.prompt,
-                                  (texts[0], texts[1]), rnd.beta)
+        yield  # a round left meanwhile (`_show`) stops here, and between the two passes
+        scores = yield from implicit_rewards_events(after.model, before.model, after.tokenizer, rnd.prompt,
+                                                    (texts[0], texts[1]), rnd.beta)
         return scores.rewards, precision_note(models.scoring_choice)
 
     def _on_round_token(self, rnd: CompareRound, side: int) -> None:
@@ -288,6 +289,11 @@ class CompareController(QObject):
             self.message.emit(f"{what} failed: {msg.splitlines()[0]}")
 
     def _show(self, rnd: CompareRound | None) -> None:
+        """Make `rnd` the round on screen. The round it replaces stops its jobs: its rewards show
+        only while it is on screen, and at 1B on a CPU its fp32 scoring (1-3 minutes, measured by
+        bench/window_end_to_end.py) would hold the worker while the next answers wait."""
+        if self.current is not None and self.current is not rnd:
+            self.current.cancel()
         self.current = rnd
         if rnd is not None:
             self.roundShown.emit(rnd)
