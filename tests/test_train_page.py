@@ -159,3 +159,26 @@ def test_the_page_says_how_long_a_run_will_take_once_a_run_here_measured_it(qtbo
     minutes, seconds = page.duration_label.text().split()[1].split(":")
     m1, s1 = measured.split()[1].split(":")
     assert int(minutes) * 60 + int(seconds) > int(m1) * 60 + int(s1)
+
+
+def test_a_run_starts_without_the_scoring_copies_and_keeps_the_windows(qtbot, train_window):
+    """The fp32 copies that Compare scored with (5 GB at 1B) were not counted by the run plan's fit:
+    a run lets them go as it starts; the window's own copy, which labeling samples from, stays."""
+    from dpo_engine.devices import pick_device
+
+    ctx, win, page = train_window
+    window_dtype = ctx.models.device.dtype
+    other = pick_device("cpu", "float32" if window_dtype != "float32" else "bfloat16")
+
+    def both():  # on the worker, as the cache wants: the window's copy and one in another precision
+        yield ctx.models.get(ctx.model_ref)
+        yield ctx.models.get(ctx.model_ref, device=other)
+
+    with qtbot.waitSignal(ctx.submit("copies", both).finished, timeout=30_000):
+        pass
+    held = lambda: {dtype for _, dtype in ctx.models._models}  # noqa: E731
+    assert held() == {window_dtype, other.dtype}
+    page.train_button.click()
+    with qtbot.waitSignal(page.controller.finished, timeout=120_000):
+        pass
+    assert held() == {window_dtype}

@@ -323,10 +323,14 @@ class TrainController(QObject):
         self._stop = threading.Event()
         self.last_step = 0
         config, stop, folder = self.config, self._stop, runs_dir(self.ctx.project_path)
-        self.job = self.ctx.submit(
-            "train", lambda: drive(config, project=self.ctx.project_path, stop=stop, resume_from=resume_from,
-                                   output_for_run=lambda run_id: folder / f"run-{run_id}"),
-            background=True)
+        models = self.ctx.models
+
+        def run():
+            models.release_scoring()  # on the worker, as the cache wants: memory the plan did not count
+            return (yield from drive(config, project=self.ctx.project_path, stop=stop, resume_from=resume_from,
+                                     output_for_run=lambda run_id: folder / f"run-{run_id}"))
+
+        self.job = self.ctx.submit("train", run, background=True)
         self.job.yielded.connect(self._on_job_yielded)
         self.job.failed.connect(self._on_job_failed)
         self.job.finished.connect(self._on_job_finished)
