@@ -18,9 +18,13 @@ starter prompts) as a person with a model of their own would:
             prompts, a vote each; then the implicit rewards of the last round
 
 Throughout, a 10 ms QTimer heartbeat records event-loop gaps, and every beat samples the
-process's RSS (CUDA: `torch.cuda.max_memory_allocated`, reset per phase). Each phase
-reports its time, peak memory and longest gap. One JSON line per run is appended to
-bench/results/window_end_to_end.jsonl, naming the machine.
+process's RSS (CUDA: `torch.cuda.max_memory_allocated`, reset per phase); a thread samples its
+PSS and anonymous memory every 0.25 s (Linux: /proc/self/smaps_rollup and status). RSS counts
+a page of a memory-mapped safetensors file once per mapping: the window's sampling copy and
+the trainer's base map the same bf16 file, so at 1B RSS counts those 2.5 GB twice where PSS
+(physical memory) counts them once; and file pages are the kernel's to drop, anonymous memory
+is what cannot be. Each phase reports its time, peak memory and longest gap. One JSON line per
+run is appended to bench/results/window_end_to_end.jsonl, naming the machine.
 
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.window_end_to_end --model llama-3.2-1b
     QT_QPA_PLATFORM=offscreen .venv/bin/python -m bench.window_end_to_end --model llama-3.2-1b --device cuda
@@ -37,6 +41,7 @@ import os
 import random
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -60,6 +65,10 @@ class Meter:
 
         self.process, self.cuda = psutil.Process(), device.startswith("cuda")
         self.phase, self.gaps, self.peak = "open", {}, {}
+        self.physical: dict[tuple[str, str], int] = {}  # (phase, "pss" | "anon") -> peak bytes
+        # on a thread of its own: reading smaps_rollup of a 10 GB process takes milliseconds, which
+        # on the heartbeat would be counted as the event loop's gaps
+        threading.Thread(target=self._sample_physical, daemon=True, name="meter").start()
         self.last = time.monotonic()
         self.timer = QTimer()
         self.timer.setInterval(10)
@@ -72,6 +81,13 @@ class Meter:
         self.last = now
         self.peak[self.phase] = max(self.peak.get(self.phase, 0), self.process.memory_info().rss)
 
+    def _sample_physical(self) -> None:
+        while True:
+            phase = self.phase
+            for name, value in physical_memory().items():
+                self.physical[phase, name] = max(self.physical.get((phase, name), 0), value)
+            time.sleep(0.25)
+
     def start(self, phase: str) -> None:
         self.phase, self.last = phase, time.monotonic()
         if self.cuda:
@@ -83,11 +99,29 @@ class Meter:
         gaps = self.gaps.get(phase, [0.0])
         out = {"max_gap_ms": round(1000 * max(gaps)), "p99_gap_ms": round(1000 * percentile(gaps, 99)),
                "peak_rss_gb": round(self.peak.get(phase, 0) / 1e9, 2)}
+        for name in ("pss", "anon"):
+            if (phase, name) in self.physical:
+                out[f"peak_{name}_gb"] = round(self.physical[phase, name] / 1e9, 2)
         if self.cuda:
             import torch
 
             out["peak_cuda_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
         return out
+
+
+def physical_memory() -> dict[str, int]:
+    """This process's PSS and anonymous resident bytes (Linux; empty elsewhere)."""
+    out = {}
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                out["pss"] = int(line.split()[1]) * 1024
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                out["anon"] = int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
 
 
 def wait(app, until, timeout: float, what: str) -> float:
@@ -200,10 +234,12 @@ def compare(app, win, ctx, meter: Meter, args, checkpoint: str) -> dict:
         cc.add_typed_prompt(prompt)
         wait(app, lambda: cc.current is not None and cc.current.done, args.timeout, "the Compare page's answers")
         rounds.append(time.monotonic() - t0)
+        print(json.dumps({"compare_prompt": len(rounds), "at_s": round(rounds[-1], 1), **{
+            k: round(v / 1e9, 2) for k, v in physical_memory().items()}}), flush=True)
         cc.vote(random.Random(len(rounds)).choice(("left", "right")))
     sampled = time.monotonic() - t0
     wait(app, lambda: cc.current is not None and cc.current.rewards is not None, args.timeout, "the implicit rewards")
-    return {"prompts": args.compare, "seconds": round(time.monotonic() - t0, 1), "sampling_s": round(sampled, 1),
+    return {"prompts": args.compare, "answered_at_s": [round(r, 1) for r in rounds], "seconds": round(time.monotonic() - t0, 1), "sampling_s": round(sampled, 1),
             "scoring": cc.scoring_reason()}
 
 
@@ -228,6 +264,10 @@ def run(app, args) -> dict:
     result = {"model": args.model, "device": args.device, "fit": fit.explain() if fit else None,
               "picked": win.state_label.text(), "window_shown_s": round(shown - opened, 1)}
     try:
+        if args.compare_only:  # the Compare phase alone, after a checkpoint trained before
+            result["compare"] = compare(app, win, ctx, meter, args, str(Path(args.compare_only).expanduser()))
+            result["compare"].update(meter.report("compare"))
+            return result
         result["label"] = label(app, win, meter, args, rng, opened)
         result["open"] = meter.report("open")
         result["label"].update(meter.report("label"))
@@ -253,6 +293,8 @@ def main(argv=None) -> int:
     p.add_argument("--free-gib", type=float, default=None,
                    help="plan as if this much memory were free (a 16 GB laptop: ~13); default: what is free")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compare-only", metavar="CHECKPOINT", default=None,
+                   help="only the Compare phase: before = --model, after = this run folder")
     p.add_argument("--timeout", type=float, default=900, help="seconds to wait for one pair before giving up")
     args = p.parse_args(argv)
 
