@@ -193,7 +193,7 @@ def test_a_model_too_large_says_so_in_the_status_bar_and_loses_nothing(qtbot, sh
     assert saved_verdicts(ctx.project_path) == before and len(before) == 1
     monkeypatch.setattr(weights, "free_memory", measured)  # the person closed other programs
     with qtbot.waitSignal(ctx.modelStateChanged, timeout=30_000, check_params_cb=lambda s, d: s == "ready"):
-        ctx.load_active_model()
+        ctx.set_active_model(ctx.model_ref)  # and picked the same model again: it loads now
     assert win.state_label.text() == "Ready" and not win.state_label.wordWrap()
     assert saved_verdicts(ctx.project_path) == before
 

@@ -287,9 +287,13 @@ class AppContext(QObject):
         return job
 
     def set_active_model(self, ref: str) -> None:
+        """Make `ref` the model labeling samples from, and load it; picking the model whose load
+        failed again retries it (the person closed other programs, or fixed its folder)."""
         if ref != self.model_ref:
             self.model_ref = ref
             self.activeModelChanged.emit(ref)
+            self.load_active_model()
+        elif self.model_state[0] == "error" and ref not in self._loading:
             self.load_active_model()
 
     def request_close(self) -> None:
