@@ -172,8 +172,9 @@ def plan_run(request: PlanRequest = PlanRequest(), parameters: int | None = None
     if parameters and free_bytes is not None and not fits_fp32(parameters, free_bytes) \
             and plan.scoring != plan.compute:
         plan = dataclasses.replace(plan, scoring=plan.compute, scoring_reason=(
-            f"{SHORT[plan.compute]}: fp32 weights do not fit ({4 * parameters / 2**30:.1f} GiB needed, "
-            f"{free_bytes / 2**30:.1f} GiB free); scores may differ from fp32 by up to ~1e-2 relative"))
+            f"{SHORT[plan.compute]}: fp32 weights do not fit ({4 * parameters * SCORING_SPARE / 2**30:.1f} GiB "
+            f"needed, {free_bytes / 2**30:.1f} GiB free: 4 bytes a weight and a fifth more to score with); "
+            "scores may differ from fp32 by up to ~1e-2 relative"))
     return plan
 
 

@@ -306,7 +306,7 @@ def test_rewards_say_in_words_why_they_are_not_fp32(qtbot, tmp_path, tiny_model_
     page.show()
     try:
         rnd = wait_scored(qtbot, page, timeout=60_000)
-        words = r"Rewards in bf16: fp32 weights do not fit \(\d+\.\d GiB needed, \d+\.\d GiB free\)"
+        words = r"Rewards in bf16: fp32 weights do not fit \(\d+\.\d GiB needed, \d+\.\d GiB free: "
         assert rnd.rewards is not None
         for label in page.rewards:
             assert re.search(words, label.text()), label.text()

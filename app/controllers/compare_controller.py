@@ -83,8 +83,8 @@ def model_label(ref: str) -> str:
 
 def precision_note(choice) -> str:
     """What the page says when scores were not computed in fp32 (a DeviceChoice: the precision
-    they used and why), e.g. "Rewards in bf16: fp32 weights do not fit (4.6 GiB needed, 3.1 GiB
-    free)..."; "" for fp32, which needs no word."""
+    they used and why), e.g. "Rewards in bf16: fp32 weights do not fit (5.5 GiB needed, 3.1 GiB
+    free: ...)"; "" for fp32, which needs no word."""
     return "" if choice.dtype == "float32" else f"Rewards in {choice.precision_reason}"
 
 
