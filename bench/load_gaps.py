@@ -17,6 +17,8 @@ load left unread (memory-mapped weights are read when first touched).
 --model: a `bench.real_size` shape (built once, random bf16 weights) or a model folder.
 --preload-tokenizer: the tokenizer is loaded before the window opens and handed to the load
 (`dpo_engine.models.load_tokenizer` replaced): the gaps the load leaves without the tokenizer's.
+Since 8 Dec the window does this itself for a model folder (`models.preload_tokenizer`), so the
+flag changes nothing there.
 --spare: instead, how much memory a load and one sampling round take over the weights' bytes
 (`dpo_engine.weights.LOAD_SPARE`): the peak RSS above the process's RSS before the load, over
 the weights, for 8 prompts of 60 tokens sampling 32 new tokens each (no window).

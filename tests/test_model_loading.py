@@ -252,3 +252,24 @@ def test_no_tokenizer_is_loaded_ahead_for_what_the_load_must_prepare_or_explain(
         (folder / "adapter").mkdir()
     assert preload_tokenizer(str(folder)) is None
     assert preload_tokenizer(str(sharded_model_dir)) is not None
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads RssAnon from Linux's /proc")
+def test_freed_memory_goes_back_to_the_os():
+    """glibc keeps freed heap memory for the process: a training run's many mid-sized tensors left
+    2.2 GB of it in the window (bench/README.md); `return_freed_memory` hands it back."""
+    import re
+
+    from dpo_engine.weights import return_freed_memory
+
+    def anon() -> int:
+        return int(re.search(r"RssAnon:\s+(\d+)", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+    tensors = [torch.ones(16 * 1024) for _ in range(8000)]  # 64 KB each (under glibc's mmap threshold): 0.5 GB
+    last = tensors[-1]  # the heap's top stays in use, as it does in a window that goes on
+    held = anon()
+    del tensors
+    if not return_freed_memory():
+        pytest.skip("no glibc malloc_trim here")
+    assert held - anon() > 400 * 2**20, (held, anon())
+    assert last.sum() == 16 * 1024

@@ -178,7 +178,17 @@ def test_a_run_starts_without_the_scoring_copies_and_keeps_the_windows(qtbot, tr
         pass
     held = lambda: {dtype for _, dtype in ctx.models._models}  # noqa: E731
     assert held() == {window_dtype, other.dtype}
-    page.train_button.click()
-    with qtbot.waitSignal(page.controller.finished, timeout=120_000):
-        pass
+    import app.controllers.train_controller as train_module
+
+    trims = []
+    real = train_module.return_freed_memory
+    train_module.return_freed_memory = lambda: trims.append(held()) or real()
+    try:
+        page.train_button.click()
+        with qtbot.waitSignal(page.controller.finished, timeout=120_000):
+            pass
+        qtbot.waitUntil(lambda: len(trims) == 2, timeout=30_000)
+    finally:
+        train_module.return_freed_memory = real
     assert held() == {window_dtype}
+    assert trims == [{window_dtype}] * 2  # what they freed handed back to the OS, before and after the run

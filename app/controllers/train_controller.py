@@ -19,6 +19,7 @@ from app.widgets.metric_plots import RunSeries, with_logratios
 from dpo_engine.defaults import DataEstimate, data_estimate, small_data_defaults
 from dpo_engine.errors import DPOStudioError
 from dpo_engine.run_plan import PlanRequest, RunPlan, plan_run
+from dpo_engine.weights import return_freed_memory
 from dpo_engine.train.config import LoraSettings, TrainConfig, form_fields
 from dpo_engine.train.events import EvalEvent, LogLine, ReferenceProgress, StepEvent, TrainSummary
 from dpo_engine.train.driver import RunStarted, project_pairs
@@ -327,8 +328,12 @@ class TrainController(QObject):
 
         def run():
             models.release_scoring()  # on the worker, as the cache wants: memory the plan did not count
-            return (yield from drive(config, project=self.ctx.project_path, stop=stop, resume_from=resume_from,
-                                     output_for_run=lambda run_id: folder / f"run-{run_id}"))
+            return_freed_memory()
+            try:
+                return (yield from drive(config, project=self.ctx.project_path, stop=stop, resume_from=resume_from,
+                                         output_for_run=lambda run_id: folder / f"run-{run_id}"))
+            finally:
+                return_freed_memory()  # the run's model, optimizer and activations, gone with `drive`
 
         self.job = self.ctx.submit("train", run, background=True)
         self.job.yielded.connect(self._on_job_yielded)
