@@ -316,6 +316,14 @@ def warm_imports(ref: str | None = None) -> list[str]:
     name = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(model_type)
     if isinstance(name, str) and hasattr(transformers, name):  # the lazy module imports it here
         names.append(name)
+    try:  # the first from_pretrained of a process builds every architecture's weight-renaming table (compiling
+        # its regexes: ~25-50 ms of pure Python, seen in the load's one long gap, bench/load_gaps.py --watchdog)
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        get_checkpoint_conversion_mapping(model_type)
+        names.append("conversion_mapping")
+    except Exception:  # noqa: BLE001 - another transformers: its first load builds what it needs
+        pass
     return names
 
 

@@ -86,9 +86,13 @@ def test_warm_imports_brings_in_the_models_own_architecture(tiny_model_dir, tmp_
 
     from dpo_engine.models import warm_imports
 
+    import transformers.conversion_mapping as conversion
+
+    conversion._checkpoint_conversion_mapping_cache = None  # as in a process that has loaded nothing yet
     names = warm_imports(str(tiny_model_dir))
-    assert names[-1] == "LlamaForCausalLM"  # the tiny model's config says llama
+    assert names[-2:] == ["LlamaForCausalLM", "conversion_mapping"]  # the tiny model's config says llama
     assert "transformers.models.llama.modeling_llama" in sys.modules
+    assert conversion._checkpoint_conversion_mapping_cache is not None  # built here, not in the first load
     # no config to read (a hub id, a .gguf file, nothing yet): the generic pieces only, no error
-    assert warm_imports(str(tmp_path / "nothing-here")) == names[:-1]
-    assert warm_imports("HuggingFaceTB/SmolLM2-135M-Instruct") == names[:-1]
+    assert warm_imports(str(tmp_path / "nothing-here")) == names[:-2]
+    assert warm_imports("HuggingFaceTB/SmolLM2-135M-Instruct") == names[:-2]
