@@ -16,7 +16,6 @@ thread whose bar reports each weight set to a queue; the generator polls the que
 from __future__ import annotations
 
 import ctypes
-import gc
 import json
 import math
 import queue
@@ -127,15 +126,15 @@ def check_fits(name: str, weights: int, device: DeviceChoice) -> None:
 
 
 def return_freed_memory() -> bool:
-    """Give the memory a finished job freed back to the OS: collect cyclic garbage (a model's
-    module tree holds cycles), then glibc's `malloc_trim(0)`. glibc keeps freed heap memory for
+    """Give the memory a finished job freed back to the OS: glibc's `malloc_trim(0)`. glibc keeps freed heap memory for
     the process (its mmap threshold rises to 32 MB after a large free, so a run's many mid-sized
     tensors land on the heap): measured in the window on this machine, two runs of the default model
     left 2.2 GB of anonymous memory that nothing used until `malloc_trim` returned it (0.59 GB after,
     0.55 before the runs); a 1B LoRA run left 2.7 GB that the Compare page's fp32 copies then came
     on top of. True when glibc trimmed; False elsewhere (macOS, Windows, musl), which is harmless.
-    ctypes releases the GIL for the call: the window does not wait on it."""
-    gc.collect()
+    ctypes releases the GIL for the call: the window does not wait on it. No `gc.collect()`: it
+    freed nothing here, and it holds the GIL while it walks every object of the app (a 444 ms
+    stall of the window in tests/test_train_page.py's event-loop test)."""
     if not sys.platform.startswith("linux"):
         return False
     try:
