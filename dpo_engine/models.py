@@ -358,14 +358,13 @@ def preload_tokenizer(ref: str | None):
     torch worker, its two GIL-holding calls (the Rust `Tokenizer.from_file`, the json of the added
     tokens) stalled the opening window 150-330 ms at 1B (bench/README.md, "Loading at real size")."""
     ref = (ref or DEFAULT_MODEL_REF).strip()
-    folder = default_model_dir() if ref == DEFAULT_MODEL_REF else Path(ref).expanduser()
-    if not ((folder / "config.json").is_file() and (folder / "tokenizer_config.json").is_file()
-            and any(folder.glob("*.safetensors"))) or (folder / "adapter").is_dir():  # train.model.ADAPTER_DIR
-        return None
-    if ref == DEFAULT_MODEL_REF and not is_converted(folder):
+    default = ref == DEFAULT_MODEL_REF
+    folder = default_model_dir() if default else Path(ref).expanduser()
+    ready = is_converted(folder) if default else folder.is_dir()  # resolving these prepares nothing
+    if not ready or (folder / "adapter").is_dir():  # train.model.ADAPTER_DIR: the cache serves a view
         return None
     try:
-        return load_tokenizer(ResolvedModel(ref, str(folder), "folder", folder.name))
+        return load_tokenizer(resolve_model_ref(ref))
     except Exception:  # noqa: BLE001 - the load proper says what is wrong with the folder
         return None
 

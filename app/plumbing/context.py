@@ -159,16 +159,14 @@ class ModelCache:
         sizes = {p.data_ptr(): p.numel() * p.element_size() for m in self._models.values() for p in m.model.parameters()}
         return sum(sizes.values())
 
-    def release_scoring(self) -> int:
+    def release_scoring(self) -> None:
         """Forget every copy in another precision than the window's (the fp32 scoring copies of
-        Compare and the held-out pass); returns how many. A training run calls it as it starts:
+        Compare and the held-out pass). A training run calls it as it starts:
         the run plan's fit was judged without them, and at 1B the fp32 base alone is 5 GB of
         memory that nothing gives back (a bf16 window copy is the file's mapped pages, which the
         trainer's own base shares). The next scores load them again (~5 s at 1B here)."""
-        gone = [k for k in self._models if k[1] != self.device.dtype]
-        for key in gone:
+        for key in [k for k in self._models if k[1] != self.device.dtype]:
             self._forget(key)
-        return len(gone)
 
     def drop(self, ref: str) -> None:
         self._tokenizers.pop(model_identity(ref), None)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 from dpo_engine.defaults import SmallDataDefaults
 from dpo_engine.logps import HEAD_CHUNK_BYTES, HEAD_WHOLE_BYTES
 from dpo_engine.train.config import LoraSettings, TrainConfig
-from dpo_engine.weights import free_ram  # noqa: F401  (memory_budget reads it; tests replace it here)
+from dpo_engine.weights import free_memory, free_ram  # free_ram: tests replace it here
 
 if TYPE_CHECKING:
     from dpo_engine.run_plan import RunPlan
@@ -292,8 +292,5 @@ def memory_budget(device: str = "auto") -> tuple[int, str]:
 
     choice = pick_device(device, "float32")
     if choice.device.startswith("cuda"):
-        import torch
-
-        free, _total = torch.cuda.mem_get_info(choice.torch_device)
-        return int(free), choice.describe().rsplit(",", 1)[0]
+        return free_memory(choice), choice.describe().rsplit(",", 1)[0]
     return free_ram(), choice.device
